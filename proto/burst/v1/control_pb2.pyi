@@ -1,0 +1,6 @@
+from proto.burst.v1 import job_pb2 as _job_pb2
+from proto.burst.v1 import worker_pb2 as _worker_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor

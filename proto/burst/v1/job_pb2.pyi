@@ -1,0 +1,333 @@
+from proto.burst.v1 import worker_pb2 as _worker_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReportOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REPORT_OUTCOME_UNSPECIFIED: _ClassVar[ReportOutcome]
+    REPORT_OUTCOME_ACCEPTED: _ClassVar[ReportOutcome]
+    REPORT_OUTCOME_DUPLICATE: _ClassVar[ReportOutcome]
+    REPORT_OUTCOME_STALE: _ClassVar[ReportOutcome]
+    REPORT_OUTCOME_UNKNOWN_JOB: _ClassVar[ReportOutcome]
+REPORT_OUTCOME_UNSPECIFIED: ReportOutcome
+REPORT_OUTCOME_ACCEPTED: ReportOutcome
+REPORT_OUTCOME_DUPLICATE: ReportOutcome
+REPORT_OUTCOME_STALE: ReportOutcome
+REPORT_OUTCOME_UNKNOWN_JOB: ReportOutcome
+
+class ProcessSpec(_message.Message):
+    __slots__ = ("command", "args")
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    command: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, command: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PythonSpec(_message.Message):
+    __slots__ = ("entry_point", "args")
+    ENTRY_POINT_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    entry_point: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, entry_point: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DockerSpec(_message.Message):
+    __slots__ = ("image", "command", "args")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    image: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class JobSpec(_message.Message):
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    DOCKER_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    output_dir: str
+    process: ProcessSpec
+    python: PythonSpec
+    docker: DockerSpec
+    env: _containers.ScalarMap[str, str]
+    cwd: str
+    timeout_seconds: float
+    retries: int
+    array_index: int
+    entry: str
+    name: str
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SubmitJobRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+
+class SubmitJobResponse(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class SubmitJobsRequest(_message.Message):
+    __slots__ = ("specs", "template", "array_start", "array_count", "entries")
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_START_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[JobSpec]
+    template: JobSpec
+    array_start: int
+    array_count: int
+    entries: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, specs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., array_start: _Optional[int] = ..., array_count: _Optional[int] = ..., entries: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SubmitJobsResponse(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetJobStatusRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobInfo(_message.Message):
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STOLEN_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RETRIED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    exit_code: int
+    signal: int
+    attempt: int
+    worker_id: str
+    submitted_at: float
+    started_at: float
+    finished_at: float
+    error_message: str
+    stdout_path: str
+    stderr_path: str
+    reason: str
+    stolen: bool
+    name: str
+    lost_count: int
+    retried: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ...) -> None: ...
+
+class GetJobStatusResponse(_message.Message):
+    __slots__ = ("job_id", "state", "info")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    info: JobInfo
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., info: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
+
+class PollJobRequest(_message.Message):
+    __slots__ = ("worker_id", "max_jobs", "wait_ms")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    max_jobs: int
+    wait_ms: int
+    def __init__(self, worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class AssignedJob(_message.Message):
+    __slots__ = ("job_id", "spec", "attempt")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    spec: JobSpec
+    attempt: int
+    def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class PollJobResponse(_message.Message):
+    __slots__ = ("job", "empty", "jobs", "lease_seq")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    EMPTY_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    job: AssignedJob
+    empty: _worker_pb2.Empty
+    jobs: _containers.RepeatedCompositeFieldContainer[AssignedJob]
+    lease_seq: int
+    def __init__(self, job: _Optional[_Union[AssignedJob, _Mapping]] = ..., empty: _Optional[_Union[_worker_pb2.Empty, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
+
+class ReportJobResultRequest(_message.Message):
+    __slots__ = ("worker_id", "job_id", "exit_code", "error_message", "attempt", "signal", "reason", "started_at", "finished_at", "stdout_path", "stderr_path")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PATH_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    job_id: str
+    exit_code: int
+    error_message: str
+    attempt: int
+    signal: int
+    reason: str
+    started_at: float
+    finished_at: float
+    stdout_path: str
+    stderr_path: str
+    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., attempt: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
+
+class ReportJobResultResponse(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class ReportJobResultsRequest(_message.Message):
+    __slots__ = ("worker_id", "results", "started")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    results: _containers.RepeatedCompositeFieldContainer[ReportJobResultRequest]
+    started: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
+    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ReportJobResultRequest, _Mapping]]] = ..., started: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ...) -> None: ...
+
+class ReportJobResultsResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedScalarFieldContainer[ReportOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ReportOutcome, str]]] = ...) -> None: ...
+
+class CancelJobsRequest(_message.Message):
+    __slots__ = ("job_ids",)
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CancelJobsResponse(_message.Message):
+    __slots__ = ("states",)
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, states: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("state", "after", "limit")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    after: str
+    limit: int
+    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_after")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    next_after: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ...) -> None: ...
+
+class WaitJobsRequest(_message.Message):
+    __slots__ = ("job_ids", "all")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class WaitJobsUpdate(_message.Message):
+    __slots__ = ("total", "pending", "succeeded", "failed", "cancelled", "finished")
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    total: int
+    pending: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    finished: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., finished: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "hostname", "slots", "queue_capacity", "leased", "running", "peer_addr", "last_seen_ago", "state")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_AGO_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    hostname: str
+    slots: int
+    queue_capacity: int
+    leased: int
+    running: int
+    peer_addr: str
+    last_seen_ago: float
+    state: str
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., peer_addr: _Optional[str] = ..., last_seen_ago: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ListWorkersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWorkersResponse(_message.Message):
+    __slots__ = ("workers",)
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...

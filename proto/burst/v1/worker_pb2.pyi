@@ -1,0 +1,71 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HeldJob(_message.Message):
+    __slots__ = ("job_id", "attempt", "running")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    attempt: int
+    running: bool
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., running: _Optional[bool] = ...) -> None: ...
+
+class RegisterWorkerRequest(_message.Message):
+    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    slots: int
+    queue_capacity: int
+    peer_addr: str
+    held: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    hostname: str
+    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ...) -> None: ...
+
+class RegisterWorkerResponse(_message.Message):
+    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    lease_ttl_ms: int
+    heartbeat_interval_ms: int
+    drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("worker_id", "held", "lease_seq")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    held: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    lease_seq: int
+    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("ok", "cancel", "drop", "reregister")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
+    REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    cancel: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    reregister: bool
+    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
