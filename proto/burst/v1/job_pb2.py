@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from proto.burst.v1 import worker_pb2 as proto_dot_burst_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/burst/v1/job.proto\x12\x08\x62urst.v1\x1a\x1bproto/burst/v1/worker.proto\",\n\x0bProcessSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"/\n\nPythonSpec\x12\x13\n\x0b\x65ntry_point\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\":\n\nDockerSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\"\x95\x03\n\x07JobSpec\x12\x17\n\noutput_dir\x18\x01 \x01(\tH\x01\x88\x01\x01\x12(\n\x07process\x18\x02 \x01(\x0b\x32\x15.burst.v1.ProcessSpecH\x00\x12&\n\x06python\x18\x03 \x01(\x0b\x32\x14.burst.v1.PythonSpecH\x00\x12&\n\x06\x64ocker\x18\x04 \x01(\x0b\x32\x14.burst.v1.DockerSpecH\x00\x12\'\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1a.burst.v1.JobSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07retries\x18\x08 \x01(\r\x12\x18\n\x0b\x61rray_index\x18\t \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05\x65ntry\x18\n \x01(\tH\x03\x88\x01\x01\x12\x0c\n\x04name\x18\x0b \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04typeB\r\n\x0b_output_dirB\x0e\n\x0c_array_indexB\x08\n\x06_entry\"3\n\x10SubmitJobRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.burst.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x95\x01\n\x11SubmitJobsRequest\x12 \n\x05specs\x18\x01 \x03(\x0b\x32\x11.burst.v1.JobSpec\x12#\n\x08template\x18\x02 \x01(\x0b\x32\x11.burst.v1.JobSpec\x12\x13\n\x0b\x61rray_start\x18\x03 \x01(\x03\x12\x13\n\x0b\x61rray_count\x18\x04 \x01(\r\x12\x0f\n\x07\x65ntries\x18\x05 \x03(\t\"%\n\x12SubmitJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd5\x02\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x13\n\x0bstdout_path\x18\x0b \x01(\t\x12\x13\n\x0bstderr_path\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0e\n\x06stolen\x18\x0e \x01(\x08\x12\x0c\n\x04name\x18\x0f \x01(\t\x12\x12\n\nlost_count\x18\x10 \x01(\r\x12\x0f\n\x07retried\x18\x11 \x01(\rB\x0c\n\n_exit_code\"V\n\x14GetJobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1f\n\x04info\x18\x03 \x01(\x0b\x32\x11.burst.v1.JobInfo\"F\n\x0ePollJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\r\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\"O\n\x0b\x41ssignedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.burst.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\x9b\x01\n\x0fPollJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x15.burst.v1.AssignedJobH\x00\x12 \n\x05\x65mpty\x18\x02 \x01(\x0b\x32\x0f.burst.v1.EmptyH\x00\x12#\n\x04jobs\x18\x03 \x03(\x0b\x32\x15.burst.v1.AssignedJob\x12\x11\n\tlease_seq\x18\x04 \x01(\x04\x42\x08\n\x06result\"\xe9\x01\n\x16ReportJobResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x0e\n\x06signal\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x13\n\x0bstdout_path\x18\n \x01(\t\x12\x13\n\x0bstderr_path\x18\x0b \x01(\t\"+\n\x17ReportJobResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\x83\x01\n\x17ReportJobResultsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .burst.v1.ReportJobResultRequest\x12\"\n\x07started\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\"E\n\x18ReportJobResultsResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0e\x32\x17.burst.v1.ReportOutcome\"$\n\x11\x43\x61ncelJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"$\n\x12\x43\x61ncelJobsResponse\x12\x0e\n\x06states\x18\x01 \x03(\t\">\n\x0fListJobsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"G\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.burst.v1.JobInfo\x12\x12\n\nnext_after\x18\x02 \x01(\t\"/\n\x0fWaitJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x8b\x01\n\x0eWaitJobsUpdate\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0f\n\x07pending\x18\x02 \x01(\x04\x12\x11\n\tsucceeded\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x11\n\tcancelled\x18\x05 \x01(\x04\x12#\n\x08\x66inished\x18\x06 \x03(\x0b\x32\x11.burst.v1.JobInfo\"\xb2\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12\x11\n\tpeer_addr\x18\x07 \x01(\t\x12\x15\n\rlast_seen_ago\x18\x08 \x01(\x01\x12\r\n\x05state\x18\t \x01(\t\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.burst.v1.WorkerInfo*\xa4\x01\n\rReportOutcome\x12\x1e\n\x1aREPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18REPORT_OUTCOME_DUPLICATE\x10\x02\x12\x18\n\x14REPORT_OUTCOME_STALE\x10\x03\x12\x1e\n\x1aREPORT_OUTCOME_UNKNOWN_JOB\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18proto/burst/v1/job.proto\x12\x08\x62urst.v1\x1a\x1bproto/burst/v1/worker.proto\",\n\x0bProcessSpec\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"/\n\nPythonSpec\x12\x13\n\x0b\x65ntry_point\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\":\n\nDockerSpec\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\"\x95\x03\n\x07JobSpec\x12\x17\n\noutput_dir\x18\x01 \x01(\tH\x01\x88\x01\x01\x12(\n\x07process\x18\x02 \x01(\x0b\x32\x15.burst.v1.ProcessSpecH\x00\x12&\n\x06python\x18\x03 \x01(\x0b\x32\x14.burst.v1.PythonSpecH\x00\x12&\n\x06\x64ocker\x18\x04 \x01(\x0b\x32\x14.burst.v1.DockerSpecH\x00\x12\'\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1a.burst.v1.JobSpec.EnvEntry\x12\x0b\n\x03\x63wd\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x01\x12\x0f\n\x07retries\x18\x08 \x01(\r\x12\x18\n\x0b\x61rray_index\x18\t \x01(\x03H\x02\x88\x01\x01\x12\x12\n\x05\x65ntry\x18\n \x01(\tH\x03\x88\x01\x01\x12\x0c\n\x04name\x18\x0b \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x06\n\x04typeB\r\n\x0b_output_dirB\x0e\n\x0c_array_indexB\x08\n\x06_entry\"3\n\x10SubmitJobRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.burst.v1.JobSpec\"#\n\x11SubmitJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x95\x01\n\x11SubmitJobsRequest\x12 \n\x05specs\x18\x01 \x03(\x0b\x32\x11.burst.v1.JobSpec\x12#\n\x08template\x18\x02 \x01(\x0b\x32\x11.burst.v1.JobSpec\x12\x13\n\x0b\x61rray_start\x18\x03 \x01(\x03\x12\x13\n\x0b\x61rray_count\x18\x04 \x01(\r\x12\x0f\n\x07\x65ntries\x18\x05 \x03(\t\"%\n\x12SubmitJobsResponse\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"%\n\x13GetJobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xd5\x02\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x16\n\texit_code\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06signal\x18\x04 \x01(\x05\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x15\n\rerror_message\x18\n \x01(\t\x12\x13\n\x0bstdout_path\x18\x0b \x01(\t\x12\x13\n\x0bstderr_path\x18\x0c \x01(\t\x12\x0e\n\x06reason\x18\r \x01(\t\x12\x0e\n\x06stolen\x18\x0e \x01(\x08\x12\x0c\n\x04name\x18\x0f \x01(\t\x12\x12\n\nlost_count\x18\x10 \x01(\r\x12\x0f\n\x07retried\x18\x11 \x01(\rB\x0c\n\n_exit_code\"V\n\x14GetJobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x1f\n\x04info\x18\x03 \x01(\x0b\x32\x11.burst.v1.JobInfo\"U\n\x0ePollJobRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\r\x12\x0f\n\x07wait_ms\x18\x03 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x08\"O\n\x0b\x41ssignedJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.burst.v1.JobSpec\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\xdf\x01\n\x0fPollJobResponse\x12$\n\x03job\x18\x01 \x01(\x0b\x32\x15.burst.v1.AssignedJobH\x00\x12 \n\x05\x65mpty\x18\x02 \x01(\x0b\x32\x0f.burst.v1.EmptyH\x00\x12#\n\x04jobs\x18\x03 \x03(\x0b\x32\x15.burst.v1.AssignedJob\x12\x11\n\tlease_seq\x18\x04 \x01(\x04\x12!\n\x06\x63\x61ncel\x18\x05 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x1f\n\x04\x64rop\x18\x06 \x03(\x0b\x32\x11.burst.v1.HeldJobB\x08\n\x06result\"\xe9\x01\n\x16ReportJobResultRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rerror_message\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x0e\n\x06signal\x18\x06 \x01(\x05\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\x12\x13\n\x0bstdout_path\x18\n \x01(\t\x12\x13\n\x0bstderr_path\x18\x0b \x01(\t\"+\n\x17ReportJobResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"\x83\x01\n\x17ReportJobResultsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x31\n\x07results\x18\x02 \x03(\x0b\x32 .burst.v1.ReportJobResultRequest\x12\"\n\x07started\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\"E\n\x18ReportJobResultsResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0e\x32\x17.burst.v1.ReportOutcome\"$\n\x11\x43\x61ncelJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\"$\n\x12\x43\x61ncelJobsResponse\x12\x0e\n\x06states\x18\x01 \x03(\t\">\n\x0fListJobsRequest\x12\r\n\x05state\x18\x01 \x01(\t\x12\r\n\x05\x61\x66ter\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"G\n\x10ListJobsResponse\x12\x1f\n\x04jobs\x18\x01 \x03(\x0b\x32\x11.burst.v1.JobInfo\x12\x12\n\nnext_after\x18\x02 \x01(\t\"/\n\x0fWaitJobsRequest\x12\x0f\n\x07job_ids\x18\x01 \x03(\t\x12\x0b\n\x03\x61ll\x18\x02 \x01(\x08\"\x8b\x01\n\x0eWaitJobsUpdate\x12\r\n\x05total\x18\x01 \x01(\x04\x12\x0f\n\x07pending\x18\x02 \x01(\x04\x12\x11\n\tsucceeded\x18\x03 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x04\x12\x11\n\tcancelled\x18\x05 \x01(\x04\x12#\n\x08\x66inished\x18\x06 \x03(\x0b\x32\x11.burst.v1.JobInfo\"\xb2\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12\x11\n\tpeer_addr\x18\x07 \x01(\t\x12\x15\n\rlast_seen_ago\x18\x08 \x01(\x01\x12\r\n\x05state\x18\t \x01(\t\"\x14\n\x12ListWorkersRequest\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.burst.v1.WorkerInfo*\xa4\x01\n\rReportOutcome\x12\x1e\n\x1aREPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_OUTCOME_ACCEPTED\x10\x01\x12\x1c\n\x18REPORT_OUTCOME_DUPLICATE\x10\x02\x12\x18\n\x14REPORT_OUTCOME_STALE\x10\x03\x12\x1e\n\x1aREPORT_OUTCOME_UNKNOWN_JOB\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSPEC_ENVENTRY']._loaded_options = None
   _globals['_JOBSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_REPORTOUTCOME']._serialized_start=2849
-  _globals['_REPORTOUTCOME']._serialized_end=3013
+  _globals['_REPORTOUTCOME']._serialized_start=2932
+  _globals['_REPORTOUTCOME']._serialized_end=3096
   _globals['_PROCESSSPEC']._serialized_start=67
   _globals['_PROCESSSPEC']._serialized_end=111
   _globals['_PYTHONSPEC']._serialized_start=113
@@ -61,35 +61,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBSTATUSRESPONSE']._serialized_start=1294
   _globals['_GETJOBSTATUSRESPONSE']._serialized_end=1380
   _globals['_POLLJOBREQUEST']._serialized_start=1382
-  _globals['_POLLJOBREQUEST']._serialized_end=1452
-  _globals['_ASSIGNEDJOB']._serialized_start=1454
-  _globals['_ASSIGNEDJOB']._serialized_end=1533
-  _globals['_POLLJOBRESPONSE']._serialized_start=1536
-  _globals['_POLLJOBRESPONSE']._serialized_end=1691
-  _globals['_REPORTJOBRESULTREQUEST']._serialized_start=1694
-  _globals['_REPORTJOBRESULTREQUEST']._serialized_end=1927
-  _globals['_REPORTJOBRESULTRESPONSE']._serialized_start=1929
-  _globals['_REPORTJOBRESULTRESPONSE']._serialized_end=1972
-  _globals['_REPORTJOBRESULTSREQUEST']._serialized_start=1975
-  _globals['_REPORTJOBRESULTSREQUEST']._serialized_end=2106
-  _globals['_REPORTJOBRESULTSRESPONSE']._serialized_start=2108
-  _globals['_REPORTJOBRESULTSRESPONSE']._serialized_end=2177
-  _globals['_CANCELJOBSREQUEST']._serialized_start=2179
-  _globals['_CANCELJOBSREQUEST']._serialized_end=2215
-  _globals['_CANCELJOBSRESPONSE']._serialized_start=2217
-  _globals['_CANCELJOBSRESPONSE']._serialized_end=2253
-  _globals['_LISTJOBSREQUEST']._serialized_start=2255
-  _globals['_LISTJOBSREQUEST']._serialized_end=2317
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2319
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2390
-  _globals['_WAITJOBSREQUEST']._serialized_start=2392
-  _globals['_WAITJOBSREQUEST']._serialized_end=2439
-  _globals['_WAITJOBSUPDATE']._serialized_start=2442
-  _globals['_WAITJOBSUPDATE']._serialized_end=2581
-  _globals['_WORKERINFO']._serialized_start=2584
-  _globals['_WORKERINFO']._serialized_end=2762
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2764
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2784
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=2786
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=2846
+  _globals['_POLLJOBREQUEST']._serialized_end=1467
+  _globals['_ASSIGNEDJOB']._serialized_start=1469
+  _globals['_ASSIGNEDJOB']._serialized_end=1548
+  _globals['_POLLJOBRESPONSE']._serialized_start=1551
+  _globals['_POLLJOBRESPONSE']._serialized_end=1774
+  _globals['_REPORTJOBRESULTREQUEST']._serialized_start=1777
+  _globals['_REPORTJOBRESULTREQUEST']._serialized_end=2010
+  _globals['_REPORTJOBRESULTRESPONSE']._serialized_start=2012
+  _globals['_REPORTJOBRESULTRESPONSE']._serialized_end=2055
+  _globals['_REPORTJOBRESULTSREQUEST']._serialized_start=2058
+  _globals['_REPORTJOBRESULTSREQUEST']._serialized_end=2189
+  _globals['_REPORTJOBRESULTSRESPONSE']._serialized_start=2191
+  _globals['_REPORTJOBRESULTSRESPONSE']._serialized_end=2260
+  _globals['_CANCELJOBSREQUEST']._serialized_start=2262
+  _globals['_CANCELJOBSREQUEST']._serialized_end=2298
+  _globals['_CANCELJOBSRESPONSE']._serialized_start=2300
+  _globals['_CANCELJOBSRESPONSE']._serialized_end=2336
+  _globals['_LISTJOBSREQUEST']._serialized_start=2338
+  _globals['_LISTJOBSREQUEST']._serialized_end=2400
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2402
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2473
+  _globals['_WAITJOBSREQUEST']._serialized_start=2475
+  _globals['_WAITJOBSREQUEST']._serialized_end=2522
+  _globals['_WAITJOBSUPDATE']._serialized_start=2525
+  _globals['_WAITJOBSUPDATE']._serialized_end=2664
+  _globals['_WORKERINFO']._serialized_start=2667
+  _globals['_WORKERINFO']._serialized_end=2845
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2847
+  _globals['_LISTWORKERSREQUEST']._serialized_end=2867
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=2869
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=2929
 # @@protoc_insertion_point(module_scope)

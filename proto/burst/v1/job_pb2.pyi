@@ -167,14 +167,16 @@ class GetJobStatusResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., info: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
 
 class PollJobRequest(_message.Message):
-    __slots__ = ("worker_id", "max_jobs", "wait_ms")
+    __slots__ = ("worker_id", "max_jobs", "wait_ms", "batch")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     max_jobs: int
     wait_ms: int
-    def __init__(self, worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    batch: bool
+    def __init__(self, worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., wait_ms: _Optional[int] = ..., batch: _Optional[bool] = ...) -> None: ...
 
 class AssignedJob(_message.Message):
     __slots__ = ("job_id", "spec", "attempt")
@@ -187,16 +189,20 @@ class AssignedJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class PollJobResponse(_message.Message):
-    __slots__ = ("job", "empty", "jobs", "lease_seq")
+    __slots__ = ("job", "empty", "jobs", "lease_seq", "cancel", "drop")
     JOB_FIELD_NUMBER: _ClassVar[int]
     EMPTY_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DROP_FIELD_NUMBER: _ClassVar[int]
     job: AssignedJob
     empty: _worker_pb2.Empty
     jobs: _containers.RepeatedCompositeFieldContainer[AssignedJob]
     lease_seq: int
-    def __init__(self, job: _Optional[_Union[AssignedJob, _Mapping]] = ..., empty: _Optional[_Union[_worker_pb2.Empty, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
+    cancel: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
+    drop: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
+    def __init__(self, job: _Optional[_Union[AssignedJob, _Mapping]] = ..., empty: _Optional[_Union[_worker_pb2.Empty, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ...) -> None: ...
 
 class ReportJobResultRequest(_message.Message):
     __slots__ = ("worker_id", "job_id", "exit_code", "error_message", "attempt", "signal", "reason", "started_at", "finished_at", "stdout_path", "stderr_path")
