@@ -1,0 +1,529 @@
+"""The controller's job table: every job and worker transition, with no I/O.
+
+Like h11's state machine, this module states its rules first and holds every job transition in one
+table (``TRANSITIONS``); nothing here reads a clock, touches a socket or imports trio, so tests
+drive it directly with any sequence of calls.
+
+Rules (the promises of the design, section 5):
+
+1. No accepted job is lost. A job is always in exactly one place: the queue (QUEUED), the lease
+   set of exactly one registered worker (LEASED, RUNNING), or a terminal state.
+2. A terminal state is final. A result is accepted only for the job's current lease, named by the
+   worker and the attempt number; the attempt grows by one at every lease, so a superseded attempt
+   can never overwrite a newer one. A duplicate report is acknowledged and changes nothing.
+3. The table knows which worker holds each leased job: ``Job.worker_id`` and the worker's
+   ``leases`` always agree.
+4. A job runs again only when its lease was lost (worker expired, re-registered without it, or
+   told us it no longer has it) or when it failed and asked for retries. A job whose workers were
+   lost ``crash_limit`` times fails with reason ``worker_lost``.
+5. Capacity cannot drift: a worker's load is ``len(worker.leases)``, the jobs it holds, never a
+   counter kept beside them.
+6. Bad input changes nothing: every operation validates before it mutates.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from burstd.policies.routers import Router, make_router
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    LEASED = "leased"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Event(enum.Enum):
+    LEASE = "lease"  # a router gave the job to a worker
+    START = "start"  # the worker started its process
+    SUCCEED = "succeed"  # exit code 0
+    FAIL = "fail"  # failed, no retry left
+    RETRY = "retry"  # failed, a retry left: queued again
+    LOSE = "lose"  # the lease was lost (worker gone, handed back): queued again
+    CRASH_LIMIT = "crash_limit"  # lost once too often
+    CANCEL = "cancel"  # a user cancelled it
+
+
+_Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
+
+#: Every legal job transition. Anything else is a bug in the caller, raised as InvariantError.
+TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
+    (_Q, Event.LEASE): _L,
+    (_Q, Event.CANCEL): JobState.CANCELLED,
+    (_L, Event.START): _R,
+    **{(s, Event.SUCCEED): JobState.SUCCEEDED for s in (_L, _R)},
+    **{(s, Event.FAIL): JobState.FAILED for s in (_L, _R)},
+    **{(s, Event.RETRY): _Q for s in (_L, _R)},
+    **{(s, Event.LOSE): _Q for s in (_L, _R)},
+    **{(s, Event.CRASH_LIMIT): JobState.FAILED for s in (_L, _R)},
+    **{(s, Event.CANCEL): JobState.CANCELLED for s in (_L, _R)},
+}
+
+
+class ReportOutcome(enum.IntEnum):
+    """What became of a reported result (numbers match burst.v1.ReportOutcome)."""
+
+    ACCEPTED = 1
+    DUPLICATE = 2
+    STALE = 3
+    UNKNOWN_JOB = 4
+
+
+class TableError(Exception):
+    """A request the table refuses; nothing was changed."""
+
+
+class QueueFull(TableError):
+    pass
+
+
+class UnknownWorker(TableError):
+    pass
+
+
+class InvariantError(AssertionError):
+    """A transition not in TRANSITIONS was attempted: a bug, never a client's mistake."""
+
+
+# Reasons a worker may give for a job that did not run to its end; see JobTable.report.
+REASON_RETURNED = "returned"  # handed back unstarted or stopped by a worker shutdown: re-queue
+REASON_CANCELLED = "cancelled"
+REASON_WORKER_LOST = "worker_lost"
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    job_id: str
+    spec: bytes  # the encoded JobSpec: opaque here, decoded only by the RPC layer
+    retries: int
+    name: str
+    submitted_at: float
+    state: JobState = JobState.QUEUED
+    attempt: int = 0
+    worker_id: str = ""  # the worker holding the lease, or the last one that did
+    lease_seq: int = 0  # the lease batch that delivered it to worker_id; 0: not delivered yet
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_code: int | None = None
+    signal: int = 0
+    reason: str = ""
+    error_message: str = ""
+    stdout_path: str = ""
+    stderr_path: str = ""
+    lost_count: int = 0
+    retried: int = 0
+    stolen: bool = False
+
+
+@dataclass(slots=True)
+class NewJob:
+    spec: bytes
+    retries: int = 0
+    name: str = ""
+
+
+@dataclass(slots=True)
+class Result:
+    """A worker's report of how one attempt ended."""
+
+    job_id: str
+    attempt: int  # 0: the prototype's reports, meaning the worker's current lease
+    exit_code: int | None
+    signal: int = 0
+    reason: str = "exit"
+    error_message: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    stdout_path: str = ""
+    stderr_path: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.reason == "exit" and self.exit_code == 0
+
+
+@dataclass(slots=True)
+class Held:
+    """A job as a worker says it holds it."""
+
+    job_id: str
+    attempt: int
+    running: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    worker_id: str
+    slots: int
+    capacity: int
+    peer_addr: str
+    hostname: str
+    last_seen: float
+    leases: dict[str, Job] = field(default_factory=dict)
+    # Leased to this worker but not handed over yet (they count in `leases` already).
+    outbox: deque[Job] = field(default_factory=deque)
+    lease_seq: int = 0
+    cancel_notices: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def running(self) -> int:
+        return sum(1 for job in self.leases.values() if job.state is JobState.RUNNING)
+
+
+class JobTable:
+    """All jobs and workers of one controller, and the only code that changes them.
+
+    Every method takes the current time as ``now`` (seconds) instead of reading a clock. After a
+    mutation, ``take_wakeups()`` names the workers that have new jobs or cancel notices waiting,
+    and ``finished_seq`` counts terminal transitions so waiters can tell when to look again.
+    """
+
+    def __init__(
+        self,
+        *,
+        router: str | Router = "roundrobin",
+        max_queued: int = 1_000_000,
+        lease_ttl: float = 10.0,
+        crash_limit: int = 5,
+        first_id: int = 1,
+    ) -> None:
+        self.router = make_router(router) if isinstance(router, str) else router
+        self.max_queued = max_queued
+        self.lease_ttl = lease_ttl
+        self.crash_limit = crash_limit
+        self.jobs: dict[str, Job] = {}
+        self.workers: dict[str, Worker] = {}
+        self.next_id = first_id
+        self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
+        self._queue: deque[Job] = deque()
+        self._wakeups: set[str] = set()
+        # Job ids in the order they reached a terminal state, for waiters.
+        self.finished_log: list[str] = []
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _move(self, job: Job, event: Event) -> None:
+        try:
+            new = TRANSITIONS[job.state, event]
+        except KeyError:
+            raise InvariantError(f"{job.job_id}: no transition {job.state} --{event.value}-->") from None
+        self.counts[job.state] -= 1
+        self.counts[new] += 1
+        job.state = new
+        if new in TERMINAL:
+            self.finished_log.append(job.job_id)
+
+    @property
+    def finished_seq(self) -> int:
+        return len(self.finished_log)
+
+    def take_wakeups(self) -> set[str]:
+        """Workers with new jobs in their outbox or new cancel notices since the last call."""
+        woken, self._wakeups = self._wakeups, set()
+        return woken
+
+    # -- clients -----------------------------------------------------------------------------
+
+    @staticmethod
+    def format_id(number: int) -> str:
+        return f"job-{number:08d}"
+
+    def submit(self, new_jobs: Sequence[NewJob], now: float) -> list[str]:
+        """Queue every job or none: QueueFull when they do not all fit."""
+        if self.counts[JobState.QUEUED] + len(new_jobs) > self.max_queued:
+            raise QueueFull(
+                f"queue is full: {self.counts[JobState.QUEUED]} queued, "
+                f"{len(new_jobs)} more would exceed the limit of {self.max_queued}"
+            )
+        ids = []
+        for new in new_jobs:
+            job_id = self.format_id(self.next_id)
+            self.next_id += 1
+            job = Job(job_id, new.spec, new.retries, new.name, now)
+            self.jobs[job_id] = job
+            self._queue.append(job)
+            ids.append(job_id)
+        self.counts[JobState.QUEUED] += len(new_jobs)
+        self._dispatch()
+        return ids
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str, now: float) -> JobState | None:
+        """Cancel a job that has not ended; returns its state afterwards (None: unknown id).
+
+        A job already handed to a worker stays in that worker's lease set until the worker says
+        it stopped it, so the worker's load keeps counting the process that is still running.
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.state in TERMINAL:
+            return None if job is None else job.state
+        leased_to = self.workers.get(job.worker_id) if job.state is not JobState.QUEUED else None
+        self._move(job, Event.CANCEL)
+        job.finished_at = now
+        job.reason = REASON_CANCELLED
+        job.error_message = "cancelled by user"
+        if leased_to is not None:
+            if job.lease_seq == 0:
+                self._release(leased_to, job)  # never handed over: nothing to stop
+            else:
+                leased_to.cancel_notices[job_id] = job.attempt
+                self._wakeups.add(leased_to.worker_id)
+        return job.state
+
+    def iter_jobs(self, state: JobState | None = None, after: str = "") -> Iterator[Job]:
+        """Jobs in id (= submission) order, after the given id, optionally of one state."""
+        start = int(after.removeprefix("job-")) + 1 if after.startswith("job-") else 0
+        for number in range(start, self.next_id):
+            job = self.jobs.get(self.format_id(number))
+            if job is not None and (state is None or job.state is state):
+                yield job
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def _worker(self, worker_id: str, now: float) -> Worker:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise UnknownWorker(f"worker {worker_id!r} is not registered")
+        worker.last_seen = now
+        return worker
+
+    def register(
+        self,
+        worker_id: str,
+        *,
+        slots: int,
+        capacity: int,
+        now: float,
+        peer_addr: str = "",
+        hostname: str = "",
+        held: Iterable[Held] = (),
+    ) -> list[Held]:
+        """Add a worker, or refresh one that registers again; returns held jobs it must drop.
+
+        A worker that registers again keeps the leases it still holds; leases it no longer holds
+        were lost with its previous life and go back to the queue. Held jobs that are not its
+        lease (anymore) are returned: the worker stops and forgets them without reporting.
+        """
+        held = list(held)
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = Worker(worker_id, slots, max(capacity, slots), peer_addr, hostname, now)
+            self.workers[worker_id] = worker
+        else:
+            worker.slots, worker.capacity = slots, max(capacity, slots)
+            worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
+            kept = {h.job_id for h in held if self._holds(worker, h)}
+            for job in list(worker.leases.values()):
+                # Undelivered jobs wait in the outbox for the next poll.
+                if job.job_id not in kept and job.lease_seq != 0:
+                    self._lose(worker, job, now, counted=True)
+        drop = [h for h in held if not self._holds(worker, h)]
+        for h in held:
+            if h.running and self._holds(worker, h):
+                self._mark_started(worker.leases[h.job_id], now)
+        self.router.update(worker_id, len(worker.leases), worker.capacity)
+        self._dispatch()
+        return drop
+
+    @staticmethod
+    def _holds(worker: Worker, held: Held) -> bool:
+        job = worker.leases.get(held.job_id)
+        return job is not None and job.attempt == held.attempt
+
+    def lease(self, worker_id: str, max_jobs: int, now: float) -> tuple[int, list[Job]]:
+        """Hand over up to ``max_jobs`` jobs already routed to this worker.
+
+        Returns the batch's sequence number (echoed by the worker's heartbeats, so the table can
+        tell a lease lost on the way from one still in flight) and the jobs.
+        """
+        worker = self._worker(worker_id, now)
+        batch: list[Job] = []
+        while worker.outbox and len(batch) < max_jobs:
+            job = worker.outbox.popleft()
+            if worker.leases.get(job.job_id) is job and job.lease_seq == 0:
+                batch.append(job)
+        if not batch:
+            return worker.lease_seq, batch
+        worker.lease_seq += 1
+        for job in batch:
+            job.lease_seq = worker.lease_seq
+        return worker.lease_seq, batch
+
+    def has_work(self, worker_id: str) -> bool:
+        worker = self.workers.get(worker_id)
+        return worker is not None and bool(worker.outbox or worker.cancel_notices)
+
+    def take_cancel_notices(self, worker_id: str) -> list[Held]:
+        worker = self.workers.get(worker_id)
+        if worker is None or not worker.cancel_notices:
+            return []
+        notices = [Held(job_id, attempt) for job_id, attempt in worker.cancel_notices.items()]
+        worker.cancel_notices.clear()
+        return notices
+
+    def started(self, worker_id: str, held: Held, now: float) -> None:
+        """The worker started a job's process (ignored when the lease is not current)."""
+        worker = self._worker(worker_id, now)
+        if self._holds(worker, held):
+            self._mark_started(worker.leases[held.job_id], now)
+
+    def _mark_started(self, job: Job, now: float) -> None:
+        if job.state is JobState.LEASED:
+            self._move(job, Event.START)
+            job.started_at = now
+
+    def report(self, worker_id: str, result: Result, now: float) -> ReportOutcome:
+        """Record how an attempt ended; only the current lease's result changes anything."""
+        worker = self._worker(worker_id, now)
+        job = self.jobs.get(result.job_id)
+        if job is None:
+            return ReportOutcome.UNKNOWN_JOB
+        attempt = result.attempt or job.attempt
+        current = job.worker_id == worker_id and job.attempt == attempt
+        if not current:
+            return ReportOutcome.STALE
+        if job.state in TERMINAL:
+            # A duplicate, or the worker confirming it stopped a cancelled job.
+            if worker.leases.get(job.job_id) is job:
+                self._record(job, result)
+                self._release(worker, job)
+                self._dispatch()
+            return ReportOutcome.DUPLICATE
+        if worker.leases.get(job.job_id) is not job:
+            return ReportOutcome.STALE
+        self._release(worker, job)
+        if result.reason == REASON_RETURNED:
+            self._requeue(job, Event.LOSE)
+        else:
+            self._record(job, result)
+            if result.succeeded:
+                self._finish(job, Event.SUCCEED, now)
+            elif job.retried < job.retries and result.reason != REASON_CANCELLED:
+                job.retried += 1
+                self._requeue(job, Event.RETRY)
+            else:
+                self._finish(job, Event.FAIL, now)
+        self._dispatch()
+        return ReportOutcome.ACCEPTED
+
+    @staticmethod
+    def _record(job: Job, result: Result) -> None:
+        if job.state is JobState.CANCELLED and job.exit_code is not None:
+            return
+        job.exit_code = result.exit_code
+        job.signal = result.signal
+        job.stdout_path, job.stderr_path = result.stdout_path, result.stderr_path
+        if result.started_at:
+            job.started_at = result.started_at
+        if job.state is not JobState.CANCELLED:
+            job.reason, job.error_message = result.reason, result.error_message
+
+    def heartbeat(
+        self, worker_id: str, held: Iterable[Held], acked_seq: int, now: float
+    ) -> tuple[list[Held], list[Held]]:
+        """Reconcile what the worker holds with its leases; returns (cancel, drop).
+
+        ``held`` lists every job the worker has (queued, running, or finished and not yet
+        acknowledged). A lease delivered in a batch the worker has acknowledged (``acked_seq``)
+        but missing from ``held`` was lost on the way and goes back to the queue; a held job that
+        is not the worker's lease is dropped; a held job a user cancelled is cancelled.
+        """
+        worker = self._worker(worker_id, now)
+        held_by_id = {h.job_id: h for h in held}
+        drop = [h for h in held_by_id.values() if not self._holds(worker, h)]
+        cancel: list[Held] = []
+        for job in list(worker.leases.values()):
+            h = held_by_id.get(job.job_id)
+            if h is None:
+                if 0 < job.lease_seq <= acked_seq:
+                    self._lose(worker, job, now, counted=False)
+            elif job.attempt == h.attempt:
+                if job.state is JobState.CANCELLED:
+                    cancel.append(h)
+                elif h.running:
+                    self._mark_started(job, now)
+        self._dispatch()
+        return cancel, drop
+
+    def expire(self, now: float) -> list[str]:
+        """Declare lost every worker silent for longer than the lease TTL; returns their ids."""
+        lost = [w for w in self.workers.values() if now - w.last_seen > self.lease_ttl]
+        for worker in lost:
+            self.remove_worker(worker.worker_id, now)
+        return [w.worker_id for w in lost]
+
+    def remove_worker(self, worker_id: str, now: float) -> None:
+        """Forget a worker; its leases go back to the queue (a lost attempt for started ones)."""
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        self.router.remove(worker_id)
+        for job in list(worker.leases.values()):
+            self._lose(worker, job, now, counted=job.lease_seq != 0)
+        self._dispatch()
+
+    # -- lease bookkeeping -------------------------------------------------------------------
+
+    def _release(self, worker: Worker, job: Job) -> None:
+        del worker.leases[job.job_id]
+        worker.cancel_notices.pop(job.job_id, None)
+        if worker.worker_id in self.workers:
+            self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
+
+    def _lose(self, worker: Worker, job: Job, now: float, *, counted: bool) -> None:
+        """The worker no longer has this job: re-queue it (or fail it past the crash limit)."""
+        self._release(worker, job)
+        if job.state in TERMINAL:
+            return
+        if counted:
+            job.lost_count += 1
+            if job.lost_count >= self.crash_limit:
+                job.reason = REASON_WORKER_LOST
+                job.error_message = (
+                    f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
+                )
+                self._finish(job, Event.CRASH_LIMIT, now)
+                return
+        self._requeue(job, Event.LOSE)
+
+    def _requeue(self, job: Job, event: Event) -> None:
+        self._move(job, event)
+        job.lease_seq = 0
+        # Jobs that already waited go first: a lost or retried job is older than the queue.
+        self._queue.appendleft(job)
+
+    def _finish(self, job: Job, event: Event, now: float) -> None:
+        self._move(job, event)
+        job.finished_at = now
+
+    def _dispatch(self) -> None:
+        """Route queued jobs to workers with room, as the router decides."""
+        while self.counts[JobState.QUEUED]:
+            worker_id = self.router.pick()
+            if worker_id is None:
+                return
+            job = self._queue.popleft()
+            if job.state is not JobState.QUEUED:
+                continue
+            worker = self.workers[worker_id]
+            self._move(job, Event.LEASE)
+            job.attempt += 1
+            job.worker_id = worker_id
+            job.lease_seq = 0
+            worker.leases[job.job_id] = job
+            worker.outbox.append(job)
+            self.router.update(worker_id, len(worker.leases), worker.capacity)
+            self._wakeups.add(worker_id)
