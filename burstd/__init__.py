@@ -1,0 +1,1 @@
+"""burst daemons: controller, workers and what they share."""

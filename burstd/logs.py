@@ -1,0 +1,93 @@
+"""Logging set-up shared by every burst program (loguru to stderr).
+
+Call :func:`setup_logging` once at start-up. Code logs with ``from loguru import logger`` and
+binds context where it has it: ``logger.bind(job_id=..., worker_id=...)`` or
+``logger.contextualize(...)``; the line shows those extras when present and nothing when
+absent. Records of the standard ``logging`` module (purerpc, trio, h2) are routed through loguru;
+purerpc's own logger is raised to ERROR because it reports a normal cancellation (shutdown,
+client gone) as a warning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Record
+
+__all__ = ["InterceptHandler", "setup_logging"]
+
+LOG_ENV = "BURST_LOG"
+"""Variable that overrides the level given to :func:`setup_logging` (e.g. ``BURST_LOG=debug``)."""
+
+_QUIET_LOGGERS: dict[str, int] = {
+    "purerpc": logging.ERROR,  # "Got exception in main dispatch loop" on every normal cancellation
+    "h2": logging.WARNING,  # frame-by-frame DEBUG chatter
+    "hpack": logging.WARNING,
+}
+
+_CONTEXT_KEYS = ("worker_id", "job_id")
+
+
+def _format(record: Record) -> str:
+    """``2026-01-02 03:04:05.678 INFO  controller [worker_id=w1 job_id=j7] message``."""
+    extra = record["extra"]
+    context = " ".join(f"{key}={{extra[{key}]}}" for key in _CONTEXT_KEYS if key in extra)
+    return (
+        "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+        "<cyan>{extra[component]}</cyan> "
+        + (f"[{context}] " if context else "")
+        + "<level>{message}</level>\n{exception}"
+    )
+
+
+class InterceptHandler(logging.Handler):
+    """Hands standard-library log records to loguru, keeping level and caller."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        # find the caller that issued the record, skipping the logging module's own frames
+        frame, depth = inspect.currentframe(), 0
+        while frame is not None and (depth == 0 or frame.f_code.co_filename == logging.__file__):
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def setup_logging(level: str = "INFO", *, json: bool = False, component: str) -> None:
+    """Send loguru's output to stderr, one line per record (or one JSON object with ``json``).
+
+    ``component`` (``controller``, ``worker``, ``cli``...) is bound to every record. ``BURST_LOG``,
+    if set, overrides ``level`` (case-insensitive); an unknown level name is a ValueError naming it.
+    At TRACE the quietened third-party loggers are left at full volume. Calling again replaces the
+    previous set-up.
+    """
+    chosen = os.environ.get(LOG_ENV, "").strip() or level
+    name = chosen.upper()
+    try:
+        logger.level(name)
+    except ValueError:
+        source = LOG_ENV if os.environ.get(LOG_ENV, "").strip() else "log level"
+        valid = "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"
+        raise ValueError(f"{source}: unknown level {chosen!r} (valid: {valid})") from None
+
+    logger.remove()
+    logger.configure(extra={"component": component})
+    if json:
+        logger.add(sys.stderr, level=name, serialize=True, backtrace=False, diagnose=False)
+    else:
+        logger.add(sys.stderr, level=name, format=_format, backtrace=False, diagnose=False)
+
+    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    for logger_name, floor in _QUIET_LOGGERS.items():
+        # TRACE shows everything, purerpc's warnings included (for debugging the transport)
+        logging.getLogger(logger_name).setLevel(logging.NOTSET if name == "TRACE" else floor)
