@@ -1,0 +1,1 @@
+"""Command-line entry points: ``burst`` (:mod:`cli.burst`) and ``burstd`` (:mod:`cli.burstd`)."""

@@ -1,0 +1,768 @@
+"""`burst`: submit jobs to a burst controller and follow them.
+
+A thin layer over :mod:`burstd.client`: every command opens one connection, makes its calls and
+prints the answers, one job per line. Exit codes: 0 ok; 1 a job failed or was cancelled, a wait
+timed out, or the controller answered with an error (or could not be reached); 2 a usage or
+configuration error.
+
+Everything after the CMD/ENTRY/IMAGE of ``burst submit <kind>`` is the job's argv, passed on
+verbatim (hyphens, ``--`` and ``--help`` included): :func:`main` marks where it starts with ``--``
+before cyclopts parses the line (see :func:`protect_job_argv`).
+
+Importing this module is cheap: trio, the client and the protobuf modules are imported when a
+command runs, not at import (``burst --help`` does not pay for them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TextIO, TypeVar, cast
+
+import cyclopts
+from cyclopts import Parameter, validators
+
+if TYPE_CHECKING:
+    from burstd.client import Client
+    from proto.burst.v1 import job_pb2
+
+__all__ = [
+    "KINDS",
+    "JobCommand",
+    "UsageError",
+    "app",
+    "build_spec",
+    "controller_addr",
+    "main",
+    "parse_array",
+    "parse_env",
+    "protect_job_argv",
+    "read_entries",
+]
+
+T = TypeVar("T")
+
+KINDS = ("process", "python", "docker")
+"""The job kinds of ``burst submit``, each a subcommand."""
+
+State = Literal["queued", "leased", "running", "succeeded", "failed", "cancelled"]
+
+_RAW = Parameter(allow_leading_hyphen=True)
+_TOKENS = Parameter(allow_leading_hyphen=True, show=False)
+
+
+class UsageError(Exception):
+    """A command line that parsed but makes no sense (a malformed ``--env``...): exit 2."""
+
+
+@dataclasses.dataclass
+class _Globals:
+    """The options given before the command (set by the meta app on every run)."""
+
+    controller: str | None = None
+    config: Path | None = None
+
+
+_globals = _Globals()
+
+
+# --------------------------------------------------------------------------------------------------
+# the application
+
+app = cyclopts.App(
+    name="burst",
+    help=(
+        "Submit jobs to a burst controller and follow them.\n\n"
+        "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of the "
+        "configuration file, else 127.0.0.1:50051."
+    ),
+    usage="Usage: burst [--controller HOST:PORT] [--config FILE] COMMAND [ARGS...]",
+    version_flags=[],
+    default_parameter=Parameter(negative=(), show_default=False),
+)
+app.meta.version_flags = []
+
+_SUBMIT_USAGE = "Usage: burst submit [OPTIONS] {}"
+submit_app = cyclopts.App(
+    name="submit",
+    usage=_SUBMIT_USAGE.format(
+        "process CMD [ARGS...] | python ENTRY [ARGS...] | docker IMAGE [ARGS...]"
+    ),
+    version_flags=[],
+)
+submit_app.meta.version_flags = []
+submit_app.meta.usage = submit_app.usage
+app.command(submit_app.meta, name="submit")
+
+
+@app.meta.default
+def _launcher(
+    *tokens: Annotated[str, _TOKENS],
+    controller: Annotated[str | None, Parameter(metavar="HOST:PORT")] = None,
+    config: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+) -> Any:
+    """Global options.
+
+    Parameters
+    ----------
+    controller
+        Controller address, HOST:PORT (or http://HOST:PORT).
+    config
+        Configuration file (default: ./burst.toml or ./burst.config.json, if present).
+    """
+    _globals.controller = controller
+    _globals.config = config
+    return app(tokens)
+
+
+# --------------------------------------------------------------------------------------------------
+# building job specs (pure; tested without a controller)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobCommand:
+    """What ``burst submit <kind> TARGET ARGS...`` names: the kind, its target and argv."""
+
+    kind: str
+    target: str
+    args: tuple[str, ...] = ()
+
+
+def parse_env(items: Iterable[str]) -> dict[str, str]:
+    """``K=V`` strings to a mapping (the value may contain ``=``; later ones win)."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def parse_array(text: str) -> range:
+    """``A-B`` (inclusive, like Slurm) or a single ``N`` to the range of array indices."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        start = int(first)
+        stop = int(last) if sep else start
+    except ValueError:
+        raise UsageError(f"--array {text!r}: expected START-END, e.g. 0-999") from None
+    if start < 0 or stop < start:
+        raise UsageError(f"--array {text!r}: expected 0 <= START <= END")
+    return range(start, stop + 1)
+
+
+def read_entries(path: str, stdin: TextIO | None = None) -> list[str]:
+    """The lines of ``path`` (``-``: standard input), without line ends; a last empty line (the
+    file's final newline) is not an entry."""
+    try:
+        if path == "-":
+            text = (stdin or sys.stdin).read()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise UsageError(f"--each-line {path}: cannot read: {detail}") from None
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def build_spec(
+    job: JobCommand,
+    *,
+    output_dir: str | None = None,
+    env: Iterable[str] = (),
+    cwd: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    name: str = "",
+) -> job_pb2.JobSpec:
+    """The JobSpec for ``job`` and the options of ``burst submit`` (``env`` as ``K=V`` strings)."""
+    from burstd import client
+
+    builders = {"process": client.process, "python": client.python, "docker": client.docker}
+    return builders[job.kind](
+        job.target,
+        *job.args,
+        output_dir=output_dir,
+        env=parse_env(env),
+        cwd=cwd,
+        timeout=timeout,
+        retries=retries,
+        name=name,
+    )
+
+
+def protect_job_argv(tokens: Sequence[str]) -> list[str]:
+    """``tokens`` with ``--`` put right after ``submit [options] <kind>``.
+
+    So the job's argv reaches the kind's command untouched: cyclopts would otherwise read
+    options of its own (``--help``) in it and eat a ``--``. Where the kind is is cyclopts's own
+    answer (``parse_commands`` skips the options before it). ``submit <kind> --help`` (nothing
+    else) and a ``--`` already there are left alone.
+    """
+    tokens = list(tokens)
+    try:
+        chain, _, rest = app.meta.parse_commands(tokens)
+    except cyclopts.CycloptsError:
+        return tokens
+    rest = list(rest)
+    if len(chain) != 2 or chain[0] != "submit" or chain[1] not in KINDS or not rest:
+        return tokens
+    if rest[0] == "--" or rest in (["--help"], ["-h"]):
+        return tokens
+    at = len(tokens) - len(rest)
+    if tokens[at:] != rest:  # cyclopts dropped something in between: do not guess
+        return tokens
+    return [*tokens[:at], "--", *rest]
+
+
+# --------------------------------------------------------------------------------------------------
+# connecting
+
+
+def controller_addr(
+    flag: str | None = None, config: Path | str | None = None, env: Mapping[str, str] = os.environ
+) -> str:
+    """The controller address: ``flag``, else BURST_CONTROLLER in ``env``, else
+    ``cli.controller_addr`` of the configuration file, else the default. Raises ConfigError."""
+    from burstd.config import load_config, with_overrides
+
+    cli_config = load_config(config, env=env).cli
+    return with_overrides(cli_config, controller_addr=flag, env=env).controller_addr
+
+
+@asynccontextmanager
+async def _open_client(addr: str) -> AsyncIterator[Client]:
+    from burstd.client import Client
+
+    async with Client.connect(addr) as client:
+        yield client
+
+
+def _leaf(error: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``types`` in ``error`` or, for a group, in its members."""
+    if isinstance(error, types):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for member in error.exceptions:
+            found = _leaf(member, types)
+            if found is not None:
+                return found
+    return None
+
+
+def _code_name(code: object) -> str:
+    name = getattr(code, "name", None)
+    return name if isinstance(name, str) else str(code)
+
+
+def _run(session: Callable[[Client], Awaitable[int]]) -> int:
+    """Connect to the controller, run ``session`` in trio; RPC failures become exit code 1."""
+    addr = controller_addr(_globals.controller, _globals.config)
+    import trio
+
+    from burstd import logs, transport
+
+    try:
+        logs.setup_logging("WARNING", component="cli")
+    except ValueError as error:  # a bad BURST_LOG
+        raise UsageError(str(error)) from None
+
+    async def connected() -> int:
+        async with _open_client(addr) as client:
+            return await session(client)
+
+    try:
+        return trio.run(connected)
+    except BaseException as error:
+        found = _leaf(error, (transport.RpcError, OSError))
+        if found is None:
+            raise
+        if isinstance(found, BrokenPipeError):  # our stdout, closed by the reader
+            raise found from None
+        if isinstance(found, OSError):
+            _error(f"cannot reach controller at {addr}: {found.strerror or found}")
+        elif isinstance(found, transport.RpcError):
+            code, message = _code_name(found.code), found.message
+            if code == "UNAVAILABLE" and "cannot reach controller" not in message:
+                message = f"cannot reach controller at {addr}: {message}"
+            _error(f"{code}: {message}")
+        return 1
+
+
+def _generator(iterator: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+    """The client's async iterators are generators: typed so, ``aclosing`` can close them early."""
+    return cast("AsyncGenerator[T, None]", iterator)
+
+
+def _error(message: str) -> None:
+    print(f"burst: error: {message}", file=sys.stderr, flush=True)
+
+
+def _write_lines(lines: Iterable[str]) -> None:
+    out = sys.stdout
+    for line in lines:
+        out.write(line + "\n")
+    out.flush()
+
+
+def _to_json(message: Any) -> str:
+    import json
+
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _outcome(info: job_pb2.JobInfo) -> str:
+    """How a job ended, in one word or two: ``exit 3``, ``signal 9``, ``timeout``... ``-``."""
+    if info.reason == "exit" or (info.state == "succeeded" and info.HasField("exit_code")):
+        return f"exit {info.exit_code}"
+    if info.reason == "signal":
+        return f"signal {info.signal}"
+    return info.reason or "-"
+
+
+# --------------------------------------------------------------------------------------------------
+# submit
+
+
+@submit_app.meta.default
+def submit(
+    *tokens: Annotated[str, _TOKENS],
+    output_dir: Annotated[str | None, Parameter(metavar="DIR")] = None,
+    env: Annotated[list[str] | None, Parameter(metavar="KEY=VALUE")] = None,
+    cwd: Annotated[str | None, Parameter(metavar="DIR")] = None,
+    timeout: Annotated[
+        float | None, Parameter(metavar="SECONDS", validator=validators.Number(gte=0))
+    ] = None,
+    retries: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=0))] = 0,
+    name: Annotated[str, Parameter(metavar="NAME")] = "",
+    array: Annotated[str | None, Parameter(metavar="START-END")] = None,
+    each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
+) -> int:
+    """Submit jobs; prints one job id per line.
+
+    Everything after CMD, ENTRY or IMAGE is the job's argv, passed verbatim (never through a
+    shell). Options go before the kind.
+
+    Parameters
+    ----------
+    output_dir
+        Folder for `<job_id>.stdout` and `.stderr`; default: the worker's output folder.
+    env
+        KEY=VALUE added to the job's environment; repeatable.
+    cwd
+        Working directory of the job; default: the worker's.
+    timeout
+        Wall-clock limit in seconds (SIGTERM, then SIGKILL); default: none.
+    retries
+        How many times a non-zero exit is run again (default 0).
+    name
+        Label shown by status --json and list.
+    array
+        One job per index START..END (inclusive), each with BURST_ARRAY_INDEX.
+    each_line
+        One job per line of FILE ("-": standard input), each with BURST_ENTRY.
+    """
+    job = submit_app(tokens)
+    if not isinstance(job, JobCommand):  # help was printed
+        return 0
+    if array is not None and each_line is not None:
+        raise UsageError("--array and --each-line exclude each other")
+    spec = build_spec(
+        job,
+        output_dir=output_dir,
+        env=env or (),
+        cwd=cwd,
+        timeout=timeout,
+        retries=retries,
+        name=name,
+    )
+    indices = parse_array(array) if array is not None else None
+    entries = read_entries(each_line) if each_line is not None else None
+    if entries == []:
+        print(f"burst: {each_line}: no lines, nothing submitted", file=sys.stderr)
+        return 0
+
+    async def session(client: Client) -> int:
+        if indices is not None:
+            ids = await client.submit_array(spec, indices)
+        elif entries is not None:
+            ids = await client.submit_entries(spec, entries)
+        else:
+            ids = [await client.submit(spec)]
+        _write_lines(ids)
+        return 0
+
+    return _run(session)
+
+
+@submit_app.command(usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
+def process(cmd: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
+    """Run CMD with ARGS as its argv (CMD is looked up in the worker's PATH).
+
+    Parameters
+    ----------
+    cmd
+        The program to run.
+    args
+        Its arguments, verbatim.
+    """
+    return JobCommand("process", cmd, args)
+
+
+@submit_app.command(usage=_SUBMIT_USAGE.format("python ENTRY [ARGS...]"))
+def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
+    """Run the worker's Python interpreter with ENTRY and ARGS (e.g. script.py, -m pkg, -c CODE).
+
+    Parameters
+    ----------
+    entry
+        The script (or -m, -c...), the interpreter's first argument.
+    args
+        The following arguments, verbatim.
+    """
+    return JobCommand("python", entry, args)
+
+
+@submit_app.command(usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
+def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
+    """Run `docker run --rm IMAGE [ARGS...]` on the worker.
+
+    Parameters
+    ----------
+    image
+        The image to run.
+    args
+        The container's command and arguments, verbatim.
+    """
+    return JobCommand("docker", image, args)
+
+
+# --------------------------------------------------------------------------------------------------
+# status, cancel, list, workers
+
+
+@app.command(usage="Usage: burst status [--json] JOB...")
+def status(
+    *job: str,
+    json: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Print `<job_id> <state>` per job (unknown for an id never submitted).
+
+    Parameters
+    ----------
+    job
+        Job ids.
+    json
+        One JSON object per line with everything known about the job instead.
+    """
+    as_json = json
+    if not job:
+        raise UsageError("status: name at least one job id")
+
+    async def session(client: Client) -> int:
+        for job_id in job:
+            info = await client.status(job_id)
+            if as_json:
+                _write_lines([_to_json(info)])
+            else:
+                _write_lines([f"{job_id} {info.state or 'unknown'}"])
+        return 0
+
+    return _run(session)
+
+
+@app.command(usage="Usage: burst cancel JOB...")
+def cancel(*job: str) -> int:
+    """Cancel jobs that have not ended; prints `<job_id> <state>` (the state afterwards).
+
+    Parameters
+    ----------
+    job
+        Job ids.
+    """
+    if not job:
+        raise UsageError("cancel: name at least one job id")
+
+    async def session(client: Client) -> int:
+        states = await client.cancel(job)
+        _write_lines(f"{job_id} {state}" for job_id, state in zip(job, states, strict=False))
+        return 0
+
+    return _run(session)
+
+
+@app.command(name="list", usage="Usage: burst list [--state STATE] [--limit N] [--json]")
+def list_jobs(
+    *,
+    state: State | None = None,
+    limit: Annotated[int | None, Parameter(metavar="N", validator=validators.Number(gte=1))] = None,
+    json: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """List jobs in submission order: `<job_id> <state> <worker> <exit/reason>` per line.
+
+    Parameters
+    ----------
+    state
+        Only jobs in this state.
+    limit
+        At most this many jobs.
+    json
+        One JSON object per line with everything known about each job instead.
+    """
+    as_json = json
+
+    async def session(client: Client) -> int:
+        page = min(limit, 1000) if limit is not None else 1000
+        count = 0
+        out = sys.stdout
+        infos = _generator(client.list_jobs(state or "", page=page))
+        async with aclosing(infos):
+            async for info in infos:
+                if limit is not None and count >= limit:
+                    break
+                count += 1
+                if as_json:
+                    out.write(_to_json(info) + "\n")
+                else:
+                    worker = info.worker_id or "-"
+                    out.write(f"{info.job_id} {info.state} {worker} {_outcome(info)}\n")
+        out.flush()
+        return 0
+
+    return _run(session)
+
+
+@app.command(usage="Usage: burst workers [--json]")
+def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
+    """Show the workers: id, host, slots, leased and running jobs, last seen.
+
+    Parameters
+    ----------
+    json
+        One JSON object per worker and line instead of the table.
+    """
+    as_json = json
+
+    async def session(client: Client) -> int:
+        found = await client.workers()
+        if as_json:
+            _write_lines(_to_json(w) for w in found)
+            return 0
+        rows = [("ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST SEEN")]
+        rows += [
+            (
+                w.worker_id,
+                w.hostname or "-",
+                str(w.slots),
+                str(w.leased),
+                str(w.running),
+                f"{w.last_seen_ago:.1f}s ago",
+            )
+            for w in found
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        _write_lines(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+        return 0
+
+    return _run(session)
+
+
+# --------------------------------------------------------------------------------------------------
+# wait
+
+
+class Progress:
+    """Progress of a wait on stderr: a bar redrawn in place on a terminal, else a plain line at
+    most once a second; :meth:`close` writes the summary line."""
+
+    def __init__(
+        self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.stream = stream
+        self.tty = tty
+        self.clock = clock
+        self.started = clock()
+        self.first_done: int | None = None
+        self.last: job_pb2.WaitJobsUpdate | None = None
+        self.shown_at: float | None = None
+        self.bar_shown = False
+
+    def _rate(self, done: int) -> float:
+        elapsed = self.clock() - self.started
+        if self.first_done is None or elapsed <= 0:
+            return 0.0
+        return (done - self.first_done) / elapsed
+
+    def update(self, update: job_pb2.WaitJobsUpdate) -> None:
+        done = update.total - update.pending
+        if self.first_done is None:
+            self.first_done = done
+        self.last = update
+        now = self.clock()
+        interval = 0.1 if self.tty else 1.0
+        if self.shown_at is not None and now - self.shown_at < interval and update.pending:
+            return
+        self.shown_at = now
+        if self.tty:
+            self.stream.write("\r" + self._bar(update) + "\x1b[K")
+            self.bar_shown = True
+        elif update.pending:  # (the summary line follows the last update)
+            self.stream.write(f"burst: {self._counts(update)}, {self._rate(done):.1f} jobs/s\n")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        """Remove the bar (before other output to the terminal)."""
+        if self.tty and self.bar_shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.bar_shown = False
+
+    def redraw(self) -> None:
+        if self.tty and self.last is not None:
+            self.stream.write("\r" + self._bar(self.last) + "\x1b[K")
+            self.stream.flush()
+            self.bar_shown = True
+
+    @staticmethod
+    def _counts(u: job_pb2.WaitJobsUpdate) -> str:
+        return (
+            f"{u.total - u.pending}/{u.total} done: {u.succeeded} succeeded, {u.failed} failed, "
+            f"{u.cancelled} cancelled"
+        )
+
+    def _bar(self, u: job_pb2.WaitJobsUpdate) -> str:
+        import shutil
+
+        done = u.total - u.pending
+        text = (
+            f" {done}/{u.total}  ok {u.succeeded}  failed {u.failed}  cancelled {u.cancelled}"
+            f"  {self._rate(done):.1f}/s"
+        )
+        columns = shutil.get_terminal_size((80, 24)).columns
+        width = max(10, min(40, columns - len(text) - 3))
+        filled = width * done // u.total if u.total else width
+        return ("[" + "#" * filled + "-" * (width - filled) + "]" + text)[: max(columns - 1, 1)]
+
+    def close(self) -> None:
+        """The summary line, replacing the bar."""
+        self.clear()
+        u = self.last
+        elapsed = self.clock() - self.started
+        if u is None:
+            self.stream.write(f"burst: no answer in {elapsed:.1f} s\n")
+        else:
+            done = u.total - u.pending
+            rate = f" ({self._rate(done):.1f} jobs/s)" if done != self.first_done else ""
+            self.stream.write(f"burst: {self._counts(u)} in {elapsed:.1f} s{rate}\n")
+        self.stream.flush()
+
+
+def _failure_line(info: job_pb2.JobInfo) -> str:
+    """``<job_id> <state> <reason>: <error>``, e.g. ``job-7 failed timeout: timed out after 5s``."""
+    reason = info.reason or "-"
+    detail = info.error_message or _outcome(info)
+    line = f"{info.job_id} {info.state} {reason}"
+    return line if detail in (reason, "-") else f"{line}: {detail}"
+
+
+@app.command(usage="Usage: burst wait (JOB... | --all) [--timeout SECONDS]")
+def wait(
+    *job: str,
+    all_jobs: Annotated[bool, Parameter(name="--all")] = False,
+    timeout: Annotated[
+        float | None, Parameter(metavar="SECONDS", validator=validators.Number(gt=0))
+    ] = None,
+) -> int:
+    """Wait until jobs have ended, showing progress on stderr; exit 0 only if all succeeded.
+
+    Each failed or cancelled job named on the command line is printed on stdout as
+    `<job_id> <state> <reason>: <error>`. Exits 1 if a job failed or was cancelled, or on timeout.
+
+    Parameters
+    ----------
+    job
+        Job ids.
+    all_jobs
+        Wait for every job the controller has instead.
+    timeout
+        Give up after this many seconds (exit 1).
+    """
+    if bool(job) == all_jobs:
+        raise UsageError("wait: name job ids or give --all (not both)")
+
+    async def session(client: Client) -> int:
+        import trio
+
+        progress = Progress(sys.stderr, tty=sys.stderr.isatty())
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+            updates = _generator(client.wait(job, all=all_jobs))
+            async with aclosing(updates):
+                async for update in updates:
+                    failures = [i for i in update.finished if i.state in ("failed", "cancelled")]
+                    if failures:
+                        progress.clear()
+                        _write_lines(_failure_line(info) for info in failures)
+                    progress.update(update)
+        progress.close()
+        last = progress.last
+        if scope.cancelled_caught:
+            pending = f"{last.pending} of {last.total} jobs" if last is not None else "jobs"
+            _error(f"timed out after {timeout:g} s: {pending} not ended")
+            return 1
+        if last is None or last.pending:
+            _error("the controller ended the wait early")
+            return 1
+        return 0 if last.failed == 0 and last.cancelled == 0 else 1
+
+    return _run(session)
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``burst`` with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
+    from burstd.config import ConfigError
+
+    tokens = protect_job_argv(sys.argv[1:] if argv is None else argv)
+    try:
+        result = app.meta(tokens, result_action="return_value")
+    except (UsageError, ConfigError) as error:
+        _error(str(error))
+        sys.exit(2)
+    except BrokenPipeError:
+        # stdout closed early (`burst list | head`): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,544 @@
+"""The `burst` command line (cli/burst.py) without a controller: parsing, job specs, address
+precedence, exit codes, and the output of each command against a fake client."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from burstd import transport
+from burstd.config import DEFAULT_ADDR, ConfigError
+from cli import burst
+from cli.burst import (
+    JobCommand,
+    Progress,
+    UsageError,
+    build_spec,
+    controller_addr,
+    parse_array,
+    parse_env,
+    protect_job_argv,
+    read_entries,
+)
+from proto.burst.v1 import job_pb2
+
+
+class FakeClient:
+    """Records the calls of one command and answers like a controller with canned data."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.infos: dict[str, job_pb2.JobInfo] = {}
+        self.updates: list[job_pb2.WaitJobsUpdate] = []
+        self.error: Exception | None = None
+        self.next_id = 1
+
+    def _ids(self, n: int) -> list[str]:
+        ids = [f"job-{i:08d}" for i in range(self.next_id, self.next_id + n)]
+        self.next_id += n
+        return ids
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def submit(self, spec: job_pb2.JobSpec) -> str:
+        self._check()
+        self.calls.append(("submit", spec))
+        return self._ids(1)[0]
+
+    async def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
+        self.calls.append(("submit_array", (template, indices)))
+        return self._ids(len(indices))
+
+    async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
+        entries = list(entries)
+        self.calls.append(("submit_entries", (template, entries)))
+        return self._ids(len(entries))
+
+    async def status(self, job_id: str) -> job_pb2.JobInfo:
+        self._check()
+        self.calls.append(("status", job_id))
+        return self.infos.get(job_id, job_pb2.JobInfo(job_id=job_id, state="unknown"))
+
+    async def cancel(self, job_ids: Iterable[str]) -> list[str]:
+        job_ids = list(job_ids)
+        self.calls.append(("cancel", job_ids))
+        return ["cancelled" for _ in job_ids]
+
+    async def list_jobs(
+        self, state: str = "", *, page: int = 1000
+    ) -> AsyncIterator[job_pb2.JobInfo]:
+        self.calls.append(("list_jobs", (state, page)))
+        for info in self.infos.values():
+            if not state or info.state == state:
+                yield info
+
+    async def workers(self) -> list[job_pb2.WorkerInfo]:
+        self.calls.append(("workers", None))
+        return [
+            job_pb2.WorkerInfo(
+                worker_id="w1", hostname="host-a", slots=8, leased=3, running=2, last_seen_ago=0.25
+            )
+        ]
+
+    async def wait(
+        self, job_ids: Iterable[str] = (), *, all: bool = False
+    ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        self.calls.append(("wait", (list(job_ids), all)))
+        for update in self.updates:
+            yield update
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No config file, no BURST_* variables, and no global logging set-up from the tests."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("BURST_CONTROLLER", "BURST_LOG", "BURST_SLOTS", "BURST_LISTEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr("burstd.logs.setup_logging", lambda *a, **k: None)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
+    client = FakeClient()
+    client.addrs = []  # type: ignore[attr-defined]
+
+    @asynccontextmanager
+    async def open_client(addr: str) -> AsyncIterator[FakeClient]:
+        client.addrs.append(addr)  # type: ignore[attr-defined]
+        yield client
+
+    monkeypatch.setattr(burst, "_open_client", open_client)
+    yield client
+
+
+def run(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exited:
+        burst.main(argv)
+    code = exited.value.code
+    return code if isinstance(code, int) else 0
+
+
+# --------------------------------------------------------------------------------------------------
+# job specs
+
+
+def test_build_spec_keeps_args_verbatim() -> None:
+    spec = build_spec(JobCommand("process", "ls", ("-la", "--", "--help", "a b")))
+    assert spec.WhichOneof("type") == "process"
+    assert spec.process.command == "ls"
+    assert list(spec.process.args) == ["-la", "--", "--help", "a b"]
+
+
+def test_build_spec_options() -> None:
+    spec = build_spec(
+        JobCommand("python", "-c", ("print(1)",)),
+        output_dir="out",
+        env=["A=1", "B=x=y", "C="],
+        cwd="/data",
+        timeout=2.5,
+        retries=3,
+        name="n",
+    )
+    assert spec.python.entry_point == "-c"
+    assert list(spec.python.args) == ["print(1)"]
+    assert spec.output_dir == "out"
+    assert dict(spec.env) == {"A": "1", "B": "x=y", "C": ""}
+    assert (spec.cwd, spec.timeout_seconds, spec.retries, spec.name) == ("/data", 2.5, 3, "n")
+    docker = build_spec(JobCommand("docker", "alpine", ("echo", "-n", "hi")))
+    assert docker.docker.image == "alpine"
+    assert list(docker.docker.args) == ["echo", "-n", "hi"]
+    assert not docker.HasField("output_dir")
+
+
+def test_parse_env() -> None:
+    assert parse_env(["K=V", "K=W", "E=", "X=a=b"]) == {"K": "W", "E": "", "X": "a=b"}
+    for bad in ["NOEQUALS", "=value"]:
+        with pytest.raises(UsageError, match=f"--env '{bad}'"):
+            parse_env([bad])
+
+
+def test_parse_array_is_inclusive() -> None:
+    assert parse_array("3-5") == range(3, 6)
+    assert parse_array("0-999") == range(0, 1000)
+    assert parse_array("7") == range(7, 8)
+    for bad in ["5-3", "a-b", "1-", "-1-3", ""]:
+        with pytest.raises(UsageError, match="--array"):
+            parse_array(bad)
+
+
+def test_read_entries(tmp_path: Path) -> None:
+    path = tmp_path / "inputs.txt"
+    path.write_text("a\n\nb c\n-x\n")
+    assert read_entries(str(path)) == ["a", "", "b c", "-x"]
+    path.write_text("a\r\nb")  # CRLF; no final newline
+    assert read_entries(str(path)) == ["a", "b"]
+    assert read_entries("-", stdin=io.StringIO("one\ntwo\n")) == ["one", "two"]
+    assert read_entries("-", stdin=io.StringIO("")) == []
+    with pytest.raises(UsageError, match=r"missing\.txt"):
+        read_entries(str(tmp_path / "missing.txt"))
+
+
+# --------------------------------------------------------------------------------------------------
+# argv handling
+
+
+def test_protect_job_argv_marks_the_job_argv() -> None:
+    assert protect_job_argv(["submit", "process", "ls", "-la"]) == [
+        "submit", "process", "--", "ls", "-la",
+    ]  # fmt: skip
+    argv = ["--controller", "h:1", "submit", "--name", "process", "python", "-c"]
+    assert protect_job_argv(argv) == [
+        "--controller", "h:1", "submit", "--name", "process", "python", "--", "-c",
+    ]  # fmt: skip
+    assert protect_job_argv(["submit", "process", "--", "ls"]) == ["submit", "process", "--", "ls"]
+    for untouched in (["submit", "process", "--help"], ["status", "-x"], ["submit", "--help"]):
+        assert protect_job_argv(untouched) == untouched
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind", "target", "args"),
+    [
+        (["process", "ls", "-la"], "process", "ls", ["-la"]),
+        (["python", "-c", "print(1)"], "python", "-c", ["print(1)"]),
+        (["python", "-m", "pkg", "--help"], "python", "-m", ["pkg", "--help"]),
+        (["process", "sh", "-c", "echo $X", "--", "-v", "--version"], "process", "sh",
+         ["-c", "echo $X", "--", "-v", "--version"]),
+        (["process", "prog", "--name", "y", "--env", "Z=1"], "process", "prog",
+         ["--name", "y", "--env", "Z=1"]),
+        (["docker", "alpine", "ls", "-l", "/"], "docker", "alpine", ["ls", "-l", "/"]),
+        (["process", "--", "-dash-prog"], "process", "-dash-prog", []),
+    ],
+)  # fmt: skip
+def test_submit_passes_args_verbatim(
+    fake: FakeClient,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    kind: str,
+    target: str,
+    args: list[str],
+) -> None:
+    assert run(["submit", "--name", "x", *argv]) == 0
+    [(call, spec)] = fake.calls
+    assert call == "submit"
+    assert spec.name == "x"
+    assert spec.WhichOneof("type") == kind
+    body = getattr(spec, kind)
+    first = {"process": "command", "python": "entry_point", "docker": "image"}[kind]
+    assert getattr(body, first) == target
+    assert list(body.args) == args
+    assert capsys.readouterr().out == "job-00000001\n"
+
+
+def test_submit_options(fake: FakeClient) -> None:
+    argv = ["submit", "--env", "A=1", "--env=B=2", "--cwd", "/w", "--timeout", "1.5"]
+    argv += ["--retries", "2", "--output-dir", "out", "process", "true"]
+    assert run(argv) == 0
+    [(_, spec)] = fake.calls
+    assert dict(spec.env) == {"A": "1", "B": "2"}
+    assert (spec.cwd, spec.timeout_seconds, spec.retries, spec.output_dir) == ("/w", 1.5, 2, "out")
+
+
+def test_submit_array_is_one_batch_call(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["submit", "--array", "3-5", "process", "echo", "-n"]) == 0
+    [(call, (template, indices))] = fake.calls
+    assert call == "submit_array"
+    assert indices == range(3, 6)
+    assert list(template.process.args) == ["-n"]
+    assert capsys.readouterr().out.split() == ["job-00000001", "job-00000002", "job-00000003"]
+
+
+def test_submit_each_line_file_and_stdin(
+    fake: FakeClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "in.txt").write_text("first\nsecond line\n")
+    assert run(["submit", "--each-line", "in.txt", "process", "convert"]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\ny\nz\n"))
+    assert run(["submit", "--each-line", "-", "python", "job.py"]) == 0
+    assert [call for call, _ in fake.calls] == ["submit_entries", "submit_entries"]
+    assert fake.calls[0][1][1] == ["first", "second line"]
+    assert fake.calls[1][1][1] == ["x", "y", "z"]
+    assert len(capsys.readouterr().out.split()) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["submit", "--env", "NOVALUE", "process", "ls"], "--env 'NOVALUE'"),
+        (["submit", "--array", "9-1", "process", "ls"], "--array '9-1'"),
+        (["submit", "--array", "1-2", "--each-line", "f", "process", "ls"], "exclude"),
+        (["submit", "--each-line", "missing.txt", "process", "ls"], "missing.txt"),
+        (["wait"], "--all"),
+        (["wait", "--all", "job-1"], "--all"),
+        (["status"], "job id"),
+        (["--config", "missing.toml", "status", "j"], "missing.toml"),
+        (["--controller", "nocolon", "status", "j"], "cli.controller_addr"),
+    ],
+)
+def test_usage_and_config_errors_exit_2(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("burst: error: ")
+    assert needle in err
+    assert "Traceback" not in err
+    assert not fake.calls
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus", "status", "j"],
+        ["status", "--bogus", "j"],
+        ["submit", "--bogus", "process", "ls"],
+        ["submit", "--retries", "many", "process", "ls"],
+        ["submit", "--retries", "-1", "process", "ls"],
+        ["submit", "process"],
+        ["submit", "shell", "ls"],
+        ["list", "--state", "sleeping"],
+        ["list", "--limit", "0"],
+        ["wait", "--all", "--timeout", "soon"],
+        ["nosuchcommand"],
+    ],
+)
+def test_bad_command_lines_exit_2(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    assert run(argv) == 2
+    assert not fake.calls
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("submit", "status", "wait", "cancel", "list", "workers", "--controller"):
+        assert command in out
+    assert run(["submit", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--array" in out and "--each-line" in out and "process" in out
+    assert run(["submit", "process", "--help"]) == 0
+    assert "CMD" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# the controller address
+
+
+def test_controller_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert controller_addr(env={}) == DEFAULT_ADDR == "127.0.0.1:50051"
+    config = tmp_path / "c.toml"
+    config.write_text('[cli]\ncontroller_addr = "from-file:1"\n')
+    assert controller_addr(None, config, env={}) == "from-file:1"
+    env = {"BURST_CONTROLLER": "http://from-env:2"}
+    assert controller_addr(None, config, env=env) == "from-env:2"
+    assert controller_addr("http://from-flag:3/", config, env=env) == "from-flag:3"
+    # the prototype's JSON file, found in the working directory
+    (tmp_path / "burst.config.json").write_text('{"cli": {"controller_addr": "json-file:4"}}')
+    assert controller_addr(env={}) == "json-file:4"
+    (tmp_path / "burst.toml").write_text('[cli]\ncontroller_addr = "toml-file:5"\n')
+    assert controller_addr(env={}) == "toml-file:5"
+    with pytest.raises(ConfigError, match="BURST_CONTROLLER"):
+        controller_addr(env={"BURST_CONTROLLER": "no-port"})
+
+
+def test_controller_precedence_through_main(
+    fake: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addrs: list[str] = fake.addrs  # type: ignore[attr-defined]
+    assert run(["status", "j"]) == 0
+    (tmp_path / "burst.toml").write_text('[cli]\ncontroller_addr = "cwd-file:1"\n')
+    assert run(["status", "j"]) == 0
+    other = tmp_path / "other.toml"
+    other.write_text('[cli]\ncontroller_addr = "other-file:2"\n')
+    assert run(["--config", str(other), "status", "j"]) == 0
+    monkeypatch.setenv("BURST_CONTROLLER", "env-host:3")
+    assert run(["--config", str(other), "status", "j"]) == 0
+    assert run(["--controller", "flag-host:4", "--config", str(other), "status", "j"]) == 0
+    assert run(["submit", "--controller", "http://flag-host:5", "process", "ls"]) == 0
+    assert run(["status", "j", "--controller", "flag-host:6"]) == 0
+    assert addrs == [
+        "127.0.0.1:50051", "cwd-file:1", "other-file:2", "env-host:3",
+        "flag-host:4", "flag-host:5", "flag-host:6",
+    ]  # fmt: skip
+    # after the command, --controller is the job's argument, not ours
+    assert run(["submit", "process", "ls", "--controller", "x:1"]) == 0
+    assert addrs[-1] == "env-host:3"
+    assert list(fake.calls[-1][1].process.args) == ["--controller", "x:1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# commands against the fake client
+
+
+def _info(job_id: str, state: str, **fields: Any) -> job_pb2.JobInfo:
+    return job_pb2.JobInfo(job_id=job_id, state=state, **fields)
+
+
+def test_status(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.infos["job-1"] = _info("job-1", "failed", exit_code=3, reason="exit", worker_id="w1")
+    assert run(["status", "job-1", "nope"]) == 0
+    assert capsys.readouterr().out == "job-1 failed\nnope unknown\n"
+    assert run(["status", "--json", "job-1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["job_id"] == "job-1"
+    assert data["exit_code"] == 3
+    assert data["worker_id"] == "w1"
+    assert "lost_count" in data and "error_message" in data  # every field, with preserved names
+
+
+def test_cancel(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["cancel", "job-1", "job-2"]) == 0
+    assert fake.calls == [("cancel", ["job-1", "job-2"])]
+    assert capsys.readouterr().out == "job-1 cancelled\njob-2 cancelled\n"
+
+
+def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.infos = {
+        "job-1": _info("job-1", "succeeded", exit_code=0, reason="exit", worker_id="w1"),
+        "job-2": _info("job-2", "failed", signal=9, reason="signal", worker_id="w2"),
+        "job-3": _info("job-3", "queued"),
+        "job-4": _info("job-4", "failed", reason="timeout", worker_id="w1"),
+    }
+    assert run(["list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "job-1 succeeded w1 exit 0",
+        "job-2 failed w2 signal 9",
+        "job-3 queued - -",
+        "job-4 failed w1 timeout",
+    ]
+    assert run(["list", "--state", "failed", "--limit", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9"]
+    assert fake.calls[-1] == ("list_jobs", ("failed", 1))
+    assert run(["list", "--json"]) == 0
+    assert [json.loads(line)["job_id"] for line in capsys.readouterr().out.splitlines()] == [
+        "job-1", "job-2", "job-3", "job-4",
+    ]  # fmt: skip
+
+
+def test_workers(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["workers"]) == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST", "SEEN"]
+    assert row.split() == ["w1", "host-a", "8", "3", "2", "0.2s", "ago"]
+    assert run(["workers", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hostname"] == "host-a"
+
+
+def _update(total: int, pending: int, ok: int, failed: int = 0, cancelled: int = 0,
+            finished: Iterable[job_pb2.JobInfo] = ()) -> job_pb2.WaitJobsUpdate:  # fmt: skip
+    return job_pb2.WaitJobsUpdate(
+        total=total, pending=pending, succeeded=ok, failed=failed, cancelled=cancelled,
+        finished=list(finished),
+    )  # fmt: skip
+
+
+def test_wait_all_succeeded(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.updates = [_update(3, 3, 0), _update(3, 1, 2), _update(3, 0, 3)]
+    assert run(["wait", "--all"]) == 0
+    assert fake.calls == [("wait", ([], True))]
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines()[-1].startswith("burst: 3/3 done: 3 succeeded, 0 failed")
+
+
+def test_wait_reports_failures(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    failed = _info(
+        "job-2", "failed", reason="exit", exit_code=1, error_message="exited with code 1"
+    )
+    cancelled = _info("job-3", "cancelled", reason="cancelled")
+    fake.updates = [
+        _update(3, 3, 0),
+        _update(3, 1, 1, failed=1, finished=[_info("job-1", "succeeded"), failed]),
+        _update(3, 0, 1, failed=1, cancelled=1, finished=[cancelled]),
+    ]
+    assert run(["wait", "job-1", "job-2", "job-3"]) == 1
+    assert fake.calls == [("wait", (["job-1", "job-2", "job-3"], False))]
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        "job-2 failed exit: exited with code 1",
+        "job-3 cancelled cancelled",
+    ]
+    assert "1 succeeded, 1 failed, 1 cancelled" in captured.err.splitlines()[-1]
+
+
+def test_wait_timeout(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    class Forever(FakeClient):
+        async def wait(
+            self, job_ids: Iterable[str] = (), *, all: bool = False
+        ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+            import trio
+
+            yield _update(2, 2, 0)
+            await trio.sleep_forever()
+            yield _update(2, 0, 2)  # pragma: no cover
+
+    fake.__class__ = Forever
+    assert run(["wait", "--timeout", "0.05", "job-1", "job-2"]) == 1
+    assert "timed out after 0.05 s: 2 of 2 jobs not ended" in capsys.readouterr().err
+
+
+def test_progress_plain_lines_at_most_once_a_second() -> None:
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(stream, tty=False, clock=lambda: now[0])
+    for step in range(10):  # ten updates within 0.9 s: one line
+        now[0] = step * 0.1
+        progress.update(_update(100, 100 - step, step))
+    now[0] = 1.5
+    progress.update(_update(100, 50, 50))
+    progress.update(_update(100, 0, 99, failed=1))  # the last one: the summary says it
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[1] == "burst: 50/100 done: 50 succeeded, 0 failed, 0 cancelled, 33.3 jobs/s"
+    assert (
+        lines[2]
+        == "burst: 100/100 done: 99 succeeded, 1 failed, 0 cancelled in 1.5 s (66.7 jobs/s)"
+    )
+
+
+def test_progress_bar_redraws_in_place() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, tty=True, clock=lambda: 0.0)
+    progress.update(_update(10, 5, 5))
+    text = stream.getvalue()
+    assert text.startswith("\r[") and text.endswith("\x1b[K") and "\n" not in text
+    assert "5/10" in text
+    progress.close()
+    assert stream.getvalue().endswith("0 cancelled in 0.0 s\n")  # (no rate: none ended)
+
+
+# --------------------------------------------------------------------------------------------------
+# errors from the controller
+
+
+def test_rpc_error_exits_1(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    fake.error = transport.NotFound("job_id: unknown job 'x'")
+    assert run(["status", "x"]) == 1
+    err = capsys.readouterr().err
+    assert err == "burst: error: NOT_FOUND: job_id: unknown job 'x'\n"
+
+
+def test_unreachable_controller_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert run(["--controller", f"127.0.0.1:{port}", "status", "job-1"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot reach controller at 127.0.0.1:{port}" in err
+    assert err.startswith("burst: error: ") and "Traceback" not in err
