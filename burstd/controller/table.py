@@ -204,6 +204,9 @@ class JobTable:
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
         self.next_id = first_id
+        # Lease batch numbers, one sequence for all workers: a worker declared lost and registered
+        # again keeps echoing the highest number it received, so its new batches must be higher.
+        self.lease_seq = 0
         self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
         self._queue: deque[Job] = deque()
@@ -217,7 +220,9 @@ class JobTable:
         try:
             new = TRANSITIONS[job.state, event]
         except KeyError:
-            raise InvariantError(f"{job.job_id}: no transition {job.state} --{event.value}-->") from None
+            raise InvariantError(
+                f"{job.job_id}: no transition {job.state} --{event.value}-->"
+            ) from None
         self.counts[job.state] -= 1
         self.counts[new] += 1
         job.state = new
@@ -278,6 +283,7 @@ class JobTable:
         if leased_to is not None:
             if job.lease_seq == 0:
                 self._release(leased_to, job)  # never handed over: nothing to stop
+                self._dispatch()  # its slot is free for the next queued job
             else:
                 leased_to.cancel_notices[job_id] = job.attempt
                 self._wakeups.add(leased_to.worker_id)
@@ -357,7 +363,8 @@ class JobTable:
                 batch.append(job)
         if not batch:
             return worker.lease_seq, batch
-        worker.lease_seq += 1
+        self.lease_seq += 1
+        worker.lease_seq = self.lease_seq
         for job in batch:
             job.lease_seq = worker.lease_seq
         return worker.lease_seq, batch

@@ -1,0 +1,329 @@
+"""The Python client for a burst controller: submit, status, wait, cancel, list.
+
+``Client`` is for trio programs; ``BlockingClient`` wraps it for ordinary scripts::
+
+    from burstd.client import BlockingClient, process
+
+    with BlockingClient("127.0.0.1:50051") as burst:
+        ids = burst.submit_array(process("sh", "-c", "echo $BURST_ARRAY_INDEX"), range(100))
+        for update in burst.wait(ids):
+            print(update.pending, "left")
+
+Both keep one connection open for all calls. Errors from the controller raise
+``burstd.transport.RpcError`` with the gRPC status code and the controller's message.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+
+from burstd import transport
+from proto.burst.v1 import job_pb2
+
+T = TypeVar("T")
+SERVICE = "burst.v1.ControllerRpc"
+DEFAULT_ADDR = "127.0.0.1:50051"
+CALL_TIMEOUT = 30.0
+# Array jobs go in one call up to this many; larger arrays are split so no message gets huge.
+ARRAY_CHUNK = 100_000
+
+
+def _spec(
+    output_dir: str | None,
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+    timeout: float | None,
+    retries: int,
+    name: str,
+) -> job_pb2.JobSpec:
+    spec = job_pb2.JobSpec(
+        env=dict(env or {}),
+        cwd=cwd or "",
+        timeout_seconds=timeout or 0.0,
+        retries=retries,
+        name=name,
+    )
+    if output_dir is not None:
+        spec.output_dir = output_dir
+    return spec
+
+
+def process(
+    command: str,
+    *args: str,
+    output_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    name: str = "",
+) -> job_pb2.JobSpec:
+    """A job running ``command`` with ``args`` as its argv (never through a shell)."""
+    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec.process.command = command
+    spec.process.args.extend(args)
+    return spec
+
+
+def python(
+    entry_point: str,
+    *args: str,
+    output_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    name: str = "",
+) -> job_pb2.JobSpec:
+    """A job running the worker's Python interpreter with ``entry_point`` and ``args``."""
+    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec.python.entry_point = entry_point
+    spec.python.args.extend(args)
+    return spec
+
+
+def docker(
+    image: str,
+    *args: str,
+    command: Iterable[str] = (),
+    output_dir: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    name: str = "",
+) -> job_pb2.JobSpec:
+    """A job running ``docker run --rm image [command...] [args...]`` on the worker."""
+    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec.docker.image = image
+    spec.docker.command.extend(command)
+    spec.docker.args.extend(args)
+    return spec
+
+
+class Client:
+    """An open connection to a controller, for trio code. Make one with ``Client.connect``."""
+
+    def __init__(self, channel: transport.Channel) -> None:
+        self._channel = channel
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0
+    ) -> AsyncIterator[Client]:
+        host, port = transport.parse_addr(addr)
+        async with transport.Channel(host, port, connect_timeout=connect_timeout) as channel:
+            yield cls(channel)
+
+    async def _call(self, method: str, request: Any, response_type: Any) -> Any:
+        return await self._channel.unary(
+            SERVICE, method, request, response_type, timeout=CALL_TIMEOUT
+        )
+
+    async def submit(self, spec: job_pb2.JobSpec) -> str:
+        """Queue one job; returns its id."""
+        response = await self._call(
+            "SubmitJob", job_pb2.SubmitJobRequest(spec=spec), job_pb2.SubmitJobResponse
+        )
+        return str(response.job_id)
+
+    async def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> list[str]:
+        """Queue many different jobs in one call, all or none."""
+        response = await self._call(
+            "SubmitJobs", job_pb2.SubmitJobsRequest(specs=specs), job_pb2.SubmitJobsResponse
+        )
+        return list(response.job_ids)
+
+    async def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
+        """One job per index (BURST_ARRAY_INDEX), copies of ``template``; ``indices`` has step 1."""
+        if indices.step != 1:
+            raise ValueError("indices: step must be 1")
+        ids: list[str] = []
+        for start in range(indices.start, indices.stop, ARRAY_CHUNK):
+            count = min(ARRAY_CHUNK, indices.stop - start)
+            request = job_pb2.SubmitJobsRequest(
+                template=template, array_start=start, array_count=count
+            )
+            response = await self._call("SubmitJobs", request, job_pb2.SubmitJobsResponse)
+            ids.extend(response.job_ids)
+        return ids
+
+    async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
+        """One job per entry (BURST_ENTRY), copies of ``template``."""
+        entries = list(entries)
+        ids: list[str] = []
+        for start in range(0, len(entries), ARRAY_CHUNK):
+            request = job_pb2.SubmitJobsRequest(
+                template=template, entries=entries[start : start + ARRAY_CHUNK]
+            )
+            response = await self._call("SubmitJobs", request, job_pb2.SubmitJobsResponse)
+            ids.extend(response.job_ids)
+        return ids
+
+    async def status(self, job_id: str) -> job_pb2.JobInfo:
+        """Everything known about a job; its state is ``unknown`` for an id never submitted."""
+        response = await self._call(
+            "GetJobStatus", job_pb2.GetJobStatusRequest(job_id=job_id), job_pb2.GetJobStatusResponse
+        )
+        info: job_pb2.JobInfo = response.info
+        return info
+
+    async def wait(
+        self, job_ids: Iterable[str] = (), *, all: bool = False
+    ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        """Progress updates until every job has ended (the last update has ``pending == 0``)."""
+        request = job_pb2.WaitJobsRequest(job_ids=list(job_ids), all=all)
+        async for update in self._channel.server_stream(
+            SERVICE, "WaitJobs", request, job_pb2.WaitJobsUpdate
+        ):
+            yield update
+
+    async def cancel(self, job_ids: Iterable[str]) -> list[str]:
+        """Cancel jobs that have not ended; returns each job's state afterwards."""
+        response = await self._call(
+            "CancelJobs",
+            job_pb2.CancelJobsRequest(job_ids=list(job_ids)),
+            job_pb2.CancelJobsResponse,
+        )
+        return list(response.states)
+
+    async def list_jobs(
+        self, state: str = "", *, page: int = 1000
+    ) -> AsyncIterator[job_pb2.JobInfo]:
+        """Every job (or every job in ``state``) in submission order, fetched a page at a time."""
+        after = ""
+        while True:
+            response = await self._call(
+                "ListJobs",
+                job_pb2.ListJobsRequest(state=state, after=after, limit=page),
+                job_pb2.ListJobsResponse,
+            )
+            for info in response.jobs:
+                yield info
+            after = response.next_after
+            if not after:
+                return
+
+    async def workers(self) -> list[job_pb2.WorkerInfo]:
+        response = await self._call(
+            "ListWorkers", job_pb2.ListWorkersRequest(), job_pb2.ListWorkersResponse
+        )
+        return list(response.workers)
+
+
+class BlockingClient:
+    """``Client`` for code without trio: a background thread runs trio and the connection.
+
+    Use it as a context manager (or call ``close()``); every method blocks until the controller
+    answered and raises what the async method raises.
+    """
+
+    def __init__(self, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0) -> None:
+        self._ready: queue.Queue[BaseException | None] = queue.Queue()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._client: Client | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(
+            target=trio.run, args=(self._main, addr, connect_timeout), daemon=True
+        )
+        self._thread.start()
+        error = self._ready.get()
+        if error is not None:
+            self._thread.join()
+            raise error
+
+    async def _main(self, addr: str, connect_timeout: float) -> None:
+        try:
+            async with Client.connect(addr, connect_timeout=connect_timeout) as client:
+                self._client, self._token, self._stop = (
+                    client,
+                    trio.lowlevel.current_trio_token(),
+                    trio.Event(),
+                )
+                self._ready.put(None)
+                await self._stop.wait()
+        except BaseException as error:
+            if self._token is None:
+                self._ready.put(error)
+                return
+            raise
+
+    def _run(self, fn: Callable[[Client], Awaitable[T]]) -> T:
+        assert self._client is not None and self._token is not None
+        client = self._client
+        return trio.from_thread.run(lambda: fn(client), trio_token=self._token)
+
+    def submit(self, spec: job_pb2.JobSpec) -> str:
+        return self._run(lambda c: c.submit(spec))
+
+    def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> list[str]:
+        specs = list(specs)
+        return self._run(lambda c: c.submit_many(specs))
+
+    def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
+        return self._run(lambda c: c.submit_array(template, indices))
+
+    def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
+        entries = list(entries)
+        return self._run(lambda c: c.submit_entries(template, entries))
+
+    def status(self, job_id: str) -> job_pb2.JobInfo:
+        return self._run(lambda c: c.status(job_id))
+
+    def cancel(self, job_ids: Iterable[str]) -> list[str]:
+        job_ids = list(job_ids)
+        return self._run(lambda c: c.cancel(job_ids))
+
+    def workers(self) -> list[job_pb2.WorkerInfo]:
+        return self._run(lambda c: c.workers())
+
+    def list_jobs(self, state: str = "") -> list[job_pb2.JobInfo]:
+        async def collect(client: Client) -> list[job_pb2.JobInfo]:
+            return [info async for info in client.list_jobs(state)]
+
+        return self._run(collect)
+
+    def wait(
+        self, job_ids: Iterable[str] = (), *, all: bool = False
+    ) -> Iterator[job_pb2.WaitJobsUpdate]:
+        """Yields progress updates as they come, until every job has ended."""
+        job_ids = list(job_ids)
+        updates: queue.Queue[job_pb2.WaitJobsUpdate | BaseException | None] = queue.Queue()
+
+        async def pump(client: Client) -> None:
+            try:
+                async for update in client.wait(job_ids, all=all):
+                    updates.put(update)
+            except Exception as error:
+                updates.put(error)
+            else:
+                updates.put(None)
+
+        assert self._token is not None
+        client = self._client
+        assert client is not None
+        trio.from_thread.run_sync(
+            lambda: trio.lowlevel.spawn_system_task(pump, client), trio_token=self._token
+        )
+        while (item := updates.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join()
+
+    def __enter__(self) -> BlockingClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

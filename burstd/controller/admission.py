@@ -1,0 +1,148 @@
+"""Admission: what the controller accepts, checked before anything changes.
+
+Every refusal is a ``SpecError`` whose message starts with the path of the bad field
+(``spec.process.command: cannot be empty``), so a user sees what to fix and never a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from burstd.controller.table import NewJob
+from proto.burst.v1 import job_pb2
+
+# Variables the worker sets itself: a spec may not set them (a job could otherwise fake its id).
+RESERVED_ENV = frozenset(
+    {"BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT", "BURST_ARRAY_INDEX", "BURST_ENTRY"}
+)
+MAX_RETRIES = 100
+_ARRAY_INDEX_TAG = b"\x48"  # JobSpec.array_index: field 9, varint
+_ENTRY_TAG = b"\x52"  # JobSpec.entry: field 10, length-delimited
+
+
+class SpecError(ValueError):
+    """A request the controller refuses; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_batch: int = 1_000_000
+    max_spec_bytes: int = 65_536
+
+
+def _no_nul(path: str, value: str) -> None:
+    if "\x00" in value:
+        raise SpecError(f"{path}: contains a NUL character")
+
+
+def validate_spec(spec: job_pb2.JobSpec, path: str = "spec") -> None:
+    kind = spec.WhichOneof("type")
+    if kind is None:
+        raise SpecError(f"{path}: missing job type (process, python or docker)")
+    if kind == "process":
+        if not spec.process.command.strip():
+            raise SpecError(f"{path}.process.command: cannot be empty")
+        argv = [spec.process.command, *spec.process.args]
+    elif kind == "python":
+        if not spec.python.entry_point.strip():
+            raise SpecError(f"{path}.python.entry_point: cannot be empty")
+        argv = [spec.python.entry_point, *spec.python.args]
+    else:
+        if not spec.docker.image.strip():
+            raise SpecError(f"{path}.docker.image: cannot be empty")
+        argv = [spec.docker.image, *spec.docker.command, *spec.docker.args]
+    for i, arg in enumerate(argv):
+        _no_nul(f"{path}.{kind}.argv[{i}]", arg)
+    for key, value in spec.env.items():
+        if not key or "=" in key:
+            raise SpecError(f"{path}.env: invalid variable name {key!r}")
+        if key in RESERVED_ENV:
+            raise SpecError(f"{path}.env.{key}: is set by the worker and cannot be overridden")
+        _no_nul(f"{path}.env.{key}", key + value)
+    _no_nul(f"{path}.cwd", spec.cwd)
+    _no_nul(f"{path}.output_dir", spec.output_dir)
+    if not math.isfinite(spec.timeout_seconds) or spec.timeout_seconds < 0:
+        raise SpecError(f"{path}.timeout_seconds: must be a finite number >= 0")
+    if spec.retries > MAX_RETRIES:
+        raise SpecError(f"{path}.retries: at most {MAX_RETRIES}")
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # int64 on the wire: negatives as two's complement
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits) -> bytes:
+    validate_spec(spec, path)
+    encoded: bytes = spec.SerializeToString()
+    if len(encoded) > limits.max_spec_bytes:
+        raise SpecError(
+            f"{path}: {len(encoded)} bytes, more than the limit of {limits.max_spec_bytes}"
+        )
+    return encoded
+
+
+def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
+    if spec is None:
+        raise SpecError("spec: missing job spec")
+    return NewJob(_checked(spec, "spec", limits), spec.retries, spec.name)
+
+
+def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> list[NewJob]:
+    """The jobs of a SubmitJobs call: the listed specs, then the template's array or entries.
+
+    Array and entry jobs share the template's encoding with one field appended (protobuf keeps
+    the last value of a repeated scalar field), so a million-job array costs one validation.
+    """
+    expanded = request.array_count or len(request.entries)
+    if request.array_count and request.entries:
+        raise SpecError("array_count: cannot be combined with entries")
+    total = len(request.specs) + expanded
+    if total == 0:
+        raise SpecError("specs: no jobs to submit")
+    if total > limits.max_batch:
+        raise SpecError(f"specs: {total} jobs, more than the limit of {limits.max_batch} per call")
+    jobs = [
+        NewJob(_checked(spec, f"specs[{i}]", limits), spec.retries, spec.name)
+        for i, spec in enumerate(request.specs)
+    ]
+    if not expanded:
+        return jobs
+    if not request.HasField("template"):
+        raise SpecError("template: required with array_count or entries")
+    template = request.template
+    base = _checked(template, "template", limits)
+    retries, name = template.retries, template.name
+    if request.array_count:
+        start = request.array_start
+        if start < 0 or start + request.array_count > 2**63:
+            raise SpecError("array_start: out of range")
+        jobs.extend(
+            NewJob(base + _ARRAY_INDEX_TAG + _varint(start + i), retries, name)
+            for i in range(request.array_count)
+        )
+    else:
+        for i, entry in enumerate(request.entries):
+            _no_nul(f"entries[{i}]", entry)
+            raw = entry.encode()
+            jobs.append(NewJob(base + _ENTRY_TAG + _varint(len(raw)) + raw, retries, name))
+    return jobs
+
+
+def require(value: str, path: str) -> str:
+    if not value.strip():
+        raise SpecError(f"{path}: cannot be empty")
+    return value
+
+
+def job_ids(ids: Sequence[str], path: str = "job_ids", limit: int = 1_000_000) -> list[str]:
+    if len(ids) > limit:
+        raise SpecError(f"{path}: more than {limit} ids")
+    return [require(job_id, f"{path}[{i}]") for i, job_id in enumerate(ids)]

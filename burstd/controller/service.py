@@ -1,0 +1,460 @@
+"""The controller's RPC handlers: decode a request, call the job table, encode the answer.
+
+No job state lives here. What this layer adds is waiting: long-polls park on a per-worker event
+until the table routes work (or a cancel notice) to that worker, and waiters on many jobs park on
+an event that is replaced whenever any job ends.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import trio
+from loguru import logger
+
+from burstd import transport
+from burstd.controller import admission
+from burstd.controller.admission import Limits, SpecError
+from burstd.controller.table import (
+    TERMINAL,
+    Held,
+    Job,
+    JobState,
+    JobTable,
+    NewJob,
+    QueueFull,
+    ReportOutcome,
+    Result,
+    UnknownWorker,
+)
+from proto.burst.v1 import job_pb2, worker_pb2
+
+SERVICE_NAME = "burst.v1.ControllerRpc"
+MAX_WAIT_MS = 60_000
+MAX_LIST = 10_000
+# A waiter on many jobs gets at most this many updates a second: finishing 10,000 jobs a second
+# must not cost 10,000 messages to every `burst wait`.
+WAIT_UPDATE_INTERVAL = 0.05
+_JOB_ID = re.compile(r"job-\d{8,}")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    limits: Limits = field(default_factory=Limits)
+    heartbeat_interval_ms: int = 1000
+
+
+def job_info(job: Job) -> job_pb2.JobInfo:
+    info = job_pb2.JobInfo(
+        job_id=job.job_id,
+        state=job.state.value,
+        signal=job.signal,
+        attempt=job.attempt,
+        worker_id=job.worker_id,
+        submitted_at=job.submitted_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error_message=job.error_message,
+        stdout_path=job.stdout_path,
+        stderr_path=job.stderr_path,
+        reason=job.reason,
+        stolen=job.stolen,
+        name=job.name,
+        lost_count=job.lost_count,
+        retried=job.retried,
+    )
+    if job.exit_code is not None:
+        info.exit_code = job.exit_code
+    return info
+
+
+def _held(items: object) -> list[Held]:
+    return [Held(h.job_id, h.attempt, h.running) for h in items]  # type: ignore[attr-defined]
+
+
+def _held_pb(items: list[Held]) -> list[worker_pb2.HeldJob]:
+    return [worker_pb2.HeldJob(job_id=h.job_id, attempt=h.attempt) for h in items]
+
+
+class ControllerService:
+    """Serves burst.v1.ControllerRpc over one JobTable."""
+
+    def __init__(
+        self,
+        table: JobTable,
+        settings: ServiceSettings = ServiceSettings(),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.settings = settings
+        self.clock = clock
+        self._worker_events: dict[str, trio.Event] = {}
+        self._finished = trio.Event()
+        self._finished_seq = table.finished_seq
+
+    # -- wake-ups ----------------------------------------------------------------------------
+
+    def _after_change(self) -> None:
+        for worker_id in self.table.take_wakeups():
+            event = self._worker_events.pop(worker_id, None)
+            if event is not None:
+                event.set()
+        if self.table.finished_seq != self._finished_seq:
+            self._finished_seq = self.table.finished_seq
+            self._finished.set()
+            self._finished = trio.Event()
+
+    def expire_workers(self) -> list[str]:
+        lost = self.table.expire(self.clock())
+        for worker_id in lost:
+            logger.bind(worker_id=worker_id).warning(
+                "worker silent for over {:.1f} s: declared lost, its jobs go back to the queue",
+                self.table.lease_ttl,
+            )
+        self._after_change()
+        return lost
+
+    # -- clients -----------------------------------------------------------------------------
+
+    async def submit_job(
+        self, request: job_pb2.SubmitJobRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.SubmitJobResponse:
+        new = admission.admit_one(
+            request.spec if request.HasField("spec") else None, self.settings.limits
+        )
+        (job_id,) = self._submit([new])
+        return job_pb2.SubmitJobResponse(job_id=job_id)
+
+    async def submit_jobs(
+        self, request: job_pb2.SubmitJobsRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.SubmitJobsResponse:
+        new = admission.admit_batch(request, self.settings.limits)
+        return job_pb2.SubmitJobsResponse(job_ids=self._submit(new))
+
+    def _submit(self, new: list[NewJob]) -> list[str]:
+        try:
+            ids = self.table.submit(new, self.clock())
+        except QueueFull as error:
+            raise transport.ResourceExhausted(str(error)) from None
+        self._after_change()
+        return ids
+
+    async def get_job_status(
+        self, request: job_pb2.GetJobStatusRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.GetJobStatusResponse:
+        job = self.table.get(request.job_id)
+        if job is None:
+            # The prototype's answer for an unknown id, which its scripts rely on.
+            return job_pb2.GetJobStatusResponse(
+                job_id=request.job_id,
+                state="unknown",
+                info=job_pb2.JobInfo(job_id=request.job_id, state="unknown"),
+            )
+        return job_pb2.GetJobStatusResponse(
+            job_id=job.job_id, state=job.state.value, info=job_info(job)
+        )
+
+    async def cancel_jobs(
+        self, request: job_pb2.CancelJobsRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.CancelJobsResponse:
+        ids = admission.job_ids(request.job_ids)
+        now = self.clock()
+        states = []
+        for job_id in ids:
+            state = self.table.cancel(job_id, now)
+            states.append("unknown" if state is None else state.value)
+        self._after_change()
+        return job_pb2.CancelJobsResponse(states=states)
+
+    async def list_jobs(
+        self, request: job_pb2.ListJobsRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.ListJobsResponse:
+        state = None
+        if request.state:
+            try:
+                state = JobState(request.state)
+            except ValueError:
+                valid = ", ".join(s.value for s in JobState)
+                raise SpecError(
+                    f"state: unknown state {request.state!r} (valid: {valid})"
+                ) from None
+        if request.after and not _JOB_ID.fullmatch(request.after):
+            raise SpecError(f"after: not a job id: {request.after!r}")
+        limit = min(request.limit or 100, MAX_LIST)
+        jobs = []
+        for job in self.table.iter_jobs(state, request.after):
+            jobs.append(job_info(job))
+            if len(jobs) == limit:
+                break
+        next_after = jobs[-1].job_id if len(jobs) == limit else ""
+        return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after)
+
+    async def list_workers(
+        self, request: job_pb2.ListWorkersRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.ListWorkersResponse:
+        now = self.clock()
+        return job_pb2.ListWorkersResponse(
+            workers=[
+                job_pb2.WorkerInfo(
+                    worker_id=w.worker_id,
+                    hostname=w.hostname,
+                    slots=w.slots,
+                    queue_capacity=w.capacity,
+                    leased=len(w.leases),
+                    running=w.running,
+                    peer_addr=w.peer_addr,
+                    last_seen_ago=max(0.0, now - w.last_seen),
+                    state="alive",
+                )
+                for w in self.table.workers.values()
+            ]
+        )
+
+    async def wait_jobs(
+        self, request: job_pb2.WaitJobsRequest, metadata: Mapping[str, str]
+    ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        """Progress until every waited job has ended; the first update comes at once."""
+        if request.all:
+            async for update in self._wait_all():
+                yield update
+            return
+        ids = admission.job_ids(request.job_ids)
+        if not ids:
+            raise SpecError("job_ids: name at least one job, or set all")
+        unknown = [job_id for job_id in ids if self.table.get(job_id) is None]
+        if unknown:
+            raise transport.NotFound(f"job_ids: unknown job {unknown[0]!r}")
+        pending = set(ids)
+        counts = dict.fromkeys(TERMINAL, 0)
+        cursor = 0
+        first = True
+        while True:
+            finished_event = self._finished
+            finished = []
+            # Look at the log of ended jobs while it is shorter than the pending set.
+            log = self.table.finished_log
+            candidates = pending if first or len(log) - cursor > len(pending) else log[cursor:]
+            cursor = len(log)
+            for job_id in list(candidates):
+                job = self.table.get(job_id)
+                if job_id in pending and job is not None and job.state in TERMINAL:
+                    pending.discard(job_id)
+                    counts[job.state] += 1
+                    finished.append(job_info(job))
+            if finished or first:
+                yield job_pb2.WaitJobsUpdate(
+                    total=len(ids),
+                    pending=len(pending),
+                    succeeded=counts[JobState.SUCCEEDED],
+                    failed=counts[JobState.FAILED],
+                    cancelled=counts[JobState.CANCELLED],
+                    finished=finished,
+                )
+            first = False
+            if not pending:
+                return
+            await finished_event.wait()
+            await trio.sleep(WAIT_UPDATE_INTERVAL)
+
+    async def _wait_all(self) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        while True:
+            finished_event = self._finished
+            counts = self.table.counts
+            pending = sum(n for state, n in counts.items() if state not in TERMINAL)
+            yield job_pb2.WaitJobsUpdate(
+                total=len(self.table.jobs),
+                pending=pending,
+                succeeded=counts[JobState.SUCCEEDED],
+                failed=counts[JobState.FAILED],
+                cancelled=counts[JobState.CANCELLED],
+            )
+            if not pending:
+                return
+            await finished_event.wait()
+            await trio.sleep(WAIT_UPDATE_INTERVAL)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    async def register_worker(
+        self, request: worker_pb2.RegisterWorkerRequest, metadata: Mapping[str, str]
+    ) -> worker_pb2.RegisterWorkerResponse:
+        worker_id = admission.require(request.worker_id, "worker_id")
+        slots = max(request.slots, 1)
+        drop = self.table.register(
+            worker_id,
+            slots=slots,
+            # The prototype's first workers did not send a capacity: one job per slot.
+            capacity=request.queue_capacity or slots,
+            now=self.clock(),
+            peer_addr=request.peer_addr,
+            hostname=request.hostname,
+            held=_held(request.held),
+        )
+        self._after_change()
+        logger.bind(worker_id=worker_id).info(
+            "worker registered: {} slots, capacity {}, {} held jobs kept",
+            slots,
+            request.queue_capacity or slots,
+            len(request.held) - len(drop),
+        )
+        return worker_pb2.RegisterWorkerResponse(
+            accepted=True,
+            lease_ttl_ms=int(self.table.lease_ttl * 1000),
+            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            drop=_held_pb(drop),
+        )
+
+    def _unknown_worker(self, error: UnknownWorker) -> transport.RpcError:
+        return transport.FailedPrecondition(f"{error}: register again")
+
+    async def poll_job(
+        self, request: job_pb2.PollJobRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.PollJobResponse:
+        worker_id = request.worker_id
+        max_jobs = request.max_jobs if request.batch else 1
+        deadline = trio.current_time() + min(request.wait_ms, MAX_WAIT_MS) / 1000
+        while True:
+            try:
+                seq, jobs = self.table.lease(worker_id, max_jobs, self.clock())
+            except UnknownWorker as error:
+                raise self._unknown_worker(error) from None
+            cancel = self.table.take_cancel_notices(worker_id)
+            if jobs or cancel or trio.current_time() >= deadline:
+                break
+            event = self._worker_events.setdefault(worker_id, trio.Event())
+            with trio.move_on_at(deadline):
+                await event.wait()
+        response = job_pb2.PollJobResponse(lease_seq=seq, cancel=_held_pb(cancel))
+        assigned = [
+            job_pb2.AssignedJob(
+                job_id=job.job_id, spec=job_pb2.JobSpec.FromString(job.spec), attempt=job.attempt
+            )
+            for job in jobs
+        ]
+        if request.batch:
+            response.jobs.extend(assigned)
+        elif assigned:
+            response.job.CopyFrom(assigned[0])
+        else:
+            response.empty.SetInParent()
+        return response
+
+    def _report(self, worker_id: str, item: job_pb2.ReportJobResultRequest) -> ReportOutcome:
+        result = Result(
+            job_id=item.job_id,
+            attempt=item.attempt,
+            exit_code=item.exit_code if item.reason in ("", "exit") else None,
+            signal=item.signal,
+            reason=item.reason or "exit",
+            error_message=item.error_message,
+            started_at=item.started_at,
+            finished_at=item.finished_at,
+            stdout_path=item.stdout_path,
+            stderr_path=item.stderr_path,
+        )
+        return self.table.report(worker_id, result, self.clock())
+
+    async def report_job_result(
+        self, request: job_pb2.ReportJobResultRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.ReportJobResultResponse:
+        try:
+            outcome = self._report(request.worker_id, request)
+        except UnknownWorker as error:
+            raise self._unknown_worker(error) from None
+        finally:
+            self._after_change()
+        if outcome is ReportOutcome.UNKNOWN_JOB:
+            raise transport.NotFound(f"job_id: unknown job {request.job_id!r}")
+        if outcome is ReportOutcome.STALE:
+            raise transport.FailedPrecondition(
+                f"job {request.job_id} attempt {request.attempt or '(current)'} is no longer "
+                f"leased to worker {request.worker_id}: result not recorded"
+            )
+        return job_pb2.ReportJobResultResponse(accepted=True)
+
+    async def report_job_results(
+        self, request: job_pb2.ReportJobResultsRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.ReportJobResultsResponse:
+        worker_id = request.worker_id
+        now = self.clock()
+        try:
+            for held in _held(request.started):
+                self.table.started(worker_id, held, now)
+            outcomes = [self._report(worker_id, item) for item in request.results]
+        except UnknownWorker as error:
+            raise self._unknown_worker(error) from None
+        finally:
+            self._after_change()
+        response = job_pb2.ReportJobResultsResponse()
+        response.outcomes.extend(cast(list[Any], outcomes))
+        return response
+
+    async def heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, metadata: Mapping[str, str]
+    ) -> worker_pb2.HeartbeatResponse:
+        try:
+            cancel, drop = self.table.heartbeat(
+                request.worker_id, _held(request.held), request.lease_seq, self.clock()
+            )
+        except UnknownWorker:
+            return worker_pb2.HeartbeatResponse(ok=False, reregister=True)
+        finally:
+            self._after_change()
+        return worker_pb2.HeartbeatResponse(ok=True, cancel=_held_pb(cancel), drop=_held_pb(drop))
+
+    # -- registration with the transport -----------------------------------------------------
+
+    def rpc_service(self) -> transport.Service:
+        service = transport.Service(SERVICE_NAME)
+        unary = [
+            ("SubmitJob", job_pb2.SubmitJobRequest, self.submit_job),
+            ("SubmitJobs", job_pb2.SubmitJobsRequest, self.submit_jobs),
+            ("GetJobStatus", job_pb2.GetJobStatusRequest, self.get_job_status),
+            ("CancelJobs", job_pb2.CancelJobsRequest, self.cancel_jobs),
+            ("ListJobs", job_pb2.ListJobsRequest, self.list_jobs),
+            ("ListWorkers", job_pb2.ListWorkersRequest, self.list_workers),
+            ("RegisterWorker", worker_pb2.RegisterWorkerRequest, self.register_worker),
+            ("PollJob", job_pb2.PollJobRequest, self.poll_job),
+            ("ReportJobResult", job_pb2.ReportJobResultRequest, self.report_job_result),
+            ("ReportJobResults", job_pb2.ReportJobResultsRequest, self.report_job_results),
+            ("Heartbeat", worker_pb2.HeartbeatRequest, self.heartbeat),
+        ]
+        for name, request_type, handler in unary:
+            service.unary(name, request_type, _invalid_argument(handler))
+        service.server_stream(
+            "WaitJobs", job_pb2.WaitJobsRequest, _invalid_argument_stream(self.wait_jobs)
+        )
+        return service
+
+
+def _invalid_argument(
+    handler: Callable[[Req, Mapping[str, str]], Awaitable[Resp]],
+) -> Callable[[Req, Mapping[str, str]], Awaitable[Resp]]:
+    """Refused input reaches the client as INVALID_ARGUMENT naming the field."""
+
+    async def handle(request: Req, metadata: Mapping[str, str]) -> Resp:
+        try:
+            return await handler(request, metadata)
+        except SpecError as error:
+            raise transport.InvalidArgument(str(error)) from None
+
+    return handle
+
+
+def _invalid_argument_stream(
+    handler: Callable[[Req, Mapping[str, str]], AsyncIterator[Resp]],
+) -> Callable[[Req, Mapping[str, str]], AsyncIterator[Resp]]:
+    async def handle(request: Req, metadata: Mapping[str, str]) -> AsyncIterator[Resp]:
+        try:
+            async for item in handler(request, metadata):
+                yield item
+        except SpecError as error:
+            raise transport.InvalidArgument(str(error)) from None
+
+    return handle

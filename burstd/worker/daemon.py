@@ -1,0 +1,398 @@
+"""The worker daemon: a trio nursery tree that leases jobs, runs them and reports them.
+
+Shape (after hypercorn's nested nurseries, the outer one holding what must outlive the inner)::
+
+    run_worker
+    ├── outer nursery: session (register, re-register), reporter, heartbeat, notice poll
+    └── inner nursery: lease loop, one runner per slot (each job in its own cancel scope)
+
+A job's cancel scope is the unit of its lifetime: a user cancel, a dropped lease or a shutdown
+cancels that scope, and the executor then kills the job's whole process group. Shutdown drains:
+the lease loop stops, unstarted jobs are handed back, running jobs get ``drain_grace`` seconds,
+then the inner nursery is cancelled; the reporter keeps running until every result is
+acknowledged (bounded by ``flush_timeout``), because a result is never dropped on purpose.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from loguru import logger
+
+from burstd import transport
+from burstd.config import WorkerConfig
+from burstd.worker.executor import ExecConfig, Outcome, run_job
+from burstd.worker.queue import LocalJob, LocalQueue
+from proto.burst.v1 import job_pb2, worker_pb2
+
+SERVICE = "burst.v1.ControllerRpc"
+CALL_TIMEOUT = 10.0
+LONG_POLL_MS = 20_000
+NOTICE_POLL_MS = 30_000
+MAX_BACKOFF = 5.0
+# Results per ReportJobResults call: large enough to amortise a call, small enough to stay snappy.
+REPORT_BATCH = 2_000
+
+
+def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultRequest:
+    return job_pb2.ReportJobResultRequest(
+        job_id=job.job_id,
+        attempt=job.attempt,
+        exit_code=outcome.exit_code if outcome.exit_code is not None else -1,
+        signal=outcome.signal,
+        reason=outcome.reason,
+        error_message=outcome.error_message,
+        started_at=outcome.started_at,
+        finished_at=outcome.finished_at,
+        stdout_path=outcome.stdout_path,
+        stderr_path=outcome.stderr_path,
+    )
+
+
+@dataclass
+class _Running:
+    scope: trio.CancelScope
+    # Why the scope was cancelled: "cancelled" (user), "dropped" (not ours), "returned" (shutdown).
+    why: str = ""
+
+
+@dataclass
+class WorkerState:
+    """What the tasks of one worker share (all on the trio thread: no locks)."""
+
+    config: WorkerConfig
+    local: LocalQueue
+    changed: trio.Event = field(default_factory=trio.Event)
+    running: dict[str, _Running] = field(default_factory=dict)
+    draining: bool = False
+
+    def notify(self) -> None:
+        """Something changed (job arrived, finished, acknowledged): waiting tasks look again."""
+        self.changed.set()
+        self.changed = trio.Event()
+
+    def stop_job(self, job_id: str, why: str) -> None:
+        running = self.running.get(job_id)
+        if running is not None and not running.why:
+            running.why = why
+            running.scope.cancel()
+
+
+class ControllerLink:
+    """The worker's session with the controller: one channel, re-opened and re-registered.
+
+    Other tasks call ``call()``: it waits until the worker is registered, and when the controller
+    is unreachable or has forgotten this worker it marks the session broken, so ``run()`` opens a
+    new channel and registers again (with every held job, so none runs twice).
+    """
+
+    def __init__(self, state: WorkerState, peer_addr: str = "") -> None:
+        self.state = state
+        self.peer_addr = peer_addr
+        self.host, self.port = transport.parse_addr(state.config.controller_addr)
+        self.heartbeat_interval = 1.0
+        self._channel: transport.Channel | None = None
+        self._connected = trio.Event()
+        self._broken = trio.Event()
+        self.log = logger.bind(worker_id=state.config.worker_id)
+
+    def broken(self) -> None:
+        self._broken.set()
+
+    async def run(self) -> None:
+        backoff = max(self.state.config.retry_interval_ms / 1000, 0.05)
+        delay = backoff
+        warned = False
+        while True:
+            try:
+                async with transport.Channel(self.host, self.port, connect_timeout=5.0) as channel:
+                    await self._register(channel)
+                    if warned:
+                        self.log.info("controller at {}:{} is back", self.host, self.port)
+                    warned, delay = False, backoff
+                    self._channel = channel
+                    self._connected.set()
+                    await self._broken.wait()
+            except transport.RpcError as error:
+                if not warned:
+                    self.log.warning("controller unavailable ({}); retrying", error)
+                    warned = True
+            finally:
+                self._channel = None
+                self._connected = trio.Event()
+                self._broken = trio.Event()
+            await trio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _register(self, channel: transport.Channel) -> None:
+        config, local = self.state.config, self.state.local
+        request = worker_pb2.RegisterWorkerRequest(
+            worker_id=config.worker_id,
+            slots=config.slots,
+            queue_capacity=local.capacity,
+            peer_addr=self.peer_addr,
+            held=local.held(),
+            hostname=socket.gethostname(),
+        )
+        response = await channel.unary(
+            SERVICE,
+            "RegisterWorker",
+            request,
+            worker_pb2.RegisterWorkerResponse,
+            timeout=CALL_TIMEOUT,
+        )
+        if response.heartbeat_interval_ms:
+            self.heartbeat_interval = response.heartbeat_interval_ms / 1000
+        for held in response.drop:
+            self._drop(held)
+        self.log.info("registered with controller {}:{}", self.host, self.port)
+
+    def _drop(self, held: worker_pb2.HeldJob) -> None:
+        if self.state.local.drop(held.job_id, held.attempt) is not None:
+            self.state.stop_job(held.job_id, "dropped")
+            self.state.notify()
+
+    def apply_notices(self, cancel: Any, drop: Any) -> None:
+        for held in cancel:
+            job = self.state.local.lookup(held.job_id, held.attempt)
+            if job is not None and not job.cancelled:
+                job.cancelled = True
+                self.state.stop_job(job.job_id, "cancelled")
+                self.state.notify()
+        for held in drop:
+            self._drop(held)
+
+    async def call(
+        self, method: str, request: Any, response_type: Any, timeout: float = CALL_TIMEOUT
+    ) -> Any:
+        await self._connected.wait()
+        channel = self._channel
+        assert channel is not None
+        try:
+            return await channel.unary(SERVICE, method, request, response_type, timeout=timeout)
+        except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
+            self.broken()
+            raise
+
+
+class Worker:
+    """One worker daemon; ``run()`` until cancelled, ``drain()`` for a graceful stop."""
+
+    def __init__(
+        self, config: WorkerConfig, *, peer_addr: str = "", drain_grace: float = 30.0
+    ) -> None:
+        capacity = max(config.local_queue_capacity, config.slots)
+        self.state = WorkerState(config, LocalQueue(capacity))
+        self.link = ControllerLink(self.state, peer_addr)
+        self.exec_config = ExecConfig(
+            worker_id=config.worker_id,
+            output_dir=Path(config.output_dir).resolve(),
+            python=config.python,
+            docker=config.docker,
+            kill_grace=config.kill_grace_s,
+        )
+        self.drain_grace = drain_grace
+        self.flush_timeout = 10.0
+        self.log = logger.bind(worker_id=config.worker_id)
+        self._drain = trio.Event()
+
+    def drain(self) -> None:
+        """Stop taking work, hand unstarted jobs back, let running ones finish, then stop."""
+        self._drain.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.link.run)
+            outer.start_soon(self._heartbeat)
+            outer.start_soon(self._reporter)
+            outer.start_soon(self._notice_poll)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._lease_loop)
+                for _ in range(self.state.config.slots):
+                    inner.start_soon(self._runner)
+                task_status.started()
+                await self._drain.wait()
+                self.log.info("draining: no new work, {} jobs running", len(self.state.running))
+                self.state.draining = True
+                returned = self.state.local.return_unstarted()
+                if returned:
+                    self.log.info("handing back {} unstarted jobs", len(returned))
+                self.state.notify()
+                with trio.move_on_after(self.drain_grace):
+                    while self.state.running:
+                        await self.state.changed.wait()
+                for job_id in list(self.state.running):
+                    self.state.stop_job(job_id, "returned")
+                inner.cancel_scope.cancel()
+            with trio.move_on_after(self.flush_timeout):
+                while self.state.local.has_reports():
+                    await self.state.changed.wait()
+            if self.state.local.has_reports():
+                self.log.warning(
+                    "stopping with unacknowledged results: the controller will re-run them"
+                )
+            outer.cancel_scope.cancel()
+
+    # -- inner nursery -----------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        local = self.state.local
+        while not self.state.draining:
+            room = local.room()
+            if room == 0:
+                await self.state.changed.wait()
+                continue
+            request = job_pb2.PollJobRequest(
+                worker_id=self.state.config.worker_id,
+                max_jobs=room,
+                wait_ms=LONG_POLL_MS,
+                batch=True,
+            )
+            try:
+                response = await self.link.call(
+                    "PollJob",
+                    request,
+                    job_pb2.PollJobResponse,
+                    timeout=LONG_POLL_MS / 1000 + CALL_TIMEOUT,
+                )
+            except transport.RpcError:
+                await trio.sleep(0.05)
+                continue
+            if local.add(response.jobs, response.lease_seq):
+                self.state.notify()
+            self.link.apply_notices(response.cancel, response.drop)
+
+    async def _runner(self) -> None:
+        local = self.state.local
+        while True:
+            job = local.next_queued()
+            if job is None:
+                await self.state.changed.wait()
+                continue
+            self.state.notify()  # the start notice is news for the reporter
+            await self._run_one(job)
+
+    async def _run_one(self, job: LocalJob) -> None:
+        log = self.log.bind(job_id=job.job_id)
+        running = _Running(trio.CancelScope())
+        self.state.running[job.job_id] = running
+        started = time.time()
+        outcome: Outcome | None = None
+        try:
+            with running.scope:
+                if job.cancelled:
+                    running.why = "cancelled"
+                    running.scope.cancel()
+                outcome = await run_job(job.job_id, job.attempt, job.spec, self.exec_config)
+        finally:
+            del self.state.running[job.job_id]
+        if outcome is not None:
+            result = _outcome_result(job, outcome)
+        elif running.why == "dropped":
+            log.debug("dropped: lease no longer ours")
+            self.state.notify()
+            return
+        else:
+            reason = "cancelled" if running.why == "cancelled" else "returned"
+            message = (
+                "cancelled by user" if reason == "cancelled" else "stopped by a worker shutdown"
+            )
+            result = job_pb2.ReportJobResultRequest(
+                job_id=job.job_id,
+                attempt=job.attempt,
+                exit_code=-1,
+                reason=reason,
+                error_message=message,
+                started_at=started,
+                finished_at=time.time(),
+            )
+        log.debug("finished: {} {}", result.reason, result.exit_code)
+        self.state.local.finish(job, result)
+        self.state.notify()
+
+    # -- outer nursery -----------------------------------------------------------------------
+
+    async def _reporter(self) -> None:
+        """Send start notices and results in batches, and retry until the controller answers."""
+        local = self.state.local
+        config = self.state.config
+        while True:
+            if not local.has_reports():
+                await self.state.changed.wait()
+                continue
+            started, done = local.take_reports()
+            done = done[:REPORT_BATCH]
+            request = job_pb2.ReportJobResultsRequest(
+                worker_id=config.worker_id,
+                started=started,
+                results=[j.result for j in done if j.result],
+            )
+            try:
+                await self.link.call("ReportJobResults", request, job_pb2.ReportJobResultsResponse)
+            except transport.RpcError as error:
+                self.log.debug("report failed ({}); retrying", error)
+                await trio.sleep(0.05)
+                continue
+            local.acknowledged(done)
+            self.state.notify()
+
+    async def _heartbeat(self) -> None:
+        local = self.state.local
+        while True:
+            await trio.sleep(self.link.heartbeat_interval)
+            request = worker_pb2.HeartbeatRequest(
+                worker_id=self.state.config.worker_id, held=local.held(), lease_seq=local.lease_seq
+            )
+            try:
+                response = await self.link.call("Heartbeat", request, worker_pb2.HeartbeatResponse)
+            except transport.RpcError:
+                continue
+            if response.reregister:
+                self.link.broken()
+                continue
+            self.link.apply_notices(response.cancel, response.drop)
+
+    async def _notice_poll(self) -> None:
+        """Keep a long-poll open for cancel notices even while the lease loop has no room."""
+        request = job_pb2.PollJobRequest(
+            worker_id=self.state.config.worker_id, max_jobs=0, wait_ms=NOTICE_POLL_MS, batch=True
+        )
+        while True:
+            try:
+                response = await self.link.call(
+                    "PollJob",
+                    request,
+                    job_pb2.PollJobResponse,
+                    timeout=NOTICE_POLL_MS / 1000 + CALL_TIMEOUT,
+                )
+            except transport.RpcError:
+                await trio.sleep(0.05)
+                continue
+            self.link.apply_notices(response.cancel, response.drop)
+
+
+async def run_until_signalled(worker: Worker) -> None:
+    """Run a worker; SIGTERM or SIGINT drains it, a second one stops it at once."""
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+            nursery.start_soon(_run_then_cancel, worker, nursery.cancel_scope)
+            count = 0
+            async for signum in received:
+                count += 1
+                if count == 1:
+                    worker.log.info("signal {}: draining (send again to stop at once)", signum)
+                    worker.drain()
+                else:
+                    worker.log.warning("signal {}: stopping now", signum)
+                    nursery.cancel_scope.cancel()
+
+
+async def _run_then_cancel(worker: Worker, scope: trio.CancelScope) -> None:
+    await worker.run()
+    scope.cancel()

@@ -1,0 +1,151 @@
+"""The worker's local job set: what it holds, what runs, what is still to report. No I/O.
+
+Rules:
+
+1. A job is held from the moment its lease arrives until the controller acknowledged its result
+   (or told the worker to drop it). Heartbeats list every held job, so the controller never takes
+   back a job whose result is still on its way.
+2. Held jobs never exceed the capacity the worker registered (``room()`` is what the lease loop may
+   ask for), so the controller's count and the worker's agree.
+3. Every job that ends gets exactly one result, kept until acknowledged; a dropped job gets none.
+4. A job is QUEUED (waiting for a slot), RUNNING, or DONE (result not acknowledged yet).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proto.burst.v1 import job_pb2, worker_pb2
+
+
+class LocalState(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(slots=True, eq=False)
+class LocalJob:
+    job_id: str
+    attempt: int
+    spec: job_pb2.JobSpec
+    state: LocalState = LocalState.QUEUED
+    result: job_pb2.ReportJobResultRequest | None = None
+    # Set when the controller cancelled the job: it is stopped and reported as cancelled.
+    cancelled: bool = False
+    stolen_from: str = ""
+
+
+class LocalQueue:
+    """Jobs held by one worker."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.jobs: dict[str, LocalJob] = {}
+        self._queued: deque[LocalJob] = deque()
+        self._started: list[LocalJob] = []
+        self.lease_seq = 0  # highest lease batch received: heartbeats acknowledge it
+
+    def room(self) -> int:
+        return max(0, self.capacity - len(self.jobs))
+
+    def held(self) -> list[worker_pb2.HeldJob]:
+        return [
+            worker_pb2.HeldJob(
+                job_id=j.job_id, attempt=j.attempt, running=j.state is LocalState.RUNNING
+            )
+            for j in self.jobs.values()
+        ]
+
+    def add(self, jobs: Iterable[job_pb2.AssignedJob], lease_seq: int) -> int:
+        """Take leased jobs; a job already held under the same attempt is ignored. Returns count."""
+        added = 0
+        for assigned in jobs:
+            current = self.jobs.get(assigned.job_id)
+            if current is not None and current.attempt >= assigned.attempt:
+                continue
+            job = LocalJob(assigned.job_id, assigned.attempt, assigned.spec)
+            self.jobs[job.job_id] = job
+            self._queued.append(job)
+            added += 1
+        self.lease_seq = max(self.lease_seq, lease_seq)
+        return added
+
+    def has_queued(self) -> bool:
+        return any(job.state is LocalState.QUEUED for job in self._queued)
+
+    def next_queued(self) -> LocalJob | None:
+        """The oldest job waiting for a slot, now RUNNING; None when there is none."""
+        while self._queued:
+            job = self._queued.popleft()
+            if self.jobs.get(job.job_id) is job and job.state is LocalState.QUEUED:
+                job.state = LocalState.RUNNING
+                self._started.append(job)
+                return job
+        return None
+
+    def finish(self, job: LocalJob, result: job_pb2.ReportJobResultRequest) -> None:
+        """Record how a job ended; ignored if the job was dropped meanwhile."""
+        if self.jobs.get(job.job_id) is job and job.state is not LocalState.DONE:
+            job.state = LocalState.DONE
+            job.result = result
+
+    def return_unstarted(self) -> list[LocalJob]:
+        """For a shutdown: every queued job ends as handed back (re-queued by the controller)."""
+        returned = []
+        while (job := self.next_queued()) is not None:
+            self.finish(
+                job,
+                job_pb2.ReportJobResultRequest(
+                    job_id=job.job_id,
+                    attempt=job.attempt,
+                    reason="returned",
+                    error_message="handed back by a worker shutting down",
+                ),
+            )
+            returned.append(job)
+        return returned
+
+    def take_reports(self) -> tuple[list[worker_pb2.HeldJob], list[LocalJob]]:
+        """Start notices not sent yet, and every finished job whose result is unacknowledged."""
+        started = [
+            worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt, running=True)
+            for j in self._started
+            if self.jobs.get(j.job_id) is j and j.state is LocalState.RUNNING
+        ]
+        self._started.clear()
+        done = [j for j in self.jobs.values() if j.state is LocalState.DONE]
+        return started, done
+
+    def has_reports(self) -> bool:
+        return bool(self._started) or any(j.state is LocalState.DONE for j in self.jobs.values())
+
+    def acknowledged(self, jobs: Iterable[LocalJob]) -> None:
+        """The controller answered for these results (accepted, duplicate or stale): forget them."""
+        for job in jobs:
+            if self.jobs.get(job.job_id) is job:
+                del self.jobs[job.job_id]
+
+    def lookup(self, job_id: str, attempt: int) -> LocalJob | None:
+        job = self.jobs.get(job_id)
+        return job if job is not None and job.attempt == attempt else None
+
+    def drop(self, job_id: str, attempt: int) -> LocalJob | None:
+        """Forget a job that is no longer this worker's; returns it (the caller stops it)."""
+        job = self.lookup(job_id, attempt)
+        if job is not None:
+            del self.jobs[job_id]
+        return job
+
+    def take(self, job_ids: Iterable[str]) -> list[LocalJob]:
+        """Remove these jobs if they are still queued (not started): for handing them away."""
+        taken = []
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state is LocalState.QUEUED:
+                del self.jobs[job_id]
+                taken.append(job)
+        return taken

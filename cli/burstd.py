@@ -1,0 +1,292 @@
+"""`burstd`: run the controller, a worker, or a whole local cluster in the foreground."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import cyclopts
+import trio
+from cyclopts import Parameter
+
+from burstd import logs
+from burstd.config import (
+    Config,
+    ConfigError,
+    ControllerConfig,
+    format_hostport,
+    load_config,
+    parse_hostport,
+    with_overrides,
+    worker_for,
+)
+
+app = cyclopts.App(
+    name="burstd",
+    help="burst daemons: the controller, a worker, or a local cluster (`burstd up`).",
+    version_flags=[],
+)
+
+
+def _fail(message: str) -> None:
+    print(f"burstd: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _load(config: Path | None) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as error:
+        _fail(str(error))
+        raise  # unreachable: _fail exits
+
+
+def _controller_config(
+    config: Path | None, listen: str | None, state_dir: Path | None, router: str | None
+) -> ControllerConfig:
+    try:
+        return with_overrides(
+            _load(config).controller, bind_addr=listen, state_dir=state_dir, router=router
+        )
+    except ConfigError as error:
+        _fail(str(error))
+        raise
+
+
+@app.command
+def controller(
+    *,
+    config: Path | None = None,
+    listen: str | None = None,
+    state_dir: Path | None = None,
+    router: str | None = None,
+) -> None:
+    """Run the controller: accepts jobs and leases them to workers.
+
+    Parameters
+    ----------
+    config
+        Configuration file (TOML, or the prototype's JSON); default: burst.toml here.
+    listen
+        HOST:PORT to serve gRPC on (default 127.0.0.1:50051).
+    state_dir
+        Folder of the durable store.
+    router
+        roundrobin, power2 or biased.
+    """
+    from burstd.controller import daemon
+
+    settings = _controller_config(config, listen, state_dir, router)
+    logs.setup_logging(component="controller")
+    try:
+        trio.run(daemon.run_until_signalled, settings)
+    except* OSError as group:
+        _fail(_first_leaf(group))
+
+
+@app.command
+def worker(
+    *,
+    config: Path | None = None,
+    id: str | None = None,
+    controller: str | None = None,
+    slots: int | None = None,
+    queue_capacity: int | None = None,
+    output_dir: Path | None = None,
+    peer_listen: str | None = None,
+) -> None:
+    """Run a worker: leases jobs from the controller and runs them.
+
+    Parameters
+    ----------
+    config
+        Configuration file; a [[workers]] entry with this worker's id is used if present.
+    id
+        Worker id (default: the host name); unique per worker, stable across restarts.
+    controller
+        Controller address HOST:PORT.
+    slots
+        Jobs run at once (default: the number of CPUs).
+    queue_capacity
+        Jobs held at once, running or waiting for a slot (default: 2 x slots).
+    output_dir
+        Folder for <job_id>.stdout and <job_id>.stderr of jobs that name none.
+    peer_listen
+        HOST:PORT to serve StealJobs to other workers on.
+    """
+    from burstd.worker import daemon
+
+    loaded = _load(config)
+    try:
+        settings = with_overrides(
+            worker_for(loaded, id),
+            controller_addr=controller,
+            slots=slots,
+            local_queue_capacity=queue_capacity,
+            output_dir=output_dir,
+            peer_listen_addr=peer_listen,
+        )
+    except ConfigError as error:
+        _fail(str(error))
+        raise
+    logs.setup_logging(component="worker")
+    trio.run(daemon.run_until_signalled, daemon.Worker(settings))
+
+
+def _first_leaf(group: BaseExceptionGroup[OSError]) -> str:
+    """The message of the first exception in a (nested) group: a start-up error, not a trace."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return str(error)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@app.command
+def up(
+    *command: str,
+    workers: Annotated[int, Parameter(name=["--workers", "-n"])] = 2,
+    slots: int | None = None,
+    listen: str | None = None,
+    state_dir: Path | None = None,
+    config: Path | None = None,
+    output_dir: Path | None = None,
+) -> None:
+    """Run a controller and N workers on this machine, in the foreground, until Ctrl-C.
+
+    With a COMMAND after `--`, run it once the cluster is ready (BURST_CONTROLLER points at the
+    cluster), then stop the cluster and exit with the command's exit code.
+
+    Parameters
+    ----------
+    command
+        Program and arguments to run against the cluster, after `--`.
+    workers
+        Number of worker processes.
+    slots
+        Jobs each worker runs at once (default: CPUs / workers, at least 1).
+    listen
+        Controller address HOST:PORT (default 127.0.0.1:50051).
+    state_dir
+        Folder of the controller's durable store.
+    config
+        Configuration file, as for `burstd controller`.
+    output_dir
+        Folder for job output (default: the working directory).
+    """
+    if workers < 1:
+        _fail("--workers: must be at least 1")
+    settings = _controller_config(config, listen, state_dir, None)
+    host, port = parse_hostport(settings.bind_addr)
+    if port == 0:
+        port = _free_port(host)
+    addr = format_hostport(host, port)
+    per_worker = slots or max(1, (os.cpu_count() or 1) // workers)
+    base = [sys.executable, "-m", "cli.burstd"]
+    common = ["--config", str(config)] if config else []
+    logs.setup_logging(component="up")
+    from loguru import logger
+
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        controller_cmd = [*base, "controller", *common, "--listen", addr]
+        if state_dir:
+            controller_cmd += ["--state-dir", str(state_dir)]
+        children.append(subprocess.Popen(controller_cmd))
+        prefix = socket.gethostname()
+        for i in range(1, workers + 1):
+            cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", addr]
+            cmd += ["--slots", str(per_worker)]
+            if output_dir:
+                cmd += ["--output-dir", str(output_dir)]
+            children.append(subprocess.Popen(cmd))
+        logger.info(
+            "local cluster up: controller on {}, {} workers x {} slots; Ctrl-C to stop",
+            addr,
+            workers,
+            per_worker,
+        )
+        if command:
+            _wait_ready(addr, workers)
+            env = {**os.environ, "BURST_CONTROLLER": addr}
+            code = subprocess.call(list(command), env=env)
+            _stop_all(children)
+            sys.exit(code)
+        _supervise(children)
+    finally:
+        _stop_all(children)
+
+
+def _wait_ready(addr: str, workers: int, timeout: float = 30.0) -> None:
+    """Block until the controller answers and every worker has registered."""
+    from burstd.client import BlockingClient
+    from burstd.transport import RpcError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with BlockingClient(addr, connect_timeout=1.0) as client:
+                while time.monotonic() < deadline:
+                    if len(client.workers()) >= workers:
+                        return
+                    time.sleep(0.05)
+        except RpcError:
+            time.sleep(0.1)
+    _fail(f"local cluster not ready after {timeout:.0f} s")
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
+    """Block until a signal arrives or a child exits on its own."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    while not received:
+        for child in children:
+            if child.poll() is not None:
+                _fail(f"{_describe(child)} exited with code {child.returncode}")
+        time.sleep(0.1)
+
+
+def _describe(child: subprocess.Popen[bytes]) -> str:
+    args = [str(arg) for arg in child.args] if isinstance(child.args, list) else [str(child.args)]
+    return " ".join(args[3:6])
+
+
+def _stop_all(children: list[subprocess.Popen[bytes]], grace: float = 35.0) -> None:
+    """Workers first (they drain and report to the controller), then the controller."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    workers, controllers = children[1:], children[:1]
+    for group in (workers, controllers):
+        for child in group:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in group:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

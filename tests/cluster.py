@@ -1,0 +1,178 @@
+"""Real `burstd` and `burst` processes on free loopback ports, for integration tests.
+
+Every process starts in its own session, logs to a file under the test's tmp_path, and is stopped
+(SIGTERM, then SIGKILL of its whole process group) when the test ends, pass or fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def program(name: str) -> list[str]:
+    """The installed console script, or the module when running from a source tree."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", f"cli.{name}"]
+
+
+class Daemon:
+    def __init__(self, name: str, args: list[str], log: Path, cwd: Path) -> None:
+        self.name = name
+        self.log_path = log
+        self._log = log.open("wb")
+        env = {**os.environ, "BURST_LOG": os.environ.get("BURST_LOG", "debug")}
+        self.proc = subprocess.Popen(
+            [*program("burstd"), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
+    def kill9(self) -> None:
+        """kill -9 the daemon alone (its job processes are left to fend for themselves)."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, timeout: float = 40.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.kill_group()
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+
+
+class Cluster:
+    """Factory for daemons and CLI runs bound to one controller address."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.daemons: list[Daemon] = []
+        self.output = tmp_path / "out"
+        self.output.mkdir()
+
+    def controller(self, *args: str) -> Daemon:
+        daemon = Daemon(
+            "controller",
+            ["controller", "--listen", self.addr, "--state-dir", str(self.tmp / "state"), *args],
+            self.tmp / f"controller-{len(self.daemons)}.log",
+            self.tmp,
+        )
+        self.daemons.append(daemon)
+        self.wait_ready()
+        return daemon
+
+    def worker(self, worker_id: str, *args: str, slots: int = 2) -> Daemon:
+        daemon = Daemon(
+            worker_id,
+            [
+                "worker",
+                "--id",
+                worker_id,
+                "--controller",
+                self.addr,
+                "--slots",
+                str(slots),
+                "--output-dir",
+                str(self.output),
+                *args,
+            ],
+            self.tmp / f"{worker_id}-{len(self.daemons)}.log",
+            self.tmp,
+        )
+        self.daemons.append(daemon)
+        return daemon
+
+    def burst(
+        self, *args: str, check: bool = True, timeout: float = 60.0, **kw: Any
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*program("burst"), "--controller", self.addr, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.tmp,
+            **kw,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"burst {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        info: dict[str, Any] = json.loads(self.burst("status", "--json", job_id).stdout)
+        return info
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"controller did not listen on {self.addr}: {self.daemons[-1].log()}")
+
+    def wait_workers(self, count: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = json.loads(self.burst("workers", "--json").stdout or "[]")
+            if len(workers) >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {count} workers registered")
+
+    def close(self) -> None:
+        for daemon in reversed(self.daemons):
+            daemon.kill_group()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
