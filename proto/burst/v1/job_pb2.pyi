@@ -337,3 +337,19 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class ForgetJobsRequest(_message.Message):
+    __slots__ = ("job_ids", "all_finished", "older_than_seconds")
+    JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    job_ids: _containers.RepeatedScalarFieldContainer[str]
+    all_finished: bool
+    older_than_seconds: float
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all_finished: _Optional[bool] = ..., older_than_seconds: _Optional[float] = ...) -> None: ...
+
+class ForgetJobsResponse(_message.Message):
+    __slots__ = ("forgotten",)
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    forgotten: int
+    def __init__(self, forgotten: _Optional[int] = ...) -> None: ...
