@@ -1,0 +1,1310 @@
+"""burst's gRPC transport: the only module that imports purerpc (and anyio).
+
+Everything else (controller service, worker, client) speaks through this small API, so that the
+wire library can be swapped without touching them:
+
+* server side: :class:`Service` (unary and server-streaming methods whose handlers receive
+  decoded protobuf messages plus the call's metadata) and :func:`serve`, which listens on one
+  configured host and port and runs until cancelled;
+* errors: :class:`RpcError` and one subclass per status code we use (:class:`InvalidArgument`,
+  :class:`NotFound`, ...). A handler raises them; a client call raises them;
+* client side: :class:`Channel`, one HTTP/2 connection shared by concurrent calls, every call
+  bounded by a timeout;
+* :func:`parse_addr` and the standard health service (:func:`health_service`).
+
+purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``), its socket writer
+and its per-stream flow control. Its ``Server``, ``ConnectionHandler`` and client stubs are not
+used, because they carry the traps this module exists to close (see docs/architecture.md and
+the design, section 4):
+
+1. ``Server.serve_async`` binds every interface with SO_REUSEPORT, so a second server on a busy
+   port starts silently. :func:`serve` binds only the configured host, without reuse-port, and a
+   busy port is a :class:`TransportError` naming the address.
+2. purerpc answers a handler's exception with CANCELLED and a Python repr. Here a
+   :class:`RpcError` becomes its status; anything else is logged with its traceback on the server
+   and reaches the client as INTERNAL "internal error", nothing more.
+3. purerpc parses the request before our code runs, so a corrupt message becomes CANCELLED with a
+   traceback. Here requests are taken as raw bytes and decoded by us: a DecodeError is
+   INVALID_ARGUMENT "malformed <message type>".
+4. Handlers get the call's metadata (``Mapping[str, str]``) as their second argument.
+5. purerpc's client has no deadline, and ignores RST_STREAM and a dead connection, so a call
+   could wait forever. Every call here has a timeout (sent to the server as ``grpc-timeout`` and
+   enforced on both sides); a lost connection fails the calls on it with UNAVAILABLE; a cancelled
+   call resets its HTTP/2 stream so the server stops working on it.
+6. purerpc logs normal cancellations as warnings through the standard ``logging`` module; none
+   of that code runs here, and :func:`quiet_purerpc_logging` (called at import) raises its
+   logger to ERROR anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import logging
+import math
+import os
+import re
+import socket
+import types
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, Protocol, Self, TypeVar, cast
+
+import anyio
+import anyio.abc
+import h2.exceptions  # type: ignore[import-untyped]
+import trio
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+from loguru import logger
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpc_socket import GRPCStreamState
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.events import (
+    MessageReceived,
+    RequestEnded,
+    RequestReceived,
+    ResponseEnded,
+    WindowUpdated,
+)
+from purerpc.grpclib.exceptions import ProtocolError
+from purerpc.grpclib.status import Status
+
+from proto.grpc.health.v1 import health_pb2
+
+__all__ = [
+    "DEFAULT_PORT",
+    "HEALTH_SERVICE",
+    "Aborted",
+    "AlreadyExists",
+    "Channel",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "Metadata",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "RpcError",
+    "Service",
+    "StatusCode",
+    "TransportError",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "health_service",
+    "open_channel",
+    "parse_addr",
+    "quiet_purerpc_logging",
+    "rpc_error",
+    "serve",
+]
+
+DEFAULT_PORT = 50051
+HEALTH_SERVICE = "grpc.health.v1.Health"
+
+Metadata = Mapping[str, str]
+"""A call's custom metadata (HTTP/2 headers other than gRPC's own); binary ``-bin`` keys are
+not passed on."""
+
+# Longer status messages are cut: they travel in an HTTP/2 trailer, and peers cap the header
+# block (8 KiB here and in grpcio); percent-encoding can triple a message's size.
+_MAX_STATUS_MESSAGE = 1024
+# HTTP/2 error code sent with RST_STREAM when our side abandons a call.
+_H2_CANCEL = 0x8
+# 8 opaque bytes carried by our liveness PINGs.
+_PING_PAYLOAD = b"burst-pg"
+
+
+def quiet_purerpc_logging() -> None:
+    """Raise purerpc's standard-library logger to ERROR.
+
+    purerpc reports a normal cancellation (shutdown, a client gone) as a WARNING with a stack
+    trace. This module does not run those code paths, but other code might import purerpc, and
+    a shutdown must print nothing alarming. Idempotent; called at import.
+    """
+    logging.getLogger("purerpc").setLevel(logging.ERROR)
+
+
+quiet_purerpc_logging()
+
+
+# -- status errors ---------------------------------------------------------------------------
+
+
+class StatusCode(enum.IntEnum):
+    """gRPC status codes (the numbers are the wire values)."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+    @classmethod
+    def of(cls, value: int) -> StatusCode:
+        """The code for a wire value; a value gRPC does not define is UNKNOWN."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNKNOWN
+
+
+class RpcError(Exception):
+    """A call ended with a status other than OK.
+
+    Raised by handlers to answer with that status, and by client calls when the server (or the
+    transport) answered so. ``code`` is a :class:`StatusCode`, ``message`` the human-readable
+    text sent with it. ``str(error)`` is ``"NOT_FOUND: job 7 is unknown"``.
+    """
+
+    code: StatusCode
+    message: str
+
+    def __init__(self, code: StatusCode, message: str = "") -> None:
+        if code is StatusCode.OK:
+            raise ValueError("RpcError needs a status other than OK")
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}" if self.message else self.code.name
+
+
+class _CodedError(RpcError):
+    """An RpcError whose class fixes the code, so callers can ``except NotFound``."""
+
+    CODE: ClassVar[StatusCode]
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(self.CODE, message)
+        self.args = (message,)
+
+
+class InvalidArgument(_CodedError):
+    """The request is wrong whatever the server's state (the message should name the field)."""
+
+    CODE = StatusCode.INVALID_ARGUMENT
+
+
+class DeadlineExceeded(_CodedError):
+    """The call did not finish within its timeout."""
+
+    CODE = StatusCode.DEADLINE_EXCEEDED
+
+
+class NotFound(_CodedError):
+    CODE = StatusCode.NOT_FOUND
+
+
+class AlreadyExists(_CodedError):
+    CODE = StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(_CodedError):
+    CODE = StatusCode.PERMISSION_DENIED
+
+
+class ResourceExhausted(_CodedError):
+    """A limit was hit (a full queue, an oversized batch or message)."""
+
+    CODE = StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(_CodedError):
+    """The server's state does not allow the request (for example a stale lease)."""
+
+    CODE = StatusCode.FAILED_PRECONDITION
+
+
+class Aborted(_CodedError):
+    CODE = StatusCode.ABORTED
+
+
+class Unimplemented(_CodedError):
+    CODE = StatusCode.UNIMPLEMENTED
+
+
+class Internal(_CodedError):
+    """A bug or broken invariant on the server, or a reply that breaks the protocol."""
+
+    CODE = StatusCode.INTERNAL
+
+
+class Unavailable(_CodedError):
+    """The server cannot be reached or the connection was lost: retrying later may work."""
+
+    CODE = StatusCode.UNAVAILABLE
+
+
+class Unauthenticated(_CodedError):
+    CODE = StatusCode.UNAUTHENTICATED
+
+
+_ERROR_CLASSES: dict[StatusCode, type[_CodedError]] = {
+    cls.CODE: cls
+    for cls in (
+        InvalidArgument,
+        DeadlineExceeded,
+        NotFound,
+        AlreadyExists,
+        PermissionDenied,
+        ResourceExhausted,
+        FailedPrecondition,
+        Aborted,
+        Unimplemented,
+        Internal,
+        Unavailable,
+        Unauthenticated,
+    )
+}
+
+
+def rpc_error(code: StatusCode, message: str = "") -> RpcError:
+    """The most specific RpcError for ``code`` (``NotFound`` for NOT_FOUND, ...)."""
+    cls = _ERROR_CLASSES.get(code)
+    return cls(message) if cls is not None else RpcError(code, message)
+
+
+class TransportError(OSError):
+    """The server could not start listening (address in use, bad host, no permission).
+
+    ``errno`` is the underlying error number when there is one.
+    """
+
+
+# -- messages ----------------------------------------------------------------------------------
+
+
+class _Message(Protocol):
+    """What this module needs of a protobuf message (google.protobuf ships no type stubs)."""
+
+    def SerializeToString(self, **kwargs: Any) -> bytes: ...
+
+    def ParseFromString(self, serialized: bytes) -> int | None: ...
+
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT", bound=_Message)
+
+
+def _type_name(message_type: type[Any]) -> str:
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", message_type.__name__))
+
+
+def _decode(message_type: type[ResponseT], data: bytes) -> ResponseT:
+    """Parse ``data`` as ``message_type``; DecodeError propagates."""
+    message = message_type()
+    message.ParseFromString(data)
+    return message
+
+
+# -- the HTTP/2 + gRPC layer, adapted from purerpc ---------------------------------------------
+#
+# purerpc's GRPCConnection turns bytes into gRPC events. Three of its behaviours would hang or
+# kill a whole connection, so they are replaced: an RST_STREAM was dropped silently (a cancelled
+# client call left the server working forever, a server reset left the client waiting forever),
+# DATA for a stream it no longer knew raised KeyError (killing the connection), and a malformed
+# request or response header or an oversized message raised out of the reader (killing every
+# call on the connection). They now become per-stream events.
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamReset:
+    """The peer reset one stream (RST_STREAM)."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class _StreamFailed:
+    """One stream broke the protocol; the call ends with this status."""
+
+    stream_id: int
+    code: StatusCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class _GoAway:
+    """The peer will accept no new streams on this connection (GOAWAY)."""
+
+
+class _Connection(GRPCConnection):  # type: ignore[misc]
+    def _stream_reset(self, event: Any) -> list[object]:
+        self.message_read_buffers.pop(event.stream_id, None)
+        return [_StreamReset(event.stream_id, int(event.error_code))]
+
+    def _connection_terminated(self, event: Any) -> list[object]:
+        return [_GoAway()]
+
+    def _data_received(self, event: Any) -> list[object]:
+        buffer = self.message_read_buffers.get(event.stream_id)
+        if buffer is None:
+            # The stream is finished on our side: give its flow-control credit back, drop it.
+            self.h2_connection.acknowledge_received_data(
+                event.flow_controlled_length, event.stream_id
+            )
+            return []
+        try:
+            buffer.data_received(event.data, event.flow_controlled_length)
+        except ProtocolError as error:  # message over the size limit, unknown compression
+            del self.message_read_buffers[event.stream_id]
+            self.h2_connection.acknowledge_received_data(
+                event.flow_controlled_length, event.stream_id
+            )
+            return [_StreamFailed(event.stream_id, StatusCode.RESOURCE_EXHAUSTED, str(error))]
+        return [
+            MessageReceived(event.stream_id, message, length)
+            for message, length in buffer.read_all_complete_messages_flowcontrol()
+        ]
+
+    def _request_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._request_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            # A request we cannot route: answer it alone, keep the connection.
+            status = Status(StatusCode.INTERNAL.value, f"bad gRPC request: {error}")
+            self.respond_status(event.stream_id, status)
+            return []
+        return events
+
+    def _response_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._response_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            return [_StreamFailed(event.stream_id, StatusCode.INTERNAL, f"bad reply: {error}")]
+        return events
+
+    def _trailers_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._trailers_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            return [_StreamFailed(event.stream_id, StatusCode.INTERNAL, f"bad reply: {error}")]
+        return events
+
+
+class _Stream(GRPCProtoStream):  # type: ignore[misc]
+    """One call. Requests and replies travel as raw bytes: decoding is ours (trap 3)."""
+
+    _state: Any
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.ended = False  # the peer's side is complete (end, status, reset or failure seen)
+        self.reset = False  # the peer reset the stream
+        self.cancel_scope: trio.CancelScope | None = None  # server side: the handler's scope
+
+    # purerpc deletes a stream from its table when both sides are closed and raises KeyError if
+    # it is gone already; here the table entry is removed once, by whoever finishes the call.
+    def _close_remote(self) -> None:
+        if self._state is GRPCStreamState.OPEN:
+            self._state = GRPCStreamState.HALF_CLOSED_REMOTE
+        elif self._state is GRPCStreamState.HALF_CLOSED_LOCAL:
+            self._state = GRPCStreamState.CLOSED
+
+    def _close_local(self) -> None:
+        if self._state is GRPCStreamState.OPEN:
+            self._state = GRPCStreamState.HALF_CLOSED_LOCAL
+        elif self._state is GRPCStreamState.HALF_CLOSED_REMOTE:
+            self._state = GRPCStreamState.CLOSED
+
+    async def _receive(self) -> object:
+        # purerpc's version asserts on any event it does not know (ours: reset, failure).
+        event: object = await self._incoming_events[1].receive()
+        if isinstance(event, MessageReceived):
+            self._grpc_connection.acknowledge_received_data(
+                self._stream_id, event.flow_controlled_length
+            )
+            await self._socket.flush()
+        elif isinstance(event, RequestEnded | ResponseEnded | _StreamReset | _StreamFailed):
+            self.ended = True
+        return event
+
+    async def _wait_flow_control_update(self) -> None:
+        # purerpc waits for a WINDOW_UPDATE forever; a reset stream or a dead connection will
+        # never send one (both set the event to wake us up here).
+        await super()._wait_flow_control_update()
+        if self.reset or self._grpc_socket.finished.is_set():
+            # On the server a reset has cancelled the handler's scope: end with Cancelled, not
+            # with an error that would be logged as the handler's failure.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            raise anyio.BrokenResourceError("the stream was reset or the connection lost")
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one length-prefixed message (flow-controlled)."""
+        limit = self._grpc_connection.config.max_message_length
+        if len(data) > limit:
+            # purerpc would raise its own MessageTooLargeError; the peer would refuse it anyway
+            raise ResourceExhausted(f"message of {len(data)} bytes is over the {limit}-byte limit")
+        if self.reset:
+            # The handler's scope is cancelled: raise Cancelled here rather than let h2 raise
+            # StreamClosedError for a stream the peer already abandoned.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        await self._send(data)
+
+    def close_events(self) -> None:
+        """Close the event queue (anyio warns about unclosed memory streams)."""
+        self._incoming_events[0].close()
+        self._incoming_events[1].close()
+
+
+class _Socket(GRPCProtoSocket):  # type: ignore[misc]
+    """One HTTP/2 connection, either side."""
+
+    StreamClass = _Stream
+
+    def __init__(self, config: Any, sock: anyio.abc.SocketStream) -> None:
+        super().__init__(config, sock)
+        # Swap in our GRPCConnection (the writer holds a reference to it too).
+        connection = _Connection(config=config)
+        self._grpc_connection = connection
+        self._socket._grpc_connection = connection
+        self.finished = trio.Event()  # set when the connection must close
+        self.goaway = False  # the peer takes no new streams here
+        self.retired = False  # take no new calls here (stream ids used up, or dead peer)
+        self.failure = "connection closed by peer"
+        self.probe: trio.Event | None = None  # set on any data received while a ping is out
+
+    @property
+    def usable(self) -> bool:
+        """Whether a new call may start on this connection."""
+        return not (self.finished.is_set() or self.goaway or self.retired)
+
+    def forget(self, stream: _Stream) -> None:
+        """Drop a finished call's state; later frames for it are acknowledged and ignored."""
+        self._streams.pop(stream.stream_id, None)
+        self._grpc_connection.message_read_buffers.pop(stream.stream_id, None)
+        stream.close_events()
+        if not self.usable and not self._streams:
+            self.finished.set()
+
+    def reset_stream(self, stream: _Stream) -> None:
+        """Tell the peer we abandoned this call (RST_STREAM CANCEL), if it is still open."""
+        # h2 refuses if the stream is already closed at the HTTP/2 level: nothing to reset then
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self._grpc_connection.reset_stream(stream.stream_id, _H2_CANCEL)
+
+    async def flush(self) -> None:
+        # purerpc's flush only wakes the writer task (no checkpoint): safe under cancellation.
+        await self._socket.flush()
+
+    def fail_streams(self) -> None:
+        """Wake every waiting call: the connection is gone (their receive raises EndOfStream)."""
+        self.finished.set()
+        for stream in self._streams.values():
+            stream._incoming_events[0].close()
+            stream._flow_control_update_event.set()
+
+    async def _listen(self) -> AsyncIterator[_Stream]:
+        # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
+        # track instead of raising KeyError.
+        while True:
+            try:
+                data = await self._socket.recv(self._receive_buffer_size)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                return
+            if self.probe is not None:
+                self.probe.set()
+            events = self._grpc_connection.receive_data(data)
+            await self._socket.flush()
+            for event in events:
+                if isinstance(event, WindowUpdated):
+                    if event.stream_id == 0:
+                        targets = list(self._streams.values())
+                    else:
+                        target = self._streams.get(event.stream_id)
+                        targets = [target] if target is not None else []
+                    for target in targets:
+                        target._flow_control_update_event.set()
+                    continue
+                if isinstance(event, _GoAway):
+                    self.goaway = True
+                    continue
+                if isinstance(event, RequestReceived):
+                    if self.client_side:
+                        raise ProtocolError("the server opened a stream")
+                    stream = self._allocate_stream(event.stream_id)
+                    stream._incoming_events[0].send_nowait(event)
+                    yield stream
+                    continue
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    if isinstance(event, MessageReceived):
+                        self._grpc_connection.acknowledge_received_data(
+                            event.stream_id, event.flow_controlled_length
+                        )
+                    continue
+                if isinstance(event, _StreamReset):
+                    stream.reset = True
+                    stream._flow_control_update_event.set()
+                    if stream.cancel_scope is not None:
+                        stream.cancel_scope.cancel()
+                stream._incoming_events[0].send_nowait(event)
+                if isinstance(event, RequestEnded | ResponseEnded):
+                    stream._close_remote()
+
+    async def _reader_thread(self) -> None:
+        # Client side only. A reader that ends (EOF, reset, protocol error) must not leave calls
+        # waiting forever: fail them all, and let the channel open a new connection next time.
+        try:
+            async for _ in self._listen():
+                pass
+        except Exception as error:
+            self.failure = f"{type(error).__name__}: {error}"
+        finally:
+            self.fail_streams()
+
+
+def _end_quietly(error: BaseException, what: str) -> None:
+    """End a connection task: log its ordinary errors at DEBUG (a peer going away is normal),
+    re-raise the rest (trio.Cancelled, KeyboardInterrupt) so cancellation unwinds as it came."""
+    errors: BaseException | None
+    others: BaseException | None
+    if isinstance(error, BaseExceptionGroup):
+        errors, others = error.split(Exception)
+    elif isinstance(error, Exception):
+        errors, others = error, None
+    else:
+        errors, others = None, error
+    if errors is not None:
+        logger.debug("{} ended: {!r}", what, errors)
+    if others is error:
+        raise error
+    if others is not None:
+        raise others
+
+
+def _format_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(error: BaseException) -> str:
+    """A short reason for a socket error: "Connection refused", "Name or service not known"."""
+    cause: BaseException | None = error
+    while cause is not None:  # anyio wraps the attempts' errors: use the first one
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+            continue
+        if isinstance(cause, socket.gaierror) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        if cause.__cause__ is None:
+            break
+        cause = cause.__cause__
+    return str(error) or type(error).__name__
+
+
+# -- server ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Method:
+    request_type: type[Any]
+    handler: Callable[[Any, Metadata], Any]
+    streaming: bool
+
+
+class Service:
+    """A named gRPC service: a set of methods and their handlers.
+
+    ``Service("burst.v1.ControllerRpc")``; the name is the proto's package plus service name,
+    as it appears in the HTTP/2 path ``/burst.v1.ControllerRpc/SubmitJob``.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"bad service name {name!r}")
+        self.name = name
+        self._methods: dict[str, _Method] = {}
+
+    def unary(
+        self,
+        method_name: str,
+        request_type: type[RequestT],
+        handler: Callable[[RequestT, Metadata], Awaitable[_Message]],
+    ) -> None:
+        """Register a unary method: ``await handler(request, metadata)`` returns the reply.
+
+        The handler gets the request decoded as ``request_type`` (a malformed one never reaches
+        it: the client gets INVALID_ARGUMENT). It answers an error by raising :class:`RpcError`;
+        any other exception is logged here and reaches the client as INTERNAL. It is cancelled
+        if the client cancels the call, disconnects, or its deadline passes.
+        """
+        self._add(method_name, _Method(request_type, handler, streaming=False))
+
+    def server_stream(
+        self,
+        method_name: str,
+        request_type: type[RequestT],
+        handler: Callable[[RequestT, Metadata], AsyncIterator[_Message]],
+    ) -> None:
+        """Register a server-streaming method: ``handler(request, metadata)`` is an async
+        iterator (typically an async generator) whose items are sent as they come.
+
+        Errors as for :meth:`unary`; an RpcError raised after some replies ends the stream with
+        that status. The iterator is closed (``aclose``) however the call ends.
+        """
+        self._add(method_name, _Method(request_type, handler, streaming=True))
+
+    def _add(self, method_name: str, method: _Method) -> None:
+        if not method_name or "/" in method_name:
+            raise ValueError(f"bad method name {method_name!r}")
+        if method_name in self._methods:
+            raise ValueError(f"method {self.name}/{method_name} registered twice")
+        self._methods[method_name] = method
+
+
+_SERVER_CONFIG = GRPCConfiguration(client_side=False)
+# accept() errors that mean "out of resources for now": wait and accept again rather than
+# stopping the whole server (as trio.serve_listeners does).
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def serve(
+    host: str,
+    port: int,
+    services: Sequence[Service],
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``services`` on ``host``:``port`` until cancelled.
+
+    Binds only ``host`` (``""`` means every interface), without SO_REUSEPORT: if the address is
+    taken this raises :class:`TransportError` "address 127.0.0.1:5005 is already in use" before
+    ``task_status.started``. ``port`` 0 picks a free port; ``task_status.started(port)`` reports
+    the bound one, so ``port = await nursery.start(serve, host, 0, services)`` works.
+
+    Cancelling it closes the listener and every connection (calls in flight are cancelled) and
+    prints nothing. A misbehaving client ends only its own connection (logged at DEBUG).
+    """
+    methods: dict[tuple[str, str], _Method] = {}
+    for service in services:
+        for name, method in service._methods.items():
+            if (service.name, name) in methods:
+                raise ValueError(f"method {service.name}/{name} served twice")
+            methods[service.name, name] = method
+
+    address = _format_addr(host or "*", port)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host or None, local_port=port)
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            message = f"address {address} is already in use"
+        else:
+            message = f"cannot listen on {address}: {_reason(error)}"
+        failure = TransportError(message)
+        failure.errno = error.errno
+        raise failure from None
+
+    async with listener:
+        bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
+        logger.debug("gRPC server listening on {}", _format_addr(host or "*", bound))
+        async with trio.open_nursery() as nursery:
+            for one in listener.listeners:
+                nursery.start_soon(
+                    _accept_loop, cast(anyio.abc.SocketListener, one), methods, nursery
+                )
+            task_status.started(bound)
+
+
+async def _accept_loop(
+    listener: anyio.abc.SocketListener,
+    methods: Mapping[tuple[str, str], _Method],
+    nursery: trio.Nursery,
+) -> None:
+    while True:
+        try:
+            sock = await listener.accept()
+        except OSError as error:
+            if error.errno not in _ACCEPT_RETRY_ERRNOS:
+                raise
+            logger.warning("accept failed ({}); retrying in 0.1 s", _reason(error))
+            await trio.sleep(0.1)
+            continue
+        nursery.start_soon(_serve_connection, sock, methods)
+
+
+async def _serve_connection(
+    sock: anyio.abc.SocketStream, methods: Mapping[tuple[str, str], _Method]
+) -> None:
+    try:
+        peer = _format_addr(*sock.extra(anyio.abc.SocketAttribute.remote_address)[:2])
+    except (OSError, TypeError):  # the peer may be gone already
+        peer = "?"
+    try:
+        async with sock, _Socket(_SERVER_CONFIG, sock) as connection, trio.open_nursery() as calls:
+            async for stream in connection.listen():
+                calls.start_soon(_serve_stream, connection, stream, methods)
+            # The client closed the connection: nobody is left to read any reply.
+            calls.cancel_scope.cancel()
+    except BaseException as error:
+        _end_quietly(error, f"connection from {peer}")
+
+
+async def _serve_stream(
+    connection: _Socket, stream: _Stream, methods: Mapping[tuple[str, str], _Method]
+) -> None:
+    try:
+        request = await stream._receive()  # _listen queued the RequestReceived first
+        with trio.CancelScope() as scope:
+            stream.cancel_scope = scope  # an RST_STREAM from the client cancels the handler
+            code, message = await _answer(stream, request, methods)
+        if scope.cancelled_caught or stream.reset:
+            return  # the client abandoned the call: there is nobody to answer
+        if len(message) > _MAX_STATUS_MESSAGE:
+            message = message[: _MAX_STATUS_MESSAGE - 3] + "..."
+        try:
+            await stream.close(Status(code.value, message))
+        except h2.exceptions.H2Error as error:  # the stream or connection closed meanwhile
+            logger.debug("could not send the status of a call: {!r}", error)
+    finally:
+        connection.forget(stream)
+
+
+async def _answer(
+    stream: _Stream, request: RequestReceived, methods: Mapping[tuple[str, str], _Method]
+) -> tuple[StatusCode, str]:
+    """Run the call's handler and send its replies; return the final status."""
+    path = f"/{request.service_name}/{request.method_name}"
+    method = methods.get((request.service_name, request.method_name))
+    if method is None:
+        return StatusCode.UNIMPLEMENTED, f"unknown method {path}"
+    deadline = math.inf
+    if request.timeout is not None:  # the client's grpc-timeout header
+        deadline = trio.current_time() + request.timeout.total_seconds()
+    with trio.move_on_at(deadline):
+        try:
+            data = await _read_request(stream)
+            try:
+                decoded = _decode(method.request_type, data)
+            except DecodeError:
+                raise InvalidArgument(f"malformed {_type_name(method.request_type)}") from None
+            metadata = types.MappingProxyType(
+                {key: value for key, value in request.custom_metadata if isinstance(value, str)}
+            )
+            if method.streaming:
+                await _send_stream(stream, method.handler(decoded, metadata))
+            else:
+                reply = await method.handler(decoded, metadata)
+                payload = reply.SerializeToString()  # before the headers: may fail
+                await stream.start_response()
+                await stream.send_bytes(payload)
+            return StatusCode.OK, ""
+        except Exception as error:
+            status = _sole_rpc_error(error)
+            if status is not None:
+                return status.code, status.message
+            logger.exception("{} failed with an unexpected error", path)
+            return StatusCode.INTERNAL, "internal error"
+    return StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"
+
+
+def _sole_rpc_error(error: BaseException) -> RpcError | None:
+    """The RpcError a handler meant, also when a nursery wrapped it in an ExceptionGroup."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error if isinstance(error, RpcError) else None
+
+
+async def _read_request(stream: _Stream) -> bytes:
+    """The call's single request message, once the client ended its side."""
+    data: bytes | None = None
+    while True:
+        event = await stream._receive()
+        if isinstance(event, MessageReceived):
+            if data is not None:
+                raise InvalidArgument("expected one request message, got several")
+            data = event.data
+        elif isinstance(event, RequestEnded):
+            break
+        elif isinstance(event, _StreamFailed):
+            raise rpc_error(event.code, event.message)
+    if data is None:
+        raise InvalidArgument("no request message")
+    return data
+
+
+async def _send_stream(stream: _Stream, replies: AsyncIterator[_Message]) -> None:
+    try:
+        async for reply in replies:
+            payload = reply.SerializeToString()
+            if not stream._response_started:
+                await stream.start_response()
+            await stream.send_bytes(payload)
+    finally:
+        aclose = getattr(replies, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+def health_service(is_serving: Callable[[], bool], *, services: Sequence[str] = ()) -> Service:
+    """The standard ``grpc.health.v1.Health`` service (``Check`` only).
+
+    ``Check`` with an empty service name, or one in ``services``, answers SERVING when
+    ``is_serving()`` is true and NOT_SERVING otherwise; any other name is NOT_FOUND, as the
+    gRPC health protocol prescribes. Works with ``grpc_health_probe`` and similar tools.
+    """
+    known = frozenset(services)
+
+    async def check(
+        request: health_pb2.HealthCheckRequest, metadata: Metadata
+    ) -> health_pb2.HealthCheckResponse:
+        if request.service and request.service not in known:
+            raise NotFound(f"unknown service {request.service!r}")
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        return health_pb2.HealthCheckResponse(status=serving if is_serving() else not_serving)
+
+    service = Service(HEALTH_SERVICE)
+    service.unary("Check", health_pb2.HealthCheckRequest, check)
+    return service
+
+
+# -- client --------------------------------------------------------------------------------------
+
+_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
+_RESERVED_KEYS = frozenset({"content-type", "te", "user-agent", "host", "connection"})
+_RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them
+    0x7: StatusCode.UNAVAILABLE,  # REFUSED_STREAM: the server did not start the call
+    0x8: StatusCode.CANCELLED,
+    0xB: StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
+    0xC: StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+}
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> None:
+    for key, value in metadata.items():
+        if (
+            not _METADATA_KEY.fullmatch(key)
+            or key.startswith("grpc-")
+            or key.endswith("-bin")
+            or key in _RESERVED_KEYS
+        ):
+            raise ValueError(f"metadata key {key!r} is not allowed (lowercase token, not grpc-*)")
+        if not isinstance(value, str) or not value.isprintable() or not value.isascii():
+            raise ValueError(f"metadata value for {key!r} must be printable ASCII text")
+
+
+def _grpc_timeout(seconds: float) -> timedelta:
+    # grpc-timeout allows at most 8 digits: below 10 s send microseconds, above whole seconds.
+    # Rounding up keeps the server's deadline at or after the client's.
+    if seconds < 10:
+        return timedelta(microseconds=math.ceil(seconds * 1_000_000))
+    return timedelta(seconds=math.ceil(seconds))
+
+
+class Channel:
+    """A client connection to one gRPC server, shared by any number of concurrent calls.
+
+    ``async with Channel("127.0.0.1", 50051) as channel:`` connects (raising
+    :class:`Unavailable` "cannot reach controller at 127.0.0.1:50051: Connection refused" when
+    the server is not there within ``connect_timeout``) and keeps ONE HTTP/2 connection open;
+    calls from several trio tasks run concurrently on it as separate HTTP/2 streams. Leaving the
+    block closes the connection.
+
+    Promises:
+
+    * every call is bounded: :meth:`unary` needs a ``timeout`` in seconds and raises
+      :class:`DeadlineExceeded` when it passes; the server is told the deadline (grpc-timeout)
+      and stops the handler then;
+    * a call cancelled midway (a trio cancel scope around a long-poll) resets its own stream:
+      the server's handler is cancelled, and the channel stays usable for later calls;
+    * a lost connection (server restart, network cut) fails the calls in flight on it with
+      :class:`Unavailable`, and the next call opens a new connection transparently (failing
+      with Unavailable if the server is still away). A peer that stops answering (half-open
+      TCP) is detected when a call's deadline passes: the channel then sends a PING, and if
+      nothing comes back within ``ping_timeout`` it drops that connection;
+    * status errors from the server arrive as the matching :class:`RpcError` subclass.
+
+    ``metadata`` is sent with every call (for example an auth token); calls may add their own.
+    ``peer`` names the server in error messages.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float = 5.0,
+        ping_timeout: float = 5.0,
+        metadata: Mapping[str, str] | None = None,
+        peer: str = "controller",
+    ) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"port must be from 1 to 65535, not {port}")
+        if connect_timeout <= 0 or ping_timeout <= 0:
+            raise ValueError("connect_timeout and ping_timeout must be positive")
+        self.host = host
+        self.port = port
+        self.address = _format_addr(host, port)
+        self.peer = peer
+        self._connect_timeout = connect_timeout
+        self._ping_timeout = ping_timeout
+        self._metadata = dict(metadata or {})
+        _check_metadata(self._metadata)
+        self._connection: _Socket | None = None  # the one new calls use
+        self._live: set[_Socket] = set()  # open connections (old ones finish their calls)
+        self._connect_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._exit_stack: AsyncExitStack | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        async with AsyncExitStack() as stack:
+            # Connections run in this nursery, so they live exactly as long as the channel.
+            # Their tasks swallow their own errors: nothing here can cancel the caller's body.
+            self._nursery = await stack.enter_async_context(trio.open_nursery())
+            self._exit_stack = stack.pop_all()
+        try:
+            await self._connect()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The body's exception is deliberately not passed to the nursery: trio would wrap it in
+        # an ExceptionGroup, and `except NotFound` around `async with Channel(...)` must work.
+        await self._close()
+
+    async def _close(self) -> None:
+        # Must run in the task that entered the channel (it exits the channel's nursery).
+        if self._exit_stack is None or self._nursery is None:
+            return
+        self._closed = True
+        for connection in list(self._live):
+            connection.fail_streams()
+        # A peer that stops reading must not hold up the close for long.
+        self._nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        stack, self._exit_stack = self._exit_stack, None
+        await stack.aclose()
+
+    async def _connect(self) -> _Socket:
+        """The open connection, making a new one if there is none or it cannot take calls."""
+        connection = self._connection
+        if connection is not None and connection.usable:
+            return connection
+        async with self._connect_lock:
+            connection = self._connection
+            if connection is not None and connection.usable:
+                return connection
+            if self._closed or self._nursery is None:
+                raise Unavailable(f"the channel to {self.peer} at {self.address} is closed")
+            where = f"{self.peer} at {self.address}"
+            with trio.move_on_after(self._connect_timeout) as scope:
+                try:
+                    sock = await anyio.connect_tcp(self.host, self.port)
+                except OSError as error:
+                    raise Unavailable(f"cannot reach {where}: {_reason(error)}") from None
+            if scope.cancelled_caught:
+                raise Unavailable(
+                    f"cannot reach {where}: no answer within {self._connect_timeout:g} s"
+                )
+            try:
+                connection = cast(_Socket, await self._nursery.start(self._run_connection, sock))
+            except BaseException:
+                await anyio.aclose_forcefully(sock)
+                raise
+            self._connection = connection
+            return connection
+
+    async def _run_connection(
+        self, sock: anyio.abc.SocketStream, task_status: trio.TaskStatus[_Socket]
+    ) -> None:
+        started = False
+        try:
+            async with sock, _Socket(GRPCConfiguration(client_side=True), sock) as conn:
+                self._live.add(conn)
+                try:
+                    task_status.started(conn)
+                    started = True
+                    await conn.finished.wait()
+                finally:
+                    self._live.discard(conn)
+        except BaseException as error:
+            if not started:
+                raise
+            _end_quietly(error, f"connection to {self.address}")
+
+    async def _watch(self, connection: _Socket) -> None:
+        """Drop the connection unless the peer answers a PING within ping_timeout."""
+        probe = connection.probe = trio.Event()
+        try:
+            connection._grpc_connection.h2_connection.ping(_PING_PAYLOAD)
+            await connection.flush()
+        except h2.exceptions.H2Error:
+            return  # the connection is closing anyway
+        with trio.move_on_after(self._ping_timeout):
+            await probe.wait()
+            connection.probe = None
+            return
+        logger.debug("{} at {} did not answer a ping: reconnecting", self.peer, self.address)
+        connection.failure = f"no answer to a ping within {self._ping_timeout:g} s"
+        connection.fail_streams()
+
+    def _suspect(self, connection: _Socket | None) -> None:
+        """A call's deadline passed: check the peer is alive (once at a time)."""
+        if (
+            connection is not None
+            and connection.usable
+            and connection.probe is None
+            and self._nursery is not None
+            and not self._closed
+        ):
+            self._nursery.start_soon(self._watch, connection)
+
+    async def _open(
+        self,
+        service: str,
+        method: str,
+        metadata: Mapping[str, str] | None,
+        timeout: float | None,
+    ) -> tuple[_Socket, _Stream]:
+        headers = self._metadata
+        if metadata:
+            _check_metadata(metadata)
+            headers = {**self._metadata, **metadata}
+        for attempt in (1, 2):
+            connection = await self._connect()
+            try:
+                stream: _Stream = await connection.start_request(
+                    "http",
+                    service,
+                    method,
+                    authority=self.address,
+                    timeout=None if timeout is None else _grpc_timeout(timeout),
+                    custom_metadata=tuple(headers.items()),
+                )
+            except h2.exceptions.H2Error as error:
+                # Stream ids used up, or the peer sent GOAWAY: this connection takes no more
+                # calls; try once on a fresh one.
+                connection.retired = True
+                if not connection._streams:
+                    connection.finished.set()
+                if attempt == 2:
+                    raise Unavailable(f"cannot start a call to {self.address}: {error}") from None
+                continue
+            return connection, stream
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _send_request(stream: _Stream, data: bytes) -> None:
+        try:
+            await stream.send_bytes(data)
+            await stream.close()  # END_STREAM: the request is complete
+        except (h2.exceptions.H2Error, anyio.BrokenResourceError):
+            # The server ended or reset the call before taking the whole request (an early
+            # error status), or the connection died: the events read next say which.
+            pass
+
+    async def _finish(self, connection: _Socket, stream: _Stream) -> None:
+        if not stream.ended and not connection.finished.is_set():
+            connection.reset_stream(stream)  # abandoned midway: the server should stop
+            await connection.flush()
+        connection.forget(stream)
+
+    async def _next(self, connection: _Socket, stream: _Stream, path: str) -> bytes | None:
+        """The next reply message, or None when the call ended with OK."""
+        while True:
+            try:
+                event = await stream._receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise Unavailable(
+                    f"{path}: connection to {self.peer} at {self.address} lost "
+                    f"({connection.failure})"
+                ) from None
+            if isinstance(event, MessageReceived):
+                data: bytes = event.data
+                return data
+            if isinstance(event, ResponseEnded):
+                if event.status.int_value == 0:
+                    return None
+                raise rpc_error(StatusCode.of(event.status.int_value), event.status.status_message)
+            if isinstance(event, _StreamReset):
+                code = _RESET_CODES.get(event.error_code, StatusCode.INTERNAL)
+                raise rpc_error(
+                    code, f"{path}: the server reset the call (HTTP/2 code {event.error_code})"
+                )
+            if isinstance(event, _StreamFailed):
+                raise rpc_error(event.code, f"{path}: {event.message}")
+            # ResponseReceived (the reply's headers): nothing to do
+
+    async def unary_raw(
+        self,
+        service: str,
+        method: str,
+        data: bytes,
+        *,
+        timeout: float,
+        metadata: Mapping[str, str] | None = None,
+    ) -> bytes:
+        """A unary call with an already-encoded request; returns the reply's bytes.
+
+        For tests and tools (sending bytes that are not a valid message); see :meth:`unary`.
+        """
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        path = f"/{service}/{method}"
+        connection: _Socket | None = None
+        with trio.move_on_after(timeout):
+            connection, stream = await self._open(service, method, metadata, timeout)
+            try:
+                await self._send_request(stream, data)
+                reply = await self._next(connection, stream, path)
+                if reply is None:
+                    raise Internal(f"{path}: the server ended the call without a reply")
+                if await self._next(connection, stream, path) is not None:
+                    raise Internal(f"{path}: the server sent several replies to a unary call")
+                return reply
+            finally:
+                await self._finish(connection, stream)
+        self._suspect(connection)
+        raise DeadlineExceeded(f"{path}: no reply from {self.peer} within {timeout:g} s")
+
+    async def unary(
+        self,
+        service: str,
+        method: str,
+        request: _Message,
+        response_type: type[ResponseT],
+        *,
+        timeout: float,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ResponseT:
+        """Call ``/service/method`` with ``request``; return the reply as ``response_type``.
+
+        Raises :class:`DeadlineExceeded` after ``timeout`` seconds (connecting included),
+        :class:`Unavailable` if the server cannot be reached or the connection is lost, the
+        server's :class:`RpcError` otherwise. Cancelling the caller resets the call.
+        """
+        reply = await self.unary_raw(
+            service, method, request.SerializeToString(), timeout=timeout, metadata=metadata
+        )
+        try:
+            return _decode(response_type, reply)
+        except DecodeError:
+            raise Internal(
+                f"/{service}/{method}: malformed {_type_name(response_type)} in the reply"
+            ) from None
+
+    async def server_stream(
+        self,
+        service: str,
+        method: str,
+        request: _Message,
+        response_type: type[ResponseT],
+        *,
+        timeout: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> AsyncGenerator[ResponseT, None]:
+        """Call a server-streaming method; iterate over the replies as they arrive.
+
+        ``timeout`` (seconds) bounds the whole call, None leaves it open (a peer that dies
+        silently is then only noticed by TCP keepalive). Errors as for :meth:`unary`, raised
+        from the iteration. Leaving the loop early (``break``, cancellation) resets the call
+        so the server stops; use ``contextlib.aclosing(channel.server_stream(...))`` to make
+        that immediate (otherwise trio does it when the generator is collected, and warns).
+        """
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        path = f"/{service}/{method}"
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        late = DeadlineExceeded(f"{path}: not finished within {timeout:g} s" if timeout else "")
+        connection: _Socket | None = None
+        stream: _Stream | None = None
+        try:
+            # The deadline is applied around each wait, never around the yield: a cancel scope
+            # must not span a yield in an async generator.
+            with trio.move_on_at(deadline) as scope:
+                connection, stream = await self._open(service, method, metadata, timeout)
+                await self._send_request(stream, request.SerializeToString())
+            if scope.cancelled_caught or connection is None or stream is None:
+                self._suspect(connection)
+                raise late
+            while True:
+                data: bytes | None = None
+                with trio.move_on_at(deadline) as scope:
+                    data = await self._next(connection, stream, path)
+                if scope.cancelled_caught:
+                    self._suspect(connection)
+                    raise late
+                if data is None:
+                    return
+                try:
+                    reply = _decode(response_type, data)
+                except DecodeError:
+                    raise Internal(
+                        f"{path}: malformed {_type_name(response_type)} in the reply"
+                    ) from None
+                yield reply
+        finally:
+            if connection is not None and stream is not None:
+                with trio.CancelScope(shield=True):
+                    await self._finish(connection, stream)
+
+
+def open_channel(addr: str, **options: Any) -> Channel:
+    """``Channel`` for ``addr`` as :func:`parse_addr` reads it: ``async with open_channel(a)``."""
+    host, port = parse_addr(addr)
+    return Channel(host, port, **options)
+
+
+def parse_addr(addr: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """Split ``host:port``, ``http://host:port`` (the prototype's form), ``[::1]:port``, a bare
+    host or a bare IPv6 address into ``(host, port)``; the port defaults to ``default_port``.
+
+    Raises ValueError naming the bad value (empty host, port not a number from 0 to 65535,
+    another scheme, a path, spaces).
+    """
+    text = addr.strip()
+    for scheme in ("http://", "grpc://"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+            break
+    else:
+        if "://" in text:
+            raise ValueError(f"bad address {addr!r}: only http:// is supported (no TLS)")
+    text = text.removesuffix("/")
+    port_text: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad address {addr!r}: expected [ipv6] or [ipv6]:port")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        host = text  # a bare IPv6 address; with a port it needs brackets
+    elif ":" in text:
+        host, _, port_text = text.partition(":")
+    else:
+        host = text
+    if not host or any(char.isspace() or char in "/@[]" for char in host):
+        raise ValueError(f"bad address {addr!r}: expected host:port")
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"bad address {addr!r}: port must be a number from 0 to 65535")
+    return host, int(port_text)

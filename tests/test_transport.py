@@ -1,0 +1,502 @@
+"""burstd.transport with a real server on 127.0.0.1 (port 0) and real clients: ours, grpcio."""
+
+from __future__ import annotations
+
+import functools
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from loguru import logger
+
+from burstd import transport
+from burstd.transport import Channel, RpcError, Service, StatusCode
+from proto.grpc.health.v1 import health_pb2
+
+# Any small message type does for these tests: its one string field carries the payload.
+Msg = health_pb2.HealthCheckRequest
+SVC = "burst.test.Echo"
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Calls:
+    """What the test service saw."""
+
+    def __init__(self) -> None:
+        self.cancelled = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.handler_cancelled = trio.Event()
+        self.release = trio.Event()
+
+
+def echo_service(calls: Calls) -> Service:
+    service = Service(SVC)
+
+    async def echo(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        suffix = metadata.get("x-tag", "")
+        return Msg(service=request.service + suffix)
+
+    async def slow_echo(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        calls.in_flight += 1
+        calls.max_in_flight = max(calls.max_in_flight, calls.in_flight)
+        try:
+            await calls.release.wait()
+            return Msg(service=request.service)
+        finally:
+            calls.in_flight -= 1
+
+    async def hang(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        try:
+            await trio.sleep_forever()
+        except trio.Cancelled:
+            calls.cancelled += 1
+            calls.handler_cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+    async def not_found(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        raise transport.NotFound(f"job {request.service!r} is unknown")
+
+    async def crash(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        return Msg(service=str(1 // 0))
+
+    async def grouped(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        async def fail() -> None:
+            raise transport.FailedPrecondition("stale lease")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail)
+        return Msg()
+
+    async def count(request: Msg, metadata: Mapping[str, str]) -> AsyncIterator[Msg]:
+        for i in range(int(request.service)):
+            yield Msg(service=str(i))
+
+    async def count_then_fail(request: Msg, metadata: Mapping[str, str]) -> AsyncIterator[Msg]:
+        yield Msg(service="0")
+        yield Msg(service="1")
+        raise transport.ResourceExhausted("queue full")
+
+    async def endless(request: Msg, metadata: Mapping[str, str]) -> AsyncIterator[Msg]:
+        try:
+            i = 0
+            while True:
+                yield Msg(service=str(i))
+                i += 1
+                await trio.sleep(0.01)
+        except trio.Cancelled:
+            calls.cancelled += 1
+            calls.handler_cancelled.set()
+            raise
+
+    for name, handler in [
+        ("Echo", echo),
+        ("SlowEcho", slow_echo),
+        ("Hang", hang),
+        ("NotFound", not_found),
+        ("Crash", crash),
+        ("Grouped", grouped),
+    ]:
+        service.unary(name, Msg, handler)
+    service.server_stream("Count", Msg, count)
+    service.server_stream("CountThenFail", Msg, count_then_fail)
+    service.server_stream("Endless", Msg, endless)
+    return service
+
+
+@asynccontextmanager
+async def server(
+    calls: Calls, port: int = 0, *, serving: list[bool] | None = None
+) -> AsyncIterator[int]:
+    state = serving if serving is not None else [True]
+    services = [echo_service(calls), transport.health_service(lambda: state[0])]
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(transport.serve, HOST, port, services)
+        yield bound
+        nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+async def echo(channel: Channel, text: str, timeout: float = 5.0) -> str:
+    reply = await channel.unary(SVC, "Echo", Msg(service=text), Msg, timeout=timeout)
+    return reply.service
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+# -- unary and streams ----------------------------------------------------------------------------
+
+
+async def test_echo_unary_with_metadata(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port, metadata={"x-tag": "!"}) as channel:
+        assert await echo(channel, "hello") == "hello!"
+        reply = await channel.unary(
+            SVC, "Echo", Msg(service="a"), Msg, timeout=5, metadata={"x-tag": "?"}
+        )
+        assert reply.service == "a?"
+
+
+async def test_server_stream(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        replies = channel.server_stream(SVC, "Count", Msg(service="5"), Msg, timeout=5)
+        assert [reply.service async for reply in replies] == ["0", "1", "2", "3", "4"]
+        empty = channel.server_stream(SVC, "Count", Msg(service="0"), Msg)
+        assert [reply async for reply in empty] == []
+
+
+async def test_server_stream_error_after_replies(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        got = []
+        with pytest.raises(transport.ResourceExhausted, match="queue full"):
+            async for reply in channel.server_stream(SVC, "CountThenFail", Msg(), Msg, timeout=5):
+                got.append(reply.service)
+        assert got == ["0", "1"]
+
+
+async def test_leaving_a_stream_early_stops_the_handler(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        async with aclosing(channel.server_stream(SVC, "Endless", Msg(), Msg)) as replies:
+            async for reply in replies:
+                if reply.service == "3":
+                    break
+        with trio.fail_after(5):
+            await calls.handler_cancelled.wait()
+        assert await echo(channel, "still fine") == "still fine"
+        # a plain `break` too: trio finalizes the abandoned generator, which resets the call
+        # (and warns that aclosing would have done it at once)
+        with pytest.warns(ResourceWarning, match="aclosing"):
+            async for reply in channel.server_stream(SVC, "Endless", Msg(), Msg):
+                if reply.service == "2":
+                    break
+        with trio.fail_after(5):
+            while calls.cancelled < 2:
+                await trio.sleep(0.01)
+
+
+# -- errors ---------------------------------------------------------------------------------------
+
+
+async def test_status_error_reaches_client(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        with pytest.raises(transport.NotFound) as caught:
+            await channel.unary(SVC, "NotFound", Msg(service="job-7"), Msg, timeout=5)
+        assert caught.value.code is StatusCode.NOT_FOUND
+        assert caught.value.message == "job 'job-7' is unknown"
+        assert str(caught.value) == "NOT_FOUND: job 'job-7' is unknown"
+        # raised inside a nursery in the handler: still the handler's status, not INTERNAL
+        with pytest.raises(transport.FailedPrecondition, match="stale lease"):
+            await channel.unary(SVC, "Grouped", Msg(), Msg, timeout=5)
+        with pytest.raises(transport.Unimplemented, match=r"/burst\.test\.Echo/Nope"):
+            await channel.unary(SVC, "Nope", Msg(), Msg, timeout=5)
+
+
+async def test_unexpected_exception_is_internal_and_logged(calls: Calls) -> None:
+    records: list[str] = []
+    sink = logger.add(records.append, level="ERROR", format="{message}\n{exception}")
+    try:
+        async with server(calls) as port, Channel(HOST, port) as channel:
+            with pytest.raises(transport.Internal) as caught:
+                await channel.unary(SVC, "Crash", Msg(), Msg, timeout=5)
+    finally:
+        logger.remove(sink)
+    assert caught.value.code is StatusCode.INTERNAL
+    assert caught.value.message == "internal error"
+    assert "Traceback" not in str(caught.value) and "ZeroDivision" not in str(caught.value)
+    assert len(records) == 1
+    assert "/burst.test.Echo/Crash failed" in records[0]
+    assert "ZeroDivisionError" in records[0] and "Traceback" in records[0]
+
+
+async def test_corrupt_request_is_invalid_argument(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        with pytest.raises(transport.InvalidArgument) as caught:
+            await channel.unary_raw(SVC, "Echo", b"\xff\xff\xff\xff", timeout=5)
+        assert caught.value.message == "malformed grpc.health.v1.HealthCheckRequest"
+        assert await echo(channel, "after") == "after"
+
+
+async def test_oversized_request_is_resource_exhausted(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        with pytest.raises(transport.ResourceExhausted, match="over the 33554432-byte limit"):
+            await channel.unary_raw(SVC, "Echo", bytes(32 * 2**20 + 1), timeout=5)
+        assert await echo(channel, "after") == "after"
+
+
+async def test_busy_port_is_a_clear_start_up_error(calls: Calls) -> None:
+    async with server(calls) as port:
+        with pytest.raises(transport.TransportError) as caught:
+            await transport.serve(HOST, port, [echo_service(calls)])
+        assert str(caught.value) == f"address 127.0.0.1:{port} is already in use"
+        assert isinstance(caught.value, OSError)
+
+
+async def test_deadline_exceeded_and_handler_cancelled(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        start = trio.current_time()
+        with pytest.raises(transport.DeadlineExceeded, match="Hang"):
+            await channel.unary(SVC, "Hang", Msg(), Msg, timeout=0.2)
+        assert trio.current_time() - start < 2
+        with trio.fail_after(5):
+            await calls.handler_cancelled.wait()
+        assert await echo(channel, "next") == "next"
+        with pytest.raises(transport.DeadlineExceeded):
+            async for _ in channel.server_stream(SVC, "Endless", Msg(), Msg, timeout=0.2):
+                pass
+
+
+async def test_unreachable_port_is_unavailable() -> None:
+    port = free_port()
+    with pytest.raises(transport.Unavailable) as caught:
+        async with Channel(HOST, port):
+            pass
+    assert str(caught.value) == (
+        f"UNAVAILABLE: cannot reach controller at 127.0.0.1:{port}: Connection refused"
+    )
+
+
+async def test_cancelled_call_keeps_the_channel_usable(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        with trio.move_on_after(0.2) as scope:
+            await channel.unary(SVC, "Hang", Msg(), Msg, timeout=60)  # a long-poll
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            await calls.handler_cancelled.wait()  # the server stopped working on it
+        assert await echo(channel, "again") == "again"
+        assert calls.cancelled == 1
+
+
+async def test_200_concurrent_calls_on_one_channel(calls: Calls) -> None:
+    results: dict[int, str] = {}
+
+    async def one(channel: Channel, i: int) -> None:
+        reply = await channel.unary(SVC, "SlowEcho", Msg(service=str(i)), Msg, timeout=30)
+        results[i] = reply.service
+
+    async with server(calls) as port, Channel(HOST, port) as channel, trio.open_nursery() as calls_:
+        for i in range(200):
+            calls_.start_soon(one, channel, i)
+        with trio.fail_after(20):
+            while calls.in_flight < 200:
+                await trio.sleep(0.01)
+        calls.release.set()
+    assert calls.max_in_flight == 200
+    assert results == {i: str(i) for i in range(200)}
+
+
+async def test_health_check(calls: Calls) -> None:
+    serving = [True]
+    request = health_pb2.HealthCheckRequest()
+    response = health_pb2.HealthCheckResponse
+    async with server(calls, serving=serving) as port, Channel(HOST, port) as channel:
+        reply = await channel.unary(transport.HEALTH_SERVICE, "Check", request, response, timeout=5)
+        assert reply.status == response.SERVING
+        serving[0] = False
+        reply = await channel.unary(transport.HEALTH_SERVICE, "Check", request, response, timeout=5)
+        assert reply.status == response.NOT_SERVING
+        with pytest.raises(transport.NotFound):
+            other = health_pb2.HealthCheckRequest(service="nope")
+            await channel.unary(transport.HEALTH_SERVICE, "Check", other, response, timeout=5)
+
+
+# -- connection loss ------------------------------------------------------------------------------
+
+
+async def test_lost_connection_fails_calls_and_the_channel_reconnects() -> None:
+    port = free_port()
+    scope = trio.CancelScope()
+    stopped = trio.Event()
+
+    async def run_server(task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            async with server(Calls(), port):
+                task_status.started()
+                await trio.sleep_forever()
+        stopped.set()
+
+    async def stop_server_soon() -> None:
+        await trio.sleep(0.2)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(run_server)
+        async with Channel(HOST, port) as channel:
+            assert await echo(channel, "one") == "one"
+            nursery.start_soon(stop_server_soon)
+            with pytest.raises(transport.Unavailable, match=r"connection to controller .* lost"):
+                await channel.unary(SVC, "Hang", Msg(), Msg, timeout=10)
+            await stopped.wait()
+            with pytest.raises(transport.Unavailable, match="cannot reach"):
+                await echo(channel, "nobody there")
+            async with server(Calls(), port):
+                assert await echo(channel, "two") == "two"  # same channel, new connection
+
+
+async def test_silent_peer_is_dropped_after_a_deadline() -> None:
+    """A peer that accepts TCP but never answers (a half-open connection)."""
+    accepted: list[trio.SocketStream] = []
+
+    async def black_hole(stream: trio.SocketStream) -> None:
+        accepted.append(stream)
+        while await stream.receive_some():
+            pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, host=HOST), black_hole, 0)
+        port = listeners[0].socket.getsockname()[1]
+        async with Channel(HOST, port, ping_timeout=0.2) as channel:
+            with pytest.raises(transport.DeadlineExceeded):
+                await echo(channel, "x", timeout=0.2)
+            await trio.sleep(0.5)  # the ping goes unanswered: the connection is dropped
+            with pytest.raises(transport.DeadlineExceeded):
+                await echo(channel, "y", timeout=0.2)
+        assert len(accepted) == 2  # the second call opened a new connection
+        nursery.cancel_scope.cancel()
+
+
+# -- interoperability and shutdown ----------------------------------------------------------------
+
+
+async def test_official_grpcio_client_interoperates(calls: Calls) -> None:
+    grpc = pytest.importorskip("grpc")
+
+    def call_with_grpcio(port: int) -> list[object]:
+        out: list[object] = []
+        with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+
+            def method(name: str, serializer: object = Msg.SerializeToString) -> object:
+                return channel.unary_unary(
+                    f"/{SVC}/{name}",
+                    request_serializer=serializer,
+                    response_deserializer=Msg.FromString,
+                )
+
+            reply = method("Echo")(Msg(service="hi"), timeout=5, metadata=[("x-tag", "+")])
+            out.append(reply.service)
+            for name, payload, serializer in [
+                ("NotFound", Msg(service="j1"), Msg.SerializeToString),
+                ("Crash", Msg(), Msg.SerializeToString),
+                ("Echo", b"\xff\xff\xff", bytes),
+                ("Missing", Msg(), Msg.SerializeToString),
+            ]:
+                try:
+                    method(name, serializer)(payload, timeout=5)
+                except grpc.RpcError as error:
+                    out.append((error.code(), error.details()))
+            try:
+                method("Hang")(Msg(), timeout=0.3)
+            except grpc.RpcError as error:
+                out.append(error.code())
+        return out
+
+    async with server(calls) as port:
+        result = await trio.to_thread.run_sync(call_with_grpcio, port)
+    code = grpc.StatusCode
+    assert result == [
+        "hi+",
+        (code.NOT_FOUND, "job 'j1' is unknown"),
+        (code.INTERNAL, "internal error"),
+        (code.INVALID_ARGUMENT, "malformed grpc.health.v1.HealthCheckRequest"),
+        (code.UNIMPLEMENTED, f"unknown method /{SVC}/Missing"),
+        code.DEADLINE_EXCEEDED,
+    ]
+
+
+def test_shutdown_prints_nothing() -> None:
+    """Cancel a server with calls in flight: no warning or traceback on stderr."""
+    script = textwrap.dedent(
+        f"""
+        import logging, sys, trio
+        from loguru import logger
+        logger.remove(); logger.add(sys.stderr, level="INFO")
+        logging.basicConfig(level=logging.WARNING)  # shows purerpc's warnings, if any
+        sys.path.insert(0, {str(ROOT)!r})
+        from burstd import transport
+        from tests.test_transport import Calls, Msg, SVC, echo_service
+
+        async def main():
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(transport.serve, "127.0.0.1", 0, [echo_service(Calls())])
+                async with transport.Channel("127.0.0.1", port) as channel:
+                    async def hang():
+                        await channel.unary(SVC, "Hang", Msg(), Msg, timeout=30)
+                    nursery.start_soon(hang)
+                    async for _ in channel.server_stream(SVC, "Count", Msg(service="3"), Msg):
+                        pass
+                    await trio.sleep(0.2)
+                    nursery.cancel_scope.cancel()
+            print("done")
+
+        trio.run(main)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.stdout == "done\n", done.stderr
+    assert done.stderr == ""
+
+
+# -- small pieces ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        ("127.0.0.1:5005", ("127.0.0.1", 5005)),
+        ("http://controller:7000", ("controller", 7000)),
+        ("http://controller:7000/", ("controller", 7000)),
+        ("[::1]:5005", ("::1", 5005)),
+        ("[::1]", ("::1", 50051)),
+        ("::1", ("::1", 50051)),
+        ("localhost", ("localhost", 50051)),
+        ("  host:0 ", ("host", 0)),
+    ],
+)
+def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
+    assert transport.parse_addr(addr) == expected
+
+
+@pytest.mark.parametrize(
+    "addr", ["", ":5005", "host:", "host:port", "host:70000", "https://h:1", "[::1", "a b:1"]
+)
+def test_parse_addr_rejects(addr: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        transport.parse_addr(addr)
+    assert str(caught.value).startswith(f"bad address {addr!r}: ")
+
+
+def test_rpc_error_classes() -> None:
+    assert isinstance(transport.rpc_error(StatusCode.NOT_FOUND, "x"), transport.NotFound)
+    error = transport.rpc_error(StatusCode.DATA_LOSS, "gone")
+    assert type(error) is RpcError and error.code is StatusCode.DATA_LOSS
+    assert transport.ResourceExhausted("full").code is StatusCode.RESOURCE_EXHAUSTED
+    assert transport.PermissionDenied().code is StatusCode.PERMISSION_DENIED
+    assert transport.Unauthenticated("token").code is StatusCode.UNAUTHENTICATED
+    assert StatusCode.of(99) is StatusCode.UNKNOWN
+    with pytest.raises(ValueError):
+        RpcError(StatusCode.OK)
+
+
+def test_registration_mistakes() -> None:
+    service = Service(SVC)
+    service.unary("Echo", Msg, echo_service(Calls())._methods["Echo"].handler)
+    with pytest.raises(ValueError, match="twice"):
+        service.unary("Echo", Msg, echo_service(Calls())._methods["Echo"].handler)
+    with pytest.raises(ValueError):
+        Channel(HOST, 1, metadata={"grpc-timeout": "1"})
