@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import trio
 
 from burstd import transport
+from burstd.config import parse_hostport
 from proto.burst.v1 import job_pb2
 
 T = TypeVar("T")
@@ -118,7 +119,7 @@ class Client:
     async def connect(
         cls, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0
     ) -> AsyncIterator[Client]:
-        host, port = transport.parse_addr(addr)
+        host, port = parse_hostport(addr)
         async with transport.Channel(host, port, connect_timeout=connect_timeout) as channel:
             yield cls(channel)
 

@@ -10,7 +10,7 @@ wire library can be swapped without touching them:
   :class:`NotFound`, ...). A handler raises them; a client call raises them;
 * client side: :class:`Channel`, one HTTP/2 connection shared by concurrent calls, every call
   bounded by a timeout;
-* :func:`parse_addr` and the standard health service (:func:`health_service`).
+* :func:`open_channel` and the standard health service (:func:`health_service`).
 
 purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``), its socket writer
 and its per-stream flow control. Its ``Server``, ``ConnectionHandler`` and client stubs are not
@@ -73,6 +73,7 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import ProtocolError
 from purerpc.grpclib.status import Status
 
+from burstd.config import parse_hostport
 from proto.grpc.health.v1 import health_pb2
 
 __all__ = [
@@ -98,7 +99,6 @@ __all__ = [
     "Unimplemented",
     "health_service",
     "open_channel",
-    "parse_addr",
     "quiet_purerpc_logging",
     "rpc_error",
     "serve",
@@ -1268,43 +1268,6 @@ class Channel:
 
 
 def open_channel(addr: str, **options: Any) -> Channel:
-    """``Channel`` for ``addr`` as :func:`parse_addr` reads it: ``async with open_channel(a)``."""
-    host, port = parse_addr(addr)
+    """``Channel`` for ``host:port`` (or ``http://host:port``): ``async with open_channel(a)``."""
+    host, port = parse_hostport(addr)
     return Channel(host, port, **options)
-
-
-def parse_addr(addr: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """Split ``host:port``, ``http://host:port`` (the prototype's form), ``[::1]:port``, a bare
-    host or a bare IPv6 address into ``(host, port)``; the port defaults to ``default_port``.
-
-    Raises ValueError naming the bad value (empty host, port not a number from 0 to 65535,
-    another scheme, a path, spaces).
-    """
-    text = addr.strip()
-    for scheme in ("http://", "grpc://"):
-        if text.lower().startswith(scheme):
-            text = text[len(scheme) :]
-            break
-    else:
-        if "://" in text:
-            raise ValueError(f"bad address {addr!r}: only http:// is supported (no TLS)")
-    text = text.removesuffix("/")
-    port_text: str | None = None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"bad address {addr!r}: expected [ipv6] or [ipv6]:port")
-        port_text = rest[1:] if rest else None
-    elif text.count(":") > 1:
-        host = text  # a bare IPv6 address; with a port it needs brackets
-    elif ":" in text:
-        host, _, port_text = text.partition(":")
-    else:
-        host = text
-    if not host or any(char.isspace() or char in "/@[]" for char in host):
-        raise ValueError(f"bad address {addr!r}: expected host:port")
-    if port_text is None:
-        return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"bad address {addr!r}: port must be a number from 0 to 65535")
-    return host, int(port_text)

@@ -455,32 +455,6 @@ def test_shutdown_prints_nothing() -> None:
 # -- small pieces ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("addr", "expected"),
-    [
-        ("127.0.0.1:5005", ("127.0.0.1", 5005)),
-        ("http://controller:7000", ("controller", 7000)),
-        ("http://controller:7000/", ("controller", 7000)),
-        ("[::1]:5005", ("::1", 5005)),
-        ("[::1]", ("::1", 50051)),
-        ("::1", ("::1", 50051)),
-        ("localhost", ("localhost", 50051)),
-        ("  host:0 ", ("host", 0)),
-    ],
-)
-def test_parse_addr(addr: str, expected: tuple[str, int]) -> None:
-    assert transport.parse_addr(addr) == expected
-
-
-@pytest.mark.parametrize(
-    "addr", ["", ":5005", "host:", "host:port", "host:70000", "https://h:1", "[::1", "a b:1"]
-)
-def test_parse_addr_rejects(addr: str) -> None:
-    with pytest.raises(ValueError) as caught:
-        transport.parse_addr(addr)
-    assert str(caught.value).startswith(f"bad address {addr!r}: ")
-
-
 def test_rpc_error_classes() -> None:
     assert isinstance(transport.rpc_error(StatusCode.NOT_FOUND, "x"), transport.NotFound)
     error = transport.rpc_error(StatusCode.DATA_LOSS, "gone")

@@ -11,7 +11,7 @@ import trio
 from loguru import logger
 
 from burstd import transport
-from burstd.config import ControllerConfig, format_hostport
+from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.service import ControllerService, ServiceSettings
 from burstd.controller.table import JobTable
@@ -43,7 +43,7 @@ async def run_controller(
 ) -> None:
     """Serve until cancelled; ``task_status.started`` gets the bound port."""
     service = build_service(config)
-    host, port = transport.parse_addr(config.bind_addr)
+    host, port = parse_hostport(config.bind_addr)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(
             transport.serve,

@@ -26,7 +26,7 @@ import trio
 from loguru import logger
 
 from burstd import transport
-from burstd.config import WorkerConfig
+from burstd.config import WorkerConfig, parse_hostport
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.queue import LocalJob, LocalQueue
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -95,7 +95,7 @@ class ControllerLink:
     def __init__(self, state: WorkerState, peer_addr: str = "") -> None:
         self.state = state
         self.peer_addr = peer_addr
-        self.host, self.port = transport.parse_addr(state.config.controller_addr)
+        self.host, self.port = parse_hostport(state.config.controller_addr)
         self.heartbeat_interval = 1.0
         self._channel: transport.Channel | None = None
         self._connected = trio.Event()
