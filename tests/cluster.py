@@ -27,6 +27,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def environment(**extra: str) -> dict[str, str]:
+    """os.environ with the source tree importable, so `python -m cli.<name>` works from any cwd."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), path) if p),
+        **extra,
+    }
+
+
 def program(name: str) -> list[str]:
     """The installed console script, or the module when running from a source tree."""
     script = Path(sys.executable).parent / name
@@ -38,7 +51,7 @@ class Daemon:
         self.name = name
         self.log_path = log
         self._log = log.open("wb")
-        env = {**os.environ, "BURST_LOG": os.environ.get("BURST_LOG", "debug")}
+        env = environment(BURST_LOG=os.environ.get("BURST_LOG", "debug"))
         self.proc = subprocess.Popen(
             [*program("burstd"), *args],
             stdout=self._log,
@@ -132,7 +145,7 @@ class Cluster:
             text=True,
             timeout=timeout,
             cwd=self.tmp,
-            **kw,
+            **{"env": environment(), **kw},
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -148,6 +161,11 @@ class Cluster:
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            daemon = self.daemons[-1]
+            if daemon.proc.poll() is not None:
+                raise AssertionError(
+                    f"controller exited with code {daemon.proc.returncode}: {daemon.log()}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
