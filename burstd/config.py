@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
+
 __all__ = [
     "DEFAULT_ADDR",
     "ROUTERS",
@@ -62,7 +64,8 @@ __all__ = [
     "worker_for",
 ]
 
-ROUTERS: tuple[str, ...] = ("roundrobin", "power2", "biased")
+# The router registry is the one list of names (policies are stdlib-only, so config may import it).
+ROUTERS: tuple[str, ...] = tuple(ROUTER_REGISTRY)
 """Router names accepted when the caller passes no registry of its own."""
 
 STORES: tuple[str, ...] = ("sqlite", "memory")
