@@ -17,20 +17,22 @@ class HeldJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., running: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname")
+    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname", "lease_seq")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     slots: int
     queue_capacity: int
     peer_addr: str
     held: _containers.RepeatedCompositeFieldContainer[HeldJob]
     hostname: str
-    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ...) -> None: ...
+    lease_seq: int
+    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop")
