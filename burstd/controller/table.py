@@ -363,7 +363,8 @@ class JobTable:
                 batch.append(job)
         if not batch:
             return worker.lease_seq, batch
-        self.lease_seq += 1
+        # Above anything this worker has seen (it may have told us at registration).
+        self.lease_seq = max(self.lease_seq, worker.lease_seq) + 1
         worker.lease_seq = self.lease_seq
         for job in batch:
             job.lease_seq = worker.lease_seq
@@ -409,7 +410,8 @@ class JobTable:
                 self._release(worker, job)
                 self._dispatch()
             return ReportOutcome.DUPLICATE
-        if worker.leases.get(job.job_id) is not job:
+        if worker.leases.get(job.job_id) is not job or job.lease_seq == 0:
+            # Not this worker's lease, or never handed over: the result is of an older run.
             return ReportOutcome.STALE
         self._release(worker, job)
         if result.reason == REASON_RETURNED:

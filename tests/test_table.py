@@ -1,0 +1,1241 @@
+"""The job table keeps the promises of the design (section 5): unit tests, one behaviour each, then
+random operation sequences (hypothesis) against a faithfully simulated fleet of workers."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from burstd.controller.table import (
+    TERMINAL,
+    TRANSITIONS,
+    Event,
+    Held,
+    InvariantError,
+    Job,
+    JobState,
+    JobTable,
+    NewJob,
+    QueueFull,
+    ReportOutcome,
+    Result,
+    UnknownWorker,
+)
+from burstd.policies.routers import Router, make_router
+
+Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def submit(table: JobTable, n: int = 1, *, retries: int = 0, now: float = 0.0) -> list[str]:
+    return table.submit([NewJob(b"spec", retries, f"j{i}") for i in range(n)], now)
+
+
+def register(
+    table: JobTable,
+    worker_id: str = "w1",
+    *,
+    capacity: int = 4,
+    now: float = 0.0,
+    held: list[Held] | None = None,
+) -> list[Held]:
+    return table.register(worker_id, slots=1, capacity=capacity, now=now, held=held or [])
+
+
+def deliver(table: JobTable, worker_id: str = "w1", *, now: float = 0.0) -> tuple[int, list[Job]]:
+    return table.lease(worker_id, 100, now)
+
+
+def exited(job: Job | str, table: JobTable | None = None, code: int = 0, **kw: Any) -> Result:
+    if isinstance(job, str):
+        assert table is not None
+        job = table.jobs[job]
+    return Result(job.job_id, kw.pop("attempt", job.attempt), code, **kw)
+
+
+def fingerprint(table: JobTable) -> tuple[Any, ...]:
+    """Everything a refused or duplicate request must leave alone (not last_seen)."""
+    jobs = tuple(
+        (
+            j.job_id,
+            j.state,
+            j.attempt,
+            j.worker_id,
+            j.lease_seq,
+            j.exit_code,
+            j.signal,
+            j.reason,
+            j.error_message,
+            j.started_at,
+            j.finished_at,
+            j.lost_count,
+            j.retried,
+        )
+        for j in table.jobs.values()
+    )
+    workers = tuple(
+        (
+            w.worker_id,
+            w.capacity,
+            tuple(w.leases),
+            tuple(j.job_id for j in w.outbox),
+            w.lease_seq,
+            tuple(w.cancel_notices.items()),
+        )
+        for w in table.workers.values()
+    )
+    queue = tuple(j.job_id for j in table._queue)
+    return (
+        jobs,
+        workers,
+        tuple(table.counts.items()),
+        tuple(table.finished_log),
+        table.next_id,
+        queue,
+    )
+
+
+def real_counts(table: JobTable) -> dict[JobState, int]:
+    counts = dict.fromkeys(JobState, 0)
+    for job in table.jobs.values():
+        counts[job.state] += 1
+    return counts
+
+
+# -- the happy path and plain failures ----------------------------------------------------------
+
+
+def test_submit_lease_start_report_success() -> None:
+    table = JobTable()
+    [job_id] = submit(table, now=1.0)
+    job = table.jobs[job_id]
+    assert job.state is Q and job.attempt == 0 and job.submitted_at == 1.0
+
+    register(table, "w1", now=2.0)
+    # Routed at once, but not handed over until the worker polls.
+    assert job.state is L and job.worker_id == "w1" and job.attempt == 1 and job.lease_seq == 0
+    assert table.take_wakeups() == {"w1"}
+
+    seq, batch = deliver(table, now=3.0)
+    assert batch == [job] and seq == 1 and job.lease_seq == 1
+    assert deliver(table) == (1, [])  # nothing left to hand over
+
+    table.started("w1", Held(job_id, 1), now=4.0)
+    assert job.state is R and job.started_at == 4.0
+
+    outcome = table.report("w1", exited(job, code=0, stdout_path="/o"), now=5.0)
+    assert outcome is ReportOutcome.ACCEPTED
+    assert job.state is JobState.SUCCEEDED and job.exit_code == 0 and job.finished_at == 5.0
+    assert job.stdout_path == "/o"
+    assert table.workers["w1"].leases == {}
+    assert list(table.finished_log) == [job_id]
+    assert table.counts[JobState.SUCCEEDED] == 1 and table.counts[R] == 0
+
+
+def test_nonzero_exit_fails_and_is_not_retried() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    deliver(table)
+    assert table.report("w1", exited(job_id, table, code=3), 1.0) is ReportOutcome.ACCEPTED
+    job = table.jobs[job_id]
+    assert job.state is JobState.FAILED and job.exit_code == 3 and job.attempt == 1
+    assert table.counts[Q] == table.counts[L] == 0
+    assert table.workers["w1"].leases == {}
+
+
+def test_retries_requeue_twice_then_fail_and_attempt_grows() -> None:
+    table = JobTable()
+    [job_id] = submit(table, retries=2)
+    register(table, capacity=1)
+    job = table.jobs[job_id]
+    for attempt in (1, 2, 3):
+        _, batch = deliver(table)
+        assert batch == [job] and job.attempt == attempt
+        assert table.report("w1", exited(job, code=1), 1.0) is ReportOutcome.ACCEPTED
+        if attempt < 3:
+            # Re-queued and routed again at once (the worker has room): a new lease.
+            assert job.state is L and job.retried == attempt and job.attempt == attempt + 1
+    assert job.state is JobState.FAILED and job.retried == 2 and job.attempt == 3
+    assert list(table.finished_log) == [job_id]
+
+
+def test_a_retried_job_goes_before_younger_queued_jobs() -> None:
+    table = JobTable()
+    first, second = submit(table, 2, retries=1)
+    register(table, capacity=1)
+    deliver(table)
+    table.report("w1", exited(first, table, code=1), 1.0)
+    assert table.jobs[first].state is L and table.jobs[second].state is Q
+
+
+def test_signal_or_error_without_retries_left_fails() -> None:
+    table = JobTable()
+    [job_id] = submit(table, retries=0)
+    register(table)
+    deliver(table)
+    result = exited(job_id, table, code=None, signal=9, reason="timeout", error_message="too slow")
+    assert table.report("w1", result, 1.0) is ReportOutcome.ACCEPTED
+    job = table.jobs[job_id]
+    assert job.state is JobState.FAILED and job.signal == 9 and job.reason == "timeout"
+
+
+# -- fencing: duplicates, stale attempts, unknown ids ------------------------------------------
+
+
+def test_duplicate_report_is_acknowledged_and_changes_nothing() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    deliver(table)
+    table.report("w1", exited(job_id, table, code=0), 1.0)
+    before = fingerprint(table)
+    assert table.report("w1", exited(job_id, table, code=0), 2.0) is ReportOutcome.DUPLICATE
+    # Even a different outcome for the same lease cannot overwrite the final one.
+    assert table.report("w1", exited(job_id, table, code=7), 3.0) is ReportOutcome.DUPLICATE
+    assert fingerprint(table) == before
+    assert table.jobs[job_id].exit_code == 0 and list(table.finished_log) == [job_id]
+
+
+def test_report_from_a_superseded_attempt_is_stale() -> None:
+    table = JobTable()
+    [job_id] = submit(table, retries=1)
+    register(table)
+    deliver(table)
+    table.report("w1", exited(job_id, table, code=1), 1.0)  # attempt 1 failed, retried
+    assert table.jobs[job_id].attempt == 2
+    before = fingerprint(table)
+    stale = exited(job_id, table, code=0, attempt=1)
+    assert table.report("w1", stale, 2.0) is ReportOutcome.STALE
+    assert fingerprint(table) == before
+
+
+def test_report_from_a_worker_that_does_not_hold_the_lease_is_stale() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table, "w1")
+    register(table, "w2")
+    deliver(table, "w1")
+    before = fingerprint(table)
+    assert table.report("w2", exited(job_id, table), 1.0) is ReportOutcome.STALE
+    assert fingerprint(table) == before
+
+
+def test_prototype_report_cannot_end_a_lease_not_handed_over_yet() -> None:
+    # Attempt 0 means "my current lease"; a late result of a lost lease must not end the next one.
+    table = JobTable(lease_ttl=10.0)
+    register(table, "w1", capacity=1, now=0.0)
+    [job_id] = submit(table, retries=1)
+    deliver(table)
+    table.expire(11.0)
+    register(table, "w1", capacity=1, now=12.0)  # leased again (attempt 2), not handed over
+    job = table.jobs[job_id]
+    assert job.attempt == 2 and job.lease_seq == 0
+    before = fingerprint(table)
+    assert table.report("w1", Result(job_id, 0, 1), 12.0) is ReportOutcome.STALE
+    assert fingerprint(table) == before
+    _, batch = deliver(table)
+    assert batch == [job]  # handed over once, its retry not used up
+    assert table.report("w1", Result(job_id, 0, 0), 13.0) is ReportOutcome.ACCEPTED
+    assert job.state is JobState.SUCCEEDED and job.retried == 0
+
+
+def test_report_for_unknown_job() -> None:
+    table = JobTable()
+    register(table)
+    before = fingerprint(table)
+    result = Result("job-99999999", 1, 0)
+    assert table.report("w1", result, 1.0) is ReportOutcome.UNKNOWN_JOB
+    assert fingerprint(table) == before
+
+
+def test_unregistered_worker_is_refused_everywhere() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    deliver(table)
+    before = fingerprint(table)
+    with pytest.raises(UnknownWorker):
+        table.report("ghost", exited(job_id, table), 1.0)
+    with pytest.raises(UnknownWorker):
+        table.lease("ghost", 1, 1.0)
+    with pytest.raises(UnknownWorker):
+        table.heartbeat("ghost", [], 0, 1.0)
+    with pytest.raises(UnknownWorker):
+        table.started("ghost", Held(job_id, 1), 1.0)
+    assert fingerprint(table) == before
+
+
+# -- submission ---------------------------------------------------------------------------------
+
+
+def test_queue_full_is_all_or_nothing() -> None:
+    table = JobTable(max_queued=3)
+    assert submit(table, 2) == ["job-00000001", "job-00000002"]
+    before = fingerprint(table)
+    with pytest.raises(QueueFull, match="limit of 3"):
+        submit(table, 2)
+    assert fingerprint(table) == before and len(table.jobs) == 2
+    assert submit(table, 1) == ["job-00000003"]  # no id was used up by the refused batch
+
+
+def test_queue_limit_counts_queued_jobs_only() -> None:
+    table = JobTable(max_queued=2)
+    register(table, capacity=2)
+    submit(table, 2)  # both leased at once
+    assert submit(table, 2) == ["job-00000003", "job-00000004"]
+
+
+def test_job_ids_are_sequential_and_never_repeat() -> None:
+    table = JobTable()
+    ids = submit(table, 3) + submit(table, 2)
+    assert ids == [f"job-{n:08d}" for n in range(1, 6)]
+    table.cancel(ids[-1], 1.0)
+    assert submit(table) == ["job-00000006"]
+
+
+def test_first_id_sets_the_first_job_id() -> None:
+    table = JobTable(first_id=42)
+    assert submit(table, 2) == ["job-00000042", "job-00000043"]
+    assert [j.job_id for j in table.iter_jobs()] == ["job-00000042", "job-00000043"]
+
+
+# -- lost workers and the crash limit -----------------------------------------------------------
+
+
+def test_expire_declares_a_silent_worker_lost_and_requeues_its_jobs() -> None:
+    table = JobTable(lease_ttl=10.0)
+    [delivered, routed] = submit(table, 2)
+    register(table, "w1", now=0.0)
+    table.lease("w1", 1, now=0.0)  # hands over `delivered` only
+    assert table.expire(10.0) == []  # silent for exactly the TTL: not yet
+    assert table.expire(10.5) == ["w1"]
+    assert "w1" not in table.workers
+    d, r = table.jobs[delivered], table.jobs[routed]
+    assert d.state is Q and d.lost_count == 1 and d.attempt == 1
+    assert r.state is Q and r.lost_count == 0  # never handed over: not a loss
+
+    register(table, "w2", now=11.0)
+    assert d.state is L and d.worker_id == "w2" and d.attempt == 2
+    assert r.attempt == 2
+
+
+def test_a_worker_that_talks_is_not_expired() -> None:
+    table = JobTable(lease_ttl=10.0)
+    register(table, "w1", now=0.0)
+    table.heartbeat("w1", [], 0, now=8.0)
+    assert table.expire(15.0) == []
+    assert table.expire(18.5) == ["w1"]
+
+
+def test_crash_limit_fails_a_job_that_loses_every_worker() -> None:
+    table = JobTable(lease_ttl=10.0, crash_limit=2)
+    [job_id] = submit(table)
+    job = table.jobs[job_id]
+    register(table, "w1", now=0.0)
+    deliver(table, "w1")
+    table.expire(11.0)
+    assert job.state is Q and job.lost_count == 1
+    register(table, "w2", now=20.0)
+    deliver(table, "w2", now=20.0)
+    table.started("w2", Held(job_id, 2), now=20.0)
+    table.expire(31.0)
+    assert job.state is JobState.FAILED and job.reason == "worker_lost"
+    assert "lost 2 times" in job.error_message and "crash limit 2" in job.error_message
+    assert job.finished_at == 31.0 and list(table.finished_log) == [job_id]
+    assert table.counts[JobState.FAILED] == 1 and table.counts[Q] == 0
+
+
+def test_late_report_from_a_lost_worker_is_refused_then_stale() -> None:
+    table = JobTable(lease_ttl=10.0)
+    [job_id] = submit(table)
+    register(table, "w1", now=0.0)
+    deliver(table, "w1")
+    table.expire(11.0)
+    late = exited(job_id, table, code=0)  # attempt 1
+    before = fingerprint(table)
+    with pytest.raises(UnknownWorker):
+        table.report("w1", late, 12.0)
+    assert fingerprint(table) == before
+
+    drop = register(table, "w1", now=12.0, held=[Held(job_id, 1, running=True)])
+    assert drop == [Held(job_id, 1, running=True)]  # its old lease is gone: stop it
+    assert table.jobs[job_id].attempt == 2  # leased again (to w1 itself, under a new attempt)
+    before = fingerprint(table)
+    assert table.report("w1", late, 13.0) is ReportOutcome.STALE
+    assert fingerprint(table) == before
+
+
+def test_removed_worker_jobs_go_back_to_the_queue() -> None:
+    table = JobTable()
+    ids = submit(table, 3)
+    register(table, "w1", capacity=3)
+    table.lease("w1", 2, 0.0)
+    table.remove_worker("w1", 1.0)
+    assert [table.jobs[i].state for i in ids] == [Q, Q, Q]
+    assert [table.jobs[i].lost_count for i in ids] == [1, 1, 0]
+    table.remove_worker("w1", 1.0)  # unknown: ignored
+
+
+# -- heartbeats ---------------------------------------------------------------------------------
+
+
+def test_heartbeat_requeues_a_delivered_lease_the_worker_does_not_hold() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table, "w1")
+    seq, _ = deliver(table)
+    cancel, drop = table.heartbeat("w1", [], seq, 1.0)
+    assert cancel == drop == []
+    job = table.jobs[job_id]
+    # Re-queued and routed again (here to w1 itself): a new lease, not handed over yet.
+    assert job.attempt == 2 and job.lease_seq == 0 and job.state is L
+    assert job.lost_count == 0  # lost on the way, not with a worker: no crash counted
+
+
+def test_heartbeat_keeps_a_lease_still_in_flight() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table, "w1")
+    seq, _ = deliver(table)
+    before = fingerprint(table)
+    assert table.heartbeat("w1", [], seq - 1, 1.0) == ([], [])
+    assert fingerprint(table) == before
+    assert table.jobs[job_id].state is L and job_id in table.workers["w1"].leases
+
+
+def test_lease_in_flight_to_a_worker_registered_again_after_it_was_lost_is_kept() -> None:
+    # The worker echoes the highest lease_seq it ever received, also across re-registrations.
+    table = JobTable(lease_ttl=10.0)
+    register(table, "w1", capacity=1, now=0.0)
+    for _ in range(3):
+        [done] = submit(table)
+        acked, _ = deliver(table)
+        table.report("w1", exited(done, table), 0.0)
+    assert table.expire(11.0) == ["w1"]
+    register(table, "w1", capacity=1, now=12.0)
+    [job_id] = submit(table, now=12.0)
+    seq, _ = deliver(table, now=12.0)  # the reply is still on its way...
+    assert seq > acked
+    # ...when a heartbeat overtakes it: the lease must not be taken for lost.
+    assert table.heartbeat("w1", [], acked, 12.1) == ([], [])
+    job = table.jobs[job_id]
+    assert job.attempt == 1 and job.lease_seq == seq and job_id in table.workers["w1"].leases
+
+
+def test_heartbeat_keeps_an_undelivered_lease() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table, "w1")
+    assert table.heartbeat("w1", [], 99, 1.0) == ([], [])
+    assert table.jobs[job_id].state is L and table.workers["w1"].outbox
+
+
+def test_heartbeat_returns_held_jobs_that_are_not_the_workers_lease_in_drop() -> None:
+    table = JobTable()
+    [done, mine, other] = submit(table, 3)
+    register(table, "w1", capacity=2)
+    register(table, "w2", capacity=1)
+    seq, _ = deliver(table, "w1")
+    table.report("w1", exited(done, table), 0.5)
+    assert table.jobs[mine].attempt == 1 and table.jobs[other].worker_id == "w2"
+    garbage = [
+        Held("job-77777777", 1),  # unknown id
+        Held(done, 1),  # finished and reported
+        Held(other, 1, running=True),  # another worker's lease
+    ]
+    cancel, drop = table.heartbeat("w1", [Held(mine, 1), *garbage], seq, 1.0)
+    assert cancel == [] and drop == garbage
+    assert table.jobs[mine].state is L and mine in table.workers["w1"].leases
+    assert table.jobs[other].state is L and other in table.workers["w2"].leases
+    assert table.jobs[done].state is JobState.SUCCEEDED
+
+
+def test_heartbeat_drops_a_held_job_of_a_superseded_attempt() -> None:
+    table = JobTable()
+    [job_id] = submit(table, retries=1)
+    register(table, "w1")
+    deliver(table)
+    table.report("w1", exited(job_id, table, code=1), 0.5)  # retried: attempt 2
+    seq, _ = deliver(table)
+    cancel, drop = table.heartbeat("w1", [Held(job_id, 1)], seq, 1.0)
+    assert drop == [Held(job_id, 1)] and cancel == []
+
+
+def test_heartbeat_running_flag_marks_the_job_running() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    seq, _ = deliver(table)
+    table.heartbeat("w1", [Held(job_id, 1, running=False)], seq, 1.0)
+    assert table.jobs[job_id].state is L
+    table.heartbeat("w1", [Held(job_id, 1, running=True)], seq, 2.0)
+    assert table.jobs[job_id].state is R and table.jobs[job_id].started_at == 2.0
+    assert table.workers["w1"].running == 1
+
+
+def test_started_for_a_superseded_attempt_is_ignored() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    deliver(table)
+    before = fingerprint(table)
+    table.started("w1", Held(job_id, 7), 1.0)
+    assert fingerprint(table) == before
+
+
+# -- cancel -------------------------------------------------------------------------------------
+
+
+def test_cancel_a_queued_job_it_is_never_leased() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    assert table.cancel(job_id, 1.0) is JobState.CANCELLED
+    job = table.jobs[job_id]
+    assert job.reason == "cancelled" and job.finished_at == 1.0
+    register(table)
+    assert deliver(table)[1] == [] and table.workers["w1"].leases == {}
+    assert job.attempt == 0 and table.counts[Q] == 0 and list(table.finished_log) == [job_id]
+
+
+def test_cancel_an_undelivered_lease_releases_it_at_once() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    assert table.cancel(job_id, 1.0) is JobState.CANCELLED
+    assert table.workers["w1"].leases == {} and table.workers["w1"].cancel_notices == {}
+    assert deliver(table)[1] == []  # never handed over
+    assert table.take_cancel_notices("w1") == []
+
+
+def test_cancel_an_undelivered_lease_frees_the_slot_for_the_next_queued_job() -> None:
+    table = JobTable()
+    register(table, capacity=1)
+    first, second = submit(table, 2)
+    assert table.jobs[second].state is Q
+    table.take_wakeups()
+    table.cancel(first, 1.0)
+    # The slot is free: the queued job must not wait for some unrelated event.
+    assert table.jobs[second].state is L and table.jobs[second].worker_id == "w1"
+    assert table.take_wakeups() == {"w1"}
+    assert deliver(table)[1] == [table.jobs[second]]
+
+
+def test_cancel_a_delivered_job_waits_for_the_worker_to_stop_it() -> None:
+    table = JobTable()
+    register(table, capacity=1)
+    [job_id, queued] = submit(table, 2)
+    seq, _ = deliver(table)
+    table.started("w1", Held(job_id, 1), 0.5)
+    table.take_wakeups()
+    assert table.cancel(job_id, 1.0) is JobState.CANCELLED
+    worker = table.workers["w1"]
+    # Still running there: it keeps counting against the worker's capacity.
+    assert job_id in worker.leases and table.jobs[queued].state is Q
+    assert table.take_wakeups() == {"w1"} and table.has_work("w1")
+    assert table.take_cancel_notices("w1") == [Held(job_id, 1)]
+    assert table.take_cancel_notices("w1") == []
+    cancel, drop = table.heartbeat("w1", [Held(job_id, 1, running=True)], seq, 2.0)
+    assert cancel == [Held(job_id, 1, running=True)] and drop == []
+    # The worker stopped it and reports: acknowledged, the lease is released.
+    stopped = exited(job_id, table, code=None, signal=15, reason="cancelled")
+    assert table.report("w1", stopped, 3.0) is ReportOutcome.DUPLICATE
+    job = table.jobs[job_id]
+    assert job_id not in worker.leases and job.state is JobState.CANCELLED
+    assert job.reason == "cancelled" and job.signal == 15
+    assert table.jobs[queued].state is L  # the freed slot is used
+    assert list(table.finished_log) == [job_id]
+
+
+def test_cancel_a_delivered_job_released_when_the_worker_stops_listing_it() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    seq, _ = deliver(table)
+    table.cancel(job_id, 1.0)
+    table.heartbeat("w1", [], seq, 2.0)
+    assert table.workers["w1"].leases == {} and table.workers["w1"].cancel_notices == {}
+    assert table.jobs[job_id].state is JobState.CANCELLED and table.jobs[job_id].lost_count == 0
+
+
+def test_cancel_of_a_finished_job_returns_its_state_unchanged() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    register(table)
+    deliver(table)
+    table.report("w1", exited(job_id, table, code=0), 1.0)
+    before = fingerprint(table)
+    assert table.cancel(job_id, 2.0) is JobState.SUCCEEDED
+    assert table.cancel("job-12345678", 2.0) is None
+    assert fingerprint(table) == before
+
+
+# -- re-registration and hand-backs -------------------------------------------------------------
+
+
+def test_reregister_keeps_held_leases_and_requeues_delivered_ones_not_held() -> None:
+    table = JobTable()
+    register(table, "w1", capacity=3)
+    kept, lost, routed = submit(table, 3)
+    table.lease("w1", 2, 0.0)  # hands over `kept` and `lost`; `routed` waits in the outbox
+    drop = register(table, "w1", capacity=3, held=[Held(kept, 1, running=True), Held(lost, 9)])
+    assert drop == [Held(lost, 9)]
+    worker = table.workers["w1"]
+    assert table.jobs[kept].state is R and kept in worker.leases
+    assert table.jobs[lost].lost_count == 1
+    assert table.jobs[lost].attempt == 2 and table.jobs[lost].worker_id == "w1"  # routed again
+    assert table.jobs[routed].attempt == 1 and table.jobs[routed].lease_seq == 0
+    _, batch = deliver(table)
+    assert {j.job_id for j in batch} == {lost, routed}
+
+
+def test_reregister_may_shrink_capacity_below_the_held_leases() -> None:
+    table = JobTable()
+    register(table, "w1", capacity=3)
+    ids = submit(table, 4)
+    _, batch = deliver(table)
+    held = [Held(j.job_id, j.attempt) for j in batch]
+    assert register(table, "w1", capacity=1, held=held) == []
+    assert len(table.workers["w1"].leases) == 3  # nothing is taken away...
+    table.report("w1", exited(ids[0], table), 1.0)
+    assert len(table.workers["w1"].leases) == 2  # ...and nothing new until under capacity
+    assert table.jobs[ids[3]].state is Q
+
+
+def test_returned_job_is_requeued_without_counting_a_loss() -> None:
+    table = JobTable()
+    [job_id] = submit(table, retries=0)
+    register(table)
+    deliver(table)
+    result = exited(job_id, table, code=None, reason="returned")
+    assert table.report("w1", result, 1.0) is ReportOutcome.ACCEPTED
+    job = table.jobs[job_id]
+    assert job.lost_count == 0 and job.retried == 0
+    assert job.state is L and job.attempt == 2  # leased again, under a new attempt
+    assert list(table.finished_log) == []
+
+
+# -- capacity, listing, counts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("router", ["roundrobin", "power2", "biased"])
+def test_a_worker_never_gets_more_leases_than_its_capacity(router: str) -> None:
+    table = JobTable(router=router)
+    register(table, "w1", capacity=2)
+    ids = submit(table, 5)
+    assert len(table.workers["w1"].leases) == 2 and table.counts[Q] == 3
+    deliver(table)
+    table.report("w1", exited(ids[0], table), 1.0)
+    assert len(table.workers["w1"].leases) == 2 and table.counts[Q] == 2
+
+
+def test_leases_are_spread_over_workers_with_room() -> None:
+    table = JobTable()
+    register(table, "w1", capacity=2)
+    register(table, "w2", capacity=3)
+    submit(table, 10)
+    assert len(table.workers["w1"].leases) == 2 and len(table.workers["w2"].leases) == 3
+    assert table.counts[L] == 5 and table.counts[Q] == 5
+
+
+def test_lease_batch_respects_max_jobs_and_sequence_grows() -> None:
+    table = JobTable()
+    register(table, capacity=4)
+    submit(table, 4)
+    seq1, b1 = table.lease("w1", 3, 0.0)
+    seq2, b2 = table.lease("w1", 3, 0.0)
+    assert len(b1) == 3 and len(b2) == 1 and seq2 == seq1 + 1
+    assert [j.job_id for j in b1 + b2] == [f"job-{n:08d}" for n in range(1, 5)]
+
+
+def test_iter_jobs_pages_in_id_order_and_filters_by_state() -> None:
+    table = JobTable()
+    ids = submit(table, 5)
+    table.cancel(ids[1], 1.0)
+    table.cancel(ids[3], 1.0)
+    assert [j.job_id for j in table.iter_jobs()] == ids
+    assert [j.job_id for j in table.iter_jobs(after=ids[1])] == ids[2:]
+    assert [j.job_id for j in table.iter_jobs(after=ids[-1])] == []
+    cancelled = [j.job_id for j in table.iter_jobs(JobState.CANCELLED)]
+    assert cancelled == [ids[1], ids[3]]
+    assert [j.job_id for j in table.iter_jobs(Q, after=ids[1])] == [ids[2], ids[4]]
+
+
+def test_counts_always_equal_the_real_number_of_jobs_per_state() -> None:
+    table = JobTable(lease_ttl=5.0)
+    ids = submit(table, 8, retries=1)
+    assert table.counts == real_counts(table)
+    register(table, "w1", capacity=3)
+    register(table, "w2", capacity=2)
+    assert table.counts == real_counts(table)
+    deliver(table, "w1")
+    table.started("w1", Held(ids[0], 1), 0.0)
+    table.report("w1", exited(ids[0], table, code=1), 1.0)
+    table.cancel(ids[5], 1.0)
+    table.cancel(ids[6], 1.0)
+    assert table.counts == real_counts(table)
+    table.expire(7.0)
+    assert table.counts == real_counts(table)
+    assert sum(table.counts.values()) == len(ids)
+
+
+def test_finished_log_lists_each_job_once_when_it_ends() -> None:
+    table = JobTable()
+    a, b, c = submit(table, 3)
+    register(table)
+    table.cancel(c, 0.5)
+    deliver(table)
+    table.report("w1", exited(a, table), 1.0)
+    table.report("w1", exited(a, table), 1.0)  # duplicate
+    table.cancel(a, 1.0)  # already over
+    table.report("w1", exited(b, table, code=2), 2.0)
+    assert list(table.finished_log) == [c, a, b] and table.finished_seq == 3
+
+
+def test_a_transition_outside_the_table_is_an_invariant_error() -> None:
+    table = JobTable()
+    [job_id] = submit(table)
+    job = table.jobs[job_id]
+    assert not any(state in TERMINAL for state, _ in TRANSITIONS)
+    with pytest.raises(InvariantError, match="no transition queued --start-->"):
+        table._move(job, Event.START)
+    assert job.state is Q and table.counts == real_counts(table)
+
+
+# -- random operation sequences ---------------------------------------------------------------
+
+
+class RecordingRouter(Router):
+    """Delegates to a real router and remembers what the table last told it about each worker."""
+
+    name: ClassVar[str] = "recording"
+
+    def __init__(self, inner: Router) -> None:
+        super().__init__()
+        self.inner = inner
+        self.seen: dict[str, tuple[int, int]] = {}
+
+    def update(self, worker_id: str, leased: int, capacity: int) -> None:
+        self.inner.update(worker_id, leased, capacity)
+        self.seen[worker_id] = (leased, capacity)
+
+    def remove(self, worker_id: str) -> None:
+        self.inner.remove(worker_id)
+        self.seen.pop(worker_id, None)
+
+    def pick(self) -> str | None:
+        return self.inner.pick()
+
+
+@dataclass
+class SimJob:
+    attempt: int
+    running: bool = False
+    cancel_asked: bool = False
+
+
+@dataclass
+class SimWorker:
+    """What one worker process knows: the jobs it holds and the highest lease batch it received."""
+
+    holds: dict[str, SimJob] = field(default_factory=dict)
+    acked: int = 0  # the highest lease_seq received (the worker never resets it)
+    inflight: tuple[int, list[tuple[str, int]]] | None = None  # one poll reply on its way
+    sent: list[Result] = field(default_factory=list)  # reports the table acknowledged
+
+    def receive(self, seq: int, jobs: list[tuple[str, int]]) -> None:
+        for job_id, attempt in jobs:
+            self.holds[job_id] = SimJob(attempt)
+        if jobs:
+            self.acked = max(self.acked, seq)
+
+    def held(self) -> list[Held]:
+        return [Held(job_id, s.attempt, s.running) for job_id, s in self.holds.items()]
+
+    def forget(self, dropped: list[Held]) -> None:
+        for h in dropped:
+            s = self.holds.get(h.job_id)
+            if s is not None and s.attempt == h.attempt:
+                del self.holds[h.job_id]
+
+
+WORKER_IDS = ("w1", "w2", "w3")
+UNKNOWN_ID = "job-99999999"
+
+
+class TableMachine(RuleBasedStateMachine):
+    router_name: ClassVar[str] = "roundrobin"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.router = RecordingRouter(make_router(self.router_name, rng=random.Random(0)))
+        self.table = JobTable(router=self.router, max_queued=12, lease_ttl=10.0, crash_limit=3)
+        self.sims = {w: SimWorker() for w in WORKER_IDS}
+        self.submitted: list[str] = []
+        self.final: dict[str, tuple[Any, ...]] = {}
+        self.attempts: dict[str, int] = {}
+        self.load: dict[str, int] = {}
+
+    # -- helpers --
+
+    def job_ids(self) -> st.SearchStrategy[str]:
+        return st.sampled_from([*self.submitted, UNKNOWN_ID])
+
+    def garbage(self, data: st.DataObject, worker_id: str) -> list[Held]:
+        """Held entries the worker does not really have (never its current lease)."""
+        entries = data.draw(st.lists(st.tuples(self.job_ids(), st.integers(0, 6)), max_size=2))
+        out = []
+        for job_id, attempt in entries:
+            if any(h.job_id == job_id for h in out):
+                continue
+            job = self.table.jobs.get(job_id)
+            w = self.table.workers.get(worker_id)
+            mine = job is not None and w is not None and w.leases.get(job_id) is job
+            if mine and job.attempt == attempt:
+                continue
+            if job_id in self.sims[worker_id].holds:
+                continue
+            out.append(Held(job_id, attempt, data.draw(st.booleans())))
+        return out
+
+    def holds(self, worker_id: str, h: Held) -> bool:
+        w = self.table.workers.get(worker_id)
+        job = None if w is None else w.leases.get(h.job_id)
+        return job is not None and job.attempt == h.attempt
+
+    def delivered(self, worker_id: str) -> set[tuple[str, int]]:
+        w = self.table.workers[worker_id]
+        return {(j.job_id, j.attempt) for j in w.leases.values() if j.lease_seq}
+
+    @initialize(capacities=st.lists(st.integers(1, 4), min_size=3, max_size=3), n=st.integers(0, 8))
+    def fleet(self, capacities: list[int], n: int) -> None:
+        for worker_id, capacity in zip(WORKER_IDS, capacities, strict=True):
+            self.table.register(worker_id, slots=1, capacity=capacity, now=self.now)
+        self.submitted += submit(self.table, n, retries=1)
+
+    # -- clients --
+
+    @rule(data=st.data(), n=st.integers(1, 5))
+    def submit(self, data: st.DataObject, n: int) -> None:
+        retries = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+        before, first = fingerprint(self.table), self.table.next_id
+        try:
+            ids = self.table.submit([NewJob(b"s", r) for r in retries], self.now)
+        except QueueFull:
+            assert self.table.counts[Q] + n > self.table.max_queued
+            assert fingerprint(self.table) == before
+            return
+        assert ids == [JobTable.format_id(k) for k in range(first, first + n)]
+        assert not set(ids) & set(self.submitted)
+        self.submitted += ids
+
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = data.draw(self.job_ids())
+        job = self.table.jobs.get(job_id)
+        if job is None:
+            assert self.table.cancel(job_id, self.now) is None
+            return
+        state, seq, worker_id = job.state, job.lease_seq, job.worker_id
+        before = fingerprint(self.table)
+        result = self.table.cancel(job_id, self.now)
+        if state in TERMINAL:
+            assert result is state and fingerprint(self.table) == before
+            return
+        assert result is JobState.CANCELLED and job.state is JobState.CANCELLED
+        if state is not Q:
+            w = self.table.workers[worker_id]
+            if seq == 0:
+                assert job_id not in w.leases
+            else:
+                assert w.leases[job_id] is job and w.cancel_notices[job_id] == job.attempt
+
+    # -- workers --
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), capacity=st.integers(1, 4), data=st.data())
+    def register(self, worker_id: str, capacity: int, data: st.DataObject) -> None:
+        """The worker (re)starts its session; a restarted worker may have lost some jobs."""
+        sim = self.sims[worker_id]
+        kept = data.draw(
+            st.sets(st.sampled_from(sorted(sim.holds))) if sim.holds else st.just(set())
+        )
+        sim.holds = {k: v for k, v in sim.holds.items() if k in kept}
+        self.send_register(worker_id, capacity, data)
+
+    def reregister(self, worker_id: str, data: st.DataObject) -> None:
+        """Told it is unknown (declared lost), the worker registers again with what it holds."""
+        if data.draw(st.booleans()):
+            self.send_register(worker_id, data.draw(st.integers(1, 4)), data)
+
+    def send_register(self, worker_id: str, capacity: int, data: st.DataObject) -> None:
+        sim = self.sims[worker_id]
+        sim.inflight = None  # a reply to the old session never arrives
+        held = sim.held() + self.garbage(data, worker_id)
+        old = self.table.workers.get(worker_id)
+        old_leases = dict(old.leases) if old is not None else {}
+        had = {(h.job_id, h.attempt) for h in held if self.holds(worker_id, h)}
+        old_state = {j.job_id: (j.lease_seq, j.lost_count) for j in old_leases.values()}
+        drop = self.table.register(worker_id, slots=1, capacity=capacity, now=self.now, held=held)
+        w = self.table.workers[worker_id]
+        assert w.capacity == capacity
+        assert [(h.job_id, h.attempt) for h in drop] == [
+            (h.job_id, h.attempt) for h in held if (h.job_id, h.attempt) not in had
+        ]
+        if old is None:
+            assert len(drop) == len(held)
+        kept_ids = {h.job_id for h in held if self.holds(worker_id, h)}
+        for job_id, job in old_leases.items():
+            seq, lost = old_state[job_id]
+            if job_id in kept_ids or seq == 0:
+                assert w.leases.get(job_id) is job  # held, or still waiting to be handed over
+            elif job.state not in TERMINAL or job.reason == "worker_lost":
+                assert job.lost_count == lost + 1
+        sim.forget(drop)
+        assert {(k, s.attempt) for k, s in sim.holds.items()} == had
+
+    @rule(
+        worker_id=st.sampled_from(WORKER_IDS),
+        max_jobs=st.integers(0, 4),
+        fate=st.sampled_from(["received", "received", "lost", "delayed"]),
+        data=st.data(),
+    )
+    def lease(self, worker_id: str, max_jobs: int, fate: str, data: st.DataObject) -> None:
+        sim = self.sims[worker_id]
+        sim.inflight = None  # the previous poll timed out: its reply is gone
+        if worker_id not in self.table.workers:
+            before = fingerprint(self.table)
+            with pytest.raises(UnknownWorker):
+                self.table.lease(worker_id, max_jobs, self.now)
+            assert fingerprint(self.table) == before
+            self.reregister(worker_id, data)
+            return
+        w = self.table.workers[worker_id]
+        waiting = [j for j in w.leases.values() if j.lease_seq == 0]
+        old_seq = w.lease_seq
+        seq, batch = self.table.lease(worker_id, max_jobs, self.now)
+        assert len(batch) == min(max_jobs, len(waiting))
+        assert len({j.job_id for j in batch}) == len(batch), "a job handed over twice"
+        assert batch == waiting[: len(batch)]  # in the order they were routed
+        if batch:
+            assert seq > old_seq
+        for job in batch:
+            assert w.leases[job.job_id] is job and job.lease_seq == seq
+        jobs = [(j.job_id, j.attempt) for j in batch]
+        if fate == "received":
+            sim.receive(seq, jobs)
+        elif fate == "delayed" and jobs:
+            sim.inflight = (seq, jobs)
+            if data.draw(st.booleans()):
+                self.send_heartbeat(worker_id, data)  # the heartbeat overtakes the reply
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS))
+    def reply_arrives(self, worker_id: str) -> None:
+        sim = self.sims[worker_id]
+        if sim.inflight is not None:
+            sim.receive(*sim.inflight)
+            sim.inflight = None
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def started(self, worker_id: str, data: st.DataObject) -> None:
+        sim = self.sims[worker_id]
+        idle = sorted(k for k, s in sim.holds.items() if not s.running)
+        if not idle:
+            return
+        job_id = data.draw(st.sampled_from(idle))
+        h = Held(job_id, sim.holds[job_id].attempt)
+        if worker_id not in self.table.workers:
+            with pytest.raises(UnknownWorker):
+                self.table.started(worker_id, h, self.now)
+            return
+        current = self.holds(worker_id, h)
+        state = self.table.jobs[job_id].state
+        self.table.started(worker_id, h, self.now)
+        sim.holds[job_id].running = True
+        if current and state is L:
+            assert self.table.jobs[job_id].state is R
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def heartbeat(self, worker_id: str, data: st.DataObject) -> None:
+        self.send_heartbeat(worker_id, data)
+
+    def send_heartbeat(self, worker_id: str, data: st.DataObject) -> None:
+        sim = self.sims[worker_id]
+        if sim.holds and data.draw(st.integers(0, 4)) == 0:  # the worker lost some jobs
+            lost = data.draw(st.sets(st.sampled_from(sorted(sim.holds)), min_size=1))
+            sim.holds = {k: v for k, v in sim.holds.items() if k not in lost}
+        faithful = data.draw(st.booleans())
+        acked = sim.acked if faithful else data.draw(st.integers(0, sim.acked))
+        garbage = [] if faithful else self.garbage(data, worker_id)
+        held = sim.held() + garbage
+        if worker_id not in self.table.workers:
+            before = fingerprint(self.table)
+            with pytest.raises(UnknownWorker):
+                self.table.heartbeat(worker_id, held, acked, self.now)
+            assert fingerprint(self.table) == before
+            self.reregister(worker_id, data)
+            return
+        w = self.table.workers[worker_id]
+        old = {j.job_id: (j, j.lease_seq, j.attempt) for j in w.leases.values()}
+        cancel, drop = self.table.heartbeat(worker_id, held, acked, self.now)
+        assert [(h.job_id, h.attempt) for h in drop] == [
+            (h.job_id, h.attempt) for h in held if not self.holds(worker_id, h)
+        ]
+        held_ids = {h.job_id for h in held}
+        in_flight = sim.inflight
+        for job_id, (job, seq, attempt) in old.items():
+            if w.leases.get(job_id) is job and job.attempt == attempt:
+                assert job_id in held_ids or not 0 < seq <= acked
+            else:
+                # A lease in flight (the worker's poll has not returned yet) is never taken back.
+                assert not in_flight or (job_id, attempt) not in in_flight[1], (
+                    f"{job_id} (lease_seq {seq}) taken back while still in flight"
+                )
+                assert job_id not in held_ids
+        for h in cancel:
+            assert h in held and self.table.jobs[h.job_id].state is JobState.CANCELLED
+        sim.forget(drop)
+        for h in cancel:
+            sim.holds[h.job_id].cancel_asked = True
+        if faithful:
+            # The table knows exactly which handed-over jobs this worker holds (promise 3).
+            ours = {(k, s.attempt) for k, s in sim.holds.items()}
+            listed = {(j.job_id, j.attempt) for j in w.leases.values() if 0 < j.lease_seq <= acked}
+            assert ours == listed
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def report(self, worker_id: str, data: st.DataObject) -> None:
+        sim = self.sims[worker_id]
+        if not sim.holds:
+            return
+        job_id = data.draw(st.sampled_from(sorted(sim.holds)))
+        s = sim.holds[job_id]
+        kind = "cancelled" if s.cancel_asked else None
+        kind = kind or data.draw(st.sampled_from(["ok", "ok", "fail", "returned", "signal"]))
+        code, reason, signal = {
+            "ok": (0, "exit", 0),
+            "fail": (1, "exit", 0),
+            "returned": (None, "returned", 0),
+            "signal": (None, "exit", 9),
+            "cancelled": (None, "cancelled", 15),
+        }[kind]
+        prototype = data.draw(st.integers(0, 9)) == 0  # attempt 0: "my current lease"
+        result = Result(job_id, 0 if prototype else s.attempt, code, signal, reason)
+        result.finished_at = self.now
+        job = self.table.jobs[job_id]
+        if worker_id not in self.table.workers:
+            before = fingerprint(self.table)
+            with pytest.raises(UnknownWorker):
+                self.table.report(worker_id, result, self.now)
+            assert fingerprint(self.table) == before
+            return
+        w = self.table.workers[worker_id]
+        attempt = result.attempt or job.attempt
+        current = job.worker_id == worker_id and job.attempt == attempt
+        in_lease = w.leases.get(job_id) is job
+        state, retried, lost = job.state, job.retried, job.lost_count
+        before = fingerprint(self.table)
+        outcome = self.table.report(worker_id, result, self.now)
+        if not current:
+            assert outcome is ReportOutcome.STALE and fingerprint(self.table) == before
+        elif state in TERMINAL:
+            assert outcome is ReportOutcome.DUPLICATE and job.state is state
+            assert job_id not in w.leases
+            if not in_lease:
+                assert fingerprint(self.table) == before
+        elif not in_lease:
+            assert outcome is ReportOutcome.STALE and fingerprint(self.table) == before
+        else:
+            assert outcome is ReportOutcome.ACCEPTED
+            assert job.lost_count == lost
+            if kind == "ok":
+                assert job.state is JobState.SUCCEEDED and job.exit_code == 0
+            elif kind == "returned":
+                assert job.state in (Q, L) and job.retried == retried
+            elif kind != "cancelled" and retried < job.retries:
+                assert job.state in (Q, L) and job.retried == retried + 1
+            else:
+                assert job.state is JobState.FAILED
+        del sim.holds[job_id]
+        if not prototype:
+            sim.sent.append(result)
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def report_prototype(self, worker_id: str, data: st.DataObject) -> None:
+        """A prototype worker's result (attempt 0: "my current lease"), maybe for a lost lease."""
+        if worker_id not in self.table.workers or not self.submitted:
+            return
+        job = self.table.jobs[data.draw(st.sampled_from(self.submitted))]
+        w = self.table.workers[worker_id]
+        code = data.draw(st.sampled_from([0, 1]))
+        handed_over = w.leases.get(job.job_id) is job and job.lease_seq != 0
+        state, before = job.state, fingerprint(self.table)
+        outcome = self.table.report(worker_id, Result(job.job_id, 0, code), self.now)
+        if handed_over and state not in TERMINAL:
+            assert outcome is ReportOutcome.ACCEPTED
+        elif handed_over:
+            assert outcome is ReportOutcome.DUPLICATE and job.job_id not in w.leases
+        else:
+            assert outcome is not ReportOutcome.ACCEPTED and fingerprint(self.table) == before
+        if handed_over:
+            self.sims[worker_id].holds.pop(job.job_id, None)
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def report_again(self, worker_id: str, data: st.DataObject) -> None:
+        """A report resent after it was acknowledged (the ack was lost) changes nothing."""
+        sim = self.sims[worker_id]
+        if not sim.sent or worker_id not in self.table.workers:
+            return
+        result = data.draw(st.sampled_from(sim.sent))
+        before = fingerprint(self.table)
+        outcome = self.table.report(worker_id, result, self.now)
+        assert outcome in (ReportOutcome.DUPLICATE, ReportOutcome.STALE)
+        assert fingerprint(self.table) == before
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS), data=st.data())
+    def report_superseded(self, worker_id: str, data: st.DataObject) -> None:
+        if worker_id not in self.table.workers:
+            return
+        job_id = data.draw(self.job_ids())
+        job = self.table.jobs.get(job_id)
+        before = fingerprint(self.table)
+        if job is None or job.attempt < 2:
+            result = Result(job_id, 1, 0)
+            outcome = self.table.report(worker_id, result, self.now)
+            if job is None:
+                assert outcome is ReportOutcome.UNKNOWN_JOB
+                assert fingerprint(self.table) == before
+            return
+        result = Result(job_id, data.draw(st.integers(1, job.attempt - 1)), 0)
+        assert self.table.report(worker_id, result, self.now) is ReportOutcome.STALE
+        assert fingerprint(self.table) == before
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS))
+    def take_cancel_notices(self, worker_id: str) -> None:
+        w = self.table.workers.get(worker_id)
+        pending = dict(w.cancel_notices) if w is not None else {}
+        notices = self.table.take_cancel_notices(worker_id)
+        assert {h.job_id: h.attempt for h in notices} == pending
+        for h in notices:
+            assert w is not None and self.table.jobs[h.job_id].state is JobState.CANCELLED
+        assert w is None or not w.cancel_notices
+
+    @rule(dt=st.sampled_from([0.5, 3.0, 6.0, 11.0]))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        silent = {
+            w.worker_id
+            for w in self.table.workers.values()
+            if self.now - w.last_seen > self.table.lease_ttl
+        }
+        leases = {wid: list(self.table.workers[wid].leases.values()) for wid in silent}
+        assert set(self.table.expire(self.now)) == silent
+        for wid in silent:
+            assert wid not in self.table.workers
+            for job in leases[wid]:
+                assert job.state is Q or job.state in TERMINAL or job.worker_id != wid
+
+    @rule(worker_id=st.sampled_from(WORKER_IDS))
+    def remove_worker(self, worker_id: str) -> None:
+        self.table.remove_worker(worker_id, self.now)
+        assert worker_id not in self.table.workers
+
+    # -- invariants --
+
+    @invariant()
+    def every_job_is_in_exactly_one_place(self) -> None:
+        table = self.table
+        where: dict[str, list[str]] = {}
+        for w in table.workers.values():
+            for job_id, job in w.leases.items():
+                assert table.jobs[job_id] is job and job.worker_id == w.worker_id
+                where.setdefault(job_id, []).append(w.worker_id)
+            for job_id, attempt in w.cancel_notices.items():
+                assert w.leases[job_id].state is JobState.CANCELLED
+                assert w.leases[job_id].attempt == attempt
+            live = [j for j in w.outbox if w.leases.get(j.job_id) is j and j.lease_seq == 0]
+            waiting = [j for j in w.leases.values() if j.lease_seq == 0]
+            assert len({j.job_id for j in live}) == len(live), "a job twice in an outbox"
+            assert {j.job_id for j in live} == {j.job_id for j in waiting}
+        queued = [j.job_id for j in table._queue if j.state is Q]
+        assert len(queued) == len(set(queued)) == table.counts[Q]
+        for job_id, job in table.jobs.items():
+            holders = where.get(job_id, [])
+            assert len(holders) <= 1
+            if job.state is Q:
+                assert not holders and job_id in queued
+            elif job.state in (L, R):
+                assert holders == [job.worker_id]
+            elif holders:
+                # Terminal, still counting on the worker: only a handed-over job a user
+                # cancelled, until the worker says it stopped it.
+                assert job.state is JobState.CANCELLED and job.lease_seq != 0
+
+    @invariant()
+    def counts_match_and_nothing_is_lost(self) -> None:
+        table = self.table
+        assert table.counts == real_counts(table)
+        assert sum(table.counts.values()) == len(table.jobs) == len(self.submitted)
+        assert all(job_id in table.jobs for job_id in self.submitted)
+        log = table.finished_log
+        assert len(log) == len(set(log))
+        assert set(log) == {j.job_id for j in table.jobs.values() if j.state in TERMINAL}
+
+    @invariant()
+    def terminal_is_final_and_attempts_only_grow(self) -> None:
+        for job_id, job in self.table.jobs.items():
+            assert job.attempt >= self.attempts.get(job_id, 0)
+            self.attempts[job_id] = job.attempt
+            if job.state in TERMINAL:
+                snap = (job.state, job.attempt, job.reason, job.finished_at)
+                if job.state is not JobState.CANCELLED:
+                    snap += (job.exit_code, job.signal)
+                assert self.final.setdefault(job_id, snap) == snap
+
+    @invariant()
+    def capacity_holds_and_the_router_sees_the_real_load(self) -> None:
+        table = self.table
+        for worker_id, w in table.workers.items():
+            # Only a re-registration that lowered the capacity may leave a worker above it,
+            # and such a worker gets nothing more until it is back under.
+            assert len(w.leases) <= max(w.capacity, self.load.get(worker_id, 0))
+            assert self.router.seen.get(worker_id) == (len(w.leases), w.capacity)
+        assert set(self.router.seen) == set(table.workers)
+        self.load = {k: len(w.leases) for k, w in table.workers.items()}
+        if table.counts[Q]:
+            assert self.router.pick() is None, "a job waits in the queue while a worker has room"
+
+
+SETTINGS = settings(
+    max_examples=int(__import__("os").environ.get("TABLE_EXAMPLES", "60")),
+    stateful_step_count=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+class RoundRobinMachine(TableMachine):
+    router_name = "roundrobin"
+
+
+class PowerOfTwoMachine(TableMachine):
+    router_name = "power2"
+
+
+class BiasedMachine(TableMachine):
+    router_name = "biased"
+
+
+TestTableRoundRobin = RoundRobinMachine.TestCase
+TestTablePowerOfTwo = PowerOfTwoMachine.TestCase
+TestTableBiased = BiasedMachine.TestCase
+TestTableRoundRobin.settings = SETTINGS
+TestTablePowerOfTwo.settings = SETTINGS
+TestTableBiased.settings = SETTINGS
