@@ -23,16 +23,17 @@ _sym_db = _symbol_database.Default()
 
 
 from proto.burst.v1 import job_pb2 as proto_dot_burst_dot_v1_dot_job__pb2
+from proto.burst.v1 import peer_pb2 as proto_dot_burst_dot_v1_dot_peer__pb2
 from proto.burst.v1 import worker_pb2 as proto_dot_burst_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/burst/v1/control.proto\x12\x08\x62urst.v1\x1a\x18proto/burst/v1/job.proto\x1a\x1bproto/burst/v1/worker.proto2\xdf\x07\n\rControllerRpc\x12\x44\n\tSubmitJob\x12\x1a.burst.v1.SubmitJobRequest\x1a\x1b.burst.v1.SubmitJobResponse\x12M\n\x0cGetJobStatus\x12\x1d.burst.v1.GetJobStatusRequest\x1a\x1e.burst.v1.GetJobStatusResponse\x12S\n\x0eRegisterWorker\x12\x1f.burst.v1.RegisterWorkerRequest\x1a .burst.v1.RegisterWorkerResponse\x12>\n\x07PollJob\x12\x18.burst.v1.PollJobRequest\x1a\x19.burst.v1.PollJobResponse\x12V\n\x0fReportJobResult\x12 .burst.v1.ReportJobResultRequest\x1a!.burst.v1.ReportJobResultResponse\x12\x44\n\tHeartbeat\x12\x1a.burst.v1.HeartbeatRequest\x1a\x1b.burst.v1.HeartbeatResponse\x12G\n\nSubmitJobs\x12\x1b.burst.v1.SubmitJobsRequest\x1a\x1c.burst.v1.SubmitJobsResponse\x12Y\n\x10ReportJobResults\x12!.burst.v1.ReportJobResultsRequest\x1a\".burst.v1.ReportJobResultsResponse\x12G\n\nCancelJobs\x12\x1b.burst.v1.CancelJobsRequest\x1a\x1c.burst.v1.CancelJobsResponse\x12\x41\n\x08ListJobs\x12\x19.burst.v1.ListJobsRequest\x1a\x1a.burst.v1.ListJobsResponse\x12J\n\x0bListWorkers\x12\x1c.burst.v1.ListWorkersRequest\x1a\x1d.burst.v1.ListWorkersResponse\x12\x41\n\x08WaitJobs\x12\x19.burst.v1.WaitJobsRequest\x1a\x18.burst.v1.WaitJobsUpdate0\x01\x12G\n\nForgetJobs\x12\x1b.burst.v1.ForgetJobsRequest\x1a\x1c.burst.v1.ForgetJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cproto/burst/v1/control.proto\x12\x08\x62urst.v1\x1a\x18proto/burst/v1/job.proto\x1a\x19proto/burst/v1/peer.proto\x1a\x1bproto/burst/v1/worker.proto2\xae\x08\n\rControllerRpc\x12\x44\n\tSubmitJob\x12\x1a.burst.v1.SubmitJobRequest\x1a\x1b.burst.v1.SubmitJobResponse\x12M\n\x0cGetJobStatus\x12\x1d.burst.v1.GetJobStatusRequest\x1a\x1e.burst.v1.GetJobStatusResponse\x12S\n\x0eRegisterWorker\x12\x1f.burst.v1.RegisterWorkerRequest\x1a .burst.v1.RegisterWorkerResponse\x12>\n\x07PollJob\x12\x18.burst.v1.PollJobRequest\x1a\x19.burst.v1.PollJobResponse\x12V\n\x0fReportJobResult\x12 .burst.v1.ReportJobResultRequest\x1a!.burst.v1.ReportJobResultResponse\x12\x44\n\tHeartbeat\x12\x1a.burst.v1.HeartbeatRequest\x1a\x1b.burst.v1.HeartbeatResponse\x12G\n\nSubmitJobs\x12\x1b.burst.v1.SubmitJobsRequest\x1a\x1c.burst.v1.SubmitJobsResponse\x12Y\n\x10ReportJobResults\x12!.burst.v1.ReportJobResultsRequest\x1a\".burst.v1.ReportJobResultsResponse\x12G\n\nCancelJobs\x12\x1b.burst.v1.CancelJobsRequest\x1a\x1c.burst.v1.CancelJobsResponse\x12\x41\n\x08ListJobs\x12\x19.burst.v1.ListJobsRequest\x1a\x1a.burst.v1.ListJobsResponse\x12J\n\x0bListWorkers\x12\x1c.burst.v1.ListWorkersRequest\x1a\x1d.burst.v1.ListWorkersResponse\x12\x41\n\x08WaitJobs\x12\x19.burst.v1.WaitJobsRequest\x1a\x18.burst.v1.WaitJobsUpdate0\x01\x12G\n\nForgetJobs\x12\x1b.burst.v1.ForgetJobsRequest\x1a\x1c.burst.v1.ForgetJobsResponse\x12M\n\x0cTransferJobs\x12\x1d.burst.v1.TransferJobsRequest\x1a\x1e.burst.v1.TransferJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.burst.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTROLLERRPC']._serialized_start=98
-  _globals['_CONTROLLERRPC']._serialized_end=1089
+  _globals['_CONTROLLERRPC']._serialized_start=125
+  _globals['_CONTROLLERRPC']._serialized_end=1195
 # @@protoc_insertion_point(module_scope)

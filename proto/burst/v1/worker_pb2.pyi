@@ -17,7 +17,7 @@ class HeldJob(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., running: _Optional[bool] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname", "lease_seq")
+    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname", "lease_seq", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class RegisterWorkerRequest(_message.Message):
     HELD_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     slots: int
     queue_capacity: int
@@ -32,41 +33,66 @@ class RegisterWorkerRequest(_message.Message):
     held: _containers.RepeatedCompositeFieldContainer[HeldJob]
     hostname: str
     lease_seq: int
-    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ...) -> None: ...
+    instance: int
+    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop")
+    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     lease_ttl_ms: int
     heartbeat_interval_ms: int
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
-    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
+    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
+
+class PeerInfo(_message.Message):
+    __slots__ = ("worker_id", "peer_addr", "slots", "capacity", "leased", "running")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    peer_addr: str
+    slots: int
+    capacity: int
+    leased: int
+    running: int
+    def __init__(self, worker_id: _Optional[str] = ..., peer_addr: _Optional[str] = ..., slots: _Optional[int] = ..., capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "held", "lease_seq")
+    __slots__ = ("worker_id", "held", "lease_seq", "steal_round_done", "want_peers")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEAL_ROUND_DONE_FIELD_NUMBER: _ClassVar[int]
+    WANT_PEERS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     held: _containers.RepeatedCompositeFieldContainer[HeldJob]
     lease_seq: int
-    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
+    steal_round_done: int
+    want_peers: bool
+    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("ok", "cancel", "drop", "reregister")
+    __slots__ = ("ok", "cancel", "drop", "reregister", "peers")
     OK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     cancel: _containers.RepeatedCompositeFieldContainer[HeldJob]
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
     reregister: bool
-    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ...) -> None: ...
+    peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
+    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
