@@ -19,6 +19,13 @@ Rules (the promises of the design, section 5):
 5. Capacity cannot drift: a worker's load is ``len(worker.leases)``, the jobs it holds, never a
    counter kept beside them.
 6. Bad input changes nothing: every operation validates before it mutates.
+Steals (``transfer``) move a lease from one worker to another without losing it, and without two
+workers holding it under one attempt: the victim asks the table before it hands jobs over; each
+moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
+The thief's heartbeats say up to which round its steals have ended (``steal_round_done``): a
+stolen lease of an ended round that the heartbeat does not list never arrived and goes back to the
+queue, and a transfer for an ended round, or for a thief process that is gone (``instance``), is
+refused. A transfer never gives the thief more leases than its capacity.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class Event(enum.Enum):
     LOSE = "lose"  # the lease was lost (worker gone, handed back): queued again
     CRASH_LIMIT = "crash_limit"  # lost once too often
     CANCEL = "cancel"  # a user cancelled it
+    STEAL = "steal"  # the lease moved to another worker (still not started)
 
 
 _Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
@@ -60,6 +68,7 @@ _Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
     (_Q, Event.LEASE): _L,
     (_Q, Event.CANCEL): JobState.CANCELLED,
+    (_L, Event.STEAL): _L,
     (_L, Event.START): _R,
     **{(s, Event.SUCCEED): JobState.SUCCEEDED for s in (_L, _R)},
     **{(s, Event.FAIL): JobState.FAILED for s in (_L, _R)},
@@ -89,6 +98,10 @@ class QueueFull(TableError):
 
 class UnknownWorker(TableError):
     pass
+
+
+class TransferRefused(TableError):
+    """A steal the table will not carry out (thief unknown, gone, or given up on it)."""
 
 
 class InvariantError(AssertionError):
@@ -123,6 +136,8 @@ class Job:
     lost_count: int = 0
     retried: int = 0
     stolen: bool = False
+    # Non-zero: the lease reached worker_id through this steal round of it, not through a poll.
+    steal_round: int = 0
 
 
 @dataclass(slots=True)
@@ -174,6 +189,10 @@ class Worker:
     outbox: deque[Job] = field(default_factory=deque)
     lease_seq: int = 0
     cancel_notices: dict[str, int] = field(default_factory=dict)
+    # The worker process (RegisterWorkerRequest.instance) and the highest of its steal rounds
+    # known to have ended: transfers to another process or for an ended round are refused.
+    instance: int = 0
+    steal_done: int = 0
 
     @property
     def running(self) -> int:
@@ -316,6 +335,7 @@ class JobTable:
         peer_addr: str = "",
         hostname: str = "",
         held: Iterable[Held] = (),
+        instance: int = 0,
     ) -> list[Held]:
         """Add a worker, or refresh one that registers again; returns held jobs it must drop.
 
@@ -332,11 +352,21 @@ class JobTable:
             worker.slots, worker.capacity = slots, max(capacity, slots)
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
             kept = {h.job_id for h in held if self._holds(worker, h)}
+            # Stolen leases still on their way to this same process are not lost (yet): its
+            # heartbeats settle them once the steal has ended.
+            fresh = worker.instance != instance
             for job in list(worker.leases.values()):
                 # Undelivered jobs wait in the outbox for the next poll.
-                if job.job_id not in kept and job.lease_seq != 0:
+                if (
+                    job.job_id not in kept
+                    and job.lease_seq != 0
+                    and (fresh or not self._steal_in_flight(worker, job))
+                ):
                     self._lose(worker, job, now, counted=True)
         drop = [h for h in held if not self._holds(worker, h)]
+        if worker.instance != instance:
+            # A new process: steals addressed to the previous one are refused from now on.
+            worker.instance, worker.steal_done = instance, 0
         for h in held:
             if h.running and self._holds(worker, h):
                 self._mark_started(worker.leases[h.job_id], now)
@@ -441,23 +471,36 @@ class JobTable:
             job.reason, job.error_message = result.reason, result.error_message
 
     def heartbeat(
-        self, worker_id: str, held: Iterable[Held], acked_seq: int, now: float
+        self,
+        worker_id: str,
+        held: Iterable[Held],
+        acked_seq: int,
+        now: float,
+        steal_round_done: int = 0,
     ) -> tuple[list[Held], list[Held]]:
         """Reconcile what the worker holds with its leases; returns (cancel, drop).
 
         ``held`` lists every job the worker has (queued, running, or finished and not yet
-        acknowledged). A lease delivered in a batch the worker has acknowledged (``acked_seq``)
-        but missing from ``held`` was lost on the way and goes back to the queue; a held job that
-        is not the worker's lease is dropped; a held job a user cancelled is cancelled.
+        acknowledged). A lease delivered in a batch the worker has acknowledged (``acked_seq``),
+        or stolen in a steal round that had ended (``steal_round_done``), but missing from
+        ``held`` was lost on the way and goes back to the queue; a held job that is not the
+        worker's lease is dropped; a held job a user cancelled is cancelled.
         """
         worker = self._worker(worker_id, now)
+        # Only for refusing late transfers: the check below must pair this request's ``held``
+        # with this request's own round (a late heartbeat may carry an older one).
+        worker.steal_done = max(worker.steal_done, steal_round_done)
         held_by_id = {h.job_id: h for h in held}
         drop = [h for h in held_by_id.values() if not self._holds(worker, h)]
         cancel: list[Held] = []
         for job in list(worker.leases.values()):
             h = held_by_id.get(job.job_id)
             if h is None:
-                if 0 < job.lease_seq <= acked_seq:
+                if job.steal_round:
+                    arrived_or_never = job.steal_round <= steal_round_done
+                else:
+                    arrived_or_never = 0 < job.lease_seq <= acked_seq
+                if arrived_or_never:
                     self._lose(worker, job, now, counted=False)
             elif job.attempt == h.attempt:
                 if job.state is JobState.CANCELLED:
@@ -466,6 +509,73 @@ class JobTable:
                     self._mark_started(job, now)
         self._dispatch()
         return cancel, drop
+
+    def transfer(
+        self,
+        victim_id: str,
+        thief_id: str,
+        jobs: Iterable[Held],
+        *,
+        thief_instance: int,
+        steal_round: int,
+        now: float,
+    ) -> list[Job]:
+        """Move the victim's leases of ``jobs`` to the thief; returns the jobs moved.
+
+        Only leases that are still the victim's under the named attempt, handed over and not
+        started (LEASED) move, and no more than the thief has room for; the rest stay the
+        victim's. Each moved job gets a new attempt (the victim's copy is fenced: its result would
+        be stale), ``stolen`` set and ``steal_round`` recorded, and counts in the thief's capacity
+        at once. The victim hands the jobs over only after this returned.
+
+        Raises UnknownWorker for an unregistered victim and TransferRefused (nothing changed)
+        when the thief is unknown, is the victim, is another process than the one that asked
+        (``thief_instance``), or has said that this steal round ended.
+        """
+        victim = self._worker(victim_id, now)
+        thief = self.workers.get(thief_id)
+        if thief is None or thief is victim:
+            raise TransferRefused(f"thief {thief_id!r} is not another registered worker")
+        if not thief_instance or thief_instance != thief.instance:
+            raise TransferRefused(f"thief {thief_id!r} has restarted since it asked")
+        if not 0 < steal_round or steal_round <= thief.steal_done:
+            raise TransferRefused(f"thief {thief_id!r} gave up on steal round {steal_round}")
+        room = thief.capacity - len(thief.leases)
+        moved: dict[str, Job] = {}
+        for h in jobs:
+            if len(moved) >= room:
+                break
+            job = victim.leases.get(h.job_id)
+            if (
+                job is not None
+                and job.attempt == h.attempt
+                and job.state is JobState.LEASED
+                and job.lease_seq != 0
+            ):
+                moved[job.job_id] = job
+        if not moved:
+            return []
+        # A fresh batch number marks them handed over (the thief's poll acknowledgements do not
+        # apply to them: steal_round does).
+        self.lease_seq += 1
+        for job in moved.values():
+            del victim.leases[job.job_id]
+            self._move(job, Event.STEAL)
+            job.attempt += 1
+            job.worker_id = thief_id
+            job.stolen = True
+            job.lease_seq = self.lease_seq
+            job.steal_round = steal_round
+            thief.leases[job.job_id] = job
+        self.router.update(victim_id, len(victim.leases), victim.capacity)
+        self.router.update(thief_id, len(thief.leases), thief.capacity)
+        self._dispatch()  # the victim has room again
+        return list(moved.values())
+
+    @staticmethod
+    def _steal_in_flight(worker: Worker, job: Job) -> bool:
+        """A lease stolen for this worker whose steal round has not ended yet."""
+        return job.steal_round > worker.steal_done
 
     def expire(self, now: float) -> list[str]:
         """Declare lost every worker silent for longer than the lease TTL; returns their ids."""
@@ -511,6 +621,7 @@ class JobTable:
     def _requeue(self, job: Job, event: Event) -> None:
         self._move(job, event)
         job.lease_seq = 0
+        job.steal_round = 0
         # Jobs that already waited go first: a lost or retried job is older than the queue.
         self._queue.appendleft(job)
 
@@ -532,6 +643,7 @@ class JobTable:
             job.attempt += 1
             job.worker_id = worker_id
             job.lease_seq = 0
+            job.steal_round = 0
             worker.leases[job.job_id] = job
             worker.outbox.append(job)
             self.router.update(worker_id, len(worker.leases), worker.capacity)
