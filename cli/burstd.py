@@ -81,12 +81,13 @@ def controller(
         roundrobin, power2 or biased.
     """
     from burstd.controller import daemon
+    from burstd.controller.store import StoreError
 
     settings = _controller_config(config, listen, state_dir, router)
     logs.setup_logging(component="controller")
     try:
         trio.run(daemon.run_until_signalled, settings)
-    except* OSError as group:
+    except* (OSError, StoreError) as group:
         _fail(_first_leaf(group))
 
 
@@ -139,7 +140,7 @@ def worker(
     trio.run(daemon.run_until_signalled, daemon.Worker(settings))
 
 
-def _first_leaf(group: BaseExceptionGroup[OSError]) -> str:
+def _first_leaf(group: BaseExceptionGroup[Exception]) -> str:
     """The message of the first exception in a (nested) group: a start-up error, not a trace."""
     error: BaseException = group
     while isinstance(error, BaseExceptionGroup):

@@ -1,11 +1,16 @@
-"""The controller daemon: one nursery holding the gRPC server and the lease reaper.
+"""The controller daemon: one nursery holding the gRPC server, the lease reaper, the store
+writer (group commits) and the retention pruner.
 
-All job state is in the JobTable; this module only wires it to the network and the clock.
+All job state is in the JobTable; this module only wires it to the network, the disk and the
+clock. With ``store = "sqlite"`` (the default) the state directory holds every job: a restarted
+controller takes back its queued jobs and waits one lease TTL for workers to claim the leased ones.
 """
 
 from __future__ import annotations
 
 import signal
+import time
+from contextlib import ExitStack
 
 import trio
 from loguru import logger
@@ -14,21 +19,39 @@ from burstd import transport
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.service import ControllerService, ServiceSettings
-from burstd.controller.table import JobTable
+from burstd.controller.store import Store
+from burstd.controller.table import TERMINAL, JobState, JobTable
+from burstd.controller.writer import StoreWriter
+
+# The pruner looks for jobs past their retention at most this often.
+PRUNE_INTERVAL = 60.0
 
 
-def build_service(config: ControllerConfig) -> ControllerService:
-    table = JobTable(
+def build_table(config: ControllerConfig) -> JobTable:
+    return JobTable(
         router=config.router,
         max_queued=config.submission_buffer_capacity,
         lease_ttl=config.lease_ttl_ms / 1000,
         crash_limit=config.crash_limit,
     )
+
+
+def build_service(config: ControllerConfig, store: Store | None = None) -> ControllerService:
+    """The service over a fresh table, restored from ``store`` if there is one."""
+    table = build_table(config)
+    writer = None
+    if store is not None:
+        table.restore(store.live_jobs(), store.next_id(), time.time())
+        for state, count in store.counts().items():
+            if JobState(state) in TERMINAL:
+                table.counts[JobState(state)] += count
+        table.take_dirty()  # what was just read is stored already
+        writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
         heartbeat_interval_ms=config.heartbeat_interval_ms,
     )
-    return ControllerService(table, settings)
+    return ControllerService(table, settings, writer=writer)
 
 
 async def _reap(service: ControllerService, interval: float) -> None:
@@ -38,27 +61,58 @@ async def _reap(service: ControllerService, interval: float) -> None:
         service.expire_workers()
 
 
+async def _prune(service: ControllerService, retention: float) -> None:
+    """Forget finished jobs older than the retention period, so the store stays bounded."""
+    while True:
+        await trio.sleep(min(PRUNE_INTERVAL, max(retention / 10, 0.1)))
+        forgotten = await service.prune(time.time() - retention)
+        if forgotten:
+            logger.info("forgot {} jobs finished more than {:.0f} s ago", forgotten, retention)
+
+
 async def run_controller(
     config: ControllerConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve until cancelled; ``task_status.started`` gets the bound port."""
-    service = build_service(config)
-    host, port = parse_hostport(config.bind_addr)
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(
-            transport.serve,
-            host,
-            port,
-            [service.rpc_service(), transport.health_service(lambda: True)],
-        )
-        nursery.start_soon(_reap, service, max(service.table.lease_ttl / 4, 0.05))
-        logger.info(
-            "controller listening on {} (router {}, lease TTL {:.1f} s)",
-            format_hostport(host, bound),
-            config.router,
-            service.table.lease_ttl,
-        )
-        task_status.started(bound)
+    """Serve until cancelled; ``task_status.started`` gets the bound port.
+
+    Raises ``StoreError`` (a damaged, foreign or busy state directory) or ``TransportError``
+    (address in use) before serving.
+    """
+    with ExitStack() as stack:
+        store = None
+        if config.store == "sqlite":
+            store = Store(config.state_dir)
+            stack.callback(store.close)
+        service = build_service(config, store)
+        if store is not None:
+            table = service.table
+            logger.info(
+                "state {}: {} queued and {} leased jobs taken back, next id {}",
+                store.path,
+                table.counts[JobState.QUEUED],
+                len(table.orphans),
+                table.format_id(table.next_id),
+            )
+        host, port = parse_hostport(config.bind_addr)
+        async with trio.open_nursery() as nursery:
+            if service.writer is not None:
+                nursery.start_soon(service.writer.run)
+            bound = await nursery.start(
+                transport.serve,
+                host,
+                port,
+                [service.rpc_service(), transport.health_service(lambda: True)],
+            )
+            nursery.start_soon(_reap, service, max(service.table.lease_ttl / 4, 0.05))
+            nursery.start_soon(_prune, service, config.retention_s)
+            logger.info(
+                "controller listening on {} (router {}, lease TTL {:.1f} s, store {})",
+                format_hostport(host, bound),
+                config.router,
+                service.table.lease_ttl,
+                config.store,
+            )
+            task_status.started(bound)
 
 
 async def run_until_signalled(config: ControllerConfig) -> None:

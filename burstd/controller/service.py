@@ -31,6 +31,7 @@ from burstd.controller.table import (
     Result,
     UnknownWorker,
 )
+from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
 SERVICE_NAME = "burst.v1.ControllerRpc"
@@ -90,10 +91,14 @@ class ControllerService:
         table: JobTable,
         settings: ServiceSettings = ServiceSettings(),
         clock: Callable[[], float] = time.time,
+        writer: StoreWriter | None = None,
     ) -> None:
         self.table = table
         self.settings = settings
         self.clock = clock
+        # With a store, finished jobs leave memory once stored; lookups fall back to it.
+        self.writer = writer
+        self.store = writer.store if writer is not None else None
         self._worker_events: dict[str, trio.Event] = {}
         self._finished = trio.Event()
         self._finished_seq = table.finished_seq
@@ -128,27 +133,51 @@ class ControllerService:
         new = admission.admit_one(
             request.spec if request.HasField("spec") else None, self.settings.limits
         )
-        (job_id,) = self._submit([new])
+        (job_id,) = await self._submit([new])
         return job_pb2.SubmitJobResponse(job_id=job_id)
 
     async def submit_jobs(
         self, request: job_pb2.SubmitJobsRequest, metadata: Mapping[str, str]
     ) -> job_pb2.SubmitJobsResponse:
         new = admission.admit_batch(request, self.settings.limits)
-        return job_pb2.SubmitJobsResponse(job_ids=self._submit(new))
+        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new))
 
-    def _submit(self, new: list[NewJob]) -> list[str]:
+    async def _submit(self, new: list[NewJob]) -> list[str]:
         try:
-            ids = self.table.submit(new, self.clock())
+            jobs = self.table.prepare(new, self.clock())
         except QueueFull as error:
             raise transport.ResourceExhausted(str(error)) from None
+        if self.writer is not None:
+            try:
+                await self.writer.insert(jobs)
+            except BaseException as error:
+                self.table.abandon(jobs)
+                if isinstance(error, StoreUnavailable):
+                    raise transport.Unavailable(str(error)) from None
+                raise
+        self.table.accept(jobs)
         self._after_change()
-        return ids
+        return [job.job_id for job in jobs]
+
+    async def _durable(self) -> None:
+        """Wait until what the table holds now is stored (no-op without a store)."""
+        if self.writer is not None:
+            try:
+                await self.writer.durable()
+            except StoreUnavailable as error:
+                raise transport.Unavailable(str(error)) from None
+
+    async def lookup(self, job_id: str) -> Job | None:
+        """A job from memory, or from the store once it has finished and left memory."""
+        job = self.table.get(job_id)
+        if job is None and self.store is not None:
+            job = await trio.to_thread.run_sync(self.store.get, job_id)
+        return job
 
     async def get_job_status(
         self, request: job_pb2.GetJobStatusRequest, metadata: Mapping[str, str]
     ) -> job_pb2.GetJobStatusResponse:
-        job = self.table.get(request.job_id)
+        job = await self.lookup(request.job_id)
         if job is None:
             # The prototype's answer for an unknown id, which its scripts rely on.
             return job_pb2.GetJobStatusResponse(
@@ -168,8 +197,11 @@ class ControllerService:
         states = []
         for job_id in ids:
             state = self.table.cancel(job_id, now)
+            if state is None and (stored := await self.lookup(job_id)) is not None:
+                state = stored.state
             states.append("unknown" if state is None else state.value)
         self._after_change()
+        await self._durable()
         return job_pb2.CancelJobsResponse(states=states)
 
     async def list_jobs(
@@ -188,10 +220,18 @@ class ControllerService:
             raise SpecError(f"after: not a job id: {request.after!r}")
         limit = min(request.limit or 100, MAX_LIST)
         jobs = []
-        for job in self.table.iter_jobs(state, request.after):
-            jobs.append(job_info(job))
-            if len(jobs) == limit:
-                break
+        if self.store is not None:
+            await self._durable()
+            stored = await trio.to_thread.run_sync(
+                self.store.list, state and state.value, request.after, limit
+            )
+            # Live jobs may have moved on since the commit: memory has the newest word.
+            jobs = [job_info(self.table.get(job.job_id) or job) for job in stored]
+        else:
+            for job in self.table.iter_jobs(state, request.after):
+                jobs.append(job_info(job))
+                if len(jobs) == limit:
+                    break
         next_after = jobs[-1].job_id if len(jobs) == limit else ""
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after)
 
@@ -227,9 +267,9 @@ class ControllerService:
         ids = admission.job_ids(request.job_ids)
         if not ids:
             raise SpecError("job_ids: name at least one job, or set all")
-        unknown = [job_id for job_id in ids if self.table.get(job_id) is None]
-        if unknown:
-            raise transport.NotFound(f"job_ids: unknown job {unknown[0]!r}")
+        for job_id in ids:
+            if await self.lookup(job_id) is None:
+                raise transport.NotFound(f"job_ids: unknown job {job_id!r}")
         pending = set(ids)
         counts = dict.fromkeys(TERMINAL, 0)
         cursor = 0
@@ -237,13 +277,16 @@ class ControllerService:
         while True:
             finished_event = self._finished
             finished = []
-            # Look at the log of ended jobs while it is shorter than the pending set.
-            log = self.table.finished_log
-            candidates = pending if first or len(log) - cursor > len(pending) else log[cursor:]
-            cursor = len(log)
+            # Look at the jobs that ended since the last look, unless that is more work than
+            # looking at every pending job (or the log no longer reaches back that far).
+            recent = None if first else self.table.finished_since(cursor)
+            candidates = pending if recent is None or len(recent) > len(pending) else recent
+            cursor = self.table.finished_seq
             for job_id in list(candidates):
-                job = self.table.get(job_id)
-                if job_id in pending and job is not None and job.state in TERMINAL:
+                if job_id not in pending:
+                    continue
+                job = self.table.get(job_id) or await self.lookup(job_id)
+                if job is not None and job.state in TERMINAL:
                     pending.discard(job_id)
                     counts[job.state] += 1
                     finished.append(job_info(job))
@@ -268,7 +311,7 @@ class ControllerService:
             counts = self.table.counts
             pending = sum(n for state, n in counts.items() if state not in TERMINAL)
             yield job_pb2.WaitJobsUpdate(
-                total=len(self.table.jobs),
+                total=sum(counts.values()),
                 pending=pending,
                 succeeded=counts[JobState.SUCCEEDED],
                 failed=counts[JobState.FAILED],
@@ -278,6 +321,42 @@ class ControllerService:
                 return
             await finished_event.wait()
             await trio.sleep(WAIT_UPDATE_INTERVAL)
+
+    async def forget_jobs(
+        self, request: job_pb2.ForgetJobsRequest, metadata: Mapping[str, str]
+    ) -> job_pb2.ForgetJobsResponse:
+        if request.all_finished:
+            if request.job_ids:
+                raise SpecError("job_ids: cannot be combined with all_finished")
+            if not request.older_than_seconds >= 0:
+                raise SpecError("older_than_seconds: must be a number >= 0")
+            forgotten = await self.prune(self.clock() - request.older_than_seconds)
+        else:
+            ids = admission.job_ids(request.job_ids)
+            if not ids:
+                raise SpecError("job_ids: name at least one job, or set all_finished")
+            forgotten = await self._forget(ids, None)
+        return job_pb2.ForgetJobsResponse(forgotten=forgotten)
+
+    async def prune(self, finished_before: float) -> int:
+        """Forget every job that finished before the given time (the retention period)."""
+        return await self._forget(self.table.finished_before(finished_before), finished_before)
+
+    async def _forget(self, ids: list[str], finished_before: float | None) -> int:
+        if self.writer is None or self.store is None:
+            return len(self.table.forget(ids))
+        await self._durable()
+        store = self.store
+        async with self.writer.lock:
+            if finished_before is None:
+                by_state = await trio.to_thread.run_sync(store.forget, ids)
+            else:
+                by_state = await trio.to_thread.run_sync(store.forget_finished, finished_before)
+        # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
+        for state, count in by_state.items():
+            self.table.counts[JobState(state)] -= count
+        self.table.evict(job for job_id in ids if (job := self.table.get(job_id)) is not None)
+        return sum(by_state.values())
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -295,6 +374,7 @@ class ControllerService:
             peer_addr=request.peer_addr,
             hostname=request.hostname,
             held=_held(request.held),
+            lease_seq=request.lease_seq,
         )
         self._after_change()
         logger.bind(worker_id=worker_id).info(
@@ -330,6 +410,9 @@ class ControllerService:
             event = self._worker_events.setdefault(worker_id, trio.Event())
             with trio.move_on_at(deadline):
                 await event.wait()
+        if jobs:
+            # The new attempt numbers must survive a restart before a worker runs them.
+            await self._durable()
         response = job_pb2.PollJobResponse(lease_seq=seq, cancel=_held_pb(cancel))
         assigned = [
             job_pb2.AssignedJob(
@@ -369,6 +452,7 @@ class ControllerService:
             raise self._unknown_worker(error) from None
         finally:
             self._after_change()
+        await self._durable()
         if outcome is ReportOutcome.UNKNOWN_JOB:
             raise transport.NotFound(f"job_id: unknown job {request.job_id!r}")
         if outcome is ReportOutcome.STALE:
@@ -391,6 +475,8 @@ class ControllerService:
             raise self._unknown_worker(error) from None
         finally:
             self._after_change()
+        # A result is acknowledged only once it is stored: the worker forgets it afterwards.
+        await self._durable()
         response = job_pb2.ReportJobResultsResponse()
         response.outcomes.extend(cast(list[Any], outcomes))
         return response
@@ -412,13 +498,14 @@ class ControllerService:
 
     def rpc_service(self) -> transport.Service:
         service = transport.Service(SERVICE_NAME)
-        unary = [
+        unary: list[tuple[str, type[Any], Callable[[Any, Mapping[str, str]], Awaitable[Any]]]] = [
             ("SubmitJob", job_pb2.SubmitJobRequest, self.submit_job),
             ("SubmitJobs", job_pb2.SubmitJobsRequest, self.submit_jobs),
             ("GetJobStatus", job_pb2.GetJobStatusRequest, self.get_job_status),
             ("CancelJobs", job_pb2.CancelJobsRequest, self.cancel_jobs),
             ("ListJobs", job_pb2.ListJobsRequest, self.list_jobs),
             ("ListWorkers", job_pb2.ListWorkersRequest, self.list_workers),
+            ("ForgetJobs", job_pb2.ForgetJobsRequest, self.forget_jobs),
             ("RegisterWorker", worker_pb2.RegisterWorkerRequest, self.register_worker),
             ("PollJob", job_pb2.PollJobRequest, self.poll_job),
             ("ReportJobResult", job_pb2.ReportJobResultRequest, self.report_job_result),

@@ -19,6 +19,9 @@ Rules (the promises of the design, section 5):
 5. Capacity cannot drift: a worker's load is ``len(worker.leases)``, the jobs it holds, never a
    counter kept beside them.
 6. Bad input changes nothing: every operation validates before it mutates.
+7. Every change to a job marks it dirty (``take_dirty``), so a store can persist exactly what
+   changed; after a restart ``restore`` takes back the live jobs, and leases whose worker has not
+   re-registered (orphans) go back to the queue once the lease TTL has passed.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -102,6 +105,9 @@ class UnknownWorker(TableError):
 
 class TransferRefused(TableError):
     """A steal the table will not carry out (thief unknown, gone, or given up on it)."""
+
+
+FINISHED_LOG_SIZE = 100_000
 
 
 class InvariantError(AssertionError):
@@ -230,8 +236,16 @@ class JobTable:
         # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
         self._queue: deque[Job] = deque()
         self._wakeups: set[str] = set()
-        # Job ids in the order they reached a terminal state, for waiters.
-        self.finished_log: list[str] = []
+        # Job ids in the order they reached a terminal state, for waiters; only the newest
+        # FINISHED_LOG_SIZE are kept, so memory does not grow with finished jobs.
+        self.finished_log: deque[str] = deque(maxlen=FINISHED_LOG_SIZE)
+        self.finished_seq = 0
+        # Jobs changed since the last take_dirty(), for the store.
+        self.dirty: dict[str, Job] = {}
+        # Submitted ids whose jobs are being made durable (counted against max_queued).
+        self._reserved = 0
+        # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
+        self.orphans: dict[str, float] = {}
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -245,12 +259,22 @@ class JobTable:
         self.counts[job.state] -= 1
         self.counts[new] += 1
         job.state = new
+        self.dirty[job.job_id] = job
         if new in TERMINAL:
             self.finished_log.append(job.job_id)
+            self.finished_seq += 1
 
-    @property
-    def finished_seq(self) -> int:
-        return len(self.finished_log)
+    def finished_since(self, seq: int) -> list[str] | None:
+        """Ids of jobs that ended after ``finished_seq`` was ``seq``; None if no longer known."""
+        missed = self.finished_seq - seq
+        if missed > len(self.finished_log):
+            return None
+        return list(self.finished_log)[len(self.finished_log) - missed :] if missed else []
+
+    def take_dirty(self) -> list[Job]:
+        """Jobs changed since the last call (each once), for the store to persist."""
+        dirty, self.dirty = list(self.dirty.values()), {}
+        return dirty
 
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
@@ -265,22 +289,42 @@ class JobTable:
 
     def submit(self, new_jobs: Sequence[NewJob], now: float) -> list[str]:
         """Queue every job or none: QueueFull when they do not all fit."""
-        if self.counts[JobState.QUEUED] + len(new_jobs) > self.max_queued:
+        jobs = self.prepare(new_jobs, now)
+        self.accept(jobs)
+        return [job.job_id for job in jobs]
+
+    def prepare(self, new_jobs: Sequence[NewJob], now: float) -> list[Job]:
+        """First half of a submission: give the jobs their ids and hold their room in the queue.
+
+        The caller makes them durable, then calls ``accept`` (or ``abandon`` if it could not);
+        ids are never reused either way.
+        """
+        queued = self.counts[JobState.QUEUED] + self._reserved
+        if queued + len(new_jobs) > self.max_queued:
             raise QueueFull(
-                f"queue is full: {self.counts[JobState.QUEUED]} queued, "
+                f"queue is full: {queued} queued, "
                 f"{len(new_jobs)} more would exceed the limit of {self.max_queued}"
             )
-        ids = []
-        for new in new_jobs:
-            job_id = self.format_id(self.next_id)
-            self.next_id += 1
-            job = Job(job_id, new.spec, new.retries, new.name, now)
-            self.jobs[job_id] = job
-            self._queue.append(job)
-            ids.append(job_id)
-        self.counts[JobState.QUEUED] += len(new_jobs)
+        first = self.next_id
+        self.next_id += len(new_jobs)
+        self._reserved += len(new_jobs)
+        return [
+            Job(self.format_id(first + i), new.spec, new.retries, new.name, now)
+            for i, new in enumerate(new_jobs)
+        ]
+
+    def accept(self, jobs: Sequence[Job]) -> None:
+        """Second half of a submission: the prepared jobs join the queue."""
+        self._reserved -= len(jobs)
+        for job in jobs:
+            self.jobs[job.job_id] = job
+        self._queue.extend(jobs)
+        self.counts[JobState.QUEUED] += len(jobs)
         self._dispatch()
-        return ids
+
+    def abandon(self, jobs: Sequence[Job]) -> None:
+        """The prepared jobs could not be made durable: release their room (not their ids)."""
+        self._reserved -= len(jobs)
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -336,19 +380,36 @@ class JobTable:
         hostname: str = "",
         held: Iterable[Held] = (),
         instance: int = 0,
+        lease_seq: int = 0,
     ) -> list[Held]:
         """Add a worker, or refresh one that registers again; returns held jobs it must drop.
 
         A worker that registers again keeps the leases it still holds; leases it no longer holds
-        were lost with its previous life and go back to the queue. Held jobs that are not its
-        lease (anymore) are returned: the worker stops and forgets them without reporting.
+        were lost with its previous life and go back to the queue. After a controller restart, a
+        held job whose restored lease names this worker and attempt (an orphan) is its again.
+        Held jobs that are not its lease are returned: the worker stops and forgets them
+        without reporting. ``lease_seq`` is the highest lease batch the worker has seen: new
+        batches are numbered above it.
         """
         held = list(held)
         worker = self.workers.get(worker_id)
         if worker is None:
             worker = Worker(worker_id, slots, max(capacity, slots), peer_addr, hostname, now)
             self.workers[worker_id] = worker
+            worker.lease_seq = lease_seq
+            for h in held:
+                job = self.jobs.get(h.job_id)
+                if (
+                    h.job_id in self.orphans
+                    and job is not None
+                    and job.worker_id == worker_id
+                    and job.attempt == h.attempt
+                ):
+                    del self.orphans[h.job_id]
+                    job.lease_seq = lease_seq  # delivered: the worker has acknowledged it
+                    worker.leases[h.job_id] = job
         else:
+            worker.lease_seq = max(worker.lease_seq, lease_seq)
             worker.slots, worker.capacity = slots, max(capacity, slots)
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
             kept = {h.job_id for h in held if self._holds(worker, h)}
@@ -437,6 +498,7 @@ class JobTable:
             # A duplicate, or the worker confirming it stopped a cancelled job.
             if worker.leases.get(job.job_id) is job:
                 self._record(job, result)
+                self.dirty[job.job_id] = job
                 self._release(worker, job)
                 self._dispatch()
             return ReportOutcome.DUPLICATE
@@ -582,7 +644,66 @@ class JobTable:
         lost = [w for w in self.workers.values() if now - w.last_seen > self.lease_ttl]
         for worker in lost:
             self.remove_worker(worker.worker_id, now)
+        unclaimed = [job_id for job_id, deadline in self.orphans.items() if deadline < now]
+        for job_id in unclaimed:
+            del self.orphans[job_id]
+            job = self.jobs[job_id]
+            if job.state not in TERMINAL:
+                self._lose_unleased(job, now)
+        if unclaimed:
+            self._dispatch()
         return [w.worker_id for w in lost]
+
+    # -- restart, retention ------------------------------------------------------------------
+
+    def restore(self, jobs: Iterable[Job], next_id: int, now: float) -> None:
+        """Take back the live jobs of a previous life (in id order) after a restart.
+
+        Queued jobs queue again; leased and running ones become orphans: their worker may
+        re-register and claim them within the lease TTL, else they go back to the queue.
+        """
+        self.next_id = max(self.next_id, next_id)
+        for job in jobs:
+            self.jobs[job.job_id] = job
+            self.counts[job.state] += 1
+            if job.state is JobState.QUEUED:
+                self._queue.append(job)
+            elif job.state not in TERMINAL:
+                job.lease_seq = 0
+                self.orphans[job.job_id] = now + self.lease_ttl
+        self._dispatch()
+
+    def evict(self, jobs: Iterable[Job]) -> None:
+        """Drop finished jobs from memory once they are stored (their details live there).
+
+        A cancelled job whose worker has not confirmed the stop yet stays: it still holds room.
+        """
+        for job in jobs:
+            if job.state not in TERMINAL or self.jobs.get(job.job_id) is not job:
+                continue
+            worker = self.workers.get(job.worker_id)
+            if worker is None or worker.leases.get(job.job_id) is not job:
+                del self.jobs[job.job_id]
+
+    def forget(self, job_ids: Iterable[str]) -> list[str]:
+        """Remove finished jobs from memory; returns the ids removed (live ones never are)."""
+        removed = []
+        for job_id in job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state in TERMINAL:
+                self.evict([job])
+                if job_id not in self.jobs:
+                    self.counts[job.state] -= 1
+                    removed.append(job_id)
+        return removed
+
+    def finished_before(self, when: float) -> list[str]:
+        """Ids of finished jobs in memory that ended before ``when``."""
+        return [
+            job.job_id
+            for job in self.jobs.values()
+            if job.state in TERMINAL and 0 < job.finished_at < when
+        ]
 
     def remove_worker(self, worker_id: str, now: float) -> None:
         """Forget a worker; its leases go back to the queue (a lost attempt for started ones)."""
@@ -608,15 +729,21 @@ class JobTable:
         if job.state in TERMINAL:
             return
         if counted:
-            job.lost_count += 1
-            if job.lost_count >= self.crash_limit:
-                job.reason = REASON_WORKER_LOST
-                job.error_message = (
-                    f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
-                )
-                self._finish(job, Event.CRASH_LIMIT, now)
-                return
-        self._requeue(job, Event.LOSE)
+            self._lose_unleased(job, now)
+        else:
+            self._requeue(job, Event.LOSE)
+
+    def _lose_unleased(self, job: Job, now: float) -> None:
+        """A started attempt was lost with its worker: re-queue, or fail past the crash limit."""
+        job.lost_count += 1
+        if job.lost_count >= self.crash_limit:
+            job.reason = REASON_WORKER_LOST
+            job.error_message = (
+                f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
+            )
+            self._finish(job, Event.CRASH_LIMIT, now)
+        else:
+            self._requeue(job, Event.LOSE)
 
     def _requeue(self, job: Job, event: Event) -> None:
         self._move(job, event)

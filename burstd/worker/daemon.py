@@ -139,6 +139,7 @@ class ControllerLink:
             peer_addr=self.peer_addr,
             held=local.held(),
             hostname=socket.gethostname(),
+            lease_seq=local.lease_seq,
         )
         response = await channel.unary(
             SERVICE,

@@ -1,0 +1,299 @@
+"""The controller's durable store: every job, in SQLite (WAL mode) in the state directory.
+
+The store is plain synchronous code: the controller calls it from a worker thread (see
+``burstd.controller.writer``), one transaction per group commit. What it promises:
+
+- A write returns only when it is on disk (``synchronous=FULL``): what was acknowledged after it
+  survives a crash of the controller or of the machine.
+- The job id counter never goes back: ``next_id`` is stored with the jobs that used it.
+- A directory that is not a burst state directory, or a damaged database, is refused with a
+  ``StoreError`` naming the path; nothing is ever reset silently.
+- One controller at a time: the directory is locked while a store is open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from burstd.controller.table import Job, JobState
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
+DB_NAME = "burst.db"
+LOCK_NAME = "burst.lock"
+
+_COLUMNS = (
+    "num",
+    "spec",
+    "retries",
+    "name",
+    "submitted_at",
+    "state",
+    "attempt",
+    "worker_id",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "signal",
+    "reason",
+    "error_message",
+    "stdout_path",
+    "stderr_path",
+    "lost_count",
+    "retried",
+    "stolen",
+)
+_MUTABLE = _COLUMNS[5:]
+_SCHEMA = f"""
+CREATE TABLE jobs (
+    num INTEGER PRIMARY KEY,
+    spec BLOB NOT NULL,
+    retries INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    state TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    worker_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    exit_code INTEGER,
+    signal INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    stdout_path TEXT NOT NULL,
+    stderr_path TEXT NOT NULL,
+    lost_count INTEGER NOT NULL,
+    retried INTEGER NOT NULL,
+    stolen INTEGER NOT NULL
+);
+CREATE INDEX jobs_live ON jobs (state) WHERE state IN ('queued', 'leased', 'running');
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at > 0;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
+PRAGMA application_id = {APPLICATION_ID};
+"""
+_INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+_LIVE = ("queued", "leased", "running")
+
+
+class StoreError(Exception):
+    """The state directory cannot be used; the message names it and says why."""
+
+
+def job_number(job_id: str) -> int:
+    return int(job_id.removeprefix("job-"))
+
+
+def row(job: Job) -> tuple[object, ...]:
+    return (
+        job_number(job.job_id),
+        job.spec,
+        job.retries,
+        job.name,
+        job.submitted_at,
+        *mutable_row(job),
+    )
+
+
+def mutable_row(job: Job) -> tuple[object, ...]:
+    return (
+        job.state.value,
+        job.attempt,
+        job.worker_id,
+        job.started_at,
+        job.finished_at,
+        job.exit_code,
+        job.signal,
+        job.reason,
+        job.error_message,
+        job.stdout_path,
+        job.stderr_path,
+        job.lost_count,
+        job.retried,
+        int(job.stolen),
+    )
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    (num, spec, retries, name, submitted_at, state, attempt, worker_id, started_at,
+     finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path,
+     lost_count, retried, stolen) = row  # fmt: skip
+    return Job(
+        job_id=f"job-{num:08d}",
+        spec=bytes(spec),
+        retries=retries,
+        name=name,
+        submitted_at=submitted_at,
+        state=JobState(state),
+        attempt=attempt,
+        worker_id=worker_id,
+        started_at=started_at,
+        finished_at=finished_at,
+        exit_code=exit_code,
+        signal=signal,
+        reason=reason,
+        error_message=error_message,
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        lost_count=lost_count,
+        retried=retried,
+        stolen=bool(stolen),
+    )
+
+
+class Store:
+    """One open state directory. Not thread-safe: use it from one thread at a time."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.path = state_dir / DB_NAME
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = os.open(
+                state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        except OSError as error:
+            raise StoreError(
+                f"{state_dir}: cannot use as state directory: {error.strerror}"
+            ) from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock)
+            raise StoreError(f"{state_dir}: in use by another controller") from None
+        try:
+            self._db = self._open()
+            # Reads (status, list) come from the event loop while a commit runs in a thread:
+            # they get their own connection, which WAL lets read beside the writer.
+            self._read = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if fresh:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+            else:
+                self._check(db)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: not a usable burst state database ({error})") from None
+        return db
+
+    def _check(self, db: sqlite3.Connection) -> None:
+        (app_id,) = db.execute("PRAGMA application_id").fetchone()
+        if app_id != APPLICATION_ID:
+            raise StoreError(f"{self.path}: not a burst state database (foreign file)")
+        (result,) = db.execute("PRAGMA quick_check").fetchone()
+        if result != "ok":
+            raise StoreError(f"{self.path}: damaged database ({result})")
+        version = self._meta(db, "schema_version")
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version}, this burst reads {SCHEMA_VERSION}"
+            )
+
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> int:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise sqlite3.DatabaseError(f"meta key {key} missing")
+        return int(row[0])
+
+    def close(self) -> None:
+        self._read.close()
+        self._db.close()
+        os.close(self._lock)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        return self._meta(self._db, "next_id")
+
+    def live_jobs(self) -> Iterator[Job]:
+        """Jobs not finished yet, in id order (what a restarted controller takes back)."""
+        query = f"{_SELECT} WHERE state IN {_LIVE} ORDER BY num"
+        for row in self._db.execute(query):
+            yield _job(row)
+
+    def get(self, job_id: str) -> Job | None:
+        try:
+            num = job_number(job_id)
+        except ValueError:
+            return None
+        row = self._read.execute(f"{_SELECT} WHERE num = ?", (num,)).fetchone()
+        return None if row is None else _job(row)
+
+    def list(self, state: str | None, after: str, limit: int) -> list[Job]:
+        start = job_number(after) if after else 0
+        if state is None:
+            rows = self._read.execute(
+                f"{_SELECT} WHERE num > ? ORDER BY num LIMIT ?", (start, limit)
+            )
+        else:
+            rows = self._read.execute(
+                f"{_SELECT} WHERE num > ? AND state = ? ORDER BY num LIMIT ?", (start, state, limit)
+            )
+        return [_job(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        return dict(
+            self._read.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
+        )
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def write(
+        self,
+        new_rows: Sequence[tuple[object, ...]],
+        changed_rows: Sequence[tuple[object, ...]],
+        next_id: int,
+    ) -> None:
+        """One transaction: insert new jobs (``row``), update changed ones (``mutable_row`` plus the
+        job number), advance the id counter. Rows are built by the caller, so a job is never
+        read while another thread changes it."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(_INSERT, new_rows)
+            db.executemany(_UPDATE, changed_rows)
+            db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def forget(self, job_ids: Iterable[str]) -> Counter[str]:
+        """Delete finished jobs by id (live ones never are); returns how many, by state."""
+        nums = [job_number(job_id) for job_id in job_ids]
+        return self._delete("num IN (SELECT value FROM json_each(?))", (json.dumps(nums),))
+
+    def forget_finished(self, finished_before: float) -> Counter[str]:
+        """Delete every finished job that ended before the given time; counts by state."""
+        return self._delete("finished_at > 0 AND finished_at < ?", (finished_before,))
+
+    def _delete(self, where: str, params: tuple[object, ...]) -> Counter[str]:
+        query = f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where} RETURNING state"
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            states = Counter(state for (state,) in db.execute(query, params))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return states

@@ -1,0 +1,104 @@
+"""Group commit: the task that makes the job table's changes durable.
+
+Submissions wait until their jobs are on disk before they are acknowledged (``insert``); leases
+and results wait for the commit that holds them (``durable``) before the worker hears of them,
+so an attempt number or a result is never handed out and then forgotten by a restart. Every
+change that arrives while a commit is running goes into the next one: under load one fsync covers
+thousands of jobs.
+
+When the disk is full (or any write fails), waiting callers get ``StoreUnavailable``; the table
+keeps running in memory (running jobs continue) and the writer retries with a back-off.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+import trio
+from loguru import logger
+
+from burstd.controller.store import Store, job_number, mutable_row, row
+from burstd.controller.table import TERMINAL, Job, JobTable
+
+MAX_BACKOFF = 5.0
+
+
+class StoreUnavailable(Exception):
+    """A write failed (e.g. disk full): the change is not durable."""
+
+
+class StoreWriter:
+    def __init__(self, store: Store, table: JobTable) -> None:
+        self.store = store
+        self.table = table
+        self._new: list[Job] = []
+        self._wake = trio.Event()
+        # Generation of changes: a caller waits until `committed` reaches the generation that
+        # was current when it made its change.
+        self._generation = 0
+        self._committed = 0
+        self._failed: tuple[int, str] | None = None
+        self._done = trio.Event()
+        # One thread writes at a time: commits and deletions (forget) never interleave.
+        self.lock = trio.Lock()
+
+    def _bump(self) -> int:
+        self._generation += 1
+        self._wake.set()
+        return self._generation
+
+    async def _until(self, generation: int) -> None:
+        while self._committed < generation:
+            if self._failed is not None and self._failed[0] >= generation:
+                raise StoreUnavailable(self._failed[1])
+            await self._done.wait()
+
+    async def insert(self, jobs: Sequence[Job]) -> None:
+        """Return once the prepared jobs are stored; StoreUnavailable if they could not be."""
+        self._new.extend(jobs)
+        await self._until(self._bump())
+
+    async def durable(self) -> None:
+        """Return once every change made to the table so far is stored."""
+        await self._until(self._bump())
+
+    async def run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            generation = self._generation
+            new, self._new = self._new, []
+            changed = self.table.take_dirty()
+            # Rows are built here, on the trio thread, so the store never sees a job half-changed.
+            new_rows = [row(job) for job in new]
+            changed_rows = [(*mutable_row(job), job_number(job.job_id)) for job in changed]
+            try:
+                async with self.lock:
+                    await trio.to_thread.run_sync(
+                        self.store.write, new_rows, changed_rows, self.table.next_id
+                    )
+            except sqlite3.Error as error:
+                message = f"the state store cannot be written ({error}): not accepted"
+                logger.error("{}; retrying in {:.2f} s", message, delay)
+                self._failed = (generation, message)
+                # Submissions are refused (their callers abandon them); other changes retry.
+                for job in changed:
+                    self.table.dirty.setdefault(job.job_id, job)
+                self._signal()
+                await trio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                self._wake.set()
+                continue
+            delay = 0.05
+            if self._failed is not None:
+                logger.info("the state store is writable again")
+                self._failed = None
+            self._committed = generation
+            self._signal()
+            self.table.evict(job for job in changed if job.state in TERMINAL)
+
+    def _signal(self) -> None:
+        self._done.set()
+        self._done = trio.Event()
