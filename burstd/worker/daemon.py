@@ -102,8 +102,11 @@ class ControllerLink:
         self._broken = trio.Event()
         self.log = logger.bind(worker_id=state.config.worker_id)
 
-    def broken(self) -> None:
-        self._broken.set()
+    def broken(self, channel: transport.Channel | None = None) -> None:
+        """Register again. With ``channel``: only if that is still the session's channel (a late
+        failure of a call on an earlier session must not break the new one)."""
+        if channel is None or channel is self._channel:
+            self._broken.set()
 
     async def run(self) -> None:
         backoff = max(self.state.config.retry_interval_ms / 1000, 0.05)
@@ -125,7 +128,10 @@ class ControllerLink:
                     warned = True
             finally:
                 self._channel = None
-                self._connected = trio.Event()
+                # Tasks in call() wait on the current event: replace it only once it was set,
+                # or they would wait on an event that no registration sets any more.
+                if self._connected.is_set():
+                    self._connected = trio.Event()
                 self._broken = trio.Event()
             await trio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
@@ -172,13 +178,12 @@ class ControllerLink:
     async def call(
         self, method: str, request: Any, response_type: Any, timeout: float = CALL_TIMEOUT
     ) -> Any:
-        await self._connected.wait()
-        channel = self._channel
-        assert channel is not None
+        while (channel := self._channel) is None:
+            await self._connected.wait()
         try:
             return await channel.unary(SERVICE, method, request, response_type, timeout=timeout)
         except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
-            self.broken()
+            self.broken(channel)
             raise
 
 
