@@ -195,6 +195,24 @@ class Client:
         )
         return list(response.states)
 
+    async def forget(self, job_ids: Iterable[str]) -> int:
+        """Forget finished jobs by id (jobs not finished are kept); returns how many were."""
+        response = await self._call(
+            "ForgetJobs",
+            job_pb2.ForgetJobsRequest(job_ids=list(job_ids)),
+            job_pb2.ForgetJobsResponse,
+        )
+        return int(response.forgotten)
+
+    async def forget_finished(self, older_than: float = 0.0) -> int:
+        """Forget every job that finished at least ``older_than`` seconds ago; returns how many."""
+        response = await self._call(
+            "ForgetJobs",
+            job_pb2.ForgetJobsRequest(all_finished=True, older_than_seconds=older_than),
+            job_pb2.ForgetJobsResponse,
+        )
+        return int(response.forgotten)
+
     async def list_jobs(
         self, state: str = "", *, page: int = 1000
     ) -> AsyncIterator[job_pb2.JobInfo]:
@@ -281,6 +299,13 @@ class BlockingClient:
     def cancel(self, job_ids: Iterable[str]) -> list[str]:
         job_ids = list(job_ids)
         return self._run(lambda c: c.cancel(job_ids))
+
+    def forget(self, job_ids: Iterable[str]) -> int:
+        job_ids = list(job_ids)
+        return self._run(lambda c: c.forget(job_ids))
+
+    def forget_finished(self, older_than: float = 0.0) -> int:
+        return self._run(lambda c: c.forget_finished(older_than))
 
     def workers(self) -> list[job_pb2.WorkerInfo]:
         return self._run(lambda c: c.workers())

@@ -513,6 +513,43 @@ def cancel(*job: str) -> int:
     return _run(session)
 
 
+@app.command(usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
+def forget(
+    *job: str,
+    finished: Annotated[bool, Parameter(name="--finished")] = False,
+    older_than: Annotated[
+        float | None, Parameter(metavar="SECONDS", validator=validators.Number(gte=0))
+    ] = None,
+) -> int:
+    """Forget finished jobs, so status and list no longer show them; prints how many were.
+
+    Jobs that have not ended (queued, leased, running) are never forgotten.
+
+    Parameters
+    ----------
+    job
+        Job ids.
+    finished
+        Every finished job instead.
+    older_than
+        With --finished: only jobs that finished at least this many seconds ago.
+    """
+    if bool(job) == finished:
+        raise UsageError("forget: name job ids or give --finished (not both)")
+    if older_than is not None and not finished:
+        raise UsageError("forget: --older-than goes with --finished")
+
+    async def session(client: Client) -> int:
+        if finished:
+            count = await client.forget_finished(older_than or 0.0)
+        else:
+            count = await client.forget(job)
+        _write_lines([f"forgot {count} job{'' if count == 1 else 's'}"])
+        return 0
+
+    return _run(session)
+
+
 @app.command(name="list", usage="Usage: burst list [--state STATE] [--limit N] [--json]")
 def list_jobs(
     *,

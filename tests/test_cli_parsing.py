@@ -73,6 +73,15 @@ class FakeClient:
         self.calls.append(("cancel", job_ids))
         return ["cancelled" for _ in job_ids]
 
+    async def forget(self, job_ids: Iterable[str]) -> int:
+        job_ids = list(job_ids)
+        self.calls.append(("forget", job_ids))
+        return len(job_ids) - 1
+
+    async def forget_finished(self, older_than: float = 0.0) -> int:
+        self.calls.append(("forget_finished", older_than))
+        return 1
+
     async def list_jobs(
         self, state: str = "", *, page: int = 1000
     ) -> AsyncIterator[job_pb2.JobInfo]:
@@ -405,6 +414,27 @@ def test_cancel(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["cancel", "job-1", "job-2"]) == 0
     assert fake.calls == [("cancel", ["job-1", "job-2"])]
     assert capsys.readouterr().out == "job-1 cancelled\njob-2 cancelled\n"
+
+
+def test_forget(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["forget", "job-1", "job-2", "job-3"]) == 0
+    assert capsys.readouterr().out == "forgot 2 jobs\n"
+    assert run(["forget", "--finished"]) == 0
+    assert capsys.readouterr().out == "forgot 1 job\n"
+    assert run(["forget", "--finished", "--older-than", "3600"]) == 0
+    assert fake.calls == [
+        ("forget", ["job-1", "job-2", "job-3"]),
+        ("forget_finished", 0.0),
+        ("forget_finished", 3600.0),
+    ]
+    for argv in (
+        ["forget"],
+        ["forget", "--finished", "job-1"],
+        ["forget", "job-1", "--older-than", "5"],
+        ["forget", "--finished", "--older-than", "-1"],
+    ):
+        assert run(argv) == 2, argv
+    assert len(fake.calls) == 3  # nothing sent for a bad command line
 
 
 def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
