@@ -310,7 +310,10 @@ def worker_for(config: Config, worker_id: str | None = None) -> WorkerConfig:
     for entry in config.workers:
         if entry.worker_id == wid:
             return entry
-    return dataclasses.replace(config.worker, worker_id=wid)
+    # replace() runs __post_init__ on the copied capacity, which would then count as explicit: a
+    # derived capacity stays derived, so that `--slots` derives it again.
+    capacity = 0 if config.worker.queue_capacity_derived else config.worker.local_queue_capacity
+    return dataclasses.replace(config.worker, worker_id=wid, local_queue_capacity=capacity)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -446,6 +446,15 @@ def test_with_overrides() -> None:
     assert cli.controller_addr == "h:1"
 
 
+def test_worker_for_keeps_a_derived_capacity_derived() -> None:
+    # `burstd worker --id w1 --slots 1` on a 2-CPU machine: capacity 2, not 2 x 2 CPUs.
+    selected = worker_for(Config(worker=WorkerConfig(slots=2)), "w1")
+    assert selected.queue_capacity_derived
+    assert with_overrides(selected, slots=1).local_queue_capacity == 2
+    pinned = worker_for(Config(worker=WorkerConfig(slots=2, local_queue_capacity=7)), "w1")
+    assert with_overrides(pinned, slots=1).local_queue_capacity == 7
+
+
 def test_with_overrides_errors() -> None:
     with pytest.raises(ConfigError) as info:
         with_overrides(WorkerConfig(), slots="many")
