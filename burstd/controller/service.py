@@ -412,7 +412,13 @@ class ControllerService:
                 await event.wait()
         if jobs:
             # The new attempt numbers must survive a restart before a worker runs them.
-            await self._durable()
+            try:
+                await self._durable()
+            except BaseException:
+                # Not handed over: they wait for the next poll (re-leasing them would count a
+                # lost attempt at each try, and fail them past the crash limit).
+                self.table.unlease(worker_id, jobs)
+                raise
         response = job_pb2.PollJobResponse(lease_seq=seq, cancel=_held_pb(cancel))
         assigned = [
             job_pb2.AssignedJob(

@@ -461,6 +461,22 @@ class JobTable:
             job.lease_seq = worker.lease_seq
         return worker.lease_seq, batch
 
+    def unlease(self, worker_id: str, jobs: Sequence[Job]) -> None:
+        """A batch from ``lease`` was not handed over after all (it could not be stored, or the
+        poll was cancelled): its jobs still leased to the worker wait for its next poll, under
+        the same attempt, as if never delivered."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        for job in reversed(jobs):
+            if (
+                worker.leases.get(job.job_id) is job
+                and job.lease_seq != 0
+                and job.state is JobState.LEASED
+            ):
+                job.lease_seq = 0
+                worker.outbox.appendleft(job)
+
     def has_work(self, worker_id: str) -> bool:
         worker = self.workers.get(worker_id)
         return worker is not None and bool(worker.outbox or worker.cancel_notices)
