@@ -449,6 +449,20 @@ class ControllerService:
         )
         return self.table.report(worker_id, result, self.clock())
 
+    async def _settle_unknown(
+        self, worker_id: str, item: job_pb2.ReportJobResultRequest, outcome: ReportOutcome
+    ) -> ReportOutcome:
+        """A finished job may have left memory for the store: a report of it is then a duplicate
+        (its last worker and attempt) or stale, exactly as while it was in memory."""
+        if outcome is not ReportOutcome.UNKNOWN_JOB or self.store is None:
+            return outcome
+        job = await self.lookup(item.job_id)
+        if job is None:
+            return outcome
+        if job.worker_id == worker_id and job.attempt == (item.attempt or job.attempt):
+            return ReportOutcome.DUPLICATE
+        return ReportOutcome.STALE
+
     async def report_job_result(
         self, request: job_pb2.ReportJobResultRequest, metadata: Mapping[str, str]
     ) -> job_pb2.ReportJobResultResponse:
@@ -459,6 +473,7 @@ class ControllerService:
         finally:
             self._after_change()
         await self._durable()
+        outcome = await self._settle_unknown(request.worker_id, request, outcome)
         if outcome is ReportOutcome.UNKNOWN_JOB:
             raise transport.NotFound(f"job_id: unknown job {request.job_id!r}")
         if outcome is ReportOutcome.STALE:
@@ -483,6 +498,8 @@ class ControllerService:
             self._after_change()
         # A result is acknowledged only once it is stored: the worker forgets it afterwards.
         await self._durable()
+        for i, item in enumerate(request.results):
+            outcomes[i] = await self._settle_unknown(worker_id, item, outcomes[i])
         response = job_pb2.ReportJobResultsResponse()
         response.outcomes.extend(cast(list[Any], outcomes))
         return response
