@@ -226,16 +226,27 @@ class Worker:
                 await self._drain.wait()
                 self.log.info("draining: no new work, {} jobs running", len(self.state.running))
                 self.state.draining = True
-                returned = self.state.local.return_unstarted()
-                if returned:
-                    self.log.info("handing back {} unstarted jobs", len(returned))
+                self._hand_back()
                 self.state.notify()
                 with trio.move_on_after(self.drain_grace):
                     while self.state.running:
                         await self.state.changed.wait()
+                if self.state.running:
+                    self.log.warning(
+                        "drain grace of {:g} s is over: stopping {} jobs",
+                        self.drain_grace,
+                        len(self.state.running),
+                    )
                 for job_id in list(self.state.running):
                     self.state.stop_job(job_id, "returned")
+                # Let the stopped jobs end (their process groups are killed) and record their
+                # "returned" results: cancelling the runners first would end them with no result,
+                # and the controller would count a lost worker and re-run them only after the TTL.
+                with trio.move_on_after(self.exec_config.kill_grace + 10):
+                    while self.state.running:
+                        await self.state.changed.wait()
                 inner.cancel_scope.cancel()
+            self._hand_back()
             with trio.move_on_after(self.flush_timeout):
                 while self.state.local.has_reports():
                     await self.state.changed.wait()
@@ -244,6 +255,13 @@ class Worker:
                     "stopping with unacknowledged results: the controller will re-run them"
                 )
             outer.cancel_scope.cancel()
+
+    def _hand_back(self) -> None:
+        """Report every job still waiting for a slot as handed back (the controller re-queues)."""
+        returned = self.state.local.return_unstarted()
+        if returned:
+            self.log.info("handing back {} unstarted jobs", len(returned))
+            self.state.notify()
 
     # -- inner nursery -----------------------------------------------------------------------
 
@@ -271,13 +289,15 @@ class Worker:
                 await trio.sleep(0.05)
                 continue
             if local.add(response.jobs, response.lease_seq):
+                if self.state.draining:
+                    self._hand_back()  # a long poll that answered after the drain began
                 self.state.notify()
             self.link.apply_notices(response.cancel, response.drop)
 
     async def _runner(self) -> None:
         local = self.state.local
         while True:
-            job = local.next_queued()
+            job = None if self.state.draining else local.next_queued()
             if job is None:
                 await self.state.changed.wait()
                 continue
