@@ -205,6 +205,8 @@ def up(
         if state_dir:
             controller_cmd += ["--state-dir", str(state_dir)]
         children.append(subprocess.Popen(controller_cmd))
+        # Workers start once the controller listens, so they do not begin by warning about it.
+        _wait_listening(host, port, children[0])
         prefix = socket.gethostname()
         for i in range(1, workers + 1):
             cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", addr]
@@ -227,6 +229,21 @@ def up(
         _supervise(children)
     finally:
         _stop_all(children)
+
+
+def _wait_listening(
+    host: str, port: int, controller: subprocess.Popen[bytes], timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if controller.poll() is not None:
+            _fail(f"the controller exited with code {controller.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    _fail(f"the controller did not listen on {format_hostport(host, port)} within {timeout:.0f} s")
 
 
 def _wait_ready(addr: str, workers: int, timeout: float = 30.0) -> None:
