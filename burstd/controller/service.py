@@ -149,12 +149,15 @@ class ControllerService:
             raise transport.ResourceExhausted(str(error)) from None
         if self.writer is not None:
             try:
-                await self.writer.insert(jobs)
-            except BaseException as error:
+                # Shielded: if the client goes away meanwhile, the commit may still store the
+                # jobs, and memory must then have them too (else they would be stored, shown
+                # as queued, and run only after a restart). The writer answers every commit,
+                # and fails the waiters when it stops.
+                with trio.CancelScope(shield=True):
+                    await self.writer.insert(jobs)
+            except StoreUnavailable as error:
                 self.table.abandon(jobs)
-                if isinstance(error, StoreUnavailable):
-                    raise transport.Unavailable(str(error)) from None
-                raise
+                raise transport.Unavailable(str(error)) from None
         self.table.accept(jobs)
         self._after_change()
         return [job.job_id for job in jobs]

@@ -40,6 +40,7 @@ class StoreWriter:
         self._committed = 0
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
+        self._stopped = False
         # One thread writes at a time: commits and deletions (forget) never interleave.
         self.lock = trio.Lock()
 
@@ -52,6 +53,8 @@ class StoreWriter:
         while self._committed < generation:
             if self._failed is not None and self._failed[0] >= generation:
                 raise StoreUnavailable(self._failed[1])
+            if self._stopped:
+                raise StoreUnavailable("the controller is stopping: not stored")
             await self._done.wait()
 
     async def insert(self, jobs: Sequence[Job]) -> None:
@@ -64,6 +67,14 @@ class StoreWriter:
         await self._until(self._bump())
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            # Nobody waits for a commit that will not come (callers may wait shielded).
+            self._stopped = True
+            self._signal()
+
+    async def _run(self) -> None:
         delay = 0.05
         while True:
             await self._wake.wait()
