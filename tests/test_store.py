@@ -1,0 +1,524 @@
+"""The controller's durable store without processes: the SQLite store on a tmp dir, the job table's
+restart (restore, orphans), and the group-committing writer under the service (pytest-trio).
+
+The disk-full cases wrap ``Store.write`` so it raises what SQLite raises on a full disk
+(``sqlite3.OperationalError: database or disk is full``); the real full disk is in
+tests/test_durability_integration.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from burstd import transport
+from burstd.controller.service import ControllerService
+from burstd.controller.store import DB_NAME, Store, StoreError, job_number, mutable_row, row
+from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
+from burstd.controller.writer import StoreUnavailable, StoreWriter
+from proto.burst.v1 import job_pb2, worker_pb2
+
+SPEC = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true")).SerializeToString()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def store(state_dir: Path) -> Iterator[Store]:
+    s = Store(state_dir)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def persist(store: Store, table: JobTable, new: Sequence[Job] = ()) -> None:
+    """What the writer does in one commit: the new jobs, every changed one, the id counter."""
+    new_ids = {job.job_id for job in new}
+    changed = [job for job in table.take_dirty() if job.job_id not in new_ids]
+    store.write(
+        [row(job) for job in new],
+        [(*mutable_row(job), job_number(job.job_id)) for job in changed],
+        table.next_id,
+    )
+
+
+def submit(store: Store, table: JobTable, n: int, now: float = 0.0) -> list[str]:
+    """A durable submission: prepared, stored, then accepted (as the service does it)."""
+    jobs = table.prepare([NewJob(SPEC, 0, f"j{i}") for i in range(n)], now)
+    persist(store, table, jobs)
+    table.accept(jobs)
+    persist(store, table)  # the leases the dispatch made
+    return [job.job_id for job in jobs]
+
+
+def report(table: JobTable, job_id: str, code: int = 0, now: float = 0.0) -> ReportOutcome:
+    job = table.jobs[job_id]
+    return table.report(job.worker_id, Result(job_id, job.attempt, code), now)
+
+
+# -- the store on disk ------------------------------------------------------------------------
+
+
+def test_fresh_state_dir_is_created_in_wal_mode(state_dir: Path) -> None:
+    store = Store(state_dir)
+    try:
+        assert (state_dir / DB_NAME).is_file()
+        assert store.next_id() == 1
+        assert list(store.live_jobs()) == []
+        assert store.counts() == {}
+        assert store.get("job-00000001") is None
+        assert store.get("not-a-job") is None
+    finally:
+        store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
+    store = Store(state_dir)
+    table = JobTable()
+    ids = submit(store, table, 3, now=10.0)
+    table.register("w1", slots=1, capacity=1, now=11.0)
+    table.lease("w1", 1, 11.0)
+    assert report(table, ids[0], code=3, now=12.0) is ReportOutcome.ACCEPTED
+    persist(store, table)
+    # Ids handed out to a submission that was then abandoned are never used again either.
+    table.prepare([NewJob(SPEC)] * 5, 13.0)
+    persist(store, table)
+    store.close()
+
+    store = Store(state_dir)
+    try:
+        assert store.next_id() == 9
+        live = {job.job_id: job.state for job in store.live_jobs()}
+        assert live == {ids[1]: JobState.LEASED, ids[2]: JobState.QUEUED}
+        failed = store.get(ids[0])
+        assert failed is not None
+        assert (failed.state, failed.exit_code, failed.attempt, failed.worker_id) == (
+            JobState.FAILED, 3, 1, "w1",
+        )  # fmt: skip
+        assert (failed.spec, failed.name, failed.submitted_at) == (SPEC, "j0", 10.0)
+        assert failed.finished_at == 12.0
+        assert store.counts() == {"failed": 1, "leased": 1, "queued": 1}
+        assert [job.job_id for job in store.list(None, "", 10)] == ids
+        assert [job.job_id for job in store.list("queued", "", 10)] == [ids[2]]
+        assert [job.job_id for job in store.list(None, ids[0], 1)] == [ids[1]]
+    finally:
+        store.close()
+
+
+def test_foreign_sqlite_file_is_refused_naming_it(state_dir: Path) -> None:
+    state_dir.mkdir()
+    path = state_dir / DB_NAME
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, owner TEXT)")
+        db.execute("INSERT INTO accounts VALUES (1, 'alice')")
+    db.close()
+    with pytest.raises(StoreError, match="foreign") as error:
+        Store(state_dir)
+    assert str(path) in str(error.value)
+    # nothing was changed, and the directory lock was let go
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT owner FROM accounts").fetchall() == [("alice",)]
+    db.close()
+    path.unlink()
+    Store(state_dir).close()
+
+
+def test_garbage_database_is_refused_naming_it(state_dir: Path) -> None:
+    state_dir.mkdir()
+    path = state_dir / DB_NAME
+    garbage = b"\x13\x37 this is not a database " * 200
+    path.write_bytes(garbage)
+    with pytest.raises(StoreError) as error:
+        Store(state_dir)
+    assert str(path) in str(error.value)
+    assert path.read_bytes() == garbage  # never reset
+
+
+def test_other_schema_version_is_refused(state_dir: Path) -> None:
+    Store(state_dir).close()
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        db.execute("UPDATE meta SET value = 99 WHERE key = 'schema_version'")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(state_dir)
+
+
+def test_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("x")
+    with pytest.raises(StoreError, match=str(not_a_dir)):
+        Store(not_a_dir)
+
+
+def test_second_store_on_the_same_dir_is_refused(store: Store, state_dir: Path) -> None:
+    with pytest.raises(StoreError, match="in use") as error:
+        Store(state_dir)
+    assert str(state_dir) in str(error.value)
+    store.close()
+    Store(state_dir).close()  # free again once the first one closed
+    store.__init__(state_dir)  # type: ignore[misc]  # (the fixture closes it)
+
+
+def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) -> None:
+    table = JobTable(max_queued=100)
+    ids = submit(store, table, 8)
+    table.register("w1", slots=3, capacity=3, now=1.0)
+    table.lease("w1", 3, 1.0)
+    running, done = ids[1], ids[2]  # (ids[0] stays leased)
+    table.started("w1", Held(running, 1, True), 1.0)
+    assert report(table, done, 0, now=5.0) is ReportOutcome.ACCEPTED  # w1 takes ids[3]
+    table.lease("w1", 3, 5.0)
+    assert report(table, ids[3], 1, now=6.0) is ReportOutcome.ACCEPTED
+    table.cancel(ids[4], 7.0)  # leased to w1, never handed over: cancelled at once
+    table.cancel(ids[7], 8.0)  # queued
+    persist(store, table)
+    states = {job_id: table.jobs[job_id].state.value for job_id in ids}
+    assert Counter(states.values()) == {
+        "leased": 2, "running": 1, "queued": 1, "succeeded": 1, "failed": 1, "cancelled": 2,
+    }  # fmt: skip
+
+    # forget_finished: only what ended before the time given
+    assert store.forget_finished(5.5) == Counter({"succeeded": 1})
+    assert store.get(done) is None
+    # forget by id: the live ones named are kept
+    forgotten = store.forget([*ids, "job-99999999"])
+    assert forgotten == Counter({"failed": 1, "cancelled": 2})
+    assert store.forget(ids) == Counter()
+    left = {job.job_id: job.state.value for job in store.list(None, "", 100)}
+    assert left == {
+        job_id: s for job_id, s in states.items() if s in ("queued", "leased", "running")
+    }
+    assert {job.job_id for job in store.live_jobs()} == set(left)
+    assert store.forget_finished(1e12) == Counter()
+
+
+# -- restart: restore and orphans -------------------------------------------------------------
+
+
+def test_restore_queues_again_lets_workers_claim_leases_and_continues_ids(state_dir: Path) -> None:
+    # First life: 6 jobs; w1 (capacity 2) has one running and one leased, w2 one leased.
+    store = Store(state_dir)
+    table = JobTable(lease_ttl=2.0)
+    table.register("w1", slots=2, capacity=2, now=0.0)
+    table.register("w2", slots=1, capacity=1, now=0.0)
+    ids = submit(store, table, 6)
+    table.lease("w1", 2, 0.0)
+    table.lease("w2", 1, 0.0)
+    by_worker = {w: sorted(table.workers[w].leases) for w in ("w1", "w2")}
+    run_w1, leased_w1 = by_worker["w1"]
+    (leased_w2,) = by_worker["w2"]
+    table.started("w1", Held(run_w1, 1, True), 0.5)
+    persist(store, table)
+    store.close()  # kill -9: nothing else is written
+
+    # Second life.
+    store = Store(state_dir)
+    try:
+        table = JobTable(lease_ttl=2.0)
+        table.restore(store.live_jobs(), store.next_id(), 100.0)
+        assert table.counts[JobState.QUEUED] == 3
+        assert table.counts[JobState.LEASED] == 2 and table.counts[JobState.RUNNING] == 1
+        assert table.orphans == dict.fromkeys((run_w1, leased_w1, leased_w2), 102.0)
+        # the id counter continues
+        (new_id,) = table.submit([NewJob(SPEC)], 100.0)
+        assert job_number(new_id) == job_number(ids[-1]) + 1
+
+        # w1 comes back holding its running job under the same attempt (it lost the leased one);
+        # a stranger claims w2's lease, and w2 comes back with a stale attempt: both dropped.
+        drop = table.register(
+            "w1", slots=2, capacity=2, now=100.5, held=[Held(run_w1, 1, True)], lease_seq=1
+        )
+        assert drop == []
+        assert run_w1 in table.workers["w1"].leases and run_w1 not in table.orphans
+        assert table.jobs[run_w1].state is JobState.RUNNING
+        stranger = table.register("w3", slots=1, capacity=1, now=100.5, held=[Held(leased_w2, 1)])
+        assert stranger == [Held(leased_w2, 1)]
+        assert table.register(
+            "w2", slots=1, capacity=1, now=100.5, held=[Held(leased_w2, 7)], lease_seq=1
+        ) == [Held(leased_w2, 7)]
+        assert set(table.orphans) == {leased_w1, leased_w2}
+
+        # the claimed job's result is accepted: it does not run again
+        result = Result(run_w1, 1, 0)
+        assert table.report("w1", result, 101.0) is ReportOutcome.ACCEPTED
+        assert table.jobs[run_w1].state is JobState.SUCCEEDED
+
+        # within the TTL the unclaimed leases wait...
+        table.expire(101.9)
+        assert set(table.orphans) == {leased_w1, leased_w2}
+        # ...after it they go back to the queue, one lost attempt each, and run again.
+        for worker_id in ("w1", "w2", "w3"):
+            table.heartbeat(worker_id, [], 0, 102.5)
+        table.expire(103.0)
+        assert table.orphans == {}
+        for job_id in (leased_w1, leased_w2):
+            job = table.jobs[job_id]
+            assert job.lost_count == 1
+            assert job.state in (JobState.QUEUED, JobState.LEASED)
+            if job.state is JobState.LEASED:
+                assert job.attempt == 2
+        assert sum(table.counts[s] for s in (JobState.QUEUED, JobState.LEASED)) == 6
+    finally:
+        store.close()
+
+
+def test_restored_terminal_jobs_are_not_orphans(state_dir: Path) -> None:
+    store = Store(state_dir)
+    table = JobTable()
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    (job_id,) = submit(store, table, 1)
+    table.lease("w1", 1, 0.0)
+    report(table, job_id, 0, 1.0)
+    persist(store, table)
+    store.close()
+    store = Store(state_dir)
+    try:
+        table = JobTable()
+        table.restore(store.live_jobs(), store.next_id(), 5.0)
+        assert table.jobs == {} and table.orphans == {}
+        assert table.next_id == job_number(job_id) + 1
+    finally:
+        store.close()
+
+
+# -- the writer: group commit, failures -------------------------------------------------------
+
+
+class FlakyWrites:
+    """Wraps ``Store.write``: counts the calls, and fails them as a full disk does when told."""
+
+    def __init__(self, store: Store) -> None:
+        self.write: Callable[..., None] = store.write
+        self.calls = 0
+        self.rows = 0
+        self.full = False
+
+    def __call__(self, new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+        self.calls += 1
+        if self.full:
+            raise sqlite3.OperationalError("database or disk is full")
+        self.write(new, changed, next_id)
+        self.rows += len(new)
+
+
+@asynccontextmanager
+async def running_writer(
+    store: Store, table: JobTable
+) -> AsyncIterator[tuple[StoreWriter, FlakyWrites]]:
+    flaky = FlakyWrites(store)
+    store.write = flaky  # type: ignore[method-assign]
+    writer = StoreWriter(store, table)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        yield writer, flaky
+        nursery.cancel_scope.cancel()
+
+
+async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: Path) -> None:
+    table = JobTable()
+    acknowledged: list[str] = []
+
+    async def submitter() -> None:
+        jobs = table.prepare([NewJob(SPEC)], trio.current_time())
+        await writer.insert(jobs)
+        table.accept(jobs)
+        acknowledged.append(jobs[0].job_id)
+
+    async with running_writer(store, table) as (writer, flaky), trio.open_nursery() as nursery:
+        for _ in range(1000):
+            nursery.start_soon(submitter)
+    assert len(acknowledged) == 1000
+    assert flaky.rows == 1000
+    print(f"1000 concurrent inserts in {flaky.calls} commits")
+    assert flaky.calls <= 50
+    # all of them are on disk, under the ids they were acknowledged with
+    store.close()
+    store.__init__(state_dir)  # type: ignore[misc]
+    assert sorted(job.job_id for job in store.live_jobs()) == sorted(acknowledged)
+    assert store.next_id() == 1001
+
+
+async def test_durable_waits_for_the_commit_of_changes(store: Store) -> None:
+    table = JobTable()
+    async with running_writer(store, table) as (writer, _):
+        jobs = table.prepare([NewJob(SPEC)], 0.0)
+        await writer.insert(jobs)
+        table.accept(jobs)
+        table.cancel(jobs[0].job_id, 1.0)
+        await writer.durable()
+        stored = store.get(jobs[0].job_id)
+        assert stored is not None and stored.state is JobState.CANCELLED
+        # a finished job leaves memory once stored
+        await writer.durable()
+        assert table.get(jobs[0].job_id) is None
+
+
+async def test_insert_fails_clearly_when_the_disk_is_full(store: Store) -> None:
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        flaky.full = True
+        jobs = table.prepare([NewJob(SPEC)], 0.0)
+        with pytest.raises(StoreUnavailable, match="database or disk is full"):
+            await writer.insert(jobs)
+        flaky.full = False
+        with trio.fail_after(10):
+            later = table.prepare([NewJob(SPEC)], 0.0)
+            await writer.insert(later)
+        assert store.get(later[0].job_id) is not None
+        assert store.get(jobs[0].job_id) is None
+
+
+def _submit_request() -> job_pb2.SubmitJobRequest:
+    return job_pb2.SubmitJobRequest(
+        spec=job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+    )
+
+
+async def _submit(service: ControllerService) -> str:
+    response = await service.submit_job(_submit_request(), {})
+    return str(response.job_id)
+
+
+async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
+    store: Store,
+) -> None:
+    table = JobTable(max_queued=10)
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        first = await _submit(service)
+        flaky.full = True
+        with pytest.raises((transport.Unavailable, transport.ResourceExhausted)) as error:
+            await _submit(service)
+        assert "disk is full" in error.value.message
+        with pytest.raises((transport.Unavailable, transport.ResourceExhausted)):
+            await service.submit_jobs(
+                job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 9), {}
+            )
+        # the refused jobs were abandoned: they hold no room in the queue and are nowhere
+        assert table.counts[JobState.QUEUED] == 1 and list(table.jobs) == [first]
+        status = await service.get_job_status(
+            job_pb2.GetJobStatusRequest(job_id="job-00000002"), {}
+        )
+        assert status.state == "unknown"
+
+        flaky.full = False
+        with trio.fail_after(15):  # the writer retries with a back-off
+            while True:
+                try:
+                    later = await _submit(service)
+                    break
+                except transport.Unavailable:
+                    await trio.sleep(0.05)
+        # ids are never reused, and the queue has room for 9 more
+        assert job_number(later) == 12
+        await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), {})
+        assert table.counts[JobState.QUEUED] == 10
+    assert store.next_id() == 21
+    assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
+
+
+async def test_a_full_disk_does_not_cost_queued_jobs_their_attempts(store: Store) -> None:
+    """While writes fail, a worker's polls fail (a lease must be stored before it is handed
+    over), and the worker registers again after each failure, as its link does. Its jobs must
+    wait, not count a lost worker at every round and end failed past the crash limit."""
+    table = JobTable(crash_limit=3, lease_ttl=1000.0)
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        job_id = await _submit(service)
+        register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
+        await service.register_worker(register, {})
+        flaky.full = True
+        poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=0, batch=True)
+        for _ in range(5):
+            with pytest.raises(transport.Unavailable):
+                await service.poll_job(poll, {})
+            await service.register_worker(register, {})
+        job = table.jobs[job_id]
+        assert job.state is not JobState.FAILED, (job.reason, job.error_message)
+        assert job.lost_count == 0
+        flaky.full = False
+        with trio.fail_after(15):
+            while True:
+                try:
+                    response = await service.poll_job(poll, {})
+                    break
+                except transport.Unavailable:
+                    await trio.sleep(0.05)
+        assert [j.job_id for j in response.jobs] == [job_id]
+
+
+async def test_a_submission_whose_client_went_away_mid_commit_is_known_to_memory(
+    store: Store,
+) -> None:
+    """The commit may store the jobs of a cancelled submission: memory must then hold them too,
+    or they would show as queued and never run until a restart."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        write = flaky.write
+
+        def slow_write(*args: object) -> None:
+            time.sleep(0.3)
+            write(*args)
+
+        flaky.write = slow_write
+        service = ControllerService(table, writer=writer)
+        with trio.move_on_after(0.05):
+            await _submit(service)
+        await writer.durable()
+        stored = {job.job_id for job in store.live_jobs()}
+        assert stored == set(table.jobs)
+        assert table.counts[JobState.QUEUED] == len(stored)
+
+
+async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> None:
+    """Submissions wait for their commit shielded from cancellation: a controller that stops
+    mid-commit must still stop, answering them UNAVAILABLE."""
+    table = JobTable()
+    flaky = FlakyWrites(store)
+    write = flaky.write
+
+    def slow_write(*args: object) -> None:
+        time.sleep(0.3)
+        write(*args)
+
+    flaky.write = slow_write
+    store.write = flaky  # type: ignore[method-assign]
+    writer = StoreWriter(store, table)
+    service = ControllerService(table, writer=writer)
+    answers: list[str | transport.RpcError] = []
+
+    async def submit_one() -> None:
+        try:
+            answers.append(await _submit(service))
+        except transport.RpcError as error:
+            answers.append(error)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            nursery.start_soon(submit_one)
+            await trio.sleep(0.1)  # the first commit is under way
+            nursery.start_soon(submit_one)  # waits for the next one, which never comes
+            await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+    # The commit under way finished: its job is stored, and known to memory.
+    first, second = answers
+    assert first == "job-00000001"
+    assert isinstance(second, transport.Unavailable) and "stopping" in second.message
+    assert {job.job_id for job in store.live_jobs()} == set(table.jobs) == {first}
