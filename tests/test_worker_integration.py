@@ -1,0 +1,596 @@
+"""The worker daemon end to end: real `burstd` and `burst` processes on free loopback ports.
+
+Covers: a thousand array jobs over two workers with their output files; how a job fails (exit
+code, signal, missing binary, timeout); cancel of a job and its grandchild; kill -9 of a worker
+mid-run; a controller restart; Docker jobs (run and cancel, against a real engine); the drain on
+SIGTERM; `burstd up` with a command and stopped by SIGTERM.
+
+Timing: every wait polls for a condition with a generous deadline (a loaded 2-core machine);
+measured latencies are logged, not asserted tightly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import trio
+
+from burstd.client import Client, process
+from burstd.config import ControllerConfig, WorkerConfig
+from burstd.controller.daemon import run_controller
+from burstd.worker.daemon import Worker
+from tests.cluster import Cluster, Daemon, environment, free_port, program
+from tests.docker_engine import IMAGE, docker_available
+
+T = TypeVar("T")
+
+# A short lease TTL, so that a killed worker is declared lost within seconds.
+SHORT_TTL = """\
+[controller]
+lease_ttl_ms = 1500
+heartbeat_interval_ms = 300
+"""
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def poll(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """``condition()`` once it is truthy; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_config(cluster: Cluster, name: str, text: str) -> str:
+    path = cluster.tmp / name
+    path.write_text(text)
+    return str(path)
+
+
+def submit(cluster: Cluster, *args: str) -> list[str]:
+    return cluster.burst("submit", *args).stdout.split()
+
+
+def statuses(cluster: Cluster, *ids: str) -> list[dict[str, Any]]:
+    """``burst status --json`` of the jobs, in one call."""
+    return [
+        json.loads(line)
+        for line in cluster.burst("status", "--json", *ids).stdout.split("\n")
+        if line
+    ]
+
+
+def jobs(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    """Every job the controller knows, by id (``burst list --json``)."""
+    lines = cluster.burst("list", "--json").stdout.splitlines()
+    return {info["job_id"]: info for info in map(json.loads, lines)}
+
+
+def workers(cluster: Cluster) -> list[dict[str, Any]]:
+    lines = cluster.burst("workers", "--json", check=False).stdout.splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def wait_workers(cluster: Cluster, *ids: str, timeout: float = 30.0) -> None:
+    poll(
+        lambda: set(ids) <= {w["worker_id"] for w in workers(cluster)},
+        timeout,
+        f"workers {', '.join(ids)} to register",
+    )
+
+
+def wait_jobs(cluster: Cluster, ids: list[str], timeout: float = 90.0) -> int:
+    """``burst wait`` on the jobs; its exit code (0: all succeeded)."""
+    result = cluster.burst(
+        "wait", *ids, "--timeout", str(timeout), check=False, timeout=timeout + 30
+    )
+    assert "timed out" not in result.stderr, result.stderr
+    return result.returncode
+
+
+def proc_state(pid: int) -> str | None:
+    """The state letter of a process (R, S, Z...), None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat[stat.rfind(")") + 2 :].split()[0]
+
+
+def alive(pid: int) -> bool:
+    # A zombie is gone for our purpose: pid 1 in this sandbox does not reap orphans.
+    return proc_state(pid) not in (None, "Z")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, grandchildren...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return {p for p in found if alive(p)}
+
+
+@pytest.fixture
+def strays() -> Iterator[set[int]]:
+    """Pids (job processes orphaned by a killed worker...) to SIGKILL when the test ends."""
+    pids: set[int] = set()
+    yield pids
+    for pid in pids:
+        if alive(pid):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def assert_clean_log(daemon: Daemon) -> None:
+    log = daemon.log()
+    for bad in ("Traceback", "ERROR", "CRITICAL"):
+        assert bad not in log, f"{daemon.name} log has {bad}:\n{log[-4000:]}"
+
+
+# -- 1. throughput and output capture -----------------------------------------------------------
+
+
+def test_thousand_array_jobs_over_two_workers(cluster: Cluster) -> None:
+    cluster.controller()
+    w1 = cluster.worker("w1")
+    w2 = cluster.worker("w2")
+    wait_workers(cluster, "w1", "w2")
+    script = 'echo "$BURST_ARRAY_INDEX $BURST_JOB_ID $BURST_WORKER_ID $BURST_ATTEMPT"'
+    started = time.monotonic()
+    ids = submit(cluster, "--array", "0-999", "process", "sh", "-c", script)
+    assert len(ids) == len(set(ids)) == 1000
+    assert wait_jobs(cluster, ids, timeout=150) == 0
+    print(f"1,000 jobs in {time.monotonic() - started:.1f} s")
+
+    infos = jobs(cluster)
+    by_worker: dict[str, int] = {}
+    for index, job_id in enumerate(ids):
+        info = infos[job_id]
+        assert info["state"] == "succeeded", info
+        assert info["exit_code"] == 0
+        by_worker[info["worker_id"]] = by_worker.get(info["worker_id"], 0) + 1
+        stdout = cluster.output / f"{job_id}.stdout"
+        assert info["stdout_path"] == str(stdout)
+        expected = f"{index} {job_id} {info['worker_id']} {info['attempt']}\n"
+        assert stdout.read_text() == expected
+        assert (cluster.output / f"{job_id}.stderr").read_text() == ""
+    print(f"jobs per worker: {by_worker}")
+    assert set(by_worker) == {"w1", "w2"}
+    assert_clean_log(w1)
+    assert_clean_log(w2)
+
+
+# -- 2. how jobs fail ---------------------------------------------------------------------------
+
+
+def test_failures_carry_their_detail(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1", slots=4)
+    wait_workers(cluster, "w1")
+    (exit3,) = submit(cluster, "process", "sh", "-c", "echo oops >&2; exit 3")
+    (killed,) = submit(cluster, "process", "sh", "-c", "kill -9 $$")
+    (missing,) = submit(cluster, "process", "no-such-binary-burst-test", "arg")
+    (slow,) = submit(cluster, "--timeout", "1", "process", "sleep", "30")
+    ids = [exit3, killed, missing, slow]
+    assert wait_jobs(cluster, ids, timeout=60) == 1  # failures: exit 1
+
+    infos = statuses(cluster, *ids)
+    info, signalled, missed, timed_out = infos
+    assert (info["state"], info["reason"], info["exit_code"], info["signal"]) == (
+        "failed",
+        "exit",
+        3,
+        0,
+    )
+    assert info["error_message"] == "exited with code 3"
+    assert Path(info["stderr_path"]).read_text() == "oops\n"
+
+    info = signalled
+    assert (info["state"], info["reason"], info["signal"]) == ("failed", "signal", 9)
+    assert "exit_code" not in info  # no exit code for a signal death
+    assert "SIGKILL" in info["error_message"]
+
+    info = missed
+    assert (info["state"], info["reason"]) == ("failed", "spawn")
+    assert info["error_message"] == "command not found: no-such-binary-burst-test"
+
+    info = timed_out
+    assert (info["state"], info["reason"]) == ("failed", "timeout")
+    assert info["error_message"] == "timed out after 1.0 s"
+    assert info["finished_at"] - info["started_at"] < 20  # not the full 30 s
+    # A failing exit is not retried.
+    assert [i["attempt"] for i in infos] == [1, 1, 1, 1]
+
+
+# -- 3. cancel ----------------------------------------------------------------------------------
+
+
+def test_cancel_kills_the_job_and_its_grandchild(cluster: Cluster, strays: set[int]) -> None:
+    cluster.controller()
+    cluster.worker("w1")
+    wait_workers(cluster, "w1")
+    pid_file = cluster.tmp / "grandchild.pid"
+    (job_id,) = submit(cluster, "process", "sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait")
+    text = poll(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the pid file")
+    grandchild = int(text)
+    strays.add(grandchild)
+    assert alive(grandchild)
+    poll(lambda: cluster.status(job_id)["state"] == "running", 20, "the job to run")
+
+    started = time.monotonic()
+    assert cluster.burst("cancel", job_id).stdout.split() == [job_id, "cancelled"]
+    poll(lambda: not alive(grandchild), 30, "the grandchild to die", interval=0.02)
+    elapsed = time.monotonic() - started
+    print(f"grandchild gone {elapsed:.2f} s after `burst cancel` was started")
+    assert elapsed < 5.0
+
+    info = poll(
+        lambda: (i := cluster.status(job_id))["reason"] == "cancelled" and i,
+        10,
+        "the cancelled state",
+    )
+    assert info["state"] == "cancelled"
+    # The worker confirms it stopped the job: its lease is released, capacity back.
+    poll(
+        lambda: [(w["worker_id"], w.get("leased", 0)) for w in workers(cluster)] == [("w1", 0)],
+        20,
+        "the lease to be released",
+    )
+
+
+# -- 4. kill -9 of a worker ---------------------------------------------------------------------
+
+
+def test_worker_killed_mid_run_loses_no_job(cluster: Cluster, strays: set[int]) -> None:
+    config = write_config(cluster, "short-ttl.toml", SHORT_TTL)
+    cluster.controller("--config", config)
+    w1 = cluster.worker("w1")
+    cluster.worker("w2")
+    wait_workers(cluster, "w1", "w2")
+    ids = submit(cluster, "--array", "0-7", "process", "sh", "-c", "sleep 3")
+
+    def running_on_w1() -> list[str]:
+        return [
+            i
+            for i, info in jobs(cluster).items()
+            if info["worker_id"] == "w1" and info["state"] == "running"
+        ]
+
+    poll(running_on_w1, 30, "jobs running on w1")
+    before = jobs(cluster)
+    on_w1 = [
+        i
+        for i, info in before.items()
+        if info["worker_id"] == "w1" and info["state"] in ("leased", "running")
+    ]
+    was_running = [i for i in on_w1 if before[i]["state"] == "running"]
+    strays.update(descendants(w1.pid))  # its jobs live on after kill -9: clean them up
+    w1.kill9()
+
+    assert wait_jobs(cluster, ids, timeout=90) == 0
+    after = jobs(cluster)
+    assert all(after[i]["state"] == "succeeded" for i in ids)
+    for job_id in on_w1:
+        info = after[job_id]
+        assert info["worker_id"] == "w2", info
+        assert info["attempt"] >= 2, info
+    for job_id in was_running:
+        assert after[job_id]["lost_count"] == 1, after[job_id]
+    assert [w["worker_id"] for w in workers(cluster)] == ["w2"]
+
+
+# -- 5. controller restart ----------------------------------------------------------------------
+
+
+def test_workers_survive_a_controller_restart(cluster: Cluster) -> None:
+    first = cluster.controller()
+    w1 = cluster.worker("w1")
+    w2 = cluster.worker("w2")
+    wait_workers(cluster, "w1", "w2")
+    ids = submit(cluster, "--array", "1-4", "process", "true")
+    assert wait_jobs(cluster, ids) == 0
+
+    assert first.stop(timeout=30) == 0
+    time.sleep(0.5)  # the workers notice the controller is gone
+    cluster.controller()  # a new one on the same address
+    wait_workers(cluster, "w1", "w2", timeout=40)  # they registered again by themselves
+
+    ids = submit(cluster, "--array", "1-20", "process", "sh", "-c", "echo $BURST_WORKER_ID")
+    assert wait_jobs(cluster, ids, timeout=60) == 0
+    ran_on = {info["worker_id"] for info in jobs(cluster).values()}
+    print(f"after the restart, jobs ran on {sorted(ran_on)}")
+    assert ran_on and ran_on <= {"w1", "w2"}
+    for worker in (w1, w2):
+        assert worker.proc.poll() is None
+        assert "Traceback" not in worker.log()
+
+
+# -- 6. Docker ----------------------------------------------------------------------------------
+
+
+def require_docker() -> str:
+    cli = docker_available()
+    if cli is None:
+        message = f"no Docker engine with {IMAGE}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}: CI must provide one (.ci/setup-docker.sh)")
+        pytest.skip(message)
+    return cli
+
+
+def docker_names(cli: str) -> list[str]:
+    done = subprocess.run(
+        [cli, "ps", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.fixture
+def docker_cli() -> Iterator[str]:
+    cli = require_docker()
+    created: list[str] = []
+    yield cli
+    for name in created:  # pragma: no cover - only filled by tests that need it
+        subprocess.run([cli, "rm", "-f", name], capture_output=True, timeout=30)
+
+
+def test_docker_jobs_run_and_cancel_in_real_containers(cluster: Cluster, docker_cli: str) -> None:
+    config = write_config(cluster, "docker.toml", f'[worker]\ndocker = "{docker_cli}"\n')
+    cluster.controller()
+    cluster.worker("w1", "--config", config)
+    wait_workers(cluster, "w1")
+    names: list[str] = []
+    try:
+        (hello,) = submit(cluster, "docker", IMAGE, "echo", "hi")
+        names.append(f"burst-{hello}-1")
+        assert wait_jobs(cluster, [hello], timeout=120) == 0, cluster.status(hello)
+        assert (cluster.output / f"{hello}.stdout").read_text() == "hi\n"
+
+        (sleeper,) = submit(cluster, "docker", IMAGE, "sleep", "300")
+        name = f"burst-{sleeper}-1"
+        names.append(name)
+        poll(lambda: name in docker_names(docker_cli), 120, f"container {name}", interval=0.5)
+        started = time.monotonic()
+        cluster.burst("cancel", sleeper)
+        poll(lambda: name not in docker_names(docker_cli), 60, f"{name} to stop", interval=0.2)
+        print(f"container gone {time.monotonic() - started:.2f} s after `burst cancel`")
+        info = poll(
+            lambda: (i := cluster.status(sleeper))["reason"] == "cancelled" and i, 30, "cancel"
+        )
+        assert info["state"] == "cancelled"
+    finally:
+        for name in names:
+            subprocess.run([docker_cli, "rm", "-f", name], capture_output=True, timeout=60)
+
+
+# -- 7. drain on SIGTERM ------------------------------------------------------------------------
+
+
+def test_sigterm_drains_a_worker(cluster: Cluster) -> None:
+    config = write_config(cluster, "short-ttl.toml", SHORT_TTL)
+    cluster.controller("--config", config)
+    w1 = cluster.worker("w1", slots=1)  # holds 2: one running, one waiting for the slot
+    wait_workers(cluster, "w1")
+    marker = cluster.tmp / "long.started"
+    (long,) = submit(cluster, "process", "sh", "-c", f"touch {marker}; sleep 4; echo done")
+    rest = submit(cluster, "--array", "1-3", "process", "true")
+    poll(marker.exists, 30, "the long job to start", interval=0.02)
+    time.sleep(0.3)  # the next lease reaches the worker
+    w1.signal(signal.SIGTERM)
+    signalled = time.monotonic()
+
+    assert w1.proc.wait(timeout=60) == 0
+    print(f"w1 exited {time.monotonic() - signalled:.2f} s after SIGTERM")
+    info = cluster.status(long)
+    assert (info["state"], info["worker_id"], info["attempt"]) == ("succeeded", "w1", 1)
+    assert (cluster.output / f"{long}.stdout").read_text() == "done\n"
+    assert_clean_log(w1)
+    assert "handing back 1 unstarted jobs" in w1.log()
+
+    cluster.worker("w2")
+    assert wait_jobs(cluster, rest, timeout=60) == 0
+    after = jobs(cluster)
+    for job_id in rest:
+        assert after[job_id]["worker_id"] == "w2", after[job_id]
+        # Handed back unstarted is not a lost worker: no lost attempt counted.
+        assert after[job_id]["lost_count"] == 0, after[job_id]
+    # The one w1 held was leased again. (More attempts than that: the controller does not know
+    # w1 is leaving and routes jobs to it until its lease TTL is over.)
+    attempts = sorted(after[job_id]["attempt"] for job_id in rest)
+    print(f"attempts of the other jobs: {attempts}")
+    assert attempts[-1] >= 2
+
+
+# -- 8. burstd up -------------------------------------------------------------------------------
+
+
+def up_env(tmp: Path) -> dict[str, str]:
+    """The environment of `burstd up`: `burst` on PATH even without an installed package."""
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "burst"
+    shim.write_text("#!/bin/sh\nexec " + " ".join(program("burst")) + ' "$@"\n')
+    shim.chmod(0o755)
+    env = environment()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.pop("BURST_CONTROLLER", None)
+    return env
+
+
+def start_up(tmp: Path, addr: str, *command: str) -> subprocess.Popen[bytes]:
+    (tmp / "out").mkdir(exist_ok=True)
+    args = ["up", "--workers", "2", "--listen", addr, "--output-dir", str(tmp / "out")]
+    args += ["--state-dir", str(tmp / "state")]  # not the user's own store
+    if command:
+        args += ["--", *command]
+    log = (tmp / "up.log").open("wb")
+    return subprocess.Popen(
+        [*program("burstd"), *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp,
+        env=up_env(tmp),
+        start_new_session=True,
+    )
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_burstd_up_runs_a_command_and_exits_with_its_code(tmp_path: Path) -> None:
+    addr = f"127.0.0.1:{free_port()}"
+    command = "burst submit --array 1-20 process true && burst wait --all"
+    proc = start_up(tmp_path, addr, "sh", "-c", command)
+    try:
+        code = proc.wait(timeout=120)
+    finally:
+        stop_group(proc)
+    log = (tmp_path / "up.log").read_text(errors="replace")
+    assert code == 0, log
+    assert "20/20 done: 20 succeeded" in log
+    assert "Traceback" not in log
+    assert len(list((tmp_path / "out").glob("*.stdout"))) == 20
+
+
+def test_sigterm_stops_burstd_up_and_leaves_no_process(tmp_path: Path) -> None:
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    proc = start_up(tmp_path, addr)
+    try:
+        cluster = Cluster.__new__(Cluster)  # only for `burst` calls against this address
+        cluster.tmp, cluster.port, cluster.addr, cluster.daemons = tmp_path, port, addr, []
+        poll(lambda: len(workers(cluster)) == 2, 60, "`burstd up` to be ready", interval=0.3)
+        children = descendants(proc.pid)
+        assert len(children) >= 3, children  # controller and two workers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        poll(lambda: not any(alive(p) for p in children), 20, "every child to exit")
+    finally:
+        stop_group(proc)
+    log = (tmp_path / "up.log").read_text(errors="replace")
+    assert "Traceback" not in log, log
+
+
+# -- drain details, in process (a real controller and worker in this trio loop) -----------------
+
+
+@asynccontextmanager
+async def in_process_controller(**settings: Any) -> AsyncIterator[tuple[str, trio.Nursery]]:
+    config = ControllerConfig(bind_addr="127.0.0.1:0", store="memory", **settings)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(run_controller, config)
+        yield f"127.0.0.1:{port}", nursery
+        nursery.cancel_scope.cancel()
+
+
+def in_process_worker(addr: str, tmp: Path, slots: int, drain_grace: float) -> Worker:
+    config = WorkerConfig(
+        worker_id="w1", controller_addr=addr, slots=slots, output_dir=tmp, kill_grace_s=0.5
+    )
+    return Worker(config, drain_grace=drain_grace)
+
+
+async def run_worker(nursery: trio.Nursery, worker: Worker) -> trio.Event:
+    """Start the worker; the event is set once its run() has returned."""
+    done = trio.Event()
+
+    async def run() -> None:
+        await worker.run()
+        done.set()
+
+    nursery.start_soon(run)
+    return done
+
+
+async def until(condition: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    with trio.move_on_after(timeout):
+        while not await condition():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+async def test_drain_grace_over_stops_jobs_and_hands_them_back(tmp_path: Path) -> None:
+    """A job still running when the drain grace is over is killed and reported as handed back
+    (re-queued, not counted as a lost worker), before the worker stops."""
+    pid_file = tmp_path / "job.pid"
+    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+        worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
+        stopped = await run_worker(nursery, worker)
+        async with Client.connect(addr) as client:
+            job_id = await client.submit(process("sh", "-c", f"echo $$ > {pid_file}; sleep 60"))
+            await until(lambda: _has_text(pid_file), 30, "the job to start")
+            pid = int(pid_file.read_text())
+            worker.drain()
+            with trio.fail_after(30):
+                await stopped.wait()
+            assert not alive(pid)
+            info = await client.status(job_id)
+            # Handed back: queued again for another worker (or leased again: the controller
+            # does not know the worker is leaving), no lost attempt counted.
+            assert info.state in ("queued", "leased"), info
+            assert info.lost_count == 0, info
+
+
+async def test_jobs_leased_during_a_drain_are_not_started(tmp_path: Path) -> None:
+    """The lease loop may be in a long poll when the drain begins: jobs it still receives are
+    handed back, not run."""
+    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+        worker = in_process_worker(addr, tmp_path, slots=2, drain_grace=30)
+        stopped = await run_worker(nursery, worker)
+        marker = tmp_path / "long.started"
+        async with Client.connect(addr) as client:
+            long = await client.submit(process("sh", "-c", f"touch {marker}; sleep 1.5"))
+            await until(lambda: _has_text(marker, empty_ok=True), 30, "the long job to start")
+            await trio.sleep(0.2)  # the lease loop asks for more (room 3) and waits
+            worker.drain()
+            late = await client.submit_array(process("true"), range(2))
+            with trio.fail_after(30):
+                await stopped.wait()
+            assert (await client.status(long)).state == "succeeded"
+            for job_id in late:
+                info = await client.status(job_id)
+                assert info.state in ("queued", "leased"), info  # not run by the draining worker
+                assert info.lost_count == 0
+            assert not list(tmp_path.glob(f"{late[0]}.*"))  # never started: no output files
+
+
+async def _has_text(path: Path, empty_ok: bool = False) -> bool:
+    try:
+        return empty_ok or bool(path.read_text().strip())
+    except FileNotFoundError:
+        return False
