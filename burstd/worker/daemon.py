@@ -134,7 +134,10 @@ class ControllerLink:
                     self._connected = trio.Event()
                 self._broken = trio.Event()
             await trio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
+            # Never slower than the heartbeats: after a controller restart, the jobs this worker
+            # holds (and its unreported results) stay its own only if it registers again within
+            # one lease TTL, which the heartbeat interval is below.
+            delay = min(delay * 2, MAX_BACKOFF, self.heartbeat_interval)
 
     async def _register(self, channel: transport.Channel) -> None:
         config, local = self.state.config, self.state.local
