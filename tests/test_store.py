@@ -522,3 +522,37 @@ async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> N
     assert first == "job-00000001"
     assert isinstance(second, transport.Unavailable) and "stopping" in second.message
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs) == {first}
+
+
+def test_a_write_that_fails_at_commit_reports_its_own_error(store: Store) -> None:
+    """SQLite rolls back by itself when COMMIT fails on a full disk: the store must still
+    raise that error, not the "no transaction is active" of a second rollback."""
+
+    class FailingCommit:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                self.db.execute("ROLLBACK")  # what SQLite does on SQLITE_FULL
+                raise sqlite3.OperationalError("database or disk is full")
+            return self.db.execute(sql, *args)
+
+    table = JobTable()
+    jobs = table.prepare([NewJob(SPEC)], 0.0)
+    real = store._db
+    store._db = FailingCommit(real)  # type: ignore[assignment]
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            store.write([row(job) for job in jobs], [], table.next_id)
+        with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+            store.forget_finished(1e12)
+    finally:
+        store._db = real
+    assert not real.in_transaction
+    assert store.get(jobs[0].job_id) is None
+    store.write([row(job) for job in jobs], [], table.next_id)  # usable again
+    assert store.get(jobs[0].job_id) is not None

@@ -274,7 +274,10 @@ class Store:
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # rollback would fail and hide the error that matters.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
 
     def forget(self, job_ids: Iterable[str]) -> Counter[str]:
@@ -294,6 +297,9 @@ class Store:
             states = Counter(state for (state,) in db.execute(query, params))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+            # rollback would fail and hide the error that matters.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return states
