@@ -200,11 +200,19 @@ def up(
     from loguru import logger
 
     children: list[subprocess.Popen[bytes]] = []
+    # A SIGTERM or SIGHUP while the command runs stops the cluster as cleanly as Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         controller_cmd = [*base, "controller", *common, "--listen", addr]
         if state_dir:
             controller_cmd += ["--state-dir", str(state_dir)]
-        children.append(subprocess.Popen(controller_cmd))
+        # The daemons get process groups of their own, so a Ctrl-C in the terminal reaches only
+        # this process, which stops the workers first (they drain: running jobs finish and are
+        # reported) and the controller last. In the terminal's group they would all get SIGINT
+        # at once: the controller would be gone before the workers could report, and our SIGTERM
+        # would be the workers' second signal, which kills their running jobs.
+        children.append(subprocess.Popen(controller_cmd, process_group=0))
         # Workers start once the controller listens, so they do not begin by warning about it.
         _wait_listening(host, port, children[0])
         prefix = socket.gethostname()
@@ -213,7 +221,7 @@ def up(
             cmd += ["--slots", str(per_worker)]
             if output_dir:
                 cmd += ["--output-dir", str(output_dir)]
-            children.append(subprocess.Popen(cmd))
+            children.append(subprocess.Popen(cmd, process_group=0))
         logger.info(
             "local cluster up: controller on {}, {} workers x {} slots; Ctrl-C to stop",
             addr,
@@ -223,7 +231,10 @@ def up(
         if command:
             _wait_ready(addr, workers)
             env = {**os.environ, "BURST_CONTROLLER": addr}
-            code = subprocess.call(list(command), env=env)
+            try:
+                code = subprocess.call(list(command), env=env)
+            except KeyboardInterrupt:
+                code = 128 + signal.SIGINT
             _stop_all(children)
             sys.exit(code)
         _supervise(children)
@@ -271,7 +282,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> None:
     def on_signal(signum: int, frame: object) -> None:
         received.append(signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, on_signal)
     while not received:
         for child in children:
@@ -285,9 +296,14 @@ def _describe(child: subprocess.Popen[bytes]) -> str:
     return " ".join(args[3:6])
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _stop_all(children: list[subprocess.Popen[bytes]], grace: float = 35.0) -> None:
     """Workers first (they drain and report to the controller), then the controller."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     workers, controllers = children[1:], children[:1]
     for group in (workers, controllers):
         for child in group:
