@@ -29,7 +29,7 @@ from burstd.client import Client, process
 from burstd.config import ControllerConfig, WorkerConfig
 from burstd.controller.daemon import run_controller
 from burstd.worker.daemon import Worker
-from tests.cluster import Cluster, Daemon, environment, free_port, program
+from tests.cluster import Cluster, Daemon, environment, program
 from tests.docker_engine import IMAGE, docker_available
 
 T = TypeVar("T")
@@ -448,51 +448,57 @@ def up_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def start_up(tmp: Path, addr: str, *command: str) -> subprocess.Popen[bytes]:
-    (tmp / "out").mkdir(exist_ok=True)
-    args = ["up", "--workers", "2", "--listen", addr, "--output-dir", str(tmp / "out")]
-    args += ["--state-dir", str(tmp / "state")]  # not the user's own store
+def start_up(cluster: Cluster, *command: str) -> subprocess.Popen[bytes]:
+    """`burstd up` with two workers on the cluster's address, its output folder, and the state
+    folder of ``cluster.controller()`` (not the user's own store)."""
+    args = ["up", "--workers", "2", "--listen", cluster.addr, "--output-dir", str(cluster.output)]
+    args += ["--state-dir", str(cluster.tmp / "state")]
     if command:
         args += ["--", *command]
-    log = (tmp / "up.log").open("wb")
+    log = (cluster.tmp / "up.log").open("wb")
     return subprocess.Popen(
         [*program("burstd"), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
-        cwd=tmp,
-        env=up_env(tmp),
+        cwd=cluster.tmp,
+        env=up_env(cluster.tmp),
         start_new_session=True,
     )
 
 
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_up(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL `burstd up` and everything below it (its daemons have process groups of their
+    own)."""
+    below = descendants(proc.pid)
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+    for pid in below:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
 
 
-def test_burstd_up_runs_a_command_and_exits_with_its_code(tmp_path: Path) -> None:
-    addr = f"127.0.0.1:{free_port()}"
+def up_log(cluster: Cluster) -> str:
+    return (cluster.tmp / "up.log").read_text(errors="replace")
+
+
+def test_burstd_up_runs_a_command_and_exits_with_its_code(cluster: Cluster) -> None:
     command = "burst submit --array 1-20 process true && burst wait --all"
-    proc = start_up(tmp_path, addr, "sh", "-c", command)
+    proc = start_up(cluster, "sh", "-c", command)
     try:
         code = proc.wait(timeout=120)
     finally:
-        stop_group(proc)
-    log = (tmp_path / "up.log").read_text(errors="replace")
+        kill_up(proc)
+    log = up_log(cluster)
     assert code == 0, log
     assert "20/20 done: 20 succeeded" in log
     assert "Traceback" not in log
-    assert len(list((tmp_path / "out").glob("*.stdout"))) == 20
+    assert len(list(cluster.output.glob("*.stdout"))) == 20
 
 
-def test_sigterm_stops_burstd_up_and_leaves_no_process(tmp_path: Path) -> None:
-    port = free_port()
-    addr = f"127.0.0.1:{port}"
-    proc = start_up(tmp_path, addr)
+def test_sigterm_stops_burstd_up_and_leaves_no_process(cluster: Cluster) -> None:
+    proc = start_up(cluster)
     try:
-        cluster = Cluster.__new__(Cluster)  # only for `burst` calls against this address
-        cluster.tmp, cluster.port, cluster.addr, cluster.daemons = tmp_path, port, addr, []
         poll(lambda: len(workers(cluster)) == 2, 60, "`burstd up` to be ready", interval=0.3)
         children = descendants(proc.pid)
         assert len(children) >= 3, children  # controller and two workers
@@ -500,9 +506,32 @@ def test_sigterm_stops_burstd_up_and_leaves_no_process(tmp_path: Path) -> None:
         assert proc.wait(timeout=60) == 0
         poll(lambda: not any(alive(p) for p in children), 20, "every child to exit")
     finally:
-        stop_group(proc)
-    log = (tmp_path / "up.log").read_text(errors="replace")
+        kill_up(proc)
+    assert "Traceback" not in up_log(cluster)
+
+
+def test_ctrl_c_stops_burstd_up_after_its_running_jobs(cluster: Cluster) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the running job
+    still finishes and is recorded before the controller stops."""
+    proc = start_up(cluster)
+    try:
+        poll(lambda: len(workers(cluster)) == 2, 60, "`burstd up` to be ready", interval=0.3)
+        (job_id,) = submit(cluster, "process", "sh", "-c", "sleep 2; echo done")
+        stdout = cluster.output / f"{job_id}.stdout"
+        poll(stdout.exists, 30, "the job to start", interval=0.05)
+        children = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        poll(lambda: not any(alive(p) for p in children), 20, "every child to exit")
+    finally:
+        kill_up(proc)
+    log = up_log(cluster)
     assert "Traceback" not in log, log
+    assert "stopping now" not in log, log  # no worker was stopped without its drain
+    assert stdout.read_text() == "done\n"
+    # The result reached the controller's store before it stopped.
+    cluster.controller()
+    assert cluster.status(job_id)["state"] == "succeeded"
 
 
 # -- drain details, in process (a real controller and worker in this trio loop) -----------------
