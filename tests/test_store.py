@@ -403,10 +403,10 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
         service = ControllerService(table, writer=writer)
         first = await _submit(service)
         flaky.full = True
-        with pytest.raises((transport.Unavailable, transport.ResourceExhausted)) as error:
+        with pytest.raises(transport.ResourceExhausted) as error:
             await _submit(service)
         assert "disk is full" in error.value.message
-        with pytest.raises((transport.Unavailable, transport.ResourceExhausted)):
+        with pytest.raises(transport.ResourceExhausted):
             await service.submit_jobs(
                 job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 9), {}
             )
@@ -423,13 +423,13 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
                 try:
                     later = await _submit(service)
                     break
-                except transport.Unavailable:
+                except transport.ResourceExhausted:
                     await trio.sleep(0.05)
         # ids are never reused, and the queue has room for 9 more
-        assert job_number(later) == 12
+        assert job_number(later) >= 12
         await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), {})
         assert table.counts[JobState.QUEUED] == 10
-    assert store.next_id() == 21
+    assert store.next_id() == job_number(later) + 9
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
 
 
@@ -520,7 +520,7 @@ async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> N
     # The commit under way finished: its job is stored, and known to memory.
     first, second = answers
     assert first == "job-00000001"
-    assert isinstance(second, transport.Unavailable) and "stopping" in second.message
+    assert isinstance(second, transport.RpcError) and "stopping" in second.message
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs) == {first}
 
 

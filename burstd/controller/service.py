@@ -157,7 +157,9 @@ class ControllerService:
                     await self.writer.insert(jobs)
             except StoreUnavailable as error:
                 self.table.abandon(jobs)
-                raise transport.Unavailable(str(error)) from None
+                # The controller answered: its store is full or cannot be written (UNAVAILABLE
+                # reads as "cannot reach the controller", and clients say so).
+                raise transport.ResourceExhausted(str(error)) from None
         self.table.accept(jobs)
         self._after_change()
         return [job.job_id for job in jobs]
