@@ -623,3 +623,30 @@ async def _has_text(path: Path, empty_ok: bool = False) -> bool:
         return empty_ok or bool(path.read_text().strip())
     except FileNotFoundError:
         return False
+
+
+async def test_cancel_of_a_job_waiting_for_a_slot_frees_its_place_at_once(tmp_path: Path) -> None:
+    """A cancelled job still waiting for a slot on the worker ends at once: it does not hold its
+    place in the worker's capacity until a running job ends."""
+    marker = tmp_path / "long.started"
+    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+        worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
+        stopped = await run_worker(nursery, worker)
+        async with Client.connect(addr) as client:
+            await client.submit(process("sh", "-c", f"touch {marker}; sleep 60"))
+            await until(lambda: _has_text(marker, empty_ok=True), 30, "the long job to start")
+            waiting = await client.submit(process("true"))
+
+            async def leased(count: int) -> bool:
+                return [w.leased for w in await client.workers()] == [count]
+
+            await until(lambda: leased(2), 30, "both jobs to be leased")
+            await trio.sleep(0.2)  # the lease reaches the worker
+            assert await client.cancel([waiting]) == ["cancelled"]
+            await until(lambda: leased(1), 10, "the cancelled job's lease to be released")
+            info = await client.status(waiting)
+            assert (info.state, info.reason) == ("cancelled", "cancelled")
+            assert not list(tmp_path.glob(f"{waiting}.*"))  # never started
+            worker.drain()
+            with trio.fail_after(30):
+                await stopped.wait()

@@ -28,7 +28,7 @@ from loguru import logger
 from burstd import transport
 from burstd.config import WorkerConfig, parse_hostport
 from burstd.worker.executor import ExecConfig, Outcome, run_job
-from burstd.worker.queue import LocalJob, LocalQueue
+from burstd.worker.queue import LocalJob, LocalQueue, LocalState
 from proto.burst.v1 import job_pb2, worker_pb2
 
 SERVICE = "burst.v1.ControllerRpc"
@@ -52,6 +52,22 @@ def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultR
         finished_at=outcome.finished_at,
         stdout_path=outcome.stdout_path,
         stderr_path=outcome.stderr_path,
+    )
+
+
+def _stopped_result(
+    job: LocalJob, reason: str, started_at: float
+) -> job_pb2.ReportJobResultRequest:
+    """The result of a job the worker stopped (or never started): "cancelled" or "returned"."""
+    message = "cancelled by user" if reason == "cancelled" else "stopped by a worker shutdown"
+    return job_pb2.ReportJobResultRequest(
+        job_id=job.job_id,
+        attempt=job.attempt,
+        exit_code=-1,
+        reason=reason,
+        error_message=message,
+        started_at=started_at,
+        finished_at=time.time(),
     )
 
 
@@ -173,7 +189,11 @@ class ControllerLink:
             job = self.state.local.lookup(held.job_id, held.attempt)
             if job is not None and not job.cancelled:
                 job.cancelled = True
-                self.state.stop_job(job.job_id, "cancelled")
+                if job.state is LocalState.QUEUED:
+                    # Not started: it ends now, not once a slot is free (it holds capacity).
+                    self.state.local.finish(job, _stopped_result(job, "cancelled", 0.0))
+                else:
+                    self.state.stop_job(job.job_id, "cancelled")
                 self.state.notify()
         for held in drop:
             self._drop(held)
@@ -329,18 +349,7 @@ class Worker:
             return
         else:
             reason = "cancelled" if running.why == "cancelled" else "returned"
-            message = (
-                "cancelled by user" if reason == "cancelled" else "stopped by a worker shutdown"
-            )
-            result = job_pb2.ReportJobResultRequest(
-                job_id=job.job_id,
-                attempt=job.attempt,
-                exit_code=-1,
-                reason=reason,
-                error_message=message,
-                started_at=started,
-                finished_at=time.time(),
-            )
+            result = _stopped_result(job, reason, started)
         log.debug("finished: {} {}", result.reason, result.exit_code)
         self.state.local.finish(job, result)
         self.state.notify()
