@@ -3,7 +3,9 @@
 Covers: a thousand array jobs over two workers with their output files; how a job fails (exit
 code, signal, missing binary, timeout); cancel of a job and its grandchild; kill -9 of a worker
 mid-run; a controller restart; Docker jobs (run and cancel, against a real engine); the drain on
-SIGTERM; `burstd up` with a command and stopped by SIGTERM.
+SIGTERM and a second SIGTERM; `burstd up` with a command, stopped by SIGTERM and by Ctrl-C. At
+the end, tests with the controller and a worker in the test's own trio loop: the drain grace,
+jobs leased during a drain, cancel of a job waiting for a slot.
 
 Timing: every wait polls for a condition with a generous deadline (a loaded 2-core machine);
 measured latencies are logged, not asserted tightly.
@@ -357,12 +359,8 @@ def docker_names(cli: str) -> list[str]:
 
 
 @pytest.fixture
-def docker_cli() -> Iterator[str]:
-    cli = require_docker()
-    created: list[str] = []
-    yield cli
-    for name in created:  # pragma: no cover - only filled by tests that need it
-        subprocess.run([cli, "rm", "-f", name], capture_output=True, timeout=30)
+def docker_cli() -> str:
+    return require_docker()
 
 
 def test_docker_jobs_run_and_cancel_in_real_containers(cluster: Cluster, docker_cli: str) -> None:
@@ -430,6 +428,25 @@ def test_sigterm_drains_a_worker(cluster: Cluster) -> None:
     attempts = sorted(after[job_id]["attempt"] for job_id in rest)
     print(f"attempts of the other jobs: {attempts}")
     assert attempts[-1] >= 2
+
+
+def test_second_sigterm_stops_a_worker_at_once_and_kills_its_jobs(
+    cluster: Cluster, strays: set[int]
+) -> None:
+    cluster.controller()
+    w1 = cluster.worker("w1", slots=1)
+    wait_workers(cluster, "w1")
+    pid_file = cluster.tmp / "grandchild.pid"
+    submit(cluster, "process", "sh", "-c", f"sleep 300 & echo $! > {pid_file}; wait")
+    text = poll(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the pid file")
+    grandchild = int(text)
+    strays.add(grandchild)
+    w1.signal(signal.SIGTERM)  # drain: the job may run to its end...
+    poll(lambda: "draining" in w1.log(), 20, "the drain to begin", interval=0.05)
+    w1.signal(signal.SIGTERM)  # ...but a second signal stops the worker now
+    assert w1.proc.wait(timeout=60) == 0
+    assert not alive(grandchild)
+    assert "Traceback" not in w1.log()
 
 
 # -- 8. burstd up -------------------------------------------------------------------------------
