@@ -618,8 +618,24 @@ def test_returned_job_is_requeued_without_counting_a_loss() -> None:
     assert table.report("w1", result, 1.0) is ReportOutcome.ACCEPTED
     job = table.jobs[job_id]
     assert job.lost_count == 0 and job.retried == 0
-    assert job.state is L and job.attempt == 2  # leased again, under a new attempt
     assert list(table.finished_log) == []
+    # The worker is shutting down: the job waits for another worker, under a new attempt.
+    assert job.state is Q
+    register(table, "w2")
+    assert job.state is L and job.worker_id == "w2" and job.attempt == 2
+
+
+def test_a_worker_that_hands_a_job_back_gets_no_new_work_until_it_registers() -> None:
+    table = JobTable()
+    first, second, third = submit(table, 3)
+    register(table, capacity=2)
+    deliver(table)
+    table.report("w1", exited(first, table, code=None, reason="returned"), 1.0)
+    submit(table, 2)
+    assert not table.workers["w1"].outbox and len(table.workers["w1"].leases) == 1
+    assert table.jobs[third].state is Q  # routed to w1 but not handed over: queued again
+    register(table, capacity=2, held=[Held(second, 1)])  # the worker came back
+    assert len(table.workers["w1"].leases) == 2
 
 
 # -- capacity, listing, counts ------------------------------------------------------------------
@@ -1206,8 +1222,12 @@ class TableMachine(RuleBasedStateMachine):
             # Only a re-registration that lowered the capacity may leave a worker above it,
             # and such a worker gets nothing more until it is back under.
             assert len(w.leases) <= max(w.capacity, self.load.get(worker_id, 0))
-            assert self.router.seen.get(worker_id) == (len(w.leases), w.capacity)
-        assert set(self.router.seen) == set(table.workers)
+            if not w.draining:
+                assert self.router.seen.get(worker_id) == (len(w.leases), w.capacity)
+            else:
+                assert not w.outbox or all(j.lease_seq for j in w.outbox if j.job_id in w.leases)
+        # A draining worker (it handed a job back) is out of the rotation until it registers.
+        assert set(self.router.seen) == {k for k, w in table.workers.items() if not w.draining}
         self.load = {k: len(w.leases) for k, w in table.workers.items()}
         if table.counts[Q]:
             assert self.router.pick() is None, "a job waits in the queue while a worker has room"

@@ -199,6 +199,8 @@ class Worker:
     # known to have ended: transfers to another process or for an ended round are refused.
     instance: int = 0
     steal_done: int = 0
+    # The worker handed a job back: it is shutting down and gets no new work until it registers.
+    draining: bool = False
 
     @property
     def running(self) -> int:
@@ -411,6 +413,7 @@ class JobTable:
         else:
             worker.lease_seq = max(worker.lease_seq, lease_seq)
             worker.slots, worker.capacity = slots, max(capacity, slots)
+            worker.draining = False
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
             kept = {h.job_id for h in held if self._holds(worker, h)}
             # Stolen leases still on their way to this same process are not lost (yet): its
@@ -524,6 +527,7 @@ class JobTable:
         self._release(worker, job)
         if result.reason == REASON_RETURNED:
             self._requeue(job, Event.LOSE)
+            self._stop_routing(worker)
         else:
             self._record(job, result)
             if result.succeeded:
@@ -616,7 +620,7 @@ class JobTable:
             raise TransferRefused(f"thief {thief_id!r} is not another registered worker")
         if not thief_instance or thief_instance != thief.instance:
             raise TransferRefused(f"thief {thief_id!r} has restarted since it asked")
-        if not 0 < steal_round or steal_round <= thief.steal_done:
+        if steal_round <= 0 or steal_round <= thief.steal_done:
             raise TransferRefused(f"thief {thief_id!r} gave up on steal round {steal_round}")
         room = thief.capacity - len(thief.leases)
         moved: dict[str, Job] = {}
@@ -736,8 +740,20 @@ class JobTable:
     def _release(self, worker: Worker, job: Job) -> None:
         del worker.leases[job.job_id]
         worker.cancel_notices.pop(job.job_id, None)
-        if worker.worker_id in self.workers:
+        if worker.worker_id in self.workers and not worker.draining:
             self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
+
+    def _stop_routing(self, worker: Worker) -> None:
+        """A draining worker gets no new jobs; those routed to it but not handed over requeue."""
+        if worker.draining:
+            return
+        worker.draining = True
+        self.router.remove(worker.worker_id)
+        for job in list(worker.outbox):
+            if worker.leases.get(job.job_id) is job and job.lease_seq == 0:
+                self._release(worker, job)
+                self._requeue(job, Event.LOSE)
+        worker.outbox.clear()
 
     def _lose(self, worker: Worker, job: Job, now: float, *, counted: bool) -> None:
         """The worker no longer has this job: re-queue it (or fail it past the crash limit)."""
