@@ -38,6 +38,9 @@ NOTICE_POLL_MS = 30_000
 MAX_BACKOFF = 5.0
 # Results per ReportJobResults call: large enough to amortise a call, small enough to stay snappy.
 REPORT_BATCH = 2_000
+# Start notices alone wait this long for a result to carry them: a short job's result comes
+# first, so it costs one call per batch instead of one more call per job.
+START_NOTICE_DELAY = 0.05
 
 
 def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultRequest:
@@ -290,9 +293,12 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         local = self.state.local
+        # Ask for work in batches: wait until a quarter of the capacity is free, unless no job is
+        # left waiting for a slot (then ask at once, so no slot idles).
+        min_room = max(1, local.capacity // 4)
         while not self.state.draining:
             room = local.room()
-            if room == 0:
+            if room == 0 or (room < min_room and local.waiting()):
                 await self.state.changed.wait()
                 continue
             request = job_pb2.PollJobRequest(
@@ -364,6 +370,10 @@ class Worker:
             if not local.has_reports():
                 await self.state.changed.wait()
                 continue
+            if not local.has_results():
+                with trio.move_on_after(START_NOTICE_DELAY):
+                    while not local.has_results():
+                        await self.state.changed.wait()
             started, done = local.take_reports()
             done = done[:REPORT_BATCH]
             request = job_pb2.ReportJobResultsRequest(

@@ -47,6 +47,8 @@ class LocalQueue:
         self.jobs: dict[str, LocalJob] = {}
         self._queued: deque[LocalJob] = deque()
         self._started: list[LocalJob] = []
+        # Finished jobs whose result is not acknowledged yet, in the order they ended.
+        self._done: dict[str, LocalJob] = {}
         self.lease_seq = 0  # highest lease batch received: heartbeats acknowledge it
 
     def room(self) -> int:
@@ -68,11 +70,17 @@ class LocalQueue:
             if current is not None and current.attempt >= assigned.attempt:
                 continue
             job = LocalJob(assigned.job_id, assigned.attempt, assigned.spec)
+            if current is not None:
+                self._done.pop(job.job_id, None)  # a newer attempt replaces the old one
             self.jobs[job.job_id] = job
             self._queued.append(job)
             added += 1
         self.lease_seq = max(self.lease_seq, lease_seq)
         return added
+
+    def waiting(self) -> int:
+        """Jobs waiting for a slot (an upper bound: dropped or taken ones leave lazily)."""
+        return len(self._queued)
 
     def has_queued(self) -> bool:
         return any(job.state is LocalState.QUEUED for job in self._queued)
@@ -92,6 +100,7 @@ class LocalQueue:
         if self.jobs.get(job.job_id) is job and job.state is not LocalState.DONE:
             job.state = LocalState.DONE
             job.result = result
+            self._done[job.job_id] = job
 
     def return_unstarted(self) -> list[LocalJob]:
         """For a shutdown: every queued job ends as handed back (re-queued by the controller)."""
@@ -117,17 +126,21 @@ class LocalQueue:
             if self.jobs.get(j.job_id) is j and j.state is LocalState.RUNNING
         ]
         self._started.clear()
-        done = [j for j in self.jobs.values() if j.state is LocalState.DONE]
-        return started, done
+        return started, list(self._done.values())
 
     def has_reports(self) -> bool:
-        return bool(self._started) or any(j.state is LocalState.DONE for j in self.jobs.values())
+        return bool(self._started) or bool(self._done)
+
+    def has_results(self) -> bool:
+        """Finished jobs wait for an acknowledgement (not only start notices)."""
+        return bool(self._done)
 
     def acknowledged(self, jobs: Iterable[LocalJob]) -> None:
         """The controller answered for these results (accepted, duplicate or stale): forget them."""
         for job in jobs:
             if self.jobs.get(job.job_id) is job:
                 del self.jobs[job.job_id]
+                self._done.pop(job.job_id, None)
 
     def lookup(self, job_id: str, attempt: int) -> LocalJob | None:
         job = self.jobs.get(job_id)
@@ -138,6 +151,8 @@ class LocalQueue:
         job = self.lookup(job_id, attempt)
         if job is not None:
             del self.jobs[job_id]
+            if self._done.get(job_id) is job:
+                del self._done[job_id]
         return job
 
     def take(self, job_ids: Iterable[str]) -> list[LocalJob]:
