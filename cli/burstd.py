@@ -27,6 +27,10 @@ from burstd.config import (
     worker_for,
 )
 
+# Default queue capacity of the workers of `burstd up`: leasing short jobs in batches of dozens
+# saves a poll call per couple of jobs (work stealing rebalances what a worker holds too many of).
+UP_QUEUE_CAPACITY = 64
+
 app = cyclopts.App(
     name="burstd",
     help="burst daemons: the controller, a worker, or a local cluster (`burstd up`).",
@@ -159,6 +163,7 @@ def up(
     *command: str,
     workers: Annotated[int, Parameter(name=["--workers", "-n"])] = 2,
     slots: int | None = None,
+    queue_capacity: int | None = None,
     listen: str | None = None,
     state_dir: Path | None = None,
     config: Path | None = None,
@@ -177,6 +182,9 @@ def up(
         Number of worker processes.
     slots
         Jobs each worker runs at once (default: CPUs / workers, at least 1).
+    queue_capacity
+        Jobs each worker holds at once, running or waiting for a slot (default without --config:
+        the larger of 64 and 2 x slots, so that short jobs are leased in batches).
     listen
         Controller address HOST:PORT (default 127.0.0.1:50051).
     state_dir
@@ -219,6 +227,9 @@ def up(
         for i in range(1, workers + 1):
             cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", addr]
             cmd += ["--slots", str(per_worker)]
+            if queue_capacity or not config:
+                capacity = queue_capacity or max(UP_QUEUE_CAPACITY, 2 * per_worker)
+                cmd += ["--queue-capacity", str(capacity)]
             if output_dir:
                 cmd += ["--output-dir", str(output_dir)]
             children.append(subprocess.Popen(cmd, process_group=0))
