@@ -618,6 +618,8 @@ class JobTable:
         thief = self.workers.get(thief_id)
         if thief is None or thief is victim:
             raise TransferRefused(f"thief {thief_id!r} is not another registered worker")
+        if thief.draining:
+            raise TransferRefused(f"thief {thief_id!r} is shutting down")
         if not thief_instance or thief_instance != thief.instance:
             raise TransferRefused(f"thief {thief_id!r} has restarted since it asked")
         if steal_round <= 0 or steal_round <= thief.steal_done:
@@ -649,7 +651,8 @@ class JobTable:
             job.lease_seq = self.lease_seq
             job.steal_round = steal_round
             thief.leases[job.job_id] = job
-        self.router.update(victim_id, len(victim.leases), victim.capacity)
+        if not victim.draining:  # a draining worker is out of the router for good
+            self.router.update(victim_id, len(victim.leases), victim.capacity)
         self.router.update(thief_id, len(thief.leases), thief.capacity)
         self._dispatch()  # the victim has room again
         return list(moved.values())
