@@ -211,6 +211,21 @@ def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) -> Non
 # -- restart: restore and orphans -------------------------------------------------------------
 
 
+def test_orphan_leases_get_a_full_ttl_from_when_the_controller_serves() -> None:
+    table = JobTable(lease_ttl=2.0)
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    (job_id,) = table.submit([NewJob(SPEC)], 0.0)
+    table.lease("w1", 1, 0.0)
+    restored = JobTable(lease_ttl=2.0)
+    restored.restore([table.jobs[job_id]], table.next_id, 10.0)
+    # Restoring a big store took 5 s before the controller listened: the clock starts then.
+    restored.start_orphan_clock(15.0)
+    restored.expire(16.5)
+    assert job_id in restored.orphans
+    restored.expire(17.5)
+    assert job_id not in restored.orphans and restored.jobs[job_id].lost_count == 1
+
+
 def test_restore_queues_again_lets_workers_claim_leases_and_continues_ids(state_dir: Path) -> None:
     # First life: 6 jobs; w1 (capacity 2) has one running and one leased, w2 one leased.
     store = Store(state_dir)

@@ -103,6 +103,7 @@ async def run_controller(
                 port,
                 [service.rpc_service(), transport.health_service(lambda: True)],
             )
+            service.table.start_orphan_clock(time.time())
             nursery.start_soon(_reap, service, max(service.table.lease_ttl / 4, 0.05))
             nursery.start_soon(_prune, service, config.retention_s)
             logger.info(

@@ -696,6 +696,15 @@ class JobTable:
                 self.orphans[job.job_id] = now + self.lease_ttl
         self._dispatch()
 
+    def start_orphan_clock(self, now: float) -> None:
+        """Give restored leases a full lease TTL from now, when workers can reach us again.
+
+        Restoring a large store takes time before the controller listens; counting the TTL from
+        then would re-run jobs whose workers were simply waiting to reconnect.
+        """
+        for job_id in self.orphans:
+            self.orphans[job_id] = now + self.lease_ttl
+
     def evict(self, jobs: Iterable[Job]) -> None:
         """Drop finished jobs from memory once they are stored (their details live there).
 
