@@ -163,7 +163,9 @@ def test_worker_with_closed_standard_streams(tmp_path: Path) -> None:
     script = f"""
 import os, trio
 from pathlib import Path
+from loguru import logger
 from burstd.worker.executor import ExecConfig, run_job
+logger.remove()  # its default sink is the closed stderr: a debug line would fail the exit
 from proto.burst.v1 import job_pb2
 result = os.open({str(tmp_path / "result")!r}, os.O_WRONLY | os.O_CREAT)
 spec = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="sh", args=["-c", "echo o; echo e >&2"]))
