@@ -29,10 +29,12 @@ from burstd.controller.table import (
     QueueFull,
     ReportOutcome,
     Result,
+    TransferRefused,
     UnknownWorker,
 )
 from burstd.controller.writer import StoreUnavailable, StoreWriter
-from proto.burst.v1 import job_pb2, worker_pb2
+from burstd.policies.steal import MAX_STEAL, spare
+from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
 SERVICE_NAME = "burst.v1.ControllerRpc"
 MAX_WAIT_MS = 60_000
@@ -40,6 +42,8 @@ MAX_LIST = 10_000
 # A waiter on many jobs gets at most this many updates a second: finishing 10,000 jobs a second
 # must not cost 10,000 messages to every `burst wait`.
 WAIT_UPDATE_INTERVAL = 0.05
+# Peers listed in a registration or heartbeat reply: the most loaded ones are what thieves need.
+MAX_PEERS = 64
 _JOB_ID = re.compile(r"job-\d{8,}")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -380,6 +384,7 @@ class ControllerService:
             hostname=request.hostname,
             held=_held(request.held),
             lease_seq=request.lease_seq,
+            instance=request.instance,
         )
         self._after_change()
         logger.bind(worker_id=worker_id).info(
@@ -393,6 +398,7 @@ class ControllerService:
             lease_ttl_ms=int(self.table.lease_ttl * 1000),
             heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
             drop=_held_pb(drop),
+            peers=self._peers(worker_id),
         )
 
     def _unknown_worker(self, error: UnknownWorker) -> transport.RpcError:
@@ -514,13 +520,90 @@ class ControllerService:
     ) -> worker_pb2.HeartbeatResponse:
         try:
             cancel, drop = self.table.heartbeat(
-                request.worker_id, _held(request.held), request.lease_seq, self.clock()
+                request.worker_id,
+                _held(request.held),
+                request.lease_seq,
+                self.clock(),
+                steal_round_done=request.steal_round_done,
             )
         except UnknownWorker:
             return worker_pb2.HeartbeatResponse(ok=False, reregister=True)
         finally:
             self._after_change()
-        return worker_pb2.HeartbeatResponse(ok=True, cancel=_held_pb(cancel), drop=_held_pb(drop))
+        return worker_pb2.HeartbeatResponse(
+            ok=True,
+            cancel=_held_pb(cancel),
+            drop=_held_pb(drop),
+            peers=self._peers(request.worker_id) if request.want_peers else [],
+        )
+
+    def _peers(self, exclude: str) -> list[worker_pb2.PeerInfo]:
+        """Workers that serve StealJobs, other than ``exclude``, most spare jobs first (at most
+        MAX_PEERS): a thief learns where to steal without asking every peer."""
+        loads = []
+        for w in self.table.workers.values():
+            if w.worker_id == exclude or not w.peer_addr or w.draining:
+                continue
+            running = w.running
+            loads.append((spare(len(w.leases) - running, w.slots - running), running, w))
+        loads.sort(key=lambda load: -load[0])
+        return [
+            worker_pb2.PeerInfo(
+                worker_id=w.worker_id,
+                peer_addr=w.peer_addr,
+                slots=w.slots,
+                capacity=w.capacity,
+                leased=len(w.leases),
+                running=running,
+            )
+            for _, running, w in loads[:MAX_PEERS]
+        ]
+
+    async def transfer_jobs(
+        self, request: peer_pb2.TransferJobsRequest, metadata: Mapping[str, str]
+    ) -> peer_pb2.TransferJobsResponse:
+        """A victim of a steal asks to move its leases to the thief before handing them over.
+
+        Refusals (thief unknown, restarted, shutting down, or given up on the steal) are answers
+        with ``refused`` set, not errors: the victim just keeps its jobs. An unknown victim is
+        FAILED_PRECONDITION (register again).
+        """
+        victim_id = admission.require(request.victim_id, "victim_id")
+        thief_id = admission.require(request.thief_id, "thief_id")
+        if len(request.jobs) > MAX_STEAL:
+            raise SpecError(f"jobs: more than {MAX_STEAL} in one steal")
+        log = logger.bind(worker_id=victim_id)
+        try:
+            moved = self.table.transfer(
+                victim_id,
+                thief_id,
+                _held(request.jobs),
+                thief_instance=request.thief_instance,
+                steal_round=request.steal_round,
+                now=self.clock(),
+            )
+        except UnknownWorker as error:
+            raise self._unknown_worker(error) from None
+        except TransferRefused as error:
+            log.debug("steal by {} refused: {}", thief_id, error)
+            return peer_pb2.TransferJobsResponse(refused=str(error))
+        finally:
+            self._after_change()
+        if moved:
+            # The thief's new attempts must survive a restart before it runs them. If this
+            # fails the victim keeps its (now fenced) copies and the thief never gets the jobs:
+            # the thief's next heartbeat ends the steal round and they go back to the queue.
+            await self._durable()
+        log.debug(
+            "steal by {} (round {}): {} of {} jobs moved",
+            thief_id,
+            request.steal_round,
+            len(moved),
+            len(request.jobs),
+        )
+        return peer_pb2.TransferJobsResponse(
+            moved=[worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in moved]
+        )
 
     # -- registration with the transport -----------------------------------------------------
 
@@ -539,6 +622,7 @@ class ControllerService:
             ("ReportJobResult", job_pb2.ReportJobResultRequest, self.report_job_result),
             ("ReportJobResults", job_pb2.ReportJobResultsRequest, self.report_job_results),
             ("Heartbeat", worker_pb2.HeartbeatRequest, self.heartbeat),
+            ("TransferJobs", peer_pb2.TransferJobsRequest, self.transfer_jobs),
         ]
         for name, request_type, handler in unary:
             service.unary(name, request_type, _invalid_argument(handler))
