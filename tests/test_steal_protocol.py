@@ -23,6 +23,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from burstd import transport
+from burstd.controller.admission import SpecError
+from burstd.controller.service import ControllerService
 from burstd.controller.table import (
     TERMINAL,
     Held,
@@ -38,6 +41,7 @@ from burstd.controller.table import (
 from burstd.policies import steal
 from burstd.policies.routers import Router, make_router
 from burstd.policies.steal import PeerLoad
+from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 
@@ -273,6 +277,58 @@ def test_a_draining_worker_gets_nothing_by_steal_or_routing() -> None:
     assert on_w3
     with pytest.raises(TransferRefused, match="shutting down"):
         table.transfer("w3", "w2", held(on_w3), thief_instance=7, steal_round=9, now=1.0)
+
+
+# -- the controller's RPC handlers -------------------------------------------------------------
+
+
+async def test_service_transfers_and_tells_thieves_about_peers() -> None:
+    service = ControllerService(JobTable())
+
+    async def register(worker_id: str, instance: int, capacity: int) -> None:
+        request = worker_pb2.RegisterWorkerRequest(
+            worker_id=worker_id,
+            slots=1,
+            queue_capacity=capacity,
+            peer_addr=f"127.0.0.1:{instance}",
+            instance=instance,
+        )
+        await service.register_worker(request, {})
+
+    await register("w1", 1, 8)
+    service.table.submit([NewJob(job_pb2.JobSpec().SerializeToString()) for _ in range(4)], 0.0)
+    poll = await service.poll_job(
+        job_pb2.PollJobRequest(worker_id="w1", max_jobs=8, batch=True), {}
+    )
+    await register("w2", 7, 4)
+    # w2 learns that w1 has 3 spare jobs (1 slot, 4 queued), and where it listens.
+    beat = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", want_peers=True), {})
+    [peer] = beat.peers
+    assert (peer.worker_id, peer.peer_addr, peer.leased, peer.running) == (
+        "w1",
+        "127.0.0.1:1",
+        4,
+        0,
+    )
+    quiet = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2"), {})
+    assert not quiet.peers
+    offered = [worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in poll.jobs[2:]]
+    request = peer_pb2.TransferJobsRequest(
+        victim_id="w1", thief_id="w2", jobs=offered, thief_instance=7, steal_round=1
+    )
+    reply = await service.transfer_jobs(request, {})
+    assert [(h.job_id, h.attempt) for h in reply.moved] == [(h.job_id, 2) for h in offered]
+    assert not reply.refused
+    info = await service.get_job_status(job_pb2.GetJobStatusRequest(job_id=offered[0].job_id), {})
+    assert (info.info.worker_id, info.info.stolen, info.info.attempt) == ("w2", True, 2)
+    # The same round again: the thief's heartbeat said it ended.
+    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", steal_round_done=1), {})
+    again = await service.transfer_jobs(request, {})
+    assert not again.moved and "gave up" in again.refused
+    with pytest.raises(transport.FailedPrecondition):
+        await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w9", thief_id="w2"), {})
+    with pytest.raises(SpecError, match="thief_id"):
+        await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w1"), {})
 
 
 # -- random operation sequences ---------------------------------------------------------------
