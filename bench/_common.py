@@ -1,0 +1,85 @@
+"""Shared helpers of the benchmarks: paths, peer virtual environments, a burst cluster, stats.
+
+Peers (HyperQueue, Dask) are installed with pip from PyPI into cached virtual environments under
+``$BURST_BENCH_CACHE`` (default ``~/.cache/burst-bench``), one per peer, never into the
+environment that runs burst. A peer whose install fails is skipped with the reason printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# The peers' scripts (HyperQueue, Dask), used as they are.
+PEER_SCRIPTS = Path(os.environ.get("BURST_PEER_SCRIPTS", REPO.parent / "shared" / "bench"))
+CACHE = Path(os.environ.get("BURST_BENCH_CACHE", Path.home() / ".cache" / "burst-bench"))
+
+PEERS: dict[str, list[str]] = {
+    "hyperqueue": ["hyperqueue"],
+    "dask": ["dask", "distributed"],
+}
+
+
+def peer_python(name: str) -> tuple[str | None, str]:
+    """The Python of the peer's venv (installed on first use), or None and why not."""
+    env_dir = CACHE / f"peer-{name}"
+    python = env_dir / "bin" / "python"
+    stamp = env_dir / ".installed"
+    if stamp.exists() and python.exists():
+        return str(python), ""
+    shutil.rmtree(env_dir, ignore_errors=True)
+    try:
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *PEERS[name]],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", b"") or b""
+        tail = detail.decode(errors="replace").strip().splitlines()[-1:] if detail else []
+        return None, f"pip install {' '.join(PEERS[name])} failed: {error} {' '.join(tail)}"
+    stamp.write_text("ok\n")
+    return str(python), ""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def burst_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "BURST_LOG": "warning"}
+
+
+def rate_of(line: str) -> float | None:
+    """The 'R jobs/s' figure of a peer script's output line."""
+    match = re.search(r"([0-9.]+) jobs/s", line)
+    return float(match.group(1)) if match else None
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def load() -> str:
+    return "load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {load()}"

@@ -1,0 +1,218 @@
+"""Controller capacity: simulated workers that finish jobs instantly, over real RPCs.
+
+For each worker count, a fresh ``burstd controller`` (durable store in a temporary state dir
+unless ``--store memory``) is started; ``--procs`` processes run the simulated workers (each with
+its own connection: RegisterWorker, then PollJob for up to its capacity and one
+ReportJobResults for the whole batch, over and over), while this process submits the jobs in
+arrays of ``--array`` and waits for all of them (WaitJobs). Printed per point: jobs/s from the
+first submission to the last result, and the controller's CPU time (user + system, from
+/proc) per job.
+
+Usage::
+
+    python bench/controller_capacity.py [--workers 1,10,100,1000] [--jobs 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import contextlib
+
+from bench._common import REPO, burst_env, free_port, load, machine
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
+    from burstd import transport
+    from burstd.config import parse_hostport
+    from proto.burst.v1 import job_pb2, worker_pb2
+
+    service = "burst.v1.ControllerRpc"
+    host, port = parse_hostport(addr)
+    async with transport.Channel(host, port, connect_timeout=10.0) as channel:
+        await channel.unary(
+            service,
+            "RegisterWorker",
+            worker_pb2.RegisterWorkerRequest(
+                worker_id=worker_id, slots=capacity, queue_capacity=capacity, hostname="sim"
+            ),
+            worker_pb2.RegisterWorkerResponse,
+            timeout=60,
+        )
+        poll = job_pb2.PollJobRequest(
+            worker_id=worker_id, max_jobs=capacity, wait_ms=1000, batch=True
+        )
+        last_beat = time.monotonic()
+        while True:
+            response = await channel.unary(
+                service, "PollJob", poll, job_pb2.PollJobResponse, timeout=60
+            )
+            if response.jobs:
+                now = time.time()
+                results = [
+                    job_pb2.ReportJobResultRequest(
+                        job_id=job.job_id,
+                        attempt=job.attempt,
+                        exit_code=0,
+                        reason="exit",
+                        started_at=now,
+                        finished_at=now,
+                    )
+                    for job in response.jobs
+                ]
+                await channel.unary(
+                    service,
+                    "ReportJobResults",
+                    job_pb2.ReportJobResultsRequest(worker_id=worker_id, results=results),
+                    job_pb2.ReportJobResultsResponse,
+                    timeout=60,
+                )
+            if time.monotonic() - last_beat > 0.5:
+                last_beat = time.monotonic()
+                await channel.unary(
+                    service,
+                    "Heartbeat",
+                    worker_pb2.HeartbeatRequest(worker_id=worker_id, lease_seq=response.lease_seq),
+                    worker_pb2.HeartbeatResponse,
+                    timeout=60,
+                )
+
+
+async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for i in range(count):
+            nursery.start_soon(sim_worker, addr, f"{prefix}-{i}", capacity)
+
+
+async def drive(addr: str, jobs: int, array: int) -> float:
+    from burstd.client import Client, process
+
+    spec = process("/bin/true")
+    async with Client.connect(addr) as client:
+        start = time.perf_counter()
+        ids: list[str] = []
+        for first in range(0, jobs, array):
+            ids += await client.submit_array(spec, range(first, min(jobs, first + array)))
+        async for update in client.wait(all=True):
+            if update.pending == 0:
+                break
+        return time.perf_counter() - start
+
+
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("controller did not listen")
+
+
+def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="burst-cap-") as tmp:
+        port = free_port()
+        addr = f"127.0.0.1:{port}"
+        config = Path(tmp, "c.toml")
+        config.write_text(
+            f'[controller]\nstore = "{args.store}"\nstate_dir = "{tmp}/state"\n'
+            "submission_buffer_capacity = 100000000\n"
+        )
+        ctl = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.burstd",
+                "controller",
+                "--config",
+                str(config),
+                "--listen",
+                addr,
+            ],
+            cwd=REPO,
+            env=burst_env(),
+        )
+        sims: list[subprocess.Popen[bytes]] = []
+        try:
+            wait_listening(port)
+            procs = min(args.procs, workers)
+            for p in range(procs):
+                share = workers // procs + (1 if p < workers % procs else 0)
+                sims.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(Path(__file__).resolve()),
+                            "--sim",
+                            addr,
+                            f"sim{p}",
+                            str(share),
+                            str(args.capacity),
+                        ],
+                        cwd=REPO,
+                        env=burst_env(),
+                    )
+                )
+            time.sleep(1.0 + workers / 200)  # let them register
+            cpu0 = cpu_seconds(ctl.pid)
+            elapsed = trio.run(drive, addr, args.jobs, args.array)
+            cpu = cpu_seconds(ctl.pid) - cpu0
+        finally:
+            for proc in [*sims, ctl]:
+                proc.terminate()
+            for proc in [*sims, ctl]:
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        rate = args.jobs / elapsed
+        per_job_us = cpu / args.jobs * 1e6
+        print(
+            f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job"
+            f" ({load()})",
+            flush=True,
+        )
+        return rate, per_job_us
+
+
+def main() -> dict[int, tuple[float, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", default="1,10,100,1000")
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--array", type=int, default=5_000)
+    parser.add_argument("--capacity", type=int, default=64, help="jobs each worker holds")
+    parser.add_argument("--procs", type=int, default=2, help="processes of simulated workers")
+    parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
+    parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sim:
+        addr, prefix, count, capacity = args.sim
+        with contextlib.suppress(KeyboardInterrupt):
+            trio.run(sim_main, addr, prefix, int(count), int(capacity))
+        return {}
+    print(
+        f"controller capacity: {args.jobs} jobs per point, store {args.store}, capacity "
+        f"{args.capacity} per worker, {args.procs} simulator processes; {machine()}"
+    )
+    return {int(w): point(int(w), args) for w in args.workers.split(",")}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""End to end: N ``/bin/true`` array jobs through ``burstd up --workers 2`` against the peers.
+
+Each round runs, one after the other on the same machine:
+
+- burst: ``burstd up --workers 2`` (controller with its durable store, 2 workers, output files
+  captured per job), then one client submits an array of N jobs and waits for all of them; timed
+  from the submission to the last job's end, cluster start-up not counted;
+- ``xargs -P 2`` running ``/bin/true`` N times (no output capture): the spawn limit;
+- HyperQueue (``peer_hq.py``, 2 cores, output files per task) and Dask (``peer_dask.py``, 2
+  workers x 2 threads), each from its own cached venv; skipped with the reason if not installable.
+
+Usage::
+
+    python bench/e2e.py [--jobs 10000] [--rounds 3] [--peers hyperqueue,dask] [--slots N]
+
+Prints each run and the median jobs/s per system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    PEER_SCRIPTS,
+    REPO,
+    burst_env,
+    free_port,
+    load,
+    machine,
+    median,
+    peer_python,
+    rate_of,
+)
+
+
+def client_main(jobs: int) -> None:
+    """Inside ``burstd up -- ...``: submit the array, wait for it, print the figure."""
+    import os
+
+    from burstd.client import BlockingClient, process
+
+    with BlockingClient(os.environ["BURST_CONTROLLER"]) as burst:
+        start = time.perf_counter()
+        ids = burst.submit_array(process("/bin/true"), range(jobs))
+        for update in burst.wait(ids):
+            if update.pending == 0:
+                break
+        elapsed = time.perf_counter() - start
+        failed = sum(1 for j in burst.list_jobs("failed"))
+    print(f"burst {jobs} jobs {elapsed:.2f} s {jobs / elapsed:.0f} jobs/s failed={failed}")
+
+
+def run_burst(jobs: int, slots: int | None) -> float | None:
+    with tempfile.TemporaryDirectory(prefix="burst-e2e-") as tmp:
+        cmd = [sys.executable, "-m", "cli.burstd", "up", "--workers", "2"]
+        cmd += ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", f"{tmp}/state"]
+        cmd += ["--output-dir", f"{tmp}/out"]
+        if slots:
+            cmd += ["--slots", str(slots)]
+        cmd += ["--", sys.executable, str(Path(__file__).resolve()), "--client", str(jobs)]
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=burst_env(), capture_output=True, text=True, timeout=1800
+        )
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("burst ")), "")
+        if not line:
+            print(f"  burst: failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+            return None
+        outputs = sum(1 for _ in Path(tmp, "out").rglob("*.stdout"))
+        print(f"  {line} outputs={outputs}")
+        return rate_of(line)
+
+
+def run_xargs(jobs: int) -> float:
+    seq = "\n".join("x" for _ in range(jobs)) + "\n"
+    start = time.perf_counter()
+    subprocess.run(["xargs", "-P", "2", "-n", "1", "/bin/true"], input=seq, text=True, check=True)
+    elapsed = time.perf_counter() - start
+    print(f"  xargs -P 2 {jobs} jobs {elapsed:.2f} s {jobs / elapsed:.0f} jobs/s")
+    return jobs / elapsed
+
+
+def run_peer(name: str, jobs: int) -> float | None:
+    python, why = peer_python(name)
+    script = PEER_SCRIPTS / ("peer_hq.py" if name == "hyperqueue" else "peer_dask.py")
+    if python is None:
+        print(f"  {name}: skipped: {why}")
+        return None
+    if not script.exists():
+        print(f"  {name}: skipped: {script} not found (set BURST_PEER_SCRIPTS)")
+        return None
+    args = [str(jobs), "2"] if name == "hyperqueue" else [str(jobs), "2", "2"]
+    proc = subprocess.run(
+        [python, str(script), *args], capture_output=True, text=True, timeout=1800
+    )
+    line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode != 0 or rate_of(line) is None:
+        print(f"  {name}: failed (exit {proc.returncode}): {proc.stderr[-1000:]}")
+        return None
+    print(f"  {line}")
+    return rate_of(line)
+
+
+def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", default="hyperqueue,dask")
+    parser.add_argument("--slots", type=int, default=None, help="slots per burst worker")
+    parser.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client is not None:
+        client_main(args.client)
+        return {}
+    peers = [p for p in args.peers.split(",") if p]
+    print(f"end to end: {args.jobs} /bin/true jobs, {args.rounds} rounds; {machine()}")
+    rates: dict[str, list[float]] = {}
+    for round_no in range(1, args.rounds + 1):
+        print(f"round {round_no} ({load()})")
+        for name in ["burst", "xargs -P 2", *peers]:
+            if name == "burst":
+                rate = run_burst(args.jobs, args.slots)
+            elif name == "xargs -P 2":
+                rate = run_xargs(args.jobs)
+            else:
+                rate = run_peer(name, args.jobs)
+            if rate is not None:
+                rates.setdefault(name, []).append(rate)
+    summary = {name: median(values) for name, values in rates.items()}
+    print("median jobs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in summary.items()))
+    best_peer = max((v for k, v in summary.items() if k not in ("burst", "xargs -P 2")), default=0)
+    if "burst" in summary and best_peer:
+        print(f"burst / best peer: {summary['burst'] / best_peer:.2f}")
+    if "burst" in summary and "xargs -P 2" in summary:
+        print(f"burst / xargs -P 2: {summary['burst'] / summary['xargs -P 2']:.2f}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

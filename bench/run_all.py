@@ -1,0 +1,109 @@
+"""Run every benchmark and print a summary table (``tox -e bench`` runs this).
+
+Each benchmark is a script of its own in this folder and prints its figures as it goes; none is a
+pass/fail test. The summary at the end puts the figures next to the targets of the issue.
+
+Usage::
+
+    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,steal]
+
+``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
+full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench._common import machine  # noqa: E402
+
+
+def run(script: str, *args: str) -> str:
+    """Run one benchmark script, echo its output, return it."""
+    print(f"\n$ python bench/{script} {' '.join(args)}", flush=True)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / script), *args], capture_output=True, text=True, timeout=7200
+    )
+    print(proc.stdout, end="", flush=True)
+    if proc.returncode != 0:
+        print(f"  ({script} exited {proc.returncode}) {proc.stderr[-2000:]}", flush=True)
+    return proc.stdout
+
+
+def grab(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    return match.group(1) if match else "n/a"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", default="")
+    parser.add_argument("--peers", default="hyperqueue,dask")
+    args = parser.parse_args()
+    skip = set(args.skip.split(","))
+    q = args.quick
+    rows: list[tuple[str, str, str]] = []
+    print(f"burst benchmarks; {machine()}")
+
+    if "e2e" not in skip:
+        out = run(
+            "e2e.py",
+            "--jobs", "2000" if q else "10000",
+            "--rounds", "1" if q else "3",
+            "--peers", args.peers,
+        )  # fmt: skip
+        medians = grab(r"median jobs/s: (.*)", out)
+        rows.append(("end to end jobs/s (median)", medians, ">= 1.5 x best peer, >= 0.5 x xargs"))
+        rows.append(("  burst / best peer", grab(r"burst / best peer: ([0-9.]+)", out), ">= 1.5"))
+        rows.append(("  burst / xargs -P 2", grab(r"burst / xargs -P 2: ([0-9.]+)", out), ">= 0.5"))
+    if "capacity" not in skip:
+        out = run(
+            "controller_capacity.py",
+            "--workers", "1,10,100" if q else "1,10,100,1000",
+            "--jobs", "5000" if q else "20000",
+        )  # fmt: skip
+        for line in out.splitlines():
+            m = re.match(r"\s+(\d+) workers:\s+(\d+) jobs/s, controller CPU\s+(\d+) us/job", line)
+            if m:
+                rows.append(
+                    (f"controller, {m[1]} workers", f"{m[2]} jobs/s, {m[3]} us CPU/job", ">= 20000")
+                )
+    if "latency" not in skip:
+        out = run("latency.py", "--jobs", "100" if q else "300", "--peers", args.peers)
+        rows.append(
+            (
+                "submit to start p50 / p99",
+                grab(r"submit-to-start (p50 [0-9.]+ ms p99 [0-9.]+ ms)", out),
+                "<= 5 ms / <= 20 ms",
+            )
+        )
+        rows.append(
+            (
+                "submit to finish p50 / p99",
+                grab(r"submit-to-finish (p50 [0-9.]+ ms p99 [0-9.]+ ms)", out),
+                "-",
+            )
+        )
+    if "memory" not in skip:
+        out = run("memory.py", "--jobs", "100000" if q else "1000000")
+        rows.append(("controller memory per queued job", grab(r"(\d+ bytes/job)", out), "<= 1024"))
+    if "steal" not in skip and (HERE / "steal_makespan.py").exists():
+        run("steal_makespan.py")
+
+    width = max(len(r[0]) for r in rows) if rows else 10
+    print(f"\nsummary ({machine()})")
+    print(f"{'benchmark'.ljust(width)}  figure  [target]")
+    for name, figure, target in rows:
+        print(f"{name.ljust(width)}  {figure}  [{target}]")
+
+
+if __name__ == "__main__":
+    main()
