@@ -20,6 +20,7 @@ from burstd.worker.executor import (
     Outcome,
     SpecError,
     build_argv,
+    container_name,
     job_environment,
     output_paths,
     run_job,
@@ -463,7 +464,7 @@ def test_build_argv_docker(config: ExecConfig) -> None:
         "--rm",
         "--init",
         "--name",
-        "burst-job-00000001-2",
+        container_name("job-00000001", 2),
         "--workdir",
         "/data",
         "-e",
@@ -488,7 +489,7 @@ def test_build_argv_docker_minimal_and_invalid(config: ExecConfig) -> None:
     spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="busybox"))
     assert build_argv("j", 1, spec, cfg) == [
         "/usr/bin/podman",
-        *("run", "--rm", "--init", "--name", "burst-j-1"),
+        *("run", "--rm", "--init", "--name", container_name("j", 1)),
         *("-e", "BURST_JOB_ID=j", "-e", "BURST_WORKER_ID=w", "-e", "BURST_ATTEMPT=1"),
         "busybox",
     ]
@@ -519,8 +520,8 @@ async def test_docker_timeout_kills_the_container(
     out = await run_job("j", 1, spec, cfg)
     assert out.reason == "timeout"
     lines = log.read_text().splitlines()
-    assert lines[0].startswith("run --rm --init --name burst-j-1 ")
-    assert lines[1] == "kill burst-j-1"
+    assert lines[0].startswith(f"run --rm --init --name {container_name('j', 1)} ")
+    assert lines[1] == f"kill {container_name('j', 1)}"
 
 
 async def test_docker_cancel_kills_the_container(
@@ -541,7 +542,7 @@ async def test_docker_cancel_kills_the_container(
             nursery.start_soon(cancel_when_running)
             await run_job("j", 1, spec, cfg)
     assert scope.cancelled_caught
-    assert log.read_text().splitlines()[1] == "kill burst-j-1"
+    assert log.read_text().splitlines()[1] == f"kill {container_name('j', 1)}"
 
 
 # -- logging --------------------------------------------------------------------------------------

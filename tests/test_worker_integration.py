@@ -351,11 +351,12 @@ def require_docker() -> str:
 
 
 def docker_names(cli: str) -> list[str]:
+    """Running containers' names, without the per-worker-process token at their end."""
     done = subprocess.run(
         [cli, "ps", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout.split()
+    return [name.rpartition("-")[0] for name in done.stdout.split()]
 
 
 @pytest.fixture
@@ -389,7 +390,14 @@ def test_docker_jobs_run_and_cancel_in_real_containers(cluster: Cluster, docker_
         assert info["state"] == "cancelled"
     finally:
         for name in names:
-            subprocess.run([docker_cli, "rm", "-f", name], capture_output=True, timeout=60)
+            found = subprocess.run(
+                [docker_cli, "ps", "-aq", "--filter", f"name=^{name}-"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for container in found.stdout.split():
+                subprocess.run([docker_cli, "rm", "-f", container], capture_output=True, timeout=60)
 
 
 # -- 7. drain on SIGTERM ------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import fcntl
 import math
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -111,10 +112,18 @@ def _check_text(field: str, value: str) -> None:
         raise SpecError(f"{field} contains a NUL character")
 
 
+# Job ids are unique per controller, not per Docker engine: two clusters (or a controller with a
+# fresh state directory) sharing an engine would otherwise collide on container names.
+_NAME_TOKEN = secrets.token_hex(3)
+
+
 def container_name(job_id: str, attempt: int) -> str:
-    """Docker container of one attempt of a job, e.g. ``burst-job-00000001-1``."""
+    """Docker container of one attempt of a job, e.g. ``burst-job-00000001-1-5f2a9c``.
+
+    The last part is random per worker process, so names never collide across clusters.
+    """
     _check_job_id(job_id)
-    return f"burst-{job_id}-{attempt}"
+    return f"burst-{job_id}-{attempt}-{_NAME_TOKEN}"
 
 
 def burst_vars(
