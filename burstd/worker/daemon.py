@@ -3,7 +3,8 @@
 Shape (after hypercorn's nested nurseries, the outer one holding what must outlive the inner)::
 
     run_worker
-    ├── outer nursery: session (register, re-register), reporter, heartbeat, notice poll
+    ├── outer nursery: session (register, re-register), reporter, heartbeat, notice poll,
+    │                  StealJobs server (with a peer address), steal client (see worker/steal.py)
     └── inner nursery: lease loop, one runner per slot (each job in its own cancel scope)
 
 A job's cancel scope is the unit of its lifetime: a user cancel, a dropped lease or a shutdown
@@ -15,9 +16,11 @@ acknowledged (bounded by ``flush_timeout``), because a result is never dropped o
 
 from __future__ import annotations
 
+import secrets
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +29,10 @@ import trio
 from loguru import logger
 
 from burstd import transport
-from burstd.config import WorkerConfig, parse_hostport
+from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.queue import LocalJob, LocalQueue, LocalState
+from burstd.worker.steal import PeerServer, StealClient, advertise_addr
 from proto.burst.v1 import job_pb2, worker_pb2
 
 SERVICE = "burst.v1.ControllerRpc"
@@ -90,6 +94,14 @@ class WorkerState:
     changed: trio.Event = field(default_factory=trio.Event)
     running: dict[str, _Running] = field(default_factory=dict)
     draining: bool = False
+    # This process among all lives of this worker id: steals to an earlier one are refused.
+    instance: int = field(default_factory=lambda: secrets.randbits(63) | 1)
+    # When the lease loop's current request for work was sent (trio time); None: none waits.
+    poll_since: float | None = None
+    # Stealing: every steal round up to steal_done has ended; peers as the controller listed them.
+    steals: bool = False
+    steal_done: int = 0
+    peers: list[worker_pb2.PeerInfo] | None = None
 
     def notify(self) -> None:
         """Something changed (job arrived, finished, acknowledged): waiting tasks look again."""
@@ -168,6 +180,7 @@ class ControllerLink:
             held=local.held(),
             hostname=socket.gethostname(),
             lease_seq=local.lease_seq,
+            instance=self.state.instance,
         )
         response = await channel.unary(
             SERVICE,
@@ -180,6 +193,7 @@ class ControllerLink:
             self.heartbeat_interval = response.heartbeat_interval_ms / 1000
         for held in response.drop:
             self._drop(held)
+        self.state.peers = list(response.peers)
         self.log.info("registered with controller {}:{}", self.host, self.port)
 
     def _drop(self, held: worker_pb2.HeldJob) -> None:
@@ -217,11 +231,25 @@ class Worker:
     """One worker daemon; ``run()`` until cancelled, ``drain()`` for a graceful stop."""
 
     def __init__(
-        self, config: WorkerConfig, *, peer_addr: str = "", drain_grace: float = 30.0
+        self,
+        config: WorkerConfig,
+        *,
+        peer_addr: str = "",
+        drain_grace: float = 30.0,
+        steal: bool = True,
+        static_peers: Mapping[str, str] | None = None,
     ) -> None:
+        """``steal``: take queued jobs from busier peers when idle. Peers can take this worker's
+        queued jobs when ``config.peer_listen_addr`` is set. ``static_peers`` (worker id to
+        address, from the configuration file) are tried until the controller lists peers."""
         capacity = max(config.local_queue_capacity, config.slots)
-        self.state = WorkerState(config, LocalQueue(capacity))
+        self.state = WorkerState(config, LocalQueue(capacity), steals=steal)
         self.link = ControllerLink(self.state, peer_addr)
+        self.stealer = (
+            StealClient(self.state, static_peers or {}, hand_back=self._hand_back)
+            if steal
+            else None
+        )
         self.exec_config = ExecConfig(
             worker_id=config.worker_id,
             output_dir=Path(config.output_dir).resolve(),
@@ -240,7 +268,11 @@ class Worker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as outer:
+            if self.state.config.peer_listen_addr:
+                await self._serve_peers(outer)
             outer.start_soon(self.link.run)
+            if self.stealer is not None:
+                outer.start_soon(self.stealer.run)
             outer.start_soon(self._heartbeat)
             outer.start_soon(self._reporter)
             outer.start_soon(self._notice_poll)
@@ -282,6 +314,19 @@ class Worker:
                 )
             outer.cancel_scope.cancel()
 
+    async def _serve_peers(self, nursery: trio.Nursery) -> None:
+        """Serve StealJobs; registration then advertises the bound address to the controller."""
+        config = self.state.config
+        host, port = parse_hostport(config.peer_listen_addr or "")
+        server = PeerServer(self.state, self.link, self._hand_back)
+        bound = await nursery.start(transport.serve, host, port, [server.rpc_service()])
+        self.link.peer_addr = advertise_addr(config, bound)
+        self.log.info(
+            "serving steals on {} (peers dial {})",
+            format_hostport(host, bound),
+            self.link.peer_addr,
+        )
+
     def _hand_back(self) -> None:
         """Report every job still waiting for a slot as handed back (the controller re-queues)."""
         returned = self.state.local.return_unstarted()
@@ -307,6 +352,9 @@ class Worker:
                 wait_ms=LONG_POLL_MS,
                 batch=True,
             )
+            # While it waits, the controller had nothing for this worker: the steal client
+            # reads this to know when the worker is idle.
+            self.state.poll_since = trio.current_time()
             try:
                 response = await self.link.call(
                     "PollJob",
@@ -317,6 +365,8 @@ class Worker:
             except transport.RpcError:
                 await trio.sleep(0.05)
                 continue
+            finally:
+                self.state.poll_since = None
             if local.add(response.jobs, response.lease_seq):
                 if self.state.draining:
                     self._hand_back()  # a long poll that answered after the drain began
@@ -394,8 +444,14 @@ class Worker:
         local = self.state.local
         while True:
             await trio.sleep(self.link.heartbeat_interval)
+            # Built in one step with no checkpoint: `held` and `steal_round_done` agree (a job
+            # stolen in a round that ended is listed, or was never received).
             request = worker_pb2.HeartbeatRequest(
-                worker_id=self.state.config.worker_id, held=local.held(), lease_seq=local.lease_seq
+                worker_id=self.state.config.worker_id,
+                held=local.held(),
+                lease_seq=local.lease_seq,
+                steal_round_done=self.state.steal_done,
+                want_peers=self.state.steals,
             )
             try:
                 response = await self.link.call("Heartbeat", request, worker_pb2.HeartbeatResponse)
@@ -404,6 +460,8 @@ class Worker:
             if response.reregister:
                 self.link.broken()
                 continue
+            if self.state.steals:
+                self.state.peers = list(response.peers)
             self.link.apply_notices(response.cancel, response.drop)
 
     async def _notice_poll(self) -> None:

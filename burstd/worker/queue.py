@@ -9,13 +9,16 @@ Rules:
    ask for), so the controller's count and the worker's agree.
 3. Every job that ends gets exactly one result, kept until acknowledged; a dropped job gets none.
 4. A job is QUEUED (waiting for a slot), RUNNING, or DONE (result not acknowledged yet).
+5. A queued job offered to a thief (``offer``) is *leaving*: still held (heartbeats list it), never
+   started, until the controller's answer says whether it moved (``handed_over``): a moved job is
+   forgotten, the others wait for a slot again.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -37,6 +40,8 @@ class LocalJob:
     # Set when the controller cancelled the job: it is stopped and reported as cancelled.
     cancelled: bool = False
     stolen_from: str = ""
+    # Offered to a thief; the controller has not answered yet: not startable.
+    leaving: bool = False
 
 
 class LocalQueue:
@@ -81,6 +86,55 @@ class LocalQueue:
     def waiting(self) -> int:
         """Jobs waiting for a slot (an upper bound: dropped or taken ones leave lazily)."""
         return len(self._queued)
+
+    def queued_count(self) -> int:
+        """Jobs waiting for a slot that could be handed to a thief (not cancelled, not leaving)."""
+        return sum(1 for job in self._queued if self._stealable(job))
+
+    def _stealable(self, job: LocalJob) -> bool:
+        return (
+            self.jobs.get(job.job_id) is job
+            and job.state is LocalState.QUEUED
+            and not job.cancelled
+            and not job.leaving
+        )
+
+    def offer(self, count: int) -> list[LocalJob]:
+        """Up to ``count`` jobs from the tail of the queue (the last a slot would start), now
+        leaving: held but not startable until ``handed_over``. Oldest first."""
+        if count <= 0:
+            return []
+        offered: list[LocalJob] = []
+        for job in reversed(self._queued):
+            if len(offered) == count:
+                break
+            if self._stealable(job):
+                offered.append(job)
+        if offered:
+            leaving = {id(job) for job in offered}
+            for job in offered:
+                job.leaving = True
+            self._queued = deque(job for job in self._queued if id(job) not in leaving)
+        offered.reverse()
+        return offered
+
+    def handed_over(self, offered: Iterable[LocalJob], moved: Container[str]) -> list[LocalJob]:
+        """The controller answered a transfer of ``offered``: the ``moved`` ones are no longer
+        this worker's and are forgotten (returned); the others wait for a slot again."""
+        gone: list[LocalJob] = []
+        back: list[LocalJob] = []
+        for job in offered:
+            if self.jobs.get(job.job_id) is not job or not job.leaving:
+                continue  # dropped meanwhile
+            job.leaving = False
+            if job.job_id in moved:
+                del self.jobs[job.job_id]
+                self._done.pop(job.job_id, None)
+                gone.append(job)
+            elif job.state is LocalState.QUEUED:
+                back.append(job)
+        self._queued.extend(back)
+        return gone
 
     def has_queued(self) -> bool:
         return any(job.state is LocalState.QUEUED for job in self._queued)

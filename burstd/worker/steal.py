@@ -1,0 +1,412 @@
+"""Work stealing between workers: the StealJobs server (victim side) and the steal client (thief).
+
+Promises (with the job table's ``transfer``; see also burstd/policies/steal.py for the policy):
+
+1. The controller always knows who holds a job. A victim hands jobs over only after the
+   controller moved their leases to the thief (TransferJobs) under new attempt numbers; if that
+   call fails or is refused, the victim keeps the jobs and they wait for a slot again.
+2. No job is lost with a message. Every steal is numbered (a *round*, growing by one per request
+   of this worker process, which is itself named by a random ``instance``); when a StealJobs call
+   ends, however it ends, the thief's heartbeats say so, and the controller takes back the
+   stolen leases of ended rounds that the thief does not list (the reply was lost).
+3. A dead or slow peer costs only the steal client's time: every peer call has a connect and a
+   call timeout, a peer that fails is left alone for a growing while (up to PEER_BACKOFF_MAX),
+   and connections are kept open per peer (re-opened by the transport after a failure). Running
+   jobs, reports and heartbeats never wait for a peer.
+4. A victim answers a thief even if the thief has hung up: the controller's answer to TransferJobs
+   is always awaited (bounded by TRANSFER_TIMEOUT), so the victim never runs or forgets a job on
+   a guess.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import trio
+from loguru import logger
+
+from burstd import transport
+from burstd.config import Config, WorkerConfig, format_hostport, parse_hostport
+from burstd.policies.steal import (
+    MAX_STEAL,
+    PeerLoad,
+    choose_victim,
+    should_steal,
+    steal_amount,
+    victim_offer,
+)
+from burstd.worker.queue import LocalState
+from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
+
+PEER_SERVICE = "burst.v1.WorkerPeerRpc"
+CONNECT_TIMEOUT = 1.0
+# A thief waits this long for a StealJobs reply: the victim's TransferJobs call plus slack.
+STEAL_TIMEOUT = 4.0
+TRANSFER_TIMEOUT = 3.0
+# A request for work that has waited this long at the controller found nothing: the worker is
+# idle. Long enough for the controller to answer a poll that has work, short next to any job.
+POLL_SETTLE = 0.02
+PEER_BACKOFF_MIN = 0.5
+PEER_BACKOFF_MAX = 10.0
+
+__all__ = ["PeerServer", "StealClient", "advertise_addr", "static_peers"]
+
+
+class _State(Protocol):
+    """What the steal pieces read from the worker daemon's WorkerState."""
+
+    config: WorkerConfig
+    instance: int
+    poll_since: float | None
+    steal_done: int
+    draining: bool
+    peers: list[worker_pb2.PeerInfo] | None
+
+    @property
+    def local(self) -> Any: ...
+
+    @property
+    def running(self) -> Mapping[str, object]: ...
+
+    def notify(self) -> None: ...
+
+    @property
+    def changed(self) -> trio.Event: ...
+
+
+class _Link(Protocol):
+    async def call(
+        self, method: str, request: Any, response_type: Any, timeout: float = ...
+    ) -> Any: ...
+
+
+def static_peers(config: Config, worker_id: str) -> dict[str, str]:
+    """Peer addresses from the ``[[workers]]`` entries of the file, as the prototype used them:
+    every other worker with a ``peer_advertise_addr`` (preferred) or ``peer_listen_addr``."""
+    peers = {}
+    for entry in config.workers:
+        addr = entry.peer_advertise_addr or entry.peer_listen_addr
+        if entry.worker_id and entry.worker_id != worker_id and addr:
+            peers[entry.worker_id] = addr
+    return peers
+
+
+def advertise_addr(config: WorkerConfig, bound_port: int) -> str:
+    """The address peers dial: ``peer_advertise_addr``, else the listen address with the bound
+    port (port 0 asks the OS for one) and, for a wildcard host, this host's name."""
+    if config.peer_advertise_addr:
+        return config.peer_advertise_addr
+    host, _ = parse_hostport(config.peer_listen_addr or "")
+    if host in ("", "0.0.0.0", "::", "*"):
+        host = socket.gethostname()
+    return format_hostport(host, bound_port)
+
+
+def _load(state: _State) -> worker_pb2.PeerInfo:
+    """This worker's own load, as a victim reports it to a thief."""
+    local = state.local
+    running = len(state.running)
+    done = sum(1 for job in local.jobs.values() if job.state is LocalState.DONE)
+    return worker_pb2.PeerInfo(
+        worker_id=state.config.worker_id,
+        slots=state.config.slots,
+        capacity=local.capacity,
+        leased=len(local.jobs) - done,
+        running=running,
+    )
+
+
+class PeerServer:
+    """Serves burst.v1.WorkerPeerRpc: hands queued jobs to thieves through the controller."""
+
+    def __init__(self, state: _State, link: _Link, hand_back: Any) -> None:
+        self.state = state
+        self.link = link
+        self.hand_back = hand_back  # called when jobs come back during a drain
+        self.log = logger.bind(worker_id=state.config.worker_id)
+
+    def rpc_service(self) -> transport.Service:
+        service = transport.Service(PEER_SERVICE)
+        service.unary("StealJobs", peer_pb2.StealJobsRequest, self.steal_jobs)
+        return service
+
+    async def steal_jobs(
+        self, request: peer_pb2.StealJobsRequest, metadata: Mapping[str, str]
+    ) -> peer_pb2.StealJobsResponse:
+        """Give a thief up to ``max_jobs`` queued jobs (at most the fair share of the spare ones).
+
+        Nothing is given to this worker itself, while draining, or to a thief that does not name
+        its instance and steal round (the prototype's thieves): without them the controller
+        could not tell a lost reply from one still on its way.
+        """
+        state, local = self.state, self.state.local
+        thief = request.thief_worker_id
+        if not thief.strip():
+            raise transport.InvalidArgument("thief_worker_id: cannot be empty")
+        if (
+            thief == state.config.worker_id
+            or state.draining
+            or not request.thief_instance
+            or not request.steal_round
+        ):
+            return peer_pb2.StealJobsResponse(victim=_load(state))
+        count = victim_offer(
+            queued=local.queued_count(),
+            free_slots=state.config.slots - len(state.running),
+            requested=min(request.max_jobs, MAX_STEAL),
+        )
+        offered = local.offer(count)
+        if not offered:
+            return peer_pb2.StealJobsResponse(victim=_load(state))
+        moved: dict[str, int] = {}
+        transfer = peer_pb2.TransferJobsRequest(
+            victim_id=state.config.worker_id,
+            thief_id=thief,
+            jobs=[worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in offered],
+            thief_instance=request.thief_instance,
+            steal_round=request.steal_round,
+        )
+        # Shielded: if the thief hangs up, the controller's answer still decides what this
+        # worker holds (a job it moved must not be started here under the old attempt).
+        with trio.CancelScope(shield=True), trio.move_on_after(TRANSFER_TIMEOUT):
+            try:
+                reply = await self.link.call(
+                    "TransferJobs",
+                    transfer,
+                    peer_pb2.TransferJobsResponse,
+                    timeout=TRANSFER_TIMEOUT,
+                )
+                moved = {h.job_id: h.attempt for h in reply.moved}
+                if reply.refused:
+                    self.log.debug("steal by {} refused: {}", thief, reply.refused)
+            except transport.RpcError as error:
+                # The jobs stay here. Had the controller moved them after all, its next
+                # heartbeat reply drops them here, and the thief's heartbeats requeue them.
+                self.log.debug("transfer to {} failed ({}): jobs kept", thief, error)
+        gone = local.handed_over(offered, moved)
+        if state.draining and len(gone) < len(offered):
+            self.hand_back()
+        state.notify()
+        if gone:
+            self.log.debug("gave {} jobs to {} (round {})", len(gone), thief, request.steal_round)
+        return peer_pb2.StealJobsResponse(
+            jobs=[
+                job_pb2.AssignedJob(job_id=j.job_id, spec=j.spec, attempt=moved[j.job_id])
+                for j in gone
+            ],
+            victim=_load(state),
+        )
+
+
+class _Peer:
+    """What the thief knows about one peer: where it listens, its load, how it has behaved."""
+
+    __slots__ = ("addr", "channel", "load", "retry_at", "scope", "wait")
+
+    def __init__(self, addr: str) -> None:
+        self.addr = addr
+        self.load: PeerLoad | None = None
+        self.channel: transport.Channel | None = None
+        self.scope: trio.CancelScope | None = None  # closes the channel
+        self.retry_at = 0.0
+        self.wait = 0.0
+
+
+class StealClient:
+    """The thief: while this worker is idle, takes queued jobs from the most loaded peer.
+
+    Peers come from the controller (registration and heartbeat replies: addresses and loads)
+    and from static configuration (addresses only; tried, at random, only while the controller
+    has not listed any peer). Runs as its own task; ``run()`` until cancelled.
+    """
+
+    def __init__(
+        self,
+        state: _State,
+        static: Mapping[str, str] = {},
+        hand_back: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = state
+        self.hand_back = hand_back
+        self.rng = rng or random.Random()
+        self.peers: dict[str, _Peer] = {w: _Peer(a) for w, a in static.items()}
+        self.static = set(static)
+        self.listed = False  # the controller has listed peers at least once
+        self._seen: list[worker_pb2.PeerInfo] | None = None
+        self.round = 0
+        self.interval = max(state.config.steal_interval_ms, 10) / 1000
+        self.log = logger.bind(worker_id=state.config.worker_id)
+        self._nursery: trio.Nursery | None = None
+
+    # -- what the thief knows --
+
+    def update(self, infos: Iterable[worker_pb2.PeerInfo]) -> None:
+        """The controller's list: it replaces every load (peers it left out have none)."""
+        self.listed = True
+        for known in self.peers.values():
+            known.load = None
+        for info in infos:
+            if info.worker_id == self.state.config.worker_id:
+                continue
+            peer = self.peers.get(info.worker_id)
+            if peer is None:
+                peer = self.peers[info.worker_id] = _Peer(info.peer_addr)
+            elif info.peer_addr and info.peer_addr != peer.addr:
+                self._close(peer)
+                peer.addr = info.peer_addr
+            peer.load = _peer_load(info)
+
+    def _refresh(self) -> None:
+        peers = self.state.peers
+        if peers is not None and peers is not self._seen:
+            self._seen = peers
+            self.update(peers)
+
+    def _unavailable(self, now: float) -> set[str]:
+        return {w for w, p in self.peers.items() if p.retry_at > now or not p.addr}
+
+    # -- the loop --
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._loop()
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _loop(self) -> None:
+        state = self.state
+        while not state.draining:
+            self._refresh()
+            free = state.config.slots - len(state.running)
+            queued = state.local.queued_count()
+            room = state.local.room()
+            since = state.poll_since
+            waited = None if since is None else trio.current_time() - since
+            if should_steal(
+                free_slots=free,
+                queued=queued,
+                room=room,
+                poll_waiting_s=waited,
+                settle_s=POLL_SETTLE,
+            ):
+                if not await self._steal_once(room):
+                    await trio.sleep(self.interval)
+            elif free > 0 and queued == 0 and room > 0:
+                # Idle soon, unless the controller answers the poll with work.
+                with trio.move_on_after(POLL_SETTLE):
+                    await state.changed.wait()
+            else:
+                await state.changed.wait()
+
+    async def _steal_once(self, room: int) -> bool:
+        """One steal from the best victim; True if jobs came."""
+        now = time.monotonic()
+        victim = choose_victim(
+            (p.load for p in self.peers.values() if p.load is not None),
+            self.state.config.worker_id,
+            self.rng,
+            unavailable=self._unavailable(now),
+        )
+        batch = self.state.config.steal_batch_size
+        if victim is not None:
+            victim_id, amount = victim.worker_id, steal_amount(victim.spare, room, batch)
+        elif not self.listed:
+            # No word from the controller yet: the configured peers, loads unknown.
+            candidates = sorted(self.static - self._unavailable(now))
+            if not candidates:
+                return False
+            victim_id = self.rng.choice(candidates)
+            amount = steal_amount(2 * room, room, batch)
+        else:
+            return False
+        peer = self.peers[victim_id]
+        try:
+            channel = await self._channel(peer)
+        except transport.RpcError as error:
+            self._failed(victim_id, peer, error)
+            return False
+        self.round += 1
+        request = peer_pb2.StealJobsRequest(
+            thief_worker_id=self.state.config.worker_id,
+            max_jobs=amount,
+            thief_instance=self.state.instance,
+            steal_round=self.round,
+        )
+        try:
+            reply = await channel.unary(
+                PEER_SERVICE,
+                "StealJobs",
+                request,
+                peer_pb2.StealJobsResponse,
+                timeout=STEAL_TIMEOUT,
+            )
+        except transport.RpcError as error:
+            self._failed(victim_id, peer, error)
+            return False
+        finally:
+            # The round has ended, whatever happened: heartbeats from now on say so (set in the
+            # same step as the jobs are taken below, so no heartbeat sees one without the other).
+            self.state.steal_done = self.round
+        peer.wait = 0.0
+        if reply.HasField("victim"):
+            peer.load = _peer_load(reply.victim)
+        got = self.state.local.add(reply.jobs, 0)
+        if not got:
+            return False
+        for assigned in reply.jobs:
+            job = self.state.local.lookup(assigned.job_id, assigned.attempt)
+            if job is not None:
+                job.stolen_from = victim_id
+        self.log.debug("stole {} jobs from {} (round {})", got, victim_id, self.round)
+        if self.state.draining and self.hand_back is not None:
+            self.hand_back()  # a reply that came after the drain began
+        self.state.notify()
+        return True
+
+    def _failed(self, worker_id: str, peer: _Peer, error: Exception) -> None:
+        peer.wait = min(max(peer.wait * 2, PEER_BACKOFF_MIN), PEER_BACKOFF_MAX)
+        peer.retry_at = time.monotonic() + peer.wait
+        self.log.debug(
+            "steal from {} failed ({}); not before {:.1f} s", worker_id, error, peer.wait
+        )
+
+    # -- connections --
+
+    async def _channel(self, peer: _Peer) -> transport.Channel:
+        if peer.channel is not None:
+            return peer.channel
+        assert self._nursery is not None
+        channel, scope = await self._nursery.start(_hold_channel, peer.addr)
+        peer.channel, peer.scope = channel, scope
+        return channel  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _close(peer: _Peer) -> None:
+        if peer.scope is not None:
+            peer.scope.cancel()
+        peer.channel = peer.scope = None
+
+
+async def _hold_channel(
+    addr: str, task_status: trio.TaskStatus[tuple[transport.Channel, trio.CancelScope]]
+) -> None:
+    """Keep one connection to a peer open until its scope is cancelled (the transport re-opens
+    the connection by itself after a failure)."""
+    host, port = parse_hostport(addr)
+    with trio.CancelScope() as scope:
+        async with transport.Channel(
+            host, port, connect_timeout=CONNECT_TIMEOUT, peer=f"peer at {addr}"
+        ) as channel:
+            task_status.started((channel, scope))
+            await trio.sleep_forever()
+
+
+def _peer_load(info: worker_pb2.PeerInfo) -> PeerLoad:
+    return PeerLoad(info.worker_id, info.slots, info.leased, info.running, info.capacity)
