@@ -105,6 +105,9 @@ def worker(
     queue_capacity: int | None = None,
     output_dir: Path | None = None,
     peer_listen: str | None = None,
+    peer_advertise: str | None = None,
+    steal_interval_ms: int | None = None,
+    no_steal: bool = False,
 ) -> None:
     """Run a worker: leases jobs from the controller and runs them.
 
@@ -123,9 +126,17 @@ def worker(
     output_dir
         Folder for <job_id>.stdout and <job_id>.stderr of jobs that name none.
     peer_listen
-        HOST:PORT to serve StealJobs to other workers on.
+        HOST:PORT to serve StealJobs to other workers on (port 0: any free port); without it,
+        no other worker takes jobs from this one.
+    peer_advertise
+        HOST:PORT other workers dial (default: the listen address with the bound port).
+    steal_interval_ms
+        Pause of an idle worker between steal attempts that found nothing (default 150).
+    no_steal
+        Never take jobs from other workers.
     """
     from burstd.worker import daemon
+    from burstd.worker.steal import static_peers
 
     loaded = _load(config)
     try:
@@ -136,12 +147,21 @@ def worker(
             local_queue_capacity=queue_capacity,
             output_dir=output_dir,
             peer_listen_addr=peer_listen,
+            peer_advertise_addr=peer_advertise,
+            steal_interval_ms=steal_interval_ms,
         )
     except ConfigError as error:
         _fail(str(error))
         raise
     logs.setup_logging(component="worker")
-    trio.run(daemon.run_until_signalled, daemon.Worker(settings))
+    peers = static_peers(loaded, settings.worker_id)
+    try:
+        trio.run(
+            daemon.run_until_signalled,
+            daemon.Worker(settings, steal=not no_steal, static_peers=peers),
+        )
+    except* OSError as group:  # the peer address is taken or cannot be bound
+        _fail(_first_leaf(group))
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> str:
