@@ -41,6 +41,7 @@ from burstd.controller.table import (
 from burstd.policies import steal
 from burstd.policies.routers import Router, make_router
 from burstd.policies.steal import PeerLoad
+from burstd.worker.queue import LocalQueue
 from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
@@ -277,6 +278,47 @@ def test_a_draining_worker_gets_nothing_by_steal_or_routing() -> None:
     assert on_w3
     with pytest.raises(TransferRefused, match="shutting down"):
         table.transfer("w3", "w2", held(on_w3), thief_instance=7, steal_round=9, now=1.0)
+
+
+# -- the victim's local queue -----------------------------------------------------------------
+
+
+def local_queue(n: int) -> LocalQueue:
+    queue = LocalQueue(capacity=10)
+    spec = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+    queue.add([job_pb2.AssignedJob(job_id=f"j{i}", attempt=1, spec=spec) for i in range(n)], 1)
+    return queue
+
+
+def test_offer_takes_the_tail_and_keeps_it_held_but_unstartable() -> None:
+    queue = local_queue(4)
+    offered = queue.offer(2)
+    assert [j.job_id for j in offered] == ["j2", "j3"]
+    assert queue.queued_count() == 2
+    assert {h.job_id for h in queue.held()} == {"j0", "j1", "j2", "j3"}  # heartbeats list them
+    started = [queue.next_queued(), queue.next_queued(), queue.next_queued()]
+    assert [j.job_id if j else None for j in started] == ["j0", "j1", None]
+
+
+def test_handed_over_forgets_what_moved_and_requeues_the_rest() -> None:
+    queue = local_queue(4)
+    offered = queue.offer(3)
+    gone = queue.handed_over(offered, {"j2"})
+    assert [j.job_id for j in gone] == ["j2"]
+    assert "j2" not in queue.jobs and queue.room() == 7
+    order = [queue.next_queued() for _ in range(4)]
+    assert [j.job_id if j else None for j in order] == ["j0", "j1", "j3", None]
+
+
+def test_offer_skips_cancelled_and_dropped_jobs_and_a_drop_wins_over_a_put_back() -> None:
+    queue = local_queue(3)
+    queue.jobs["j2"].cancelled = True
+    offered = queue.offer(5)
+    assert [j.job_id for j in offered] == ["j0", "j1"]
+    assert queue.drop("j1", 1) is not None  # the controller dropped it meanwhile
+    assert queue.handed_over(offered, set()) == []
+    assert "j1" not in queue.jobs and queue.queued_count() == 1
+    assert queue.offer(0) == []
 
 
 # -- the controller's RPC handlers -------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""Work stealing end to end, with real `burstd` and `burst` processes (the prototype's experiment,
+seed-semantics section 8.2).
+
+Worker 1 alone is registered when one long job and three short ones are submitted, so it holds
+all four (one slot, the prototype's local queue of 64); workers 2 and 3 start late and find the
+controller's queue empty. They must steal: at least one short job runs elsewhere, and
+`burst status --json` names the worker that ran it and says it was stolen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from tests.cluster import Cluster
+
+T = TypeVar("T")
+LONG = 6.0
+SHORT = 0.2
+
+
+def poll(condition: Callable[[], T], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+    return value
+
+
+def statuses(cluster: Cluster, ids: list[str]) -> list[dict[str, Any]]:
+    out = cluster.burst("status", "--json", *ids).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def workers(cluster: Cluster) -> dict[str, dict[str, Any]]:
+    out = cluster.burst("workers", "--json", check=False).stdout
+    return {w["worker_id"]: w for w in map(json.loads, filter(str.strip, out.splitlines()))}
+
+
+def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cluster) -> None:
+    cluster.controller()  # roundrobin
+    peer = ("--peer-listen", "127.0.0.1:0")
+    cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
+    poll(lambda: "worker-1" in workers(cluster), 30, "worker-1 to register")
+
+    submit = lambda *argv: cluster.burst("submit", "process", *argv).stdout.split()  # noqa: E731
+    [long_job] = submit("sleep", str(LONG))
+    short_jobs = [job for _ in range(3) for job in submit("sleep", str(SHORT))]
+    poll(
+        lambda: workers(cluster)["worker-1"].get("leased") == 4,
+        30,
+        "worker-1 to hold all four jobs",
+    )
+    started = time.monotonic()
+    cluster.worker("worker-2", *peer, slots=1)
+    cluster.worker("worker-3", *peer, slots=1)
+
+    result = cluster.burst(
+        "wait", long_job, *short_jobs, "--timeout", "60", check=False, timeout=90
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    infos = {info["job_id"]: info for info in statuses(cluster, [long_job, *short_jobs])}
+    assert all(info["state"] == "succeeded" for info in infos.values()), infos
+    assert infos[long_job]["worker_id"] == "worker-1"
+    assert not infos[long_job]["stolen"]
+    elsewhere = [infos[j] for j in short_jobs if infos[j]["worker_id"] != "worker-1"]
+    assert elsewhere, f"no short job ran elsewhere: {infos}"
+    for info in elsewhere:
+        # Leased to worker-1 first, then moved by a steal under a new attempt.
+        assert info["stolen"] is True and info["attempt"] >= 2, info
+        assert info["finished_at"] < infos[long_job]["finished_at"], info
+    print(
+        f"short jobs stolen: {len(elsewhere)} of {len(short_jobs)}, "
+        f"ran on {sorted({i['worker_id'] for i in elsewhere})}; "
+        f"all done {time.monotonic() - started:.1f} s after workers 2 and 3 started"
+    )
+    # Capacity counts stay exact: nothing is left leased anywhere once all ended.
+    assert all(w.get("leased", 0) == 0 for w in workers(cluster).values())
