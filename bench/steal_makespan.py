@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import burst_env, free_port, machine  # noqa: E402
-from burstd.client import BlockingClient, process  # noqa: E402
+from bench._common import burst_env, free_port, machine
+from burstd.client import BlockingClient, process
 
 WORKERS = 4
 SLOTS = 2
