@@ -246,8 +246,10 @@ def test_a_late_heartbeat_is_judged_by_its_own_round() -> None:
     [job] = move(table, jobs, round_=2)
     table.heartbeat("w2", [Held(job.job_id, job.attempt)], 0, 2.0, steal_round_done=2)
     # A heartbeat taken before the reply arrived but processed late: round 1 ended, 2 had not.
+    attempt, seq = job.attempt, job.lease_seq
     table.heartbeat("w2", [], 0, 3.0, steal_round_done=1)
-    assert job.worker_id == "w2" and job.state is L
+    assert (job.worker_id, job.state, job.attempt, job.lease_seq) == ("w2", L, attempt, seq)
+    assert job.lost_count == 0
 
 
 def test_reregistering_keeps_steals_in_flight_but_a_new_process_loses_them() -> None:
