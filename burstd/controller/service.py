@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -183,6 +183,27 @@ class ControllerService:
             job = await trio.to_thread.run_sync(self.store.get, job_id)
         return job
 
+    async def _lookup_many(self, job_ids: Iterable[str]) -> dict[str, Job]:
+        """Jobs by id from memory, the others from the store in one thread hop (not one each)."""
+        found: dict[str, Job] = {}
+        missing: list[str] = []
+        for job_id in job_ids:
+            job = self.table.get(job_id)
+            if job is None:
+                missing.append(job_id)
+            else:
+                found[job_id] = job
+        if missing and self.store is not None:
+            store = self.store
+
+            def read() -> list[Job | None]:
+                return [store.get(job_id) for job_id in missing]
+
+            for job in await trio.to_thread.run_sync(read):
+                if job is not None:
+                    found[job.job_id] = job
+        return found
+
     async def get_job_status(
         self, request: job_pb2.GetJobStatusRequest, metadata: Mapping[str, str]
     ) -> job_pb2.GetJobStatusResponse:
@@ -276,8 +297,9 @@ class ControllerService:
         ids = admission.job_ids(request.job_ids)
         if not ids:
             raise SpecError("job_ids: name at least one job, or set all")
+        known = await self._lookup_many(ids)
         for job_id in ids:
-            if await self.lookup(job_id) is None:
+            if job_id not in known:
                 raise transport.NotFound(f"job_ids: unknown job {job_id!r}")
         pending = set(ids)
         counts = dict.fromkeys(TERMINAL, 0)
@@ -291,11 +313,9 @@ class ControllerService:
             recent = None if first else self.table.finished_since(cursor)
             candidates = pending if recent is None or len(recent) > len(pending) else recent
             cursor = self.table.finished_seq
-            for job_id in list(candidates):
-                if job_id not in pending:
-                    continue
-                job = self.table.get(job_id) or await self.lookup(job_id)
-                if job is not None and job.state in TERMINAL:
+            jobs = await self._lookup_many(j for j in candidates if j in pending)
+            for job_id, job in jobs.items():
+                if job_id in pending and job.state in TERMINAL:
                     pending.discard(job_id)
                     counts[job.state] += 1
                     finished.append(job_info(job))
