@@ -40,6 +40,24 @@ from bench._common import (
 )
 
 
+def daemon_cpu() -> dict[int, float]:
+    """CPU seconds of the daemons of the ``burstd up`` this client runs under (its siblings)."""
+    import os
+
+    up = os.getppid()
+    children = Path(f"/proc/{up}/task/{up}/children").read_text().split()
+    cpu = {}
+    for pid in map(int, children):
+        if pid == os.getpid():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu
+
+
 def client_main(jobs: int) -> None:
     """Inside ``burstd up -- ...``: submit the array, wait for it, print the figure."""
     import os
@@ -47,14 +65,22 @@ def client_main(jobs: int) -> None:
     from burstd.client import BlockingClient, process
 
     with BlockingClient(os.environ["BURST_CONTROLLER"]) as burst:
+        cpu0 = daemon_cpu()
         start = time.perf_counter()
         ids = burst.submit_array(process("/bin/true"), range(jobs))
         for update in burst.wait(ids):
             if update.pending == 0:
                 break
         elapsed = time.perf_counter() - start
+        cpu1 = daemon_cpu()
         failed = sum(1 for j in burst.list_jobs("failed"))
-    print(f"burst {jobs} jobs {elapsed:.2f} s {jobs / elapsed:.0f} jobs/s failed={failed}")
+    # The first child of `burstd up` is the controller, the others are workers.
+    per_job = [(cpu1[pid] - cpu0.get(pid, 0.0)) / jobs * 1e6 for pid in sorted(cpu1)]
+    cpu = f"controller {per_job[0]:.0f}, workers {sum(per_job[1:]):.0f}" if per_job else "n/a"
+    print(
+        f"burst {jobs} jobs {elapsed:.2f} s {jobs / elapsed:.0f} jobs/s failed={failed}"
+        f" (daemon CPU us/job: {cpu})"
+    )
 
 
 def run_burst(jobs: int, slots: int | None) -> float | None:
