@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from burstd.client import BlockingClient, process
 from tests.cluster import Cluster
 
 T = TypeVar("T")
-LONG = 6.0
+LONG = 8.0  # the prototype's; workers 2 and 3 start within it even on a loaded machine
 SHORT = 0.2
 
 
@@ -40,20 +41,21 @@ def workers(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return {w["worker_id"]: w for w in map(json.loads, filter(str.strip, out.splitlines()))}
 
 
+def leased(client: BlockingClient, worker_id: str) -> int:
+    """Jobs the controller counts for the worker (in-process: a `burst` run per look is too slow
+    on a loaded machine to catch a window of a few seconds)."""
+    return sum(w.leased for w in client.workers() if w.worker_id == worker_id)
+
+
 def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cluster) -> None:
     cluster.controller()  # roundrobin
     peer = ("--peer-listen", "127.0.0.1:0")
     cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
-    poll(lambda: "worker-1" in workers(cluster), 30, "worker-1 to register")
-
-    submit = lambda *argv: cluster.burst("submit", "process", *argv).stdout.split()  # noqa: E731
-    [long_job] = submit("sleep", str(LONG))
-    short_jobs = [job for _ in range(3) for job in submit("sleep", str(SHORT))]
-    poll(
-        lambda: workers(cluster)["worker-1"].get("leased") == 4,
-        30,
-        "worker-1 to hold all four jobs",
-    )
+    with BlockingClient(cluster.addr) as client:
+        poll(lambda: client.workers(), 30, "worker-1 to register")
+        specs = [process("sleep", str(LONG))] + [process("sleep", str(SHORT))] * 3
+        long_job, *short_jobs = client.submit_many(specs)  # in this order, in one call
+        poll(lambda: leased(client, "worker-1") == 4, 30, "worker-1 to hold all four jobs")
     started = time.monotonic()
     cluster.worker("worker-2", *peer, slots=1)
     cluster.worker("worker-3", *peer, slots=1)
@@ -79,3 +81,31 @@ def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cl
     )
     # Capacity counts stay exact: nothing is left leased anywhere once all ended.
     assert all(w.get("leased", 0) == 0 for w in workers(cluster).values())
+
+
+def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster) -> None:
+    """Worker 1 dies (kill -9) holding queued jobs; the controller still lists it, so worker 2
+    tries to steal from a dead peer: that costs it nothing, and once worker 1's lease expires
+    every job runs on worker 2, exactly once to success."""
+    ttl = cluster.tmp / "short-ttl.toml"
+    ttl.write_text("[controller]\nlease_ttl_ms = 1500\nheartbeat_interval_ms = 300\n")
+    cluster.controller("--config", str(ttl))
+    peer = ("--peer-listen", "127.0.0.1:0")
+    w1 = cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
+    with BlockingClient(cluster.addr) as client:
+        poll(lambda: client.workers(), 30, "worker-1 to register")
+        ids = client.submit_many([process("sleep", "4")] + [process("sleep", "0.5")] * 5)
+        poll(lambda: leased(client, "worker-1") == 6, 30, "worker-1 to hold all")
+    w1.kill9()
+    killed = time.monotonic()
+    w2 = cluster.worker("worker-2", *peer, slots=6)
+    result = cluster.burst("wait", *ids, "--timeout", "60", check=False, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    elapsed = time.monotonic() - killed
+    infos = statuses(cluster, ids)
+    assert all(i["state"] == "succeeded" for i in infos), infos
+    assert all(i["worker_id"] == "worker-2" for i in infos[1:]), infos
+    assert "steal from worker-1 failed" in w2.log()
+    # The lease TTL, a second of sleep, start-up: not the dead peer's connect timeouts.
+    print(f"all done {elapsed:.1f} s after worker-1 was killed")
+    assert elapsed < 30

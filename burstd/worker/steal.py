@@ -328,7 +328,7 @@ class StealClient:
             return False
         peer = self.peers[victim_id]
         try:
-            channel = await self._channel(peer)
+            channel = await self._channel(victim_id, peer)
         except transport.RpcError as error:
             self._failed(victim_id, peer, error)
             return False
@@ -379,11 +379,11 @@ class StealClient:
 
     # -- connections --
 
-    async def _channel(self, peer: _Peer) -> transport.Channel:
+    async def _channel(self, worker_id: str, peer: _Peer) -> transport.Channel:
         if peer.channel is not None:
             return peer.channel
         assert self._nursery is not None
-        channel, scope = await self._nursery.start(_hold_channel, peer.addr)
+        channel, scope = await self._nursery.start(_hold_channel, worker_id, peer.addr)
         peer.channel, peer.scope = channel, scope
         return channel  # type: ignore[no-any-return]
 
@@ -395,14 +395,16 @@ class StealClient:
 
 
 async def _hold_channel(
-    addr: str, task_status: trio.TaskStatus[tuple[transport.Channel, trio.CancelScope]]
+    worker_id: str,
+    addr: str,
+    task_status: trio.TaskStatus[tuple[transport.Channel, trio.CancelScope]],
 ) -> None:
     """Keep one connection to a peer open until its scope is cancelled (the transport re-opens
     the connection by itself after a failure)."""
     host, port = parse_hostport(addr)
     with trio.CancelScope() as scope:
         async with transport.Channel(
-            host, port, connect_timeout=CONNECT_TIMEOUT, peer=f"peer at {addr}"
+            host, port, connect_timeout=CONNECT_TIMEOUT, peer=f"peer {worker_id}"
         ) as channel:
             task_status.started((channel, scope))
             await trio.sleep_forever()
