@@ -331,8 +331,13 @@ class ControllerService:
             first = False
             if not pending:
                 return
+            looked = trio.current_time()
             await finished_event.wait()
-            await trio.sleep(WAIT_UPDATE_INTERVAL)
+            # At most one update per interval, except the last one: a waiter on a few short jobs
+            # hears that they ended at once, not an interval later.
+            recent = self.table.finished_since(cursor)
+            if recent is None or len(recent) < len(pending) or not pending.issubset(recent):
+                await trio.sleep_until(looked + WAIT_UPDATE_INTERVAL)
 
     async def _wait_all(self) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
         while True:
