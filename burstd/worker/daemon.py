@@ -444,6 +444,7 @@ class Worker:
         local = self.state.local
         while True:
             await trio.sleep(self.link.heartbeat_interval)
+            config_slots = self.state.config.slots
             # Built in one step with no checkpoint: `held` and `steal_round_done` agree (a job
             # stolen in a round that ended is listed, or was never received).
             request = worker_pb2.HeartbeatRequest(
@@ -451,7 +452,9 @@ class Worker:
                 held=local.held(),
                 lease_seq=local.lease_seq,
                 steal_round_done=self.state.steal_done,
-                want_peers=self.state.steals,
+                # Only a worker with a free slot may steal soon: the busy ones spare the
+                # controller the work of listing peers.
+                want_peers=self.state.steals and len(self.state.running) < config_slots,
             )
             try:
                 response = await self.link.call("Heartbeat", request, worker_pb2.HeartbeatResponse)

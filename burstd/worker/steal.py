@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import trio
@@ -245,11 +245,14 @@ class StealClient:
 
     # -- what the thief knows --
 
-    def update(self, infos: Iterable[worker_pb2.PeerInfo]) -> None:
+    def update(self, infos: list[worker_pb2.PeerInfo]) -> None:
         """The controller's list: it replaces every load (peers it left out have none)."""
         self.listed = True
-        for known in self.peers.values():
+        listed = {info.worker_id for info in infos}
+        for worker_id, known in self.peers.items():
             known.load = None
+            if worker_id not in listed and worker_id not in self.static:
+                self._close(known)  # gone from the cluster: no connection kept for it
         for info in infos:
             if info.worker_id == self.state.config.worker_id:
                 continue
