@@ -246,7 +246,7 @@ class Worker:
         self.state = WorkerState(config, LocalQueue(capacity), steals=steal)
         self.link = ControllerLink(self.state, peer_addr)
         self.stealer = (
-            StealClient(self.state, static_peers or {}, hand_back=self._hand_back)
+            StealClient(self.state, static_peers or {}, hand_back=self._hand_back, link=self.link)
             if steal
             else None
         )
@@ -463,7 +463,7 @@ class Worker:
             if response.reregister:
                 self.link.broken()
                 continue
-            if self.state.steals:
+            if request.want_peers:  # (without it, the reply lists none: that is no news)
                 self.state.peers = list(response.peers)
             self.link.apply_notices(response.cancel, response.drop)
 

@@ -52,6 +52,8 @@ TRANSFER_TIMEOUT = 3.0
 POLL_SETTLE = 0.02
 PEER_BACKOFF_MIN = 0.5
 PEER_BACKOFF_MAX = 10.0
+# An idle thief that knows of no spare job asks the controller for loads at most this rarely.
+REFRESH_MAX = 5.0
 
 __all__ = ["PeerServer", "StealClient", "advertise_addr", "static_peers"]
 
@@ -221,7 +223,9 @@ class StealClient:
 
     Peers come from the controller (registration and heartbeat replies: addresses and loads)
     and from static configuration (addresses only; tried, at random, only while the controller
-    has not listed any peer). Runs as its own task; ``run()`` until cancelled.
+    has not listed any peer). An idle thief that knows of no spare job asks the controller for
+    fresh loads (ListWorkers), at most every steal interval, backing off to REFRESH_MAX while
+    nobody has any. Runs as its own task; ``run()`` until cancelled.
     """
 
     def __init__(
@@ -230,8 +234,10 @@ class StealClient:
         static: Mapping[str, str] = {},
         hand_back: Any = None,
         rng: random.Random | None = None,
+        link: _Link | None = None,
     ) -> None:
         self.state = state
+        self.link = link
         self.hand_back = hand_back
         self.rng = rng or random.Random()
         self.peers: dict[str, _Peer] = {w: _Peer(a) for w, a in static.items()}
@@ -240,6 +246,8 @@ class StealClient:
         self._seen: list[worker_pb2.PeerInfo] | None = None
         self.round = 0
         self.interval = max(state.config.steal_interval_ms, 10) / 1000
+        self._refresh_at = 0.0  # monotonic time of the next ListWorkers allowed
+        self._refresh_wait = self.interval
         self.log = logger.bind(worker_id=state.config.worker_id)
         self._nursery: trio.Nursery | None = None
 
@@ -308,15 +316,57 @@ class StealClient:
             else:
                 await state.changed.wait()
 
-    async def _steal_once(self, room: int) -> bool:
-        """One steal from the best victim; True if jobs came."""
-        now = time.monotonic()
-        victim = choose_victim(
+    def _victim(self, now: float) -> PeerLoad | None:
+        return choose_victim(
             (p.load for p in self.peers.values() if p.load is not None),
             self.state.config.worker_id,
             self.rng,
             unavailable=self._unavailable(now),
         )
+
+    async def _ask_controller(self, now: float) -> PeerLoad | None:
+        """Fresh loads from the controller (a victim refills from it within milliseconds of a
+        steal, while heartbeats bring loads only every interval); then the best victim."""
+        if self.link is None or now < self._refresh_at:
+            return None
+        try:
+            reply = await self.link.call(
+                "ListWorkers",
+                job_pb2.ListWorkersRequest(),
+                job_pb2.ListWorkersResponse,
+                timeout=TRANSFER_TIMEOUT,
+            )
+        except transport.RpcError as error:
+            self.log.debug("no fresh peer loads ({})", error)
+            reply = None
+        if reply is not None:
+            self.update(
+                [
+                    worker_pb2.PeerInfo(
+                        worker_id=w.worker_id,
+                        peer_addr=w.peer_addr,
+                        slots=w.slots,
+                        capacity=w.queue_capacity,
+                        leased=w.leased,
+                        running=w.running,
+                    )
+                    for w in reply.workers
+                    if w.peer_addr and w.state == "alive"
+                ]
+            )
+        victim = self._victim(now)
+        # While nobody has spare jobs, ask ever less often.
+        wait = self.interval if victim else min(self._refresh_wait * 2, REFRESH_MAX)
+        self._refresh_wait = wait
+        self._refresh_at = time.monotonic() + wait
+        return victim
+
+    async def _steal_once(self, room: int) -> bool:
+        """One steal from the best victim; True if jobs came."""
+        now = time.monotonic()
+        victim = self._victim(now)
+        if victim is None and self.listed:
+            victim = await self._ask_controller(now)
         batch = self.state.config.steal_batch_size
         if victim is not None:
             victim_id, amount = victim.worker_id, steal_amount(victim.spare, room, batch)
