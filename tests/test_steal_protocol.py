@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from burstd import transport
+from burstd.config import Config, WorkerConfig
 from burstd.controller.admission import SpecError
 from burstd.controller.service import ControllerService
 from burstd.controller.table import (
@@ -42,6 +44,7 @@ from burstd.policies import steal
 from burstd.policies.routers import Router, make_router
 from burstd.policies.steal import PeerLoad
 from burstd.worker.queue import LocalQueue
+from burstd.worker.steal import advertise_addr, static_peers
 from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
@@ -321,6 +324,32 @@ def test_offer_skips_cancelled_and_dropped_jobs_and_a_drop_wins_over_a_put_back(
     assert queue.handed_over(offered, set()) == []
     assert "j1" not in queue.jobs and queue.queued_count() == 1
     assert queue.offer(0) == []
+
+
+# -- the worker's peer addresses ---------------------------------------------------------------
+
+
+def test_static_peers_are_the_other_configured_workers_with_an_address() -> None:
+    config = Config(
+        workers=(
+            WorkerConfig(worker_id="w1", peer_listen_addr="0.0.0.0:5101"),
+            WorkerConfig(
+                worker_id="w2", peer_listen_addr="0.0.0.0:5102", peer_advertise_addr="w2:5102"
+            ),
+            WorkerConfig(worker_id="w3"),
+        )
+    )
+    assert static_peers(config, "w1") == {"w2": "w2:5102"}
+    assert static_peers(config, "w3") == {"w1": "0.0.0.0:5101", "w2": "w2:5102"}
+
+
+def test_the_advertised_address_has_the_bound_port_and_a_dialable_host() -> None:
+    listen = WorkerConfig(peer_listen_addr="127.0.0.1:0")
+    assert advertise_addr(listen, 4242) == "127.0.0.1:4242"
+    anywhere = WorkerConfig(peer_listen_addr="0.0.0.0:0")
+    assert advertise_addr(anywhere, 4242) == f"{socket.gethostname()}:4242"
+    told = WorkerConfig(peer_listen_addr="0.0.0.0:0", peer_advertise_addr="node-7:5105")
+    assert advertise_addr(told, 4242) == "node-7:5105"
 
 
 # -- the controller's RPC handlers -------------------------------------------------------------
