@@ -315,6 +315,14 @@ def test_handed_over_forgets_what_moved_and_requeues_the_rest() -> None:
     assert [j.job_id if j else None for j in order] == ["j0", "j1", "j3", None]
 
 
+def test_a_moved_job_dropped_meanwhile_still_goes_to_the_thief() -> None:
+    queue = local_queue(2)
+    offered = queue.offer(1)
+    queue.drop("j1", 1)  # the controller moved it, and this worker's heartbeat heard so first
+    assert [j.job_id for j in queue.handed_over(offered, {"j1"})] == ["j1"]
+    assert "j1" not in queue.jobs
+
+
 def test_offer_skips_cancelled_and_dropped_jobs_and_a_drop_wins_over_a_put_back() -> None:
     queue = local_queue(3)
     queue.jobs["j2"].cancelled = True

@@ -120,18 +120,20 @@ class LocalQueue:
 
     def handed_over(self, offered: Iterable[LocalJob], moved: Container[str]) -> list[LocalJob]:
         """The controller answered a transfer of ``offered``: the ``moved`` ones are no longer
-        this worker's and are forgotten (returned); the others wait for a slot again."""
+        this worker's and are forgotten (returned, for the thief: also those the controller
+        told this worker to drop meanwhile, because they moved); the others wait for a slot
+        again."""
         gone: list[LocalJob] = []
         back: list[LocalJob] = []
         for job in offered:
-            if self.jobs.get(job.job_id) is not job or not job.leaving:
-                continue  # dropped meanwhile
+            held = self.jobs.get(job.job_id) is job and job.leaving
             job.leaving = False
             if job.job_id in moved:
-                del self.jobs[job.job_id]
-                self._done.pop(job.job_id, None)
+                if held:
+                    del self.jobs[job.job_id]
+                    self._done.pop(job.job_id, None)
                 gone.append(job)
-            elif job.state is LocalState.QUEUED:
+            elif held and job.state is LocalState.QUEUED:
                 back.append(job)
         self._queued.extend(back)
         return gone
