@@ -252,6 +252,8 @@ def up(
                 cmd += ["--queue-capacity", str(capacity)]
             if output_dir:
                 cmd += ["--output-dir", str(output_dir)]
+            # Idle workers steal queued jobs from busy ones (any free loopback port each).
+            cmd += ["--peer-listen", "127.0.0.1:0"]
             children.append(subprocess.Popen(cmd, process_group=0))
         logger.info(
             "local cluster up: controller on {}, {} workers x {} slots; Ctrl-C to stop",
