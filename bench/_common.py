@@ -14,6 +14,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -60,6 +61,38 @@ def free_port() -> int:
 
 def burst_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "BURST_LOG": "warning"}
+
+
+def wait_listening(port: int, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("controller did not listen")
+
+
+def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Popen[bytes], int]:
+    """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port."""
+    port = free_port()
+    config = Path(tmp, "c.toml")
+    config.write_text(
+        f'[controller]\nstore = "{store}"\nstate_dir = "{tmp}/state"\n'
+        f"submission_buffer_capacity = {capacity}\n"
+    )
+    command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    ctl = subprocess.Popen(
+        [sys.executable, "-m", "cli.burstd", *command], cwd=REPO, env=burst_env()
+    )
+    try:
+        wait_listening(port)
+    except BaseException:
+        ctl.kill()
+        ctl.wait()
+        raise
+    return ctl, port
 
 
 def rate_of(line: str) -> float | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from bench._common import REPO, burst_env, free_port, load, machine
+from bench._common import REPO, burst_env, load, machine, start_controller
 
 
 def cpu_seconds(pid: int) -> float:
@@ -115,43 +114,12 @@ async def drive(addr: str, jobs: int, array: int) -> float:
         return time.perf_counter() - start
 
 
-def wait_listening(port: int, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("controller did not listen")
-
-
 def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="burst-cap-") as tmp:
-        port = free_port()
-        addr = f"127.0.0.1:{port}"
-        config = Path(tmp, "c.toml")
-        config.write_text(
-            f'[controller]\nstore = "{args.store}"\nstate_dir = "{tmp}/state"\n'
-            "submission_buffer_capacity = 100000000\n"
-        )
-        ctl = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.burstd",
-                "controller",
-                "--config",
-                str(config),
-                "--listen",
-                addr,
-            ],
-            cwd=REPO,
-            env=burst_env(),
-        )
         sims: list[subprocess.Popen[bytes]] = []
+        ctl, port = start_controller(tmp, args.store, 100_000_000)
+        addr = f"127.0.0.1:{port}"
         try:
-            wait_listening(port)
             procs = min(args.procs, workers)
             for p in range(procs):
                 share = workers // procs + (1 if p < workers % procs else 0)

@@ -23,8 +23,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, burst_env, free_port, machine
-from bench.controller_capacity import wait_listening
+from bench._common import machine, start_controller
 
 
 def rss_bytes(pid: int) -> int:
@@ -53,29 +52,9 @@ def main() -> float:
     args = parser.parse_args()
     print(f"memory: {args.jobs} queued jobs, store {args.store}; {machine()}")
     with tempfile.TemporaryDirectory(prefix="burst-mem-") as tmp:
-        port = free_port()
+        ctl, port = start_controller(tmp, args.store, max(args.jobs * 2, 1_000_000))
         addr = f"127.0.0.1:{port}"
-        config = Path(tmp, "c.toml")
-        config.write_text(
-            f'[controller]\nstore = "{args.store}"\nstate_dir = "{tmp}/state"\n'
-            f"submission_buffer_capacity = {max(args.jobs * 2, 1_000_000)}\n"
-        )
-        ctl = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cli.burstd",
-                "controller",
-                "--config",
-                str(config),
-                "--listen",
-                addr,
-            ],
-            cwd=REPO,
-            env=burst_env(),
-        )
         try:
-            wait_listening(port)
             time.sleep(0.5)
             before = rss_bytes(ctl.pid)
             start = time.perf_counter()
