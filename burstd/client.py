@@ -19,7 +19,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import trio
 
@@ -35,73 +35,52 @@ CALL_TIMEOUT = 30.0
 ARRAY_CHUNK = 100_000
 
 
-def _spec(
-    output_dir: str | None,
-    env: Mapping[str, str] | None,
-    cwd: str | None,
-    timeout: float | None,
-    retries: int,
-    name: str,
-) -> job_pb2.JobSpec:
+class SpecOptions(TypedDict, total=False):
+    """What every kind of job accepts besides its command (all optional; None: the default)."""
+
+    output_dir: str | None  # folder for <job_id>.stdout/.stderr; default: the worker's
+    env: Mapping[str, str] | None  # added to the worker's environment
+    cwd: str | None  # working directory; default: the worker's
+    timeout: float | None  # wall-clock limit in seconds
+    retries: int  # how often a failed run is run again
+    name: str  # a label shown by `burst status` and `burst list`
+
+
+def _spec(options: SpecOptions) -> job_pb2.JobSpec:
     spec = job_pb2.JobSpec(
-        env=dict(env or {}),
-        cwd=cwd or "",
-        timeout_seconds=timeout or 0.0,
-        retries=retries,
-        name=name,
+        env=dict(options.get("env") or {}),
+        cwd=options.get("cwd") or "",
+        timeout_seconds=options.get("timeout") or 0.0,
+        retries=options.get("retries", 0),
+        name=options.get("name", ""),
     )
+    output_dir = options.get("output_dir")
     if output_dir is not None:
         spec.output_dir = output_dir
     return spec
 
 
-def process(
-    command: str,
-    *args: str,
-    output_dir: str | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    name: str = "",
-) -> job_pb2.JobSpec:
+def process(command: str, *args: str, **options: Unpack[SpecOptions]) -> job_pb2.JobSpec:
     """A job running ``command`` with ``args`` as its argv (never through a shell)."""
-    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec = _spec(options)
     spec.process.command = command
     spec.process.args.extend(args)
     return spec
 
 
-def python(
-    entry_point: str,
-    *args: str,
-    output_dir: str | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    name: str = "",
-) -> job_pb2.JobSpec:
+def python(entry_point: str, *args: str, **options: Unpack[SpecOptions]) -> job_pb2.JobSpec:
     """A job running the worker's Python interpreter with ``entry_point`` and ``args``."""
-    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec = _spec(options)
     spec.python.entry_point = entry_point
     spec.python.args.extend(args)
     return spec
 
 
 def docker(
-    image: str,
-    *args: str,
-    command: Iterable[str] = (),
-    output_dir: str | None = None,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    name: str = "",
+    image: str, *args: str, command: Iterable[str] = (), **options: Unpack[SpecOptions]
 ) -> job_pb2.JobSpec:
     """A job running ``docker run --rm image [command...] [args...]`` on the worker."""
-    spec = _spec(output_dir, env, cwd, timeout, retries, name)
+    spec = _spec(options)
     spec.docker.image = image
     spec.docker.command.extend(command)
     spec.docker.args.extend(args)
