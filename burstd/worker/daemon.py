@@ -346,27 +346,15 @@ class Worker:
             if room == 0 or (room < min_room and local.waiting()):
                 await self.state.changed.wait()
                 continue
-            request = job_pb2.PollJobRequest(
-                worker_id=self.state.config.worker_id,
-                max_jobs=room,
-                wait_ms=LONG_POLL_MS,
-                batch=True,
-            )
             # While it waits, the controller had nothing for this worker: the steal client
             # reads this to know when the worker is idle.
             self.state.poll_since = trio.current_time()
             try:
-                response = await self.link.call(
-                    "PollJob",
-                    request,
-                    job_pb2.PollJobResponse,
-                    timeout=LONG_POLL_MS / 1000 + CALL_TIMEOUT,
-                )
-            except transport.RpcError:
-                await trio.sleep(0.05)
-                continue
+                response = await self._poll(room, LONG_POLL_MS)
             finally:
                 self.state.poll_since = None
+            if response is None:
+                continue
             if local.add(response.jobs, response.lease_seq):
                 if self.state.draining:
                     self._hand_back()  # a long poll that answered after the drain began
@@ -469,21 +457,24 @@ class Worker:
 
     async def _notice_poll(self) -> None:
         """Keep a long-poll open for cancel notices even while the lease loop has no room."""
-        request = job_pb2.PollJobRequest(
-            worker_id=self.state.config.worker_id, max_jobs=0, wait_ms=NOTICE_POLL_MS, batch=True
-        )
         while True:
-            try:
-                response = await self.link.call(
-                    "PollJob",
-                    request,
-                    job_pb2.PollJobResponse,
-                    timeout=NOTICE_POLL_MS / 1000 + CALL_TIMEOUT,
-                )
-            except transport.RpcError:
-                await trio.sleep(0.05)
-                continue
-            self.link.apply_notices(response.cancel, response.drop)
+            response = await self._poll(0, NOTICE_POLL_MS)
+            if response is not None:
+                self.link.apply_notices(response.cancel, response.drop)
+
+    async def _poll(self, max_jobs: int, wait_ms: int) -> job_pb2.PollJobResponse | None:
+        """One long-poll for up to ``max_jobs`` jobs; None (after a short pause) if it failed."""
+        request = job_pb2.PollJobRequest(
+            worker_id=self.state.config.worker_id, max_jobs=max_jobs, wait_ms=wait_ms, batch=True
+        )
+        try:
+            response: job_pb2.PollJobResponse = await self.link.call(
+                "PollJob", request, job_pb2.PollJobResponse, timeout=wait_ms / 1000 + CALL_TIMEOUT
+            )
+        except transport.RpcError:
+            await trio.sleep(0.05)
+            return None
+        return response
 
 
 async def run_until_signalled(worker: Worker) -> None:
