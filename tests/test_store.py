@@ -21,7 +21,7 @@ import trio
 from burstd import transport
 from burstd.controller.service import ControllerService
 from burstd.controller.store import DB_NAME, Store, StoreError, job_number, mutable_row, row
-from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
+from burstd.controller.table import Held, JobState, JobTable, NewJob, ReportOutcome, Result
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
@@ -45,10 +45,9 @@ def store(state_dir: Path) -> Iterator[Store]:
         s.close()
 
 
-def persist(store: Store, table: JobTable, new: Sequence[Job] = ()) -> None:
+def persist(store: Store, table: JobTable) -> None:
     """What the writer does in one commit: the new jobs, every changed one, the id counter."""
-    new_ids = {job.job_id for job in new}
-    changed = [job for job in table.take_dirty() if job.job_id not in new_ids]
+    new, changed = table.take_changes()
     store.write(
         [row(job) for job in new],
         [(*mutable_row(job), job_number(job.job_id)) for job in changed],
@@ -57,12 +56,10 @@ def persist(store: Store, table: JobTable, new: Sequence[Job] = ()) -> None:
 
 
 def submit(store: Store, table: JobTable, n: int, now: float = 0.0) -> list[str]:
-    """A durable submission: prepared, stored, then accepted (as the service does it)."""
-    jobs = table.prepare([NewJob(SPEC, 0, f"j{i}") for i in range(n)], now)
-    persist(store, table, jobs)
-    table.accept(jobs)
-    persist(store, table)  # the leases the dispatch made
-    return [job.job_id for job in jobs]
+    """A durable submission: queued, then stored in one commit (as the service does it)."""
+    ids = table.submit([NewJob(SPEC, 0, f"j{i}") for i in range(n)], now)
+    persist(store, table)
+    return ids
 
 
 def report(table: JobTable, job_id: str, code: int = 0, now: float = 0.0) -> ReportOutcome:
@@ -96,8 +93,9 @@ def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
     table.lease("w1", 1, 11.0)
     assert report(table, ids[0], code=3, now=12.0) is ReportOutcome.ACCEPTED
     persist(store, table)
-    # Ids handed out to a submission that was then abandoned are never used again either.
-    table.prepare([NewJob(SPEC)] * 5, 13.0)
+    # Ids handed out to a submission that was then withdrawn are never used again either.
+    table.submit([NewJob(SPEC)] * 5, 13.0)
+    table.withdraw(table.take_changes()[0])
     persist(store, table)
     store.close()
 
@@ -350,10 +348,9 @@ async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: P
     acknowledged: list[str] = []
 
     async def submitter() -> None:
-        jobs = table.prepare([NewJob(SPEC)], trio.current_time())
-        await writer.insert(jobs)
-        table.accept(jobs)
-        acknowledged.append(jobs[0].job_id)
+        (job_id,) = table.submit([NewJob(SPEC)], trio.current_time())
+        await writer.durable()
+        acknowledged.append(job_id)
 
     async with running_writer(store, table) as (writer, flaky), trio.open_nursery() as nursery:
         for _ in range(1000):
@@ -372,31 +369,31 @@ async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: P
 async def test_durable_waits_for_the_commit_of_changes(store: Store) -> None:
     table = JobTable()
     async with running_writer(store, table) as (writer, _):
-        jobs = table.prepare([NewJob(SPEC)], 0.0)
-        await writer.insert(jobs)
-        table.accept(jobs)
-        table.cancel(jobs[0].job_id, 1.0)
+        (job_id,) = table.submit([NewJob(SPEC)], 0.0)
         await writer.durable()
-        stored = store.get(jobs[0].job_id)
+        table.cancel(job_id, 1.0)
+        await writer.durable()
+        stored = store.get(job_id)
         assert stored is not None and stored.state is JobState.CANCELLED
         # a finished job leaves memory once stored
         await writer.durable()
-        assert table.get(jobs[0].job_id) is None
+        assert table.get(job_id) is None
 
 
 async def test_insert_fails_clearly_when_the_disk_is_full(store: Store) -> None:
     table = JobTable()
     async with running_writer(store, table) as (writer, flaky):
         flaky.full = True
-        jobs = table.prepare([NewJob(SPEC)], 0.0)
+        (refused,) = table.submit([NewJob(SPEC)], 0.0)
         with pytest.raises(StoreUnavailable, match="database or disk is full"):
-            await writer.insert(jobs)
+            await writer.durable()
+        assert table.get(refused) is None  # withdrawn: never acknowledged, never run
         flaky.full = False
         with trio.fail_after(10):
-            later = table.prepare([NewJob(SPEC)], 0.0)
-            await writer.insert(later)
-        assert store.get(later[0].job_id) is not None
-        assert store.get(jobs[0].job_id) is None
+            (later,) = table.submit([NewJob(SPEC)], 0.0)
+            await writer.durable()
+        assert store.get(later) is not None
+        assert store.get(refused) is None
 
 
 def _submit_request() -> job_pb2.SubmitJobRequest:
@@ -408,6 +405,16 @@ def _submit_request() -> job_pb2.SubmitJobRequest:
 async def _submit(service: ControllerService) -> str:
     response = await service.submit_job(_submit_request(), {})
     return str(response.job_id)
+
+
+async def _submit_once_writable(service: ControllerService) -> str:
+    """Submit until the store takes it (the writer retries a failed commit with a back-off)."""
+    with trio.fail_after(15):
+        while True:
+            try:
+                return await _submit(service)
+            except transport.ResourceExhausted:
+                await trio.sleep(0.05)
 
 
 async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
@@ -425,7 +432,7 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
             await service.submit_jobs(
                 job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 9), {}
             )
-        # the refused jobs were abandoned: they hold no room in the queue and are nowhere
+        # the refused jobs were withdrawn: they hold no room in the queue and are nowhere
         assert table.counts[JobState.QUEUED] == 1 and list(table.jobs) == [first]
         status = await service.get_job_status(
             job_pb2.GetJobStatusRequest(job_id="job-00000002"), {}
@@ -433,19 +440,91 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
         assert status.state == "unknown"
 
         flaky.full = False
-        with trio.fail_after(15):  # the writer retries with a back-off
-            while True:
-                try:
-                    later = await _submit(service)
-                    break
-                except transport.ResourceExhausted:
-                    await trio.sleep(0.05)
+        later = await _submit_once_writable(service)
         # ids are never reused, and the queue has room for 9 more
         assert job_number(later) >= 12
         await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), {})
         assert table.counts[JobState.QUEUED] == 10
     assert store.next_id() == job_number(later) + 9
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
+
+
+async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(store: Store) -> None:
+    """Submission and first lease share a commit (one fsync, one row write on the idle path),
+    and neither the client nor the worker hears of the job before that commit is done."""
+    table = JobTable()
+    commits: list[tuple[int, int]] = []
+    async with running_writer(store, table) as (writer, flaky):
+        write = flaky.write
+
+        def slow_write(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+            time.sleep(0.2 if not commits else 0.0)
+            write(new, changed, next_id)
+            commits.append((len(new), len(changed)))
+
+        flaky.write = slow_write
+        service = ControllerService(table, writer=writer)
+        register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
+        await service.register_worker(register, {})
+        poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+        polled: list[job_pb2.PollJobResponse] = []
+        submitted: list[str] = []
+
+        async def poll_once() -> None:
+            polled.append(await service.poll_job(poll, {}))
+
+        async def submit_once() -> None:
+            submitted.append(await _submit(service))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.durable)  # a slow commit is under way...
+                await trio.sleep(0.05)
+                nursery.start_soon(poll_once)  # ...while a job is submitted and leased
+                nursery.start_soon(submit_once)
+                await trio.sleep(0.05)
+                assert polled == [] and submitted == []  # nobody heard of it yet
+    assert commits == [(0, 0), (1, 0)]
+    [job_id] = submitted
+    assert [job.job_id for job in polled[0].jobs] == [job_id]
+    stored = store.get(job_id)
+    assert stored is not None and (stored.state, stored.attempt, stored.worker_id) == (
+        JobState.LEASED, 1, "w1",
+    )  # fmt: skip
+
+
+async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) -> None:
+    """The client is refused, the poll that leased the job fails, and the job is nowhere: not in
+    memory, not in the worker's load, never handed over later."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
+        await service.register_worker(register, {})
+        poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+        flaky.full = True
+        outcomes: list[object] = []
+
+        async def poll_once() -> None:
+            try:
+                outcomes.append(await service.poll_job(poll, {}))
+            except transport.RpcError as error:
+                outcomes.append(error)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(poll_once)
+                await trio.sleep(0.01)
+                with pytest.raises(transport.ResourceExhausted, match="disk is full"):
+                    await _submit(service)
+        assert isinstance(outcomes[0], transport.Unavailable)
+        assert table.jobs == {} and table.workers["w1"].leases == {}
+        assert table.counts == dict.fromkeys(JobState, 0)
+        flaky.full = False
+        later = await _submit_once_writable(service)
+        response = await service.poll_job(poll, {})
+    assert [job.job_id for job in response.jobs] == [later]
+    assert store.get("job-00000001") is None
 
 
 async def test_a_full_disk_does_not_cost_queued_jobs_their_attempts(store: Store) -> None:
@@ -557,7 +636,8 @@ def test_a_write_that_fails_at_commit_reports_its_own_error(store: Store) -> Non
             return self.db.execute(sql, *args)
 
     table = JobTable()
-    jobs = table.prepare([NewJob(SPEC)], 0.0)
+    table.submit([NewJob(SPEC)], 0.0)
+    jobs, _ = table.take_changes()
     real = store._db
     store._db = FailingCommit(real)  # type: ignore[assignment]
     try:

@@ -286,6 +286,33 @@ def test_queue_full_is_all_or_nothing() -> None:
     assert submit(table, 1) == ["job-00000003"]  # no id was used up by the refused batch
 
 
+def test_a_withdrawn_submission_leaves_no_trace_but_its_ids() -> None:
+    """Jobs that could not be stored leave as if never submitted: no count, no lease, no room
+    taken in the queue or in a worker, and their ids are not used again."""
+    table = JobTable(max_queued=3)
+    register(table, capacity=2)
+    submit(table)  # leased to w1, handed over and stored
+    deliver(table)
+    table.take_changes()
+    before = fingerprint(table)
+    ids = submit(table, 3)  # the first one routed to w1, the other two queued
+    assert table.jobs[ids[0]].state is L
+    deliver(table)  # handed over by a poll that waits for the commit
+    table.cancel(ids[2], 1.0)
+    new, changed = table.take_changes()
+    assert [job.job_id for job in new] == ids and changed == []
+    table.withdraw(new)
+    jobs, workers, counts, _, next_id, queue = fingerprint(table)
+    assert (jobs, counts, queue) == (before[0], before[2], before[5])
+    assert workers[0][2] == before[1][0][2]  # w1 holds its first job only
+    assert next_id == 5 and real_counts(table) == table.counts
+    assert table.take_changes() == ([], [])
+    # the queue has its room back, and w1 its slot: the next job goes to it
+    next_ids = submit(table, 3)
+    assert next_ids[0] == "job-00000005"
+    assert table.jobs[next_ids[0]].state is L and table.jobs[next_ids[0]].worker_id == "w1"
+
+
 def test_queue_limit_counts_queued_jobs_only() -> None:
     table = JobTable(max_queued=2)
     register(table, capacity=2)

@@ -27,25 +27,26 @@ from burstd.controller.writer import StoreWriter
 PRUNE_INTERVAL = 60.0
 
 
-def build_table(config: ControllerConfig) -> JobTable:
+def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
     return JobTable(
         router=config.router,
         max_queued=config.submission_buffer_capacity,
         lease_ttl=config.lease_ttl_ms / 1000,
         crash_limit=config.crash_limit,
+        track_changes=durable,
     )
 
 
 def build_service(config: ControllerConfig, store: Store | None = None) -> ControllerService:
     """The service over a fresh table, restored from ``store`` if there is one."""
-    table = build_table(config)
+    table = build_table(config, durable=store is not None)
     writer = None
     if store is not None:
         table.restore(store.live_jobs(), store.next_id(), time.time())
         for state, count in store.counts().items():
             if JobState(state) in TERMINAL:
                 table.counts[JobState(state)] += count
-        table.take_dirty()  # what was just read is stored already
+        table.take_changes()  # what was just read is stored already
         writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),

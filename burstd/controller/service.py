@@ -148,25 +148,21 @@ class ControllerService:
 
     async def _submit(self, new: list[NewJob]) -> list[str]:
         try:
-            jobs = self.table.prepare(new, self.clock())
+            ids = self.table.submit(new, self.clock())
         except QueueFull as error:
             raise transport.ResourceExhausted(str(error)) from None
+        self._after_change()
         if self.writer is not None:
             try:
-                # Shielded: if the client goes away meanwhile, the commit may still store the
-                # jobs, and memory must then have them too (else they would be stored, shown
-                # as queued, and run only after a restart). The writer answers every commit,
-                # and fails the waiters when it stops.
+                # Shielded, so that a controller that stops answers "stopping", not a reset.
                 with trio.CancelScope(shield=True):
-                    await self.writer.insert(jobs)
+                    await self.writer.durable()
             except StoreUnavailable as error:
-                self.table.abandon(jobs)
-                # The controller answered: its store is full or cannot be written (UNAVAILABLE
-                # reads as "cannot reach the controller", and clients say so).
+                # The jobs were withdrawn. The controller answered: its store is full or cannot
+                # be written (UNAVAILABLE reads as "cannot reach the controller", and clients
+                # say so).
                 raise transport.ResourceExhausted(str(error)) from None
-        self.table.accept(jobs)
-        self._after_change()
-        return [job.job_id for job in jobs]
+        return ids
 
     async def _durable(self) -> None:
         """Wait until what the table holds now is stored (no-op without a store)."""

@@ -19,9 +19,14 @@ Rules (the promises of the design, section 5):
 5. Capacity cannot drift: a worker's load is ``len(worker.leases)``, the jobs it holds, never a
    counter kept beside them.
 6. Bad input changes nothing: every operation validates before it mutates.
-7. Every change to a job marks it dirty (``take_dirty``), so a store can persist exactly what
-   changed; after a restart ``restore`` takes back the live jobs, and leases whose worker has not
-   re-registered (orphans) go back to the queue once the lease TTL has passed.
+7. With a store (``track_changes``), every submitted job and every change to a job is
+   recorded (``take_changes``), so the store can persist exactly what changed. A submitted job
+   is queued and routed at once, but it counts as accepted only once stored: a worker hears of
+   it (and the client of its id) only after the commit that holds it, so one commit covers a
+   job's submission and its first lease. If that commit fails, ``withdraw`` takes the job back
+   as if it had never been submitted (its id is not reused). After a restart ``restore`` takes
+   back the live jobs, and leases whose worker has not re-registered (orphans) go back to the
+   queue once the lease TTL has passed.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -223,6 +228,7 @@ class JobTable:
         lease_ttl: float = 10.0,
         crash_limit: int = 5,
         first_id: int = 1,
+        track_changes: bool = True,
     ) -> None:
         self.router = make_router(router) if isinstance(router, str) else router
         self.max_queued = max_queued
@@ -242,10 +248,10 @@ class JobTable:
         # FINISHED_LOG_SIZE are kept, so memory does not grow with finished jobs.
         self.finished_log: deque[str] = deque(maxlen=FINISHED_LOG_SIZE)
         self.finished_seq = 0
-        # Jobs changed since the last take_dirty(), for the store.
+        # For the store (see take_changes); without one, nothing is recorded.
+        self.track_changes = track_changes
+        self.new: dict[str, Job] = {}
         self.dirty: dict[str, Job] = {}
-        # Submitted ids whose jobs are being made durable (counted against max_queued).
-        self._reserved = 0
         # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
         self.orphans: dict[str, float] = {}
 
@@ -261,10 +267,14 @@ class JobTable:
         self.counts[job.state] -= 1
         self.counts[new] += 1
         job.state = new
-        self.dirty[job.job_id] = job
+        self._changed(job)
         if new in TERMINAL:
             self.finished_log.append(job.job_id)
             self.finished_seq += 1
+
+    def _changed(self, job: Job) -> None:
+        if self.track_changes:
+            self.dirty[job.job_id] = job
 
     def finished_since(self, seq: int) -> list[str] | None:
         """Ids of jobs that ended after ``finished_seq`` was ``seq``; None if no longer known."""
@@ -273,10 +283,12 @@ class JobTable:
             return None
         return list(self.finished_log)[len(self.finished_log) - missed :] if missed else []
 
-    def take_dirty(self) -> list[Job]:
-        """Jobs changed since the last call (each once), for the store to persist."""
-        dirty, self.dirty = list(self.dirty.values()), {}
-        return dirty
+    def take_changes(self) -> tuple[list[Job], list[Job]]:
+        """Jobs submitted and jobs changed since the last call, for the store to persist; each
+        job once, a new one only in the first list (with its state as it is now)."""
+        new, self.new = self.new, {}
+        dirty, self.dirty = self.dirty, {}
+        return list(new.values()), [job for job_id, job in dirty.items() if job_id not in new]
 
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
@@ -290,18 +302,11 @@ class JobTable:
         return f"job-{number:08d}"
 
     def submit(self, new_jobs: Sequence[NewJob], now: float) -> list[str]:
-        """Queue every job or none: QueueFull when they do not all fit."""
-        jobs = self.prepare(new_jobs, now)
-        self.accept(jobs)
-        return [job.job_id for job in jobs]
+        """Queue every job or none (QueueFull when they do not all fit); returns their ids.
 
-    def prepare(self, new_jobs: Sequence[NewJob], now: float) -> list[Job]:
-        """First half of a submission: give the jobs their ids and hold their room in the queue.
-
-        The caller makes them durable, then calls ``accept`` (or ``abandon`` if it could not);
-        ids are never reused either way.
+        With a store, the jobs are accepted once stored (see rule 7 and ``withdraw``).
         """
-        queued = self.counts[JobState.QUEUED] + self._reserved
+        queued = self.counts[JobState.QUEUED]
         if queued + len(new_jobs) > self.max_queued:
             raise QueueFull(
                 f"queue is full: {queued} queued, "
@@ -309,24 +314,40 @@ class JobTable:
             )
         first = self.next_id
         self.next_id += len(new_jobs)
-        self._reserved += len(new_jobs)
-        return [
+        jobs = [
             Job(self.format_id(first + i), new.spec, new.retries, new.name, now)
             for i, new in enumerate(new_jobs)
         ]
-
-    def accept(self, jobs: Sequence[Job]) -> None:
-        """Second half of a submission: the prepared jobs join the queue."""
-        self._reserved -= len(jobs)
         for job in jobs:
             self.jobs[job.job_id] = job
+            if self.track_changes:
+                self.new[job.job_id] = job
         self._queue.extend(jobs)
         self.counts[JobState.QUEUED] += len(jobs)
         self._dispatch()
+        return [job.job_id for job in jobs]
 
-    def abandon(self, jobs: Sequence[Job]) -> None:
-        """The prepared jobs could not be made durable: release their room (not their ids)."""
-        self._reserved -= len(jobs)
+    def withdraw(self, jobs: Iterable[Job]) -> None:
+        """Submitted jobs that could not be stored leave as if never submitted (ids not reused).
+
+        None of them reached a worker (a worker hears of a job only after the commit that
+        stores it), so a lease they got is simply released.
+        """
+        gone = set()
+        for job in jobs:
+            if self.jobs.get(job.job_id) is not job:
+                continue
+            del self.jobs[job.job_id]
+            self.new.pop(job.job_id, None)
+            self.dirty.pop(job.job_id, None)
+            self.counts[job.state] -= 1
+            worker = self.workers.get(job.worker_id)
+            if worker is not None and worker.leases.get(job.job_id) is job:
+                self._release(worker, job)  # its outbox entry is skipped when popped
+            gone.add(job.job_id)
+        if gone:
+            self._queue = deque(job for job in self._queue if job.job_id not in gone)
+            self._dispatch()
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -517,7 +538,7 @@ class JobTable:
             # A duplicate, or the worker confirming it stopped a cancelled job.
             if worker.leases.get(job.job_id) is job:
                 self._record(job, result)
-                self.dirty[job.job_id] = job
+                self._changed(job)
                 self._release(worker, job)
                 self._dispatch()
             return ReportOutcome.DUPLICATE

@@ -1,25 +1,26 @@
 """Group commit: the task that makes the job table's changes durable.
 
-Submissions wait until their jobs are on disk before they are acknowledged (``insert``); leases
-and results wait for the commit that holds them (``durable``) before the worker hears of them,
-so an attempt number or a result is never handed out and then forgotten by a restart. Every
+Every caller waits for the commit that holds its change (``durable``) before anyone hears of
+it: a client learns its job ids, a worker its leases, a worker that its results are recorded,
+only once they are on disk, so nothing is handed out and then forgotten by a restart. Every
 change that arrives while a commit is running goes into the next one: under load one fsync covers
-thousands of jobs.
+thousands of jobs, and a job submitted and leased before its commit is written once.
 
-When the disk is full (or any write fails), waiting callers get ``StoreUnavailable``; the table
-keeps running in memory (running jobs continue) and the writer retries with a back-off.
+When the disk is full (or any write fails), every caller waiting at that moment gets
+``StoreUnavailable``, and the submitted jobs not stored yet are withdrawn from the table (their
+clients are refused); other changes stay in memory (running jobs continue) and the writer
+retries them with a back-off.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 
 import trio
 from loguru import logger
 
 from burstd.controller.store import Store, job_number, mutable_row, row
-from burstd.controller.table import TERMINAL, Job, JobTable
+from burstd.controller.table import TERMINAL, JobTable
 
 MAX_BACKOFF = 5.0
 
@@ -32,7 +33,6 @@ class StoreWriter:
     def __init__(self, store: Store, table: JobTable) -> None:
         self.store = store
         self.table = table
-        self._new: list[Job] = []
         self._wake = trio.Event()
         # Generation of changes: a caller waits until `committed` reaches the generation that
         # was current when it made its change.
@@ -57,11 +57,6 @@ class StoreWriter:
                 raise StoreUnavailable("the controller is stopping: not stored")
             await self._done.wait()
 
-    async def insert(self, jobs: Sequence[Job]) -> None:
-        """Return once the prepared jobs are stored; StoreUnavailable if they could not be."""
-        self._new.extend(jobs)
-        await self._until(self._bump())
-
     async def durable(self) -> None:
         """Return once every change made to the table so far is stored."""
         await self._until(self._bump())
@@ -70,8 +65,10 @@ class StoreWriter:
         try:
             await self._run()
         finally:
-            # Nobody waits for a commit that will not come (callers may wait shielded).
+            # Nobody waits for a commit that will not come (callers may wait shielded), and
+            # submissions that will not be stored are refused.
             self._stopped = True
+            self.table.withdraw(list(self.table.new.values()))
             self._signal()
 
     async def _run(self) -> None:
@@ -80,8 +77,7 @@ class StoreWriter:
             await self._wake.wait()
             self._wake = trio.Event()
             generation = self._generation
-            new, self._new = self._new, []
-            changed = self.table.take_dirty()
+            new, changed = self.table.take_changes()
             # Rows are built here, on the trio thread, so the store never sees a job half-changed.
             new_rows = [row(job) for job in new]
             changed_rows = [(*mutable_row(job), job_number(job.job_id)) for job in changed]
@@ -93,8 +89,10 @@ class StoreWriter:
             except sqlite3.Error as error:
                 message = f"the state store cannot be written ({error}): not accepted"
                 logger.error("{}; retrying in {:.2f} s", message, delay)
-                self._failed = (generation, message)
-                # Submissions are refused (their callers abandon them); other changes retry.
+                # Everyone waiting hears of it, as no promise can be kept for them before the
+                # retry. Submissions not stored are refused: their jobs leave the table.
+                self._failed = (self._generation, message)
+                self.table.withdraw([*new, *self.table.new.values()])
                 for job in changed:
                     self.table.dirty.setdefault(job.job_id, job)
                 self._signal()
@@ -108,7 +106,7 @@ class StoreWriter:
                 self._failed = None
             self._committed = generation
             self._signal()
-            self.table.evict(job for job in changed if job.state in TERMINAL)
+            self.table.evict(job for job in (*new, *changed) if job.state in TERMINAL)
 
     def _signal(self) -> None:
         self._done.set()
