@@ -119,6 +119,35 @@ def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
         store.close()
 
 
+def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Path) -> None:
+    """A lease, start or result rewrites one row and at most the finished-time index: the live
+    state index of older stores (which doubled the CPU per job) goes at the next start."""
+    store = Store(state_dir)
+    ids = submit(store, JobTable(), 2)
+    store.close()
+
+    def indexes() -> set[str]:
+        with sqlite3.connect(state_dir / DB_NAME) as db:
+            rows = db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            ).fetchall()
+        db.close()
+        return {name for (name,) in rows}
+
+    assert indexes() == {"jobs_finished"}
+    with sqlite3.connect(state_dir / DB_NAME) as db:  # as the first schema made it
+        db.execute(
+            "CREATE INDEX jobs_live ON jobs (state) WHERE state IN ('queued', 'leased', 'running')"
+        )
+    db.close()
+    store = Store(state_dir)
+    try:
+        assert [job.job_id for job in store.live_jobs()] == ids
+    finally:
+        store.close()
+    assert indexes() == {"jobs_finished"}
+
+
 def test_foreign_sqlite_file_is_refused_naming_it(state_dir: Path) -> None:
     state_dir.mkdir()
     path = state_dir / DB_NAME
