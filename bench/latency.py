@@ -1,8 +1,9 @@
 """Latency on an idle cluster: submit to start and submit to finish, p50 and p99.
 
 A ``burstd up --workers 2`` cluster (defaults otherwise) runs this script's client part, which
-submits one ``/bin/true`` job at a time through the Python client (``burstd.client``, so no CLI
-start-up is counted) and waits for it to end before submitting the next. Per job:
+submits one ``/bin/true`` job at a time through the Python client library (``burstd.client``, so
+no CLI start-up is counted) and waits for it to end before submitting the next: first with the
+trio ``Client``, then with ``BlockingClient``. Per job:
 
 - submit to start: the job's ``started_at`` (worker clock) minus the time taken just before the
   SubmitJob call (same machine, same clock);
@@ -37,15 +38,47 @@ from bench._common import (
     percentile,
 )
 
+WARM_UP = 5  # jobs not counted: connections and caches warming up
 
-def client_main(jobs: int) -> None:
+
+def _line(label: str, start_ms: list[float], finish_ms: list[float]) -> str:
+    return (
+        f"burst ({label}) latency n={len(start_ms)} submit-to-start p50"
+        f" {percentile(start_ms, 0.5):.1f} ms p99 {percentile(start_ms, 0.99):.1f} ms;"
+        f" submit-to-finish p50 {percentile(finish_ms, 0.5):.1f} ms"
+        f" p99 {percentile(finish_ms, 0.99):.1f} ms"
+    )
+
+
+async def _async_client(addr: str, jobs: int) -> tuple[list[float], list[float]]:
+    from burstd.client import Client, process
+
+    spec = process("/bin/true")
+    start_ms: list[float] = []
+    finish_ms: list[float] = []
+    async with Client.connect(addr) as burst:
+        for i in range(jobs + WARM_UP):
+            t0 = time.time()
+            job_id = await burst.submit(spec)
+            async for update in burst.wait([job_id]):
+                if update.pending == 0:
+                    break
+            t1 = time.time()
+            info = await burst.status(job_id)
+            if i >= WARM_UP:
+                start_ms.append((info.started_at - t0) * 1000)
+                finish_ms.append((t1 - t0) * 1000)
+    return start_ms, finish_ms
+
+
+def _blocking_client(addr: str, jobs: int) -> tuple[list[float], list[float]]:
     from burstd.client import BlockingClient, process
 
     spec = process("/bin/true")
     start_ms: list[float] = []
     finish_ms: list[float] = []
-    with BlockingClient(os.environ["BURST_CONTROLLER"]) as burst:
-        for i in range(jobs + 5):
+    with BlockingClient(addr) as burst:
+        for i in range(jobs + WARM_UP):
             t0 = time.time()
             job_id = burst.submit(spec)
             for update in burst.wait([job_id]):
@@ -53,14 +86,21 @@ def client_main(jobs: int) -> None:
                     break
             t1 = time.time()
             info = burst.status(job_id)
-            if i >= 5:  # warm-up
+            if i >= WARM_UP:
                 start_ms.append((info.started_at - t0) * 1000)
                 finish_ms.append((t1 - t0) * 1000)
-    print(
-        f"burst latency n={jobs} submit-to-start p50 {percentile(start_ms, 0.5):.1f} ms"
-        f" p99 {percentile(start_ms, 0.99):.1f} ms; submit-to-finish p50"
-        f" {percentile(finish_ms, 0.5):.1f} ms p99 {percentile(finish_ms, 0.99):.1f} ms"
-    )
+    return start_ms, finish_ms
+
+
+def client_main(jobs: int) -> None:
+    """Both ways of using the client library, one after the other: the trio ``Client`` (what an
+    async program or the CLI uses) and ``BlockingClient`` (a trio thread behind blocking calls,
+    which adds two thread hand-offs per call)."""
+    import trio
+
+    addr = os.environ["BURST_CONTROLLER"]
+    print(_line("trio Client", *trio.run(_async_client, addr, jobs)), flush=True)
+    print(_line("BlockingClient", *_blocking_client(addr, jobs)), flush=True)
 
 
 def main() -> dict[str, str]:
@@ -82,9 +122,10 @@ def main() -> dict[str, str]:
         proc = subprocess.run(
             cmd, cwd=REPO, env=burst_env(), capture_output=True, text=True, timeout=900
         )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("burst ")), "")
-        print(f"  {line or 'burst: failed: ' + proc.stderr[-2000:]}")
-        lines["burst"] = line
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("burst ")]
+        for line in found or ["burst: failed: " + proc.stderr[-2000:]]:
+            print(f"  {line}")
+        lines["burst"] = found[0] if found else ""
     for name in [p for p in args.peers.split(",") if p]:
         python, why = peer_python(name)
         script = PEER_SCRIPTS / (

@@ -80,14 +80,14 @@ def main() -> None:
         out = run("latency.py", "--jobs", "100" if q else "300", "--peers", args.peers)
         rows.append(
             (
-                "submit to start p50 / p99",
+                "submit to start p50 / p99 (trio Client)",
                 grab(r"submit-to-start (p50 [0-9.]+ ms p99 [0-9.]+ ms)", out),
                 "<= 5 ms / <= 20 ms",
             )
         )
         rows.append(
             (
-                "submit to finish p50 / p99",
+                "submit to finish p50 / p99 (trio Client)",
                 grab(r"submit-to-finish (p50 [0-9.]+ ms p99 [0-9.]+ ms)", out),
                 "-",
             )
