@@ -378,6 +378,11 @@ def test_crash_limit_fails_a_job_that_loses_every_worker() -> None:
     assert "lost 2 times" in job.error_message and "crash limit 2" in job.error_message
     assert job.finished_at == 31.0 and list(table.finished_log) == [job_id]
     assert table.counts[JobState.FAILED] == 1 and table.counts[Q] == 0
+    # w2 was only cut off: it comes back and reports the run whose lost lease failed the job
+    register(table, "w2", now=32.0, held=[Held(job_id, 2, running=True)])
+    before = fingerprint(table)
+    assert table.report("w2", exited(job_id, table), 33.0) is ReportOutcome.STALE
+    assert fingerprint(table) == before
 
 
 def test_late_report_from_a_lost_worker_is_refused_then_stale() -> None:
@@ -1089,8 +1094,9 @@ class TableMachine(RuleBasedStateMachine):
         if not current:
             assert outcome is ReportOutcome.STALE and fingerprint(self.table) == before
         elif state in TERMINAL:
-            assert outcome is ReportOutcome.DUPLICATE and job.state is state
-            assert job_id not in w.leases
+            lost = job.reason == "worker_lost"  # the crash limit ended it: this run was lost
+            assert outcome is (ReportOutcome.STALE if lost else ReportOutcome.DUPLICATE)
+            assert job.state is state and job_id not in w.leases
             if not in_lease:
                 assert fingerprint(self.table) == before
         elif not in_lease:

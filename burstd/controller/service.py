@@ -491,9 +491,7 @@ class ControllerService:
         job = await self.lookup(item.job_id)
         if job is None:
             return outcome
-        if job.worker_id == worker_id and job.attempt == (item.attempt or job.attempt):
-            return ReportOutcome.DUPLICATE
-        return ReportOutcome.STALE
+        return self.table.ended_outcome(job, worker_id, item.attempt or job.attempt)
 
     async def report_job_result(
         self, request: job_pb2.ReportJobResultRequest, metadata: Mapping[str, str]

@@ -531,17 +531,17 @@ class JobTable:
         if job is None:
             return ReportOutcome.UNKNOWN_JOB
         attempt = result.attempt or job.attempt
-        current = job.worker_id == worker_id and job.attempt == attempt
-        if not current:
-            return ReportOutcome.STALE
         if job.state in TERMINAL:
-            # A duplicate, or the worker confirming it stopped a cancelled job.
-            if worker.leases.get(job.job_id) is job:
+            outcome = self.ended_outcome(job, worker_id, attempt)
+            if outcome is ReportOutcome.DUPLICATE and worker.leases.get(job.job_id) is job:
+                # The worker confirming it stopped a cancelled job.
                 self._record(job, result)
                 self._changed(job)
                 self._release(worker, job)
                 self._dispatch()
-            return ReportOutcome.DUPLICATE
+            return outcome
+        if job.worker_id != worker_id or job.attempt != attempt:
+            return ReportOutcome.STALE
         if worker.leases.get(job.job_id) is not job or job.lease_seq == 0:
             # Not this worker's lease, or never handed over: the result is of an older run.
             return ReportOutcome.STALE
@@ -560,6 +560,19 @@ class JobTable:
                 self._finish(job, Event.FAIL, now)
         self._dispatch()
         return ReportOutcome.ACCEPTED
+
+    @staticmethod
+    def ended_outcome(job: Job, worker_id: str, attempt: int) -> ReportOutcome:
+        """The answer to a report of a job that has ended: a duplicate of the report that ended
+        it (acknowledged, changes nothing), or stale: another worker's or attempt's, or of the
+        attempt whose lost lease made the job fail at the crash limit."""
+        if (
+            job.worker_id == worker_id
+            and job.attempt == attempt
+            and job.reason != REASON_WORKER_LOST
+        ):
+            return ReportOutcome.DUPLICATE
+        return ReportOutcome.STALE
 
     @staticmethod
     def _record(job: Job, result: Result) -> None:
