@@ -148,6 +148,26 @@ def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Pa
     assert indexes() == {"jobs_finished"}
 
 
+def test_a_first_start_cut_short_leaves_a_store_the_next_start_creates(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Creating the schema is one transaction: a start that dies midway leaves no half schema
+    (which would be refused as a foreign file), and the next start creates it."""
+    from burstd.controller import store as store_module
+
+    good = store_module._SCHEMA
+    monkeypatch.setattr(store_module, "_SCHEMA", good.replace("COMMIT;", "NOT SQL;"))
+    with pytest.raises(StoreError):
+        Store(state_dir)
+    assert (state_dir / DB_NAME).exists()
+    monkeypatch.setattr(store_module, "_SCHEMA", good)
+    store = Store(state_dir)
+    try:
+        assert store.next_id() == 1 and list(store.live_jobs()) == []
+    finally:
+        store.close()
+
+
 def test_foreign_sqlite_file_is_refused_naming_it(state_dir: Path) -> None:
     state_dir.mkdir()
     path = state_dir / DB_NAME

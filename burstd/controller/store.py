@@ -52,7 +52,10 @@ _COLUMNS = (
     "stolen",
 )
 _MUTABLE = _COLUMNS[5:]
+# One transaction: a crash while the first start creates it leaves an empty database (which the
+# next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
+BEGIN IMMEDIATE;
 CREATE TABLE jobs (
     num INTEGER PRIMARY KEY,
     spec BLOB NOT NULL,
@@ -78,6 +81,7 @@ CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at > 0;
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
 PRAGMA application_id = {APPLICATION_ID};
+COMMIT;
 """
 _INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
@@ -180,10 +184,14 @@ class Store:
             raise
 
     def _open(self) -> sqlite3.Connection:
-        fresh = not self.path.exists() or self.path.stat().st_size == 0
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if fresh:
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: cannot open ({error})") from None
+        try:
+            # A database without a single table is new (or its creation was cut short).
+            (tables,) = db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            if tables == 0 and self._application_id(db) == 0:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
             else:
@@ -198,12 +206,17 @@ class Store:
             # re-reading pages between commits (the default is 2 MiB).
             db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.DatabaseError as error:
+            db.close()  # and with it a half-done creation, rolled back
             raise StoreError(f"{self.path}: not a usable burst state database ({error})") from None
         return db
 
-    def _check(self, db: sqlite3.Connection) -> None:
+    @staticmethod
+    def _application_id(db: sqlite3.Connection) -> int:
         (app_id,) = db.execute("PRAGMA application_id").fetchone()
-        if app_id != APPLICATION_ID:
+        return int(app_id)
+
+    def _check(self, db: sqlite3.Connection) -> None:
+        if self._application_id(db) != APPLICATION_ID:
             raise StoreError(f"{self.path}: not a burst state database (foreign file)")
         (result,) = db.execute("PRAGMA quick_check").fetchone()
         if result != "ok":
