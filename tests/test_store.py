@@ -576,6 +576,45 @@ async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) ->
     assert store.get("job-00000001") is None
 
 
+async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
+    store: Store,
+) -> None:
+    """A job leaves memory only once its last change is stored: one that finished while the
+    commit of its running state was under way must not be read back from the store as running
+    (a waiter looking it up then would never hear that it ended)."""
+    table = JobTable()
+    commits: list[int] = []
+    async with running_writer(store, table) as (writer, flaky):
+        write = flaky.write
+
+        def slow_write(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+            time.sleep(0.3)
+            write(new, changed, next_id)
+            commits.append(len(changed))
+
+        (job_id,) = table.submit([NewJob(SPEC)], 0.0)
+        table.register("w1", slots=1, capacity=1, now=0.0)
+        table.lease("w1", 1, 0.0)
+        await writer.durable()
+        flaky.write = slow_write
+        job = table.jobs[job_id]
+        table.started("w1", Held(job_id, job.attempt), 1.0)
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(writer.durable)  # stores "running", slowly
+                await trio.sleep(0.1)
+                table.report("w1", Result(job_id, job.attempt, 0), 2.0)
+                nursery.start_soon(writer.durable)  # the next commit stores "succeeded"
+                while not commits:
+                    await trio.sleep(0.01)
+                found = await ControllerService(table, writer=writer).lookup(job_id)
+                assert found is not None and found.state is JobState.SUCCEEDED
+        assert commits == [1, 1]
+        stored = store.get(job_id)
+        assert stored is not None and stored.state is JobState.SUCCEEDED
+        assert table.get(job_id) is None  # stored at last: it has left memory
+
+
 async def test_a_full_disk_does_not_cost_queued_jobs_their_attempts(store: Store) -> None:
     """While writes fail, a worker's polls fail (a lease must be stored before it is handed
     over), and the worker registers again after each failure, as its link does. Its jobs must

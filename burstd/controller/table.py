@@ -742,10 +742,17 @@ class JobTable:
     def evict(self, jobs: Iterable[Job]) -> None:
         """Drop finished jobs from memory once they are stored (their details live there).
 
-        A cancelled job whose worker has not confirmed the stop yet stays: it still holds room.
+        A job changed since the commit that stored it (dirty) stays until its change is stored
+        too: a job that finished while the commit of its running state was under way would
+        otherwise be read back from the store as running, and a waiter would miss its end. A
+        cancelled job whose worker has not confirmed the stop yet stays: it still holds room.
         """
         for job in jobs:
-            if job.state not in TERMINAL or self.jobs.get(job.job_id) is not job:
+            if (
+                job.state not in TERMINAL
+                or self.jobs.get(job.job_id) is not job
+                or job.job_id in self.dirty
+            ):
                 continue
             worker = self.workers.get(job.worker_id)
             if worker is None or worker.leases.get(job.job_id) is not job:
