@@ -262,6 +262,9 @@ class WorkerConfig:
     """Max jobs per steal request; 0 = the steal policy decides."""
     steal_interval_ms: int = 150
     """Min pause between steal attempts of an idle worker (>= 10)."""
+    steal: bool = True
+    """Take queued jobs from busier peers when idle (``burstd worker --no-steal`` also stops it).
+    Peers can take this worker's jobs whenever it serves StealJobs (``peer_listen_addr``)."""
     output_dir: Path = Path(".")
     """Where ``<job_id>.stdout`` / ``.stderr`` are written."""
     python: str = "python3"
@@ -377,6 +380,15 @@ def _float(minimum: float) -> _Field:
     return _Field(check, float)
 
 
+def _check_bool(value: object, ctx: _Ctx) -> object:
+    if not isinstance(value, bool):
+        raise _Bad(f"expected true or false, got {_show(value)}")
+    return value
+
+
+_BOOL = _Field(_check_bool)
+
+
 def _string(*, empty: bool) -> _Field:
     def check(value: object, ctx: _Ctx) -> object:
         if not isinstance(value, str) or (not empty and not value):
@@ -452,6 +464,7 @@ _WORKER: dict[str, _Field] = {
     "peer_advertise_addr": _address(listen=False, optional=True),
     "steal_batch_size": _int(0),
     "steal_interval_ms": _int(10),
+    "steal": _BOOL,
     "output_dir": _PATH,
     "python": _string(empty=False),
     "docker": _string(empty=False),

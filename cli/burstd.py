@@ -133,7 +133,7 @@ def worker(
     steal_interval_ms
         Pause of an idle worker between steal attempts that found nothing (default 150).
     no_steal
-        Never take jobs from other workers.
+        Never take jobs from other workers (as the config key steal = false).
     """
     from burstd.worker import daemon
     from burstd.worker.steal import static_peers
@@ -158,7 +158,7 @@ def worker(
     try:
         trio.run(
             daemon.run_until_signalled,
-            daemon.Worker(settings, steal=not no_steal, static_peers=peers),
+            daemon.Worker(settings, steal=settings.steal and not no_steal, static_peers=peers),
         )
     except* OSError as group:  # the peer address is taken or cannot be bound
         _fail(_first_leaf(group))

@@ -75,7 +75,7 @@ def test_defaults_without_a_file() -> None:
     assert w.local_queue_capacity == 2 * w.slots and w.queue_capacity_derived
     assert (w.poll_interval_ms, w.retry_interval_ms) == (250, 500)
     assert (w.peer_listen_addr, w.peer_advertise_addr) == (None, None)
-    assert (w.steal_batch_size, w.steal_interval_ms) == (0, 150)
+    assert (w.steal_batch_size, w.steal_interval_ms, w.steal) == (0, 150, True)
     assert (w.output_dir, w.python, w.docker, w.kill_grace_s) == (
         Path("."),
         "python3",
@@ -143,6 +143,7 @@ peer_advertise_addr = "w1:7001"
 
 [[workers]]
 worker_id = "w2"
+steal = false
 
 [cli]
 controller_addr = "ctl.example:6000"
@@ -178,6 +179,7 @@ controller_addr = "ctl.example:6000"
     )
     assert w2.worker_id == "w2" and w2.slots == 2 and w2.local_queue_capacity == 4
     assert w2.controller_addr == "ctl.example:6000" and w2.output_dir == Path("out")
+    assert w1.steal and not w2.steal
     assert config.cli.controller_addr == "ctl.example:6000"
 
 
@@ -321,6 +323,7 @@ def test_bad_router_lists_valid_names() -> None:
         ({"controller": {"router": 3}}, "controller.router: unknown router 3 (valid: "),
         ({"controller": {"store": "redis"}}, "controller.store: unknown store 'redis' (valid: "),
         ({"worker": {"python": ""}}, 'worker.python: expected a non-empty string, got ""'),
+        ({"worker": {"steal": "no"}}, 'worker.steal: expected true or false, got "no"'),
         ({"worker": {"output_dir": 5}}, "worker.output_dir: expected a non-empty path, got 5"),
         ({"worker": {"worker_id": None}}, "worker.worker_id: expected a string, got null"),
         (
