@@ -79,6 +79,7 @@ def test_fresh_state_dir_is_created_in_wal_mode(state_dir: Path) -> None:
         assert store.counts() == {}
         assert store.get("job-00000001") is None
         assert store.get("not-a-job") is None
+        assert store.get_many(["job-00000001", "not-a-job"]) == []
     finally:
         store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
@@ -105,6 +106,10 @@ def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
         live = {job.job_id: job.state for job in store.live_jobs()}
         assert live == {ids[1]: JobState.LEASED, ids[2]: JobState.QUEUED}
         failed = store.get(ids[0])
+        many = store.get_many([ids[2], "job-00000099", "job-x", ids[0]])
+        assert {(job.job_id, job.state) for job in many} == {
+            (ids[0], JobState.FAILED), (ids[2], JobState.QUEUED),
+        }  # fmt: skip
         assert failed is not None
         assert (failed.state, failed.exit_code, failed.attempt, failed.worker_id) == (
             JobState.FAILED, 3, 1, "w1",

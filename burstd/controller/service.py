@@ -190,14 +190,8 @@ class ControllerService:
             else:
                 found[job_id] = job
         if missing and self.store is not None:
-            store = self.store
-
-            def read() -> list[Job | None]:
-                return [store.get(job_id) for job_id in missing]
-
-            for job in await trio.to_thread.run_sync(read):
-                if job is not None:
-                    found[job.job_id] = job
+            for job in await trio.to_thread.run_sync(self.store.get_many, missing):
+                found[job.job_id] = job
         return found
 
     async def get_job_status(

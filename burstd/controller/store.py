@@ -258,6 +258,19 @@ class Store:
         row = self._read.execute(f"{_SELECT} WHERE num = ?", (num,)).fetchone()
         return None if row is None else _job(row)
 
+    def get_many(self, job_ids: Iterable[str]) -> list[Job]:
+        """The stored jobs among these ids (unknown ones are left out), in one query."""
+        nums = []
+        for job_id in job_ids:
+            try:
+                nums.append(job_number(job_id))
+            except ValueError:
+                continue
+        rows = self._read.execute(
+            f"{_SELECT} WHERE num IN (SELECT value FROM json_each(?))", (json.dumps(nums),)
+        )
+        return [_job(row) for row in rows]
+
     def list(self, state: str | None, after: str, limit: int) -> list[Job]:
         start = job_number(after) if after else 0
         if state is None:
