@@ -237,3 +237,4 @@ def test_random_sequences_keep_the_invariants(
             else:
                 assert job.result is None
         assert queue.lease_seq == lease_seq
+        assert queue.has_stealable() == (queue.queued_count() > 0)

@@ -20,7 +20,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,7 +91,6 @@ class WorkerState:
 
     config: WorkerConfig
     local: LocalQueue
-    changed: trio.Event = field(default_factory=trio.Event)
     running: dict[str, _Running] = field(default_factory=dict)
     draining: bool = False
     # This process among all lives of this worker id: steals to an earlier one are refused.
@@ -102,11 +101,32 @@ class WorkerState:
     steals: bool = False
     steal_done: int = 0
     peers: list[worker_pb2.PeerInfo] | None = None
+    # Tasks blocked in wait_until, with the condition each waits for.
+    _waiters: dict[trio.Event, Callable[[], bool]] = field(default_factory=dict)
 
     def notify(self) -> None:
-        """Something changed (job arrived, finished, acknowledged): waiting tasks look again."""
-        self.changed.set()
-        self.changed = trio.Event()
+        """Something changed (job arrived, started, finished, acknowledged): wake the tasks whose
+        condition now holds, and only those. Waking every task instead cost each job's start and
+        end a task switch per runner, reporter, lease loop and steal client."""
+        if not self._waiters:
+            return
+        for event, ready in list(self._waiters.items()):
+            if ready():
+                del self._waiters[event]
+                event.set()
+
+    async def wait_until(self, ready: Callable[[], bool]) -> None:
+        """Return once ``ready()`` holds (always through a checkpoint). ``ready`` is called now
+        and at every ``notify()``: it must be cheap, and whatever makes it true must notify."""
+        if ready():
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        self._waiters[event] = ready
+        try:
+            await event.wait()
+        finally:
+            self._waiters.pop(event, None)
 
     def stop_job(self, job_id: str, why: str) -> None:
         running = self.running.get(job_id)
@@ -287,8 +307,7 @@ class Worker:
                 self._hand_back()
                 self.state.notify()
                 with trio.move_on_after(self.drain_grace):
-                    while self.state.running:
-                        await self.state.changed.wait()
+                    await self.state.wait_until(self._no_job_running)
                 if self.state.running:
                     self.log.warning(
                         "drain grace of {:g} s is over: stopping {} jobs",
@@ -301,18 +320,19 @@ class Worker:
                 # "returned" results: cancelling the runners first would end them with no result,
                 # and the controller would count a lost worker and re-run them only after the TTL.
                 with trio.move_on_after(self.exec_config.kill_grace + 10):
-                    while self.state.running:
-                        await self.state.changed.wait()
+                    await self.state.wait_until(self._no_job_running)
                 inner.cancel_scope.cancel()
             self._hand_back()
             with trio.move_on_after(self.flush_timeout):
-                while self.state.local.has_reports():
-                    await self.state.changed.wait()
+                await self.state.wait_until(lambda: not self.state.local.has_reports())
             if self.state.local.has_reports():
                 self.log.warning(
                     "stopping with unacknowledged results: the controller will re-run them"
                 )
             outer.cancel_scope.cancel()
+
+    def _no_job_running(self) -> bool:
+        return not self.state.running
 
     async def _serve_peers(self, nursery: trio.Nursery) -> None:
         """Serve StealJobs; registration then advertises the bound address to the controller."""
@@ -341,11 +361,16 @@ class Worker:
         # Ask for work in batches: wait until a quarter of the capacity is free, unless no job is
         # left waiting for a slot (then ask at once, so no slot idles).
         min_room = max(1, local.capacity // 4)
-        while not self.state.draining:
+
+        def ask() -> bool:
             room = local.room()
-            if room == 0 or (room < min_room and local.waiting()):
-                await self.state.changed.wait()
+            return room >= min_room or (room > 0 and not local.waiting())
+
+        while not self.state.draining:
+            if not ask():
+                await self.state.wait_until(lambda: self.state.draining or ask())
                 continue
+            room = local.room()
             # While it waits, the controller had nothing for this worker: the steal client
             # reads this to know when the worker is idle.
             self.state.poll_since = trio.current_time()
@@ -362,13 +387,19 @@ class Worker:
             self.link.apply_notices(response.cancel, response.drop)
 
     async def _runner(self) -> None:
-        local = self.state.local
+        state, local = self.state, self.state.local
+
+        def startable() -> bool:
+            return not state.draining and local.waiting() > 0
+
         while True:
-            job = None if self.state.draining else local.next_queued()
+            job = None if state.draining else local.next_queued()
             if job is None:
-                await self.state.changed.wait()
+                await state.wait_until(startable)
                 continue
-            self.state.notify()  # the start notice is news for the reporter
+            # News for the reporter (a start notice) and for the lease loop (one job fewer
+            # waiting for a slot).
+            state.notify()
             await self._run_one(job)
 
     async def _run_one(self, job: LocalJob) -> None:
@@ -405,13 +436,10 @@ class Worker:
         local = self.state.local
         config = self.state.config
         while True:
-            if not local.has_reports():
-                await self.state.changed.wait()
-                continue
+            await self.state.wait_until(local.has_reports)
             if not local.has_results():
                 with trio.move_on_after(START_NOTICE_DELAY):
-                    while not local.has_results():
-                        await self.state.changed.wait()
+                    await self.state.wait_until(local.has_results)
             started, done = local.take_reports()
             done = done[:REPORT_BATCH]
             request = job_pb2.ReportJobResultsRequest(

@@ -91,6 +91,10 @@ class LocalQueue:
         """Jobs waiting for a slot that could be handed to a thief (not cancelled, not leaving)."""
         return sum(1 for job in self._queued if self._stealable(job))
 
+    def has_stealable(self) -> bool:
+        """``queued_count() > 0``, usually without walking the whole queue."""
+        return any(self._stealable(job) for job in self._queued)
+
     def _stealable(self, job: LocalJob) -> bool:
         return (
             self.jobs.get(job.job_id) is job

@@ -20,10 +20,11 @@ Promises (with the job table's ``transfer``; see also burstd/policies/steal.py f
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -76,8 +77,7 @@ class _State(Protocol):
 
     def notify(self) -> None: ...
 
-    @property
-    def changed(self) -> trio.Event: ...
+    async def wait_until(self, ready: Callable[[], bool]) -> None: ...
 
 
 class _Link(Protocol):
@@ -291,30 +291,40 @@ class StealClient:
             finally:
                 nursery.cancel_scope.cancel()
 
+    def _due(self, poll_waiting_s: float | None) -> bool:
+        state = self.state
+        free = state.config.slots - len(state.running)
+        room = state.local.room()
+        # should_steal asks only whether a job waits for a slot, and this runs at every start and
+        # end of a job: no walk of the whole queue to count it (with no free slot or room,
+        # nothing is due whatever the queue holds).
+        queued = int(free > 0 and room > 0 and state.local.has_stealable())
+        return should_steal(
+            free_slots=free,
+            queued=queued,
+            room=room,
+            poll_waiting_s=poll_waiting_s,
+            settle_s=POLL_SETTLE,
+        )
+
+    def _idle(self) -> bool:
+        """Stealing is due once the request for work has waited long enough."""
+        return self._due(math.inf)
+
     async def _loop(self) -> None:
         state = self.state
         while not state.draining:
             self._refresh()
-            free = state.config.slots - len(state.running)
-            queued = state.local.queued_count()
-            room = state.local.room()
             since = state.poll_since
-            waited = None if since is None else trio.current_time() - since
-            if should_steal(
-                free_slots=free,
-                queued=queued,
-                room=room,
-                poll_waiting_s=waited,
-                settle_s=POLL_SETTLE,
-            ):
-                if not await self._steal_once(room):
+            if self._due(None if since is None else trio.current_time() - since):
+                if not await self._steal_once(state.local.room()):
                     await trio.sleep(self.interval)
-            elif free > 0 and queued == 0 and room > 0:
+            elif self._idle():
                 # Idle soon, unless the controller answers the poll with work.
                 with trio.move_on_after(POLL_SETTLE):
-                    await state.changed.wait()
+                    await state.wait_until(lambda: state.draining or not self._idle())
             else:
-                await state.changed.wait()
+                await state.wait_until(lambda: state.draining or self._idle())
 
     def _victim(self, now: float) -> PeerLoad | None:
         return choose_victim(
