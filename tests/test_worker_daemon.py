@@ -1,13 +1,96 @@
-"""The worker daemon's tasks in one trio run."""
+"""The worker daemon's tasks in one trio run, against a fake controller link and fake jobs.
+
+Virtual time (trio's autojump clock): what is checked is the order of events and how many calls
+go out, never how long anything took on this machine.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
 import trio
 import trio.testing
 
 from burstd.config import WorkerConfig
 from burstd.worker import daemon
+from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.queue import LocalQueue
+from proto.burst.v1 import job_pb2
+
+JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
+
+
+class FakeLink:
+    """Stands in for ControllerLink: PollJob replies come from ``replies``, every call is kept."""
+
+    heartbeat_interval = 1.0
+
+    def __init__(self, events: list[tuple[str, Any]]) -> None:
+        self.events = events
+        self.send, self.replies = trio.open_memory_channel[job_pb2.PollJobResponse](100)
+        self.reports: list[tuple[float, job_pb2.ReportJobResultsRequest]] = []
+
+    async def run(self) -> None:
+        await trio.sleep_forever()
+
+    async def call(self, method: str, request: Any, response_type: Any, timeout: float = 0) -> Any:
+        if method == "PollJob":
+            if request.max_jobs == 0:  # the notice poll: no notices in these tests
+                await trio.sleep_forever()
+            self.events.append(("poll", request.max_jobs))
+            return await self.replies.receive()
+        if method == "ReportJobResults":
+            self.reports.append((trio.current_time(), request))
+        await trio.sleep(0.001)  # a call takes a while; results may end meanwhile
+        return response_type()
+
+    def apply_notices(self, cancel: Any, drop: Any) -> None:
+        pass
+
+    def broken(self, channel: object = None) -> None:
+        pass
+
+
+def jobs(*ids: str) -> job_pb2.PollJobResponse:
+    spec = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+    return job_pb2.PollJobResponse(
+        jobs=[job_pb2.AssignedJob(job_id=i, attempt=1, spec=spec) for i in ids], lease_seq=1
+    )
+
+
+class Harness:
+    """A worker with a FakeLink and fake jobs; ``events`` records polls, job starts and ends."""
+
+    def __init__(self, worker: daemon.Worker, link: FakeLink) -> None:
+        self.worker, self.link, self.events = worker, link, link.events
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.worker.run)
+            yield
+            nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    events: list[tuple[str, Any]] = []
+
+    async def fake_run_job(job_id: str, attempt: int, spec: Any, config: ExecConfig) -> Outcome:
+        events.append(("start", job_id))
+        started = trio.current_time()
+        await trio.sleep(JOB_SECONDS)
+        events.append(("end", job_id))
+        return Outcome(0, 0, "exit", "", started, trio.current_time(), "", "")
+
+    monkeypatch.setattr(daemon, "run_job", fake_run_job)
+    w = daemon.Worker(WorkerConfig(worker_id="w1", slots=2, local_queue_capacity=64), steal=False)
+    link = FakeLink(events)
+    w.link = link  # type: ignore[assignment]
+    return Harness(w, link)
 
 
 async def test_notify_wakes_only_the_tasks_whose_condition_holds() -> None:
@@ -38,3 +121,16 @@ async def test_notify_wakes_only_the_tasks_whose_condition_holds() -> None:
         ready["b"] = True
         state.notify()
     assert woken == ["a", "b"] and checks == {"a": 3, "b": 4}
+
+
+async def test_a_leased_job_starts_before_the_next_request_for_work(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with harness.running():
+        for i in range(10):
+            await harness.link.send.send(jobs(f"j{i}"))
+            await trio.sleep(0.1)
+    events = harness.events
+    order = [e[1] if e[0] == "start" else "poll" for e in events if e[0] in ("poll", "start")]
+    # trio orders a batch of woken tasks at random: ten in a row right is no accident.
+    assert order == [e for i in range(10) for e in ("poll", f"j{i}")] + ["poll"]
