@@ -93,6 +93,10 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
     return Harness(w, link)
 
 
+def reported(link: FakeLink) -> list[str]:
+    return [r.job_id for _, request in link.reports for r in request.results]
+
+
 async def test_notify_wakes_only_the_tasks_whose_condition_holds() -> None:
     state = daemon.WorkerState(WorkerConfig(worker_id="w1"), LocalQueue(4))
     ready = {"a": False, "b": False}
@@ -134,3 +138,25 @@ async def test_a_leased_job_starts_before_the_next_request_for_work(
     order = [e[1] if e[0] == "start" else "poll" for e in events if e[0] in ("poll", "start")]
     # trio orders a batch of woken tasks at random: ten in a row right is no accident.
     assert order == [e for i in range(10) for e in ("poll", f"j{i}")] + ["poll"]
+
+
+async def test_a_stream_of_results_goes_in_few_calls_and_a_lone_result_at_once(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    link = harness.link
+    async with harness.running():
+        await link.send.send(jobs(*(f"s{i}" for i in range(40))))  # 20 ms of jobs on 2 slots
+        await trio.sleep(1.0)
+        streamed = len(link.reports)
+        for i in range(3):  # then lone jobs, each a few ms after the last one's report
+            await link.send.send(jobs(f"lone{i}"))
+            await trio.sleep(0.005)
+    assert sorted(reported(link)) == sorted(
+        [f"s{i}" for i in range(40)] + ["lone0", "lone1", "lone2"]
+    )
+    # One call per result would be 40; one per REPORT_INTERVAL is a handful.
+    assert streamed <= 1 + int(40 * JOB_SECONDS / 2 / daemon.REPORT_INTERVAL) + 2
+    for sent_at, request in link.reports[streamed:]:
+        assert [r.job_id for r in request.results] in (["lone0"], ["lone1"], ["lone2"])
+        # Reported the moment it ended (virtual time): no wait for a batch.
+        assert sent_at == pytest.approx(request.results[0].finished_at)

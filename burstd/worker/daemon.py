@@ -16,6 +16,7 @@ acknowledged (bounded by ``flush_timeout``), because a result is never dropped o
 
 from __future__ import annotations
 
+import math
 import secrets
 import signal
 import socket
@@ -45,6 +46,10 @@ REPORT_BATCH = 2_000
 # Start notices alone wait this long for a result to carry them: a short job's result comes
 # first, so it costs one call per batch instead of one more call per job.
 START_NOTICE_DELAY = 0.05
+# While results come in a stream, at most one ReportJobResults call per this many seconds: a
+# call costs the worker and the controller far more than one more result in it. A lone result
+# goes at once.
+REPORT_INTERVAL = 0.02
 
 
 def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultRequest:
@@ -440,11 +445,16 @@ class Worker:
         """Send start notices and results in batches, and retry until the controller answers."""
         local = self.state.local
         config = self.state.config
+        # After a call that carried several results, jobs are ending in a stream: the next call
+        # waits until REPORT_INTERVAL after it, and the results that end meanwhile go with it.
+        stream_until = -math.inf
         while True:
             await self.state.wait_until(local.has_reports)
             if not local.has_results():
                 with trio.move_on_after(START_NOTICE_DELAY):
                     await self.state.wait_until(local.has_results)
+            await trio.sleep_until(stream_until)
+            sent_at = trio.current_time()
             started, done = local.take_reports()
             done = done[:REPORT_BATCH]
             request = job_pb2.ReportJobResultsRequest(
@@ -460,6 +470,7 @@ class Worker:
                 continue
             local.acknowledged(done)
             self.state.notify()
+            stream_until = sent_at + REPORT_INTERVAL if len(request.results) > 1 else -math.inf
 
     async def _heartbeat(self) -> None:
         local = self.state.local
