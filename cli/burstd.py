@@ -30,6 +30,10 @@ from burstd.config import (
 # Default queue capacity of the workers of `burstd up`: leasing short jobs in batches of dozens
 # saves a poll call per couple of jobs (work stealing rebalances what a worker holds too many of).
 UP_QUEUE_CAPACITY = 64
+# Default slots of each worker of `burstd up`, at least: a worker's one event loop spawns, reaps
+# and reports between its jobs, and with one slot its job and that work alternate instead of
+# overlapping (one worker with /bin/true jobs: ~1.4-2.3x the jobs/s with 2 slots than with 1).
+UP_MIN_SLOTS = 2
 
 app = cyclopts.App(
     name="burstd",
@@ -201,7 +205,7 @@ def up(
     workers
         Number of worker processes.
     slots
-        Jobs each worker runs at once (default: CPUs / workers, at least 1).
+        Jobs each worker runs at once (default: CPUs / workers, at least 2).
     queue_capacity
         Jobs each worker holds at once, running or waiting for a slot (default without --config:
         the larger of 64 and 2 x slots, so that short jobs are leased in batches).
@@ -221,7 +225,7 @@ def up(
     if port == 0:
         port = _free_port(host)
     addr = format_hostport(host, port)
-    per_worker = slots or max(1, (os.cpu_count() or 1) // workers)
+    per_worker = slots or up_slots(workers, os.cpu_count() or 1)
     base = [sys.executable, "-m", "cli.burstd"]
     common = ["--config", str(config)] if config else []
     logs.setup_logging(component="up")
@@ -273,6 +277,12 @@ def up(
         _supervise(children)
     finally:
         _stop_all(children)
+
+
+def up_slots(workers: int, cpus: int) -> int:
+    """Default slots of each of ``workers`` on a machine with ``cpus``: a share of the CPUs, but
+    never fewer than UP_MIN_SLOTS (so short jobs overlap with the worker's own work)."""
+    return max(UP_MIN_SLOTS, cpus // workers)
 
 
 def _wait_listening(

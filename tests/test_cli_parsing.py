@@ -15,7 +15,7 @@ import pytest
 
 from burstd import transport
 from burstd.config import DEFAULT_ADDR, ConfigError
-from cli import burst
+from cli import burst, burstd
 from cli.burst import (
     JobCommand,
     Progress,
@@ -572,3 +572,10 @@ def test_unreachable_controller_exits_1(capsys: pytest.CaptureFixture[str]) -> N
     err = capsys.readouterr().err
     assert f"cannot reach controller at 127.0.0.1:{port}" in err
     assert err.startswith("burst: error: ") and "Traceback" not in err
+
+
+def test_burstd_up_gives_each_worker_at_least_two_slots() -> None:
+    # 2 workers on 2 CPUs: 2 slots each (1 each left every worker idle between its jobs).
+    assert burstd.up_slots(workers=2, cpus=2) == 2
+    assert burstd.up_slots(workers=4, cpus=2) == 2
+    assert burstd.up_slots(workers=2, cpus=16) == 8  # a share of a bigger machine, as before
