@@ -2,11 +2,12 @@
 
 For each worker count, a fresh ``burstd controller`` (durable store in a temporary state dir
 unless ``--store memory``) is started; ``--procs`` processes run the simulated workers (each with
-its own connection: RegisterWorker, then PollJob for up to its capacity and one
-ReportJobResults for the whole batch, over and over), while this process submits the jobs in
+its own connection and a real worker's timing: RegisterWorker, then long polls for up to its
+capacity and one ReportJobResults for the whole batch, over and over, beside a notice poll and
+heartbeats at the interval the controller asks for), while this process submits the jobs in
 arrays of ``--array`` and waits for all of them (WaitJobs). Printed per point: jobs/s from the
 first submission to the last result, and the controller's CPU time (user + system, from
-/proc) per job.
+/proc) per job; before that, the controller's CPU with every worker registered and idle.
 
 Usage::
 
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -31,6 +33,8 @@ import contextlib
 
 from bench._common import REPO, burst_env, load, machine, start_controller
 
+T = TypeVar("T")
+
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -38,31 +42,55 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
+    """One simulated worker with a real worker's timing: long polls of LONG_POLL_MS for work,
+    one of NOTICE_POLL_MS for notices, heartbeats at the interval the controller asks for."""
     from burstd import transport
     from burstd.config import parse_hostport
+    from burstd.worker.daemon import LONG_POLL_MS, NOTICE_POLL_MS
     from proto.burst.v1 import job_pb2, worker_pb2
 
     service = "burst.v1.ControllerRpc"
     host, port = parse_hostport(addr)
     async with transport.Channel(host, port, connect_timeout=10.0) as channel:
-        await channel.unary(
-            service,
+
+        async def call(method: str, request: Any, reply: type[T]) -> T:
+            return await channel.unary(service, method, request, reply, timeout=60)
+
+        registered = await call(
             "RegisterWorker",
             worker_pb2.RegisterWorkerRequest(
                 worker_id=worker_id, slots=capacity, queue_capacity=capacity, hostname="sim"
             ),
             worker_pb2.RegisterWorkerResponse,
-            timeout=60,
         )
-        poll = job_pb2.PollJobRequest(
-            worker_id=worker_id, max_jobs=capacity, wait_ms=1000, batch=True
-        )
-        last_beat = time.monotonic()
-        while True:
-            response = await channel.unary(
-                service, "PollJob", poll, job_pb2.PollJobResponse, timeout=60
+        interval = registered.heartbeat_interval_ms / 1000
+        lease_seq = 0
+
+        async def heartbeat() -> None:
+            while True:
+                await trio.sleep(interval)
+                await call(
+                    "Heartbeat",
+                    worker_pb2.HeartbeatRequest(worker_id=worker_id, lease_seq=lease_seq),
+                    worker_pb2.HeartbeatResponse,
+                )
+
+        async def notice_poll() -> None:
+            poll = job_pb2.PollJobRequest(worker_id=worker_id, wait_ms=NOTICE_POLL_MS, batch=True)
+            while True:
+                await call("PollJob", poll, job_pb2.PollJobResponse)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(heartbeat)
+            nursery.start_soon(notice_poll)
+            poll = job_pb2.PollJobRequest(
+                worker_id=worker_id, max_jobs=capacity, wait_ms=LONG_POLL_MS, batch=True
             )
-            if response.jobs:
+            while True:
+                response = await call("PollJob", poll, job_pb2.PollJobResponse)
+                lease_seq = response.lease_seq
+                if not response.jobs:
+                    continue
                 now = time.time()
                 results = [
                     job_pb2.ReportJobResultRequest(
@@ -75,21 +103,10 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
                     )
                     for job in response.jobs
                 ]
-                await channel.unary(
-                    service,
+                await call(
                     "ReportJobResults",
                     job_pb2.ReportJobResultsRequest(worker_id=worker_id, results=results),
                     job_pb2.ReportJobResultsResponse,
-                    timeout=60,
-                )
-            if time.monotonic() - last_beat > 1.0:  # a real worker's default interval
-                last_beat = time.monotonic()
-                await channel.unary(
-                    service,
-                    "Heartbeat",
-                    worker_pb2.HeartbeatRequest(worker_id=worker_id, lease_seq=response.lease_seq),
-                    worker_pb2.HeartbeatResponse,
-                    timeout=60,
                 )
 
 
@@ -97,6 +114,15 @@ async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:
     async with trio.open_nursery() as nursery:
         for i in range(count):
             nursery.start_soon(sim_worker, addr, f"{prefix}-{i}", capacity)
+
+
+async def wait_registered(addr: str, workers: int, timeout: float) -> None:
+    from burstd.client import Client
+
+    async with Client.connect(addr) as client:
+        with trio.fail_after(timeout):
+            while len(await client.workers()) < workers:
+                await trio.sleep(0.5)
 
 
 async def drive(addr: str, jobs: int, array: int) -> float:
@@ -138,7 +164,11 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
                         env=burst_env(),
                     )
                 )
-            time.sleep(1.0 + workers / 200)  # let them register
+            trio.run(wait_registered, addr, workers, 120.0)
+            # The background cost of idle workers (heartbeats, long polls), measured apart.
+            cpu0, wall0 = cpu_seconds(ctl.pid), time.monotonic()
+            time.sleep(args.idle)
+            idle = (cpu_seconds(ctl.pid) - cpu0) / (time.monotonic() - wall0)
             cpu0 = cpu_seconds(ctl.pid)
             elapsed = trio.run(drive, addr, args.jobs, args.array)
             cpu = cpu_seconds(ctl.pid) - cpu0
@@ -153,8 +183,8 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
         rate = args.jobs / elapsed
         per_job_us = cpu / args.jobs * 1e6
         print(
-            f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job"
-            f" ({load()})",
+            f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
+            f" idle {idle * 100:4.1f}% of a core ({load()})",
             flush=True,
         )
         return rate, per_job_us
@@ -167,6 +197,9 @@ def main() -> dict[int, tuple[float, float]]:
     parser.add_argument("--array", type=int, default=5_000)
     parser.add_argument("--capacity", type=int, default=64, help="jobs each worker holds")
     parser.add_argument("--procs", type=int, default=2, help="processes of simulated workers")
+    parser.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of idle workers measured first"
+    )
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
