@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pytest
+import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -27,7 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from burstd import transport
 from burstd.config import Config, WorkerConfig
 from burstd.controller.admission import SpecError
-from burstd.controller.service import ControllerService
+from burstd.controller.service import PEER_LIST_AGE, ControllerService
 from burstd.controller.table import (
     TERMINAL,
     Held,
@@ -382,7 +383,9 @@ async def test_service_transfers_and_tells_thieves_about_peers() -> None:
         job_pb2.PollJobRequest(worker_id="w1", max_jobs=8, batch=True), {}
     )
     await register("w2", 7, 4)
-    # w2 learns that w1 has 3 spare jobs (1 slot, 4 queued), and where it listens.
+    # w2 learns that w1 has 3 spare jobs (1 slot, 4 queued), and where it listens, once the
+    # list made at w1's registration is old enough to be made again.
+    await trio.sleep(PEER_LIST_AGE)
     beat = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", want_peers=True), {})
     [peer] = beat.peers
     assert (peer.worker_id, peer.peer_addr, peer.leased, peer.running) == (
@@ -410,6 +413,31 @@ async def test_service_transfers_and_tells_thieves_about_peers() -> None:
         await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w9", thief_id="w2"), {})
     with pytest.raises(SpecError, match="thief_id"):
         await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w1"), {})
+
+
+async def test_one_peer_list_serves_every_reply_for_a_while() -> None:
+    """A thousand idle workers asking for peers must not each make the controller go through
+    every worker: replies within PEER_LIST_AGE share one list, each without the asking worker."""
+    service = ControllerService(JobTable())
+    for n in (1, 2, 3):
+        await service.register_worker(
+            worker_pb2.RegisterWorkerRequest(
+                worker_id=f"w{n}", slots=1, queue_capacity=4, peer_addr=f"127.0.0.1:{n}"
+            ),
+            {},
+        )
+    service.table.submit([NewJob(job_pb2.JobSpec().SerializeToString())], 0.0)
+
+    async def peers(worker_id: str) -> dict[str, int]:
+        request = worker_pb2.HeartbeatRequest(worker_id=worker_id, want_peers=True)
+        beat = await service.heartbeat(request, {})
+        return {p.worker_id: p.leased for p in beat.peers}
+
+    # The list made at w1's registration, before the others registered and w1 had a job.
+    assert await peers("w2") == {"w1": 0}
+    assert await peers("w1") == {}
+    await trio.sleep(PEER_LIST_AGE)
+    assert await peers("w2") == {"w1": 1, "w3": 0}
 
 
 # -- random operation sequences ---------------------------------------------------------------

@@ -7,6 +7,8 @@ an event that is replaced whenever any job ends.
 
 from __future__ import annotations
 
+import heapq
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -44,6 +46,10 @@ MAX_LIST = 10_000
 WAIT_UPDATE_INTERVAL = 0.05
 # Peers listed in a registration or heartbeat reply: the most loaded ones are what thieves need.
 MAX_PEERS = 64
+# Loads in peer lists are hints (the victim decides what to give): one list, made at most this
+# often, serves every reply, so that a thousand registrations or idle heartbeats do not each go
+# through every worker.
+PEER_LIST_AGE = 0.1
 _JOB_ID = re.compile(r"job-\d{8,}")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -106,6 +112,8 @@ class ControllerService:
         self._worker_events: dict[str, trio.Event] = {}
         self._finished = trio.Event()
         self._finished_seq = table.finished_seq
+        self._peer_list: list[worker_pb2.PeerInfo] = []
+        self._peer_list_until = -math.inf
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -552,25 +560,31 @@ class ControllerService:
 
     def _peers(self, exclude: str) -> list[worker_pb2.PeerInfo]:
         """Workers that serve StealJobs, other than ``exclude``, most spare jobs first (at most
-        MAX_PEERS): a thief learns where to steal without asking every peer."""
-        loads = []
-        for w in self.table.workers.values():
-            if w.worker_id == exclude or not w.peer_addr or w.draining:
-                continue
-            running = w.running
-            loads.append((spare(len(w.leases) - running, w.slots - running), running, w))
-        loads.sort(key=lambda load: -load[0])
-        return [
-            worker_pb2.PeerInfo(
-                worker_id=w.worker_id,
-                peer_addr=w.peer_addr,
-                slots=w.slots,
-                capacity=w.capacity,
-                leased=len(w.leases),
-                running=running,
-            )
-            for _, running, w in loads[:MAX_PEERS]
-        ]
+        MAX_PEERS, as they were up to PEER_LIST_AGE ago): a thief learns where to steal without
+        asking every peer."""
+        now = trio.current_time()
+        if now >= self._peer_list_until:
+            self._peer_list_until = now + PEER_LIST_AGE
+            loads = []
+            for w in self.table.workers.values():
+                if not w.peer_addr or w.draining:
+                    continue
+                running = w.running
+                loads.append((spare(len(w.leases) - running, w.slots - running), running, w))
+            # One more than listed: the asking worker is left out of its own list.
+            top = heapq.nlargest(MAX_PEERS + 1, loads, key=lambda load: load[0])
+            self._peer_list = [
+                worker_pb2.PeerInfo(
+                    worker_id=w.worker_id,
+                    peer_addr=w.peer_addr,
+                    slots=w.slots,
+                    capacity=w.capacity,
+                    leased=len(w.leases),
+                    running=running,
+                )
+                for _, running, w in top
+            ]
+        return [p for p in self._peer_list if p.worker_id != exclude][:MAX_PEERS]
 
     async def transfer_jobs(
         self, request: peer_pb2.TransferJobsRequest, metadata: Mapping[str, str]
