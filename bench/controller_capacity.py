@@ -63,17 +63,19 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
             ),
             worker_pb2.RegisterWorkerResponse,
         )
-        interval = registered.heartbeat_interval_ms / 1000
+        interval = (registered.paced_heartbeat_ms or registered.heartbeat_interval_ms) / 1000
         lease_seq = 0
 
         async def heartbeat() -> None:
+            nonlocal interval
             while True:
                 await trio.sleep(interval)
-                await call(
+                beat = await call(
                     "Heartbeat",
                     worker_pb2.HeartbeatRequest(worker_id=worker_id, lease_seq=lease_seq),
                     worker_pb2.HeartbeatResponse,
                 )
+                interval = beat.paced_heartbeat_ms / 1000 or interval
 
         async def notice_poll() -> None:
             poll = job_pb2.PollJobRequest(worker_id=worker_id, wait_ms=NOTICE_POLL_MS, batch=True)

@@ -227,6 +227,10 @@ class ControllerConfig:
     """A worker silent for this long is declared dead and its leases are requeued (>= 100)."""
     heartbeat_interval_ms: int = 1_000
     """How often workers heartbeat; must be < ``lease_ttl_ms``."""
+    heartbeat_budget: int = 100
+    """Heartbeats per second from all workers together (>= 1): beyond ``heartbeat_budget *
+    heartbeat_interval_ms / 1000`` workers, the interval handed to workers and their lease TTL
+    stretch in proportion, so idle workers cost the controller a bounded share of its CPU."""
     crash_limit: int = 5
     """Lost leases after which a job is failed instead of requeued (>= 1)."""
     max_batch: int = 1_000_000
@@ -447,6 +451,7 @@ _CONTROLLER: dict[str, _Field] = {
     "store": _choice("store", lambda ctx: STORES),
     "lease_ttl_ms": _int(100),
     "heartbeat_interval_ms": _int(10),
+    "heartbeat_budget": _int(1),
     "crash_limit": _int(1),
     "max_batch": _int(1),
     "max_spec_bytes": _int(1),

@@ -437,6 +437,33 @@ async def test_prototype_unary_forms(cluster: Cluster) -> None:
         assert (await rpc.heartbeat("stranger")).reregister
 
 
+async def test_heartbeats_are_paced_to_the_budget_and_the_lease_ttl_with_them(
+    cluster: Cluster,
+) -> None:
+    # 10 heartbeats a second at 100 ms: one worker beats every 100 ms, three every 300 ms.
+    start_controller(cluster, **FAST_LEASES, heartbeat_budget=10)
+    async with connect(cluster) as rpc:
+        first = await rpc.register("w1")
+        assert (first.heartbeat_interval_ms, first.paced_heartbeat_ms) == (100, 100)
+        await rpc.register("w2")
+        third = await rpc.register("w3")
+        assert (third.heartbeat_interval_ms, third.paced_heartbeat_ms) == (100, 300)
+        async with trio.open_nursery() as nursery:
+            for worker_id in ("w2", "w3"):
+                nursery.start_soon(heartbeat_forever, rpc, worker_id)
+            silent_since = time.monotonic()
+            assert (await rpc.heartbeat("w1")).paced_heartbeat_ms == 300
+            # Told 300 ms, w1 may stay silent for 3 x 500 ms, past the unpaced TTL ...
+            await trio.sleep(0.9)
+            assert "w1" in await rpc.workers()
+            # ... and not much longer.
+            with trio.fail_after(PATIENCE):
+                while "w1" in await rpc.workers():
+                    await trio.sleep(0.05)
+            assert time.monotonic() - silent_since > 1.5
+            nursery.cancel_scope.cancel()
+
+
 async def test_lost_worker_job_moves_to_another_with_attempt_2(cluster: Cluster) -> None:
     start_controller(cluster, **FAST_LEASES)
     async with connect(cluster) as rpc:

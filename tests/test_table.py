@@ -362,6 +362,33 @@ def test_a_worker_that_talks_is_not_expired() -> None:
     assert table.expire(18.5) == ["w1"]
 
 
+def test_pace_stretches_the_heartbeat_interval_and_lease_ttl_beyond_the_budget() -> None:
+    # A budget of 2 heartbeats a second at a 1 s interval: 2 workers beat at 1 s, 4 at 2 s.
+    table = JobTable(lease_ttl=10.0, heartbeat_interval=1.0, heartbeat_budget=2.0)
+    register(table, "w1", now=0.0)
+    register(table, "w2", now=0.0)
+    assert table.pace("w1") == 1.0
+    register(table, "w3", now=0.0)
+    register(table, "w4", now=0.0)
+    assert table.pace("w2") == 2.0
+    # w2 was told to beat every 2 s, so it is lost only after 2 x 10 s; w1 (told 1 s) after 10.
+    assert table.expire(15.0) == ["w1", "w3", "w4"]
+    assert table.expire(20.0) == []
+    assert table.expire(20.5) == ["w2"]
+
+
+def test_pace_follows_the_workers_down_again() -> None:
+    table = JobTable(lease_ttl=10.0, heartbeat_interval=0.5, heartbeat_budget=2.0)
+    for n in range(4):
+        register(table, f"w{n}", now=0.0)
+    assert table.pace("w0") == 4.0
+    for n in (1, 2, 3):
+        table.remove_worker(f"w{n}", 0.0)
+    table.heartbeat("w0", [], 0, now=1.0)
+    assert table.pace("w0") == 1.0
+    assert table.expire(11.5) == ["w0"]
+
+
 def test_crash_limit_fails_a_job_that_loses_every_worker() -> None:
     table = JobTable(lease_ttl=10.0, crash_limit=2)
     [job_id] = submit(table)

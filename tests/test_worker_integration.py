@@ -675,3 +675,33 @@ async def test_cancel_of_a_job_waiting_for_a_slot_frees_its_place_at_once(tmp_pa
             worker.drain()
             with trio.fail_after(30):
                 await stopped.wait()
+
+
+async def test_worker_heartbeats_at_the_paced_interval(tmp_path: Path) -> None:
+    """A controller over its heartbeat budget hands out a longer interval, and the worker keeps
+    to it (its lease TTL is stretched alike, so it stays registered)."""
+    # A budget of 1 heartbeat a second at 100 ms: a lone worker beats once a second.
+    settings = {"lease_ttl_ms": 500, "heartbeat_interval_ms": 100, "heartbeat_budget": 1}
+    async with in_process_controller(**settings) as (addr, nursery):
+        worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
+        stopped = await run_worker(nursery, worker)
+        async with Client.connect(addr) as client:
+
+            async def silence() -> float:
+                return max(0.0, *(w.last_seen_ago for w in await client.workers()))
+
+            await until(lambda: _registered(client), 30, "the worker to register")
+            await trio.sleep(1.2)  # its first heartbeat, timed before it registered
+            longest = 0.0
+            with trio.move_on_after(2.5):
+                while True:
+                    longest = max(longest, await silence())
+                    await trio.sleep(0.02)
+            assert 0.6 < longest < 1.5
+        worker.drain()
+        with trio.fail_after(30):
+            await stopped.wait()
+
+
+async def _registered(client: Client) -> bool:
+    return bool(await client.workers())

@@ -34,6 +34,8 @@ def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
         lease_ttl=config.lease_ttl_ms / 1000,
         crash_limit=config.crash_limit,
         track_changes=durable,
+        heartbeat_interval=config.heartbeat_interval_ms / 1000,
+        heartbeat_budget=config.heartbeat_budget,
     )
 
 
@@ -50,7 +52,6 @@ def build_service(config: ControllerConfig, store: Store | None = None) -> Contr
         writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
-        heartbeat_interval_ms=config.heartbeat_interval_ms,
     )
     return ControllerService(table, settings, writer=writer)
 

@@ -58,7 +58,6 @@ Resp = TypeVar("Resp")
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
-    heartbeat_interval_ms: int = 1000
 
 
 def job_info(job: Job) -> job_pb2.JobInfo:
@@ -131,7 +130,8 @@ class ControllerService:
         lost = self.table.expire(self.clock())
         for worker_id in lost:
             logger.bind(worker_id=worker_id).warning(
-                "worker silent for over {:.1f} s: declared lost, its jobs go back to the queue",
+                "worker silent for over its lease TTL ({:.1f} s or more): declared lost, its jobs"
+                " go back to the queue",
                 self.table.lease_ttl,
             )
         self._after_change()
@@ -419,10 +419,14 @@ class ControllerService:
         return worker_pb2.RegisterWorkerResponse(
             accepted=True,
             lease_ttl_ms=int(self.table.lease_ttl * 1000),
-            heartbeat_interval_ms=self.settings.heartbeat_interval_ms,
+            heartbeat_interval_ms=int(self.table.heartbeat_interval * 1000),
             drop=_held_pb(drop),
             peers=self._peers(worker_id),
+            paced_heartbeat_ms=self._paced_heartbeat_ms(worker_id),
         )
+
+    def _paced_heartbeat_ms(self, worker_id: str) -> int:
+        return int(self.table.heartbeat_interval * self.table.pace(worker_id) * 1000)
 
     def _unknown_worker(self, error: UnknownWorker) -> transport.RpcError:
         return transport.FailedPrecondition(f"{error}: register again")
@@ -556,6 +560,7 @@ class ControllerService:
             cancel=_held_pb(cancel),
             drop=_held_pb(drop),
             peers=self._peers(request.worker_id) if request.want_peers else [],
+            paced_heartbeat_ms=self._paced_heartbeat_ms(request.worker_id),
         )
 
     def _peers(self, exclude: str) -> list[worker_pb2.PeerInfo]:

@@ -206,6 +206,9 @@ class Worker:
     steal_done: int = 0
     # The worker handed a job back: it is shutting down and gets no new work until it registers.
     draining: bool = False
+    # The factor by which the heartbeat interval last handed to this worker was stretched
+    # (JobTable.pace): the worker is declared lost only after the lease TTL times as much.
+    pace: float = 1.0
 
     @property
     def running(self) -> int:
@@ -229,10 +232,14 @@ class JobTable:
         crash_limit: int = 5,
         first_id: int = 1,
         track_changes: bool = True,
+        heartbeat_interval: float = 1.0,
+        heartbeat_budget: float = 100.0,
     ) -> None:
         self.router = make_router(router) if isinstance(router, str) else router
         self.max_queued = max_queued
         self.lease_ttl = lease_ttl
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_budget = heartbeat_budget
         self.crash_limit = crash_limit
         self.jobs: dict[str, Job] = {}
         self.workers: dict[str, Worker] = {}
@@ -696,9 +703,24 @@ class JobTable:
         """A lease stolen for this worker whose steal round has not ended yet."""
         return job.steal_round > worker.steal_done
 
+    def pace(self, worker_id: str) -> float:
+        """The factor (>= 1) by which the heartbeat interval handed to this worker now stretches,
+        so that all registered workers together send at most about ``heartbeat_budget``
+        heartbeats a second; the worker's lease TTL stretches by the same factor from now on.
+
+        The worker must heartbeat within the stretched interval (a paced worker re-reads it
+        at least every ``heartbeat_interval``, so a shorter one handed at registration counts at
+        once); one that ignores it keeps the unstretched one, which is shorter still.
+        """
+        worker = self.workers[worker_id]
+        beats_per_interval = self.heartbeat_budget * self.heartbeat_interval
+        worker.pace = max(1.0, len(self.workers) / beats_per_interval)
+        return worker.pace
+
     def expire(self, now: float) -> list[str]:
-        """Declare lost every worker silent for longer than the lease TTL; returns their ids."""
-        lost = [w for w in self.workers.values() if now - w.last_seen > self.lease_ttl]
+        """Declare lost every worker silent for longer than its lease TTL (``lease_ttl`` times
+        its ``pace``); returns their ids."""
+        lost = [w for w in self.workers.values() if now - w.last_seen > self.lease_ttl * w.pace]
         for worker in lost:
             self.remove_worker(worker.worker_id, now)
         unclaimed = [job_id for job_id, deadline in self.orphans.items() if deadline < now]

@@ -152,7 +152,11 @@ class ControllerLink:
         self.state = state
         self.peer_addr = peer_addr
         self.host, self.port = parse_hostport(state.config.controller_addr)
+        # The controller's configured interval (the cap of the reconnect backoff: a restarted
+        # controller waits one unstretched lease TTL for workers to claim their jobs), and the
+        # one it asks for now, stretched when many workers share its heartbeat budget.
         self.heartbeat_interval = 1.0
+        self.paced_interval = 1.0
         self._channel: transport.Channel | None = None
         self._connected = trio.Event()
         self._broken = trio.Event()
@@ -216,10 +220,15 @@ class ControllerLink:
         )
         if response.heartbeat_interval_ms:
             self.heartbeat_interval = response.heartbeat_interval_ms / 1000
+        self.pace(response.paced_heartbeat_ms)
         for held in response.drop:
             self._drop(held)
         self.state.peers = list(response.peers)
         self.log.info("registered with controller {}:{}", self.host, self.port)
+
+    def pace(self, paced_heartbeat_ms: int) -> None:
+        """Heartbeat at the controller's paced interval (its plain one if it sends none)."""
+        self.paced_interval = paced_heartbeat_ms / 1000 or self.heartbeat_interval
 
     def _drop(self, held: worker_pb2.HeldJob) -> None:
         if self.state.local.drop(held.job_id, held.attempt) is not None:
@@ -474,8 +483,13 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         local = self.state.local
+        last = trio.current_time()
         while True:
-            await trio.sleep(self.link.heartbeat_interval)
+            # In steps of at most the unstretched interval: a shorter paced interval handed by a
+            # registration meanwhile (a restarted controller, fewer workers) applies at once,
+            # since the controller declares us lost by it.
+            while (due := last + self.link.paced_interval) > trio.current_time():
+                await trio.sleep(min(due - trio.current_time(), self.link.heartbeat_interval))
             config_slots = self.state.config.slots
             # Built in one step with no checkpoint: `held` and `steal_round_done` agree (a job
             # stolen in a round that ended is listed, or was never received).
@@ -492,9 +506,12 @@ class Worker:
                 response = await self.link.call("Heartbeat", request, worker_pb2.HeartbeatResponse)
             except transport.RpcError:
                 continue
+            finally:
+                last = trio.current_time()
             if response.reregister:
                 self.link.broken()
                 continue
+            self.link.pace(response.paced_heartbeat_ms)
             if request.want_peers:  # (without it, the reply lists none: that is no news)
                 self.state.peers = list(response.peers)
             self.link.apply_notices(response.cancel, response.drop)

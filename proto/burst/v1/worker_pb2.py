@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/burst/v1/worker.proto\x12\x08\x62urst.v1\";\n\x07HeldJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\x08\"\xbc\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x11\n\tpeer_addr\x18\x04 \x01(\t\x12\x1f\n\x04held\x18\x05 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x11\n\tlease_seq\x18\x07 \x01(\x04\x12\x10\n\x08instance\x18\x08 \x01(\x04\"\xa3\x01\n\x16RegisterWorkerResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1f\n\x04\x64rop\x18\x04 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\"r\n\x08PeerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\"\x87\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1f\n\x04held\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x11\n\tlease_seq\x18\x03 \x01(\x04\x12\x18\n\x10steal_round_done\x18\x04 \x01(\x04\x12\x12\n\nwant_peers\x18\x05 \x01(\x08\"\x9a\x01\n\x11HeartbeatResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12!\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x1f\n\x04\x64rop\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x12\n\nreregister\x18\x04 \x01(\x08\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\"\x07\n\x05\x45mptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/burst/v1/worker.proto\x12\x08\x62urst.v1\";\n\x07HeldJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\x08\"\xbc\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x11\n\tpeer_addr\x18\x04 \x01(\t\x12\x1f\n\x04held\x18\x05 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x11\n\tlease_seq\x18\x07 \x01(\x04\x12\x10\n\x08instance\x18\x08 \x01(\x04\"\xbf\x01\n\x16RegisterWorkerResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1f\n\x04\x64rop\x18\x04 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\"r\n\x08PeerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\"\x87\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1f\n\x04held\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x11\n\tlease_seq\x18\x03 \x01(\x04\x12\x18\n\x10steal_round_done\x18\x04 \x01(\x04\x12\x12\n\nwant_peers\x18\x05 \x01(\x08\"\xb6\x01\n\x11HeartbeatResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12!\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x1f\n\x04\x64rop\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x12\n\nreregister\x18\x04 \x01(\x08\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\"\x07\n\x05\x45mptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,13 +36,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERWORKERREQUEST']._serialized_start=103
   _globals['_REGISTERWORKERREQUEST']._serialized_end=291
   _globals['_REGISTERWORKERRESPONSE']._serialized_start=294
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=457
-  _globals['_PEERINFO']._serialized_start=459
-  _globals['_PEERINFO']._serialized_end=573
-  _globals['_HEARTBEATREQUEST']._serialized_start=576
-  _globals['_HEARTBEATREQUEST']._serialized_end=711
-  _globals['_HEARTBEATRESPONSE']._serialized_start=714
-  _globals['_HEARTBEATRESPONSE']._serialized_end=868
-  _globals['_EMPTY']._serialized_start=870
-  _globals['_EMPTY']._serialized_end=877
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=485
+  _globals['_PEERINFO']._serialized_start=487
+  _globals['_PEERINFO']._serialized_end=601
+  _globals['_HEARTBEATREQUEST']._serialized_start=604
+  _globals['_HEARTBEATREQUEST']._serialized_end=739
+  _globals['_HEARTBEATRESPONSE']._serialized_start=742
+  _globals['_HEARTBEATRESPONSE']._serialized_end=924
+  _globals['_EMPTY']._serialized_start=926
+  _globals['_EMPTY']._serialized_end=933
 # @@protoc_insertion_point(module_scope)

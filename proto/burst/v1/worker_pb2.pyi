@@ -37,18 +37,20 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers")
+    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers", "paced_heartbeat_ms")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    PACED_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     lease_ttl_ms: int
     heartbeat_interval_ms: int
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
-    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
+    paced_heartbeat_ms: int
+    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ...) -> None: ...
 
 class PeerInfo(_message.Message):
     __slots__ = ("worker_id", "peer_addr", "slots", "capacity", "leased", "running")
@@ -81,18 +83,20 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("ok", "cancel", "drop", "reregister", "peers")
+    __slots__ = ("ok", "cancel", "drop", "reregister", "peers", "paced_heartbeat_ms")
     OK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
+    PACED_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     cancel: _containers.RepeatedCompositeFieldContainer[HeldJob]
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
     reregister: bool
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
-    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ...) -> None: ...
+    paced_heartbeat_ms: int
+    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
