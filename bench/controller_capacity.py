@@ -7,7 +7,8 @@ capacity and one ReportJobResults for the whole batch, over and over, beside a n
 heartbeats at the interval the controller asks for), while this process submits the jobs in
 arrays of ``--array`` and waits for all of them (WaitJobs). Printed per point: jobs/s from the
 first submission to the last result, and the controller's CPU time (user + system, from
-/proc) per job; before that, the controller's CPU with every worker registered and idle.
+/proc) per job, also net of the background cost that the idle workers (measured first, every
+worker registered) add over that time.
 
 Usage::
 
@@ -184,9 +185,12 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
                     proc.kill()
         rate = args.jobs / elapsed
         per_job_us = cpu / args.jobs * 1e6
+        # What the jobs cost beyond the idle workers' background, which grows with the wall
+        # time: on a machine shared with other work, that is the steadier figure.
+        net_us = max(0.0, cpu - idle * elapsed) / args.jobs * 1e6
         print(
             f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
-            f" idle {idle * 100:4.1f}% of a core ({load()})",
+            f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core ({load()})",
             flush=True,
         )
         return rate, per_job_us
