@@ -204,7 +204,11 @@ def main() -> dict[int, tuple[float, float]]:
     parser.add_argument("--capacity", type=int, default=64, help="jobs each worker holds")
     parser.add_argument("--procs", type=int, default=2, help="processes of simulated workers")
     parser.add_argument(
-        "--idle", type=float, default=5.0, help="seconds of idle workers measured first"
+        "--idle",
+        type=float,
+        default=12.0,
+        help="seconds of idle workers measured first (at least one paced heartbeat interval:"
+        " 10 s at 1,000 workers)",
     )
     parser.add_argument("--store", default="sqlite", choices=["sqlite", "memory"])
     parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
