@@ -26,7 +26,7 @@ JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
 class FakeLink:
     """Stands in for ControllerLink: PollJob replies come from ``replies``, every call is kept."""
 
-    heartbeat_interval = 1.0
+    heartbeat_interval = paced_interval = 1.0
 
     def __init__(self, events: list[tuple[str, Any]]) -> None:
         self.events = events
@@ -48,6 +48,9 @@ class FakeLink:
         return response_type()
 
     def apply_notices(self, cancel: Any, drop: Any) -> None:
+        pass
+
+    def pace(self, paced_heartbeat_ms: int) -> None:
         pass
 
     def broken(self, channel: object = None) -> None:
