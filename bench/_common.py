@@ -95,6 +95,12 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
     return ctl, port
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rate_of(line: str) -> float | None:
     """The 'R jobs/s' figure of a peer script's output line."""
     match = re.search(r"([0-9.]+) jobs/s", line)

@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -32,14 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from bench._common import REPO, burst_env, load, machine, start_controller
+from bench._common import REPO, burst_env, cpu_seconds, load, machine, start_controller
 
 T = TypeVar("T")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:

@@ -5,7 +5,7 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 
 Usage::
 
-    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,steal]
+    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,rpc,steal]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -95,6 +95,12 @@ def main() -> None:
     if "memory" not in skip:
         out = run("memory.py", "--jobs", "100000" if q else "1000000")
         rows.append(("controller memory per queued job", grab(r"(\d+ bytes/job)", out), "<= 1024"))
+    if "rpc" not in skip:
+        out = run("rpc_cost.py", "--calls", "1000" if q else "3000")
+        unary = r"sequential unary: (p50 [0-9.]+ ms p99 [0-9.]+ ms)"
+        server_cpu = r"sequential unary: [0-9,]+ calls/s, server CPU ([0-9]+ us)"
+        rows.append(("unary RPC latency (sequential)", grab(unary, out), "-"))
+        rows.append(("unary RPC, server CPU per call", grab(server_cpu, out), "-"))
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 
