@@ -12,10 +12,12 @@ wire library can be swapped without touching them:
   bounded by a timeout;
 * :func:`open_channel` and the standard health service (:func:`health_service`).
 
-purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``), its socket writer
-and its per-stream flow control. Its ``Server``, ``ConnectionHandler`` and client stubs are not
-used, because they carry the traps this module exists to close (see docs/architecture.md and
-the design, section 4):
+purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``, over h2). Its
+socket and stream classes are replaced by lighter ones here (one writer task per connection that
+sends each scheduling round's frames in one write, calls that wait without allocating events or
+memory channels); its ``Server``, ``ConnectionHandler`` and client stubs are not used, because
+they carry the traps this module exists to close (see docs/architecture.md and the design,
+section 4):
 
 1. ``Server.serve_async`` binds every interface with SO_REUSEPORT, so a second server on a busy
    port starts silently. :func:`serve` binds only the configured host, without reuse-port, and a
@@ -38,6 +40,7 @@ the design, section 4):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import enum
 import errno
@@ -47,6 +50,7 @@ import math
 import os
 import re
 import socket
+import struct
 import types
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -60,8 +64,6 @@ import h2.exceptions  # type: ignore[import-untyped]
 import trio
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from loguru import logger
-from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
-from purerpc.grpc_socket import GRPCStreamState
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import (
@@ -404,56 +406,134 @@ class _Connection(GRPCConnection):  # type: ignore[misc]
         return events
 
 
-class _Stream(GRPCProtoStream):  # type: ignore[misc]
-    """One call. Requests and replies travel as raw bytes: decoding is ours (trap 3)."""
+class _ConnectionLost(Exception):
+    """The connection under a call is gone (or, when sending, the peer reset the stream)."""
 
-    _state: Any
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+# TCP keepalive: a peer that vanished without closing is noticed after ~7.5 minutes idle, as
+# purerpc configured its sockets (calls with a deadline notice sooner: see Channel._watch).
+_KEEPALIVE_OPTIONS = (
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 300),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 30),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+)
+# The gRPC message prefix: not compressed, then the length (big-endian).
+_MESSAGE_PREFIX = struct.Struct(">?I")
+
+
+_SERVER_CONFIG = GRPCConfiguration(client_side=False)
+_CLIENT_CONFIG = GRPCConfiguration(client_side=True)
+# Bytes asked of the socket per read (purerpc asked for 1 MiB, which CPython allocates on every
+# read before it shrinks the buffer to what came).
+_RECEIVE_SIZE = 65536
+
+
+class _Wakeup:
+    """Where one task at a time waits until another wakes it.
+
+    Like a trio.Event that resets itself, but allocating nothing per wait. A wake-up with no
+    task waiting is not remembered: the waiter checks its condition just before waiting.
+    """
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+
+    async def wait(self) -> None:
+        self._task = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self._task = None  # cancelled: rescheduled by trio, it must not be woken again
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def wake(self) -> None:
+        if self._task is not None:
+            trio.lowlevel.reschedule(self._task)
+            self._task = None
+
+
+class _Stream:
+    """One call on a connection. Requests and replies travel as raw bytes: decoding is ours
+    (trap 3).
+
+    The events the connection's reader hands over wait in a plain deque, and a task waiting
+    for them or for flow-control credit is parked and rescheduled directly (no memory channel
+    or trio.Event per call).
+    """
+
+    __slots__ = (
+        "_events",
+        "_lost",
+        "_reader",
+        "_socket",
+        "_window",
+        "cancel_scope",
+        "ended",
+        "request",
+        "reset",
+        "response_started",
+        "stream_id",
+    )
+
+    def __init__(self, socket_: _Socket, stream_id: int) -> None:
+        self._socket = socket_
+        self.stream_id = stream_id
+        self._events: collections.deque[object] = collections.deque()
+        self._reader = _Wakeup()  # for the call's task waiting for an event
+        self._window = _Wakeup()  # for the call's task waiting for flow-control credit
+        self._lost = False  # the connection is gone: no more events will come
         self.ended = False  # the peer's side is complete (end, status, reset or failure seen)
         self.reset = False  # the peer reset the stream
+        self.response_started = False  # server side: the reply's headers are out
         self.cancel_scope: trio.CancelScope | None = None  # server side: the handler's scope
+        self.request: RequestReceived | None = None  # server side: the call's headers
 
-    # purerpc deletes a stream from its table when both sides are closed and raises KeyError if
-    # it is gone already; here the table entry is removed once, by whoever finishes the call.
-    def _close_remote(self) -> None:
-        if self._state is GRPCStreamState.OPEN:
-            self._state = GRPCStreamState.HALF_CLOSED_REMOTE
-        elif self._state is GRPCStreamState.HALF_CLOSED_LOCAL:
-            self._state = GRPCStreamState.CLOSED
+    def put(self, event: object) -> None:
+        """Hand an event from the connection's reader to the call."""
+        self._events.append(event)
+        self._reader.wake()
 
-    def _close_local(self) -> None:
-        if self._state is GRPCStreamState.OPEN:
-            self._state = GRPCStreamState.HALF_CLOSED_LOCAL
-        elif self._state is GRPCStreamState.HALF_CLOSED_REMOTE:
-            self._state = GRPCStreamState.CLOSED
+    def lose(self) -> None:
+        """The connection is gone: wake whoever waits on this call."""
+        self._lost = True
+        self._reader.wake()
+        self._window.wake()
+
+    def window_updated(self) -> None:
+        self._window.wake()
 
     async def _receive(self) -> object:
-        # purerpc's version asserts on any event it does not know (ours: reset, failure).
-        event: object = await self._incoming_events[1].receive()
+        """The next event; raises _ConnectionLost once the connection is gone and drained."""
+        if self._events:
+            # A cancellation point, not a schedule point: queued events are taken at once.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            if self._lost:
+                await trio.lowlevel.checkpoint()
+                raise _ConnectionLost
+            await self._reader.wait()
+            if not self._events:
+                raise _ConnectionLost
+        event = self._events.popleft()
         if isinstance(event, MessageReceived):
-            self._grpc_connection.acknowledge_received_data(
-                self._stream_id, event.flow_controlled_length
-            )
-            await self._socket.flush()
+            self._socket.h2.acknowledge_received_data(event.flow_controlled_length, self.stream_id)
+            self._socket.flush()
         elif isinstance(event, RequestEnded | ResponseEnded | _StreamReset | _StreamFailed):
             self.ended = True
         return event
 
-    async def _wait_flow_control_update(self) -> None:
-        # purerpc waits for a WINDOW_UPDATE forever; a reset stream or a dead connection will
-        # never send one (both set the event to wake us up here).
-        await super()._wait_flow_control_update()
-        if self.reset or self._grpc_socket.finished.is_set():
-            # On the server a reset has cancelled the handler's scope: end with Cancelled, not
-            # with an error that would be logged as the handler's failure.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            raise anyio.BrokenResourceError("the stream was reset or the connection lost")
+    async def send_bytes(self, data: bytes, *, end: bool = False) -> None:
+        """Send one length-prefixed message (flow-controlled); ``end`` also ends our side.
 
-    async def send_bytes(self, data: bytes) -> None:
-        """Send one length-prefixed message (flow-controlled)."""
-        limit = self._grpc_connection.config.max_message_length
+        Raises _ConnectionLost if the stream is reset or the connection lost while waiting for
+        flow-control credit (on the server, Cancelled when the reset cancelled the handler).
+        """
+        connection = self._socket.grpc
+        limit = connection.config.max_message_length
         if len(data) > limit:
             # purerpc would raise its own MessageTooLargeError; the peer would refuse it anyway
             raise ResourceExhausted(f"message of {len(data)} bytes is over the {limit}-byte limit")
@@ -461,52 +541,136 @@ class _Stream(GRPCProtoStream):  # type: ignore[misc]
             # The handler's scope is cancelled: raise Cancelled here rather than let h2 raise
             # StreamClosedError for a stream the peer already abandoned.
             await trio.lowlevel.checkpoint_if_cancelled()
-        await self._send(data)
+        message = _MESSAGE_PREFIX.pack(False, len(data)) + data
+        sent = 0
+        while True:
+            window = connection.flow_control_window(self.stream_id)
+            if window <= 0:
+                self._socket.flush()  # what is queued must go out for the peer to give credit
+                await self._window.wait()
+                if self.reset or self._lost:
+                    # On the server a reset has cancelled the handler's scope: end with
+                    # Cancelled, not with an error that would be logged as the handler's failure.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    raise _ConnectionLost("the stream was reset or the connection lost")
+                continue
+            chunk = (
+                message if sent == 0 and window >= len(message) else message[sent : sent + window]
+            )
+            sent += len(chunk)
+            last = sent == len(message)
+            connection.send_data(self.stream_id, chunk, end_stream=end and last)
+            if last:
+                break
+        self._socket.flush()
 
-    def close_events(self) -> None:
-        """Close the event queue (anyio warns about unclosed memory streams)."""
-        self._incoming_events[0].close()
-        self._incoming_events[1].close()
+    def start_response(self) -> None:
+        """Send the reply's headers (server side)."""
+        self._socket.grpc.start_response(self.stream_id, "+proto")
+        self.response_started = True
+        self._socket.flush()
+
+    def end(self, status: Status) -> None:
+        """End the call with ``status`` (server side): trailers, or a trailers-only reply."""
+        if self.response_started:
+            self._socket.grpc.end_response(self.stream_id, status)
+        else:
+            self._socket.grpc.respond_status(self.stream_id, status)
+        self._socket.flush()
 
 
-class _Socket(GRPCProtoSocket):  # type: ignore[misc]
-    """One HTTP/2 connection, either side."""
+class _Socket:
+    """One HTTP/2 connection, either side: the frame reader and the socket writer.
 
-    StreamClass = _Stream
+    Whoever changes the HTTP/2 state calls :meth:`flush`, which moves the bytes h2 queued to the
+    writer and wakes it only when there are some; the writer sends everything queued meanwhile
+    in one ``send``, so the replies of one scheduling round go out together.
+    """
 
-    def __init__(self, config: Any, sock: anyio.abc.SocketStream) -> None:
-        super().__init__(config, sock)
-        # Swap in our GRPCConnection (the writer holds a reference to it too).
+    def __init__(self, client_side: bool, sock: anyio.abc.SocketStream) -> None:
+        self.client_side = client_side
+        config = _CLIENT_CONFIG if client_side else _SERVER_CONFIG
         connection = _Connection(config=config)
         # The headers we send are purerpc's own, well formed: checking each one again on every
         # call costs CPU for nothing (h2 in pure Python). Inbound headers stay checked on the
         # server, which must not trust its clients.
         h2_config = connection.h2_connection.config
         h2_config.validate_outbound_headers = False
-        if config.client_side:
+        if client_side:
             h2_config.validate_inbound_headers = False
         # Plain literals instead of Huffman-coded ones (both are valid HPACK): Huffman coding in
         # pure Python costs more CPU per call than the few bytes it saves on a local network.
         encoder = connection.h2_connection.encoder
         encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)
-        self._grpc_connection = connection
-        self._socket._grpc_connection = connection
+        raw = sock.extra(anyio.abc.SocketAttribute.raw_socket)
+        for level, option, value in _KEEPALIVE_OPTIONS:
+            raw.setsockopt(level, option, value)
+        self.grpc = connection
+        self.h2 = connection.h2_connection
+        self._sock = sock
+        self._streams: dict[int, _Stream] = {}
+        self._outgoing: list[bytes] = []
+        self._writer = _Wakeup()  # for the writer task, when it has sent everything
+        self._writing = True  # cleared to let the writer send what is left and return
+        self._reading = trio.CancelScope()  # around the client's reader task
         self.finished = trio.Event()  # set when the connection must close
         self.goaway = False  # the peer takes no new streams here
         self.retired = False  # take no new calls here (stream ids used up, or dead peer)
         self.failure = "connection closed by peer"
         self.probe: trio.Event | None = None  # set on any data received while a ping is out
+        connection.initiate_connection()
+        self.flush()
 
     @property
     def usable(self) -> bool:
         """Whether a new call may start on this connection."""
         return not (self.finished.is_set() or self.goaway or self.retired)
 
+    def flush(self) -> None:
+        """Have what h2 queued sent. Never blocks and is no checkpoint: safe anywhere."""
+        data = self.h2.data_to_send()
+        if data:
+            self._outgoing.append(data)
+            self._writer.wake()
+
+    def close(self) -> None:
+        """Stop the client's reader; let the writer send what is queued, then return."""
+        self._reading.cancel()
+        self._writing = False
+        self._writer.wake()
+
+    async def write(self) -> None:
+        """The connection's writer task: runs until :meth:`close` (or cancelled)."""
+        while True:
+            if self._outgoing:
+                data = b"".join(self._outgoing)
+                self._outgoing.clear()
+                await self._sock.send(data)
+            elif not self._writing:
+                return
+            else:
+                await self._writer.wait()
+
+    def start_request(
+        self,
+        service: str,
+        method: str,
+        authority: str,
+        timeout: timedelta | None,
+        metadata: Sequence[tuple[str, str]],
+    ) -> _Stream:
+        """Open a call (client side); h2.exceptions.H2Error if this connection takes no more."""
+        stream_id = self.h2.get_next_available_stream_id()
+        self.grpc.start_request(
+            stream_id, "http", service, method, None, authority, timeout, "+proto", metadata
+        )
+        stream = self._streams[stream_id] = _Stream(self, stream_id)
+        return stream
+
     def forget(self, stream: _Stream) -> None:
         """Drop a finished call's state; later frames for it are acknowledged and ignored."""
         self._streams.pop(stream.stream_id, None)
-        self._grpc_connection.message_read_buffers.pop(stream.stream_id, None)
-        stream.close_events()
+        self.grpc.message_read_buffers.pop(stream.stream_id, None)
         if not self.usable and not self._streams:
             self.finished.set()
 
@@ -514,40 +678,35 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
         """Tell the peer we abandoned this call (RST_STREAM CANCEL), if it is still open."""
         # h2 refuses if the stream is already closed at the HTTP/2 level: nothing to reset then
         with contextlib.suppress(h2.exceptions.H2Error):
-            self._grpc_connection.reset_stream(stream.stream_id, _H2_CANCEL)
-
-    async def flush(self) -> None:
-        # purerpc's flush only wakes the writer task (no checkpoint): safe under cancellation.
-        await self._socket.flush()
+            self.grpc.reset_stream(stream.stream_id, _H2_CANCEL)
 
     def fail_streams(self) -> None:
-        """Wake every waiting call: the connection is gone (their receive raises EndOfStream)."""
+        """Wake every waiting call: the connection is gone (their receive raises)."""
         self.finished.set()
         for stream in self._streams.values():
-            stream._incoming_events[0].close()
-            stream._flow_control_update_event.set()
+            stream.lose()
 
-    async def _listen(self) -> AsyncIterator[_Stream]:
+    async def listen(self) -> AsyncIterator[_Stream]:
+        """Read frames until the peer closes; yield each new call (server side)."""
         # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
         # track instead of raising KeyError.
         while True:
             try:
-                data = await self._socket.recv(self._receive_buffer_size)
+                data = await self._sock.receive(_RECEIVE_SIZE)
             except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 return
             if self.probe is not None:
                 self.probe.set()
-            events = self._grpc_connection.receive_data(data)
-            await self._socket.flush()
+            events = self.grpc.receive_data(data)
             for event in events:
                 if isinstance(event, WindowUpdated):
                     if event.stream_id == 0:
-                        targets = list(self._streams.values())
+                        for one in list(self._streams.values()):
+                            one.window_updated()
                     else:
                         target = self._streams.get(event.stream_id)
-                        targets = [target] if target is not None else []
-                    for target in targets:
-                        target._flow_control_update_event.set()
+                        if target is not None:
+                            target.window_updated()
                     continue
                 if isinstance(event, _GoAway):
                     self.goaway = True
@@ -555,32 +714,33 @@ class _Socket(GRPCProtoSocket):  # type: ignore[misc]
                 if isinstance(event, RequestReceived):
                     if self.client_side:
                         raise ProtocolError("the server opened a stream")
-                    stream = self._allocate_stream(event.stream_id)
-                    stream._incoming_events[0].send_nowait(event)
-                    yield stream
+                    new = self._streams[event.stream_id] = _Stream(self, event.stream_id)
+                    new.request = event
+                    yield new
                     continue
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
                     if isinstance(event, MessageReceived):
-                        self._grpc_connection.acknowledge_received_data(
-                            event.stream_id, event.flow_controlled_length
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
                         )
                     continue
                 if isinstance(event, _StreamReset):
                     stream.reset = True
-                    stream._flow_control_update_event.set()
+                    stream.window_updated()
                     if stream.cancel_scope is not None:
                         stream.cancel_scope.cancel()
-                stream._incoming_events[0].send_nowait(event)
-                if isinstance(event, RequestEnded | ResponseEnded):
-                    stream._close_remote()
+                stream.put(event)
+            self.flush()  # h2's answers (SETTINGS and PING acks, window updates, refusals)
 
-    async def _reader_thread(self) -> None:
-        # Client side only. A reader that ends (EOF, reset, protocol error) must not leave calls
-        # waiting forever: fail them all, and let the channel open a new connection next time.
+    async def read(self) -> None:
+        """The client's reader task. A reader that ends (EOF, reset, protocol error) must not
+        leave calls waiting forever: it fails them all, and the channel opens a new connection
+        next time."""
         try:
-            async for _ in self._listen():
-                pass
+            with self._reading:
+                async for _ in self.listen():
+                    pass
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
         finally:
@@ -687,7 +847,6 @@ class Service:
         self._methods[method_name] = method
 
 
-_SERVER_CONFIG = GRPCConfiguration(client_side=False)
 # accept() errors that mean "out of resources for now": wait and accept again rather than
 # stopping the whole server (as trio.serve_listeners does).
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -765,11 +924,15 @@ async def _serve_connection(
     except (OSError, TypeError):  # the peer may be gone already
         peer = "?"
     try:
-        async with sock, _Socket(_SERVER_CONFIG, sock) as connection, trio.open_nursery() as calls:
-            async for stream in connection.listen():
-                calls.start_soon(_serve_stream, connection, stream, methods)
-            # The client closed the connection: nobody is left to read any reply.
-            calls.cancel_scope.cancel()
+        async with sock, trio.open_nursery() as tasks:
+            connection = _Socket(False, sock)
+            tasks.start_soon(connection.write)
+            async with trio.open_nursery() as calls:
+                async for stream in connection.listen():
+                    calls.start_soon(_serve_stream, connection, stream, methods)
+                # The client closed the connection: nobody is left to read any reply.
+                calls.cancel_scope.cancel()
+            connection.close()
     except BaseException as error:
         _end_quietly(error, f"connection from {peer}")
 
@@ -777,59 +940,66 @@ async def _serve_connection(
 async def _serve_stream(
     connection: _Socket, stream: _Stream, methods: Mapping[tuple[str, str], _Method]
 ) -> None:
+    request = stream.request
+    assert request is not None  # listen() sets it on every stream it yields
     try:
-        request = await stream._receive()  # _listen queued the RequestReceived first
-        with trio.CancelScope() as scope:
-            stream.cancel_scope = scope  # an RST_STREAM from the client cancels the handler
-            code, message = await _answer(stream, request, methods)
-        if scope.cancelled_caught or stream.reset:
-            return  # the client abandoned the call: there is nobody to answer
+        method = methods.get((request.service_name, request.method_name))
+        if method is None:
+            code, message = StatusCode.UNIMPLEMENTED, f"unknown method {_path(request)}"
+        else:
+            deadline = math.inf
+            if request.timeout is not None:  # the client's grpc-timeout header
+                deadline = trio.current_time() + request.timeout.total_seconds()
+            # One scope for both ends of a call: the deadline, and an RST_STREAM from the
+            # client (the reader cancels it).
+            with trio.CancelScope(deadline=deadline) as scope:
+                stream.cancel_scope = scope
+                code, message = await _answer(stream, request, method)
+            if stream.reset:
+                return  # the client abandoned the call: there is nobody to answer
+            if scope.cancelled_caught:
+                code, message = StatusCode.DEADLINE_EXCEEDED, f"{_path(request)}: deadline exceeded"
         if len(message) > _MAX_STATUS_MESSAGE:
             message = message[: _MAX_STATUS_MESSAGE - 3] + "..."
         try:
-            await stream.close(Status(code.value, message))
+            stream.end(Status(code.value, message))
         except h2.exceptions.H2Error as error:  # the stream or connection closed meanwhile
             logger.debug("could not send the status of a call: {!r}", error)
     finally:
         connection.forget(stream)
 
 
+def _path(request: RequestReceived) -> str:
+    return f"/{request.service_name}/{request.method_name}"
+
+
 async def _answer(
-    stream: _Stream, request: RequestReceived, methods: Mapping[tuple[str, str], _Method]
+    stream: _Stream, request: RequestReceived, method: _Method
 ) -> tuple[StatusCode, str]:
     """Run the call's handler and send its replies; return the final status."""
-    path = f"/{request.service_name}/{request.method_name}"
-    method = methods.get((request.service_name, request.method_name))
-    if method is None:
-        return StatusCode.UNIMPLEMENTED, f"unknown method {path}"
-    deadline = math.inf
-    if request.timeout is not None:  # the client's grpc-timeout header
-        deadline = trio.current_time() + request.timeout.total_seconds()
-    with trio.move_on_at(deadline):
+    try:
+        data = await _read_request(stream)
         try:
-            data = await _read_request(stream)
-            try:
-                decoded = _decode(method.request_type, data)
-            except DecodeError:
-                raise InvalidArgument(f"malformed {_type_name(method.request_type)}") from None
-            metadata = types.MappingProxyType(
-                {key: value for key, value in request.custom_metadata if isinstance(value, str)}
-            )
-            if method.streaming:
-                await _send_stream(stream, method.handler(decoded, metadata))
-            else:
-                reply = await method.handler(decoded, metadata)
-                payload = reply.SerializeToString()  # before the headers: may fail
-                await stream.start_response()
-                await stream.send_bytes(payload)
-            return StatusCode.OK, ""
-        except Exception as error:
-            status = _sole_rpc_error(error)
-            if status is not None:
-                return status.code, status.message
-            logger.exception("{} failed with an unexpected error", path)
-            return StatusCode.INTERNAL, "internal error"
-    return StatusCode.DEADLINE_EXCEEDED, f"{path}: deadline exceeded"
+            decoded = _decode(method.request_type, data)
+        except DecodeError:
+            raise InvalidArgument(f"malformed {_type_name(method.request_type)}") from None
+        metadata = types.MappingProxyType(
+            {key: value for key, value in request.custom_metadata if isinstance(value, str)}
+        )
+        if method.streaming:
+            await _send_stream(stream, method.handler(decoded, metadata))
+        else:
+            reply = await method.handler(decoded, metadata)
+            payload = reply.SerializeToString()  # before the headers: may fail
+            stream.start_response()
+            await stream.send_bytes(payload)
+        return StatusCode.OK, ""
+    except Exception as error:
+        status = _sole_rpc_error(error)
+        if status is not None:
+            return status.code, status.message
+        logger.exception("{} failed with an unexpected error", _path(request))
+        return StatusCode.INTERNAL, "internal error"
 
 
 def _sole_rpc_error(error: BaseException) -> RpcError | None:
@@ -861,8 +1031,8 @@ async def _send_stream(stream: _Stream, replies: AsyncIterator[_Message]) -> Non
     try:
         async for reply in replies:
             payload = reply.SerializeToString()
-            if not stream._response_started:
-                await stream.start_response()
+            if not stream.response_started:
+                stream.start_response()
             await stream.send_bytes(payload)
     finally:
         aclose = getattr(replies, "aclose", None)
@@ -1049,7 +1219,10 @@ class Channel:
     ) -> None:
         started = False
         try:
-            async with sock, _Socket(GRPCConfiguration(client_side=True), sock) as conn:
+            async with sock, trio.open_nursery() as tasks:
+                conn = _Socket(True, sock)
+                tasks.start_soon(conn.write)
+                tasks.start_soon(conn.read)
                 self._live.add(conn)
                 try:
                     task_status.started(conn)
@@ -1057,6 +1230,7 @@ class Channel:
                     await conn.finished.wait()
                 finally:
                     self._live.discard(conn)
+                conn.close()
         except BaseException as error:
             if not started:
                 raise
@@ -1066,8 +1240,8 @@ class Channel:
         """Drop the connection unless the peer answers a PING within ping_timeout."""
         probe = connection.probe = trio.Event()
         try:
-            connection._grpc_connection.h2_connection.ping(_PING_PAYLOAD)
-            await connection.flush()
+            connection.h2.ping(_PING_PAYLOAD)
+            connection.flush()
         except h2.exceptions.H2Error:
             return  # the connection is closing anyway
         with trio.move_on_after(self._ping_timeout):
@@ -1103,13 +1277,12 @@ class Channel:
         for attempt in (1, 2):
             connection = await self._connect()
             try:
-                stream: _Stream = await connection.start_request(
-                    "http",
+                stream = connection.start_request(
                     service,
                     method,
-                    authority=self.address,
-                    timeout=None if timeout is None else _grpc_timeout(timeout),
-                    custom_metadata=tuple(headers.items()),
+                    self.address,
+                    None if timeout is None else _grpc_timeout(timeout),
+                    tuple(headers.items()),
                 )
             except h2.exceptions.H2Error as error:
                 # Stream ids used up, or the peer sent GOAWAY: this connection takes no more
@@ -1125,18 +1298,16 @@ class Channel:
 
     @staticmethod
     async def _send_request(stream: _Stream, data: bytes) -> None:
-        try:
-            await stream.send_bytes(data)
-            await stream.close()  # END_STREAM: the request is complete
-        except (h2.exceptions.H2Error, anyio.BrokenResourceError):
-            # The server ended or reset the call before taking the whole request (an early
-            # error status), or the connection died: the events read next say which.
-            pass
+        # The server ended or reset the call before taking the whole request (an early error
+        # status), or the connection died: the events read next say which.
+        with contextlib.suppress(h2.exceptions.H2Error, _ConnectionLost):
+            # The request and END_STREAM in one DATA frame: one frame fewer on both sides.
+            await stream.send_bytes(data, end=True)
 
-    async def _finish(self, connection: _Socket, stream: _Stream) -> None:
+    def _finish(self, connection: _Socket, stream: _Stream) -> None:
         if not stream.ended and not connection.finished.is_set():
             connection.reset_stream(stream)  # abandoned midway: the server should stop
-            await connection.flush()
+            connection.flush()
         connection.forget(stream)
 
     async def _next(self, connection: _Socket, stream: _Stream, path: str) -> bytes | None:
@@ -1144,7 +1315,7 @@ class Channel:
         while True:
             try:
                 event = await stream._receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
+            except _ConnectionLost:
                 raise Unavailable(
                     f"{path}: connection to {self.peer} at {self.address} lost "
                     f"({connection.failure})"
@@ -1193,7 +1364,7 @@ class Channel:
                     raise Internal(f"{path}: the server sent several replies to a unary call")
                 return reply
             finally:
-                await self._finish(connection, stream)
+                self._finish(connection, stream)
         self._suspect(connection)
         raise DeadlineExceeded(f"{path}: no reply from {self.peer} within {timeout:g} s")
 
@@ -1275,8 +1446,7 @@ class Channel:
                 yield reply
         finally:
             if connection is not None and stream is not None:
-                with trio.CancelScope(shield=True):
-                    await self._finish(connection, stream)
+                self._finish(connection, stream)
 
 
 def open_channel(addr: str, **options: Any) -> Channel:

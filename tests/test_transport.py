@@ -80,6 +80,10 @@ def echo_service(calls: Calls) -> Service:
         for i in range(int(request.service)):
             yield Msg(service=str(i))
 
+    async def big(request: Msg, metadata: Mapping[str, str]) -> AsyncIterator[Msg]:
+        for i in range(4):  # 12 MiB in all: more than the client's 8 MiB stream window
+            yield Msg(service=str(i) * (3 << 20))
+
     async def count_then_fail(request: Msg, metadata: Mapping[str, str]) -> AsyncIterator[Msg]:
         yield Msg(service="0")
         yield Msg(service="1")
@@ -107,6 +111,7 @@ def echo_service(calls: Calls) -> Service:
     ]:
         service.unary(name, Msg, handler)
     service.server_stream("Count", Msg, count)
+    service.server_stream("Big", Msg, big)
     service.server_stream("CountThenFail", Msg, count_then_fail)
     service.server_stream("Endless", Msg, endless)
     return service
@@ -158,6 +163,28 @@ async def test_server_stream(calls: Calls) -> None:
         assert [reply.service async for reply in replies] == ["0", "1", "2", "3", "4"]
         empty = channel.server_stream(SVC, "Count", Msg(service="0"), Msg)
         assert [reply async for reply in empty] == []
+
+
+async def test_replies_beyond_the_flow_control_window_arrive_whole(calls: Calls) -> None:
+    """The server waits for the slow reader's flow-control credit, then sends the rest."""
+    async with server(calls) as port, Channel(HOST, port) as channel:
+        got = []
+        async for reply in channel.server_stream(SVC, "Big", Msg(), Msg, timeout=30):
+            await trio.sleep(0.2)  # the server is meanwhile blocked on the window
+            got.append(reply.service)
+        assert got == [str(i) * (3 << 20) for i in range(4)]
+        large = "x" * (3 << 20)  # and a large request
+        assert await echo(channel, large, timeout=30) == large
+
+
+async def test_leaving_a_channel_stops_its_connection_at_once(calls: Calls) -> None:
+    """The channel stops its reader itself rather than waiting for its 1 s cap on closing (a
+    CLI command would take a second longer)."""
+    async with server(calls) as port:
+        started = trio.current_time()
+        async with Channel(HOST, port) as channel:
+            assert await echo(channel, "x") == "x"
+        assert trio.current_time() - started < 0.9
 
 
 async def test_server_stream_error_after_replies(calls: Calls) -> None:
