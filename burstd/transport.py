@@ -605,9 +605,11 @@ class _Socket:
         raw = sock.extra(anyio.abc.SocketAttribute.raw_socket)
         for level, option, value in _KEEPALIVE_OPTIONS:
             raw.setsockopt(level, option, value)
+        # Reads and writes go to the (non-blocking) socket itself: anyio's and trio's stream
+        # wrappers cost a schedule point per send and a failed recv per read.
+        self._raw: socket.socket = raw
         self.grpc = connection
         self.h2 = connection.h2_connection
-        self._sock = sock
         self._streams: dict[int, _Stream] = {}
         self._outgoing: list[bytes] = []
         self._writer = _Wakeup()  # for the writer task, when it has sent everything
@@ -643,9 +645,13 @@ class _Socket:
         """The connection's writer task: runs until :meth:`close` (or cancelled)."""
         while True:
             if self._outgoing:
-                data = b"".join(self._outgoing)
+                data = memoryview(b"".join(self._outgoing))
                 self._outgoing.clear()
-                await self._sock.send(data)
+                while data:
+                    try:
+                        data = data[self._raw.send(data) :]
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(self._raw)
             elif not self._writing:
                 return
             else:
@@ -691,9 +697,14 @@ class _Socket:
         # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
         # track instead of raising KeyError.
         while True:
+            await trio.lowlevel.wait_readable(self._raw)
             try:
-                data = await self._sock.receive(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                data = self._raw.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:  # reset by the peer
+                return
+            if not data:
                 return
             if self.probe is not None:
                 self.probe.set()
