@@ -503,24 +503,36 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
 
 
+def _record_commits(
+    flaky: FlakyWrites, commits: list[tuple[int, int]], first_delay: float = 0.0
+) -> None:
+    """Record each commit's (new, changed) row counts; the first one takes ``first_delay`` s."""
+    write = flaky.write
+
+    def recorded(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+        time.sleep(first_delay if not commits else 0.0)
+        write(new, changed, next_id)
+        commits.append((len(new), len(changed)))
+
+    flaky.write = recorded
+
+
+async def _one_worker(service: ControllerService) -> job_pb2.PollJobRequest:
+    """Register worker w1 (one slot); its long poll for one job."""
+    register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
+    await service.register_worker(register, {})
+    return job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+
+
 async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(store: Store) -> None:
     """Submission and first lease share a commit (one fsync, one row write on the idle path),
     and neither the client nor the worker hears of the job before that commit is done."""
     table = JobTable()
     commits: list[tuple[int, int]] = []
     async with running_writer(store, table) as (writer, flaky):
-        write = flaky.write
-
-        def slow_write(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
-            time.sleep(0.2 if not commits else 0.0)
-            write(new, changed, next_id)
-            commits.append((len(new), len(changed)))
-
-        flaky.write = slow_write
+        _record_commits(flaky, commits, first_delay=0.2)
         service = ControllerService(table, writer=writer)
-        register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
-        await service.register_worker(register, {})
-        poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+        poll = await _one_worker(service)
         polled: list[job_pb2.PollJobResponse] = []
         submitted: list[str] = []
 
@@ -547,15 +559,50 @@ async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(stor
     )  # fmt: skip
 
 
+async def test_on_an_idle_controller_a_job_is_stored_with_its_lease_and_the_worker_hears_first(
+    store: Store,
+) -> None:
+    """A submission that wakes a waiting poll: the writer lets the poll lease the job before it
+    commits (one commit, not two), and the poll's answer goes before the client's, as the
+    job's start waits for it. trio runs tasks woken together in random order: 20 rounds."""
+    table = JobTable()
+    commits: list[tuple[int, int]] = []
+    async with running_writer(store, table) as (writer, flaky):
+        _record_commits(flaky, commits)
+        service = ControllerService(table, writer=writer)
+        poll = await _one_worker(service)
+        answered: list[str] = []
+
+        async def poll_once() -> None:
+            response = await service.poll_job(poll, {})
+            answered.append("worker")
+            table.report("w1", Result(response.jobs[0].job_id, 1, 0), 0.0)
+
+        async def submit_once() -> None:
+            await _submit(service)
+            answered.append("client")
+
+        for _ in range(20):
+            answered.clear()
+            commits.clear()
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(poll_once)
+                    await trio.sleep(0.01)  # the poll waits for work
+                    nursery.start_soon(submit_once)
+                await writer.durable()  # the result
+            assert answered == ["worker", "client"]
+            assert commits[0] == (1, 0)  # the job, already leased: one row, one commit
+            assert len(commits) == 2  # and then the result
+
+
 async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) -> None:
     """The client is refused, the poll that leased the job fails, and the job is nowhere: not in
     memory, not in the worker's load, never handed over later."""
     table = JobTable()
     async with running_writer(store, table) as (writer, flaky):
         service = ControllerService(table, writer=writer)
-        register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
-        await service.register_worker(register, {})
-        poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+        poll = await _one_worker(service)
         flaky.full = True
         outcomes: list[object] = []
 

@@ -165,6 +165,9 @@ class ControllerService:
                 # Shielded, so that a controller that stops answers "stopping", not a reset.
                 with trio.CancelScope(shield=True):
                     await self.writer.durable()
+                    # A poll that leased these jobs resumes with us: its answer goes out first,
+                    # as the job's start waits for it and the client's ids can wait a moment.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
             except StoreUnavailable as error:
                 # The jobs were withdrawn. The controller answered: its store is full or cannot
                 # be written (UNAVAILABLE reads as "cannot reach the controller", and clients

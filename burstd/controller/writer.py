@@ -75,6 +75,9 @@ class StoreWriter:
         delay = 0.05
         while True:
             await self._wake.wait()
+            # Let the tasks woken with us act first: a poll woken by the submission that woke us
+            # leases the new job now, and one commit stores both (else a second commit follows).
+            await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
             generation = self._generation
             new, changed = self.table.take_changes()
