@@ -364,6 +364,19 @@ async def test_refuses_symlinked_output_file(config: ExecConfig, tmp_path: Path)
     assert target.read_text() == "keep me\n"
 
 
+async def test_a_rerun_gets_output_files_an_earlier_attempt_still_running_cannot_touch(
+    config: ExecConfig,
+) -> None:
+    """A worker killed with a job running leaves that process behind, writing on; the job's
+    next attempt must get files of its own, not share (and lose) them with it."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_job, "j", 1, sh("sleep 0.5; echo old-attempt; echo old >&2"), config)
+        await trio.sleep(0.2)  # the first attempt has its files open
+        out = await run_job("j", 2, sh("echo new"), config)
+    assert Path(out.stdout_path).read_text() == "new\n"
+    assert Path(out.stderr_path).read_text() == ""
+
+
 # -- timeout and cancellation ---------------------------------------------------------------------
 
 

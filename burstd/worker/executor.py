@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -92,7 +93,7 @@ _JOB_ID: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 # Variables set by the executor last; the optional ones are removed when the spec lacks them.
 _BURST_VARS: Final = ("BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT")
 _OPTIONAL_BURST_VARS: Final = ("BURST_ARRAY_INDEX", "BURST_ENTRY")
-_OUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+_OUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: give the job defaults.
 _SIGDEF: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 _KILL_WAIT: Final = 5.0  # how long to wait for the process to die after SIGKILL
@@ -300,7 +301,7 @@ def _forget(path: str) -> None:
 
 def _open_outputs(stdout_path: str, stderr_path: str) -> tuple[int, int]:
     try:
-        out_fd = os.open(stdout_path, _OUT_FLAGS, 0o666)
+        out_fd = _create(stdout_path)
     except (FileNotFoundError, NotADirectoryError):
         # The folder is missing: create it only now, so the common case costs two open() calls.
         folder = os.path.dirname(stdout_path)
@@ -342,9 +343,25 @@ def _above_stdio(fd: int) -> int:
         os.close(fd)
 
 
-def _open_output(path: str) -> int:
+def _create(path: str) -> int:
+    """A new, empty file at ``path``, never reached through a symlink.
+
+    A file an earlier attempt left there is unlinked, not truncated: a process of that attempt
+    may still be running (its worker was killed with it still alive), and it then writes on into
+    the unlinked file instead of into this attempt's output.
+    """
     try:
         return os.open(path, _OUT_FLAGS, 0o666)
+    except FileExistsError:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path) from None
+        os.unlink(path)
+        return os.open(path, _OUT_FLAGS, 0o666)
+
+
+def _open_output(path: str) -> int:
+    try:
+        return _create(path)
     except OSError as exc:
         raise _open_error(path, exc) from None
 
