@@ -9,6 +9,7 @@ tests/test_durability_integration.py.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from burstd import transport
 from burstd.controller.service import ControllerService
 from burstd.controller.store import DB_NAME, Store, StoreError, job_number, mutable_row, row
 from burstd.controller.table import Held, JobState, JobTable, NewJob, ReportOutcome, Result
-from burstd.controller.writer import StoreUnavailable, StoreWriter
+from burstd.controller.writer import SMALL_COMMIT, StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
 SPEC = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true")).SerializeToString()
@@ -386,11 +387,13 @@ class FlakyWrites:
 
 @asynccontextmanager
 async def running_writer(
-    store: Store, table: JobTable
+    store: Store, table: JobTable, *, threaded: bool = False
 ) -> AsyncIterator[tuple[StoreWriter, FlakyWrites]]:
+    """A writer over ``store`` whose writes go through FlakyWrites. ``threaded``: every commit
+    in a thread (tests that change the table while a slow commit is under way)."""
     flaky = FlakyWrites(store)
     store.write = flaky  # type: ignore[method-assign]
-    writer = StoreWriter(store, table)
+    writer = StoreWriter(store, table, small_commit=-1 if threaded else SMALL_COMMIT)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
         yield writer, flaky
@@ -418,6 +421,30 @@ async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: P
     store.__init__(state_dir)  # type: ignore[misc]
     assert sorted(job.job_id for job in store.live_jobs()) == sorted(acknowledged)
     assert store.next_id() == 1001
+
+
+async def test_a_small_commit_on_an_idle_loop_skips_the_thread_a_large_one_does_not(
+    store: Store,
+) -> None:
+    """On an idle controller a commit of a few rows is written on the event loop (no thread hop
+    on the submit-to-start path); a large one goes to a thread, so calls are served meanwhile."""
+    table = JobTable()
+    threads: list[int] = []
+    async with running_writer(store, table) as (writer, flaky):
+        write = flaky.write
+
+        def recorded(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+            threads.append(threading.get_ident())
+            write(new, changed, next_id)
+
+        flaky.write = recorded
+        table.submit([NewJob(SPEC)], 0.0)
+        await writer.durable()
+        table.submit([NewJob(SPEC)] * (SMALL_COMMIT + 1), 0.0)
+        await writer.durable()
+    assert threads[0] == threading.get_ident()
+    assert threads[1] != threading.get_ident()
+    assert len(list(store.live_jobs())) == SMALL_COMMIT + 2
 
 
 async def test_durable_waits_for_the_commit_of_changes(store: Store) -> None:
@@ -529,7 +556,7 @@ async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(stor
     and neither the client nor the worker hears of the job before that commit is done."""
     table = JobTable()
     commits: list[tuple[int, int]] = []
-    async with running_writer(store, table) as (writer, flaky):
+    async with running_writer(store, table, threaded=True) as (writer, flaky):
         _record_commits(flaky, commits, first_delay=0.2)
         service = ControllerService(table, writer=writer)
         poll = await _one_worker(service)
@@ -636,7 +663,7 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
     (a waiter looking it up then would never hear that it ended)."""
     table = JobTable()
     commits: list[int] = []
-    async with running_writer(store, table) as (writer, flaky):
+    async with running_writer(store, table, threaded=True) as (writer, flaky):
         write = flaky.write
 
         def slow_write(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
@@ -703,7 +730,7 @@ async def test_a_submission_whose_client_went_away_mid_commit_is_known_to_memory
     """The commit may store the jobs of a cancelled submission: memory must then hold them too,
     or they would show as queued and never run until a restart."""
     table = JobTable()
-    async with running_writer(store, table) as (writer, flaky):
+    async with running_writer(store, table, threaded=True) as (writer, flaky):
         write = flaky.write
 
         def slow_write(*args: object) -> None:
@@ -733,7 +760,7 @@ async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> N
 
     flaky.write = slow_write
     store.write = flaky  # type: ignore[method-assign]
-    writer = StoreWriter(store, table)
+    writer = StoreWriter(store, table, small_commit=-1)
     service = ControllerService(table, writer=writer)
     answers: list[str | transport.RpcError] = []
 
