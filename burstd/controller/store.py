@@ -251,12 +251,8 @@ class Store:
             yield _job(row)
 
     def get(self, job_id: str) -> Job | None:
-        try:
-            num = job_number(job_id)
-        except ValueError:
-            return None
-        row = self._read.execute(f"{_SELECT} WHERE num = ?", (num,)).fetchone()
-        return None if row is None else _job(row)
+        found = self.get_many([job_id])
+        return found[0] if found else None
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         """The stored jobs among these ids (unknown ones are left out), in one query."""
