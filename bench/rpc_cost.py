@@ -5,8 +5,9 @@ A server subprocess runs ``burstd.transport.serve`` with two trivial methods: th
 ``service`` field says, as a decimal number). This process then measures, as a client:
 
 - latency: p50 and p99 of ``--calls`` sequential unary calls on one channel;
-- throughput: unary calls/s with ``--callers`` concurrent callers on one channel, then the same
-  callers spread over ``--channels`` channels;
+- throughput: unary calls/s with ``--callers`` concurrent callers on one channel (these two
+  phases as plain calls, then multiplexed over one Calls stream), then the same plain callers
+  spread over ``--channels`` channels;
 - streaming: replies/s of one server stream of ``--messages`` replies;
 
 and, per phase, the server's CPU time (user + system, from /proc) per call or message, and this
@@ -97,28 +98,35 @@ async def client_main(port: int, server_pid: int, args: argparse.Namespace) -> N
 
         return run
 
+    for multiplex in (False, True):
+        kind = "over one Calls stream" if multiplex else "plain"
+        async with transport.Channel("127.0.0.1", port, multiplex=multiplex) as channel:
+            await caller(channel, 200)()  # warm-up: imports, first connection, caches
+            latencies: list[float] = []
+            phase = Phase(server_pid)
+            for _ in range(args.calls):
+                t0 = time.perf_counter()
+                await channel.unary(
+                    transport.HEALTH_SERVICE, "Check", request, reply_type, timeout=30
+                )
+                latencies.append((time.perf_counter() - t0) * 1000)
+            print(
+                f"  sequential unary, {kind}: p50 {percentile(latencies, 0.5):.3f} ms"
+                f" p99 {percentile(latencies, 0.99):.3f} ms",
+                flush=True,
+            )
+            phase.report(f"sequential unary, {kind}", args.calls, "calls")
+
+            per_caller = args.calls // args.callers
+            phase = Phase(server_pid)
+            async with trio.open_nursery() as nursery:
+                for _ in range(args.callers):
+                    nursery.start_soon(caller(channel, per_caller))
+            phase.report(
+                f"{args.callers} callers, 1 channel, {kind}", per_caller * args.callers, "calls"
+            )
+
     async with transport.Channel("127.0.0.1", port) as channel:
-        await caller(channel, 200)()  # warm-up: imports, first connection, caches
-        latencies: list[float] = []
-        phase = Phase(server_pid)
-        for _ in range(args.calls):
-            t0 = time.perf_counter()
-            await channel.unary(transport.HEALTH_SERVICE, "Check", request, reply_type, timeout=30)
-            latencies.append((time.perf_counter() - t0) * 1000)
-        print(
-            f"  sequential unary: p50 {percentile(latencies, 0.5):.3f} ms"
-            f" p99 {percentile(latencies, 0.99):.3f} ms",
-            flush=True,
-        )
-        phase.report("sequential unary", args.calls, "calls")
-
-        per_caller = args.calls // args.callers
-        phase = Phase(server_pid)
-        async with trio.open_nursery() as nursery:
-            for _ in range(args.callers):
-                nursery.start_soon(caller(channel, per_caller))
-        phase.report(f"{args.callers} callers, 1 channel", per_caller * args.callers, "calls")
-
         phase = Phase(server_pid)
         stream_request = health_pb2.HealthCheckRequest(service=str(args.messages))
         received = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import socket
 import subprocess
@@ -134,6 +135,12 @@ def calls() -> Calls:
     return Calls()
 
 
+@pytest.fixture(params=[False, True], ids=["plain", "mux"])
+def mux(request: pytest.FixtureRequest) -> bool:
+    """Unary calls as HTTP/2 streams of their own, or over one Calls stream: same promises."""
+    return bool(request.param)
+
+
 async def echo(channel: Channel, text: str, timeout: float = 5.0) -> str:
     reply = await channel.unary(SVC, "Echo", Msg(service=text), Msg, timeout=timeout)
     return reply.service
@@ -148,8 +155,11 @@ def free_port() -> int:
 # -- unary and streams ----------------------------------------------------------------------------
 
 
-async def test_echo_unary_with_metadata(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port, metadata={"x-tag": "!"}) as channel:
+async def test_echo_unary_with_metadata(calls: Calls, mux: bool) -> None:
+    async with (
+        server(calls) as port,
+        Channel(HOST, port, metadata={"x-tag": "!"}, multiplex=mux) as channel,
+    ):
         assert await echo(channel, "hello") == "hello!"
         reply = await channel.unary(
             SVC, "Echo", Msg(service="a"), Msg, timeout=5, metadata={"x-tag": "?"}
@@ -219,8 +229,8 @@ async def test_leaving_a_stream_early_stops_the_handler(calls: Calls) -> None:
 # -- errors ---------------------------------------------------------------------------------------
 
 
-async def test_status_error_reaches_client(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port) as channel:
+async def test_status_error_reaches_client(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
         with pytest.raises(transport.NotFound) as caught:
             await channel.unary(SVC, "NotFound", Msg(service="job-7"), Msg, timeout=5)
         assert caught.value.code is StatusCode.NOT_FOUND
@@ -233,11 +243,11 @@ async def test_status_error_reaches_client(calls: Calls) -> None:
             await channel.unary(SVC, "Nope", Msg(), Msg, timeout=5)
 
 
-async def test_unexpected_exception_is_internal_and_logged(calls: Calls) -> None:
+async def test_unexpected_exception_is_internal_and_logged(calls: Calls, mux: bool) -> None:
     records: list[str] = []
     sink = logger.add(records.append, level="ERROR", format="{message}\n{exception}")
     try:
-        async with server(calls) as port, Channel(HOST, port) as channel:
+        async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
             with pytest.raises(transport.Internal) as caught:
                 await channel.unary(SVC, "Crash", Msg(), Msg, timeout=5)
     finally:
@@ -250,16 +260,16 @@ async def test_unexpected_exception_is_internal_and_logged(calls: Calls) -> None
     assert "ZeroDivisionError" in records[0] and "Traceback" in records[0]
 
 
-async def test_corrupt_request_is_invalid_argument(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port) as channel:
+async def test_corrupt_request_is_invalid_argument(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
         with pytest.raises(transport.InvalidArgument) as caught:
             await channel.unary_raw(SVC, "Echo", b"\xff\xff\xff\xff", timeout=5)
         assert caught.value.message == "malformed grpc.health.v1.HealthCheckRequest"
         assert await echo(channel, "after") == "after"
 
 
-async def test_oversized_request_is_resource_exhausted(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port) as channel:
+async def test_oversized_request_is_resource_exhausted(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
         with pytest.raises(transport.ResourceExhausted, match="over the 33554432-byte limit"):
             await channel.unary_raw(SVC, "Echo", bytes(32 * 2**20 + 1), timeout=5)
         assert await echo(channel, "after") == "after"
@@ -273,8 +283,8 @@ async def test_busy_port_is_a_clear_start_up_error(calls: Calls) -> None:
         assert isinstance(caught.value, OSError)
 
 
-async def test_deadline_exceeded_and_handler_cancelled(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port) as channel:
+async def test_deadline_exceeded_and_handler_cancelled(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
         start = trio.current_time()
         with pytest.raises(transport.DeadlineExceeded, match="Hang"):
             await channel.unary(SVC, "Hang", Msg(), Msg, timeout=0.2)
@@ -297,8 +307,8 @@ async def test_unreachable_port_is_unavailable() -> None:
     )
 
 
-async def test_cancelled_call_keeps_the_channel_usable(calls: Calls) -> None:
-    async with server(calls) as port, Channel(HOST, port) as channel:
+async def test_cancelled_call_keeps_the_channel_usable(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
         with trio.move_on_after(0.2) as scope:
             await channel.unary(SVC, "Hang", Msg(), Msg, timeout=60)  # a long-poll
         assert scope.cancelled_caught
@@ -308,14 +318,18 @@ async def test_cancelled_call_keeps_the_channel_usable(calls: Calls) -> None:
         assert calls.cancelled == 1
 
 
-async def test_200_concurrent_calls_on_one_channel(calls: Calls) -> None:
+async def test_200_concurrent_calls_on_one_channel(calls: Calls, mux: bool) -> None:
     results: dict[int, str] = {}
 
     async def one(channel: Channel, i: int) -> None:
         reply = await channel.unary(SVC, "SlowEcho", Msg(service=str(i)), Msg, timeout=30)
         results[i] = reply.service
 
-    async with server(calls) as port, Channel(HOST, port) as channel, trio.open_nursery() as calls_:
+    async with (
+        server(calls) as port,
+        Channel(HOST, port, multiplex=mux) as channel,
+        trio.open_nursery() as calls_,
+    ):
         for i in range(200):
             calls_.start_soon(one, channel, i)
         with trio.fail_after(20):
@@ -326,11 +340,14 @@ async def test_200_concurrent_calls_on_one_channel(calls: Calls) -> None:
     assert results == {i: str(i) for i in range(200)}
 
 
-async def test_health_check(calls: Calls) -> None:
+async def test_health_check(calls: Calls, mux: bool) -> None:
     serving = [True]
     request = health_pb2.HealthCheckRequest()
     response = health_pb2.HealthCheckResponse
-    async with server(calls, serving=serving) as port, Channel(HOST, port) as channel:
+    async with (
+        server(calls, serving=serving) as port,
+        Channel(HOST, port, multiplex=mux) as channel,
+    ):
         reply = await channel.unary(transport.HEALTH_SERVICE, "Check", request, response, timeout=5)
         assert reply.status == response.SERVING
         serving[0] = False
@@ -341,10 +358,57 @@ async def test_health_check(calls: Calls) -> None:
             await channel.unary(transport.HEALTH_SERVICE, "Check", other, response, timeout=5)
 
 
+async def test_multiplexed_calls_share_one_stream(calls: Calls) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=True) as channel:
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(echo, channel, str(i))
+        with pytest.raises(transport.NotFound):
+            await channel.unary(SVC, "NotFound", Msg(service="j"), Msg, timeout=5)
+        assert await echo(channel, "last") == "last"
+        mux = channel._mux
+        assert mux is not None and mux.failure is None
+        assert mux.last_id == 22  # one stream carried every call, the failed one included
+        assert list(mux.connection._streams) == [mux.stream.stream_id]
+
+
+async def test_multiplexing_falls_back_to_plain_calls_on_a_server_without_it() -> None:
+    """A gRPC server that has no burst.v1.Mux service (grpcio here; the prototype's too)."""
+    grpc = pytest.importorskip("grpc")
+    seen: list[str] = []
+
+    def echo_handler(request: Msg, context: object) -> Msg:
+        return Msg(service=request.service + "!")
+
+    class Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: object) -> object:
+            method = str(getattr(details, "method", ""))
+            seen.append(method)
+            if method != f"/{SVC}/Echo":
+                return None
+            return grpc.unary_unary_rpc_method_handler(
+                echo_handler,
+                request_deserializer=Msg.FromString,
+                response_serializer=Msg.SerializeToString,
+            )
+
+    grpc_server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    grpc_server.add_generic_rpc_handlers((Handlers(),))
+    port = grpc_server.add_insecure_port(f"{HOST}:0")
+    grpc_server.start()
+    try:
+        async with Channel(HOST, port, multiplex=True) as channel:
+            assert await echo(channel, "a") == "a!"
+            assert await echo(channel, "b") == "b!"
+    finally:
+        grpc_server.stop(None)
+    assert seen == [f"/{transport.MUX_SERVICE}/Calls", f"/{SVC}/Echo", f"/{SVC}/Echo"]
+
+
 # -- connection loss ------------------------------------------------------------------------------
 
 
-async def test_lost_connection_fails_calls_and_the_channel_reconnects() -> None:
+async def test_lost_connection_fails_calls_and_the_channel_reconnects(mux: bool) -> None:
     port = free_port()
     scope = trio.CancelScope()
     stopped = trio.Event()
@@ -362,7 +426,7 @@ async def test_lost_connection_fails_calls_and_the_channel_reconnects() -> None:
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run_server)
-        async with Channel(HOST, port) as channel:
+        async with Channel(HOST, port, multiplex=mux) as channel:
             assert await echo(channel, "one") == "one"
             nursery.start_soon(stop_server_soon)
             with pytest.raises(transport.Unavailable, match=r"connection to controller .* lost"):
@@ -374,7 +438,7 @@ async def test_lost_connection_fails_calls_and_the_channel_reconnects() -> None:
                 assert await echo(channel, "two") == "two"  # same channel, new connection
 
 
-async def test_silent_peer_is_dropped_after_a_deadline() -> None:
+async def test_silent_peer_is_dropped_after_a_deadline(mux: bool) -> None:
     """A peer that accepts TCP but never answers (a half-open connection)."""
     accepted: list[trio.SocketStream] = []
 
@@ -386,7 +450,7 @@ async def test_silent_peer_is_dropped_after_a_deadline() -> None:
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(functools.partial(trio.serve_tcp, host=HOST), black_hole, 0)
         port = listeners[0].socket.getsockname()[1]
-        async with Channel(HOST, port, ping_timeout=0.2) as channel:
+        async with Channel(HOST, port, ping_timeout=0.2, multiplex=mux) as channel:
             with pytest.raises(transport.DeadlineExceeded):
                 await echo(channel, "x", timeout=0.2)
             await trio.sleep(0.5)  # the ping goes unanswered: the connection is dropped
