@@ -46,7 +46,7 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
 
     service = "burst.v1.ControllerRpc"
     host, port = parse_hostport(addr)
-    async with transport.Channel(host, port, connect_timeout=10.0) as channel:
+    async with transport.Channel(host, port, connect_timeout=10.0, multiplex=True) as channel:
 
         async def call(method: str, request: Any, reply: type[T]) -> T:
             return await channel.unary(service, method, request, reply, timeout=60)

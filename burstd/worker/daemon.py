@@ -174,7 +174,12 @@ class ControllerLink:
         warned = False
         while True:
             try:
-                async with transport.Channel(self.host, self.port, connect_timeout=5.0) as channel:
+                # Polls, reports and heartbeats are many small calls: one standing stream
+                # carries them all (see proto/burst/v1/mux.proto).
+                channel = transport.Channel(
+                    self.host, self.port, connect_timeout=5.0, multiplex=True
+                )
+                async with channel:
                     await self._register(channel)
                     if warned:
                         self.log.info("controller at {}:{} is back", self.host, self.port)
