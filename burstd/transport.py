@@ -1063,11 +1063,18 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
     reading = True
 
     def answer(call_id: int, code: StatusCode, message: str = "", reply: bytes = b"") -> None:
-        replies.append(
-            mux_pb2.MuxReply(
-                id=call_id, code=code.value, message=message, reply=reply
+        data = mux_pb2.MuxReply(
+            id=call_id, code=code.value, message=message, reply=reply
+        ).SerializeToString()
+        if len(data) > _SERVER_CONFIG.max_message_length:
+            # Refused alone, as a plain call's would be: sent, it would end the whole stream.
+            limit = _SERVER_CONFIG.max_message_length
+            data = mux_pb2.MuxReply(
+                id=call_id,
+                code=StatusCode.RESOURCE_EXHAUSTED.value,
+                message=f"message of {len(data)} bytes is over the {limit}-byte limit",
             ).SerializeToString()
-        )
+        replies.append(data)
         replies_ready.wake()
 
     async def run(call_id: int, method_path: str, data: bytes, scope: trio.CancelScope) -> None:

@@ -63,6 +63,9 @@ def echo_service(calls: Calls) -> Service:
             raise
         raise AssertionError("unreachable")
 
+    async def huge(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        return Msg(service="x" * (32 * 2**20 + 1))
+
     async def not_found(request: Msg, metadata: Mapping[str, str]) -> Msg:
         raise transport.NotFound(f"job {request.service!r} is unknown")
 
@@ -107,6 +110,7 @@ def echo_service(calls: Calls) -> Service:
         ("SlowEcho", slow_echo),
         ("Hang", hang),
         ("NotFound", not_found),
+        ("Huge", huge),
         ("Crash", crash),
         ("Grouped", grouped),
     ]:
@@ -370,6 +374,75 @@ async def test_multiplexed_calls_share_one_stream(calls: Calls) -> None:
         assert mux is not None and mux.failure is None
         assert mux.last_id == 22  # one stream carried every call, the failed one included
         assert list(mux.connection._streams) == [mux.stream.stream_id]
+
+
+async def start_slow_call(channel: Channel, calls: Calls, nursery: trio.Nursery) -> None:
+    """Start a SlowEcho call of "s" and return once its handler runs (until calls.release)."""
+    nursery.start_soon(
+        functools.partial(channel.unary, timeout=30), SVC, "SlowEcho", Msg(service="s"), Msg
+    )
+    with trio.fail_after(5):
+        while calls.in_flight < 1:
+            await trio.sleep(0.01)
+
+
+async def test_a_reply_over_the_size_limit_fails_that_call_alone(calls: Calls, mux: bool) -> None:
+    async with server(calls) as port, Channel(HOST, port, multiplex=mux) as channel:
+        async with trio.open_nursery() as nursery:
+            await start_slow_call(channel, calls, nursery)
+            with pytest.raises(transport.ResourceExhausted, match="over the 33554432-byte limit"):
+                await channel.unary(SVC, "Huge", Msg(), Msg, timeout=30)
+            calls.release.set()  # the call in flight beside it is answered as usual
+        assert await echo(channel, "after") == "after"
+
+
+async def test_multiplexed_calls_beyond_the_in_flight_limit_are_refused(calls: Calls) -> None:
+    refused: list[transport.RpcError] = []
+
+    async def one(channel: Channel, i: int) -> None:
+        try:
+            await channel.unary(SVC, "SlowEcho", Msg(service=str(i)), Msg, timeout=30)
+        except transport.ResourceExhausted as error:
+            refused.append(error)
+
+    async with (
+        server(calls) as port,
+        Channel(HOST, port, multiplex=True) as channel,
+        trio.open_nursery() as nursery,
+    ):
+        for i in range(transport._MUX_MAX_IN_FLIGHT + 1):
+            nursery.start_soon(one, channel, i)
+        with trio.fail_after(20):
+            while not refused:
+                await trio.sleep(0.01)
+        calls.release.set()
+    assert calls.max_in_flight == transport._MUX_MAX_IN_FLIGHT
+    assert [error.message for error in refused] == ["too many calls in flight"]
+
+
+async def test_a_call_id_in_flight_is_not_reused(calls: Calls) -> None:
+    """A client that sends a second call with the id of one in flight gets INVALID_ARGUMENT for
+    it; the first call is unaffected."""
+    async with server(calls) as port, Channel(HOST, port, multiplex=True) as channel:
+        async with trio.open_nursery() as nursery:
+            await start_slow_call(channel, calls, nursery)
+            mux = channel._mux
+            assert mux is not None
+            (call_id,) = mux.pending
+            first = mux.pending.pop(call_id)
+            second = mux.pending[call_id] = transport._Pending()
+            request = Msg(service="again").SerializeToString()
+            mux.send(transport.mux_pb2.MuxCall(id=call_id, method=f"/{SVC}/Echo", request=request))
+            with trio.fail_after(5):
+                while second.reply is None:
+                    await second.wakeup.wait()
+            assert isinstance(second.reply, transport.mux_pb2.MuxReply)
+            assert second.reply.code == StatusCode.INVALID_ARGUMENT
+            assert second.reply.message == f"call id {call_id} is in flight"
+            mux.pending[call_id] = first
+            calls.release.set()
+        assert first.reply is not None and not isinstance(first.reply, RpcError)
+        assert Msg.FromString(first.reply.reply).service == "s"
 
 
 async def test_multiplexing_falls_back_to_plain_calls_on_a_server_without_it() -> None:
