@@ -14,11 +14,12 @@ import pytest
 import trio
 import trio.testing
 
+from burstd import transport
 from burstd.config import WorkerConfig
 from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.queue import LocalQueue
-from proto.burst.v1 import job_pb2
+from proto.burst.v1 import job_pb2, worker_pb2
 
 JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
 
@@ -163,3 +164,35 @@ async def test_a_stream_of_results_goes_in_few_calls_and_a_lone_result_at_once(
         assert [r.job_id for r in request.results] in (["lone0"], ["lone1"], ["lone2"])
         # Reported the moment it ended (virtual time): no wait for a batch.
         assert sent_at == pytest.approx(request.results[0].finished_at)
+
+
+async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:
+    """Registration, heartbeats, polls and reports are many small calls: one multiplexed stream
+    carries them all (real transport on loopback, a stand-in controller service)."""
+    seen: list[str] = []
+
+    async def register(request: Any, metadata: Any) -> worker_pb2.RegisterWorkerResponse:
+        seen.append("RegisterWorker")
+        return worker_pb2.RegisterWorkerResponse(heartbeat_interval_ms=1000)
+
+    async def heartbeat(request: Any, metadata: Any) -> worker_pb2.HeartbeatResponse:
+        seen.append("Heartbeat")
+        return worker_pb2.HeartbeatResponse()
+
+    service = transport.Service(daemon.SERVICE)
+    service.unary("RegisterWorker", worker_pb2.RegisterWorkerRequest, register)
+    service.unary("Heartbeat", worker_pb2.HeartbeatRequest, heartbeat)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(transport.serve, "127.0.0.1", 0, [service])
+        config = WorkerConfig(worker_id="w1", controller_addr=f"127.0.0.1:{port}")
+        link = daemon.ControllerLink(daemon.WorkerState(config, LocalQueue(4)))
+        nursery.start_soon(link.run)
+        for _ in range(3):
+            await link.call(
+                "Heartbeat", worker_pb2.HeartbeatRequest(), worker_pb2.HeartbeatResponse
+            )
+        channel = link._channel
+        assert channel is not None and channel._mux is not None
+        assert channel._mux.last_id == 4  # the registration and 3 heartbeats, on one stream
+        assert seen == ["RegisterWorker"] + ["Heartbeat"] * 3
+        nursery.cancel_scope.cancel()
