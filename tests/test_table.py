@@ -112,6 +112,22 @@ def real_counts(table: JobTable) -> dict[JobState, int]:
 # -- the happy path and plain failures ----------------------------------------------------------
 
 
+def test_a_worker_takes_a_job_per_idle_slot_then_the_queue_is_shared_in_turn() -> None:
+    def loads(jobs: int) -> list[int]:
+        table = JobTable()
+        for worker_id in "ab":
+            table.register(worker_id, slots=4, capacity=8, now=0.0, held=[])
+        submit(table, jobs)
+        assert table.counts[L] == jobs and table.counts[Q] == 0
+        return sorted(len(worker.leases) for worker in table.workers.values())
+
+    # The first worker picked fills its 4 idle slots at once; the next one takes the rest.
+    assert loads(6) == [2, 4]
+    # Beyond the idle slots, one job per pick, in turn: the queues stay even.
+    assert loads(10) == [5, 5]
+    assert loads(15) == [7, 8]
+
+
 def test_submit_lease_start_report_success() -> None:
     table = JobTable()
     [job_id] = submit(table, now=1.0)
@@ -893,7 +909,8 @@ class TableMachine(RuleBasedStateMachine):
     @initialize(capacities=st.lists(st.integers(1, 4), min_size=3, max_size=3), n=st.integers(0, 8))
     def fleet(self, capacities: list[int], n: int) -> None:
         for worker_id, capacity in zip(WORKER_IDS, capacities, strict=True):
-            self.table.register(worker_id, slots=1, capacity=capacity, now=self.now)
+            # As many slots as capacity: the router's pick takes a job per idle slot at once.
+            self.table.register(worker_id, slots=capacity, capacity=capacity, now=self.now)
         self.submitted += submit(self.table, n, retries=1)
 
     # -- clients --
@@ -958,7 +975,10 @@ class TableMachine(RuleBasedStateMachine):
         old_leases = dict(old.leases) if old is not None else {}
         had = {(h.job_id, h.attempt) for h in held if self.holds(worker_id, h)}
         old_state = {j.job_id: (j.lease_seq, j.lost_count) for j in old_leases.values()}
-        drop = self.table.register(worker_id, slots=1, capacity=capacity, now=self.now, held=held)
+        slots = data.draw(st.integers(1, capacity))
+        drop = self.table.register(
+            worker_id, slots=slots, capacity=capacity, now=self.now, held=held
+        )
         w = self.table.workers[worker_id]
         assert w.capacity == capacity
         assert [(h.job_id, h.attempt) for h in drop] == [

@@ -864,21 +864,29 @@ class JobTable:
         job.finished_at = now
 
     def _dispatch(self) -> None:
-        """Route queued jobs to workers with room, as the router decides."""
+        """Route queued jobs to workers with room, as the router decides.
+
+        The worker the router picks takes one job per idle slot it has (at least one job, never
+        beyond its capacity): they start there at once, as they would on any other idle slot,
+        and one poll and one report carry them all instead of one each per worker.
+        """
         while self.counts[JobState.QUEUED]:
             worker_id = self.router.pick()
             if worker_id is None:
                 return
-            job = self._queue.popleft()
-            if job.state is not JobState.QUEUED:
-                continue
             worker = self.workers[worker_id]
-            self._move(job, Event.LEASE)
-            job.attempt += 1
-            job.worker_id = worker_id
-            job.lease_seq = 0
-            job.steal_round = 0
-            worker.leases[job.job_id] = job
-            worker.outbox.append(job)
+            take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
+            while take and self.counts[JobState.QUEUED]:
+                job = self._queue.popleft()
+                if job.state is not JobState.QUEUED:
+                    continue
+                take -= 1
+                self._move(job, Event.LEASE)
+                job.attempt += 1
+                job.worker_id = worker_id
+                job.lease_seq = 0
+                job.steal_round = 0
+                worker.leases[job.job_id] = job
+                worker.outbox.append(job)
             self.router.update(worker_id, len(worker.leases), worker.capacity)
             self._wakeups.add(worker_id)

@@ -3,8 +3,9 @@
 The controller's job table owns every worker's lease count and capacity. It reports each change to
 its router with `Router.update` (on registration, and after every lease it grants or releases) and
 `Router.remove` (worker lost or deregistered), and asks `Router.pick` for the worker that gets the
-next queued job. A worker is *eligible* while ``leased < capacity``. `pick` never changes counts:
-the table grants the lease and then calls `update`.
+next queued jobs: one per idle slot it has, or one if it has none (the table decides how many, so
+one poll carries a worker's batch). A worker is *eligible* while ``leased < capacity``. `pick`
+never changes counts: the table grants the leases and then calls `update`.
 
 Routers (`ROUTERS`, built by name with `make_router`):
 
