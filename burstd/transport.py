@@ -1095,6 +1095,8 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
         answer(call_id, code, message, reply)
 
     async def send() -> None:
+        # A client that reset the stream already has cancelled us: h2 would refuse the headers.
+        await trio.lowlevel.checkpoint_if_cancelled()
         stream.start_response()
         while True:
             while replies:

@@ -581,7 +581,8 @@ async def test_official_grpcio_client_interoperates(calls: Calls) -> None:
     ]
 
 
-def test_shutdown_prints_nothing() -> None:
+@pytest.mark.parametrize("multiplex", [False, True], ids=["plain", "mux"])
+def test_shutdown_prints_nothing(multiplex: bool) -> None:
     """Cancel a server with calls in flight: no warning or traceback on stderr."""
     script = textwrap.dedent(
         f"""
@@ -596,7 +597,8 @@ def test_shutdown_prints_nothing() -> None:
         async def main():
             async with trio.open_nursery() as nursery:
                 port = await nursery.start(transport.serve, "127.0.0.1", 0, [echo_service(Calls())])
-                async with transport.Channel("127.0.0.1", port) as channel:
+                channel = transport.Channel("127.0.0.1", port, multiplex={multiplex})
+                async with channel:
                     async def hang():
                         await channel.unary(SVC, "Hang", Msg(), Msg, timeout=30)
                     nursery.start_soon(hang)
