@@ -8,7 +8,9 @@ heartbeats at the interval the controller asks for), while this process submits 
 arrays of ``--array`` and waits for all of them (WaitJobs). Printed per point: jobs/s from the
 first submission to the last result, and the controller's CPU time (user + system, from
 /proc) per job, also net of the background cost that the idle workers (measured first, every
-worker registered) add over that time.
+worker registered) add over that time; then how busy the controller and the simulator
+processes were (share of one core), which tells whether the machine or the controller set the
+pace.
 
 Usage::
 
@@ -167,8 +169,10 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
             time.sleep(args.idle)
             idle = (cpu_seconds(ctl.pid) - cpu0) / (time.monotonic() - wall0)
             cpu0 = cpu_seconds(ctl.pid)
+            sims0 = sum(cpu_seconds(sim.pid) for sim in sims)
             elapsed = trio.run(drive, addr, args.jobs, args.array)
             cpu = cpu_seconds(ctl.pid) - cpu0
+            sims_cpu = sum(cpu_seconds(sim.pid) for sim in sims) - sims0
         finally:
             for proc in [*sims, ctl]:
                 proc.terminate()
@@ -182,9 +186,13 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
         # What the jobs cost beyond the idle workers' background, which grows with the wall
         # time: on a machine shared with other work, that is the steadier figure.
         net_us = max(0.0, cpu - idle * elapsed) / args.jobs * 1e6
+        # The simulators share the machine with the controller: when they use most of the
+        # other core, jobs/s measures them as much as the controller.
         print(
             f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
-            f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core ({load()})",
+            f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core; controller busy"
+            f" {cpu / elapsed * 100:3.0f}%, simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
+            f" ({load()})",
             flush=True,
         )
         return rate, per_job_us
