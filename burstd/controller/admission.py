@@ -69,8 +69,14 @@ def validate_spec(spec: job_pb2.JobSpec, path: str = "spec") -> None:
         raise SpecError(f"{path}.retries: at most {MAX_RETRIES}")
 
 
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # int64 on the wire: negatives as two's complement
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
+
+
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf varint (an int64's negatives as two's complement)."""
+    if 0 <= value < 0x80:
+        return _SMALL_VARINTS[value]  # lengths and attempts: most are one byte
+    value &= (1 << 64) - 1
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -125,14 +131,14 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> list[NewJ
         if start < 0 or start + request.array_count > 2**63:
             raise SpecError("array_start: out of range")
         jobs.extend(
-            NewJob(base + _ARRAY_INDEX_TAG + _varint(start + i), retries, name)
+            NewJob(base + _ARRAY_INDEX_TAG + varint(start + i), retries, name)
             for i in range(request.array_count)
         )
     else:
         for i, entry in enumerate(request.entries):
             _no_nul(f"entries[{i}]", entry)
             raw = entry.encode()
-            jobs.append(NewJob(base + _ENTRY_TAG + _varint(len(raw)) + raw, retries, name))
+            jobs.append(NewJob(base + _ENTRY_TAG + varint(len(raw)) + raw, retries, name))
     return jobs
 
 

@@ -84,6 +84,33 @@ def job_info(job: Job) -> job_pb2.JobInfo:
     return info
 
 
+_POLL_JOB_TAG = b"\x0a"  # PollJobResponse.job: field 1, length-delimited
+_POLL_JOBS_TAG = b"\x1a"  # PollJobResponse.jobs: field 3, length-delimited
+
+
+def _assigned_jobs(tag: bytes, jobs: Iterable[Job]) -> bytes:
+    """The jobs as AssignedJob messages under ``tag`` (a field of PollJobResponse), encoded.
+
+    The stored spec is an encoded JobSpec already: it is embedded as it is, where decoding it
+    into a message and encoding that again cost most of a lease.
+    """
+    varint = admission.varint
+    parts = []
+    for job in jobs:
+        job_id = job.job_id.encode()
+        spec = job.spec
+        # AssignedJob: job_id = 1 (length-delimited), spec = 2 (length-delimited), attempt = 3.
+        body = b"\x0a%b%b\x12%b%b\x18%b" % (
+            varint(len(job_id)),
+            job_id,
+            varint(len(spec)),
+            spec,
+            varint(job.attempt),
+        )
+        parts.append(b"%b%b%b" % (tag, varint(len(body)), body))
+    return b"".join(parts)
+
+
 def _held(items: object) -> list[Held]:
     return [Held(h.job_id, h.attempt, h.running) for h in items]  # type: ignore[attr-defined]
 
@@ -461,16 +488,10 @@ class ControllerService:
                 self.table.unlease(worker_id, jobs)
                 raise
         response = job_pb2.PollJobResponse(lease_seq=seq, cancel=_held_pb(cancel))
-        assigned = [
-            job_pb2.AssignedJob(
-                job_id=job.job_id, spec=job_pb2.JobSpec.FromString(job.spec), attempt=job.attempt
-            )
-            for job in jobs
-        ]
         if request.batch:
-            response.jobs.extend(assigned)
-        elif assigned:
-            response.job.CopyFrom(assigned[0])
+            response.MergeFromString(_assigned_jobs(_POLL_JOBS_TAG, jobs))
+        elif jobs:
+            response.MergeFromString(_assigned_jobs(_POLL_JOB_TAG, jobs[:1]))
         else:
             response.empty.SetInParent()
         return response
