@@ -21,7 +21,7 @@ import trio
 
 from burstd import transport
 from burstd.controller.service import ControllerService
-from burstd.controller.store import DB_NAME, Store, StoreError, job_number, mutable_row, row
+from burstd.controller.store import DB_NAME, Store, StoreError, changed_row, job_number, row
 from burstd.controller.table import Held, JobState, JobTable, NewJob, ReportOutcome, Result
 from burstd.controller.writer import SMALL_COMMIT, StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -51,7 +51,7 @@ def persist(store: Store, table: JobTable) -> None:
     new, changed = table.take_changes()
     store.write(
         [row(job) for job in new],
-        [(*mutable_row(job), job_number(job.job_id)) for job in changed],
+        [changed_row(job) for job in changed],
         table.next_id,
     )
 
@@ -123,6 +123,23 @@ def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
         assert [job.job_id for job in store.list(None, ids[0], 1)] == [ids[1]]
     finally:
         store.close()
+
+
+def test_rows_hold_plain_values(store: Store, state_dir: Path) -> None:
+    """Rows are read off the jobs as they are: the state as its text, ``stolen`` as 0 or 1."""
+    table = JobTable()
+    first, second = submit(store, table, 2)
+    table.jobs[second].stolen = True
+    table._changed(table.jobs[second])
+    persist(store, table)
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        rows = db.execute(
+            "SELECT num, state, typeof(state), stolen, typeof(stolen) FROM jobs ORDER BY num"
+        ).fetchall()
+    assert rows == [
+        (job_number(first), "queued", "text", 0, "integer"),
+        (job_number(second), "queued", "text", 1, "integer"),
+    ]
 
 
 def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Path) -> None:

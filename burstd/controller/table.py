@@ -128,6 +128,7 @@ REASON_WORKER_LOST = "worker_lost"
 @dataclass(slots=True, eq=False)
 class Job:
     job_id: str
+    num: int  # the number in job_id: the store's key
     spec: bytes  # the encoded JobSpec: opaque here, decoded only by the RPC layer
     retries: int
     name: str
@@ -322,8 +323,8 @@ class JobTable:
         first = self.next_id
         self.next_id += len(new_jobs)
         jobs = [
-            Job(self.format_id(first + i), new.spec, new.retries, new.name, now)
-            for i, new in enumerate(new_jobs)
+            Job(self.format_id(num), num, new.spec, new.retries, new.name, now)
+            for num, new in enumerate(new_jobs, first)
         ]
         for job in jobs:
             self.jobs[job.job_id] = job

@@ -19,7 +19,7 @@ import sqlite3
 import trio
 from loguru import logger
 
-from burstd.controller.store import Store, job_number, mutable_row, row
+from burstd.controller.store import Store, changed_row, row
 from burstd.controller.table import TERMINAL, JobTable
 
 MAX_BACKOFF = 5.0
@@ -90,7 +90,7 @@ class StoreWriter:
             new, changed = self.table.take_changes()
             # Rows are built here, on the trio thread, so the store never sees a job half-changed.
             new_rows = [row(job) for job in new]
-            changed_rows = [(*mutable_row(job), job_number(job.job_id)) for job in changed]
+            changed_rows = [changed_row(job) for job in changed]
             try:
                 async with self.lock:
                     if (
