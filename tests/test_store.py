@@ -15,13 +15,22 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from burstd import transport
 from burstd.controller.service import ControllerService
-from burstd.controller.store import DB_NAME, Store, StoreError, changed_row, job_number, row
+from burstd.controller.store import (
+    DB_NAME,
+    Store,
+    StoreError,
+    changed_row,
+    job_number,
+    leased_row,
+    row,
+)
 from burstd.controller.table import Held, JobState, JobTable, NewJob, ReportOutcome, Result
 from burstd.controller.writer import SMALL_COMMIT, StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -48,10 +57,11 @@ def store(state_dir: Path) -> Iterator[Store]:
 
 def persist(store: Store, table: JobTable) -> None:
     """What the writer does in one commit: the new jobs, every changed one, the id counter."""
-    new, changed = table.take_changes()
+    new, changed, leased = table.take_changes()
     store.write(
         [row(job) for job in new],
         [changed_row(job) for job in changed],
+        [leased_row(job) for job in leased],
         table.next_id,
     )
 
@@ -140,6 +150,64 @@ def test_rows_hold_plain_values(store: Store, state_dir: Path) -> None:
         (job_number(first), "queued", "text", 0, "integer"),
         (job_number(second), "queued", "text", 1, "integer"),
     ]
+
+
+def test_a_lease_alone_rewrites_only_its_columns(state_dir: Path) -> None:
+    store = Store(state_dir)
+    table = JobTable()
+    first, second = submit(store, table, 2, now=5.0)
+    table.register("w1", slots=2, capacity=2, now=6.0)
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    persist(store, table)
+    store._db.set_trace_callback(None)
+    assert [s for s in statements if s.startswith("UPDATE jobs")] == [
+        f"UPDATE jobs SET state = 'leased', attempt = 1, worker_id = 'w1' WHERE num = {num}"
+        for num in (job_number(first), job_number(second))
+    ]
+    store.close()
+    reopened = Store(state_dir)
+    try:
+        stored = {job.job_id: job for job in reopened.live_jobs()}
+        assert [(j.state, j.attempt, j.worker_id) for j in stored.values()] == [
+            (JobState.LEASED, 1, "w1"),
+        ] * 2
+        assert (stored[first].spec, stored[first].name, stored[first].submitted_at) == (
+            SPEC,
+            "j0",
+            5.0,
+        )
+    finally:
+        reopened.close()
+
+
+def test_a_lease_after_another_change_in_one_commit_is_stored_whole(state_dir: Path) -> None:
+    """A job lost and leased again before a commit has more than its lease to store."""
+    store = Store(state_dir)
+    table = JobTable()
+    (job_id,) = submit(store, table, 1)
+    table.register("w1", slots=1, capacity=1, now=1.0)
+    table.lease("w1", 1, 1.0)
+    persist(store, table)
+    table.remove_worker("w1", 2.0)  # a lost attempt: back to the queue
+    table.register("w2", slots=1, capacity=1, now=2.0)  # and leased again at once
+    assert table.take_changes().leased == []
+    table.remove_worker("w2", 3.0)
+    table.register("w3", slots=1, capacity=1, now=3.0)
+    persist(store, table)
+    store.close()
+    reopened = Store(state_dir)
+    try:
+        job = reopened.get(job_id)
+        assert job is not None
+        assert (job.state, job.attempt, job.worker_id, job.lost_count) == (
+            JobState.LEASED,
+            3,
+            "w3",
+            1,
+        )
+    finally:
+        reopened.close()
 
 
 def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Path) -> None:
@@ -394,11 +462,17 @@ class FlakyWrites:
         self.rows = 0
         self.full = False
 
-    def __call__(self, new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+    def __call__(
+        self,
+        new: Sequence[object],
+        changed: Sequence[object],
+        leased: Sequence[object],
+        next_id: int,
+    ) -> None:
         self.calls += 1
         if self.full:
             raise sqlite3.OperationalError("database or disk is full")
-        self.write(new, changed, next_id)
+        self.write(new, changed, leased, next_id)
         self.rows += len(new)
 
 
@@ -450,9 +524,9 @@ async def test_a_small_commit_on_an_idle_loop_skips_the_thread_a_large_one_does_
     async with running_writer(store, table) as (writer, flaky):
         write = flaky.write
 
-        def recorded(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+        def recorded(*rows: Any) -> None:
             threads.append(threading.get_ident())
-            write(new, changed, next_id)
+            write(*rows)
 
         flaky.write = recorded
         table.submit([NewJob(SPEC)], 0.0)
@@ -550,13 +624,16 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
 def _record_commits(
     flaky: FlakyWrites, commits: list[tuple[int, int]], first_delay: float = 0.0
 ) -> None:
-    """Record each commit's (new, changed) row counts; the first one takes ``first_delay`` s."""
+    """Record each commit's row counts (inserted, updated); the first one takes ``first_delay``
+    seconds."""
     write = flaky.write
 
-    def recorded(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+    def recorded(
+        new: Sequence[object], changed: Sequence[object], leased: Sequence[object], next_id: int
+    ) -> None:
         time.sleep(first_delay if not commits else 0.0)
-        write(new, changed, next_id)
-        commits.append((len(new), len(changed)))
+        write(new, changed, leased, next_id)
+        commits.append((len(new), len(changed) + len(leased)))
 
     flaky.write = recorded
 
@@ -683,9 +760,11 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
     async with running_writer(store, table, threaded=True) as (writer, flaky):
         write = flaky.write
 
-        def slow_write(new: Sequence[object], changed: Sequence[object], next_id: int) -> None:
+        def slow_write(
+            new: Sequence[object], changed: Sequence[object], leased: Sequence[object], next_id: int
+        ) -> None:
             time.sleep(0.3)
-            write(new, changed, next_id)
+            write(new, changed, leased, next_id)
             commits.append(len(changed))
 
         (job_id,) = table.submit([NewJob(SPEC)], 0.0)
@@ -821,17 +900,17 @@ def test_a_write_that_fails_at_commit_reports_its_own_error(store: Store) -> Non
 
     table = JobTable()
     table.submit([NewJob(SPEC)], 0.0)
-    jobs, _ = table.take_changes()
+    jobs = table.take_changes().new
     real = store._db
     store._db = FailingCommit(real)  # type: ignore[assignment]
     try:
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-            store.write([row(job) for job in jobs], [], table.next_id)
+            store.write([row(job) for job in jobs], [], [], table.next_id)
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
             store.forget_finished(1e12)
     finally:
         store._db = real
     assert not real.in_transaction
     assert store.get(jobs[0].job_id) is None
-    store.write([row(job) for job in jobs], [], table.next_id)  # usable again
+    store.write([row(job) for job in jobs], [], [], table.next_id)  # usable again
     assert store.get(jobs[0].job_id) is not None

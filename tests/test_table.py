@@ -315,14 +315,14 @@ def test_a_withdrawn_submission_leaves_no_trace_but_its_ids() -> None:
     assert table.jobs[ids[0]].state is L
     deliver(table)  # handed over by a poll that waits for the commit
     table.cancel(ids[2], 1.0)
-    new, changed = table.take_changes()
-    assert [job.job_id for job in new] == ids and changed == []
+    new, changed, leased = table.take_changes()
+    assert [job.job_id for job in new] == ids and changed == leased == []
     table.withdraw(new)
     jobs, workers, counts, _, next_id, queue = fingerprint(table)
     assert (jobs, counts, queue) == (before[0], before[2], before[5])
     assert workers[0][2] == before[1][0][2]  # w1 holds its first job only
     assert next_id == 5 and real_counts(table) == table.counts
-    assert table.take_changes() == ([], [])
+    assert table.take_changes() == ([], [], [])
     # the queue has its room back, and w1 its slot: the next job goes to it
     next_ids = submit(table, 3)
     assert next_ids[0] == "job-00000005"

@@ -86,6 +86,8 @@ COMMIT;
 """
 _INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
+_LEASED = ("state", "attempt", "worker_id")
+_UPDATE_LEASED = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _LEASED)} WHERE num = ?"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _LIVE = ("queued", "leased", "running")
 
@@ -113,6 +115,10 @@ row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS)
 """A new job's row for ``_INSERT``."""
 changed_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS[5:], "num")
 """A changed job's parameters for ``_UPDATE``: its mutable columns, then its number."""
+leased_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
+    *_FIELDS[5 : 5 + len(_LEASED)], "num"
+)
+"""A job's parameters for ``_UPDATE_LEASED``, when a lease is its only change (``Changes``)."""
 
 
 def _job(row: tuple[Any, ...]) -> Job:
@@ -279,16 +285,18 @@ class Store:
         self,
         new_rows: Sequence[tuple[object, ...]],
         changed_rows: Sequence[tuple[object, ...]],
+        leased_rows: Sequence[tuple[object, ...]],
         next_id: int,
     ) -> None:
-        """One transaction: insert new jobs (``row``), update changed ones (``changed_row``),
-        advance the id counter. Rows are built by the caller, so a job is never
-        read while another thread changes it."""
+        """One transaction: insert new jobs (``row``), update changed ones (``changed_row``) and
+        leased ones (``leased_row``), advance the id counter. Rows are built by the caller, so a
+        job is never read while another thread changes it."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(_INSERT, new_rows)
             db.executemany(_UPDATE, changed_rows)
+            db.executemany(_UPDATE_LEASED, leased_rows)
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
             db.execute("COMMIT")
         except BaseException:

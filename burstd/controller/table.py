@@ -42,6 +42,7 @@ import enum
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from burstd.policies.routers import Router, make_router
 
@@ -152,6 +153,16 @@ class Job:
     steal_round: int = 0
 
 
+class Changes(NamedTuple):
+    """The jobs to persist, from ``JobTable.take_changes``."""
+
+    new: list[Job]  # submitted: every column
+    changed: list[Job]  # changed otherwise: every column that may change
+    # Leased from the queue and not changed otherwise since they were last stored (or taken
+    # for storing): only state, attempt and worker_id differ from what is stored.
+    leased: list[Job]
+
+
 @dataclass(slots=True)
 class NewJob:
     spec: bytes
@@ -260,6 +271,9 @@ class JobTable:
         self.track_changes = track_changes
         self.new: dict[str, Job] = {}
         self.dirty: dict[str, Job] = {}
+        # Jobs whose lease from the queue is their only change: the store need not rewrite the
+        # columns a lease leaves alone (most jobs are leased in another commit than their insert).
+        self.leased: dict[str, Job] = {}
         # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
         self.orphans: dict[str, float] = {}
 
@@ -275,7 +289,10 @@ class JobTable:
         self.counts[job.state] -= 1
         self.counts[new] += 1
         job.state = new
-        self._changed(job)
+        if event is Event.LEASE and self.track_changes:
+            self.leased[job.job_id] = job
+        else:
+            self._changed(job)
         if new in TERMINAL:
             self.finished_log.append(job.job_id)
             self.finished_seq += 1
@@ -291,12 +308,17 @@ class JobTable:
             return None
         return list(self.finished_log)[len(self.finished_log) - missed :] if missed else []
 
-    def take_changes(self) -> tuple[list[Job], list[Job]]:
-        """Jobs submitted and jobs changed since the last call, for the store to persist; each
-        job once, a new one only in the first list (with its state as it is now)."""
+    def take_changes(self) -> Changes:
+        """What changed since the last call, for the store to persist; each job in one list only
+        (with its state as it is now): see ``Changes``."""
         new, self.new = self.new, {}
         dirty, self.dirty = self.dirty, {}
-        return list(new.values()), [job for job_id, job in dirty.items() if job_id not in new]
+        leased, self.leased = self.leased, {}
+        return Changes(
+            list(new.values()),
+            [job for job_id, job in dirty.items() if job_id not in new],
+            [job for job_id, job in leased.items() if job_id not in new and job_id not in dirty],
+        )
 
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
@@ -348,6 +370,7 @@ class JobTable:
             del self.jobs[job.job_id]
             self.new.pop(job.job_id, None)
             self.dirty.pop(job.job_id, None)
+            self.leased.pop(job.job_id, None)
             self.counts[job.state] -= 1
             worker = self.workers.get(job.worker_id)
             if worker is not None and worker.leases.get(job.job_id) is job:

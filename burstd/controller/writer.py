@@ -19,7 +19,7 @@ import sqlite3
 import trio
 from loguru import logger
 
-from burstd.controller.store import Store, changed_row, row
+from burstd.controller.store import Store, changed_row, leased_row, row
 from burstd.controller.table import TERMINAL, JobTable
 
 MAX_BACKOFF = 5.0
@@ -87,21 +87,23 @@ class StoreWriter:
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
             generation = self._generation
-            new, changed = self.table.take_changes()
+            new, changed, leased = self.table.take_changes()
             # Rows are built here, on the trio thread, so the store never sees a job half-changed.
-            new_rows = [row(job) for job in new]
-            changed_rows = [changed_row(job) for job in changed]
+            rows = (
+                [row(job) for job in new],
+                [changed_row(job) for job in changed],
+                [leased_row(job) for job in leased],
+                self.table.next_id,
+            )
             try:
                 async with self.lock:
                     if (
-                        len(new_rows) + len(changed_rows) <= self.small_commit
+                        len(new) + len(changed) + len(leased) <= self.small_commit
                         and trio.lowlevel.current_statistics().tasks_runnable == 0
                     ):
-                        self.store.write(new_rows, changed_rows, self.table.next_id)
+                        self.store.write(*rows)
                     else:
-                        await trio.to_thread.run_sync(
-                            self.store.write, new_rows, changed_rows, self.table.next_id
-                        )
+                        await trio.to_thread.run_sync(self.store.write, *rows)
             except sqlite3.Error as error:
                 message = f"the state store cannot be written ({error}): not accepted"
                 logger.error("{}; retrying in {:.2f} s", message, delay)
@@ -109,7 +111,7 @@ class StoreWriter:
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
                 self.table.withdraw([*new, *self.table.new.values()])
-                for job in changed:
+                for job in (*changed, *leased):
                     self.table.dirty.setdefault(job.job_id, job)
                 self._signal()
                 await trio.sleep(delay)
