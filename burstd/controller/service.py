@@ -496,20 +496,21 @@ class ControllerService:
             response.empty.SetInParent()
         return response
 
-    def _report(self, worker_id: str, item: job_pb2.ReportJobResultRequest) -> ReportOutcome:
-        result = Result(
+    @staticmethod
+    def _result(item: job_pb2.ReportJobResultRequest) -> Result:
+        reason = item.reason
+        return Result(
             job_id=item.job_id,
             attempt=item.attempt,
-            exit_code=item.exit_code if item.reason in ("", "exit") else None,
+            exit_code=item.exit_code if reason in ("", "exit") else None,
             signal=item.signal,
-            reason=item.reason or "exit",
+            reason=reason or "exit",
             error_message=item.error_message,
             started_at=item.started_at,
             finished_at=item.finished_at,
             stdout_path=item.stdout_path,
             stderr_path=item.stderr_path,
         )
-        return self.table.report(worker_id, result, self.clock())
 
     async def _settle_unknown(
         self, worker_id: str, item: job_pb2.ReportJobResultRequest, outcome: ReportOutcome
@@ -527,7 +528,7 @@ class ControllerService:
         self, request: job_pb2.ReportJobResultRequest, metadata: Mapping[str, str]
     ) -> job_pb2.ReportJobResultResponse:
         try:
-            outcome = self._report(request.worker_id, request)
+            outcome = self.table.report(request.worker_id, self._result(request), self.clock())
         except UnknownWorker as error:
             raise self._unknown_worker(error) from None
         finally:
@@ -551,15 +552,17 @@ class ControllerService:
         try:
             for held in _held(request.started):
                 self.table.started(worker_id, held, now)
-            outcomes = [self._report(worker_id, item) for item in request.results]
+            results = [self._result(item) for item in request.results]
+            outcomes = self.table.report_many(worker_id, results, now)
         except UnknownWorker as error:
             raise self._unknown_worker(error) from None
         finally:
             self._after_change()
         # A result is acknowledged only once it is stored: the worker forgets it afterwards.
         await self._durable()
-        for i, item in enumerate(request.results):
-            outcomes[i] = await self._settle_unknown(worker_id, item, outcomes[i])
+        for i, outcome in enumerate(outcomes):
+            if outcome is ReportOutcome.UNKNOWN_JOB:  # rare: not worth a coroutine per result
+                outcomes[i] = await self._settle_unknown(worker_id, request.results[i], outcome)
         response = job_pb2.ReportJobResultsResponse()
         response.outcomes.extend(cast(list[Any], outcomes))
         return response

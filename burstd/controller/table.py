@@ -70,6 +70,10 @@ class Event(enum.Enum):
     CANCEL = "cancel"  # a user cancelled it
     STEAL = "steal"  # the lease moved to another worker (still not started)
 
+    # Members are singletons: identity hashing is C code, where Enum's own hash runs Python on
+    # every TRANSITIONS lookup (two per job).
+    __hash__ = object.__hash__
+
 
 _Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 
@@ -557,7 +561,20 @@ class JobTable:
 
     def report(self, worker_id: str, result: Result, now: float) -> ReportOutcome:
         """Record how an attempt ended; only the current lease's result changes anything."""
+        (outcome,) = self.report_many(worker_id, [result], now)
+        return outcome
+
+    def report_many(
+        self, worker_id: str, results: Iterable[Result], now: float
+    ) -> list[ReportOutcome]:
+        """``report`` of each result in turn; the room they free is routed once, at the end."""
         worker = self._worker(worker_id, now)
+        outcomes = [self._report(worker, result, now) for result in results]
+        self._dispatch()
+        return outcomes
+
+    def _report(self, worker: Worker, result: Result, now: float) -> ReportOutcome:
+        worker_id = worker.worker_id
         job = self.jobs.get(result.job_id)
         if job is None:
             return ReportOutcome.UNKNOWN_JOB
@@ -569,7 +586,6 @@ class JobTable:
                 self._record(job, result)
                 self._changed(job)
                 self._release(worker, job)
-                self._dispatch()
             return outcome
         if job.worker_id != worker_id or job.attempt != attempt:
             return ReportOutcome.STALE
@@ -589,7 +605,6 @@ class JobTable:
                 self._requeue(job, Event.RETRY)
             else:
                 self._finish(job, Event.FAIL, now)
-        self._dispatch()
         return ReportOutcome.ACCEPTED
 
     @staticmethod
