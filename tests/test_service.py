@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from burstd.controller import admission
 from burstd.controller.service import ControllerService
 from burstd.controller.table import JobTable
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -62,3 +63,12 @@ async def test_a_single_poll_carries_one_job_in_its_own_field() -> None:
             attempt,
         )
         assert list(response.jobs) == []
+
+
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 300, 16_383, 16_384, 2**21 - 1, 2**21, 2**35, 2**63 - 1, -1, -(2**63)]
+)
+def test_varints_are_protobufs_own(value: int) -> None:
+    """Array jobs' specs carry their index encoded here, beside protobuf's encoding of the rest."""
+    encoded = job_pb2.JobSpec(array_index=value).SerializeToString()
+    assert b"\x48" + admission.varint(value) == encoded  # array_index: field 9, a varint

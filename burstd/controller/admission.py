@@ -76,6 +76,11 @@ def varint(value: int) -> bytes:
     """``value`` as a protobuf varint (an int64's negatives as two's complement)."""
     if 0 <= value < 0x80:
         return _SMALL_VARINTS[value]  # lengths and attempts: most are one byte
+    # Array indices up to two million, without the loop (one in each array job's spec).
+    if 0 <= value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    if 0 <= value < 0x200000:
+        return bytes((value & 0x7F | 0x80, value >> 7 & 0x7F | 0x80, value >> 14))
     value &= (1 << 64) - 1
     out = bytearray()
     while value > 0x7F:

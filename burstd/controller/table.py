@@ -348,18 +348,18 @@ class JobTable:
             )
         first = self.next_id
         self.next_id += len(new_jobs)
+        ids = list(map(self.format_id, range(first, self.next_id)))
         jobs = [
-            Job(self.format_id(num), num, new.spec, new.retries, new.name, now)
-            for num, new in enumerate(new_jobs, first)
+            Job(job_id, num, new.spec, new.retries, new.name, now)
+            for job_id, num, new in zip(ids, range(first, self.next_id), new_jobs, strict=True)
         ]
-        for job in jobs:
-            self.jobs[job.job_id] = job
-            if self.track_changes:
-                self.new[job.job_id] = job
+        self.jobs.update(zip(ids, jobs, strict=True))
+        if self.track_changes:
+            self.new.update(zip(ids, jobs, strict=True))
         self._queue.extend(jobs)
         self.counts[JobState.QUEUED] += len(jobs)
         self._dispatch()
-        return [job.job_id for job in jobs]
+        return ids
 
     def withdraw(self, jobs: Iterable[Job]) -> None:
         """Submitted jobs that could not be stored leave as if never submitted (ids not reused).
