@@ -645,6 +645,22 @@ async def _one_worker(service: ControllerService) -> job_pb2.PollJobRequest:
     return job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
 
 
+@asynccontextmanager
+async def _recorded_service(
+    store: Store,
+) -> AsyncIterator[
+    tuple[JobTable, StoreWriter, ControllerService, job_pb2.PollJobRequest, list[tuple[int, int]]]
+]:
+    """A service over a running writer whose commits are recorded (see _record_commits), with
+    worker w1 registered: the table, writer, service, w1's poll and the commits."""
+    table = JobTable()
+    commits: list[tuple[int, int]] = []
+    async with running_writer(store, table) as (writer, flaky):
+        _record_commits(flaky, commits)
+        service = ControllerService(table, writer=writer)
+        yield table, writer, service, await _one_worker(service), commits
+
+
 async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(store: Store) -> None:
     """Submission and first lease share a commit (one fsync, one row write on the idle path),
     and neither the client nor the worker hears of the job before that commit is done."""
@@ -686,12 +702,7 @@ async def test_on_an_idle_controller_a_job_is_stored_with_its_lease_and_the_work
     """A submission that wakes a waiting poll: the writer lets the poll lease the job before it
     commits (one commit, not two), and the poll's answer goes before the client's, as the
     job's start waits for it. trio runs tasks woken together in random order: 20 rounds."""
-    table = JobTable()
-    commits: list[tuple[int, int]] = []
-    async with running_writer(store, table) as (writer, flaky):
-        _record_commits(flaky, commits)
-        service = ControllerService(table, writer=writer)
-        poll = await _one_worker(service)
+    async with _recorded_service(store) as (table, writer, service, poll, commits):
         answered: list[str] = []
 
         async def poll_once() -> None:
@@ -715,6 +726,31 @@ async def test_on_an_idle_controller_a_job_is_stored_with_its_lease_and_the_work
             assert answered == ["worker", "client"]
             assert commits[0] == (1, 0)  # the job, already leased: one row, one commit
             assert len(commits) == 2  # and then the result
+
+
+async def test_a_poll_waits_for_the_commit_that_took_its_leases_not_for_the_next(
+    store: Store,
+) -> None:
+    """A report frees the worker's slot and the next job is leased to it at once; the report's
+    commit stores that lease. The worker's next poll hands the job over without waiting for
+    another commit, even with other changes pending: nothing of its job is left to store."""
+    async with _recorded_service(store) as (table, writer, service, poll, commits):
+        first, second = await _submit(service), await _submit(service)
+        (job,) = (await service.poll_job(poll, {})).jobs
+        assert job.job_id == first
+        report = job_pb2.ReportJobResultsRequest(
+            worker_id="w1", results=[job_pb2.ReportJobResultRequest(job_id=first, attempt=1)]
+        )
+        await service.report_job_results(report, {})  # stored with the lease of `second`
+        assert table.jobs[second].state is JobState.LEASED
+        commits.clear()
+        table.submit([NewJob(SPEC)], 0.0)  # somebody else's change, not stored yet
+        (job,) = (await service.poll_job(poll, {})).jobs
+        assert job.job_id == second
+        assert commits == []
+        table.cancel(second, 1.0)  # a change of its own does wait for a commit
+        await writer.stored([table.jobs[second]])
+        assert commits == [(1, 1)]
 
 
 async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) -> None:

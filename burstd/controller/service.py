@@ -11,7 +11,7 @@ import heapq
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -202,11 +202,15 @@ class ControllerService:
                 raise transport.ResourceExhausted(str(error)) from None
         return ids
 
-    async def _durable(self) -> None:
-        """Wait until what the table holds now is stored (no-op without a store)."""
+    async def _durable(self, jobs: Sequence[Job] | None = None) -> None:
+        """Wait until what the table holds now is stored, or with ``jobs`` only their latest
+        changes (no-op without a store)."""
         if self.writer is not None:
             try:
-                await self.writer.durable()
+                if jobs is None:
+                    await self.writer.durable()
+                else:
+                    await self.writer.stored(jobs)
             except StoreUnavailable as error:
                 raise transport.Unavailable(str(error)) from None
 
@@ -481,7 +485,7 @@ class ControllerService:
         if jobs:
             # The new attempt numbers must survive a restart before a worker runs them.
             try:
-                await self._durable()
+                await self._durable(jobs)
             except BaseException:
                 # Not handed over: they wait for the next poll (re-leasing them would count a
                 # lost attempt at each try, and fail them past the crash limit).

@@ -324,6 +324,10 @@ class JobTable:
             [job for job_id, job in leased.items() if job_id not in new and job_id not in dirty],
         )
 
+    def pending(self, job_id: str) -> bool:
+        """Whether the job has a change that ``take_changes`` has not handed out yet."""
+        return job_id in self.new or job_id in self.dirty or job_id in self.leased
+
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
         woken, self._wakeups = self._wakeups, set()

@@ -15,12 +15,13 @@ retries them with a back-off.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
 import trio
 from loguru import logger
 
 from burstd.controller.store import Store, changed_row, leased_row, row
-from burstd.controller.table import TERMINAL, JobTable
+from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
 # A commit of at most this many rows, when no other task is ready to run, is written on the event
@@ -45,6 +46,7 @@ class StoreWriter:
         # was current when it made its change.
         self._generation = 0
         self._committed = 0
+        self._taken = 0  # the generation of the changes the last commit took
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
         self._stopped = False
@@ -68,6 +70,15 @@ class StoreWriter:
         """Return once every change made to the table so far is stored."""
         await self._until(self._bump())
 
+    async def stored(self, jobs: Iterable[Job]) -> None:
+        """Return once the latest change of each of these jobs is stored. When a commit under
+        way (or done) took them all, that one is enough: no waiting for the next."""
+        if any(self.table.pending(job.job_id) for job in jobs):
+            await self.durable()
+        else:
+            await trio.lowlevel.checkpoint()
+            await self._until(self._taken)
+
     async def run(self) -> None:
         try:
             await self._run()
@@ -86,7 +97,7 @@ class StoreWriter:
             # leases the new job now, and one commit stores both (else a second commit follows).
             await trio.lowlevel.cancel_shielded_checkpoint()
             self._wake = trio.Event()
-            generation = self._generation
+            generation = self._taken = self._generation
             new, changed, leased = self.table.take_changes()
             # Rows are built here, on the trio thread, so the store never sees a job half-changed.
             rows = (
