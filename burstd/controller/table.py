@@ -574,6 +574,7 @@ class JobTable:
         """``report`` of each result in turn; the room they free is routed once, at the end."""
         worker = self._worker(worker_id, now)
         outcomes = [self._report(worker, result, now) for result in results]
+        self._route(worker)
         self._dispatch()
         return outcomes
 
@@ -589,14 +590,14 @@ class JobTable:
                 # The worker confirming it stopped a cancelled job.
                 self._record(job, result)
                 self._changed(job)
-                self._release(worker, job)
+                self._release(worker, job, route=False)
             return outcome
         if job.worker_id != worker_id or job.attempt != attempt:
             return ReportOutcome.STALE
         if worker.leases.get(job.job_id) is not job or job.lease_seq == 0:
             # Not this worker's lease, or never handed over: the result is of an older run.
             return ReportOutcome.STALE
-        self._release(worker, job)
+        self._release(worker, job, route=False)
         if result.reason == REASON_RETURNED:
             self._requeue(job, Event.LOSE)
             self._stop_routing(worker)
@@ -855,9 +856,16 @@ class JobTable:
 
     # -- lease bookkeeping -------------------------------------------------------------------
 
-    def _release(self, worker: Worker, job: Job) -> None:
+    def _release(self, worker: Worker, job: Job, *, route: bool = True) -> None:
+        """The worker no longer holds the job; ``route=False``: the caller tells the router of
+        the worker's load itself (``_route``), before anything is routed."""
         del worker.leases[job.job_id]
         worker.cancel_notices.pop(job.job_id, None)
+        if route:
+            self._route(worker)
+
+    def _route(self, worker: Worker) -> None:
+        """Tell the router the worker's load, unless it is gone or draining (out of routing)."""
         if worker.worker_id in self.workers and not worker.draining:
             self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
 
