@@ -97,10 +97,17 @@ def main() -> None:
         rows.append(("controller memory per queued job", grab(r"(\d+ bytes/job)", out), "<= 1024"))
     if "rpc" not in skip:
         out = run("rpc_cost.py", "--calls", "1000" if q else "3000")
-        unary = r"sequential unary: (p50 [0-9.]+ ms p99 [0-9.]+ ms)"
-        server_cpu = r"sequential unary: [0-9,]+ calls/s, server CPU ([0-9]+ us)"
-        rows.append(("unary RPC latency (sequential)", grab(unary, out), "-"))
-        rows.append(("unary RPC, server CPU per call", grab(server_cpu, out), "-"))
+        for kind, label in (("plain", "plain"), ("over one Calls stream", "multiplexed")):
+            unary = rf"sequential unary, {kind}: (p50 [0-9.]+ ms p99 [0-9.]+ ms)"
+            server_cpu = rf"16 callers, 1 channel, {kind}: [0-9,]+ calls/s, server CPU ([0-9]+ us)"
+            rows.append((f"unary RPC latency, {label} (sequential)", grab(unary, out), "-"))
+            rows.append(
+                (
+                    f"unary RPC, {label}, server CPU per call (16 callers)",
+                    grab(server_cpu, out),
+                    "-",
+                )
+            )
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 
