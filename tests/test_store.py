@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from burstd import transport
-from burstd.controller.service import ControllerService
+from burstd.controller.service import WAIT_UPDATE_INTERVAL, ControllerService
 from burstd.controller.store import (
     DB_NAME,
     Store,
@@ -31,7 +31,7 @@ from burstd.controller.store import (
     leased_row,
     row,
 )
-from burstd.controller.table import Held, JobState, JobTable, NewJob, ReportOutcome, Result
+from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
 from burstd.controller.writer import SMALL_COMMIT, StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
@@ -738,10 +738,7 @@ async def test_a_poll_waits_for_the_commit_that_took_its_leases_not_for_the_next
         first, second = await _submit(service), await _submit(service)
         (job,) = (await service.poll_job(poll, {})).jobs
         assert job.job_id == first
-        report = job_pb2.ReportJobResultsRequest(
-            worker_id="w1", results=[job_pb2.ReportJobResultRequest(job_id=first, attempt=1)]
-        )
-        await service.report_job_results(report, {})  # stored with the lease of `second`
+        await service.report_job_results(_success(first), {})  # stored with `second`'s lease
         assert table.jobs[second].state is JobState.LEASED
         commits.clear()
         table.submit([NewJob(SPEC)], 0.0)  # somebody else's change, not stored yet
@@ -751,6 +748,47 @@ async def test_a_poll_waits_for_the_commit_that_took_its_leases_not_for_the_next
         table.cancel(second, 1.0)  # a change of its own does wait for a commit
         await writer.stored([table.jobs[second]])
         assert commits == [(1, 1)]
+
+
+def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:
+    """Worker w1's report that the first attempt of the job exited 0."""
+    result = job_pb2.ReportJobResultRequest(job_id=job_id, attempt=1)
+    return job_pb2.ReportJobResultsRequest(worker_id="w1", results=[result])
+
+
+async def test_a_waiter_hears_of_jobs_that_left_memory_without_reading_them_back(
+    store: Store,
+) -> None:
+    """A job leaves memory once its end is stored; WaitJobs reports it from the table's log of
+    finished jobs, not by reading each one back from the store."""
+    async with _recorded_service(store) as (table, writer, service, poll, _):
+        ids = [await _submit(service), await _submit(service)]  # w1 has one slot
+        reads: list[list[str]] = []
+        get_many = store.get_many
+
+        def counted(job_ids: list[str]) -> list[Job]:
+            reads.append(list(job_ids))
+            return get_many(job_ids)
+
+        store.get_many = counted  # type: ignore[method-assign]
+        finished: list[str] = []
+
+        async def waiter() -> None:
+            async for update in service.wait_jobs(job_pb2.WaitJobsRequest(job_ids=ids), {}):
+                finished.extend(info.job_id for info in update.finished)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                for job_id in ids:
+                    (job,) = (await service.poll_job(poll, {})).jobs
+                    assert job.job_id == job_id
+                    await service.report_job_results(_success(job_id), {})
+                    await writer.durable()
+                    assert table.get(job_id) is None  # stored, so out of memory
+                    await trio.sleep(2 * WAIT_UPDATE_INTERVAL)  # the waiter looks meanwhile
+        assert finished == ids
+        assert reads == []
 
 
 async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) -> None:

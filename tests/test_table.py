@@ -96,10 +96,14 @@ def fingerprint(table: JobTable) -> tuple[Any, ...]:
         jobs,
         workers,
         tuple(table.counts.items()),
-        tuple(table.finished_log),
+        tuple(job.job_id for job in table.finished_log),
         table.next_id,
         queue,
     )
+
+
+def finished_ids(table: JobTable) -> list[str]:
+    return [job.job_id for job in table.finished_log]
 
 
 def real_counts(table: JobTable) -> dict[JobState, int]:
@@ -151,7 +155,7 @@ def test_submit_lease_start_report_success() -> None:
     assert job.state is JobState.SUCCEEDED and job.exit_code == 0 and job.finished_at == 5.0
     assert job.stdout_path == "/o"
     assert table.workers["w1"].leases == {}
-    assert list(table.finished_log) == [job_id]
+    assert finished_ids(table) == [job_id]
     assert table.counts[JobState.SUCCEEDED] == 1 and table.counts[R] == 0
 
 
@@ -214,7 +218,7 @@ def test_retries_requeue_twice_then_fail_and_attempt_grows() -> None:
             # Re-queued and routed again at once (the worker has room): a new lease.
             assert job.state is L and job.retried == attempt and job.attempt == attempt + 1
     assert job.state is JobState.FAILED and job.retried == 2 and job.attempt == 3
-    assert list(table.finished_log) == [job_id]
+    assert finished_ids(table) == [job_id]
 
 
 def test_a_retried_job_goes_before_younger_queued_jobs() -> None:
@@ -251,7 +255,7 @@ def test_duplicate_report_is_acknowledged_and_changes_nothing() -> None:
     # Even a different outcome for the same lease cannot overwrite the final one.
     assert table.report("w1", exited(job_id, table, code=7), 3.0) is ReportOutcome.DUPLICATE
     assert fingerprint(table) == before
-    assert table.jobs[job_id].exit_code == 0 and list(table.finished_log) == [job_id]
+    assert table.jobs[job_id].exit_code == 0 and finished_ids(table) == [job_id]
 
 
 def test_report_from_a_superseded_attempt_is_stale() -> None:
@@ -453,7 +457,7 @@ def test_crash_limit_fails_a_job_that_loses_every_worker() -> None:
     table.expire(31.0)
     assert job.state is JobState.FAILED and job.reason == "worker_lost"
     assert "lost 2 times" in job.error_message and "crash limit 2" in job.error_message
-    assert job.finished_at == 31.0 and list(table.finished_log) == [job_id]
+    assert job.finished_at == 31.0 and finished_ids(table) == [job_id]
     assert table.counts[JobState.FAILED] == 1 and table.counts[Q] == 0
     # w2 was only cut off: it comes back and reports the run whose lost lease failed the job
     register(table, "w2", now=32.0, held=[Held(job_id, 2, running=True)])
@@ -611,7 +615,7 @@ def test_cancel_a_queued_job_it_is_never_leased() -> None:
     assert job.reason == "cancelled" and job.finished_at == 1.0
     register(table)
     assert deliver(table)[1] == [] and table.workers["w1"].leases == {}
-    assert job.attempt == 0 and table.counts[Q] == 0 and list(table.finished_log) == [job_id]
+    assert job.attempt == 0 and table.counts[Q] == 0 and finished_ids(table) == [job_id]
 
 
 def test_cancel_an_undelivered_lease_releases_it_at_once() -> None:
@@ -660,7 +664,7 @@ def test_cancel_a_delivered_job_waits_for_the_worker_to_stop_it() -> None:
     assert job_id not in worker.leases and job.state is JobState.CANCELLED
     assert job.reason == "cancelled" and job.signal == 15
     assert table.jobs[queued].state is L  # the freed slot is used
-    assert list(table.finished_log) == [job_id]
+    assert finished_ids(table) == [job_id]
 
 
 def test_cancel_a_delivered_job_released_when_the_worker_stops_listing_it() -> None:
@@ -727,7 +731,7 @@ def test_returned_job_is_requeued_without_counting_a_loss() -> None:
     assert table.report("w1", result, 1.0) is ReportOutcome.ACCEPTED
     job = table.jobs[job_id]
     assert job.lost_count == 0 and job.retried == 0
-    assert list(table.finished_log) == []
+    assert finished_ids(table) == []
     # The worker is shutting down: the job waits for another worker, under a new attempt.
     assert job.state is Q
     register(table, "w2")
@@ -821,7 +825,7 @@ def test_finished_log_lists_each_job_once_when_it_ends() -> None:
     table.report("w1", exited(a, table), 1.0)  # duplicate
     table.cancel(a, 1.0)  # already over
     table.report("w1", exited(b, table, code=2), 2.0)
-    assert list(table.finished_log) == [c, a, b] and table.finished_seq == 3
+    assert finished_ids(table) == [c, a, b] and table.finished_seq == 3
 
 
 def test_a_transition_outside_the_table_is_an_invariant_error() -> None:
@@ -1314,7 +1318,7 @@ class TableMachine(RuleBasedStateMachine):
         assert table.counts == real_counts(table)
         assert sum(table.counts.values()) == len(table.jobs) == len(self.submitted)
         assert all(job_id in table.jobs for job_id in self.submitted)
-        log = table.finished_log
+        log = [job.job_id for job in table.finished_log]
         assert len(log) == len(set(log))
         assert set(log) == {j.job_id for j in table.jobs.values() if j.state in TERMINAL}
 

@@ -343,14 +343,19 @@ class ControllerService:
             # Look at the jobs that ended since the last look, unless that is more work than
             # looking at every pending job (or the log no longer reaches back that far).
             recent = None if first else self.table.finished_since(cursor)
-            candidates = pending if recent is None or len(recent) > len(pending) else recent
             cursor = self.table.finished_seq
-            jobs = await self._lookup_many(j for j in candidates if j in pending)
-            for job_id, job in jobs.items():
-                if job_id in pending and job.state in TERMINAL:
-                    pending.discard(job_id)
-                    counts[job.state] += 1
-                    finished.append(job_info(job))
+            if recent is None or len(recent) > len(pending):
+                ended = [
+                    job for job in (await self._lookup_many(pending)).values()
+                    if job.state in TERMINAL
+                ]  # fmt: skip
+            else:
+                # From the log itself: no store read for jobs that have left memory.
+                ended = [job for job in recent if job.job_id in pending]
+            for job in ended:
+                pending.discard(job.job_id)
+                counts[job.state] += 1
+                finished.append(job_info(job))
             if finished or first:
                 yield job_pb2.WaitJobsUpdate(
                     total=len(ids),
@@ -368,7 +373,11 @@ class ControllerService:
             # At most one update per interval, except the last one: a waiter on a few short jobs
             # hears that they ended at once, not an interval later.
             recent = self.table.finished_since(cursor)
-            if recent is None or len(recent) < len(pending) or not pending.issubset(recent):
+            if (
+                recent is None
+                or len(recent) < len(pending)
+                or not pending.issubset(job.job_id for job in recent)
+            ):
                 await trio.sleep_until(looked + WAIT_UPDATE_INTERVAL)
 
     async def _wait_all(self) -> AsyncIterator[job_pb2.WaitJobsUpdate]:

@@ -269,7 +269,9 @@ class JobTable:
         self._wakeups: set[str] = set()
         # Job ids in the order they reached a terminal state, for waiters; only the newest
         # FINISHED_LOG_SIZE are kept, so memory does not grow with finished jobs.
-        self.finished_log: deque[str] = deque(maxlen=FINISHED_LOG_SIZE)
+        # The jobs themselves, not their ids: a waiter reads what it reports from here, also
+        # once a job has left ``jobs`` for the store.
+        self.finished_log: deque[Job] = deque(maxlen=FINISHED_LOG_SIZE)
         self.finished_seq = 0
         # For the store (see take_changes); without one, nothing is recorded.
         self.track_changes = track_changes
@@ -298,15 +300,15 @@ class JobTable:
         else:
             self._changed(job)
         if new in TERMINAL:
-            self.finished_log.append(job.job_id)
+            self.finished_log.append(job)
             self.finished_seq += 1
 
     def _changed(self, job: Job) -> None:
         if self.track_changes:
             self.dirty[job.job_id] = job
 
-    def finished_since(self, seq: int) -> list[str] | None:
-        """Ids of jobs that ended after ``finished_seq`` was ``seq``; None if no longer known."""
+    def finished_since(self, seq: int) -> list[Job] | None:
+        """The jobs that ended after ``finished_seq`` was ``seq``; None if no longer known."""
         missed = self.finished_seq - seq
         if missed > len(self.finished_log):
             return None
