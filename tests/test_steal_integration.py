@@ -87,8 +87,11 @@ def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster)
     """Worker 1 dies (kill -9) holding queued jobs; the controller still lists it, so worker 2
     tries to steal from a dead peer: that costs it nothing, and once worker 1's lease expires
     every job runs on worker 2, exactly once to success."""
+    # Long enough for worker 2 to start (1.3-1.9 s on a loaded machine) and try to steal while
+    # worker 1 is still listed; with a shorter one its jobs could be queued again first, and
+    # worker 2 would get them without ever trying the dead peer.
     ttl = cluster.tmp / "short-ttl.toml"
-    ttl.write_text("[controller]\nlease_ttl_ms = 1500\nheartbeat_interval_ms = 300\n")
+    ttl.write_text("[controller]\nlease_ttl_ms = 4000\nheartbeat_interval_ms = 300\n")
     cluster.controller("--config", str(ttl))
     peer = ("--peer-listen", "127.0.0.1:0")
     w1 = cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
