@@ -1,7 +1,8 @@
 """The worker daemon's tasks in one trio run, against a fake controller link and fake jobs.
 
 Virtual time (trio's autojump clock): what is checked is the order of events and how many calls
-go out, never how long anything took on this machine.
+go out, never how long anything took on this machine. The last test runs the real controller link
+over loopback against a stand-in controller service, to see how its calls travel.
 """
 
 from __future__ import annotations
