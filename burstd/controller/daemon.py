@@ -8,6 +8,7 @@ controller takes back its queued jobs and waits one lease TTL for workers to cla
 
 from __future__ import annotations
 
+import gc
 import signal
 import time
 from contextlib import ExitStack
@@ -25,6 +26,25 @@ from burstd.controller.writer import StoreWriter
 
 # The pruner looks for jobs past their retention at most this often.
 PRUNE_INTERVAL = 60.0
+# The cyclic garbage collector's thresholds for the controller process; see tune_gc.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Collect cyclic garbage rarely: the controller holds millions of long-lived objects (every
+    queued job) and makes tens of thousands of short-lived ones per second (requests, rows). With
+    the default thresholds (700, 10, 10) a young collection ran every few hundred jobs and a full
+    one, walking every queued job, every few seconds: about a sixth of the controller's time, in
+    pauses of up to half a second. Its garbage is mostly freed by reference counting; the cycles
+    left (trio's cancelled tasks, exceptions) are collected once 50,000 of them have piled up.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_gc() -> None:
+    """What exists once the controller serves (modules, the jobs a restart took back) lives as
+    long as the process: leave it out of every later collection."""
+    gc.freeze()
 
 
 def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
@@ -119,10 +139,13 @@ async def run_controller(
 
 
 async def run_until_signalled(config: ControllerConfig) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT (the process's main: it sets the garbage collector's
+    policy, see ``tune_gc``)."""
+    tune_gc()
     async with trio.open_nursery() as nursery:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
             await nursery.start(run_controller, config)
+            freeze_gc()
             async for signum in received:
                 logger.info("signal {}: stopping", signum)
                 nursery.cancel_scope.cancel()
