@@ -95,10 +95,23 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
     return ctl, port
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) process ``pid`` has used so far, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid: int, descendants: bool = True) -> float:
+    """CPU time (user + system) process ``pid`` and (unless told not to) its running
+    descendants, such as a controller's store process, have used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # Each thread lists the children it started.
+        children = [
+            child
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except FileNotFoundError:  # it ended while we read
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if not descendants:
+        return own
+    return own + sum(cpu_seconds(int(child)) for child in children)
 
 
 def rate_of(line: str) -> float | None:

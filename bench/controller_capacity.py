@@ -168,10 +168,11 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
             cpu0, wall0 = cpu_seconds(ctl.pid), time.monotonic()
             time.sleep(args.idle)
             idle = (cpu_seconds(ctl.pid) - cpu0) / (time.monotonic() - wall0)
-            cpu0 = cpu_seconds(ctl.pid)
+            cpu0, loop0 = cpu_seconds(ctl.pid), cpu_seconds(ctl.pid, descendants=False)
             sims0 = sum(cpu_seconds(sim.pid) for sim in sims)
             elapsed = trio.run(drive, addr, args.jobs, args.array)
             cpu = cpu_seconds(ctl.pid) - cpu0
+            store_cpu = cpu - (cpu_seconds(ctl.pid, descendants=False) - loop0)
             sims_cpu = sum(cpu_seconds(sim.pid) for sim in sims) - sims0
         finally:
             for proc in [*sims, ctl]:
@@ -191,7 +192,8 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
         print(
             f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
             f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core; controller busy"
-            f" {cpu / elapsed * 100:3.0f}%, simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
+            f" {cpu / elapsed * 100:3.0f}% (store process {store_cpu / elapsed * 100:.0f}%),"
+            f" simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
             f" ({load()})",
             flush=True,
         )

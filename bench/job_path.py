@@ -7,8 +7,8 @@ jobs, one ReportJobResults per batch), while jobs are submitted in arrays of ``-
 Requests are parsed from bytes and replies serialized, as the transport would; HTTP/2 is left
 out, so the figures are what the job path itself costs.
 
-Printed per round: jobs/s and CPU time per job of the whole process (``time.process_time``: the
-event loop and the store's thread), and the same without the simulated workers' own share
+Printed per round: jobs/s and CPU time per job of the whole process and its store process (from
+/proc), and the same without the simulated workers' own share
 (building requests and reading replies, timed on their side with ``time.thread_time``).
 
 Usage::
@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from loguru import logger
 
+from bench._common import cpu_seconds
+from burstd.controller.daemon import tune_gc
 from burstd.controller.service import ControllerService
 from burstd.controller.store import Store
 from burstd.controller.table import JobTable
@@ -100,7 +103,7 @@ async def one_round(
             for i in range(args.workers):
                 nursery.start_soon(sim_worker, service, f"sim-{i}", args.capacity, cost)
             await trio.sleep(0.1)
-            cpu0, loop0, wall0 = time.process_time(), time.thread_time(), time.perf_counter()
+            cpu0, loop0, wall0 = cpu_seconds(os.getpid()), time.thread_time(), time.perf_counter()
             for first in range(0, args.jobs, args.array):
                 cost.start()
                 submit = job_pb2.SubmitJobsRequest(
@@ -113,7 +116,7 @@ async def one_round(
                 reply.SerializeToString()
             while table.finished_seq < args.jobs:
                 await trio.sleep(0.02)
-            cpu = time.process_time() - cpu0
+            cpu = cpu_seconds(os.getpid()) - cpu0
             loop = time.thread_time() - loop0
             wall = time.perf_counter() - wall0
             nursery.cancel_scope.cancel()
@@ -131,6 +134,7 @@ async def one_round(
 
 def main() -> None:
     logger.remove()  # no info lines from the handlers
+    tune_gc()  # as the controller process does
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=40_000)
     parser.add_argument("--workers", type=int, default=10)

@@ -8,31 +8,32 @@ tests/test_durability_integration.py.
 
 from __future__ import annotations
 
+import operator
 import sqlite3
-import threading
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from burstd import transport
+from burstd.controller import store as store_module
 from burstd.controller.service import WAIT_UPDATE_INTERVAL, ControllerService
 from burstd.controller.store import (
     DB_NAME,
+    Commit,
     Store,
     StoreError,
+    Writes,
     changed_row,
     job_number,
     leased_row,
     row,
 )
 from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
-from burstd.controller.writer import SMALL_COMMIT, StoreUnavailable, StoreWriter
+from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
 SPEC = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true")).SerializeToString()
@@ -55,15 +56,21 @@ def store(state_dir: Path) -> Iterator[Store]:
         s.close()
 
 
-def persist(store: Store, table: JobTable) -> None:
-    """What the writer does in one commit: the new jobs, every changed one, the id counter."""
+def persist(target: Store | Writes, table: JobTable) -> None:
+    """What the writer does in one commit: the new jobs, every changed one, the id counter.
+    Written as the store process writes them, here in-process (no event loop needed)."""
     new, changed, leased = table.take_changes()
-    store.write(
-        [row(job) for job in new],
-        [changed_row(job) for job in changed],
-        [leased_row(job) for job in leased],
-        table.next_id,
-    )
+    writes = target if isinstance(target, Writes) else Writes.open(target.path)
+    try:
+        writes.write(
+            [row(job) for job in new],
+            [changed_row(job) for job in changed],
+            [leased_row(job) for job in leased],
+            table.next_id,
+        )
+    finally:
+        if writes is not target:
+            writes.close()
 
 
 def submit(store: Store, table: JobTable, n: int, now: float = 0.0) -> list[str]:
@@ -158,9 +165,11 @@ def test_a_lease_alone_rewrites_only_its_columns(state_dir: Path) -> None:
     first, second = submit(store, table, 2, now=5.0)
     table.register("w1", slots=2, capacity=2, now=6.0)
     statements: list[str] = []
-    store._db.set_trace_callback(statements.append)
-    persist(store, table)
-    store._db.set_trace_callback(None)
+    # What the store process runs, here in-process so its statements can be traced.
+    writes = Writes.open(store.path)
+    writes._db.set_trace_callback(statements.append)
+    persist(writes, table)
+    writes.close()
     assert [s for s in statements if s.startswith("UPDATE jobs")] == [
         f"UPDATE jobs SET state = 'leased', attempt = 1, worker_id = 'w1' WHERE num = {num}"
         for num in (job_number(first), job_number(second))
@@ -210,6 +219,27 @@ def test_a_lease_after_another_change_in_one_commit_is_stored_whole(state_dir: P
         reopened.close()
 
 
+def test_a_job_changed_before_its_first_commit_is_stored_whole(state_dir: Path) -> None:
+    """A new job is inserted with the columns a submission and a lease set; one that changed
+    otherwise before its first commit (cancelled here) is stored with every column."""
+    store = Store(state_dir)
+    table = JobTable()
+    leased, cancelled = table.submit([NewJob(SPEC, 2, "a"), NewJob(SPEC, 0, "b")], 5.0)
+    table.register("w1", slots=1, capacity=1, now=5.0)
+    table.cancel(cancelled, 6.0)
+    persist(store, table)
+    try:
+        stored = {job.job_id: job for job in store.get_many([leased, cancelled])}
+        columns = operator.attrgetter(*store_module._COLUMNS)
+        assert columns(stored[leased]) == columns(table.jobs[leased])
+        assert stored[leased].state is JobState.LEASED
+        assert columns(stored[cancelled]) == columns(table.jobs[cancelled])
+        assert stored[cancelled].state is JobState.CANCELLED
+        assert stored[cancelled].finished_at == 6.0 and stored[cancelled].error_message
+    finally:
+        store.close()
+
+
 def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Path) -> None:
     """A lease, start or result rewrites one row and at most the finished-time index: the live
     state index of older stores (which doubled the CPU per job) goes at the next start."""
@@ -244,8 +274,6 @@ def test_a_first_start_cut_short_leaves_a_store_the_next_start_creates(
 ) -> None:
     """Creating the schema is one transaction: a start that dies midway leaves no half schema
     (which would be refused as a foreign file), and the next start creates it."""
-    from burstd.controller import store as store_module
-
     good = store_module._SCHEMA
     monkeypatch.setattr(store_module, "_SCHEMA", good.replace("COMMIT;", "NOT SQL;"))
     with pytest.raises(StoreError):
@@ -313,7 +341,7 @@ def test_second_store_on_the_same_dir_is_refused(store: Store, state_dir: Path) 
     store.__init__(state_dir)  # type: ignore[misc]  # (the fixture closes it)
 
 
-def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) -> None:
+async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) -> None:
     table = JobTable(max_queued=100)
     ids = submit(store, table, 8)
     table.register("w1", slots=3, capacity=3, now=1.0)
@@ -332,18 +360,18 @@ def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) -> Non
     }  # fmt: skip
 
     # forget_finished: only what ended before the time given
-    assert store.forget_finished(5.5) == Counter({"succeeded": 1})
+    assert await store.forget_finished(5.5) == Counter({"succeeded": 1})
     assert store.get(done) is None
     # forget by id: the live ones named are kept
-    forgotten = store.forget([*ids, "job-99999999"])
+    forgotten = await store.forget([*ids, "job-99999999"])
     assert forgotten == Counter({"failed": 1, "cancelled": 2})
-    assert store.forget(ids) == Counter()
+    assert await store.forget(ids) == Counter()
     left = {job.job_id: job.state.value for job in store.list(None, "", 100)}
     assert left == {
         job_id: s for job_id, s in states.items() if s in ("queued", "leased", "running")
     }
     assert {job.job_id for job in store.live_jobs()} == set(left)
-    assert store.forget_finished(1e12) == Counter()
+    assert await store.forget_finished(1e12) == Counter()
 
 
 # -- restart: restore and orphans -------------------------------------------------------------
@@ -457,34 +485,34 @@ class FlakyWrites:
     """Wraps ``Store.write``: counts the calls, and fails them as a full disk does when told."""
 
     def __init__(self, store: Store) -> None:
-        self.write: Callable[..., None] = store.write
+        self.write: Callable[..., Awaitable[None]] = store.write
         self.calls = 0
         self.rows = 0
         self.full = False
 
-    def __call__(
-        self,
-        new: Sequence[object],
-        changed: Sequence[object],
-        leased: Sequence[object],
-        next_id: int,
-    ) -> None:
+    async def __call__(self, commit: Commit) -> None:
         self.calls += 1
         if self.full:
             raise sqlite3.OperationalError("database or disk is full")
-        self.write(new, changed, leased, next_id)
-        self.rows += len(new)
+        await self.write(commit)
+        self.rows += len(commit.new_rows)
+
+
+async def slow_commit(seconds: float) -> None:
+    """A commit that takes ``seconds`` in the store process: the writer waits for it shielded,
+    and the event loop serves calls meanwhile."""
+    with trio.CancelScope(shield=True):
+        await trio.sleep(seconds)
 
 
 @asynccontextmanager
 async def running_writer(
-    store: Store, table: JobTable, *, threaded: bool = False
+    store: Store, table: JobTable
 ) -> AsyncIterator[tuple[StoreWriter, FlakyWrites]]:
-    """A writer over ``store`` whose writes go through FlakyWrites. ``threaded``: every commit
-    in a thread (tests that change the table while a slow commit is under way)."""
+    """A writer over ``store`` whose writes go through FlakyWrites."""
     flaky = FlakyWrites(store)
     store.write = flaky  # type: ignore[method-assign]
-    writer = StoreWriter(store, table, small_commit=-1 if threaded else SMALL_COMMIT)
+    writer = StoreWriter(store, table)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
         yield writer, flaky
@@ -512,30 +540,6 @@ async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: P
     store.__init__(state_dir)  # type: ignore[misc]
     assert sorted(job.job_id for job in store.live_jobs()) == sorted(acknowledged)
     assert store.next_id() == 1001
-
-
-async def test_a_small_commit_on_an_idle_loop_skips_the_thread_a_large_one_does_not(
-    store: Store,
-) -> None:
-    """On an idle controller a commit of a few rows is written on the event loop (no thread hop
-    on the submit-to-start path); a large one goes to a thread, so calls are served meanwhile."""
-    table = JobTable()
-    threads: list[int] = []
-    async with running_writer(store, table) as (writer, flaky):
-        write = flaky.write
-
-        def recorded(*rows: Any) -> None:
-            threads.append(threading.get_ident())
-            write(*rows)
-
-        flaky.write = recorded
-        table.submit([NewJob(SPEC)], 0.0)
-        await writer.durable()
-        table.submit([NewJob(SPEC)] * (SMALL_COMMIT + 1), 0.0)
-        await writer.durable()
-    assert threads[0] == threading.get_ident()
-    assert threads[1] != threading.get_ident()
-    assert len(list(store.live_jobs())) == SMALL_COMMIT + 2
 
 
 async def test_durable_waits_for_the_commit_of_changes(store: Store) -> None:
@@ -628,12 +632,10 @@ def _record_commits(
     seconds."""
     write = flaky.write
 
-    def recorded(
-        new: Sequence[object], changed: Sequence[object], leased: Sequence[object], next_id: int
-    ) -> None:
-        time.sleep(first_delay if not commits else 0.0)
-        write(new, changed, leased, next_id)
-        commits.append((len(new), len(changed) + len(leased)))
+    async def recorded(commit: Commit) -> None:
+        await slow_commit(first_delay if not commits else 0.0)
+        await write(commit)
+        commits.append((len(commit.new_rows), len(commit.changed_rows) + len(commit.leased_rows)))
 
     flaky.write = recorded
 
@@ -666,7 +668,7 @@ async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(stor
     and neither the client nor the worker hears of the job before that commit is done."""
     table = JobTable()
     commits: list[tuple[int, int]] = []
-    async with running_writer(store, table, threaded=True) as (writer, flaky):
+    async with running_writer(store, table) as (writer, flaky):
         _record_commits(flaky, commits, first_delay=0.2)
         service = ControllerService(table, writer=writer)
         poll = await _one_worker(service)
@@ -750,6 +752,35 @@ async def test_a_poll_waits_for_the_commit_that_took_its_leases_not_for_the_next
         assert commits == [(1, 1)]
 
 
+async def test_a_poll_for_leases_a_finished_commit_stored_does_not_wait_for_the_one_under_way(
+    store: Store,
+) -> None:
+    """The report's commit stored the next job's lease: the worker's poll hands it over even
+    while a later commit (of other changes) is under way, instead of waiting for that one."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        poll = await _one_worker(service)
+        first, second = await _submit(service), await _submit(service)
+        (job,) = (await service.poll_job(poll, {})).jobs
+        await service.report_job_results(_success(first), {})  # stored with `second`'s lease
+        write, release = flaky.write, trio.Event()
+
+        async def held_write(commit: Commit) -> None:
+            await release.wait()
+            await write(commit)
+
+        flaky.write = held_write
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                table.submit([NewJob(SPEC)], 0.0)  # somebody else's change...
+                nursery.start_soon(writer.durable)  # ...in a commit that waits
+                await trio.sleep(0.05)
+                (job,) = (await service.poll_job(poll, {})).jobs
+                assert job.job_id == second
+                release.set()
+
+
 def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:
     """Worker w1's report that the first attempt of the job exited 0."""
     result = job_pb2.ReportJobResultRequest(job_id=job_id, attempt=1)
@@ -823,6 +854,24 @@ async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) ->
     assert store.get("job-00000001") is None
 
 
+async def test_a_failed_commit_leaves_no_change_of_a_job_it_withdraws(store: Store) -> None:
+    """A submission refused by a full disk leaves nothing to store later, also of a job that
+    changed after its submission (cancelled here) before the commit that failed."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        flaky.full = True
+        (job_id,) = table.submit([NewJob(SPEC)], 0.0)
+        table.cancel(job_id, 1.0)
+        with pytest.raises(StoreUnavailable):
+            await writer.durable()
+        assert job_id not in table.jobs and not table.pending(job_id)
+        flaky.full = False
+        calls = flaky.calls
+        await writer.durable()
+        assert flaky.calls == calls + 1 and flaky.rows == 0
+    assert store.get(job_id) is None
+
+
 async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
     store: Store,
 ) -> None:
@@ -831,15 +880,13 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
     (a waiter looking it up then would never hear that it ended)."""
     table = JobTable()
     commits: list[int] = []
-    async with running_writer(store, table, threaded=True) as (writer, flaky):
+    async with running_writer(store, table) as (writer, flaky):
         write = flaky.write
 
-        def slow_write(
-            new: Sequence[object], changed: Sequence[object], leased: Sequence[object], next_id: int
-        ) -> None:
-            time.sleep(0.3)
-            write(new, changed, leased, next_id)
-            commits.append(len(changed))
+        async def slow_write(commit: Commit) -> None:
+            await slow_commit(0.3)
+            await write(commit)
+            commits.append(len(commit.changed_rows))
 
         (job_id,) = table.submit([NewJob(SPEC)], 0.0)
         table.register("w1", slots=1, capacity=1, now=0.0)
@@ -900,12 +947,12 @@ async def test_a_submission_whose_client_went_away_mid_commit_is_known_to_memory
     """The commit may store the jobs of a cancelled submission: memory must then hold them too,
     or they would show as queued and never run until a restart."""
     table = JobTable()
-    async with running_writer(store, table, threaded=True) as (writer, flaky):
+    async with running_writer(store, table) as (writer, flaky):
         write = flaky.write
 
-        def slow_write(*args: object) -> None:
-            time.sleep(0.3)
-            write(*args)
+        async def slow_write(commit: Commit) -> None:
+            await slow_commit(0.3)
+            await write(commit)
 
         flaky.write = slow_write
         service = ControllerService(table, writer=writer)
@@ -924,13 +971,13 @@ async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> N
     flaky = FlakyWrites(store)
     write = flaky.write
 
-    def slow_write(*args: object) -> None:
-        time.sleep(0.3)
-        write(*args)
+    async def slow_write(commit: Commit) -> None:
+        await slow_commit(0.3)
+        await write(commit)
 
     flaky.write = slow_write
     store.write = flaky  # type: ignore[method-assign]
-    writer = StoreWriter(store, table, small_commit=-1)
+    writer = StoreWriter(store, table)
     service = ControllerService(table, writer=writer)
     answers: list[str | transport.RpcError] = []
 
@@ -975,16 +1022,18 @@ def test_a_write_that_fails_at_commit_reports_its_own_error(store: Store) -> Non
     table = JobTable()
     table.submit([NewJob(SPEC)], 0.0)
     jobs = table.take_changes().new
-    real = store._db
-    store._db = FailingCommit(real)  # type: ignore[assignment]
+    writes = Writes.open(store.path)  # what the store process runs, here in-process
+    real = writes._db
+    writes._db = FailingCommit(real)  # type: ignore[assignment]
     try:
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-            store.write([row(job) for job in jobs], [], [], table.next_id)
+            writes.write([row(job) for job in jobs], [], [], table.next_id)
         with pytest.raises(sqlite3.OperationalError, match="disk is full"):
-            store.forget_finished(1e12)
+            writes.forget_finished(1e12)
     finally:
-        store._db = real
+        writes._db = real
     assert not real.in_transaction
     assert store.get(jobs[0].job_id) is None
-    store.write([row(job) for job in jobs], [], [], table.next_id)  # usable again
+    writes.write([row(job) for job in jobs], [], [], table.next_id)  # usable again
+    writes.close()
     assert store.get(jobs[0].job_id) is not None

@@ -354,7 +354,8 @@ def test_a_withdrawn_submission_leaves_no_trace_but_its_ids() -> None:
     deliver(table)  # handed over by a poll that waits for the commit
     table.cancel(ids[2], 1.0)
     new, changed, leased = table.take_changes()
-    assert [job.job_id for job in new] == ids and changed == leased == []
+    assert [job.job_id for job in new] == ids and leased == []
+    assert [job.job_id for job in changed] == [ids[2]]  # stored whole after its insert
     table.withdraw(new)
     jobs, workers, counts, _, next_id, queue = fingerprint(table)
     assert (jobs, counts, queue) == (before[0], before[2], before[5])

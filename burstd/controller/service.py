@@ -424,9 +424,9 @@ class ControllerService:
         store = self.store
         async with self.writer.lock:
             if finished_before is None:
-                by_state = await trio.to_thread.run_sync(store.forget, ids)
+                by_state = await store.forget(ids)
             else:
-                by_state = await trio.to_thread.run_sync(store.forget_finished, finished_before)
+                by_state = await store.forget_finished(finished_before)
         # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
         for state, count in by_state.items():
             self.table.counts[JobState(state)] -= count

@@ -1,14 +1,16 @@
 """The controller's durable store: every job, in SQLite (WAL mode) in the state directory.
 
-The store is plain synchronous code: the controller calls it from a worker thread (see
-``burstd.controller.writer``), one transaction per group commit. What it promises:
+Reads are plain synchronous code (the controller calls them from a worker thread). Writes are
+awaited: ``Writes`` carries them out in the store process (``burstd.controller.store_process``),
+one transaction per group commit (see ``burstd.controller.writer``). What it promises:
 
 - A write returns only when it is on disk (``synchronous=FULL``): what was acknowledged after it
   survives a crash of the controller or of the machine.
 - The job id counter never goes back: ``next_id`` is stored with the jobs that used it.
 - A directory that is not a burst state directory, or a damaged database, is refused with a
   ``StoreError`` naming the path; nothing is ever reset silently.
-- One controller at a time: the directory is locked while a store is open.
+- One controller at a time: the directory is locked while a store is open (and while its store
+  process may still write).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import json
 import operator
 import os
 import sqlite3
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from burstd.controller.store_process import StoreProcess
 from burstd.controller.table import Job, JobState
 
 SCHEMA_VERSION = 1
@@ -30,6 +35,7 @@ APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA applicatio
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
 CACHE_KIB = 32 * 1024
+LOCK_WAIT = 1.0  # seconds: see Store._take_lock
 
 _COLUMNS = (
     "num",
@@ -84,12 +90,39 @@ INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
 PRAGMA application_id = {APPLICATION_ID};
 COMMIT;
 """
-_INSERT = f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+# A new job has only been submitted, and perhaps leased: its other columns are as in any new
+# Job, and go into the statement as constants rather than as parameters bound row by row (which
+# halves the insert's cost). A new job changed otherwise before its commit is updated after it.
+_NEW = _COLUMNS[:8]
+_FRESH = Job(job_id="", num=0, spec=b"", retries=0, name="", submitted_at=0.0)
+
+
+def _literal(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(int(value) if isinstance(value, bool) else value)
+
+
+_INSERT = (
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_NEW))}, "
+    f"{', '.join(_literal(getattr(_FRESH, column)) for column in _COLUMNS[len(_NEW) :])})"
+)
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
 _LEASED = ("state", "attempt", "worker_id")
 _UPDATE_LEASED = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _LEASED)} WHERE num = ?"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _LIVE = ("queued", "leased", "running")
+
+
+class Commit(NamedTuple):
+    """What one group commit writes (see ``Writes.write``)."""
+
+    new_rows: list[tuple[object, ...]]
+    changed_rows: list[tuple[object, ...]]
+    leased_rows: list[tuple[object, ...]]
+    next_id: int
 
 
 class StoreError(Exception):
@@ -111,8 +144,8 @@ def job_number(job_id: str) -> int:
 _FIELDS = tuple("state._value_" if column == "state" else column for column in _COLUMNS)
 sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(bytes, bytes)
-row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS)
-"""A new job's row for ``_INSERT``."""
+row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS[: len(_NEW)])
+"""A new job's parameters for ``_INSERT``: what its submission and a first lease set."""
 changed_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS[5:], "num")
 """A changed job's parameters for ``_UPDATE``: its mutable columns, then its number."""
 leased_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
@@ -164,19 +197,31 @@ class Store:
             raise StoreError(
                 f"{state_dir}: cannot use as state directory: {error.strerror}"
             ) from None
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not self._take_lock():
             os.close(self._lock)
             raise StoreError(f"{state_dir}: in use by another controller") from None
         try:
             self._db = self._open()
-            # Reads (status, list) come from the event loop while a commit runs in a thread:
+            # Reads (status, list) come from the event loop while the store process writes:
             # they get their own connection, which WAL lets read beside the writer.
             self._read = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except BaseException:
             os.close(self._lock)
             raise
+        self._writes = StoreProcess(self.path, self._lock)
+
+    def _take_lock(self) -> bool:
+        """The store process of a controller that was just killed holds the lock until its
+        transaction under way is done (milliseconds): a restart right after waits for that."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.02)
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -196,10 +241,6 @@ class Store:
                 # only a restart read it (which scans the table for its counts anyway).
                 db.execute("DROP INDEX IF EXISTS jobs_live")
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            # The rows a commit touches are the newest ones: a cache of the table's tail saves
-            # re-reading pages between commits (the default is 2 MiB).
-            db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.DatabaseError as error:
             db.close()  # and with it a half-done creation, rolled back
             raise StoreError(f"{self.path}: not a usable burst state database ({error})") from None
@@ -230,6 +271,7 @@ class Store:
         return int(row[0])
 
     def close(self) -> None:
+        self._writes.close()
         self._read.close()
         self._db.close()
         os.close(self._lock)
@@ -279,7 +321,44 @@ class Store:
             self._read.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
         )
 
-    # -- writes ------------------------------------------------------------------------------
+    # -- writes: in the store process (``burstd.controller.store_process``) -----------------
+
+    @property
+    def process_id(self) -> int | None:
+        """The store process's id while it runs."""
+        return self._writes.pid
+
+    async def write(self, commit: Commit) -> None:
+        """``Writes.write`` of the commit's rows; returns once the transaction is on disk."""
+        await self._writes.call("write", *commit)
+
+    async def forget(self, job_ids: Iterable[str]) -> Counter[str]:
+        """Delete finished jobs by id (live ones never are); returns how many, by state."""
+        nums = [job_number(job_id) for job_id in job_ids]
+        return Counter(await self._writes.call("forget", nums))
+
+    async def forget_finished(self, finished_before: float) -> Counter[str]:
+        """Delete every finished job that ended before the given time; counts by state."""
+        return Counter(await self._writes.call("forget_finished", finished_before))
+
+
+class Writes:
+    """Every write of the store, on a connection of its own: what the store process runs."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, path: Path) -> Writes:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("PRAGMA synchronous=FULL")
+        # The rows a commit touches are the newest ones: a cache of the table's tail saves
+        # re-reading pages between commits (the default is 2 MiB).
+        db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        return cls(db)
+
+    def close(self) -> None:
+        self._db.close()
 
     def write(
         self,
@@ -291,36 +370,31 @@ class Store:
         """One transaction: insert new jobs (``row``), update changed ones (``changed_row``) and
         leased ones (``leased_row``), advance the id counter. Rows are built by the caller, so a
         job is never read while another thread changes it."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(_INSERT, new_rows)
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
-            # rollback would fail and hide the error that matters.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
 
-    def forget(self, job_ids: Iterable[str]) -> Counter[str]:
-        """Delete finished jobs by id (live ones never are); returns how many, by state."""
-        nums = [job_number(job_id) for job_id in job_ids]
+    def forget(self, nums: list[int]) -> dict[str, int]:
+        """Delete finished jobs by number (live ones never are); returns how many, by state."""
         return self._delete("num IN (SELECT value FROM json_each(?))", (json.dumps(nums),))
 
-    def forget_finished(self, finished_before: float) -> Counter[str]:
+    def forget_finished(self, finished_before: float) -> dict[str, int]:
         """Delete every finished job that ended before the given time; counts by state."""
         return self._delete("finished_at > 0 AND finished_at < ?", (finished_before,))
 
-    def _delete(self, where: str, params: tuple[object, ...]) -> Counter[str]:
+    def _delete(self, where: str, params: tuple[object, ...]) -> dict[str, int]:
         query = f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where} RETURNING state"
+        with self._transaction() as db:
+            return dict(Counter(state for (state,) in db.execute(query, params)))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            states = Counter(state for (state,) in db.execute(query, params))
+            yield db
             db.execute("COMMIT")
         except BaseException:
             # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
@@ -328,4 +402,3 @@ class Store:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return states

@@ -160,8 +160,10 @@ class Job:
 class Changes(NamedTuple):
     """The jobs to persist, from ``JobTable.take_changes``."""
 
-    new: list[Job]  # submitted: every column
-    changed: list[Job]  # changed otherwise: every column that may change
+    # Submitted: the columns a submission and a first lease set (the rest are as in a new Job).
+    new: list[Job]
+    # Changed otherwise: every column that may change (new jobs too, stored after their insert).
+    changed: list[Job]
     # Leased from the queue and not changed otherwise since they were last stored (or taken
     # for storing): only state, attempt and worker_id differ from what is stored.
     leased: list[Job]
@@ -315,14 +317,14 @@ class JobTable:
         return list(self.finished_log)[len(self.finished_log) - missed :] if missed else []
 
     def take_changes(self) -> Changes:
-        """What changed since the last call, for the store to persist; each job in one list only
-        (with its state as it is now): see ``Changes``."""
+        """What changed since the last call, for the store to persist, with each job's state as
+        it is now: see ``Changes``. A job is in one list, or in ``new`` and ``changed``."""
         new, self.new = self.new, {}
         dirty, self.dirty = self.dirty, {}
         leased, self.leased = self.leased, {}
         return Changes(
             list(new.values()),
-            [job for job_id, job in dirty.items() if job_id not in new],
+            list(dirty.values()),
             [job for job_id, job in leased.items() if job_id not in new and job_id not in dirty],
         )
 

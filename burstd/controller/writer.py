@@ -20,15 +20,10 @@ from collections.abc import Iterable
 import trio
 from loguru import logger
 
-from burstd.controller.store import Store, changed_row, leased_row, row
+from burstd.controller.store import Commit, Store, changed_row, leased_row, row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
-# A commit of at most this many rows, when no other task is ready to run, is written on the event
-# loop: the thread hop and its two wake-ups cost more than its fsync blocks anyone (on an idle
-# cluster this is most of the submit-to-start path). Larger commits, or commits while other work
-# waits, go to a thread so that the loop serves calls during the fsync.
-SMALL_COMMIT = 16
 
 
 class StoreUnavailable(Exception):
@@ -36,21 +31,20 @@ class StoreUnavailable(Exception):
 
 
 class StoreWriter:
-    def __init__(self, store: Store, table: JobTable, small_commit: int = SMALL_COMMIT) -> None:
-        """``small_commit``: see SMALL_COMMIT (-1: every commit in a thread)."""
+    def __init__(self, store: Store, table: JobTable) -> None:
         self.store = store
         self.table = table
-        self.small_commit = small_commit
         self._wake = trio.Event()
         # Generation of changes: a caller waits until `committed` reaches the generation that
         # was current when it made its change.
         self._generation = 0
         self._committed = 0
         self._taken = 0  # the generation of the changes the last commit took
+        self._taking: set[str] = set()  # the ids of the jobs that commit stores
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
         self._stopped = False
-        # One thread writes at a time: commits and deletions (forget) never interleave.
+        # One write at a time: commits and deletions (forget) never interleave.
         self.lock = trio.Lock()
 
     def _bump(self) -> int:
@@ -72,12 +66,15 @@ class StoreWriter:
 
     async def stored(self, jobs: Iterable[Job]) -> None:
         """Return once the latest change of each of these jobs is stored. When a commit under
-        way (or done) took them all, that one is enough: no waiting for the next."""
+        way took them, that one is enough; when a finished one did, there is nothing to wait
+        for (a worker's poll for the leases its report's commit stored answers at once)."""
+        jobs = list(jobs)
         if any(self.table.pending(job.job_id) for job in jobs):
             await self.durable()
+        elif self._committed < self._taken and any(job.job_id in self._taking for job in jobs):
+            await self._until(self._taken)
         else:
             await trio.lowlevel.checkpoint()
-            await self._until(self._taken)
 
     async def run(self) -> None:
         try:
@@ -99,8 +96,9 @@ class StoreWriter:
             self._wake = trio.Event()
             generation = self._taken = self._generation
             new, changed, leased = self.table.take_changes()
-            # Rows are built here, on the trio thread, so the store never sees a job half-changed.
-            rows = (
+            self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
+            # Rows are built before the first await, so the store never sees a job half-changed.
+            commit = Commit(
                 [row(job) for job in new],
                 [changed_row(job) for job in changed],
                 [leased_row(job) for job in leased],
@@ -108,22 +106,17 @@ class StoreWriter:
             )
             try:
                 async with self.lock:
-                    if (
-                        len(new) + len(changed) + len(leased) <= self.small_commit
-                        and trio.lowlevel.current_statistics().tasks_runnable == 0
-                    ):
-                        self.store.write(*rows)
-                    else:
-                        await trio.to_thread.run_sync(self.store.write, *rows)
+                    await self.store.write(commit)
             except sqlite3.Error as error:
                 message = f"the state store cannot be written ({error}): not accepted"
                 logger.error("{}; retrying in {:.2f} s", message, delay)
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
-                self.table.withdraw([*new, *self.table.new.values()])
                 for job in (*changed, *leased):
                     self.table.dirty.setdefault(job.job_id, job)
+                # After the lines above: a withdrawn job (new, perhaps changed too) is not dirty.
+                self.table.withdraw([*new, *self.table.new.values()])
                 self._signal()
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)

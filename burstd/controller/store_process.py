@@ -1,0 +1,209 @@
+"""The store's writes, run by a child process: the parent's proxy and the child's loop.
+
+Why a process: SQLite's work for a job (insert, lease, result) costs about as much CPU as the rest
+of the controller's job path, and under CPython's GIL a thread cannot run it beside the event loop.
+A child process runs it on another core; the parent only encodes each commit's rows (marshal,
+under a microsecond a row) and waits for the reply on the event loop.
+
+What it promises (the same as writing in-process, see ``burstd.controller.store``):
+
+- A call returns only once the child has committed its transaction (``synchronous=FULL``), and
+  raises ``sqlite3.OperationalError`` with SQLite's message when the child's write failed
+  (a full disk): the caller's handling of a failed write is the same as in-process.
+- A child that died (killed, crashed) fails the call under way, or the next one, with an error
+  naming its exit status; the call after that starts a new child. Nothing is written twice: a
+  transaction the child did not commit is rolled back by SQLite.
+- The child holds the state directory's lock with the parent (it inherits the locked file), so
+  no other controller opens the store while a write of this one may still land. It leaves when
+  the parent closes its end (``close``) or dies, once the transaction under way is done, and it
+  ignores SIGINT and SIGTERM: a Ctrl-C or a ``systemctl stop`` reaches the whole process group,
+  and the parent's last commits must still be written while it shuts down.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+import burstd
+
+_HEADER = struct.Struct("<Q")
+# How long ``close`` waits for the child to finish a transaction before killing it.
+CLOSE_TIMEOUT = 10.0
+
+
+class StoreProcess:
+    """The parent's end: ``await call(operation, *args)`` runs ``Writes.<operation>(*args)`` in
+    the child and returns its result. One call at a time (the store writer's lock sees to it).
+
+    The parent's ends of the pipes are non-blocking and awaited on the event loop, so the loop
+    serves calls while the child writes; no thread waits on them (a thread would need the GIL
+    back from a busy loop after every pipe write). ``close`` needs no event loop."""
+
+    def __init__(self, path: Path, lock_fd: int) -> None:
+        self.path = path
+        self.lock_fd = lock_fd
+        self._child: subprocess.Popen[bytes] | None = None
+        self._requests = self._replies = -1  # the parent's ends of the pipes
+        self._buffer = bytearray()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs (benchmarks add its CPU to the controller's)."""
+        return self._child.pid if self._child is not None else None
+
+    def _start(self) -> None:
+        root = str(Path(burstd.__file__).resolve().parent.parent)
+        python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        child_in, requests = os.pipe()
+        replies, child_out = os.pipe()
+        try:
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(self.path), str(self.lock_fd)],
+                stdin=child_in,
+                stdout=child_out,
+                pass_fds=(self.lock_fd,),
+                env={**os.environ, "PYTHONPATH": python_path},
+            )
+        except BaseException:
+            os.close(requests)
+            os.close(replies)
+            raise
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        os.set_blocking(requests, False)
+        os.set_blocking(replies, False)
+        self._requests, self._replies, self._buffer = requests, replies, bytearray()
+
+    async def call(self, operation: str, *args: Any) -> Any:
+        """Shielded from cancellation: a request sent is waited for, as a write in a thread
+        would be, so a caller never stops between a change written and its acknowledgement."""
+        with trio.CancelScope(shield=True):
+            if self._child is None:
+                self._start()
+            request = marshal.dumps((operation, args))
+            try:
+                await self._send(_HEADER.pack(len(request)) + request)
+                reply = await self._receive_frame()
+            except (BrokenPipeError, EOFError):
+                status = self._stop()
+                raise sqlite3.OperationalError(
+                    f"the store process exited with status {status}"
+                ) from None
+        ok, result = marshal.loads(reply)
+        if not ok:
+            raise sqlite3.OperationalError(result)
+        return result
+
+    async def _send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._requests, view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self._requests)
+
+    async def _receive_frame(self) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < _HEADER.size:
+            await self._fill()
+        (size,) = _HEADER.unpack_from(buffer)
+        while len(buffer) < _HEADER.size + size:
+            await self._fill()
+        frame = bytes(buffer[_HEADER.size : _HEADER.size + size])
+        del buffer[: _HEADER.size + size]
+        return frame
+
+    async def _fill(self) -> None:
+        while True:
+            try:
+                data = os.read(self._replies, 1 << 16)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._replies)
+        if not data:
+            raise EOFError
+        self._buffer += data
+
+    def close(self) -> None:
+        """Let the child finish and leave (it exits when its input closes)."""
+        self._stop()
+
+    def _stop(self) -> int | None:
+        child, self._child = self._child, None
+        if child is None:
+            return None
+        os.close(self._requests)
+        os.close(self._replies)
+        self._requests = self._replies = -1
+        try:
+            return child.wait(CLOSE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.wait()
+
+
+def _read_frame(stream: IO[bytes]) -> bytes:
+    """One frame of the child's input (a blocking read: the child has nothing else to do)."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError
+    return data
+
+
+def serve(writes: Any, requests: IO[bytes], replies: IO[bytes]) -> None:
+    """The child's loop: one request at a time until the parent closes its end."""
+    while True:
+        try:
+            operation, args = marshal.loads(_read_frame(requests))
+        except EOFError:
+            return
+        try:
+            reply = (True, getattr(writes, operation)(*args))
+        except sqlite3.Error as error:
+            reply = (False, str(error))
+        except Exception as error:  # a bug: fail this call, say where, and serve the next
+            traceback.print_exc()
+            reply = (False, f"{type(error).__name__}: {error}")
+        data = marshal.dumps(reply)
+        try:
+            replies.write(_HEADER.pack(len(data)) + data)
+            replies.flush()
+        except BrokenPipeError:  # the parent is gone: nobody waits for the reply
+            return
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Imported here: the parent imports this module from the store, not the other way round.
+    from burstd.controller.store import Writes
+
+    path, _lock_fd = sys.argv[1:3]  # the lock is held by having the descriptor open
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    # Nothing else may write into the reply stream.
+    sys.stdout = sys.stderr
+    writes = Writes.open(Path(path))
+    try:
+        serve(writes, requests, replies)
+    finally:
+        writes.close()
+
+
+if __name__ == "__main__":
+    main()
