@@ -482,20 +482,37 @@ def test_restored_terminal_jobs_are_not_orphans(state_dir: Path) -> None:
 
 
 class FlakyWrites:
-    """Wraps ``Store.write``: counts the calls, and fails them as a full disk does when told."""
+    """Wraps a store's ``send`` and ``written``: counts the commits, fails them as a full disk
+    does when told, runs ``before`` a commit is sent (to make it slow) and ``after`` it is
+    written (to record it)."""
 
     def __init__(self, store: Store) -> None:
-        self.write: Callable[..., Awaitable[None]] = store.write
+        self._send, self._written = store.send, store.written
+        store.send, store.written = self.send, self.written  # type: ignore[method-assign]
+        self.before: Callable[[Commit], Awaitable[None]] = _nothing_before
+        self.after: Callable[[Commit], None] = lambda commit: None
         self.calls = 0
         self.rows = 0
         self.full = False
+        self._commit: Commit | None = None
 
-    async def __call__(self, commit: Commit) -> None:
+    async def send(self, commit: Commit) -> None:
         self.calls += 1
         if self.full:
             raise sqlite3.OperationalError("database or disk is full")
-        await self.write(commit)
-        self.rows += len(commit.new_rows)
+        await self.before(commit)
+        await self._send(commit)
+        self._commit = commit
+
+    async def written(self) -> None:
+        await self._written()
+        assert self._commit is not None
+        self.rows += len(self._commit.new_rows)
+        self.after(self._commit)
+
+
+async def _nothing_before(commit: Commit) -> None:
+    pass
 
 
 async def slow_commit(seconds: float) -> None:
@@ -511,7 +528,6 @@ async def running_writer(
 ) -> AsyncIterator[tuple[StoreWriter, FlakyWrites]]:
     """A writer over ``store`` whose writes go through FlakyWrites."""
     flaky = FlakyWrites(store)
-    store.write = flaky  # type: ignore[method-assign]
     writer = StoreWriter(store, table)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer.run)
@@ -540,6 +556,39 @@ async def test_concurrent_inserts_are_group_committed(store: Store, state_dir: P
     store.__init__(state_dir)  # type: ignore[misc]
     assert sorted(job.job_id for job in store.live_jobs()) == sorted(acknowledged)
     assert store.next_id() == 1001
+
+
+async def test_changes_made_during_a_commit_are_sent_before_its_waiters_are_told(
+    store: Store,
+) -> None:
+    """Once a commit is on disk, the store process gets the changes made meanwhile at once;
+    telling the first commit's waiters (a pass of the event loop) comes after that."""
+    table = JobTable()
+    events: list[str] = []
+    release = trio.Event()
+    async with running_writer(store, table) as (writer, flaky):
+
+        async def held(commit: Commit) -> None:
+            events.append(f"send {len(commit.new_rows)}")
+            if len(events) == 1:
+                await release.wait()
+
+        flaky.before = held
+
+        async def submit(count: int) -> None:
+            table.submit([NewJob(SPEC)] * count, 0.0)
+            await writer.durable()
+            events.append(f"told {count}")
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(submit, 1)
+                await trio.sleep(0.05)  # its commit is under way...
+                nursery.start_soon(submit, 2)  # ...while more changes come
+                await trio.sleep(0.05)
+                release.set()
+    assert events == ["send 1", "send 2", "told 1", "told 2"]
+    assert len(list(store.live_jobs())) == 3
 
 
 async def test_durable_waits_for_the_commit_of_changes(store: Store) -> None:
@@ -630,14 +679,14 @@ def _record_commits(
 ) -> None:
     """Record each commit's row counts (inserted, updated); the first one takes ``first_delay``
     seconds."""
-    write = flaky.write
 
-    async def recorded(commit: Commit) -> None:
+    async def slow_first(commit: Commit) -> None:
         await slow_commit(first_delay if not commits else 0.0)
-        await write(commit)
+
+    def recorded(commit: Commit) -> None:
         commits.append((len(commit.new_rows), len(commit.changed_rows) + len(commit.leased_rows)))
 
-    flaky.write = recorded
+    flaky.before, flaky.after = slow_first, recorded
 
 
 async def _one_worker(service: ControllerService) -> job_pb2.PollJobRequest:
@@ -764,13 +813,12 @@ async def test_a_poll_for_leases_a_finished_commit_stored_does_not_wait_for_the_
         first, second = await _submit(service), await _submit(service)
         (job,) = (await service.poll_job(poll, {})).jobs
         await service.report_job_results(_success(first), {})  # stored with `second`'s lease
-        write, release = flaky.write, trio.Event()
+        release = trio.Event()
 
-        async def held_write(commit: Commit) -> None:
+        async def held(commit: Commit) -> None:
             await release.wait()
-            await write(commit)
 
-        flaky.write = held_write
+        flaky.before = held
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 table.submit([NewJob(SPEC)], 0.0)  # somebody else's change...
@@ -881,18 +929,15 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
     table = JobTable()
     commits: list[int] = []
     async with running_writer(store, table) as (writer, flaky):
-        write = flaky.write
 
-        async def slow_write(commit: Commit) -> None:
+        async def slow(commit: Commit) -> None:
             await slow_commit(0.3)
-            await write(commit)
-            commits.append(len(commit.changed_rows))
 
         (job_id,) = table.submit([NewJob(SPEC)], 0.0)
         table.register("w1", slots=1, capacity=1, now=0.0)
         table.lease("w1", 1, 0.0)
         await writer.durable()
-        flaky.write = slow_write
+        flaky.before, flaky.after = slow, lambda commit: commits.append(len(commit.changed_rows))
         job = table.jobs[job_id]
         table.started("w1", Held(job_id, job.attempt), 1.0)
         with trio.fail_after(10):
@@ -948,13 +993,11 @@ async def test_a_submission_whose_client_went_away_mid_commit_is_known_to_memory
     or they would show as queued and never run until a restart."""
     table = JobTable()
     async with running_writer(store, table) as (writer, flaky):
-        write = flaky.write
 
-        async def slow_write(commit: Commit) -> None:
+        async def slow(commit: Commit) -> None:
             await slow_commit(0.3)
-            await write(commit)
 
-        flaky.write = slow_write
+        flaky.before = slow
         service = ControllerService(table, writer=writer)
         with trio.move_on_after(0.05):
             await _submit(service)
@@ -969,14 +1012,11 @@ async def test_waiting_submissions_fail_when_the_writer_stops(store: Store) -> N
     mid-commit must still stop, answering them UNAVAILABLE."""
     table = JobTable()
     flaky = FlakyWrites(store)
-    write = flaky.write
 
-    async def slow_write(commit: Commit) -> None:
+    async def slow(commit: Commit) -> None:
         await slow_commit(0.3)
-        await write(commit)
 
-    flaky.write = slow_write
-    store.write = flaky  # type: ignore[method-assign]
+    flaky.before = slow
     writer = StoreWriter(store, table)
     service = ControllerService(table, writer=writer)
     answers: list[str | transport.RpcError] = []

@@ -328,9 +328,13 @@ class Store:
         """The store process's id while it runs."""
         return self._writes.pid
 
-    async def write(self, commit: Commit) -> None:
-        """``Writes.write`` of the commit's rows; returns once the transaction is on disk."""
-        await self._writes.call("write", *commit)
+    async def send(self, commit: Commit) -> None:
+        """Start ``Writes.write`` of the commit's rows in the store process."""
+        await self._writes.send("write", *commit)
+
+    async def written(self) -> None:
+        """Return once the commit sent last is on disk; raises ``sqlite3.Error`` if it failed."""
+        await self._writes.receive()
 
     async def forget(self, job_ids: Iterable[str]) -> Counter[str]:
         """Delete finished jobs by id (live ones never are); returns how many, by state."""

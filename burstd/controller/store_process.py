@@ -31,7 +31,7 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import trio
 
@@ -87,24 +87,39 @@ class StoreProcess:
         self._requests, self._replies, self._buffer = requests, replies, bytearray()
 
     async def call(self, operation: str, *args: Any) -> Any:
-        """Shielded from cancellation: a request sent is waited for, as a write in a thread
-        would be, so a caller never stops between a change written and its acknowledgement."""
+        """``send`` then ``receive``."""
+        await self.send(operation, *args)
+        return await self.receive()
+
+    async def send(self, operation: str, *args: Any) -> None:
+        """Send a request; its reply is the next ``receive``. Shielded from cancellation, as
+        ``receive`` is: a request sent is waited for (a caller never stops between a change
+        written and its acknowledgement)."""
         with trio.CancelScope(shield=True):
             if self._child is None:
                 self._start()
             request = marshal.dumps((operation, args))
             try:
                 await self._send(_HEADER.pack(len(request)) + request)
+            except BrokenPipeError:
+                self._died()
+
+    async def receive(self) -> Any:
+        """The result of the request sent before; raises ``sqlite3.OperationalError`` if it
+        failed."""
+        with trio.CancelScope(shield=True):
+            try:
                 reply = await self._receive_frame()
-            except (BrokenPipeError, EOFError):
-                status = self._stop()
-                raise sqlite3.OperationalError(
-                    f"the store process exited with status {status}"
-                ) from None
+            except EOFError:
+                self._died()
         ok, result = marshal.loads(reply)
         if not ok:
             raise sqlite3.OperationalError(result)
         return result
+
+    def _died(self) -> NoReturn:
+        status = self._stop()
+        raise sqlite3.OperationalError(f"the store process exited with status {status}")
 
     async def _send(self, data: bytes) -> None:
         view = memoryview(data)

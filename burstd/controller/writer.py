@@ -14,8 +14,10 @@ retries them with a back-off.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import trio
 from loguru import logger
@@ -24,6 +26,15 @@ from burstd.controller.store import Commit, Store, changed_row, leased_row, row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
+
+
+class _Sent(NamedTuple):
+    """The changes of the commit sent last, and the generation it makes durable."""
+
+    generation: int
+    new: list[Job]
+    changed: list[Job]
+    leased: list[Job]
 
 
 class StoreUnavailable(Exception):
@@ -41,6 +52,7 @@ class StoreWriter:
         self._committed = 0
         self._taken = 0  # the generation of the changes the last commit took
         self._taking: set[str] = set()  # the ids of the jobs that commit stores
+        self._sent = _Sent(0, [], [], [])
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
         self._stopped = False
@@ -93,26 +105,16 @@ class StoreWriter:
             # Let the tasks woken with us act first: a poll woken by the submission that woke us
             # leases the new job now, and one commit stores both (else a second commit follows).
             await trio.lowlevel.cancel_shielded_checkpoint()
-            self._wake = trio.Event()
-            generation = self._taken = self._generation
-            new, changed, leased = self.table.take_changes()
-            self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
-            # Rows are built before the first await, so the store never sees a job half-changed.
-            commit = Commit(
-                [row(job) for job in new],
-                [changed_row(job) for job in changed],
-                [leased_row(job) for job in leased],
-                self.table.next_id,
-            )
             try:
                 async with self.lock:
-                    await self.store.write(commit)
+                    await self._write()
             except sqlite3.Error as error:
                 message = f"the state store cannot be written ({error}): not accepted"
                 logger.error("{}; retrying in {:.2f} s", message, delay)
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
+                _, new, changed, leased = self._sent
                 for job in (*changed, *leased):
                     self.table.dirty.setdefault(job.job_id, job)
                 # After the lines above: a withdrawn job (new, perhaps changed too) is not dirty.
@@ -123,12 +125,52 @@ class StoreWriter:
                 self._wake.set()
                 continue
             delay = 0.05
-            if self._failed is not None:
-                logger.info("the state store is writable again")
-                self._failed = None
-            self._committed = generation
-            self._signal()
-            self.table.evict(job for job in (*new, *changed) if job.state in TERMINAL)
+
+    async def _write(self) -> None:
+        """Commit the changes, and those made meanwhile, until there are none left (or somebody
+        waits for the lock, or the writer is stopping). Each next commit goes to the store
+        process as soon as the last is on disk, before that one's waiters are told (which takes
+        a pass of the event loop, while the store process would sit idle)."""
+        await self._send()
+        while True:
+            await self.store.written()
+            done = self._sent
+            if (
+                self._wake.is_set()
+                and self.lock.statistics().tasks_waiting == 0
+                and trio.current_effective_deadline() != -math.inf
+            ):
+                try:
+                    await self._send()
+                finally:
+                    self._written(done)
+            else:
+                self._written(done)
+                return
+
+    async def _send(self) -> None:
+        self._wake = trio.Event()
+        generation = self._taken = self._generation
+        new, changed, leased = self.table.take_changes()
+        self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
+        self._sent = _Sent(generation, new, changed, leased)
+        # Rows are built before the first await, so the store never sees a job half-changed.
+        await self.store.send(
+            Commit(
+                [row(job) for job in new],
+                [changed_row(job) for job in changed],
+                [leased_row(job) for job in leased],
+                self.table.next_id,
+            )
+        )
+
+    def _written(self, sent: _Sent) -> None:
+        if self._failed is not None:
+            logger.info("the state store is writable again")
+            self._failed = None
+        self._committed = sent.generation
+        self._signal()
+        self.table.evict(job for job in (*sent.new, *sent.changed) if job.state in TERMINAL)
 
     def _signal(self) -> None:
         self._done.set()
