@@ -902,6 +902,19 @@ async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) ->
     assert store.get("job-00000001") is None
 
 
+async def test_a_job_cancelled_before_its_first_commit_leaves_memory_once_stored(
+    store: Store,
+) -> None:
+    table = JobTable()
+    async with running_writer(store, table) as (writer, _):
+        (job_id,) = table.submit([NewJob(SPEC)], 0.0)
+        table.cancel(job_id, 1.0)
+        await writer.durable()
+        assert table.get(job_id) is None
+    stored = store.get(job_id)
+    assert stored is not None and stored.state is JobState.CANCELLED
+
+
 async def test_a_failed_commit_leaves_no_change_of_a_job_it_withdraws(store: Store) -> None:
     """A submission refused by a full disk leaves nothing to store later, also of a job that
     changed after its submission (cancelled here) before the commit that failed."""

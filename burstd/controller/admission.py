@@ -135,9 +135,9 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> list[NewJ
         start = request.array_start
         if start < 0 or start + request.array_count > 2**63:
             raise SpecError("array_start: out of range")
+        prefix = base + _ARRAY_INDEX_TAG
         jobs.extend(
-            NewJob(base + _ARRAY_INDEX_TAG + varint(start + i), retries, name)
-            for i in range(request.array_count)
+            NewJob(prefix + varint(start + i), retries, name) for i in range(request.array_count)
         )
     else:
         for i, entry in enumerate(request.entries):

@@ -170,7 +170,8 @@ class StoreWriter:
             self._failed = None
         self._committed = sent.generation
         self._signal()
-        self.table.evict(job for job in (*sent.new, *sent.changed) if job.state in TERMINAL)
+        # A new job that ended before its first commit is among the changed ones too.
+        self.table.evict(job for job in sent.changed if job.state in TERMINAL)
 
     def _signal(self) -> None:
         self._done.set()
