@@ -8,7 +8,9 @@ Nothing here asserts tight timings: waits poll for a condition with generous upp
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -861,6 +863,26 @@ def test_second_controller_on_a_busy_port_fails_clearly(cluster: Cluster) -> Non
     no_traceback(run.stderr)
     # the first one is unaffected
     assert cluster.burst("status", "job-00000001").stdout.split() == ["job-00000001", "unknown"]
+
+
+def test_sigterm_to_the_group_stops_the_controller_and_its_store_process(cluster: Cluster) -> None:
+    """As systemd stops the unit: SIGTERM to every process of the group. The store process
+    ignores it, writes what the controller still sends, and leaves when the controller is gone:
+    nothing of the group is left."""
+    daemon = cluster.controller()
+    cluster.burst("submit", "process", "true")  # the first write starts the store process
+    group = os.getpgid(daemon.pid)
+    os.killpg(group, signal.SIGTERM)
+    assert daemon.proc.wait(timeout=30) == 0, daemon.log()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            break  # nobody left in the group
+        assert time.monotonic() < deadline, "a process of the controller's group is left"
+        time.sleep(0.05)
+    no_traceback(daemon.log())
 
 
 def test_controller_stops_cleanly_on_sigterm(cluster: Cluster) -> None:
