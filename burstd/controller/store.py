@@ -372,8 +372,8 @@ class Writes:
         next_id: int,
     ) -> None:
         """One transaction: insert new jobs (``row``), update changed ones (``changed_row``) and
-        leased ones (``leased_row``), advance the id counter. Rows are built by the caller, so a
-        job is never read while another thread changes it."""
+        leased ones (``leased_row``), advance the id counter. The rows come built: the writer
+        reads them off the jobs before it sends them, so none is read half-changed."""
         with self._transaction() as db:
             db.executemany(_INSERT, new_rows)
             db.executemany(_UPDATE, changed_rows)

@@ -31,11 +31,14 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import trio
 
 import burstd
+
+if TYPE_CHECKING:
+    from burstd.controller.store import Writes
 
 _HEADER = struct.Struct("<Q")
 # How long ``close`` waits for the child to finish a transaction before killing it.
@@ -69,9 +72,10 @@ class StoreProcess:
         replies, child_out = os.pipe()
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(self.path), str(self.lock_fd)],
+                [sys.executable, "-m", __name__, str(self.path)],
                 stdin=child_in,
                 stdout=child_out,
+                # The child holds the lock by having the locked file open: nothing to do with it.
                 pass_fds=(self.lock_fd,),
                 env={**os.environ, "PYTHONPATH": python_path},
             )
@@ -181,7 +185,7 @@ def _read_frame(stream: IO[bytes]) -> bytes:
     return data
 
 
-def serve(writes: Any, requests: IO[bytes], replies: IO[bytes]) -> None:
+def serve(writes: Writes, requests: IO[bytes], replies: IO[bytes]) -> None:
     """The child's loop: one request at a time until the parent closes its end."""
     while True:
         try:
@@ -209,7 +213,7 @@ def main() -> None:
     # Imported here: the parent imports this module from the store, not the other way round.
     from burstd.controller.store import Writes
 
-    path, _lock_fd = sys.argv[1:3]  # the lock is held by having the descriptor open
+    (path,) = sys.argv[1:]
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     # Nothing else may write into the reply stream.
     sys.stdout = sys.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import trio
@@ -76,11 +76,10 @@ class StoreWriter:
         """Return once every change made to the table so far is stored."""
         await self._until(self._bump())
 
-    async def stored(self, jobs: Iterable[Job]) -> None:
+    async def stored(self, jobs: Sequence[Job]) -> None:
         """Return once the latest change of each of these jobs is stored. When a commit under
         way took them, that one is enough; when a finished one did, there is nothing to wait
         for (a worker's poll for the leases its report's commit stored answers at once)."""
-        jobs = list(jobs)
         if any(self.table.pending(job.job_id) for job in jobs):
             await self.durable()
         elif self._committed < self._taken and any(job.job_id in self._taking for job in jobs):
