@@ -2,9 +2,10 @@
 
 For each worker count, a fresh ``burstd controller`` (durable store in a temporary state dir
 unless ``--store memory``) is started; ``--procs`` processes run the simulated workers (each with
-its own connection and a real worker's timing: RegisterWorker, then long polls for up to its
-capacity and one ReportJobResults for the whole batch, over and over, beside a notice poll and
-heartbeats at the interval the controller asks for), while this process submits the jobs in
+its own connection and a real worker's timing: RegisterWorker, a long poll for up to its
+capacity, then one ReportJobResults for the whole batch that asks for as many jobs again, over
+and over (a long poll again when a report brings none), beside a notice poll and heartbeats at
+the interval the controller asks for), while this process submits the jobs in
 arrays of ``--array`` and waits for all of them (WaitJobs). Printed per point: jobs/s from the
 first submission to the last result, and the controller's CPU time (user + system, from
 /proc) per job, also net of the background cost that the idle workers (measured first, every
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,8 +41,9 @@ T = TypeVar("T")
 
 
 async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
-    """One simulated worker with a real worker's timing: long polls of LONG_POLL_MS for work,
-    one of NOTICE_POLL_MS for notices, heartbeats at the interval the controller asks for."""
+    """One simulated worker with a real worker's timing: reports that ask for the room they
+    free, long polls of LONG_POLL_MS for work when they bring none, one of NOTICE_POLL_MS for
+    notices, heartbeats at the interval the controller asks for."""
     from burstd import transport
     from burstd.config import parse_hostport
     from burstd.worker.daemon import LONG_POLL_MS, NOTICE_POLL_MS
@@ -85,10 +88,12 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
             poll = job_pb2.PollJobRequest(
                 worker_id=worker_id, max_jobs=capacity, wait_ms=LONG_POLL_MS, batch=True
             )
+            jobs: Sequence[job_pb2.AssignedJob] = ()
             while True:
-                response = await call("PollJob", poll, job_pb2.PollJobResponse)
-                lease_seq = response.lease_seq
-                if not response.jobs:
+                if not jobs:
+                    response = await call("PollJob", poll, job_pb2.PollJobResponse)
+                    lease_seq = response.lease_seq or lease_seq
+                    jobs = response.jobs
                     continue
                 now = time.time()
                 results = [
@@ -100,13 +105,18 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
                         started_at=now,
                         finished_at=now,
                     )
-                    for job in response.jobs
+                    for job in jobs
                 ]
-                await call(
+                # As a worker's reporter: the results free room, which the same call fills.
+                reported = await call(
                     "ReportJobResults",
-                    job_pb2.ReportJobResultsRequest(worker_id=worker_id, results=results),
+                    job_pb2.ReportJobResultsRequest(
+                        worker_id=worker_id, results=results, max_jobs=capacity
+                    ),
                     job_pb2.ReportJobResultsResponse,
                 )
+                lease_seq = reported.lease_seq or lease_seq
+                jobs = reported.jobs
 
 
 async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:

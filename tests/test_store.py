@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trio
@@ -35,6 +36,8 @@ from burstd.controller.store import (
 from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
+
+T = TypeVar("T")
 
 SPEC = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true")).SerializeToString()
 
@@ -632,14 +635,20 @@ async def _submit(service: ControllerService) -> str:
     return str(response.job_id)
 
 
-async def _submit_once_writable(service: ControllerService) -> str:
-    """Submit until the store takes it (the writer retries a failed commit with a back-off)."""
+async def _once_writable(
+    call: Callable[[], Awaitable[T]], refused: type[transport.RpcError] = transport.Unavailable
+) -> T:
+    """Call until the store takes it (the writer retries a failed commit with a back-off)."""
     with trio.fail_after(15):
         while True:
             try:
-                return await _submit(service)
-            except transport.ResourceExhausted:
+                return await call()
+            except refused:
                 await trio.sleep(0.05)
+
+
+async def _submit_once_writable(service: ControllerService) -> str:
+    return await _once_writable(lambda: _submit(service), transport.ResourceExhausted)
 
 
 async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
@@ -689,27 +698,27 @@ def _record_commits(
     flaky.before, flaky.after = slow_first, recorded
 
 
-async def _one_worker(service: ControllerService) -> job_pb2.PollJobRequest:
-    """Register worker w1 (one slot); its long poll for one job."""
-    register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
+async def _one_worker(service: ControllerService, slots: int = 1) -> job_pb2.PollJobRequest:
+    """Register worker w1 (``slots`` slots, as many jobs held); its long poll for that many."""
+    register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=slots, queue_capacity=slots)
     await service.register_worker(register, {})
-    return job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True)
+    return job_pb2.PollJobRequest(worker_id="w1", max_jobs=slots, wait_ms=10_000, batch=True)
 
 
 @asynccontextmanager
 async def _recorded_service(
-    store: Store,
+    store: Store, slots: int = 1
 ) -> AsyncIterator[
     tuple[JobTable, StoreWriter, ControllerService, job_pb2.PollJobRequest, list[tuple[int, int]]]
 ]:
     """A service over a running writer whose commits are recorded (see _record_commits), with
-    worker w1 registered: the table, writer, service, w1's poll and the commits."""
+    worker w1 registered (``slots``): the table, writer, service, w1's poll and the commits."""
     table = JobTable()
     commits: list[tuple[int, int]] = []
     async with running_writer(store, table) as (writer, flaky):
         _record_commits(flaky, commits)
         service = ControllerService(table, writer=writer)
-        yield table, writer, service, await _one_worker(service), commits
+        yield table, writer, service, await _one_worker(service, slots), commits
 
 
 async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(store: Store) -> None:
@@ -827,6 +836,68 @@ async def test_a_poll_for_leases_a_finished_commit_stored_does_not_wait_for_the_
                 (job,) = (await service.poll_job(poll, {})).jobs
                 assert job.job_id == second
                 release.set()
+
+
+async def test_a_report_that_asks_for_work_gets_it_stored_in_the_commit_of_its_results(
+    store: Store,
+) -> None:
+    """The room the results free is filled by the same call: the jobs come back in the report's
+    answer once one commit stored both the results and the leases (a report and then a poll
+    would take two calls and two commits), and no poll hands them over again."""
+    async with _recorded_service(store, slots=2) as (_, writer, service, poll, commits):
+        ids = [await _submit(service) for _ in range(4)]
+        polled = await service.poll_job(poll, {})
+        assert [job.job_id for job in polled.jobs] == ids[:2]
+        await writer.durable()
+        commits.clear()
+        request = _success(ids[0])
+        request.results.add(job_id=ids[1], attempt=1)
+        request.max_jobs = 2
+        response = await service.report_job_results(request, {})
+        assert list(response.outcomes) == [job_pb2.REPORT_OUTCOME_ACCEPTED] * 2
+        assert [(job.job_id, job.attempt) for job in response.jobs] == [(ids[2], 1), (ids[3], 1)]
+        assert response.jobs[0].spec == _submit_request().spec
+        assert response.lease_seq > polled.lease_seq
+        assert len(commits) == 1
+        now = job_pb2.PollJobRequest(worker_id="w1", max_jobs=2, batch=True)
+        assert not (await service.poll_job(now, {})).jobs
+    for job_id in ids[2:]:
+        stored = store.get(job_id)
+        assert stored is not None and stored.state is JobState.LEASED
+        assert (stored.worker_id, stored.attempt) == ("w1", 1)
+
+
+async def test_a_report_whose_commit_fails_hands_over_no_jobs(store: Store) -> None:
+    """The worker hears nothing of the jobs (it retries the report); they wait for its next
+    call under the same attempt, as a lease that never left."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        poll = await _one_worker(service, slots=2)
+        first, second = await _submit(service), await _submit(service)
+        assert [job.job_id for job in (await service.poll_job(poll, {})).jobs] == [first, second]
+        third = await _submit(service)
+        request = _success(first)
+        request.max_jobs = 1
+        flaky.full = True
+        with pytest.raises(transport.Unavailable, match="disk is full"):
+            await service.report_job_results(request, {})
+        assert table.jobs[third].lease_seq == 0  # not handed over
+        flaky.full = False
+        response = await _once_writable(lambda: service.report_job_results(request, {}))
+        assert [(job.job_id, job.attempt) for job in response.jobs] == [(third, 1)]
+
+
+async def test_a_plain_report_echoes_no_lease_batch(store: Store) -> None:
+    """A report that asks for no work answers lease_seq 0, never the number of a batch that a
+    poll may still be carrying: a worker echoing it in a heartbeat would disown that batch."""
+    async with _recorded_service(store, slots=2) as (_, _, service, poll, _):
+        first = await _submit(service)
+        await _submit(service)
+        polled = await service.poll_job(poll, {})
+        assert polled.lease_seq > 0 and len(polled.jobs) == 2
+        response = await service.report_job_results(_success(first), {})
+        assert response.lease_seq == 0 and not response.jobs
 
 
 def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:
@@ -989,13 +1060,7 @@ async def test_a_full_disk_does_not_cost_queued_jobs_their_attempts(store: Store
         assert job.state is not JobState.FAILED, (job.reason, job.error_message)
         assert job.lost_count == 0
         flaky.full = False
-        with trio.fail_after(15):
-            while True:
-                try:
-                    response = await service.poll_job(poll, {})
-                    break
-                except transport.Unavailable:
-                    await trio.sleep(0.05)
+        response = await _once_writable(lambda: service.poll_job(poll, {}))
         assert [j.job_id for j in response.jobs] == [job_id]
 
 

@@ -34,20 +34,32 @@ class FakeLink:
         self.events = events
         self.send, self.replies = trio.open_memory_channel[job_pb2.PollJobResponse](100)
         self.reports: list[tuple[float, job_pb2.ReportJobResultsRequest]] = []
+        # Answers to the reports that ask for work, in turn (then: no jobs).
+        self.report_replies: list[job_pb2.ReportJobResultsResponse] = []
+        # Calls that may bring leases under way now, and at most so far.
+        self.leasing = self.most_leasing = 0
 
     async def run(self) -> None:
         await trio.sleep_forever()
 
     async def call(self, method: str, request: Any, response_type: Any, timeout: float = 0) -> Any:
-        if method == "PollJob":
-            if request.max_jobs == 0:  # the notice poll: no notices in these tests
-                await trio.sleep_forever()
-            self.events.append(("poll", request.max_jobs))
-            return await self.replies.receive()
-        if method == "ReportJobResults":
-            self.reports.append((trio.current_time(), request))
-        await trio.sleep(0.001)  # a call takes a while; results may end meanwhile
-        return response_type()
+        if method == "PollJob" and request.max_jobs == 0:  # the notice poll: no notices here
+            await trio.sleep_forever()
+        leases = method in ("PollJob", "ReportJobResults") and request.max_jobs > 0
+        self.leasing += leases
+        self.most_leasing = max(self.most_leasing, self.leasing)
+        try:
+            if method == "PollJob":
+                self.events.append(("poll", request.max_jobs))
+                return await self.replies.receive()
+            if method == "ReportJobResults":
+                self.reports.append((trio.current_time(), request))
+            await trio.sleep(0.001)  # a call takes a while; results may end meanwhile
+            if leases and self.report_replies:
+                return self.report_replies.pop(0)
+            return response_type()
+        finally:
+            self.leasing -= leases
 
     def apply_notices(self, cancel: Any, drop: Any) -> None:
         pass
@@ -59,11 +71,13 @@ class FakeLink:
         pass
 
 
-def jobs(*ids: str) -> job_pb2.PollJobResponse:
+def assigned(*ids: str) -> list[job_pb2.AssignedJob]:
     spec = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
-    return job_pb2.PollJobResponse(
-        jobs=[job_pb2.AssignedJob(job_id=i, attempt=1, spec=spec) for i in ids], lease_seq=1
-    )
+    return [job_pb2.AssignedJob(job_id=i, attempt=1, spec=spec) for i in ids]
+
+
+def jobs(*ids: str) -> job_pb2.PollJobResponse:
+    return job_pb2.PollJobResponse(jobs=assigned(*ids), lease_seq=1)
 
 
 class Harness:
@@ -80,8 +94,7 @@ class Harness:
             nursery.cancel_scope.cancel()
 
 
-@pytest.fixture
-def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> Harness:
     events: list[tuple[str, Any]] = []
 
     async def fake_run_job(job_id: str, attempt: int, spec: Any, config: ExecConfig) -> Outcome:
@@ -92,10 +105,16 @@ def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
         return Outcome(0, 0, "exit", "", started, trio.current_time(), "", "")
 
     monkeypatch.setattr(daemon, "run_job", fake_run_job)
-    w = daemon.Worker(WorkerConfig(worker_id="w1", slots=2, local_queue_capacity=64), steal=False)
+    config = WorkerConfig(worker_id="w1", slots=2, local_queue_capacity=local_queue_capacity)
+    w = daemon.Worker(config, steal=False)
     link = FakeLink(events)
     w.link = link  # type: ignore[assignment]
     return Harness(w, link)
+
+
+@pytest.fixture
+def harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    return make_harness(monkeypatch, local_queue_capacity=64)
 
 
 def reported(link: FakeLink) -> list[str]:
@@ -165,6 +184,42 @@ async def test_a_stream_of_results_goes_in_few_calls_and_a_lone_result_at_once(
         assert [r.job_id for r in request.results] in (["lone0"], ["lone1"], ["lone2"])
         # Reported the moment it ended (virtual time): no wait for a batch.
         assert sent_at == pytest.approx(request.results[0].finished_at)
+
+
+async def test_a_report_asks_for_the_room_its_results_free_and_runs_what_comes_back(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = make_harness(monkeypatch, local_queue_capacity=4)
+    link = h.link
+    link.report_replies.append(
+        job_pb2.ReportJobResultsResponse(jobs=assigned("b0", "b1"), lease_seq=7)
+    )
+    async with h.running():
+        await link.send.send(jobs("a0", "a1", "a2", "a3"))  # the worker is full
+        await trio.sleep(1.0)
+        assert h.worker.state.local.lease_seq == 7
+    assert sorted(reported(link)) == ["a0", "a1", "a2", "a3", "b0", "b1"]
+    first = link.reports[0][1]
+    # Full, so the room it asks for is what its own results free.
+    assert first.max_jobs == len(first.results) > 0
+    assert ("start", "b0") in h.events and ("start", "b1") in h.events
+    # b0 and b1 came with the report: no poll was needed for them.
+    assert [e for e in h.events if e[0] == "poll"][:1] == [("poll", 4)]
+    assert link.most_leasing == 1
+
+
+async def test_while_a_poll_for_work_is_under_way_a_report_asks_for_none(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two calls bringing leases at once could arrive out of order: a heartbeat acknowledging
+    the later batch would disown the earlier one's jobs, still on their way."""
+    link = harness.link
+    async with harness.running():
+        await link.send.send(jobs("a0", "a1", "a2", "a3"))  # room is left: it polls again
+        await trio.sleep(1.0)
+    assert sorted(reported(link)) == ["a0", "a1", "a2", "a3"]
+    assert [request.max_jobs for _, request in link.reports] == [0] * len(link.reports)
+    assert link.most_leasing == 1
 
 
 async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:

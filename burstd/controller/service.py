@@ -86,10 +86,12 @@ def job_info(job: Job) -> job_pb2.JobInfo:
 
 _POLL_JOB_TAG = b"\x0a"  # PollJobResponse.job: field 1, length-delimited
 _POLL_JOBS_TAG = b"\x1a"  # PollJobResponse.jobs: field 3, length-delimited
+_REPORT_JOBS_TAG = b"\x12"  # ReportJobResultsResponse.jobs: field 2, length-delimited
 
 
 def _assigned_jobs(tag: bytes, jobs: Iterable[Job]) -> bytes:
-    """The jobs as AssignedJob messages under ``tag`` (a field of PollJobResponse), encoded.
+    """The jobs as AssignedJob messages under ``tag`` (a field of PollJobResponse or of
+    ReportJobResultsResponse), encoded.
 
     The stored spec is an encoded JobSpec already: it is embedded as it is, where decoding it
     into a message and encoding that again cost most of a lease.
@@ -492,14 +494,7 @@ class ControllerService:
             with trio.move_on_at(deadline):
                 await event.wait()
         if jobs:
-            # The new attempt numbers must survive a restart before a worker runs them.
-            try:
-                await self._durable(jobs)
-            except BaseException:
-                # Not handed over: they wait for the next poll (re-leasing them would count a
-                # lost attempt at each try, and fail them past the crash limit).
-                self.table.unlease(worker_id, jobs)
-                raise
+            await self._hand_over(worker_id, jobs, alone=True)
         response = job_pb2.PollJobResponse(lease_seq=seq, cancel=_held_pb(cancel))
         if request.batch:
             response.MergeFromString(_assigned_jobs(_POLL_JOBS_TAG, jobs))
@@ -508,6 +503,17 @@ class ControllerService:
         else:
             response.empty.SetInParent()
         return response
+
+    async def _hand_over(self, worker_id: str, jobs: Sequence[Job], *, alone: bool) -> None:
+        """Wait until the leases of ``jobs`` are stored (``alone``), or with them every change
+        made so far: the new attempt numbers must survive a restart before a worker runs them."""
+        try:
+            await self._durable(jobs if alone else None)
+        except BaseException:
+            # Not handed over: they wait for the next poll (re-leasing them would count a lost
+            # attempt at each try, and fail them past the crash limit).
+            self.table.unlease(worker_id, jobs)
+            raise
 
     @staticmethod
     def _result(item: job_pb2.ReportJobResultRequest) -> Result:
@@ -567,17 +573,27 @@ class ControllerService:
                 self.table.started(worker_id, held, now)
             results = [self._result(item) for item in request.results]
             outcomes = self.table.report_many(worker_id, results, now)
+            # What the results freed is leased before anyone else runs, so the worker's
+            # waiting polls, woken below, find nothing more for it.
+            seq, jobs = self.table.lease(worker_id, request.max_jobs, now)
         except UnknownWorker as error:
             raise self._unknown_worker(error) from None
         finally:
             self._after_change()
         # A result is acknowledged only once it is stored: the worker forgets it afterwards.
-        await self._durable()
+        # The same commit stores the new leases.
+        if jobs:
+            await self._hand_over(worker_id, jobs, alone=False)
+        else:
+            await self._durable()
         for i, outcome in enumerate(outcomes):
             if outcome is ReportOutcome.UNKNOWN_JOB:  # rare: not worth a coroutine per result
                 outcomes[i] = await self._settle_unknown(worker_id, request.results[i], outcome)
-        response = job_pb2.ReportJobResultsResponse()
+        # A batch number only with a batch: a plain report may cross a poll whose batch this
+        # number names, and a worker that echoed it would disown that batch's jobs.
+        response = job_pb2.ReportJobResultsResponse(lease_seq=seq if jobs else 0)
         response.outcomes.extend(cast(list[Any], outcomes))
+        response.MergeFromString(_assigned_jobs(_REPORT_JOBS_TAG, jobs))
         return response
 
     async def heartbeat(

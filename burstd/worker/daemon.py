@@ -21,7 +21,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,10 @@ class WorkerState:
     instance: int = field(default_factory=lambda: secrets.randbits(63) | 1)
     # When the lease loop's current request for work was sent (trio time); None: none waits.
     poll_since: float | None = None
+    # A call that may bring leases (a poll, or a report that asks for work) is under way. One at
+    # a time: batches then arrive in the order the controller numbered them, and a heartbeat,
+    # which acknowledges the highest seen, never disowns one still on its way.
+    leasing: bool = False
     # Stealing: every steal round up to steal_done has ended; peers as the controller listed them.
     steals: bool = False
     steal_done: int = 0
@@ -385,30 +389,37 @@ class Worker:
             room = local.room()
             return room >= min_room or (room > 0 and not local.waiting())
 
-        while not self.state.draining:
-            if not ask():
-                await self.state.wait_until(lambda: self.state.draining or ask())
+        state = self.state
+        while not state.draining:
+            if state.leasing or not ask():
+                await state.wait_until(lambda: state.draining or (not state.leasing and ask()))
                 continue
             room = local.room()
             # While it waits, the controller had nothing for this worker: the steal client
             # reads this to know when the worker is idle.
-            self.state.poll_since = trio.current_time()
+            state.poll_since = trio.current_time()
+            state.leasing = True
             try:
                 response = await self._poll(room, LONG_POLL_MS)
             finally:
-                self.state.poll_since = None
+                state.poll_since = None
+                state.leasing = False
+                state.notify()
             if response is None:
                 continue
-            if local.add(response.jobs, response.lease_seq):
-                if self.state.draining:
-                    self._hand_back()  # a long poll that answered after the drain began
-                self.state.notify()
+            self._take_leases(response.jobs, response.lease_seq)
             self.link.apply_notices(response.cancel, response.drop)
             # The runners just woken start their jobs before the next request for work is sent
             # (~0.3 ms of sending): they run in trio's next batch, whose order is random, so
             # this task yields until the one after.
             for _ in range(2):
                 await trio.lowlevel.checkpoint()
+
+    def _take_leases(self, jobs: Sequence[job_pb2.AssignedJob], lease_seq: int) -> None:
+        if self.state.local.add(jobs, lease_seq):
+            if self.state.draining:
+                self._hand_back()  # a call that answered after the drain began
+            self.state.notify()
 
     async def _runner(self) -> None:
         state, local = self.state, self.state.local
@@ -457,16 +468,17 @@ class Worker:
 
     async def _reporter(self) -> None:
         """Send start notices and results in batches, and retry until the controller answers."""
-        local = self.state.local
-        config = self.state.config
+        state = self.state
+        local = state.local
+        config = state.config
         # After a call that carried several results, jobs are ending in a stream: the next call
         # waits until REPORT_INTERVAL after it, and the results that end meanwhile go with it.
         stream_until = -math.inf
         while True:
-            await self.state.wait_until(local.has_reports)
+            await state.wait_until(local.has_reports)
             if not local.has_results():
                 with trio.move_on_after(START_NOTICE_DELAY):
-                    await self.state.wait_until(local.has_results)
+                    await state.wait_until(local.has_results)
             await trio.sleep_until(stream_until)
             sent_at = trio.current_time()
             started, done = local.take_reports()
@@ -476,14 +488,28 @@ class Worker:
                 started=started,
                 results=[j.result for j in done if j.result],
             )
+            # The room these results free is filled by the same call, stored in the same commit,
+            # where a poll after it would cost another call and another commit.
+            room = local.room() + len(done)
+            leasing = room > 0 and not (state.draining or state.leasing)
+            if leasing:
+                request.max_jobs = room
+                state.leasing = True
             try:
-                await self.link.call("ReportJobResults", request, job_pb2.ReportJobResultsResponse)
+                response = await self.link.call(
+                    "ReportJobResults", request, job_pb2.ReportJobResultsResponse
+                )
             except transport.RpcError as error:
                 self.log.debug("report failed ({}); retrying", error)
                 await trio.sleep(0.05)
                 continue
+            finally:
+                if leasing:
+                    state.leasing = False
+                    state.notify()
             local.acknowledged(done)
-            self.state.notify()
+            self._take_leases(response.jobs, response.lease_seq)
+            state.notify()
             stream_until = sent_at + REPORT_INTERVAL if len(request.results) > 1 else -math.inf
 
     async def _heartbeat(self) -> None:

@@ -237,20 +237,26 @@ class ReportJobResultResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
 
 class ReportJobResultsRequest(_message.Message):
-    __slots__ = ("worker_id", "results", "started")
+    __slots__ = ("worker_id", "results", "started", "max_jobs")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
+    MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     results: _containers.RepeatedCompositeFieldContainer[ReportJobResultRequest]
     started: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
-    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ReportJobResultRequest, _Mapping]]] = ..., started: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ...) -> None: ...
+    max_jobs: int
+    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ReportJobResultRequest, _Mapping]]] = ..., started: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., max_jobs: _Optional[int] = ...) -> None: ...
 
 class ReportJobResultsResponse(_message.Message):
-    __slots__ = ("outcomes",)
+    __slots__ = ("outcomes", "jobs", "lease_seq")
     OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     outcomes: _containers.RepeatedScalarFieldContainer[ReportOutcome]
-    def __init__(self, outcomes: _Optional[_Iterable[_Union[ReportOutcome, str]]] = ...) -> None: ...
+    jobs: _containers.RepeatedCompositeFieldContainer[AssignedJob]
+    lease_seq: int
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ReportOutcome, str]]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
 
 class CancelJobsRequest(_message.Message):
     __slots__ = ("job_ids",)
