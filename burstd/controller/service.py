@@ -583,10 +583,7 @@ class ControllerService:
             self._after_change()
         # A result is acknowledged only once it is stored: the worker forgets it afterwards.
         # The same commit stores the new leases.
-        if jobs:
-            await self._hand_over(worker_id, jobs, alone=False)
-        else:
-            await self._durable()
+        await self._hand_over(worker_id, jobs, alone=False)
         for i, outcome in enumerate(outcomes):
             if outcome is ReportOutcome.UNKNOWN_JOB:  # rare: not worth a coroutine per result
                 outcomes[i] = await self._settle_unknown(worker_id, request.results[i], outcome)
