@@ -26,6 +26,7 @@ from burstd.controller.table import (
     ReportOutcome,
     Result,
     UnknownWorker,
+    format_ids,
 )
 from burstd.policies.routers import Router, make_router
 
@@ -1378,3 +1379,12 @@ TestTableBiased = BiasedMachine.TestCase
 TestTableRoundRobin.settings = SETTINGS
 TestTablePowerOfTwo.settings = SETTINGS
 TestTableBiased.settings = SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("first", "stop"),
+    [(1, 1), (1, 2), (1, 100), (99, 101), (150, 150), (150, 451), (99_999_990, 100_000_120)],
+)
+def test_ids_in_bulk_are_the_ids_one_by_one(first: int, stop: int) -> None:
+    # Across hundreds, from mid-hundred, empty, and past eight digits (where ids grow longer).
+    assert format_ids(first, stop) == [JobTable.format_id(n) for n in range(first, stop)]
