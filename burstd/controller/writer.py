@@ -51,7 +51,9 @@ class StoreWriter:
         self._generation = 0
         self._committed = 0
         self._taken = 0  # the generation of the changes the last commit took
-        self._taking: set[str] = set()  # the ids of the jobs that commit stores
+        # The ids of the jobs that commit stores: built when a poll first asks, as most commits
+        # are never asked (building it for each cost as much as a job's row).
+        self._taking: set[str] | None = None
         self._sent = _Sent(0, [], [], [])
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
@@ -82,10 +84,16 @@ class StoreWriter:
         for (a worker's poll for the leases its report's commit stored answers at once)."""
         if any(self.table.pending(job.job_id) for job in jobs):
             await self.durable()
-        elif self._committed < self._taken and any(job.job_id in self._taking for job in jobs):
+        elif self._committed < self._taken and any(job.job_id in self._taken_ids() for job in jobs):
             await self._until(self._taken)
         else:
             await trio.lowlevel.checkpoint()
+
+    def _taken_ids(self) -> set[str]:
+        if self._taking is None:
+            _, new, changed, leased = self._sent
+            self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
+        return self._taking
 
     async def run(self) -> None:
         try:
@@ -151,7 +159,7 @@ class StoreWriter:
         self._wake = trio.Event()
         generation = self._taken = self._generation
         new, changed, leased = self.table.take_changes()
-        self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
+        self._taking = None
         self._sent = _Sent(generation, new, changed, leased)
         # Rows are built before the first await, so the store never sees a job half-changed.
         await self.store.send(
