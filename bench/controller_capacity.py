@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import trio
 
@@ -134,7 +134,13 @@ async def wait_registered(addr: str, workers: int, timeout: float) -> None:
                 await trio.sleep(0.5)
 
 
-async def drive(addr: str, jobs: int, array: int) -> float:
+class Run(NamedTuple):
+    elapsed: float  # seconds from the first submission to the last result
+    submitted: float  # seconds until the last submission was accepted
+    done_by_then: int  # jobs that had ended by then
+
+
+async def drive(addr: str, jobs: int, array: int) -> Run:
     from burstd.client import Client, process
 
     spec = process("/bin/true")
@@ -143,10 +149,14 @@ async def drive(addr: str, jobs: int, array: int) -> float:
         ids: list[str] = []
         for first in range(0, jobs, array):
             ids += await client.submit_array(spec, range(first, min(jobs, first + array)))
+        submitted = time.perf_counter() - start
+        done_by_then = -1
         async for update in client.wait(all=True):
+            if done_by_then < 0:  # the first update comes at once
+                done_by_then = jobs - update.pending
             if update.pending == 0:
                 break
-        return time.perf_counter() - start
+        return Run(time.perf_counter() - start, submitted, done_by_then)
 
 
 def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -180,7 +190,8 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
             idle = (cpu_seconds(ctl.pid) - cpu0) / (time.monotonic() - wall0)
             cpu0, loop0 = cpu_seconds(ctl.pid), cpu_seconds(ctl.pid, descendants=False)
             sims0 = sum(cpu_seconds(sim.pid) for sim in sims)
-            elapsed = trio.run(drive, addr, args.jobs, args.array)
+            run = trio.run(drive, addr, args.jobs, args.array)
+            elapsed = run.elapsed
             cpu = cpu_seconds(ctl.pid) - cpu0
             store_cpu = cpu - (cpu_seconds(ctl.pid, descendants=False) - loop0)
             sims_cpu = sum(cpu_seconds(sim.pid) for sim in sims) - sims0
@@ -205,6 +216,16 @@ def point(workers: int, args: argparse.Namespace) -> tuple[float, float]:
             f" {cpu / elapsed * 100:3.0f}% (store process {store_cpu / elapsed * 100:.0f}%),"
             f" simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
             f" ({load()})",
+            flush=True,
+        )
+        # Jobs run while the client still submits compete with the submissions (a commit that
+        # inserts a whole array holds up the reports behind it): the two phases apart.
+        after = run.elapsed - run.submitted
+        print(
+            f"  {'':>5}          submitted in {run.submitted:.2f} s, {run.done_by_then} jobs done"
+            f" meanwhile ({run.done_by_then / run.submitted:.0f} jobs/s), the other"
+            f" {args.jobs - run.done_by_then} in {after:.2f} s"
+            f" ({(args.jobs - run.done_by_then) / after:.0f} jobs/s)",
             flush=True,
         )
         return rate, per_job_us
