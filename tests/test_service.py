@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
+import trio
 
 from burstd.controller import admission
+from burstd.controller import service as service_module
 from burstd.controller.service import ControllerService
-from burstd.controller.table import JobTable
+from burstd.controller.table import Job, JobTable, NewJob
 from proto.burst.v1 import job_pb2, worker_pb2
 
 
@@ -72,3 +76,69 @@ def test_varints_are_protobufs_own(value: int) -> None:
     """Array jobs' specs carry their index encoded here, beside protobuf's encoding of the rest."""
     encoded = job_pb2.JobSpec(array_index=value).SerializeToString()
     assert b"\x48" + admission.varint(value) == encoded  # array_index: field 9, a varint
+
+
+def test_an_array_is_made_a_slice_at_a_time_as_it_would_be_at_once() -> None:
+    """Admission validates an array once and makes its jobs only when asked for, a slice at a
+    time: each job's spec is the template's with its own index, as protobuf encodes it."""
+    template = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"), retries=2, name="a")
+    request = job_pb2.SubmitJobsRequest(template=template, array_start=126, array_count=5)
+    jobs = admission.admit_batch(request, admission.Limits())
+    assert len(jobs) == 5
+    expected = []
+    for index in range(126, 131):
+        spec = job_pb2.JobSpec()
+        spec.CopyFrom(template)
+        spec.array_index = index
+        expected.append(spec)
+    for part in (jobs[:2], jobs[2:]):
+        for job in part:
+            assert (job.retries, job.name) == (2, "a")
+    made = [*jobs[:2], *jobs[2:]]
+    assert [job_pb2.JobSpec.FromString(job.spec) for job in made] == expected
+    assert jobs[-1] == made[-1] and jobs[0] == made[0]
+    with pytest.raises(IndexError):
+        jobs[5]
+    # listed specs and an array in one call: the listed ones first
+    request.specs.append(template)
+    both = admission.admit_batch(request, admission.Limits())
+    assert [job.spec for job in both] == [template.SerializeToString(), *(j.spec for j in made)]
+
+
+async def test_a_large_submission_is_built_in_slices_with_other_calls_served_between(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Building a large submission's jobs takes passes of the event loop, not one long one:
+    other tasks run between its slices. It is queued whole, under consecutive ids."""
+    monkeypatch.setattr(service_module, "SUBMIT_SLICE", 2)
+    table = JobTable(track_changes=False)
+    log: list[str] = []
+    new_jobs = table.new_jobs
+
+    def logged(first: int, jobs: Sequence[NewJob], now: float) -> list[Job]:
+        log.append("slice")
+        assert not table.jobs  # nothing is queued until every slice is built
+        return new_jobs(first, jobs, now)
+
+    monkeypatch.setattr(table, "new_jobs", logged)
+    service = ControllerService(table)
+    template = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+    request = job_pb2.SubmitJobsRequest(template=template, array_count=5)
+    submitted: list[str] = []
+
+    async def other() -> None:
+        for _ in range(10):
+            log.append("other")
+            await trio.lowlevel.checkpoint()
+
+    async def submit() -> None:
+        submitted.extend((await service.submit_jobs(request, {})).job_ids)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(submit)
+        nursery.start_soon(other)
+    slices = [i for i, entry in enumerate(log) if entry == "slice"]
+    assert len(slices) == 3
+    assert "other" in log[slices[0] : slices[-1]]
+    assert submitted == [JobTable.format_id(n) for n in range(1, 6)]
+    assert list(table.jobs) == submitted

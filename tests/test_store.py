@@ -20,7 +20,9 @@ import pytest
 import trio
 
 from burstd import transport
+from burstd.controller import service as service_module
 from burstd.controller import store as store_module
+from burstd.controller import writer as writer_module
 from burstd.controller.service import WAIT_UPDATE_INTERVAL, ControllerService
 from burstd.controller.store import (
     DB_NAME,
@@ -326,6 +328,51 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match="schema version 99"):
         Store(state_dir)
+
+
+def test_a_store_of_schema_1_is_taken_on_as_schema_2(state_dir: Path) -> None:
+    store = Store(state_dir)
+    table = JobTable()
+    (job_id,) = submit(store, table, 1)
+    store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        db.execute("DROP TABLE staged")
+        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+    db.close()
+    store = Store(state_dir)
+    try:
+        assert [job.job_id for job in store.live_jobs()] == [job_id]
+        writes = Writes.open(store.path)
+        writes.write([], [], [], 2, begun=[(2, 5)])  # the staged table is there
+        writes.close()
+    finally:
+        store.close()
+    with sqlite3.connect(state_dir / DB_NAME) as db:
+        (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    db.close()
+    assert version == 2
+
+
+def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:
+    """Rows of a submission stored a slice per commit are not accepted until the commit that
+    ends its stage: a start after one cut short deletes them, and only them."""
+    store = Store(state_dir)
+    table = JobTable()
+    (accepted,) = submit(store, table, 1)
+    jobs = JobTable.new_jobs(table.number(4), [NewJob(SPEC)] * 4, 0.0)
+    cut = JobTable.new_jobs(table.number(3), [NewJob(SPEC)] * 3, 0.0)
+    writes = Writes.open(store.path)
+    writes.write([row(job) for job in jobs[:2]], [], [], table.next_id, begun=[(2, 6)])
+    writes.write([row(job) for job in cut[:2]], [], [], table.next_id, begun=[(6, 9)])
+    writes.write([row(job) for job in jobs[2:]], [], [], table.next_id, ended=[(2, 6)])
+    writes.close()
+    store.close()
+    store = Store(state_dir)
+    try:
+        assert [job.job_id for job in store.live_jobs()] == [accepted, *(j.job_id for j in jobs)]
+        assert store.next_id() == 9  # the numbers of the one cut short are not used again
+    finally:
+        store.close()
 
 
 def test_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
@@ -898,6 +945,88 @@ async def test_a_plain_report_echoes_no_lease_batch(store: Store) -> None:
         assert polled.lease_seq > 0 and len(polled.jobs) == 2
         response = await service.report_job_results(_success(first), {})
         assert response.lease_seq == 0 and not response.jobs
+
+
+def _array(count: int) -> job_pb2.SubmitJobsRequest:
+    return job_pb2.SubmitJobsRequest(template=_submit_request().spec, array_count=count)
+
+
+async def test_a_large_submission_is_stored_a_slice_per_commit_beside_the_reports(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission larger than a stage slice goes to the store a slice per commit, beside the
+    other changes: a worker's report made meanwhile is answered once its result is stored,
+    before the submission's last slice. Its jobs are queued only once all are stored."""
+    monkeypatch.setattr(writer_module, "STAGE_SLICE", 3)
+    monkeypatch.setattr(service_module, "STAGE_SLICE", 3)
+    table = JobTable()
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        poll = await _one_worker(service)
+        first = await _submit(service)
+        assert [job.job_id for job in (await service.poll_job(poll, {})).jobs] == [first]
+        commits: list[tuple[int, int]] = []
+        _record_commits(flaky, commits)
+
+        async def slow(commit: Commit) -> None:
+            await slow_commit(0.05)
+
+        flaky.before = slow
+        answered: list[str] = []
+        ids: list[str] = []
+
+        async def submit_array() -> None:
+            ids.extend((await service.submit_jobs(_array(7), {})).job_ids)
+            answered.append("submission")
+
+        async def report_meanwhile() -> None:
+            await trio.sleep(0.02)  # while the first slice is being written
+            assert list(table.jobs) == [first]  # nothing of the submission is queued yet
+            await service.report_job_results(_success(first), {})
+            answered.append("report")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit_array)
+            nursery.start_soon(report_meanwhile)
+        await writer.durable()
+    assert answered == ["report", "submission"]
+    assert [new for new, _ in commits if new] == [3, 3, 1]
+    assert ids == [JobTable.format_id(n) for n in range(2, 9)]
+    assert [job.job_id for job in store.live_jobs()] == ids
+    stored = store.get(first)
+    assert stored is not None and stored.state is JobState.SUCCEEDED
+
+
+async def test_a_staged_submission_whose_commit_fails_is_refused_whole(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All or nothing, also a slice at a time: when a commit fails after the first slice was
+    stored, the client is refused, nothing was queued, and a later commit deletes the slice."""
+    monkeypatch.setattr(writer_module, "STAGE_SLICE", 3)
+    monkeypatch.setattr(service_module, "STAGE_SLICE", 3)
+    table = JobTable(max_queued=10)
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        slices: list[int] = []
+
+        def full_after_the_first(commit: Commit) -> None:
+            slices.append(len(commit.new_rows))
+            flaky.full = True
+
+        flaky.after = full_after_the_first
+        with pytest.raises(transport.ResourceExhausted, match="disk is full"):
+            await service.submit_jobs(_array(7), {})
+        assert slices == [3]
+        assert not table.jobs and table.counts[JobState.QUEUED] == 0
+        flaky.full, flaky.after = False, lambda commit: None
+        later = await _submit_once_writable(service)
+        # the room it held is free again: the queue takes 9 more
+        await service.submit_jobs(_array(9), {})
+    live = [job.job_id for job in store.live_jobs()]
+    assert live[0] == later and len(live) == 10  # none of the refused submission's jobs
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM staged").fetchone() == (0,)
+    db.close()
 
 
 def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:

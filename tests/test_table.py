@@ -1388,3 +1388,33 @@ TestTableBiased.settings = SETTINGS
 def test_ids_in_bulk_are_the_ids_one_by_one(first: int, stop: int) -> None:
     # Across hundreds, from mid-hundred, empty, and past eight digits (where ids grow longer).
     assert format_ids(first, stop) == [JobTable.format_id(n) for n in range(first, stop)]
+
+
+def test_a_submission_built_in_slices_is_queued_whole_or_not_at_all() -> None:
+    """Jobs built from their numbers (``number``, ``new_jobs``) change nothing until ``enqueue``;
+    a queue that filled meanwhile refuses them all, and their numbers are not used again."""
+    table = JobTable(max_queued=3)
+    first = table.number(2)
+    jobs = [
+        *table.new_jobs(first, [NewJob(b"a")], 1.0),
+        *table.new_jobs(first + 1, [NewJob(b"b")], 1.0),
+    ]
+    assert not table.jobs and table.counts[JobState.QUEUED] == 0
+    table.submit([NewJob(b"c"), NewJob(b"d")], 2.0)
+    with pytest.raises(QueueFull):
+        table.enqueue(jobs)
+    assert list(table.jobs) == ["job-00000003", "job-00000004"]
+    assert table.counts[JobState.QUEUED] == 2
+    assert table.enqueue(jobs[:1]) == ["job-00000001"]
+    assert [job.spec for job in table.iter_jobs()] == [b"a", b"c", b"d"]
+
+
+def test_room_held_for_a_submission_being_stored_counts_until_released() -> None:
+    table = JobTable(max_queued=5)
+    with table.room(4):
+        with pytest.raises(QueueFull, match="0 queued and 4 being submitted, 2 more"):
+            table.submit([NewJob(b"a"), NewJob(b"b")], 0.0)
+        table.submit([NewJob(b"c")], 0.0)
+    assert table.held_room == 0
+    table.submit([NewJob(b"d")] * 4, 0.0)
+    assert table.counts[JobState.QUEUED] == 5

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import overload
 
 from burstd.controller.table import NewJob
 from proto.burst.v1 import job_pb2
@@ -106,7 +107,36 @@ def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     return NewJob(_checked(spec, "spec", limits), spec.retries, spec.name)
 
 
-def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> list[NewJob]:
+class ArrayJobs(Sequence[NewJob]):
+    """The jobs of an array, each made when asked for: a caller builds a large array a slice
+    at a time (``jobs[i:j]``), and until then it costs nothing."""
+
+    def __init__(self, prefix: bytes, start: int, count: int, retries: int, name: str) -> None:
+        self._prefix, self._start, self._count = prefix, start, count
+        self._retries, self._name = retries, name
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> NewJob: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[NewJob]: ...
+
+    def __getitem__(self, index: int | slice) -> NewJob | list[NewJob]:
+        if isinstance(index, slice):
+            prefix, retries, name = self._prefix, self._retries, self._name
+            return [
+                NewJob(prefix + varint(self._start + i), retries, name)
+                for i in range(*index.indices(self._count))
+            ]
+        if not -self._count <= index < self._count:
+            raise IndexError("array job index out of range")
+        return self[index : index + 1 or None][0]
+
+
+def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[NewJob]:
     """The jobs of a SubmitJobs call: the listed specs, then the template's array or entries.
 
     Array and entry jobs share the template's encoding with one field appended (protobuf keeps
@@ -135,10 +165,10 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> list[NewJ
         start = request.array_start
         if start < 0 or start + request.array_count > 2**63:
             raise SpecError("array_start: out of range")
-        prefix = base + _ARRAY_INDEX_TAG
-        jobs.extend(
-            NewJob(prefix + varint(start + i), retries, name) for i in range(request.array_count)
-        )
+        array = ArrayJobs(base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name)
+        if not jobs:
+            return array
+        jobs.extend(array[:])
     else:
         for i, entry in enumerate(request.entries):
             _no_nul(f"entries[{i}]", entry)

@@ -23,14 +23,14 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from burstd.controller.store_process import StoreProcess
 from burstd.controller.table import Job, JobState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the staged table (1 is migrated when opened)
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -59,6 +59,9 @@ _COLUMNS = (
     "stolen",
 )
 _MUTABLE = _COLUMNS[5:]
+# Large submissions being stored a slice per commit (``StoreWriter.stage``): the numbers from
+# ``first`` to ``stop`` (excluded) are not accepted yet, and a start deletes them.
+_STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL);"
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -85,6 +88,7 @@ CREATE TABLE jobs (
     stolen INTEGER NOT NULL
 );
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at > 0;
+{_STAGED}
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
 PRAGMA application_id = {APPLICATION_ID};
@@ -123,6 +127,11 @@ class Commit(NamedTuple):
     changed_rows: list[tuple[object, ...]]
     leased_rows: list[tuple[object, ...]]
     next_id: int
+    # Staged submissions (first, stop): begun in this commit, ended by it (their last rows are
+    # in ``new_rows``), and dropped (their rows deleted: the submission was refused).
+    begun: Sequence[tuple[int, int]] = ()
+    ended: Sequence[tuple[int, int]] = ()
+    dropped: Sequence[tuple[int, int]] = ()
 
 
 class StoreError(Exception):
@@ -240,6 +249,7 @@ class Store:
                 # result moved a row in that index, which doubled the store's CPU per job, and
                 # only a restart read it (which scans the table for its counts anyway).
                 db.execute("DROP INDEX IF EXISTS jobs_live")
+                self._drop_unfinished_stages(db)
             db.execute("PRAGMA journal_mode=WAL")
         except sqlite3.DatabaseError as error:
             db.close()  # and with it a half-done creation, rolled back
@@ -258,10 +268,23 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version != SCHEMA_VERSION:
+        if version == 1:
+            with _transaction(db):
+                db.execute(_STAGED)
+                db.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
+                )
+        elif version != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path}: schema version {version}, this burst reads {SCHEMA_VERSION}"
             )
+
+    @staticmethod
+    def _drop_unfinished_stages(db: sqlite3.Connection) -> None:
+        """A large submission whose storing was cut short was never accepted: its rows go."""
+        with _transaction(db):
+            for first, stop in db.execute("SELECT first, stop FROM staged").fetchall():
+                _drop_stage(db, first, stop)
 
     @staticmethod
     def _meta(db: sqlite3.Connection, key: str) -> int:
@@ -370,14 +393,22 @@ class Writes:
         changed_rows: Sequence[tuple[object, ...]],
         leased_rows: Sequence[tuple[object, ...]],
         next_id: int,
+        begun: Sequence[tuple[int, int]] = (),
+        ended: Sequence[tuple[int, int]] = (),
+        dropped: Sequence[tuple[int, int]] = (),
     ) -> None:
         """One transaction: insert new jobs (``row``), update changed ones (``changed_row``) and
-        leased ones (``leased_row``), advance the id counter. The rows come built: the writer
-        reads them off the jobs before it sends them, so none is read half-changed."""
+        leased ones (``leased_row``), advance the id counter, and mark staged submissions begun,
+        ended or dropped (see ``Commit``). The rows come built: the writer reads them off the
+        jobs before it sends them, so none is read half-changed."""
         with self._transaction() as db:
+            for first, stop in dropped:
+                _drop_stage(db, first, stop)
+            db.executemany("INSERT INTO staged VALUES (?, ?)", begun)
             db.executemany(_INSERT, new_rows)
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
+            db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
 
     def forget(self, nums: list[int]) -> dict[str, int]:
@@ -393,16 +424,24 @@ class Writes:
         with self._transaction() as db:
             return dict(Counter(state for (state,) in db.execute(query, params)))
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
-            # rollback would fail and hide the error that matters.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+    def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        return _transaction(self._db)
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        # SQLite rolls back by itself on some errors (a full disk at COMMIT): a second
+        # rollback would fail and hide the error that matters.
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _drop_stage(db: sqlite3.Connection, first: int, stop: int) -> None:
+    db.execute("DELETE FROM jobs WHERE num >= ? AND num < ?", (first, stop))
+    db.execute("DELETE FROM staged WHERE first = ?", (first,))

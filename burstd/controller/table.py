@@ -24,9 +24,10 @@ Rules (the promises of the design, section 5):
    is queued and routed at once, but it counts as accepted only once stored: a worker hears of
    it (and the client of its id) only after the commit that holds it, so one commit covers a
    job's submission and its first lease. If that commit fails, ``withdraw`` takes the job back
-   as if it had never been submitted (its id is not reused). After a restart ``restore`` takes
-   back the live jobs, and leases whose worker has not re-registered (orphans) go back to the
-   queue once the lease TTL has passed.
+   as if it had never been submitted (its id is not reused). A large submission is stored
+   first and queued after (``new_jobs``, then ``enqueue(stored=True)``), holding its ``room``
+   meanwhile. After a restart ``restore`` takes back the live jobs, and leases whose worker
+   has not re-registered (orphans) go back to the queue once the lease TTL has passed.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -41,6 +42,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -297,6 +299,8 @@ class JobTable:
         # Jobs whose lease from the queue is their only change: the store need not rewrite the
         # columns a lease leaves alone (most jobs are leased in another commit than their insert).
         self.leased: dict[str, Job] = {}
+        # Queue room held for submissions not queued yet (``room``).
+        self.held_room = 0
         # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
         self.orphans: dict[str, float] = {}
 
@@ -363,21 +367,56 @@ class JobTable:
 
         With a store, the jobs are accepted once stored (see rule 7 and ``withdraw``).
         """
+        self.check_room(len(new_jobs))
+        return self.enqueue(self.new_jobs(self.number(len(new_jobs)), new_jobs, now))
+
+    def check_room(self, count: int) -> None:
+        """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
         queued = self.counts[JobState.QUEUED]
-        if queued + len(new_jobs) > self.max_queued:
+        if queued + self.held_room + count > self.max_queued:
+            being = f" and {self.held_room} being submitted" if self.held_room else ""
             raise QueueFull(
-                f"queue is full: {queued} queued, "
-                f"{len(new_jobs)} more would exceed the limit of {self.max_queued}"
+                f"queue is full: {queued} queued{being}, "
+                f"{count} more would exceed the limit of {self.max_queued}"
             )
+
+    @contextmanager
+    def room(self, count: int) -> Iterator[None]:
+        """Hold room in the queue for ``count`` jobs (QueueFull if there is none) until the
+        block ends: a submission being stored before it is queued (a staged one) keeps it."""
+        self.check_room(count)
+        self.held_room += count
+        try:
+            yield
+        finally:
+            self.held_room -= count
+
+    def number(self, count: int) -> int:
+        """Take the numbers of ``count`` new jobs; returns the first. A number is never used
+        again, also when its job is not queued after all."""
         first = self.next_id
-        self.next_id += len(new_jobs)
-        ids = format_ids(first, self.next_id)
-        jobs = [
+        self.next_id += count
+        return first
+
+    @staticmethod
+    def new_jobs(first: int, new_jobs: Sequence[NewJob], now: float) -> list[Job]:
+        """The jobs numbered from ``first`` (see ``number``) for these submissions. Nothing
+        changes until ``enqueue`` takes them: a large submission may be built in slices."""
+        stop = first + len(new_jobs)
+        return [
             Job(job_id, num, new.spec, new.retries, new.name, now)
-            for job_id, num, new in zip(ids, range(first, self.next_id), new_jobs, strict=True)
+            for job_id, num, new in zip(
+                format_ids(first, stop), range(first, stop), new_jobs, strict=True
+            )
         ]
+
+    def enqueue(self, jobs: list[Job], *, stored: bool = False) -> list[str]:
+        """Queue jobs from ``new_jobs``, every one or none (QueueFull); returns their ids.
+        ``stored``: the store holds them already (a staged submission), as they are now."""
+        self.check_room(len(jobs))
+        ids = [job.job_id for job in jobs]
         self.jobs.update(zip(ids, jobs, strict=True))
-        if self.track_changes:
+        if self.track_changes and not stored:
             self.new.update(zip(ids, jobs, strict=True))
         self._queue.extend(jobs)
         self.counts[JobState.QUEUED] += len(jobs)

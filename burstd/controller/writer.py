@@ -6,6 +6,10 @@ only once they are on disk, so nothing is handed out and then forgotten by a res
 change that arrives while a commit is running goes into the next one: under load one fsync covers
 thousands of jobs, and a job submitted and leased before its commit is written once.
 
+A submission larger than STAGE_SLICE is staged instead (``stage``): stored a slice per commit
+before it is queued, so that no commit holds every report up for the whole submission; a
+restart deletes a stage cut short, so a submission is stored whole or not at all.
+
 When the disk is full (or any write fails), every caller waiting at that moment gets
 ``StoreUnavailable``, and the submitted jobs not stored yet are withdrawn from the table (their
 clients are refused); other changes stay in memory (running jobs continue) and the writer
@@ -14,9 +18,11 @@ retries them with a back-off.
 
 from __future__ import annotations
 
+import collections
 import math
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import trio
@@ -26,15 +32,33 @@ from burstd.controller.store import Commit, Store, changed_row, leased_row, row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
+# Jobs of a staged submission stored per commit (~30 ms of SQLite's time): see ``stage``.
+STAGE_SLICE = 5_000
 
 
 class _Sent(NamedTuple):
     """The changes of the commit sent last, and the generation it makes durable."""
 
+    number: int  # commits are numbered from 1, in the order they are sent
     generation: int
     new: list[Job]
     changed: list[Job]
     leased: list[Job]
+    dropped: list[tuple[int, int]]  # staged submissions whose rows it deletes
+
+
+@dataclass(eq=False)
+class _Stage:
+    """A large submission being stored a slice per commit (``StoreWriter.stage``)."""
+
+    jobs: list[Job]
+    sent: int = 0  # how many of its jobs went to the store so far
+    last_commit: int = 0  # the commit with its last slice, once that is sent
+    failed: str = ""  # why it was refused
+
+    @property
+    def numbers(self) -> tuple[int, int]:
+        return self.jobs[0].num, self.jobs[-1].num + 1
 
 
 class StoreUnavailable(Exception):
@@ -54,7 +78,15 @@ class StoreWriter:
         # The ids of the jobs that commit stores: built when a poll first asks, as most commits
         # are never asked (building it for each cost as much as a job's row).
         self._taking: set[str] | None = None
-        self._sent = _Sent(0, [], [], [])
+        self._sent = _Sent(0, 0, [], [], [], [])
+        self._sends = 0
+        self._finished = 0  # the last commit written or failed
+        # Staged submissions waiting for their slices, then those whose last slice is sent.
+        self._stages: collections.deque[_Stage] = collections.deque()
+        self._ending: list[_Stage] = []
+        # Staged submissions refused (their rows may be stored in part): the next commit
+        # deletes them.
+        self._dropped: list[tuple[int, int]] = []
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
         self._stopped = False
@@ -89,9 +121,25 @@ class StoreWriter:
         else:
             await trio.lowlevel.checkpoint()
 
+    async def stage(self, jobs: list[Job]) -> None:
+        """Store a large submission's jobs, not yet in the table, a slice per commit beside the
+        other changes: no commit holds everyone up for a whole large submission. Returns once
+        all are stored; until then a restart deletes them (the ``staged`` table), so a
+        submission is stored whole or not at all. Raises ``StoreUnavailable`` if a commit fails
+        meanwhile (a later commit deletes what was stored) or the writer stops."""
+        stage = _Stage(jobs)
+        self._stages.append(stage)
+        self._wake.set()
+        while not stage.failed and not 0 < stage.last_commit <= self._finished:
+            if self._stopped:
+                raise StoreUnavailable("the controller is stopping: not stored")
+            await self._done.wait()
+        if stage.failed:
+            raise StoreUnavailable(stage.failed)
+
     def _taken_ids(self) -> set[str]:
         if self._taking is None:
-            _, new, changed, leased = self._sent
+            _, _, new, changed, leased, _ = self._sent
             self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
         return self._taking
 
@@ -121,7 +169,16 @@ class StoreWriter:
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
-                _, new, changed, leased = self._sent
+                _, _, new, changed, leased, dropped = self._sent
+                self._finished = self._sends
+                # Staged submissions are refused too; what they stored goes with a later commit.
+                self._dropped[:0] = dropped
+                for stage in (*self._ending, *self._stages):
+                    stage.failed = message
+                    if stage.sent:
+                        self._dropped.append(stage.numbers)
+                self._ending.clear()
+                self._stages.clear()
                 for job in (*changed, *leased):
                     self.table.dirty.setdefault(job.job_id, job)
                 # After the lines above: a withdrawn job (new, perhaps changed too) is not dirty.
@@ -160,14 +217,34 @@ class StoreWriter:
         generation = self._taken = self._generation
         new, changed, leased = self.table.take_changes()
         self._taking = None
-        self._sent = _Sent(generation, new, changed, leased)
+        self._sends += 1
+        dropped, self._dropped = self._dropped, []
+        self._sent = _Sent(self._sends, generation, new, changed, leased, dropped)
         # Rows are built before the first await, so the store never sees a job half-changed.
+        rows = [row(job) for job in new]
+        begun, ended = [], []
+        if self._stages:
+            stage = self._stages[0]
+            if not stage.sent:
+                begun.append(stage.numbers)
+            part = stage.jobs[stage.sent : stage.sent + STAGE_SLICE]
+            stage.sent += len(part)
+            rows += map(row, part)
+            if stage.sent == len(stage.jobs):
+                ended.append(stage.numbers)
+                stage.last_commit = self._sends
+                self._ending.append(self._stages.popleft())
+            if self._stages:
+                self._wake.set()  # the next slice goes in the next commit
         await self.store.send(
             Commit(
-                [row(job) for job in new],
+                rows,
                 [changed_row(job) for job in changed],
                 [leased_row(job) for job in leased],
                 self.table.next_id,
+                begun,
+                ended,
+                dropped,
             )
         )
 
@@ -176,6 +253,8 @@ class StoreWriter:
             logger.info("the state store is writable again")
             self._failed = None
         self._committed = sent.generation
+        self._finished = sent.number
+        self._ending = [stage for stage in self._ending if stage.last_commit > sent.number]
         self._signal()
         # A new job that ended before its first commit is among the changed ones too.
         self.table.evict(job for job in sent.changed if job.state in TERMINAL)
