@@ -375,6 +375,26 @@ def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_di
         store.close()
 
 
+def test_reads_leave_out_a_submission_still_being_staged(store: Store) -> None:
+    """Status and list read a staged submission's rows only once its last slice is stored: until
+    then it is not accepted (a restart would delete it), and its client has no ids yet."""
+    table = JobTable()
+    (accepted,) = submit(store, table, 1)
+    jobs = JobTable.new_jobs(table.number(3), [NewJob(SPEC)] * 3, 0.0)
+    ids = [job.job_id for job in jobs]
+    writes = Writes.open(store.path)
+    try:
+        writes.write([row(job) for job in jobs[:2]], [], [], table.next_id, begun=[(2, 5)])
+        assert [job.job_id for job in store.list(None, "", 10)] == [accepted]
+        assert [job.job_id for job in store.list("queued", "", 10)] == [accepted]
+        assert [job.job_id for job in store.get_many([accepted, *ids])] == [accepted]
+        writes.write([row(jobs[2])], [], [], table.next_id, ended=[(2, 5)])
+    finally:
+        writes.close()
+    assert [job.job_id for job in store.list(None, "", 10)] == [accepted, *ids]
+    assert [job.job_id for job in store.get_many(ids)] == ids
+
+
 def test_state_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "state"
     not_a_dir.write_text("x")

@@ -117,6 +117,8 @@ _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num 
 _LEASED = ("state", "attempt", "worker_id")
 _UPDATE_LEASED = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _LEASED)} WHERE num = ?"
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+# Reads leave out the rows of a submission still being staged: it is not accepted yet.
+_ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)"
 _LIVE = ("queued", "leased", "running")
 
 
@@ -323,7 +325,8 @@ class Store:
             except ValueError:
                 continue
         rows = self._read.execute(
-            f"{_SELECT} WHERE num IN (SELECT value FROM json_each(?))", (json.dumps(nums),)
+            f"{_SELECT} WHERE num IN (SELECT value FROM json_each(?)) AND {_ACCEPTED}",
+            (json.dumps(nums),),
         )
         return [_job(row) for row in rows]
 
@@ -331,11 +334,12 @@ class Store:
         start = job_number(after) if after else 0
         if state is None:
             rows = self._read.execute(
-                f"{_SELECT} WHERE num > ? ORDER BY num LIMIT ?", (start, limit)
+                f"{_SELECT} WHERE num > ? AND {_ACCEPTED} ORDER BY num LIMIT ?", (start, limit)
             )
         else:
             rows = self._read.execute(
-                f"{_SELECT} WHERE num > ? AND state = ? ORDER BY num LIMIT ?", (start, state, limit)
+                f"{_SELECT} WHERE num > ? AND state = ? AND {_ACCEPTED} ORDER BY num LIMIT ?",
+                (start, state, limit),
             )
         return [_job(row) for row in rows]
 
