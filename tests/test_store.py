@@ -1017,6 +1017,44 @@ async def test_a_large_submission_is_stored_a_slice_per_commit_beside_the_report
     assert stored is not None and stored.state is JobState.SUCCEEDED
 
 
+async def test_a_submission_staged_when_the_writer_stops_is_refused_and_gone_after_a_restart(
+    store: Store, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A controller that stops after the first slice of a staged submission was stored refuses
+    the client, and its next start deletes that slice: the submission was never accepted."""
+    monkeypatch.setattr(writer_module, "STAGE_SLICE", 3)
+    monkeypatch.setattr(service_module, "STAGE_SLICE", 3)
+    table = JobTable()
+    sliced = trio.Event()
+    refused: list[str] = []
+
+    async def submit(service: ControllerService) -> None:
+        with pytest.raises(transport.ResourceExhausted) as error:
+            await service.submit_jobs(_array(7), {})
+        refused.append(error.value.message)
+
+    async with trio.open_nursery() as clients, running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        accepted = await _submit(service)
+
+        async def hold_after_the_first(commit: Commit) -> None:
+            if sliced.is_set():
+                await trio.sleep_forever()  # the controller stops meanwhile
+
+        def first_slice(commit: Commit) -> None:
+            if len(commit.new_rows) == 3:
+                sliced.set()
+
+        flaky.before, flaky.after = hold_after_the_first, first_slice
+        clients.start_soon(submit, service)
+        await sliced.wait()
+    assert refused == ["the controller is stopping: not stored"]
+    assert list(table.jobs) == [accepted]
+    store.close()
+    store.__init__(state_dir)  # type: ignore[misc]
+    assert [job.job_id for job in store.live_jobs()] == [accepted]
+
+
 async def test_a_staged_submission_whose_commit_fails_is_refused_whole(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
