@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from burstd.controller.store import Commit, Store, row
 from burstd.controller.table import JobTable, NewJob
+from burstd.controller.writer import StoreWriter
 
 SPEC = b"\n\x06\n\x04true"
 
@@ -91,3 +94,15 @@ async def test_close_leaves_no_store_process(tmp_path: Path) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     Store(tmp_path / "state").close()  # and the state directory is free again
+
+
+async def test_the_store_process_starts_with_the_writer_before_any_write(store: Store) -> None:
+    """The first commit would otherwise wait for a Python to start (~0.4 s): every job of a
+    freshly started controller's first submission waited for it."""
+    assert store.process_id is None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(StoreWriter(store, JobTable(track_changes=True)).run)
+        await trio.testing.wait_all_tasks_blocked()
+        pid = store.process_id
+        assert pid is not None and _alive(pid)
+        nursery.cancel_scope.cancel()

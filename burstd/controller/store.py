@@ -355,6 +355,10 @@ class Store:
         """The store process's id while it runs."""
         return self._writes.pid
 
+    def start_writes(self) -> None:
+        """Start the store process now rather than at the first write (``StoreProcess.start``)."""
+        self._writes.start()
+
     async def send(self, commit: Commit) -> None:
         """Start ``Writes.write`` of the commit's rows in the store process."""
         await self._writes.send("write", *commit)

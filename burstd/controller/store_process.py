@@ -65,7 +65,11 @@ class StoreProcess:
         """The child's process id while it runs (benchmarks add its CPU to the controller's)."""
         return self._child.pid if self._child is not None else None
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the child unless one runs (a call starts it too): the store writer starts it
+        with the controller, so that the first commit does not wait for a Python to start."""
+        if self._child is not None:
+            return
         root = str(Path(burstd.__file__).resolve().parent.parent)
         python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         child_in, requests = os.pipe()
@@ -100,8 +104,7 @@ class StoreProcess:
         ``receive`` is: a request sent is waited for (a caller never stops between a change
         written and its acknowledgement)."""
         with trio.CancelScope(shield=True):
-            if self._child is None:
-                self._start()
+            self.start()
             request = marshal.dumps((operation, args))
             try:
                 await self._send(_HEADER.pack(len(request)) + request)
