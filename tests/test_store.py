@@ -245,9 +245,12 @@ def test_a_job_changed_before_its_first_commit_is_stored_whole(state_dir: Path) 
         store.close()
 
 
-def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Path) -> None:
-    """A lease, start or result rewrites one row and at most the finished-time index: the live
-    state index of older stores (which doubled the CPU per job) goes at the next start."""
+def test_no_index_moves_with_every_lease_or_result_and_old_ones_are_dropped(
+    state_dir: Path,
+) -> None:
+    """A lease, start or result rewrites one row and no index: the live state index of older
+    stores (which doubled the CPU per job) and their end time index (a third of a result's
+    update; pruning reads a range of job numbers instead) go at the next start."""
     store = Store(state_dir)
     ids = submit(store, JobTable(), 2)
     store.close()
@@ -260,18 +263,20 @@ def test_no_index_moves_with_every_lease_and_an_old_one_is_dropped(state_dir: Pa
         db.close()
         return {name for (name,) in rows}
 
-    assert indexes() == {"jobs_finished"}
-    with sqlite3.connect(state_dir / DB_NAME) as db:  # as the first schema made it
+    assert indexes() == set()
+    with sqlite3.connect(state_dir / DB_NAME) as db:  # as the first schemas made them
         db.execute(
             "CREATE INDEX jobs_live ON jobs (state) WHERE state IN ('queued', 'leased', 'running')"
         )
+        db.execute("CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at > 0")
     db.close()
+    assert indexes() == {"jobs_live", "jobs_finished"}
     store = Store(state_dir)
     try:
         assert [job.job_id for job in store.live_jobs()] == ids
     finally:
         store.close()
-    assert indexes() == {"jobs_finished"}
+    assert indexes() == set()
 
 
 def test_a_first_start_cut_short_leaves_a_store_the_next_start_creates(
@@ -442,6 +447,28 @@ async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) 
     }
     assert {job.job_id for job in store.live_jobs()} == set(left)
     assert await store.forget_finished(1e12) == Counter()
+
+
+async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store) -> None:
+    """Pruning reads the rows submitted before the time given (a range of job numbers): a job
+    submitted earlier that still runs neither stops it nor goes."""
+    table = JobTable(max_queued=100)
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    (running,) = submit(store, table, 1, now=1.0)  # leased to w1, never reported
+    table.register("w2", slots=3, capacity=3, now=0.0)
+    early, late, leased = submit(store, table, 3, now=2.0)
+    newest = submit(store, table, 1, now=7.0)[0]
+    table.lease("w1", 1, 2.0)
+    table.lease("w2", 3, 2.0)
+    assert report(table, early, now=3.0) is ReportOutcome.ACCEPTED
+    assert report(table, late, now=6.0) is ReportOutcome.ACCEPTED
+    table.lease("w2", 3, 7.0)
+    assert report(table, newest, now=8.0) is ReportOutcome.ACCEPTED
+    persist(store, table)
+    assert await store.forget_finished(7.5) == Counter({"succeeded": 2})
+    left = {job.job_id for job in store.list(None, "", 100)}
+    assert left == {running, leased, newest}
+    assert await store.forget_finished(100.0) == Counter({"succeeded": 1})
 
 
 # -- restart: restore and orphans -------------------------------------------------------------
