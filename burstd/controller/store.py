@@ -1,7 +1,7 @@
 """The controller's durable store: every job, in SQLite (WAL mode) in the state directory.
 
 Reads are plain synchronous code (the controller calls them from a worker thread). Writes are
-awaited: ``Writes`` carries them out in the store process (``burstd.controller.store_process``),
+awaited: ``Writes`` carries them out in the store process (``burstd.controller.store_child``),
 one transaction per group commit (see ``burstd.controller.writer``). What it promises:
 
 - A write returns only when it is on disk (``synchronous=FULL``): what was acknowledged after it
@@ -25,10 +25,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from burstd.controller.store_process import StoreProcess
 from burstd.controller.table import Job, JobState
+
+if TYPE_CHECKING:
+    from burstd.controller.store_process import StoreProcess
 
 SCHEMA_VERSION = 2  # 2: the staged table (1 is migrated when opened)
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
@@ -218,7 +220,11 @@ class Store:
         except BaseException:
             os.close(self._lock)
             raise
-        self._writes = StoreProcess(self.path, self._lock)
+        # Imported here, not with the module: the store process imports this module for
+        # ``Writes``, and starts faster without trio (see ``store_child``).
+        from burstd.controller.store_process import StoreProcess
+
+        self._writes: StoreProcess = StoreProcess(self.path, self._lock)
 
     def _take_lock(self) -> bool:
         """The store process of a controller that was just killed holds the lock until its
@@ -350,7 +356,7 @@ class Store:
             self._read.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
         )
 
-    # -- writes: in the store process (``burstd.controller.store_process``) -----------------
+    # -- writes: in the store process (``burstd.controller.store_child``) -------------------
 
     @property
     def process_id(self) -> int | None:

@@ -1,9 +1,10 @@
-"""The store's writes, run by a child process: the parent's proxy and the child's loop.
+"""The store's writes, run by a child process: the controller's end of its pipes.
 
 Why a process: SQLite's work for a job (insert, lease, result) costs about as much CPU as the rest
 of the controller's job path, and under CPython's GIL a thread cannot run it beside the event loop.
 A child process runs it on another core; the parent only encodes each commit's rows (marshal,
-under a microsecond a row) and waits for the reply on the event loop.
+under a microsecond a row) and waits for the reply on the event loop. The child's program is
+``burstd.controller.store_child``.
 
 What it promises (the same as writing in-process, see ``burstd.controller.store``):
 
@@ -24,23 +25,17 @@ from __future__ import annotations
 
 import marshal
 import os
-import signal
 import sqlite3
-import struct
 import subprocess
 import sys
-import traceback
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import trio
 
 import burstd
+from burstd.controller.store_child import HEADER
 
-if TYPE_CHECKING:
-    from burstd.controller.store import Writes
-
-_HEADER = struct.Struct("<Q")
 # How long ``close`` waits for the child to finish a transaction before killing it.
 CLOSE_TIMEOUT = 10.0
 
@@ -76,7 +71,7 @@ class StoreProcess:
         replies, child_out = os.pipe()
         try:
             self._child = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(self.path)],
+                [sys.executable, "-m", "burstd.controller.store_child", str(self.path)],
                 stdin=child_in,
                 stdout=child_out,
                 # The child holds the lock by having the locked file open: nothing to do with it.
@@ -107,7 +102,7 @@ class StoreProcess:
             self.start()
             request = marshal.dumps((operation, args))
             try:
-                await self._send(_HEADER.pack(len(request)) + request)
+                await self._send(HEADER.pack(len(request)) + request)
             except BrokenPipeError:
                 self._died()
 
@@ -138,13 +133,13 @@ class StoreProcess:
 
     async def _receive_frame(self) -> bytes:
         buffer = self._buffer
-        while len(buffer) < _HEADER.size:
+        while len(buffer) < HEADER.size:
             await self._fill()
-        (size,) = _HEADER.unpack_from(buffer)
-        while len(buffer) < _HEADER.size + size:
+        (size,) = HEADER.unpack_from(buffer)
+        while len(buffer) < HEADER.size + size:
             await self._fill()
-        frame = bytes(buffer[_HEADER.size : _HEADER.size + size])
-        del buffer[: _HEADER.size + size]
+        frame = bytes(buffer[HEADER.size : HEADER.size + size])
+        del buffer[: HEADER.size + size]
         return frame
 
     async def _fill(self) -> None:
@@ -174,58 +169,3 @@ class StoreProcess:
         except subprocess.TimeoutExpired:
             child.kill()
             return child.wait()
-
-
-def _read_frame(stream: IO[bytes]) -> bytes:
-    """One frame of the child's input (a blocking read: the child has nothing else to do)."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError
-    (size,) = _HEADER.unpack(header)
-    data = stream.read(size)
-    if len(data) < size:
-        raise EOFError
-    return data
-
-
-def serve(writes: Writes, requests: IO[bytes], replies: IO[bytes]) -> None:
-    """The child's loop: one request at a time until the parent closes its end."""
-    while True:
-        try:
-            operation, args = marshal.loads(_read_frame(requests))
-        except EOFError:
-            return
-        try:
-            reply = (True, getattr(writes, operation)(*args))
-        except sqlite3.Error as error:
-            reply = (False, str(error))
-        except Exception as error:  # a bug: fail this call, say where, and serve the next
-            traceback.print_exc()
-            reply = (False, f"{type(error).__name__}: {error}")
-        data = marshal.dumps(reply)
-        try:
-            replies.write(_HEADER.pack(len(data)) + data)
-            replies.flush()
-        except BrokenPipeError:  # the parent is gone: nobody waits for the reply
-            return
-
-
-def main() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Imported here: the parent imports this module from the store, not the other way round.
-    from burstd.controller.store import Writes
-
-    (path,) = sys.argv[1:]
-    requests, replies = sys.stdin.buffer, sys.stdout.buffer
-    # Nothing else may write into the reply stream.
-    sys.stdout = sys.stderr
-    writes = Writes.open(Path(path))
-    try:
-        serve(writes, requests, replies)
-    finally:
-        writes.close()
-
-
-if __name__ == "__main__":
-    main()

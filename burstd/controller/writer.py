@@ -144,7 +144,7 @@ class StoreWriter:
         return self._taking
 
     async def run(self) -> None:
-        # The first commit would otherwise wait for the store process to start (~0.4 s).
+        # The first commit would otherwise wait for the store process to start (~0.1 s).
         self.store.start_writes()
         try:
             await self._run()
