@@ -1409,6 +1409,21 @@ def test_a_submission_built_in_slices_is_queued_whole_or_not_at_all() -> None:
     assert [job.spec for job in table.iter_jobs()] == [b"a", b"c", b"d"]
 
 
+def test_a_stored_submission_is_queued_even_if_returning_jobs_filled_the_queue() -> None:
+    """A staged submission is stored under the room it held; jobs going back to the queue meanwhile
+    (a lost worker's) do not ask for room. Refused then, it would stay stored, and come back
+    after a restart: it is queued."""
+    table = JobTable(max_queued=2)
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    table.submit([NewJob(b"a")], 0.0)  # leased to w1
+    with table.room(2):
+        jobs = table.new_jobs(table.number(2), [NewJob(b"b"), NewJob(b"c")], 0.0)
+        table.remove_worker("w1", 1.0)  # its job goes back to the queue
+    assert table.counts[JobState.QUEUED] == 1
+    assert table.enqueue(jobs, stored=True) == ["job-00000002", "job-00000003"]
+    assert table.counts[JobState.QUEUED] == 3
+
+
 def test_room_held_for_a_submission_being_stored_counts_until_released() -> None:
     table = JobTable(max_queued=5)
     with table.room(4):

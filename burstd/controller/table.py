@@ -412,8 +412,12 @@ class JobTable:
 
     def enqueue(self, jobs: list[Job], *, stored: bool = False) -> list[str]:
         """Queue jobs from ``new_jobs``, every one or none (QueueFull); returns their ids.
-        ``stored``: the store holds them already (a staged submission), as they are now."""
-        self.check_room(len(jobs))
+        ``stored``: the store holds them already (a staged submission, whose ``room`` was held
+        while it was stored), as they are now: they are queued whatever the queue holds now,
+        as a refusal would leave them stored, and back after a restart. (Jobs going back to
+        the queue, lost or retried, do not ask for room, so the queue may have filled.)"""
+        if not stored:
+            self.check_room(len(jobs))
         ids = [job.job_id for job in jobs]
         self.jobs.update(zip(ids, jobs, strict=True))
         if self.track_changes and not stored:
