@@ -460,6 +460,10 @@ class _Wakeup:
         self._task = None  # cancelled: rescheduled by trio, it must not be woken again
         return trio.lowlevel.Abort.SUCCEEDED
 
+    @property
+    def waiting(self) -> bool:
+        return self._task is not None
+
     def wake(self) -> None:
         if self._task is not None:
             trio.lowlevel.reschedule(self._task)
@@ -487,6 +491,7 @@ class _Stream:
         "reset",
         "response_started",
         "stream_id",
+        "take_message",
     )
 
     def __init__(self, socket_: _Socket, stream_id: int) -> None:
@@ -501,6 +506,9 @@ class _Stream:
         self.response_started = False  # server side: the reply's headers are out
         self.cancel_scope: trio.CancelScope | None = None  # server side: the handler's scope
         self.request: RequestReceived | None = None  # server side: the call's headers
+        # Takes a message at once, in the connection's reader (True if it did), instead of
+        # queueing it for the call's task: a Calls stream's (``_serve_mux``, ``_Mux``).
+        self.take_message: Callable[[bytes], bool] | None = None
 
     def put(self, event: object) -> None:
         """Hand an event from the connection's reader to the call."""
@@ -573,6 +581,22 @@ class _Stream:
             if last:
                 break
         self._socket.flush()
+
+    def send_now(self, data: bytes) -> bool:
+        """Send one message at once if the flow-control window takes it whole; False (nothing
+        sent) if it must wait, through ``send_bytes``."""
+        connection = self._socket.grpc
+        size = _MESSAGE_PREFIX.size + len(data)
+        if (
+            self.reset
+            or self._lost
+            or len(data) > connection.config.max_message_length
+            or connection.flow_control_window(self.stream_id) < size
+        ):
+            return False
+        connection.send_data(self.stream_id, _MESSAGE_PREFIX.pack(False, len(data)) + data)
+        self._socket.flush()
+        return True
 
     def start_response(self) -> None:
         """Send the reply's headers (server side)."""
@@ -745,6 +769,14 @@ class _Socket:
                         self.h2.acknowledge_received_data(
                             event.flow_controlled_length, event.stream_id
                         )
+                    continue
+                if (
+                    stream.take_message is not None
+                    and isinstance(event, MessageReceived)
+                    and not stream._events
+                    and stream.take_message(event.data)
+                ):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     continue
                 if isinstance(event, _StreamReset):
                     stream.reset = True
@@ -1054,7 +1086,9 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
 
     Each MuxCall runs the unary handler it names in a task of its own, with the stream's
     metadata and the call's own deadline, exactly as the unary call would; its MuxReply is sent
-    when it ends. A cancel message cancels that handler and no reply is sent. When the client
+    when it ends. The connection's reader starts the calls (``take``) and a call's task sends its
+    reply while the sender idles, so neither waits for a pass of the event loop to this task or
+    the sender. A cancel message cancels that handler and no reply is sent. When the client
     ends its side, the calls in flight finish and are answered before the stream ends OK.
     """
     replies: collections.deque[bytes] = collections.deque()
@@ -1074,6 +1108,14 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
                 code=StatusCode.RESOURCE_EXHAUSTED.value,
                 message=f"message of {len(data)} bytes is over the {limit}-byte limit",
             ).SerializeToString()
+        if not replies and replies_ready.waiting:
+            # The sender is idle: the caller sends it, a pass of the event loop sooner (what
+            # must wait for credit, or fails, is left to the sender).
+            with contextlib.suppress(h2.exceptions.H2Error):
+                if stream.send_now(data):
+                    if not reading and not scopes:
+                        replies_ready.wake()  # the sender ends once no call is left
+                    return
         replies.append(data)
         replies_ready.wake()
 
@@ -1087,10 +1129,12 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
             code, message = _status_of(error, method_path)
         finally:
             scopes.pop(call_id, None)
-            replies_ready.wake()  # the sender ends once no call is left
         if scope.cancelled_caught:
             if scope.deadline == math.inf:
-                return  # the client cancelled the call: nobody waits for its reply
+                # The client cancelled the call: nobody waits for its reply. The sender ends
+                # once no call is left.
+                replies_ready.wake()
+                return
             code, message = StatusCode.DEADLINE_EXCEEDED, f"{method_path}: deadline exceeded"
         answer(call_id, code, message, reply)
 
@@ -1105,35 +1149,48 @@ async def _serve_mux(unary: Mapping[str, _Method], stream: _Stream, metadata: Me
                 return
             await replies_ready.wait()
 
+    def take(call: mux_pb2.MuxCall) -> None:
+        if call.cancel:
+            if (scope := scopes.pop(call.id, None)) is not None:
+                scope.deadline = math.inf
+                scope.cancel()
+            return
+        method = unary.get(call.method)
+        if method is None:
+            answer(call.id, StatusCode.UNIMPLEMENTED, f"unknown unary method {call.method}")
+        elif call.id in scopes:
+            answer(call.id, StatusCode.INVALID_ARGUMENT, f"call id {call.id} is in flight")
+        elif len(scopes) >= _MUX_MAX_IN_FLIGHT:
+            answer(call.id, StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
+        else:
+            deadline = math.inf
+            if call.timeout_ms:
+                deadline = trio.current_time() + call.timeout_ms / 1000
+            scope = scopes[call.id] = trio.CancelScope(deadline=deadline)
+            nursery.start_soon(run, call.id, call.method, call.request, scope)
+
+    def taken(data: bytes) -> bool:
+        try:
+            call = _decode(mux_pb2.MuxCall, data)
+        except DecodeError:
+            return False  # left to this task, which ends the stream with the error
+        take(call)
+        return True
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(send)
-        while True:
-            event = await stream._receive()
-            if isinstance(event, RequestEnded):
-                break
-            if isinstance(event, _StreamFailed):
-                raise rpc_error(event.code, event.message)
-            if not isinstance(event, MessageReceived):
-                continue
-            call = _decode_request(mux_pb2.MuxCall, event.data)
-            if call.cancel:
-                if (scope := scopes.pop(call.id, None)) is not None:
-                    scope.deadline = math.inf
-                    scope.cancel()
-                continue
-            method = unary.get(call.method)
-            if method is None:
-                answer(call.id, StatusCode.UNIMPLEMENTED, f"unknown unary method {call.method}")
-            elif call.id in scopes:
-                answer(call.id, StatusCode.INVALID_ARGUMENT, f"call id {call.id} is in flight")
-            elif len(scopes) >= _MUX_MAX_IN_FLIGHT:
-                answer(call.id, StatusCode.RESOURCE_EXHAUSTED, "too many calls in flight")
-            else:
-                deadline = math.inf
-                if call.timeout_ms:
-                    deadline = trio.current_time() + call.timeout_ms / 1000
-                scope = scopes[call.id] = trio.CancelScope(deadline=deadline)
-                nursery.start_soon(run, call.id, call.method, call.request, scope)
+        stream.take_message = taken
+        try:
+            while True:
+                event = await stream._receive()
+                if isinstance(event, RequestEnded):
+                    break
+                if isinstance(event, _StreamFailed):
+                    raise rpc_error(event.code, event.message)
+                if isinstance(event, MessageReceived):
+                    take(_decode_request(mux_pb2.MuxCall, event.data))
+        finally:
+            stream.take_message = None
         reading = False
         replies_ready.wake()
 
@@ -1259,8 +1316,27 @@ class _Mux:
         self.failure: RpcError | None = None  # the stream ended: no call may use it any more
 
     def send(self, message: mux_pb2.MuxCall) -> None:
-        self.outgoing.append(message.SerializeToString())
+        data = message.SerializeToString()
+        if not self.outgoing and self.writer.waiting:
+            # The writer is idle: the caller sends it, a pass of the event loop sooner (what
+            # must wait for credit, or fails, is left to the writer).
+            with contextlib.suppress(h2.exceptions.H2Error):
+                if self.stream.send_now(data):
+                    return
+        self.outgoing.append(data)
         self.writer.wake()
+
+    def take(self, data: bytes) -> bool:
+        """Hand a reply to its call; False if it is malformed."""
+        try:
+            reply = _decode(mux_pb2.MuxReply, data)
+        except DecodeError:
+            return False
+        call = self.pending.pop(reply.id, None)
+        if call is not None:
+            call.reply = reply
+            call.wakeup.wake()
+        return True
 
     def fail(self, error: RpcError) -> None:
         """The stream is over: every call waiting on it gets ``error``."""
@@ -1621,21 +1697,21 @@ class Channel:
                 mux.fail(Unavailable(f"{path}: cannot send to {self.peer} ({error})"))
 
         async def read() -> None:
+            # The connection's reader hands most replies over itself, a pass of the event loop
+            # sooner; this task sees the rest (those queued behind others, a malformed one) and
+            # the end of the stream.
+            mux.stream.take_message = mux.take
             try:
                 while True:
                     data = await self._next(mux.connection, mux.stream, path)
                     if data is None:
                         raise Unavailable(f"{path}: {self.peer} ended the stream")
-                    try:
-                        reply = _decode(mux_pb2.MuxReply, data)
-                    except DecodeError:
-                        raise Internal(f"{path}: malformed burst.v1.MuxReply") from None
-                    call = mux.pending.pop(reply.id, None)
-                    if call is not None:
-                        call.reply = reply
-                        call.wakeup.wake()
+                    if not mux.take(data):
+                        raise Internal(f"{path}: malformed burst.v1.MuxReply")
             except RpcError as error:
                 mux.fail(error)
+            finally:
+                mux.stream.take_message = None
 
         async def run(task: Callable[[], Awaitable[None]], done: trio.CancelScope) -> None:
             await task()

@@ -478,6 +478,45 @@ async def test_multiplexing_falls_back_to_plain_calls_on_a_server_without_it() -
     assert seen == [f"/{transport.MUX_SERVICE}/Calls", f"/{SVC}/Echo", f"/{SVC}/Echo"]
 
 
+# -- hops: what needs no pass of the event loop to another task ----------------------------------
+
+
+class Steps(trio.abc.Instrument):
+    """Counts the steps of tasks by name, and who spawned each task."""
+
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+        self.spawned_by: dict[str, set[str]] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        parent = trio.lowlevel.current_task().name
+        self.spawned_by.setdefault(task.name, set()).add(parent)
+
+
+async def test_multiplexed_calls_take_no_hop_through_the_streams_tasks(calls: Calls) -> None:
+    """On a Calls stream, a call is sent by its caller while the client's writer idles, started
+    by the server's connection reader, its reply sent by its handler's task while the server's
+    sender idles, and handed to the caller by the client's connection reader: no message waits
+    for a pass of the event loop to one of the stream's own tasks."""
+    steps = Steps()
+    async with server(calls) as port, Channel(HOST, port, multiplex=True) as channel:
+        assert await echo(channel, "first") == "first"
+        trio.lowlevel.add_instrument(steps)
+        try:
+            for i in range(20):
+                assert await echo(channel, str(i)) == str(i)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    handler = "burstd.transport._serve_mux.<locals>.run"
+    assert steps.spawned_by[handler] == {"burstd.transport._serve_connection"}
+    assert steps.steps.get("burstd.transport._serve_mux.<locals>.send", 0) == 0
+    # The client's writer and reader of the stream (both run by this wrapper).
+    assert steps.steps.get("burstd.transport.Channel._run_mux.<locals>.run", 0) == 0
+
+
 # -- connection loss ------------------------------------------------------------------------------
 
 
