@@ -445,6 +445,35 @@ async def test_a_call_id_in_flight_is_not_reused(calls: Calls) -> None:
         assert Msg.FromString(first.reply.reply).service == "s"
 
 
+async def test_a_malformed_call_message_ends_its_stream_alone(calls: Calls) -> None:
+    """Bytes that are no MuxCall on a Calls stream (the connection's reader leaves them to the
+    stream's task) end that stream with INVALID_ARGUMENT for the calls on it, whose handlers
+    stop; the channel's next call opens a new stream."""
+    failed = trio.Event()
+
+    async def slow_call(channel: Channel) -> None:
+        with pytest.raises(transport.InvalidArgument, match=r"malformed burst\.v1\.MuxCall"):
+            await channel.unary(SVC, "SlowEcho", Msg(service="s"), Msg, timeout=30)
+        failed.set()
+
+    async with server(calls) as port, Channel(HOST, port, multiplex=True) as channel:
+        assert await echo(channel, "before") == "before"
+        mux = channel._mux
+        assert mux is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(slow_call, channel)
+            with trio.fail_after(5):
+                while calls.in_flight < 1:
+                    await trio.sleep(0.01)
+                mux.outgoing.append(b"\xff\xff\xff\xff")
+                mux.writer.wake()
+                await failed.wait()
+                while calls.in_flight:  # the handler was cancelled with its stream
+                    await trio.sleep(0.01)
+        assert await echo(channel, "after") == "after"
+        assert channel._mux is not mux
+
+
 async def test_multiplexing_falls_back_to_plain_calls_on_a_server_without_it() -> None:
     """A gRPC server that has no burst.v1.Mux service (grpcio here; the prototype's too)."""
     grpc = pytest.importorskip("grpc")
