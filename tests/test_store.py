@@ -31,6 +31,7 @@ from burstd.controller.store import (
     StoreError,
     Writes,
     changed_row,
+    inserts,
     job_number,
     leased_row,
     row,
@@ -66,12 +67,14 @@ def persist(target: Store | Writes, table: JobTable) -> None:
     Written as the store process writes them, here in-process (no event loop needed)."""
     new, changed, leased = table.take_changes()
     writes = target if isinstance(target, Writes) else Writes.open(target.path)
+    rows, runs = inserts(new)
     try:
         writes.write(
-            [row(job) for job in new],
+            rows,
             [changed_row(job) for job in changed],
             [leased_row(job) for job in leased],
             table.next_id,
+            new_runs=runs,
         )
     finally:
         if writes is not target:
@@ -241,6 +244,39 @@ def test_a_job_changed_before_its_first_commit_is_stored_whole(state_dir: Path) 
         assert columns(stored[cancelled]) == columns(table.jobs[cancelled])
         assert stored[cancelled].state is JobState.CANCELLED
         assert stored[cancelled].finished_at == 6.0 and stored[cancelled].error_message
+    finally:
+        store.close()
+
+
+def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_dir: Path) -> None:
+    """New jobs still as submitted go in runs (one statement each) of consecutive numbers of
+    one submission; a job leased or cancelled before its commit breaks its run and goes as a
+    row. Whichever way, every stored column is the job's."""
+    store = Store(state_dir)
+    table = JobTable()
+    specs = [SPEC + bytes([i]) for i in range(6)]
+    first = table.submit([NewJob(spec, 1, "array") for spec in specs], 5.0)
+    second = table.submit([NewJob(SPEC, 0, "x"), NewJob(SPEC, 0, "y")], 6.0)
+    table.cancel(first[3], 6.0)
+    table.register("w1", slots=1, capacity=1, now=6.0)  # leases the first job
+    new = table.new.values()
+    rows, runs = inserts(new)
+    assert [r[0] for r in rows] == [table.jobs[first[0]].num, table.jobs[first[3]].num]
+    nums = [table.jobs[job_id].num for job_id in [*first, *second]]
+    assert runs == [
+        (nums[1], 5.0, 1, "array", specs[1:3]),
+        (nums[4], 5.0, 1, "array", specs[4:]),
+        (nums[6], 6.0, 0, "x", [SPEC]),
+        (nums[7], 6.0, 0, "y", [SPEC]),
+    ]
+    persist(store, table)
+    try:
+        columns = operator.attrgetter(*store_module._COLUMNS)
+        stored = store.get_many([*first, *second])
+        assert [columns(job) for job in stored] == [
+            columns(table.jobs[job_id]) for job_id in [*first, *second]
+        ]
+        assert [job.spec for job in stored[:6]] == specs
     finally:
         store.close()
 
@@ -604,7 +640,7 @@ class FlakyWrites:
     async def written(self) -> None:
         await self._written()
         assert self._commit is not None
-        self.rows += len(self._commit.new_rows)
+        self.rows += self._commit.inserted
         self.after(self._commit)
 
 
@@ -666,7 +702,7 @@ async def test_changes_made_during_a_commit_are_sent_before_its_waiters_are_told
     async with running_writer(store, table) as (writer, flaky):
 
         async def held(commit: Commit) -> None:
-            events.append(f"send {len(commit.new_rows)}")
+            events.append(f"send {commit.inserted}")
             if len(events) == 1:
                 await release.wait()
 
@@ -787,7 +823,7 @@ def _record_commits(
         await slow_commit(first_delay if not commits else 0.0)
 
     def recorded(commit: Commit) -> None:
-        commits.append((len(commit.new_rows), len(commit.changed_rows) + len(commit.leased_rows)))
+        commits.append((commit.inserted, len(commit.changed_rows) + len(commit.leased_rows)))
 
     flaky.before, flaky.after = slow_first, recorded
 
@@ -1069,7 +1105,7 @@ async def test_a_submission_staged_when_the_writer_stops_is_refused_and_gone_aft
                 await trio.sleep_forever()  # the controller stops meanwhile
 
         def first_slice(commit: Commit) -> None:
-            if len(commit.new_rows) == 3:
+            if commit.inserted == 3:
                 sliced.set()
 
         flaky.before, flaky.after = hold_after_the_first, first_slice
@@ -1095,7 +1131,7 @@ async def test_a_staged_submission_whose_commit_fails_is_refused_whole(
         slices: list[int] = []
 
         def full_after_the_first(commit: Commit) -> None:
-            slices.append(len(commit.new_rows))
+            slices.append(commit.inserted)
             flaky.full = True
 
         flaky.after = full_after_the_first

@@ -102,17 +102,32 @@ _NEW = _COLUMNS[:8]
 _FRESH = Job(job_id="", num=0, spec=b"", retries=0, name="", submitted_at=0.0)
 
 
-def _literal(value: object) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    return str(int(value) if isinstance(value, bool) else value)
+def _literals(columns: Sequence[str]) -> str:
+    """The columns of a new ``Job`` as SQL constants."""
+
+    def literal(value: object) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, str):
+            return "'" + value.replace("'", "''") + "'"
+        return str(int(value) if isinstance(value, bool) else value)
+
+    return ", ".join(literal(getattr(_FRESH, column)) for column in columns)
 
 
 _INSERT = (
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_NEW))}, "
-    f"{', '.join(_literal(getattr(_FRESH, column)) for column in _COLUMNS[len(_NEW) :])})"
+    f"{_literals(_COLUMNS[len(_NEW) :])})"
+)
+# A run of new jobs as they were submitted (queued, never leased), numbered one after the
+# other, of one submission (an array, usually): one statement for the run, whose rows SQLite
+# makes itself, the specs read through ``run_spec`` (a Python function over the run's list).
+# That costs SQLite 2.6 us a row, against 4.5 us for a row of ``_INSERT``'s 8 bound values, and
+# spares the event loop building a tuple a job (``inserts``).
+_INSERT_RUN = (
+    "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, "
+    f"{_literals(_COLUMNS[5:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
 _LEASED = ("state", "attempt", "worker_id")
@@ -135,6 +150,14 @@ class Commit(NamedTuple):
     begun: Sequence[tuple[int, int]] = ()
     ended: Sequence[tuple[int, int]] = ()
     dropped: Sequence[tuple[int, int]] = ()
+    # New jobs as they were submitted, in runs (see ``inserts``): with ``new_rows``, every job
+    # the commit inserts.
+    new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = ()
+
+    @property
+    def inserted(self) -> int:
+        """How many jobs the commit inserts."""
+        return len(self.new_rows) + sum(len(run[-1]) for run in self.new_runs)
 
 
 class StoreError(Exception):
@@ -164,6 +187,35 @@ leased_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
     *_FIELDS[5 : 5 + len(_LEASED)], "num"
 )
 """A job's parameters for ``_UPDATE_LEASED``, when a lease is its only change (``Changes``)."""
+
+
+def inserts(
+    jobs: Iterable[Job],
+) -> tuple[list[tuple[object, ...]], list[tuple[int, float, int, str, list[bytes]]]]:
+    """How ``Writes.write`` inserts these new jobs: a ``row`` each for those leased (or changed
+    otherwise) since their submission, and runs ``(first number, submitted_at, retries, name,
+    specs)`` of those still as submitted that follow each other in one submission."""
+    rows: list[tuple[object, ...]] = []
+    runs: list[tuple[int, float, int, str, list[bytes]]] = []
+    specs: list[bytes] = []
+    stop, submitted_at, retries, name = -1, 0.0, 0, ""
+    for job in jobs:
+        # A lease is what sets the attempt first, and it never goes back to 0.
+        if job.attempt or job.state is not JobState.QUEUED:
+            rows.append(row(job))
+        elif (
+            job.num == stop
+            and job.submitted_at == submitted_at
+            and job.retries == retries
+            and job.name == name
+        ):
+            specs.append(job.spec)
+            stop += 1
+        else:
+            specs = [job.spec]
+            stop, submitted_at, retries, name = job.num + 1, job.submitted_at, job.retries, job.name
+            runs.append((job.num, submitted_at, retries, name, specs))
+    return rows, runs
 
 
 def _job(row: tuple[Any, ...]) -> Job:
@@ -412,16 +464,20 @@ class Writes:
         begun: Sequence[tuple[int, int]] = (),
         ended: Sequence[tuple[int, int]] = (),
         dropped: Sequence[tuple[int, int]] = (),
+        new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = (),
     ) -> None:
-        """One transaction: insert new jobs (``row``), update changed ones (``changed_row``) and
-        leased ones (``leased_row``), advance the id counter, and mark staged submissions begun,
-        ended or dropped (see ``Commit``). The rows come built: the writer reads them off the
-        jobs before it sends them, so none is read half-changed."""
+        """One transaction: insert new jobs (``inserts``), update changed ones
+        (``changed_row``) and leased ones (``leased_row``), advance the id counter, and mark
+        staged submissions begun, ended or dropped (see ``Commit``). The rows come built: the
+        writer reads them off the jobs before it sends them, so none is read half-changed."""
         with self._transaction() as db:
             for first, stop in dropped:
                 _drop_stage(db, first, stop)
             db.executemany("INSERT INTO staged VALUES (?, ?)", begun)
             db.executemany(_INSERT, new_rows)
+            for first, submitted_at, retries, name, specs in new_runs:
+                db.create_function("run_spec", 1, specs.__getitem__)
+                db.execute(_INSERT_RUN, (len(specs) - 1, first, retries, name, submitted_at))
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
             db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)

@@ -19,6 +19,7 @@ retries them with a back-off.
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 import sqlite3
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from typing import NamedTuple
 import trio
 from loguru import logger
 
-from burstd.controller.store import Commit, Store, changed_row, leased_row, row
+from burstd.controller.store import Commit, Store, changed_row, inserts, leased_row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
@@ -223,21 +224,21 @@ class StoreWriter:
         dropped, self._dropped = self._dropped, []
         self._sent = _Sent(self._sends, generation, new, changed, leased, dropped)
         # Rows are built before the first await, so the store never sees a job half-changed.
-        rows = [row(job) for job in new]
         begun, ended = [], []
+        part: list[Job] = []
         if self._stages:
             stage = self._stages[0]
             if not stage.sent:
                 begun.append(stage.numbers)
             part = stage.jobs[stage.sent : stage.sent + STAGE_SLICE]
             stage.sent += len(part)
-            rows += map(row, part)
             if stage.sent == len(stage.jobs):
                 ended.append(stage.numbers)
                 stage.last_commit = self._sends
                 self._ending.append(self._stages.popleft())
             if self._stages:
                 self._wake.set()  # the next slice goes in the next commit
+        rows, runs = inserts(itertools.chain(new, part))
         await self.store.send(
             Commit(
                 rows,
@@ -247,6 +248,7 @@ class StoreWriter:
                 begun,
                 ended,
                 dropped,
+                runs,
             )
         )
 
