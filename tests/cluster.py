@@ -73,7 +73,7 @@ class Daemon:
             self.proc.send_signal(signum)
 
     def kill9(self) -> None:
-        """kill -9 the daemon alone (its job processes are left to fend for themselves)."""
+        """kill -9 the daemon alone (a worker's job guard then stops its running jobs)."""
         self.signal(signal.SIGKILL)
         self.proc.wait()
 

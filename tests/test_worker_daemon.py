@@ -19,6 +19,7 @@ from burstd import transport
 from burstd.config import WorkerConfig
 from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
+from burstd.worker.guard import JobGuard
 from burstd.worker.queue import LocalQueue
 from proto.burst.v1 import job_pb2, worker_pb2
 
@@ -97,7 +98,10 @@ class Harness:
 def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> Harness:
     events: list[tuple[str, Any]] = []
 
-    async def fake_run_job(job_id: str, attempt: int, spec: Any, config: ExecConfig) -> Outcome:
+    async def fake_run_job(
+        job_id: str, attempt: int, spec: Any, config: ExecConfig, guard: JobGuard | None
+    ) -> Outcome:
+        assert guard is not None  # every job of a running worker is guarded
         events.append(("start", job_id))
         started = trio.current_time()
         await trio.sleep(JOB_SECONDS)

@@ -2,10 +2,11 @@
 
 Covers: a thousand array jobs over two workers with their output files; how a job fails (exit
 code, signal, missing binary, timeout); cancel of a job and its grandchild; kill -9 of a worker
-mid-run; a controller restart; Docker jobs (run and cancel, against a real engine); the drain on
-SIGTERM and a second SIGTERM; `burstd up` with a command, stopped by SIGTERM and by Ctrl-C. At
-the end, tests with the controller and a worker in the test's own trio loop: the drain grace,
-jobs leased during a drain, cancel of a job waiting for a slot.
+mid-run (its jobs re-run elsewhere, its guard stops the ones it ran); a controller restart;
+Docker jobs (run and cancel, against a real engine); the drain on SIGTERM and a second SIGTERM;
+`burstd up` with a command, stopped by SIGTERM and by Ctrl-C. At the end, tests with the
+controller and a worker in the test's own trio loop: the drain grace, jobs leased during a
+drain, cancel of a job waiting for a slot.
 
 Timing: every wait polls for a condition with a generous deadline (a loaded 2-core machine);
 measured latencies are logged, not asserted tightly.
@@ -296,7 +297,7 @@ def test_worker_killed_mid_run_loses_no_job(cluster: Cluster, strays: set[int]) 
         if info["worker_id"] == "w1" and info["state"] in ("leased", "running")
     ]
     was_running = [i for i in on_w1 if before[i]["state"] == "running"]
-    strays.update(descendants(w1.pid))  # its jobs live on after kill -9: clean them up
+    strays.update(descendants(w1.pid))  # should its guard fail to stop its jobs
     w1.kill9()
 
     assert wait_jobs(cluster, ids, timeout=90) == 0
@@ -309,6 +310,23 @@ def test_worker_killed_mid_run_loses_no_job(cluster: Cluster, strays: set[int]) 
     for job_id in was_running:
         assert after[job_id]["lost_count"] == 1, after[job_id]
     assert [w["worker_id"] for w in workers(cluster)] == ["w2"]
+
+
+def test_a_killed_workers_running_jobs_are_stopped_by_its_guard(
+    cluster: Cluster, strays: set[int]
+) -> None:
+    """kill -9 leaves a worker no chance to stop its jobs; its guard process does, so they do
+    not run on beside their next attempt on another worker."""
+    cluster.controller()
+    w1 = cluster.worker("w1")
+    wait_workers(cluster, "w1")
+    (job_id,) = submit(cluster, "process", "sh", "-c", "sleep 300 & wait")
+    poll(lambda: jobs(cluster)[job_id]["state"] == "running", 30, "the job running")
+    below = poll(lambda: len(descendants(w1.pid)) >= 3 and descendants(w1.pid), 10, "processes")
+    strays.update(below)  # the guard, the job's shell and its sleep
+    w1.kill9()
+    poll(lambda: not any(alive(pid) for pid in below), 30, "the dead worker's processes gone")
+    assert "job guard: the worker" in w1.log() and "1 jobs running" in w1.log()
 
 
 # -- 5. controller restart ----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from loguru import logger
 from burstd import transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.worker.executor import ExecConfig, Outcome, run_job
+from burstd.worker.guard import JobGuard
 from burstd.worker.queue import LocalJob, LocalQueue, LocalState
 from burstd.worker.steal import PeerServer, StealClient, advertise_addr
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -301,6 +302,7 @@ class Worker:
             kill_grace=config.kill_grace_s,
         )
         self.drain_grace = drain_grace
+        self._guard: JobGuard | None = None  # while ``run`` runs
         self.flush_timeout = 10.0
         self.log = logger.bind(worker_id=config.worker_id)
         self._drain = trio.Event()
@@ -310,6 +312,16 @@ class Worker:
         self._drain.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Before the first job starts, closed after the last one ended (``burstd.worker.guard``).
+        self._guard = JobGuard.start(
+            self.exec_config.kill_grace, self.exec_config.docker, on_lost=self.log.warning
+        )
+        try:
+            await self._run(task_status)
+        finally:
+            self._guard.close()
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as outer:
             if self.state.config.peer_listen_addr:
                 await self._serve_peers(outer)
@@ -448,7 +460,9 @@ class Worker:
                 if job.cancelled:
                     running.why = "cancelled"
                     running.scope.cancel()
-                outcome = await run_job(job.job_id, job.attempt, job.spec, self.exec_config)
+                outcome = await run_job(
+                    job.job_id, job.attempt, job.spec, self.exec_config, self._guard
+                )
         finally:
             del self.state.running[job.job_id]
         if outcome is not None:

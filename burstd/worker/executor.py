@@ -16,7 +16,9 @@ task), plus at most 10 s for ``docker kill``. The daemon knows why it cancelled 
 builds the "cancelled" (or "returned") report itself; ``output_paths()`` gives it the file paths.
 
 When the job's main process ends, whatever it left running in its process group is killed
-(SIGKILL): a job is over when its process is, and nothing of it outlives its slot.
+(SIGKILL): a job is over when its process is, and nothing of it outlives its slot. A worker
+that dies (SIGKILL, a crash) cannot stop its jobs: with a ``guard`` (``burstd.worker.guard``)
+each job's group is listed while it runs, and the guard stops those still listed.
 
 Linux only (pidfd, process groups).
 """
@@ -43,6 +45,7 @@ from typing import Final
 import trio
 from loguru import logger
 
+from burstd.worker.guard import JobGuard
 from proto.burst.v1 import job_pb2
 
 __all__ = [
@@ -375,11 +378,12 @@ def _open_error(path: str, exc: OSError) -> SpecError:
 class _Child:
     """A started job: its pid (also its process group id) and a pidfd to wait on."""
 
-    __slots__ = ("pid", "pidfd", "popen")
+    __slots__ = ("guard", "pid", "pidfd", "popen")
 
     def __init__(self, pid: int, popen: subprocess.Popen[bytes] | None) -> None:
         self.pid = pid
         self.popen = popen
+        self.guard: JobGuard | None = None  # set once the job is listed with the guard
         self.pidfd = -1
         try:
             self.pidfd = os.pidfd_open(pid)
@@ -403,6 +407,8 @@ class _Child:
     def reap(self) -> int:
         """Kill what the job left in its group, collect the exit status (the leader has exited)."""
         self.signal_group(signal.SIGKILL)
+        if self.guard is not None:
+            self.guard.untrack(self.pid)  # before the pid (the group id) may be reused
         _, status = os.waitpid(self.pid, 0)
         if self.popen is not None:
             # Popen must know it is reaped, or it would waitpid() a possibly reused pid later.
@@ -513,8 +519,15 @@ async def _reap_later(child: _Child) -> None:
         child.close()
 
 
-async def run_job(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecConfig) -> Outcome:
-    """Run one attempt of a job and say how it ended (see the module docstring).
+async def run_job(
+    job_id: str,
+    attempt: int,
+    spec: job_pb2.JobSpec,
+    config: ExecConfig,
+    guard: JobGuard | None = None,
+) -> Outcome:
+    """Run one attempt of a job and say how it ended (see the module docstring). With a
+    ``guard``, the job's process group is listed with it while the job runs.
 
     Never raises for a problem of the job; re-raises ``Cancelled`` after killing the job's
     process group when the surrounding scope is cancelled.
@@ -575,6 +588,9 @@ async def run_job(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: Exec
     log.debug("started pid {}: {}", child.pid, argv)
 
     docker_name = container_name(job_id, attempt) if kind == "docker" else None
+    if guard is not None:
+        guard.track(child.pid, docker_name)
+        child.guard = guard
     timed_out = False
     try:
         with trio.move_on_after(timeout) as deadline:

@@ -1,0 +1,186 @@
+"""The guard: a small process that stops a worker's running jobs when the worker dies.
+
+A worker stops its jobs itself when it shuts down or a lease ends (``executor.run_job``). A worker
+killed with SIGKILL, or dead of a crash, cannot: its jobs would run on, in process groups of their
+own, while the controller gives them to another worker a lease TTL later. They would then run
+twice at once and write into the same output files. The job processes cannot be told to die with
+the worker (``PR_SET_PDEATHSIG`` needs code between fork and exec, which ``posix_spawn`` has not),
+so the worker starts this guard first and tells it, over a pipe, each job's process group as the
+job starts and as it is reaped. The guard's end of the pipe reads end of file once no worker holds
+the other end: whatever killed the worker, the guard then stops the groups still listed as the
+worker would (SIGTERM, ``docker kill`` of the job's container, the kill grace, SIGKILL) and leaves.
+
+What it promises:
+
+- A job is listed before ``run_job`` waits for it, and unlisted after its group was killed and
+  before its leader is reaped, so a group id the guard kills is never one the system has reused
+  (a leader's pid stays taken until it is reaped); once the worker is dead the leader may be
+  reaped by another process before the guard's SIGTERM, which leaves a window of milliseconds.
+- The guard ignores SIGINT and SIGTERM and runs in a process group of its own: a Ctrl-C, a
+  ``systemctl stop`` or a signal to the worker's group stops the worker (which stops its jobs),
+  never the guard before it. A clean worker leaves an empty list: the guard then just exits.
+- The worker's writes never block: if the guard is gone, ``JobGuard`` says so once
+  (``on_lost``) and the jobs run unguarded.
+
+``python -m burstd.worker.guard KILL_GRACE DOCKER`` is the guard's program; it imports nothing
+of burst but this module, so it starts in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import burstd
+
+# How long ``close`` waits for the guard to exit (immediate when no job is listed).
+CLOSE_WAIT = 1.0
+_DOCKER_KILL_TIMEOUT = 10.0
+
+
+class JobGuard:
+    """The worker's end: ``track`` each job's group as it starts, ``untrack`` it when reaped."""
+
+    def __init__(self, process: subprocess.Popen[bytes], pipe: int, on_lost: Callable[[str], None]):
+        self._process = process
+        self._pipe = pipe
+        self._pending = b""
+        self._on_lost = on_lost
+
+    @classmethod
+    def start(cls, kill_grace: float, docker: str, on_lost: Callable[[str], None]) -> JobGuard:
+        root = str(Path(burstd.__file__).resolve().parent.parent)
+        python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        guard_in, pipe = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "burstd.worker.guard", repr(kill_grace), docker],
+                stdin=guard_in,
+                stdout=subprocess.DEVNULL,
+                process_group=0,
+                env={**os.environ, "PYTHONPATH": python_path},
+            )
+        except BaseException:
+            os.close(pipe)
+            raise
+        finally:
+            os.close(guard_in)
+        os.set_blocking(pipe, False)
+        return cls(process, pipe, on_lost)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def track(self, pgid: int, container: str | None = None) -> None:
+        """List a job's process group (and its docker container) as running."""
+        self._write(f"+{pgid} {container or ''}\n".encode())
+
+    def untrack(self, pgid: int) -> None:
+        """The job's group is killed and its leader about to be reaped: unlist it."""
+        self._write(f"-{pgid}\n".encode())
+
+    def _write(self, record: bytes) -> None:
+        if self._pipe < 0:
+            return
+        data = self._pending + record
+        try:
+            written = os.write(self._pipe, data)
+        except BlockingIOError:  # the guard is behind: keep the records for the next write
+            written = 0
+        except OSError as error:
+            self._lost(f"the job guard (pid {self.pid}) is gone ({error.strerror})")
+            return
+        self._pending = data[written:]
+
+    def _lost(self, why: str) -> None:
+        os.close(self._pipe)
+        self._pipe = -1
+        self._on_lost(f"{why}: if this worker dies, its running jobs will not be stopped")
+
+    def close(self) -> None:
+        """The worker is done: the guard stops what is still listed, then exits."""
+        if self._pipe >= 0:
+            if self._pending:
+                with contextlib.suppress(OSError):
+                    os.set_blocking(self._pipe, True)
+                    os.write(self._pipe, self._pending)
+            os.close(self._pipe)
+            self._pipe = -1
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(CLOSE_WAIT)
+
+
+# -- the guard's program ------------------------------------------------------------------------
+
+
+def read_jobs(records: IO[bytes]) -> dict[int, str]:
+    """Follow the worker's records until end of file; returns the groups still listed, with
+    their containers ("" for none)."""
+    jobs: dict[int, str] = {}
+    for line in records:
+        if not line.endswith(b"\n"):  # cut short by the worker's death: not a whole record
+            break
+        if line.startswith(b"+"):
+            pgid, _, container = line[1:].strip().partition(b" ")
+            jobs[int(pgid)] = container.decode()
+        elif line.startswith(b"-"):
+            jobs.pop(int(line[1:]), None)
+    return jobs
+
+
+def _signal_groups(pgids: list[int], sig: int) -> list[int]:
+    """Send ``sig`` to each group; returns those that still exist."""
+    alive = []
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+            alive.append(pgid)
+    return alive
+
+
+def stop_jobs(jobs: dict[int, str], kill_grace: float, docker: str) -> None:
+    """What ``executor`` does to a job it stops, for every listed one at once."""
+    pgids = _signal_groups(list(jobs), signal.SIGTERM)
+    for container in filter(None, jobs.values()):  # a container is not in the job's group
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(
+                [docker, "kill", container],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=_DOCKER_KILL_TIMEOUT,
+                check=False,
+            )
+    deadline = time.monotonic() + kill_grace
+    while pgids and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pgids = _signal_groups(pgids, 0)
+    _signal_groups(pgids, signal.SIGKILL)
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    grace, docker = float(sys.argv[1]), sys.argv[2]
+    worker = os.getppid()  # before the worker is gone and another process adopts this one
+    jobs = read_jobs(sys.stdin.buffer)
+    if jobs:
+        print(
+            f"burst job guard: the worker (pid {worker}) is gone with {len(jobs)} jobs"
+            " running: stopping them",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop_jobs(jobs, grace, docker)
+
+
+if __name__ == "__main__":
+    main()
