@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +36,7 @@ UP_QUEUE_CAPACITY = 64
 # and reports between its jobs, and with one slot its job and that work alternate instead of
 # overlapping (one worker with /bin/true jobs: ~1.4-2.3x the jobs/s with 2 slots than with 1).
 UP_MIN_SLOTS = 2
+_PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 
 app = cyclopts.App(
     name="burstd",
@@ -244,7 +247,12 @@ def up(
         # reported) and the controller last. In the terminal's group they would all get SIGINT
         # at once: the controller would be gone before the workers could report, and our SIGTERM
         # would be the workers' second signal, which kills their running jobs.
-        children.append(subprocess.Popen(controller_cmd, process_group=0))
+        # Its last commits are written when SIGTERM stops it: see _ended_with_us.
+        children.append(
+            subprocess.Popen(
+                controller_cmd, process_group=0, preexec_fn=_ended_with_us(signal.SIGTERM)
+            )
+        )
         # Workers start once the controller listens, so they do not begin by warning about it.
         _wait_listening(host, port, children[0])
         prefix = socket.gethostname()
@@ -258,7 +266,11 @@ def up(
                 cmd += ["--output-dir", str(output_dir)]
             # Idle workers steal queued jobs from busy ones (any free loopback port each).
             cmd += ["--peer-listen", "127.0.0.1:0"]
-            children.append(subprocess.Popen(cmd, process_group=0))
+            # Killed at once (their job guards stop their jobs): a worker's drain would finish
+            # jobs whose results no controller is left to record.
+            children.append(
+                subprocess.Popen(cmd, process_group=0, preexec_fn=_ended_with_us(signal.SIGKILL))
+            )
         logger.info(
             "local cluster up: controller on {}, {} workers x {} slots; Ctrl-C to stop",
             addr,
@@ -316,6 +328,22 @@ def _wait_ready(addr: str, workers: int, timeout: float = 30.0) -> None:
         except RpcError:
             time.sleep(0.1)
     _fail(f"local cluster not ready after {timeout:.0f} s")
+
+
+def _ended_with_us(signum: int) -> Callable[[], None]:
+    """What a daemon child of `up` runs between fork and exec: the kernel sends it ``signum``
+    when `up` dies, also of a SIGKILL, which leaves `up` no chance to stop it (otherwise the
+    cluster would live on, unseen, after the command that started it). A `up` that died before
+    the child asked is seen by its pid."""
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signum)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signum)
+
+    return preexec
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> None:

@@ -4,7 +4,7 @@ Covers: a thousand array jobs over two workers with their output files; how a jo
 code, signal, missing binary, timeout); cancel of a job and its grandchild; kill -9 of a worker
 mid-run (its jobs re-run elsewhere, its guard stops the ones it ran); a controller restart;
 Docker jobs (run and cancel, against a real engine); the drain on SIGTERM and a second SIGTERM;
-`burstd up` with a command, stopped by SIGTERM and by Ctrl-C. At the end, tests with the
+`burstd up` with a command, stopped by SIGTERM and by Ctrl-C, and killed. At the end, tests with the
 controller and a worker in the test's own trio loop: the drain grace, jobs leased during a
 drain, cancel of a job waiting for a slot.
 
@@ -551,6 +551,31 @@ def test_sigterm_stops_burstd_up_and_leaves_no_process(cluster: Cluster) -> None
     finally:
         kill_up(proc)
     assert "Traceback" not in up_log(cluster)
+
+
+def test_a_killed_burstd_up_takes_its_cluster_and_jobs_with_it(cluster: Cluster) -> None:
+    """SIGKILL leaves `burstd up` no chance to stop its daemons: the kernel stops them (the
+    workers' job guards their running jobs), so nothing lives on unseen."""
+    proc = start_up(cluster)
+    children: set[int] = set()
+    try:
+        poll(lambda: len(workers(cluster)) == 2, 60, "`burstd up` to be ready", interval=0.3)
+        (job_id,) = submit(cluster, "process", "sh", "-c", "sleep 300 & wait")
+        poll(lambda: jobs(cluster)[job_id]["state"] == "running", 30, "the job to start")
+        children = descendants(proc.pid)
+        assert len(children) >= 7, children  # controller, store, 2 workers, 2 guards, the job
+        proc.kill()
+        proc.wait()
+        poll(lambda: not any(alive(p) for p in children), 30, "every process below it to exit")
+    finally:
+        kill_up(proc)
+        for pid in children:  # no longer below it once it is dead
+            if alive(pid):
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    # The controller stopped cleanly: its store opens, with the job as it was last recorded.
+    cluster.controller()
+    assert cluster.status(job_id)["state"] == "running"
 
 
 def test_ctrl_c_stops_burstd_up_after_its_running_jobs(cluster: Cluster) -> None:
