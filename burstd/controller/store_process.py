@@ -65,8 +65,6 @@ class StoreProcess:
         with the controller, so that the first commit does not wait for a Python to start."""
         if self._child is not None:
             return
-        root = str(Path(burstd.__file__).resolve().parent.parent)
-        python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         child_in, requests = os.pipe()
         replies, child_out = os.pipe()
         try:
@@ -76,7 +74,7 @@ class StoreProcess:
                 stdout=child_out,
                 # The child holds the lock by having the locked file open: nothing to do with it.
                 pass_fds=(self.lock_fd,),
-                env={**os.environ, "PYTHONPATH": python_path},
+                env=burstd.child_env(),
             )
         except BaseException:
             os.close(requests)

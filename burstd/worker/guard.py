@@ -35,7 +35,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO
 
 import burstd
@@ -56,8 +55,6 @@ class JobGuard:
 
     @classmethod
     def start(cls, kill_grace: float, docker: str, on_lost: Callable[[str], None]) -> JobGuard:
-        root = str(Path(burstd.__file__).resolve().parent.parent)
-        python_path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
         guard_in, pipe = os.pipe()
         try:
             process = subprocess.Popen(
@@ -65,7 +62,7 @@ class JobGuard:
                 stdin=guard_in,
                 stdout=subprocess.DEVNULL,
                 process_group=0,
-                env={**os.environ, "PYTHONPATH": python_path},
+                env=burstd.child_env(),
             )
         except BaseException:
             os.close(pipe)
