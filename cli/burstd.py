@@ -334,14 +334,15 @@ def _ended_with_us(signum: int) -> Callable[[], None]:
     """What a daemon child of `up` runs between fork and exec: the kernel sends it ``signum``
     when `up` dies, also of a SIGKILL, which leaves `up` no chance to stop it (otherwise the
     cluster would live on, unseen, after the command that started it). A `up` that died before
-    the child asked is seen by its pid."""
+    the child asked is seen by its pid: the child then ends before it becomes a daemon."""
     parent = os.getpid()
     prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signum)
         if os.getppid() != parent:
-            os.kill(os.getpid(), signum)
+            # Not a signal to itself: this copy of `up` still has `up`'s Python handlers.
+            os._exit(128 + signum)
 
     return preexec
 
