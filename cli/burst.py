@@ -679,12 +679,6 @@ class Progress:
             self.stream.flush()
             self.bar_shown = False
 
-    def redraw(self) -> None:
-        if self.tty and self.last is not None:
-            self.stream.write("\r" + self._bar(self.last) + "\x1b[K")
-            self.stream.flush()
-            self.bar_shown = True
-
     @staticmethod
     def _counts(u: job_pb2.WaitJobsUpdate) -> str:
         return (

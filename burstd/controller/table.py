@@ -602,10 +602,6 @@ class JobTable:
                 job.lease_seq = 0
                 worker.outbox.appendleft(job)
 
-    def has_work(self, worker_id: str) -> bool:
-        worker = self.workers.get(worker_id)
-        return worker is not None and bool(worker.outbox or worker.cancel_notices)
-
     def take_cancel_notices(self, worker_id: str) -> list[Held]:
         worker = self.workers.get(worker_id)
         if worker is None or not worker.cancel_notices:

@@ -39,7 +39,6 @@ class LocalJob:
     result: job_pb2.ReportJobResultRequest | None = None
     # Set when the controller cancelled the job: it is stopped and reported as cancelled.
     cancelled: bool = False
-    stolen_from: str = ""
     # Offered to a thief; the controller has not answered yet: not startable.
     leaving: bool = False
 
@@ -141,9 +140,6 @@ class LocalQueue:
                 back.append(job)
         self._queued.extend(back)
         return gone
-
-    def has_queued(self) -> bool:
-        return any(job.state is LocalState.QUEUED for job in self._queued)
 
     def next_queued(self) -> LocalJob | None:
         """The oldest job waiting for a slot, now RUNNING; None when there is none."""

@@ -423,10 +423,6 @@ class StealClient:
         got = self.state.local.add(reply.jobs, 0)
         if not got:
             return False
-        for assigned in reply.jobs:
-            job = self.state.local.lookup(assigned.job_id, assigned.attempt)
-            if job is not None:
-                job.stolen_from = victim_id
         self.log.debug("stole {} jobs from {} (round {})", got, victim_id, self.round)
         if self.state.draining and self.hand_back is not None:
             self.hand_back()  # a reply that came after the drain began
