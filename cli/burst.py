@@ -166,8 +166,8 @@ def parse_array(text: str) -> range:
 
 
 def read_entries(path: str, stdin: TextIO | None = None) -> list[str]:
-    """The lines of ``path`` (``-``: standard input), without line ends; a last empty line (the
-    file's final newline) is not an entry."""
+    """The lines of ``path`` (``-``: standard input) that are not blank, without their line ends
+    (LF or CRLF): a blank line (empty, or only whitespace) is no entry."""
     try:
         if path == "-":
             text = (stdin or sys.stdin).read()
@@ -176,10 +176,8 @@ def read_entries(path: str, stdin: TextIO | None = None) -> list[str]:
     except (OSError, UnicodeDecodeError) as error:
         detail = error.strerror if isinstance(error, OSError) and error.strerror else error
         raise UsageError(f"--each-line {path}: cannot read: {detail}") from None
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    lines = (line.removesuffix("\r") for line in text.split("\n"))
+    return [line for line in lines if line.strip()]
 
 
 def build_spec(
@@ -382,7 +380,8 @@ def submit(
     array
         One job per index START..END (inclusive), each with BURST_ARRAY_INDEX.
     each_line
-        One job per line of FILE ("-": standard input), each with BURST_ENTRY.
+        One job per non-blank line of FILE ("-": standard input), each with BURST_ENTRY (the
+        line without its LF or CRLF).
     """
     job = submit_app(tokens)
     if not isinstance(job, JobCommand):  # help was printed

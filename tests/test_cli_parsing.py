@@ -187,9 +187,12 @@ def test_parse_array_is_inclusive() -> None:
 def test_read_entries(tmp_path: Path) -> None:
     path = tmp_path / "inputs.txt"
     path.write_text("a\n\nb c\n-x\n")
-    assert read_entries(str(path)) == ["a", "", "b c", "-x"]
+    assert read_entries(str(path)) == ["a", "b c", "-x"]
     path.write_text("a\r\nb")  # CRLF; no final newline
     assert read_entries(str(path)) == ["a", "b"]
+    # blank lines (empty or only whitespace, LF or CRLF) are no entries; the rest is verbatim
+    path.write_bytes(b"\r\n a \r\n\r\n  \t\n\nlast\r\n\r\n")
+    assert read_entries(str(path)) == [" a ", "last"]
     assert read_entries("-", stdin=io.StringIO("one\ntwo\n")) == ["one", "two"]
     assert read_entries("-", stdin=io.StringIO("")) == []
     with pytest.raises(UsageError, match=r"missing\.txt"):
@@ -273,7 +276,7 @@ def test_submit_each_line_file_and_stdin(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    (tmp_path / "in.txt").write_text("first\nsecond line\n")
+    (tmp_path / "in.txt").write_bytes(b"first\r\n\r\nsecond line\r\n\n")
     assert run(["submit", "--each-line", "in.txt", "process", "convert"]) == 0
     monkeypatch.setattr("sys.stdin", io.StringIO("x\ny\nz\n"))
     assert run(["submit", "--each-line", "-", "python", "job.py"]) == 0
