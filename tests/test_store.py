@@ -9,6 +9,7 @@ tests/test_durability_integration.py.
 from __future__ import annotations
 
 import operator
+import random
 import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -616,13 +617,15 @@ def test_restored_terminal_jobs_are_not_orphans(state_dir: Path) -> None:
 
 class FlakyWrites:
     """Wraps a store's ``send`` and ``written``: counts the commits, fails them as a full disk
-    does when told, runs ``before`` a commit is sent (to make it slow) and ``after`` it is
-    written (to record it)."""
+    does when told, runs ``before`` a commit is sent (to make it slow), ``writing`` before the
+    store process gets it (the writer has sent it: a slow write) and ``after`` it is written
+    (to record it)."""
 
     def __init__(self, store: Store) -> None:
         self._send, self._written = store.send, store.written
         store.send, store.written = self.send, self.written  # type: ignore[method-assign]
         self.before: Callable[[Commit], Awaitable[None]] = _nothing_before
+        self.writing: Callable[[Commit], Awaitable[None]] = _nothing_before
         self.after: Callable[[Commit], None] = lambda commit: None
         self.calls = 0
         self.rows = 0
@@ -634,12 +637,14 @@ class FlakyWrites:
         if self.full:
             raise sqlite3.OperationalError("database or disk is full")
         await self.before(commit)
-        await self._send(commit)
         self._commit = commit
 
     async def written(self) -> None:
-        await self._written()
+        # Sent to the store process only now: it writes nothing while ``writing`` runs.
         assert self._commit is not None
+        await self.writing(self._commit)
+        await self._send(self._commit)
+        await self._written()
         self.rows += self._commit.inserted
         self.after(self._commit)
 
@@ -1191,6 +1196,69 @@ async def test_a_waiter_hears_of_jobs_that_left_memory_without_reading_them_back
         assert reads == []
 
 
+async def test_waiters_hear_every_end_while_jobs_end_during_the_commits_of_their_starts(
+    store: Store,
+) -> None:
+    """Stress (issue 17, defect 9): a worker reports its jobs' starts and, while those commits
+    are under way, their ends, in waves, round after round, with the store taking a few
+    milliseconds per commit; waiters on the whole round, on its halves and on single jobs, as
+    ``burst wait`` and bench/e2e.py wait. Every waiter must hear every end: none may go silent
+    (a job that left memory before its end was stored was read back as running)."""
+    rng = random.Random(17)
+    rounds, per_round = 15, 40
+    async with running_writer(store, JobTable()) as (writer, flaky):
+        table = writer.table
+
+        async def slow(commit: Commit) -> None:
+            await slow_commit(rng.uniform(0.0, 0.01))
+
+        flaky.writing = slow
+        service = ControllerService(table, writer=writer)
+        poll = await _one_worker(service, per_round)
+        template = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+        for round_number in range(rounds):
+            request = job_pb2.SubmitJobsRequest(template=template, array_count=per_round)
+            ids = list((await service.submit_jobs(request, {})).job_ids)
+            groups = [ids, ids[: per_round // 2], ids[per_round // 2 :], *([i] for i in ids[::7])]
+            silent: list[list[str]] = list(groups)
+
+            async def waiter(group: list[str], silent: list[list[str]]) -> None:
+                wait = job_pb2.WaitJobsRequest(job_ids=group)
+                async for update in service.wait_jobs(wait, {}):
+                    if update.pending == 0:
+                        silent.remove(group)
+
+            async def report(request: job_pb2.ReportJobResultsRequest) -> None:
+                await service.report_job_results(request, {})
+
+            with trio.move_on_after(3):
+                async with trio.open_nursery() as nursery:
+                    for group in groups:
+                        nursery.start_soon(waiter, group, silent)
+                    jobs = list((await service.poll_job(poll, {})).jobs)
+                    rng.shuffle(jobs)
+                    while jobs:
+                        size = rng.randint(1, 10)
+                        wave, jobs = jobs[:size], jobs[size:]
+                        held = [
+                            worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in wave
+                        ]
+                        nursery.start_soon(
+                            report, job_pb2.ReportJobResultsRequest(worker_id="w1", started=held)
+                        )
+                        await trio.sleep(rng.uniform(0.0, 0.01))
+                        results = [
+                            job_pb2.ReportJobResultRequest(job_id=j.job_id, attempt=j.attempt)
+                            for j in wave
+                        ]
+                        nursery.start_soon(
+                            report, job_pb2.ReportJobResultsRequest(worker_id="w1", results=results)
+                        )
+                        await trio.sleep(rng.uniform(0.0, 0.03))
+            assert not silent, f"round {round_number}: waiters on {silent} heard no end"
+        assert table.counts[JobState.SUCCEEDED] == rounds * per_round
+
+
 async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) -> None:
     """The client is refused, the poll that leased the job fails, and the job is nowhere: not in
     memory, not in the worker's load, never handed over later."""
@@ -1254,12 +1322,15 @@ async def test_a_failed_commit_leaves_no_change_of_a_job_it_withdraws(store: Sto
     assert store.get(job_id) is None
 
 
+@pytest.mark.parametrize("slow_part", ["before", "writing"])
 async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
-    store: Store,
+    store: Store, slow_part: str
 ) -> None:
     """A job leaves memory only once its last change is stored: one that finished while the
     commit of its running state was under way must not be read back from the store as running
-    (a waiter looking it up then would never hear that it ended)."""
+    (a waiter looking it up then would never hear that it ended). The changes made meanwhile
+    go to the store process as soon as that commit is written, before its jobs leave memory:
+    the job must stay until that next commit is written too (``writing``: it is slow)."""
     table = JobTable()
     commits: list[int] = []
     async with running_writer(store, table) as (writer, flaky):
@@ -1271,7 +1342,8 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
         table.register("w1", slots=1, capacity=1, now=0.0)
         table.lease("w1", 1, 0.0)
         await writer.durable()
-        flaky.before, flaky.after = slow, lambda commit: commits.append(len(commit.changed_rows))
+        setattr(flaky, slow_part, slow)
+        flaky.after = lambda commit: commits.append(len(commit.changed_rows))
         job = table.jobs[job_id]
         table.started("w1", Held(job_id, job.attempt), 1.0)
         with trio.fail_after(10):
@@ -1282,6 +1354,8 @@ async def test_a_job_that_ends_during_the_commit_of_its_start_stays_in_memory(
                 nursery.start_soon(writer.durable)  # the next commit stores "succeeded"
                 while not commits:
                     await trio.sleep(0.01)
+                await trio.sleep(0.1)  # the first is written, the next one is under way
+                assert commits == [1]
                 found = await ControllerService(table, writer=writer).lookup(job_id)
                 assert found is not None and found.state is JobState.SUCCEEDED
         assert commits == [1, 1]

@@ -46,6 +46,10 @@ class _Sent(NamedTuple):
     changed: list[Job]
     leased: list[Job]
     dropped: list[tuple[int, int]]  # staged submissions whose rows it deletes
+    # The jobs it stores as ended: they leave memory once it is written. Taken when it is sent,
+    # not when written: a job that ended while this commit was under way has its end in the
+    # next commit, already sent by then, and must stay in memory until that one is written.
+    finished: list[Job]
 
 
 @dataclass(eq=False)
@@ -79,7 +83,7 @@ class StoreWriter:
         # The ids of the jobs that commit stores: built when a poll first asks, as most commits
         # are never asked (building it for each cost as much as a job's row).
         self._taking: set[str] | None = None
-        self._sent = _Sent(0, 0, [], [], [], [])
+        self._sent = _Sent(0, 0, [], [], [], [], [])
         self._sends = 0
         self._finished = 0  # the last commit written or failed
         # Staged submissions waiting for their slices, then those whose last slice is sent.
@@ -140,7 +144,7 @@ class StoreWriter:
 
     def _taken_ids(self) -> set[str]:
         if self._taking is None:
-            _, _, new, changed, leased, _ = self._sent
+            _, _, new, changed, leased, _, _ = self._sent
             self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
         return self._taking
 
@@ -172,7 +176,7 @@ class StoreWriter:
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
-                _, _, new, changed, leased, dropped = self._sent
+                _, _, new, changed, leased, dropped, _ = self._sent
                 self._finished = self._sends
                 # Staged submissions are refused too; what they stored goes with a later commit.
                 self._dropped[:0] = dropped
@@ -222,7 +226,8 @@ class StoreWriter:
         self._taking = None
         self._sends += 1
         dropped, self._dropped = self._dropped, []
-        self._sent = _Sent(self._sends, generation, new, changed, leased, dropped)
+        finished = [job for job in changed if job.state in TERMINAL]
+        self._sent = _Sent(self._sends, generation, new, changed, leased, dropped, finished)
         # Rows are built before the first await, so the store never sees a job half-changed.
         begun, ended = [], []
         part: list[Job] = []
@@ -261,7 +266,7 @@ class StoreWriter:
         self._ending = [stage for stage in self._ending if stage.last_commit > sent.number]
         self._signal()
         # A new job that ended before its first commit is among the changed ones too.
-        self.table.evict(job for job in sent.changed if job.state in TERMINAL)
+        self.table.evict(sent.finished)
 
     def _signal(self) -> None:
         self._done.set()
