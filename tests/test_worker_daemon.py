@@ -21,6 +21,8 @@ from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.guard import JobGuard
 from burstd.worker.queue import LocalQueue
+from burstd.worker.session import SERVICE, ControllerLink
+from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2, worker_pb2
 
 JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
@@ -61,9 +63,6 @@ class FakeLink:
             return response_type()
         finally:
             self.leasing -= leases
-
-    def apply_notices(self, cancel: Any, drop: Any) -> None:
-        pass
 
     def pace(self, paced_heartbeat_ms: int) -> None:
         pass
@@ -125,15 +124,16 @@ def reported(link: FakeLink) -> list[str]:
     return [r.job_id for _, request in link.reports for r in request.results]
 
 
-async def test_notify_wakes_only_the_tasks_whose_condition_holds() -> None:
-    state = daemon.WorkerState(WorkerConfig(worker_id="w1"), LocalQueue(4))
-    ready = {"a": False, "b": False}
+async def test_a_change_to_the_queue_wakes_only_the_tasks_whose_condition_holds() -> None:
+    state = WorkerState(WorkerConfig(worker_id="w1"), LocalQueue(4))
+    local = state.local
     checks = {"a": 0, "b": 0}
+    conditions = {"a": lambda: local.waiting() > 0, "b": local.has_results}
     woken: list[str] = []
 
     def condition(name: str) -> bool:
         checks[name] += 1
-        return ready[name]
+        return conditions[name]()
 
     async def waiter(name: str) -> None:
         await state.wait_until(lambda: condition(name))
@@ -143,16 +143,16 @@ async def test_notify_wakes_only_the_tasks_whose_condition_holds() -> None:
         nursery.start_soon(waiter, "a")
         nursery.start_soon(waiter, "b")
         await trio.testing.wait_all_tasks_blocked()
-        state.notify()  # nothing holds: nobody wakes, each condition is checked once more
+        local.take_reports()  # a change, but nothing holds: each condition is checked again
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [] and checks == {"a": 2, "b": 2}
-        ready["a"] = True
-        state.notify()
+        local.add(assigned("j1"), lease_seq=1)  # nobody calls anything: the queue wakes "a"
         await trio.testing.wait_all_tasks_blocked()
         assert woken == ["a"]
-        ready["b"] = True
-        state.notify()
-    assert woken == ["a", "b"] and checks == {"a": 3, "b": 4}
+        job = local.next_queued()
+        assert job is not None
+        local.finish(job, job_pb2.ReportJobResultRequest(job_id="j1", attempt=1))
+    assert woken == ["a", "b"] and checks == {"a": 3, "b": 5}
 
 
 async def test_a_leased_job_starts_before_the_next_request_for_work(
@@ -239,13 +239,13 @@ async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:
         seen.append("Heartbeat")
         return worker_pb2.HeartbeatResponse()
 
-    service = transport.Service(daemon.SERVICE)
+    service = transport.Service(SERVICE)
     service.unary("RegisterWorker", worker_pb2.RegisterWorkerRequest, register)
     service.unary("Heartbeat", worker_pb2.HeartbeatRequest, heartbeat)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(transport.serve, "127.0.0.1", 0, [service])
         config = WorkerConfig(worker_id="w1", controller_addr=f"127.0.0.1:{port}")
-        link = daemon.ControllerLink(daemon.WorkerState(config, LocalQueue(4)))
+        link = ControllerLink(WorkerState(config, LocalQueue(4)))
         nursery.start_soon(link.run)
         for _ in range(3):
             await link.call(

@@ -86,6 +86,7 @@ def test_return_unstarted_hands_back_queued_jobs_only() -> None:
     assert running is not None and running.job_id == "a"
     returned = queue.return_unstarted()
     assert [j.job_id for j in returned] == ["b", "c"]
+    assert queue.waiting() == 0
     assert queue.next_queued() is None
     assert running.state is LocalState.RUNNING
     for job in returned:
@@ -237,3 +238,40 @@ def test_random_sequences_keep_the_invariants(
                 assert job.result is None
         assert queue.lease_seq == lease_seq
         assert queue.has_stealable() == (queue.queued_count() > 0)
+
+
+def test_every_change_is_announced_and_reads_are_not() -> None:
+    changes: list[int] = []
+    queue = LocalQueue(capacity=4, on_change=lambda: changes.append(1))
+
+    def announced(count: int = 1) -> bool:
+        seen = len(changes)
+        changes.clear()
+        return seen == count
+
+    queue.add([assigned("a"), assigned("b"), assigned("c"), assigned("d")], lease_seq=1)
+    assert announced()
+    queue.add([assigned("a")], lease_seq=2)  # nothing new
+    assert announced(0)
+    queue.room(), queue.held(), queue.waiting(), queue.has_reports(), queue.lookup("a", 1)
+    assert announced(0)
+    a = queue.next_queued()
+    assert a is not None and announced()
+    queue.finish(a, result(a))
+    assert announced()
+    _, done = queue.take_reports()
+    assert announced()
+    queue.acknowledged(done)
+    assert announced()
+    assert queue.cancel("b", 1, now=5.0) is None  # queued: ends now, as cancelled
+    assert announced() and queue.jobs["b"].result is not None
+    assert queue.jobs["b"].result.reason == "cancelled"
+    offered = queue.offer(1)
+    assert announced()
+    queue.handed_over(offered, moved={"d"})
+    assert announced()
+    assert queue.drop("c", 1) is not None and announced()
+    queue.add([assigned("e"), assigned("f")], lease_seq=3)
+    changes.clear()
+    assert len(queue.return_unstarted()) == 2
+    assert announced()  # once for the whole hand-back

@@ -46,6 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from burstd.leases import StopReason
 from burstd.policies.routers import Router, make_router
 
 
@@ -139,12 +140,6 @@ def format_ids(first: int, stop: int) -> list[str]:
 
 class InvariantError(AssertionError):
     """A transition not in TRANSITIONS was attempted: a bug, never a client's mistake."""
-
-
-# Reasons a worker may give for a job that did not run to its end; see JobTable.report.
-REASON_RETURNED = "returned"  # handed back unstarted or stopped by a worker shutdown: re-queue
-REASON_CANCELLED = "cancelled"
-REASON_WORKER_LOST = "worker_lost"
 
 
 @dataclass(slots=True, eq=False)
@@ -465,7 +460,7 @@ class JobTable:
         leased_to = self.workers.get(job.worker_id) if job.state is not JobState.QUEUED else None
         self._move(job, Event.CANCEL)
         job.finished_at = now
-        job.reason = REASON_CANCELLED
+        job.reason = StopReason.CANCELLED.value
         job.error_message = "cancelled by user"
         if leased_to is not None:
             if job.lease_seq == 0:
@@ -656,14 +651,14 @@ class JobTable:
             # Not this worker's lease, or never handed over: the result is of an older run.
             return ReportOutcome.STALE
         self._release(worker, job, route=False)
-        if result.reason == REASON_RETURNED:
+        if result.reason == StopReason.RETURNED:
             self._requeue(job, Event.LOSE)
             self._stop_routing(worker)
         else:
             self._record(job, result)
             if result.succeeded:
                 self._finish(job, Event.SUCCEED, now)
-            elif job.retried < job.retries and result.reason != REASON_CANCELLED:
+            elif job.retried < job.retries and result.reason != StopReason.CANCELLED:
                 job.retried += 1
                 self._requeue(job, Event.RETRY)
             else:
@@ -678,7 +673,7 @@ class JobTable:
         if (
             job.worker_id == worker_id
             and job.attempt == attempt
-            and job.reason != REASON_WORKER_LOST
+            and job.reason != StopReason.WORKER_LOST
         ):
             return ReportOutcome.DUPLICATE
         return ReportOutcome.STALE
@@ -953,7 +948,7 @@ class JobTable:
         """A started attempt was lost with its worker: re-queue, or fail past the crash limit."""
         job.lost_count += 1
         if job.lost_count >= self.crash_limit:
-            job.reason = REASON_WORKER_LOST
+            job.reason = StopReason.WORKER_LOST.value
             job.error_message = (
                 f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
             )

@@ -2,46 +2,45 @@
 
 Shape (after hypercorn's nested nurseries, the outer one holding what must outlive the inner)::
 
-    run_worker
-    ├── outer nursery: session (register, re-register), reporter, heartbeat, notice poll,
+    Worker.run
+    ├── outer nursery: session (worker/session.py), reporter, heartbeat, notice poll,
     │                  StealJobs server (with a peer address), steal client (see worker/steal.py)
     └── inner nursery: lease loop, one runner per slot (each job in its own cancel scope)
 
-A job's cancel scope is the unit of its lifetime: a user cancel, a dropped lease or a shutdown
-cancels that scope, and the executor then kills the job's whole process group. Shutdown drains:
-the lease loop stops, unstarted jobs are handed back, running jobs get ``drain_grace`` seconds,
-then the inner nursery is cancelled; the reporter keeps running until every result is
-acknowledged (bounded by ``flush_timeout``), because a result is never dropped on purpose.
+The tasks share one ``WorkerState`` (worker/state.py) and wait on it; the local queue
+(worker/queue.py) wakes them when it changes. A job's cancel scope is the unit of its lifetime:
+a user cancel, a dropped lease or a shutdown cancels that scope, and the executor then kills the
+job's whole process group. Shutdown drains: the lease loop stops, unstarted jobs are handed back,
+running jobs get ``drain_grace`` seconds, then are stopped; the inner nursery has a deadline
+from the start of the drain. The reporter keeps running until every result is acknowledged
+(bounded by ``flush_timeout``), because a result is never dropped on purpose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import secrets
 import signal
-import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 from loguru import logger
 
 from burstd import transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
+from burstd.leases import StopReason
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
-from burstd.worker.queue import LocalJob, LocalQueue, LocalState
+from burstd.worker.queue import LocalJob, LocalQueue, stopped_result
+from burstd.worker.session import CALL_TIMEOUT, ControllerLink
+from burstd.worker.state import WorkerState
 from burstd.worker.steal import PeerServer, StealClient, advertise_addr
 from proto.burst.v1 import job_pb2, worker_pb2
 
-SERVICE = "burst.v1.ControllerRpc"
-CALL_TIMEOUT = 10.0
 LONG_POLL_MS = 20_000
 NOTICE_POLL_MS = 30_000
-MAX_BACKOFF = 5.0
 # Results per ReportJobResults call: large enough to amortise a call, small enough to stay snappy.
 REPORT_BATCH = 2_000
 # Start notices alone wait this long for a result to carry them: a short job's result comes
@@ -66,209 +65,6 @@ def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultR
         stdout_path=outcome.stdout_path,
         stderr_path=outcome.stderr_path,
     )
-
-
-def _stopped_result(
-    job: LocalJob, reason: str, started_at: float
-) -> job_pb2.ReportJobResultRequest:
-    """The result of a job the worker stopped (or never started): "cancelled" or "returned"."""
-    message = "cancelled by user" if reason == "cancelled" else "stopped by a worker shutdown"
-    return job_pb2.ReportJobResultRequest(
-        job_id=job.job_id,
-        attempt=job.attempt,
-        exit_code=-1,
-        reason=reason,
-        error_message=message,
-        started_at=started_at,
-        finished_at=time.time(),
-    )
-
-
-@dataclass
-class _Running:
-    scope: trio.CancelScope
-    # Why the scope was cancelled: "cancelled" (user), "dropped" (not ours), "returned" (shutdown).
-    why: str = ""
-
-
-@dataclass
-class WorkerState:
-    """What the tasks of one worker share (all on the trio thread: no locks)."""
-
-    config: WorkerConfig
-    local: LocalQueue
-    running: dict[str, _Running] = field(default_factory=dict)
-    draining: bool = False
-    # This process among all lives of this worker id: steals to an earlier one are refused.
-    instance: int = field(default_factory=lambda: secrets.randbits(63) | 1)
-    # When the lease loop's current request for work was sent (trio time); None: none waits.
-    poll_since: float | None = None
-    # A call that may bring leases (a poll, or a report that asks for work) is under way. One at
-    # a time: batches then arrive in the order the controller numbered them, and a heartbeat,
-    # which acknowledges the highest seen, never disowns one still on its way.
-    leasing: bool = False
-    # Stealing: every steal round up to steal_done has ended; peers as the controller listed them.
-    steals: bool = False
-    steal_done: int = 0
-    peers: list[worker_pb2.PeerInfo] | None = None
-    # Tasks blocked in wait_until, with the condition each waits for.
-    _waiters: dict[trio.Event, Callable[[], bool]] = field(default_factory=dict)
-
-    def notify(self) -> None:
-        """Something changed (job arrived, started, finished, acknowledged): wake the tasks whose
-        condition now holds, and only those. Waking every task instead cost each job's start and
-        end a task switch per runner, reporter, lease loop and steal client."""
-        if not self._waiters:
-            return
-        for event, ready in list(self._waiters.items()):
-            if ready():
-                del self._waiters[event]
-                event.set()
-
-    async def wait_until(self, ready: Callable[[], bool]) -> None:
-        """Return once ``ready()`` holds (always through a checkpoint). ``ready`` is called now
-        and at every ``notify()``: it must be cheap, and whatever makes it true must notify."""
-        if ready():
-            await trio.lowlevel.checkpoint()
-            return
-        event = trio.Event()
-        self._waiters[event] = ready
-        try:
-            await event.wait()
-        finally:
-            self._waiters.pop(event, None)
-
-    def stop_job(self, job_id: str, why: str) -> None:
-        running = self.running.get(job_id)
-        if running is not None and not running.why:
-            running.why = why
-            running.scope.cancel()
-
-
-class ControllerLink:
-    """The worker's session with the controller: one channel, re-opened and re-registered.
-
-    Other tasks call ``call()``: it waits until the worker is registered, and when the controller
-    is unreachable or has forgotten this worker it marks the session broken, so ``run()`` opens a
-    new channel and registers again (with every held job, so none runs twice).
-    """
-
-    def __init__(self, state: WorkerState, peer_addr: str = "") -> None:
-        self.state = state
-        self.peer_addr = peer_addr
-        self.host, self.port = parse_hostport(state.config.controller_addr)
-        # The controller's configured interval (the cap of the reconnect backoff: a restarted
-        # controller waits one unstretched lease TTL for workers to claim their jobs), and the
-        # one it asks for now, stretched when many workers share its heartbeat budget.
-        self.heartbeat_interval = 1.0
-        self.paced_interval = 1.0
-        self._channel: transport.Channel | None = None
-        self._connected = trio.Event()
-        self._broken = trio.Event()
-        self.log = logger.bind(worker_id=state.config.worker_id)
-
-    def broken(self, channel: transport.Channel | None = None) -> None:
-        """Register again. With ``channel``: only if that is still the session's channel (a late
-        failure of a call on an earlier session must not break the new one)."""
-        if channel is None or channel is self._channel:
-            self._broken.set()
-
-    async def run(self) -> None:
-        backoff = max(self.state.config.retry_interval_ms / 1000, 0.05)
-        delay = backoff
-        warned = False
-        while True:
-            try:
-                # Polls, reports and heartbeats are many small calls: one standing stream
-                # carries them all (see proto/burst/v1/mux.proto).
-                channel = transport.Channel(
-                    self.host, self.port, connect_timeout=5.0, multiplex=True
-                )
-                async with channel:
-                    await self._register(channel)
-                    if warned:
-                        self.log.info("controller at {}:{} is back", self.host, self.port)
-                    warned, delay = False, backoff
-                    self._channel = channel
-                    self._connected.set()
-                    await self._broken.wait()
-            except transport.RpcError as error:
-                if not warned:
-                    self.log.warning("controller unavailable ({}); retrying", error)
-                    warned = True
-            finally:
-                self._channel = None
-                # Tasks in call() wait on the current event: replace it only once it was set,
-                # or they would wait on an event that no registration sets any more.
-                if self._connected.is_set():
-                    self._connected = trio.Event()
-                self._broken = trio.Event()
-            await trio.sleep(delay)
-            # Never slower than the heartbeats: after a controller restart, the jobs this worker
-            # holds (and its unreported results) stay its own only if it registers again within
-            # one lease TTL, which the heartbeat interval is below.
-            delay = min(delay * 2, MAX_BACKOFF, self.heartbeat_interval)
-
-    async def _register(self, channel: transport.Channel) -> None:
-        config, local = self.state.config, self.state.local
-        request = worker_pb2.RegisterWorkerRequest(
-            worker_id=config.worker_id,
-            slots=config.slots,
-            queue_capacity=local.capacity,
-            peer_addr=self.peer_addr,
-            held=local.held(),
-            hostname=socket.gethostname(),
-            lease_seq=local.lease_seq,
-            instance=self.state.instance,
-        )
-        response = await channel.unary(
-            SERVICE,
-            "RegisterWorker",
-            request,
-            worker_pb2.RegisterWorkerResponse,
-            timeout=CALL_TIMEOUT,
-        )
-        if response.heartbeat_interval_ms:
-            self.heartbeat_interval = response.heartbeat_interval_ms / 1000
-        self.pace(response.paced_heartbeat_ms)
-        for held in response.drop:
-            self._drop(held)
-        self.state.peers = list(response.peers)
-        self.log.info("registered with controller {}:{}", self.host, self.port)
-
-    def pace(self, paced_heartbeat_ms: int) -> None:
-        """Heartbeat at the controller's paced interval (its plain one if it sends none)."""
-        self.paced_interval = paced_heartbeat_ms / 1000 or self.heartbeat_interval
-
-    def _drop(self, held: worker_pb2.HeldJob) -> None:
-        if self.state.local.drop(held.job_id, held.attempt) is not None:
-            self.state.stop_job(held.job_id, "dropped")
-            self.state.notify()
-
-    def apply_notices(self, cancel: Any, drop: Any) -> None:
-        for held in cancel:
-            job = self.state.local.lookup(held.job_id, held.attempt)
-            if job is not None and not job.cancelled:
-                job.cancelled = True
-                if job.state is LocalState.QUEUED:
-                    # Not started: it ends now, not once a slot is free (it holds capacity).
-                    self.state.local.finish(job, _stopped_result(job, "cancelled", 0.0))
-                else:
-                    self.state.stop_job(job.job_id, "cancelled")
-                self.state.notify()
-        for held in drop:
-            self._drop(held)
-
-    async def call(
-        self, method: str, request: Any, response_type: Any, timeout: float = CALL_TIMEOUT
-    ) -> Any:
-        while (channel := self._channel) is None:
-            await self._connected.wait()
-        try:
-            return await channel.unary(SERVICE, method, request, response_type, timeout=timeout)
-        except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
-            self.broken(channel)
-            raise
 
 
 class Worker:
@@ -337,34 +133,46 @@ class Worker:
                     inner.start_soon(self._runner)
                 task_status.started()
                 await self._drain.wait()
-                self.log.info("draining: no new work, {} jobs running", len(self.state.running))
-                self.state.draining = True
-                self._hand_back()
-                self.state.notify()
-                with trio.move_on_after(self.drain_grace):
-                    await self.state.wait_until(self._no_job_running)
-                if self.state.running:
-                    self.log.warning(
-                        "drain grace of {:g} s is over: stopping {} jobs",
-                        self.drain_grace,
-                        len(self.state.running),
-                    )
-                for job_id in list(self.state.running):
-                    self.state.stop_job(job_id, "returned")
-                # Let the stopped jobs end (their process groups are killed) and record their
-                # "returned" results: cancelling the runners first would end them with no result,
-                # and the controller would count a lost worker and re-run them only after the TTL.
-                with trio.move_on_after(self.exec_config.kill_grace + 10):
-                    await self.state.wait_until(self._no_job_running)
-                inner.cancel_scope.cancel()
-            self._hand_back()
-            with trio.move_on_after(self.flush_timeout):
-                await self.state.wait_until(lambda: not self.state.local.has_reports())
-            if self.state.local.has_reports():
-                self.log.warning(
-                    "stopping with unacknowledged results: the controller will re-run them"
+                # The jobs' last moment: the drain grace, then the kill grace of those stopped
+                # and a while for their results to be recorded.
+                inner.cancel_scope.deadline = (
+                    trio.current_time() + self.drain_grace + self.exec_config.kill_grace + 10
                 )
+                await self._drain_jobs()
+                inner.cancel_scope.cancel()
+            await self._flush_reports()
             outer.cancel_scope.cancel()
+
+    async def _drain_jobs(self) -> None:
+        """Take no more work, hand unstarted jobs back, let running ones finish within the drain
+        grace, then stop what is left and wait for its "returned" results (stopping the runners
+        instead would end the jobs with no result, and the controller would count a lost worker
+        and re-run them only after the lease TTL)."""
+        state = self.state
+        self.log.info("draining: no new work, {} jobs running", len(state.running))
+        state.start_draining()
+        self._hand_back()
+        with trio.move_on_after(self.drain_grace):
+            await state.wait_until(self._no_job_running)
+        if state.running:
+            self.log.warning(
+                "drain grace of {:g} s is over: stopping {} jobs",
+                self.drain_grace,
+                len(state.running),
+            )
+            state.stop_all(StopReason.RETURNED)
+            await state.wait_until(self._no_job_running)
+
+    async def _flush_reports(self) -> None:
+        """The reporter outlives the jobs: wait (bounded) until every result is acknowledged."""
+        local = self.state.local
+        self._hand_back()
+        with trio.move_on_after(self.flush_timeout):
+            await self.state.wait_until(lambda: not local.has_reports())
+        if local.has_reports():
+            self.log.warning(
+                "stopping with unacknowledged results: the controller will re-run them"
+            )
 
     def _no_job_running(self) -> bool:
         return not self.state.running
@@ -387,7 +195,6 @@ class Worker:
         returned = self.state.local.return_unstarted()
         if returned:
             self.log.info("handing back {} unstarted jobs", len(returned))
-            self.state.notify()
 
     # -- inner nursery -----------------------------------------------------------------------
 
@@ -410,17 +217,15 @@ class Worker:
             # While it waits, the controller had nothing for this worker: the steal client
             # reads this to know when the worker is idle.
             state.poll_since = trio.current_time()
-            state.leasing = True
-            try:
-                response = await self._poll(room, LONG_POLL_MS)
-            finally:
-                state.poll_since = None
-                state.leasing = False
-                state.notify()
+            with state.leasing_call():
+                try:
+                    response = await self._poll(room, LONG_POLL_MS)
+                finally:
+                    state.poll_since = None
             if response is None:
                 continue
             self._take_leases(response.jobs, response.lease_seq)
-            self.link.apply_notices(response.cancel, response.drop)
+            state.apply_notices(response.cancel, response.drop)
             # The runners just woken start their jobs before the next request for work is sent
             # (~0.3 ms of sending): they run in trio's next batch, whose order is random, so
             # this task yields until the one after.
@@ -428,10 +233,8 @@ class Worker:
                 await trio.lowlevel.checkpoint()
 
     def _take_leases(self, jobs: Sequence[job_pb2.AssignedJob], lease_seq: int) -> None:
-        if self.state.local.add(jobs, lease_seq):
-            if self.state.draining:
-                self._hand_back()  # a call that answered after the drain began
-            self.state.notify()
+        if self.state.local.add(jobs, lease_seq) and self.state.draining:
+            self._hand_back()  # a call that answered after the drain began
 
     async def _runner(self) -> None:
         state, local = self.state, self.state.local
@@ -444,39 +247,28 @@ class Worker:
             if job is None:
                 await state.wait_until(startable)
                 continue
-            # News for the reporter (a start notice) and for the lease loop (one job fewer
-            # waiting for a slot).
-            state.notify()
             await self._run_one(job)
 
     async def _run_one(self, job: LocalJob) -> None:
         log = self.log.bind(job_id=job.job_id)
-        running = _Running(trio.CancelScope())
-        self.state.running[job.job_id] = running
         started = time.time()
         outcome: Outcome | None = None
-        try:
-            with running.scope:
-                if job.cancelled:
-                    running.why = "cancelled"
-                    running.scope.cancel()
-                outcome = await run_job(
-                    job.job_id, job.attempt, job.spec, self.exec_config, self._guard
-                )
-        finally:
-            del self.state.running[job.job_id]
+        with self.state.run(job) as running, running.scope:
+            if job.cancelled:
+                self.state.stop(job, StopReason.CANCELLED)
+            outcome = await run_job(
+                job.job_id, job.attempt, job.spec, self.exec_config, self._guard
+            )
         if outcome is not None:
             result = _outcome_result(job, outcome)
-        elif running.why == "dropped":
+        elif running.why is StopReason.DROPPED:
             log.debug("dropped: lease no longer ours")
-            self.state.notify()
             return
         else:
-            reason = "cancelled" if running.why == "cancelled" else "returned"
-            result = _stopped_result(job, reason, started)
+            reason = running.why if running.why is StopReason.CANCELLED else StopReason.RETURNED
+            result = stopped_result(job, reason, started, time.time())
         log.debug("finished: {} {}", result.reason, result.exit_code)
         self.state.local.finish(job, result)
-        self.state.notify()
 
     # -- outer nursery -----------------------------------------------------------------------
 
@@ -508,22 +300,17 @@ class Worker:
             leasing = room > 0 and not (state.draining or state.leasing)
             if leasing:
                 request.max_jobs = room
-                state.leasing = True
             try:
-                response = await self.link.call(
-                    "ReportJobResults", request, job_pb2.ReportJobResultsResponse
-                )
+                with state.leasing_call() if leasing else contextlib.nullcontext():
+                    response = await self.link.call(
+                        "ReportJobResults", request, job_pb2.ReportJobResultsResponse
+                    )
             except transport.RpcError as error:
                 self.log.debug("report failed ({}); retrying", error)
                 await trio.sleep(0.05)
                 continue
-            finally:
-                if leasing:
-                    state.leasing = False
-                    state.notify()
             local.acknowledged(done)
             self._take_leases(response.jobs, response.lease_seq)
-            state.notify()
             stream_until = sent_at + REPORT_INTERVAL if len(request.results) > 1 else -math.inf
 
     async def _heartbeat(self) -> None:
@@ -559,14 +346,14 @@ class Worker:
             self.link.pace(response.paced_heartbeat_ms)
             if request.want_peers:  # (without it, the reply lists none: that is no news)
                 self.state.peers = list(response.peers)
-            self.link.apply_notices(response.cancel, response.drop)
+            self.state.apply_notices(response.cancel, response.drop)
 
     async def _notice_poll(self) -> None:
         """Keep a long-poll open for cancel notices even while the lease loop has no room."""
         while True:
             response = await self._poll(0, NOTICE_POLL_MS)
             if response is not None:
-                self.link.apply_notices(response.cancel, response.drop)
+                self.state.apply_notices(response.cancel, response.drop)
 
     async def _poll(self, max_jobs: int, wait_ms: int) -> job_pb2.PollJobResponse | None:
         """One long-poll for up to ``max_jobs`` jobs; None (after a short pause) if it failed."""

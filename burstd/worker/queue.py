@@ -12,15 +12,19 @@ Rules:
 5. A queued job offered to a thief (``offer``) is *leaving*: still held (heartbeats list it), never
    started, until the controller's answer says whether it moved (``handed_over``): a moved job is
    forgotten, the others wait for a slot again.
+6. Every change is announced: each method that changes what is held, what waits for a slot or
+   what is to report calls ``on_change`` once it is done, so the worker's tasks waiting on the
+   queue wake without anyone telling them.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Container, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
+from burstd.leases import StopReason
 from proto.burst.v1 import job_pb2, worker_pb2
 
 
@@ -43,11 +47,38 @@ class LocalJob:
     leaving: bool = False
 
 
-class LocalQueue:
-    """Jobs held by one worker."""
+def stopped_result(
+    job: LocalJob, reason: StopReason, started_at: float, finished_at: float
+) -> job_pb2.ReportJobResultRequest:
+    """The result of a job the worker stopped (``started_at`` set) or never started: cancelled
+    or returned."""
+    if reason is StopReason.CANCELLED:
+        message = "cancelled by user"
+    elif started_at:
+        message = "stopped by a worker shutdown"
+    else:
+        message = "handed back by a worker shutting down"
+    return job_pb2.ReportJobResultRequest(
+        job_id=job.job_id,
+        attempt=job.attempt,
+        exit_code=-1,
+        reason=reason,
+        error_message=message,
+        started_at=started_at,
+        finished_at=finished_at,
+    )
 
-    def __init__(self, capacity: int) -> None:
+
+def _nothing() -> None:
+    pass
+
+
+class LocalQueue:
+    """Jobs held by one worker. ``on_change`` is called after every change (rule 6)."""
+
+    def __init__(self, capacity: int, on_change: Callable[[], None] = _nothing) -> None:
         self.capacity = capacity
+        self.on_change = on_change
         self.jobs: dict[str, LocalJob] = {}
         self._queued: deque[LocalJob] = deque()
         self._started: list[LocalJob] = []
@@ -80,6 +111,8 @@ class LocalQueue:
             self._queued.append(job)
             added += 1
         self.lease_seq = max(self.lease_seq, lease_seq)
+        if added:
+            self.on_change()
         return added
 
     def waiting(self) -> int:
@@ -118,6 +151,7 @@ class LocalQueue:
             for job in offered:
                 job.leaving = True
             self._queued = deque(job for job in self._queued if id(job) not in leaving)
+            self.on_change()
         offered.reverse()
         return offered
 
@@ -139,10 +173,17 @@ class LocalQueue:
             elif held and job.state is LocalState.QUEUED:
                 back.append(job)
         self._queued.extend(back)
+        self.on_change()
         return gone
 
     def next_queued(self) -> LocalJob | None:
         """The oldest job waiting for a slot, now RUNNING; None when there is none."""
+        job = self._next_queued()
+        if job is not None:
+            self.on_change()
+        return job
+
+    def _next_queued(self) -> LocalJob | None:
         while self._queued:
             job = self._queued.popleft()
             if self.jobs.get(job.job_id) is job and job.state is LocalState.QUEUED:
@@ -157,21 +198,31 @@ class LocalQueue:
             job.state = LocalState.DONE
             job.result = result
             self._done[job.job_id] = job
+            self.on_change()
+
+    def cancel(self, job_id: str, attempt: int, now: float) -> LocalJob | None:
+        """A user cancelled this attempt: a queued job ends now, as cancelled (it holds room
+        until reported, not until a slot is free); returns the job if it runs (the caller
+        stops it, then ``finish``es it as cancelled)."""
+        job = self.lookup(job_id, attempt)
+        if job is None or job.cancelled:
+            return None
+        job.cancelled = True
+        if job.state is LocalState.QUEUED:
+            self.finish(job, stopped_result(job, StopReason.CANCELLED, 0.0, now))
+            return None
+        return job if job.state is LocalState.RUNNING else None
 
     def return_unstarted(self) -> list[LocalJob]:
         """For a shutdown: every queued job ends as handed back (re-queued by the controller)."""
         returned = []
-        while (job := self.next_queued()) is not None:
-            self.finish(
-                job,
-                job_pb2.ReportJobResultRequest(
-                    job_id=job.job_id,
-                    attempt=job.attempt,
-                    reason="returned",
-                    error_message="handed back by a worker shutting down",
-                ),
-            )
+        while (job := self._next_queued()) is not None:
+            job.state = LocalState.DONE
+            job.result = stopped_result(job, StopReason.RETURNED, 0.0, 0.0)
+            self._done[job.job_id] = job
             returned.append(job)
+        if returned:
+            self.on_change()
         return returned
 
     def take_reports(self) -> tuple[list[worker_pb2.HeldJob], list[LocalJob]]:
@@ -182,6 +233,7 @@ class LocalQueue:
             if self.jobs.get(j.job_id) is j and j.state is LocalState.RUNNING
         ]
         self._started.clear()
+        self.on_change()
         return started, list(self._done.values())
 
     def has_reports(self) -> bool:
@@ -197,6 +249,7 @@ class LocalQueue:
             if self.jobs.get(job.job_id) is job:
                 del self.jobs[job.job_id]
                 self._done.pop(job.job_id, None)
+        self.on_change()
 
     def lookup(self, job_id: str, attempt: int) -> LocalJob | None:
         job = self.jobs.get(job_id)
@@ -209,6 +262,7 @@ class LocalQueue:
             del self.jobs[job_id]
             if self._done.get(job_id) is job:
                 del self._done[job_id]
+            self.on_change()
         return job
 
     def take(self, job_ids: Iterable[str]) -> list[LocalJob]:

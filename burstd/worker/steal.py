@@ -73,9 +73,7 @@ class _State(Protocol):
     def local(self) -> Any: ...
 
     @property
-    def running(self) -> Mapping[str, object]: ...
-
-    def notify(self) -> None: ...
+    def running(self) -> Mapping[Any, object]: ...
 
     async def wait_until(self, ready: Callable[[], bool]) -> None: ...
 
@@ -192,7 +190,6 @@ class PeerServer:
         gone = local.handed_over(offered, moved)
         if state.draining and len(gone) < len(offered):
             self.hand_back()
-        state.notify()
         if gone:
             self.log.debug("gave {} jobs to {} (round {})", len(gone), thief, request.steal_round)
         return peer_pb2.StealJobsResponse(
@@ -426,7 +423,6 @@ class StealClient:
         self.log.debug("stole {} jobs from {} (round {})", got, victim_id, self.round)
         if self.state.draining and self.hand_back is not None:
             self.hand_back()  # a reply that came after the drain began
-        self.state.notify()
         return True
 
     def _failed(self, worker_id: str, peer: _Peer, error: Exception) -> None:

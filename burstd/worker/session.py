@@ -1,0 +1,134 @@
+"""The worker's session with the controller: one channel, registered, re-registered, backed off.
+
+Promises:
+
+1. Every call of the worker to the controller goes through ``ControllerLink.call``, which waits
+   until the worker is registered. A call that finds the controller unreachable, or that the
+   controller refuses because it does not know this worker (restart, worker declared lost),
+   breaks the session, and ``run`` opens a new channel and registers again.
+2. A registration lists every job the worker holds, so that a restarted controller gives them
+   back to it instead of running them twice; those it no longer assigns to this worker are
+   dropped (stopped and forgotten, never reported).
+3. While the controller is away, registration is retried with a growing pause, never longer
+   than the heartbeat interval: after a controller restart the held jobs stay this worker's
+   only if it registers within one lease TTL.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import trio
+from loguru import logger
+
+from burstd import transport
+from burstd.config import parse_hostport
+from burstd.worker.state import WorkerState
+from proto.burst.v1 import worker_pb2
+
+__all__ = ["CALL_TIMEOUT", "SERVICE", "ControllerLink"]
+
+SERVICE = "burst.v1.ControllerRpc"
+CALL_TIMEOUT = 10.0
+MAX_BACKOFF = 5.0
+
+
+class ControllerLink:
+    """The worker's session with the controller (see the module's promises)."""
+
+    def __init__(self, state: WorkerState, peer_addr: str = "") -> None:
+        self.state = state
+        self.peer_addr = peer_addr
+        self.host, self.port = parse_hostport(state.config.controller_addr)
+        # The controller's configured interval (the cap of the reconnect backoff: a restarted
+        # controller waits one unstretched lease TTL for workers to claim their jobs), and the
+        # one it asks for now, stretched when many workers share its heartbeat budget.
+        self.heartbeat_interval = 1.0
+        self.paced_interval = 1.0
+        self._channel: transport.Channel | None = None
+        self._connected = trio.Event()
+        self._broken = trio.Event()
+        self.log = logger.bind(worker_id=state.config.worker_id)
+
+    def broken(self, channel: transport.Channel | None = None) -> None:
+        """Register again. With ``channel``: only if that is still the session's channel (a late
+        failure of a call on an earlier session must not break the new one)."""
+        if channel is None or channel is self._channel:
+            self._broken.set()
+
+    async def run(self) -> None:
+        backoff = max(self.state.config.retry_interval_ms / 1000, 0.05)
+        delay = backoff
+        warned = False
+        while True:
+            try:
+                # Polls, reports and heartbeats are many small calls: one standing stream
+                # carries them all (see proto/burst/v1/mux.proto).
+                channel = transport.Channel(
+                    self.host, self.port, connect_timeout=5.0, multiplex=True
+                )
+                async with channel:
+                    await self._register(channel)
+                    if warned:
+                        self.log.info("controller at {}:{} is back", self.host, self.port)
+                    warned, delay = False, backoff
+                    self._channel = channel
+                    self._connected.set()
+                    await self._broken.wait()
+            except transport.RpcError as error:
+                if not warned:
+                    self.log.warning("controller unavailable ({}); retrying", error)
+                    warned = True
+            finally:
+                self._channel = None
+                # Tasks in call() wait on the current event: replace it only once it was set,
+                # or they would wait on an event that no registration sets any more.
+                if self._connected.is_set():
+                    self._connected = trio.Event()
+                self._broken = trio.Event()
+            await trio.sleep(delay)
+            # Never slower than the heartbeats (promise 3).
+            delay = min(delay * 2, MAX_BACKOFF, self.heartbeat_interval)
+
+    async def _register(self, channel: transport.Channel) -> None:
+        config, local = self.state.config, self.state.local
+        request = worker_pb2.RegisterWorkerRequest(
+            worker_id=config.worker_id,
+            slots=config.slots,
+            queue_capacity=local.capacity,
+            peer_addr=self.peer_addr,
+            held=local.held(),
+            hostname=socket.gethostname(),
+            lease_seq=local.lease_seq,
+            instance=self.state.instance,
+        )
+        response = await channel.unary(
+            SERVICE,
+            "RegisterWorker",
+            request,
+            worker_pb2.RegisterWorkerResponse,
+            timeout=CALL_TIMEOUT,
+        )
+        if response.heartbeat_interval_ms:
+            self.heartbeat_interval = response.heartbeat_interval_ms / 1000
+        self.pace(response.paced_heartbeat_ms)
+        self.state.drop(response.drop)
+        self.state.peers = list(response.peers)
+        self.log.info("registered with controller {}:{}", self.host, self.port)
+
+    def pace(self, paced_heartbeat_ms: int) -> None:
+        """Heartbeat at the controller's paced interval (its plain one if it sends none)."""
+        self.paced_interval = paced_heartbeat_ms / 1000 or self.heartbeat_interval
+
+    async def call(
+        self, method: str, request: Any, response_type: Any, timeout: float = CALL_TIMEOUT
+    ) -> Any:
+        """One call to the controller, once registered (promise 1)."""
+        while (channel := self._channel) is None:
+            await self._connected.wait()
+        try:
+            return await channel.unary(SERVICE, method, request, response_type, timeout=timeout)
+        except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
+            self.broken(channel)
+            raise

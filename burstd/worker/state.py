@@ -1,0 +1,148 @@
+"""What the tasks of one worker share, and how they wait for it to change.
+
+Every task of the worker's tree (lease loop, runners, reporter, heartbeat, steal client and
+server) runs on the trio thread and reads this one object: no locks. A task waits with
+``wait_until(condition)``; whatever can make a condition true wakes the waiters itself: the
+local queue after each of its changes (its ``on_change``), and the methods below after theirs.
+No caller announces a change by hand.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import trio
+from loguru import logger
+
+from burstd.config import WorkerConfig
+from burstd.leases import StopReason
+from burstd.worker.queue import LocalJob, LocalQueue
+from proto.burst.v1 import worker_pb2
+
+__all__ = ["Running", "WorkerState"]
+
+
+@dataclass(eq=False)
+class Running:
+    """A job whose process runs here; its scope is the job's lifetime."""
+
+    scope: trio.CancelScope
+    # Why the scope was cancelled (None: it was not): a user's cancel, a lease no longer this
+    # worker's, or a shutdown.
+    why: StopReason | None = None
+
+
+@dataclass
+class WorkerState:
+    """What the tasks of one worker share (all on the trio thread: no locks)."""
+
+    config: WorkerConfig
+    local: LocalQueue
+    # The jobs running here, by the job (not its id: two attempts of one job may both be here,
+    # one stopping while the other starts).
+    running: dict[LocalJob, Running] = field(default_factory=dict)
+    draining: bool = False
+    # This process among all lives of this worker id: steals to an earlier one are refused.
+    instance: int = field(default_factory=lambda: secrets.randbits(63) | 1)
+    # When the lease loop's current request for work was sent (trio time); None: none waits.
+    poll_since: float | None = None
+    # A call that may bring leases (a poll, or a report that asks for work) is under way. One at
+    # a time: batches then arrive in the order the controller numbered them, and a heartbeat,
+    # which acknowledges the highest seen, never disowns one still on its way.
+    leasing: bool = False
+    # Stealing: every steal round up to steal_done has ended; peers as the controller listed them.
+    steals: bool = False
+    steal_done: int = 0
+    peers: list[worker_pb2.PeerInfo] | None = None
+    # Tasks blocked in wait_until, with the condition each waits for.
+    _waiters: dict[trio.Event, Callable[[], bool]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.local.on_change = self._wake
+        self.log = logger.bind(worker_id=self.config.worker_id)
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        """Something changed: wake the tasks whose condition now holds, and only those. Waking
+        every task instead cost each job's start and end a task switch per runner, reporter,
+        lease loop and steal client."""
+        if not self._waiters:
+            return
+        for event, ready in list(self._waiters.items()):
+            if ready():
+                del self._waiters[event]
+                event.set()
+
+    async def wait_until(self, ready: Callable[[], bool]) -> None:
+        """Return once ``ready()`` holds (always through a checkpoint). ``ready`` is called now
+        and after every change to this state or its queue: it must be cheap, and read nothing
+        else that changes."""
+        if ready():
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        self._waiters[event] = ready
+        try:
+            await event.wait()
+        finally:
+            self._waiters.pop(event, None)
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def start_draining(self) -> None:
+        """Take no more work: the lease loop and the runners stop, the steal client too."""
+        self.draining = True
+        self._wake()
+
+    @contextmanager
+    def leasing_call(self) -> Iterator[None]:
+        """Around a call that may bring leases (see ``leasing``)."""
+        self.leasing = True
+        try:
+            yield
+        finally:
+            self.leasing = False
+            self._wake()
+
+    @contextmanager
+    def run(self, job: LocalJob) -> Iterator[Running]:
+        """Around a job's run: it is listed in ``running`` meanwhile."""
+        running = self.running[job] = Running(trio.CancelScope())
+        try:
+            yield running
+        finally:
+            del self.running[job]
+            self._wake()
+
+    def stop(self, job: LocalJob, why: StopReason) -> None:
+        """Stop a job's run, if it runs here and was not stopped already."""
+        running = self.running.get(job)
+        if running is not None and running.why is None:
+            running.why = why
+            running.scope.cancel()
+
+    def stop_all(self, why: StopReason) -> None:
+        for job in list(self.running):
+            self.stop(job, why)
+
+    def drop(self, held: Iterable[worker_pb2.HeldJob]) -> None:
+        """These leases are no longer this worker's: stop and forget them, with no report."""
+        for h in held:
+            job = self.local.drop(h.job_id, h.attempt)
+            if job is not None:
+                self.stop(job, StopReason.DROPPED)
+
+    def apply_notices(
+        self, cancel: Iterable[worker_pb2.HeldJob], drop: Iterable[worker_pb2.HeldJob]
+    ) -> None:
+        """The controller's notices: jobs a user cancelled, leases no longer this worker's."""
+        for h in cancel:
+            job = self.local.cancel(h.job_id, h.attempt, time.time())
+            if job is not None:
+                self.stop(job, StopReason.CANCELLED)
+        self.drop(drop)
