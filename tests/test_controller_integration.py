@@ -655,6 +655,16 @@ def _with(**fields: Any) -> job_pb2.JobSpec:
     return spec
 
 
+def _sized(size: int) -> job_pb2.JobSpec:
+    """A valid spec of exactly ``size`` encoded bytes."""
+    spec = process_spec("x", "")
+    spec.process.args[0] = "y" * (size - spec.ByteSize())
+    while spec.ByteSize() > size:  # lengths past 127 take a byte more
+        spec.process.args[0] = spec.process.args[0][1:]
+    assert spec.ByteSize() == size
+    return spec
+
+
 BAD_REQUESTS = {
     "missing spec": (_one(None), "spec: missing job spec"),
     "blank command": (_one(process_spec(" \t")), "spec.process.command: cannot be empty"),
@@ -672,6 +682,29 @@ BAD_REQUESTS = {
     "negative timeout": (_one(_with(timeout_seconds=-1.0)), "spec.timeout_seconds"),
     "too many retries": (_one(_with(retries=101)), "spec.retries: at most 100"),
     "oversized spec": (_one(process_spec("x", "y" * 2000)), "more than the limit of 1024"),
+    "oversized entry in a prototype spec": (
+        _one(_with(entry="e" * 2000)),
+        "spec: 20",
+    ),
+    "oversized spec in a batch": (
+        ("SubmitJobs", job_pb2.SubmitJobsRequest(specs=[process_spec(), _sized(1025)])),
+        "specs[1]: 1025 bytes, more than the limit of 1024",
+    ),
+    "oversized each-line entry": (
+        ("SubmitJobs", job_pb2.SubmitJobsRequest(template=_sized(24), entries=["a", "b" * 998])),
+        "entries[1]: 1025 bytes with the template, more than the limit of 1024",
+    ),
+    "oversized array template": (
+        ("SubmitJobs", job_pb2.SubmitJobsRequest(template=_sized(1025), array_count=2)),
+        "template: 1025 bytes, more than the limit of 1024",
+    ),
+    "array index past the spec limit": (
+        (
+            "SubmitJobs",
+            job_pb2.SubmitJobsRequest(template=_sized(1022), array_start=200, array_count=2),
+        ),
+        "template: 1025 bytes with array index 201, more than the limit of 1024",
+    ),
     "bad spec in a batch": (
         ("SubmitJobs", job_pb2.SubmitJobsRequest(specs=[process_spec(), process_spec(" ")])),
         "specs[1].process.command: cannot be empty",
@@ -714,6 +747,19 @@ async def test_invalid_requests_name_the_field(shared: Cluster, case: str) -> No
         assert "Traceback" not in caught.value.message
         assert await rpc.all_jobs() == before
         assert " " not in await rpc.workers()
+
+
+def test_an_each_line_entry_over_the_spec_limit_is_refused_before_anything_is_stored(
+    shared: Cluster,
+) -> None:
+    """The spec is checked whole, its entry included (a 300 KB line was stored and queued,
+    then failed at spawn with E2BIG)."""
+    (shared.tmp / "lines.txt").write_text("a\n" + "b" * 2000 + "\n")
+    before = shared.burst("list").stdout
+    run = shared.burst("submit", "--each-line", "lines.txt", "process", "echo", check=False)
+    assert run.returncode != 0 and run.stdout == ""
+    assert "entries[1]: " in run.stderr and "more than the limit of 1024" in run.stderr
+    assert shared.burst("list").stdout == before
 
 
 CORRUPT = [b"\xff\xff\xff", b"\x0a\x05ab", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"]

@@ -91,13 +91,19 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _check_size(path: str, size: int, limits: Limits, what: str = "") -> None:
+    """A job's spec is checked whole, as the worker gets it (an array's index or an entry
+    included): a larger one fails at spawn (E2BIG) after it was stored and queued."""
+    if size > limits.max_spec_bytes:
+        raise SpecError(
+            f"{path}: {size} bytes{what}, more than the limit of {limits.max_spec_bytes}"
+        )
+
+
 def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits) -> bytes:
     validate_spec(spec, path)
     encoded: bytes = spec.SerializeToString()
-    if len(encoded) > limits.max_spec_bytes:
-        raise SpecError(
-            f"{path}: {len(encoded)} bytes, more than the limit of {limits.max_spec_bytes}"
-        )
+    _check_size(path, len(encoded), limits)
     return encoded
 
 
@@ -165,15 +171,24 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         start = request.array_start
         if start < 0 or start + request.array_count > 2**63:
             raise SpecError("array_start: out of range")
+        # The largest index has the longest varint: if its job fits, every job does.
+        last = start + request.array_count - 1
+        size = len(base) + len(_ARRAY_INDEX_TAG) + len(varint(last))
+        _check_size("template", size, limits, f" with array index {last}")
         array = ArrayJobs(base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name)
         if not jobs:
             return array
         jobs.extend(array[:])
     else:
+        room = limits.max_spec_bytes - len(base) - len(_ENTRY_TAG)
         for i, entry in enumerate(request.entries):
             _no_nul(f"entries[{i}]", entry)
             raw = entry.encode()
-            jobs.append(NewJob(base + _ENTRY_TAG + varint(len(raw)) + raw, retries, name))
+            length = varint(len(raw))
+            if len(length) + len(raw) > room:
+                size = len(base) + len(_ENTRY_TAG) + len(length) + len(raw)
+                _check_size(f"entries[{i}]", size, limits, " with the template")
+            jobs.append(NewJob(base + _ENTRY_TAG + length + raw, retries, name))
     return jobs
 
 
