@@ -3,7 +3,11 @@
 One file configures the controller, the workers and the CLI. It is TOML (``burst.toml``, the
 preferred form) or the Rust prototype's JSON layout (``burst.config.json``); the format is chosen by
 the file suffix (``.json`` is JSON, anything else TOML). Both load into the same frozen dataclasses.
-``burst.example.toml`` at the repository root documents every key with its default.
+
+Each key is declared once, as a field of its section's dataclass made by :func:`key`: its check,
+default, documentation and ``BURST_*`` variable sit on that one line, and loading, variables,
+flags (:func:`with_overrides`) and ``burst.example.toml`` (made by :func:`example_file`; run
+``python -m burstd.config`` after a change) all follow from it. Adding a key is adding that line.
 
 Precedence, lowest first: built-in defaults, the file, ``BURST_*`` environment variables, command
 line flags. The loader applies the first three; CLI code applies flags afterwards with
@@ -20,6 +24,8 @@ Layout (TOML; the JSON file has the same keys and nesting)::
 A ``[[workers]]`` entry takes every key it does not set from ``[worker]`` (except ``worker_id``).
 Every key is optional. Unknown keys, wrong types and out-of-range values are errors
 (:class:`ConfigError` names the file and the key); the prototype ignored unknown keys silently.
+Keys of the prototype that burst no longer has (:data:`RETIRED`) are ignored with a warning
+naming them (:class:`ConfigWarning`), so its tuned configurations keep loading.
 
 Addresses are ``host:port``, ``[ipv6]:port`` or the prototype's ``http://host:port``; the model
 stores them normalised to ``host:port`` (``[ipv6]:port`` for IPv6), without a scheme. Listening
@@ -38,6 +44,7 @@ import math
 import os
 import re
 import socket
+import textwrap
 import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -47,19 +54,36 @@ from typing import Any, TypeVar
 from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
 
 __all__ = [
+    "BOOL",
     "DEFAULT_ADDR",
+    "PATH",
+    "RENAMED",
+    "RETIRED",
     "ROUTERS",
+    "SECTIONS",
     "STORES",
+    "Check",
     "CliConfig",
     "Config",
     "ConfigError",
+    "ConfigWarning",
     "ControllerConfig",
+    "Key",
     "WorkerConfig",
+    "address",
+    "choice",
     "default_state_dir",
     "default_worker_id",
+    "example_file",
     "format_hostport",
+    "integer",
+    "key",
+    "keys",
     "load_config",
+    "number",
     "parse_hostport",
+    "string",
+    "variables",
     "with_overrides",
     "worker_for",
 ]
@@ -206,125 +230,7 @@ def _cpu_count() -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# the model
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """``[controller]``: the controller daemon."""
-
-    bind_addr: str = DEFAULT_ADDR
-    """gRPC listen address, ``host:port`` (hostname or IP; ``[::1]:port``; port 0 = any)."""
-    router: str = "roundrobin"
-    """Placement policy; one of the registered router names (:data:`ROUTERS` by default)."""
-    submission_buffer_capacity: int = 1_000_000
-    """Max queued (accepted, not yet leased) jobs; more is RESOURCE_EXHAUSTED. Prototype key."""
-    state_dir: Path = field(default_factory=default_state_dir)
-    """Directory of the durable store; see :func:`default_state_dir`."""
-    store: str = "sqlite"
-    """``sqlite`` (durable, in ``state_dir``) or ``memory`` (lost on restart)."""
-    lease_ttl_ms: int = 10_000
-    """A worker silent for this long is declared dead and its leases are requeued (>= 100)."""
-    heartbeat_interval_ms: int = 1_000
-    """How often workers heartbeat; must be < ``lease_ttl_ms``."""
-    heartbeat_budget: int = 100
-    """Heartbeats per second from all workers together (>= 1): beyond ``heartbeat_budget *
-    heartbeat_interval_ms / 1000`` workers, the interval handed to workers and their lease TTL
-    stretch in proportion, so idle workers cost the controller a bounded share of its CPU."""
-    crash_limit: int = 5
-    """Lost leases after which a job is failed instead of requeued (>= 1)."""
-    max_batch: int = 1_000_000
-    """Max specs per SubmitJobs call or job array."""
-    max_spec_bytes: int = 65_536
-    """Max encoded size of one job spec."""
-    retention_s: float = 86_400.0
-    """How long finished jobs are kept, in seconds."""
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """A worker: ``[worker]`` (this host's defaults) or one ``[[workers]]`` entry."""
-
-    worker_id: str = ""
-    """Identity; "" means derived (see :func:`worker_for` and :func:`default_worker_id`)."""
-    controller_addr: str = DEFAULT_ADDR
-    """Controller address, ``host:port`` (the prototype's ``http://host:port`` is accepted)."""
-    slots: int = field(default_factory=_cpu_count)
-    """Max concurrently running jobs; default: the number of CPUs."""
-    local_queue_capacity: int = 0
-    """Max jobs held (queued + running). Given 0 (the default) it becomes 2 x slots; a value below
-    ``slots`` is raised to ``slots``, as the prototype did. Always resolved after construction."""
-    poll_interval_ms: int = 250
-    """Prototype key: base of the back-off when asking for work fails or finds none (>= 10)."""
-    retry_interval_ms: int = 500
-    """Prototype key: base of the back-off after a failed call to the controller (>= 10)."""
-    peer_listen_addr: str | None = None
-    """If set, serve StealJobs to peers here."""
-    peer_advertise_addr: str | None = None
-    """Address peers dial; default: ``peer_listen_addr``."""
-    steal_batch_size: int = 0
-    """Max jobs per steal request; 0 = the steal policy decides."""
-    steal_interval_ms: int = 150
-    """Min pause between steal attempts of an idle worker (>= 10)."""
-    steal: bool = True
-    """Take queued jobs from busier peers when idle (``burstd worker --no-steal`` also stops it).
-    Peers can take this worker's jobs whenever it serves StealJobs (``peer_listen_addr``)."""
-    output_dir: Path = Path(".")
-    """Where ``<job_id>.stdout`` / ``.stderr`` are written."""
-    python: str = "python3"
-    """Interpreter for python jobs."""
-    docker: str = "docker"
-    """Docker CLI for docker jobs."""
-    kill_grace_s: float = 5.0
-    """Seconds between SIGTERM and SIGKILL when a job is stopped."""
-    queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
-    """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""
-
-    def __post_init__(self) -> None:
-        derived = self.local_queue_capacity <= 0
-        capacity = 2 * self.slots if derived else max(self.local_queue_capacity, self.slots)
-        object.__setattr__(self, "local_queue_capacity", capacity)
-        object.__setattr__(self, "queue_capacity_derived", derived)
-
-
-@dataclass(frozen=True)
-class CliConfig:
-    """``[cli]``: the ``burst`` command."""
-
-    controller_addr: str = DEFAULT_ADDR
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole file: every program reads the section it needs."""
-
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
-    workers: tuple[WorkerConfig, ...] = ()
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
-    cli: CliConfig = field(default_factory=CliConfig)
-    source: Path | None = None
-    """The file loaded, or None when only defaults (and the environment) apply."""
-
-
-def worker_for(config: Config, worker_id: str | None = None) -> WorkerConfig:
-    """The configuration of worker ``worker_id``.
-
-    The id is ``worker_id`` if given and non-empty, else ``config.worker.worker_id`` (file or
-    ``BURST_WORKER_ID``), else :func:`default_worker_id`. Returns the ``[[workers]]`` entry with
-    that id, else ``config.worker`` with ``worker_id`` set.
-    """
-    wid = worker_id or config.worker.worker_id or default_worker_id()
-    for entry in config.workers:
-        if entry.worker_id == wid:
-            return entry
-    # replace() runs __post_init__ on the copied capacity, which would then count as explicit: a
-    # derived capacity stays derived, so that `--slots` derives it again.
-    capacity = 0 if config.worker.queue_capacity_derived else config.worker.local_queue_capacity
-    return dataclasses.replace(config.worker, worker_id=wid, local_queue_capacity=capacity)
-
-
-# --------------------------------------------------------------------------------------------------
-# validation of single values
+# kinds of value: how a key's value is checked
 
 
 class _Bad(Exception):
@@ -347,11 +253,14 @@ class _Ctx:
 
 
 @dataclass(frozen=True)
-class _Field:
-    """How one key is checked and converted; ``number`` says how to read it from text."""
+class Check:
+    """How a key's value is checked and converted; ``number`` says how to read it from text
+    (a ``BURST_*`` variable or a flag given as a string)."""
 
     check: Callable[[object, _Ctx], object]
     number: type[int] | type[float] | None = None
+    hint: str = ""
+    """What values are accepted, when the key's documentation should add it."""
 
     def convert(self, value: object, ctx: _Ctx, *, text: bool = False) -> object:
         """The checked value; with ``text`` a string is first read as a number if one is wanted."""
@@ -361,16 +270,20 @@ class _Field:
         return self.check(value, ctx)
 
 
-def _int(minimum: int) -> _Field:
+def integer(minimum: int) -> Check:
+    """An integer (not a bool) of at least ``minimum``."""
+
     def check(value: object, ctx: _Ctx) -> object:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise _Bad(f"expected an integer >= {minimum}, got {_show(value)}")
         return value
 
-    return _Field(check, int)
+    return Check(check, int, f"At least {minimum}.")
 
 
-def _float(minimum: float) -> _Field:
+def number(minimum: float) -> Check:
+    """A finite number (an integer is taken) of at least ``minimum``, as a float."""
+
     def check(value: object, ctx: _Ctx) -> object:
         if (
             isinstance(value, bool)
@@ -381,7 +294,7 @@ def _float(minimum: float) -> _Field:
             raise _Bad(f"expected a number >= {minimum:g}, got {_show(value)}")
         return float(value)
 
-    return _Field(check, float)
+    return Check(check, float, f"At least {minimum:g}.")
 
 
 def _check_bool(value: object, ctx: _Ctx) -> object:
@@ -390,20 +303,26 @@ def _check_bool(value: object, ctx: _Ctx) -> object:
     return value
 
 
-_BOOL = _Field(_check_bool)
+BOOL = Check(_check_bool)
+"""``true`` or ``false``."""
 
 
-def _string(*, empty: bool) -> _Field:
+def string(*, empty: bool) -> Check:
+    """A string; ``empty`` says whether "" is allowed."""
+
     def check(value: object, ctx: _Ctx) -> object:
         if not isinstance(value, str) or (not empty and not value):
             what = "a string" if empty else "a non-empty string"
             raise _Bad(f"expected {what}, got {_show(value)}")
         return value
 
-    return _Field(check)
+    return Check(check)
 
 
-def _address(*, listen: bool, optional: bool = False) -> _Field:
+def address(*, listen: bool, optional: bool = False) -> Check:
+    """An address (see :func:`parse_hostport`), stored normalised; port 0 only for ``listen``;
+    ``optional`` allows null (unset)."""
+
     def check(value: object, ctx: _Ctx) -> object:
         if value is None and optional:
             return None
@@ -417,7 +336,7 @@ def _address(*, listen: bool, optional: bool = False) -> _Field:
             raise _Bad(f"invalid address {value!r}: port 0 is only valid for listening")
         return format_hostport(host, port)
 
-    return _Field(check)
+    return Check(check)
 
 
 def _check_path(value: object, ctx: _Ctx) -> object:
@@ -430,7 +349,13 @@ def _check_path(value: object, ctx: _Ctx) -> object:
     return Path(value)
 
 
-def _choice(what: str, names: Callable[[_Ctx], Collection[str]]) -> _Field:
+PATH = Check(_check_path)
+"""A non-empty path; a leading ``~/`` is the home directory."""
+
+
+def choice(what: str, names: Callable[[_Ctx], Collection[str]]) -> Check:
+    """One of ``names(ctx)``; the error lists them, calling the value a ``what``."""
+
     def check(value: object, ctx: _Ctx) -> object:
         valid = names(ctx)
         if not isinstance(value, str) or value not in valid:
@@ -438,74 +363,130 @@ def _choice(what: str, names: Callable[[_Ctx], Collection[str]]) -> _Field:
             raise _Bad(f"unknown {what} {shown} (valid: {', '.join(sorted(valid))})")
         return value
 
-    return _Field(check)
+    return Check(check)
 
 
-_PATH = _Field(_check_path)
+# --------------------------------------------------------------------------------------------------
+# keys
 
-_CONTROLLER: dict[str, _Field] = {
-    "bind_addr": _address(listen=True),
-    "router": _choice("router", lambda ctx: ctx.routers),
-    "submission_buffer_capacity": _int(1),
-    "state_dir": _PATH,
-    "store": _choice("store", lambda ctx: STORES),
-    "lease_ttl_ms": _int(100),
-    "heartbeat_interval_ms": _int(10),
-    "heartbeat_budget": _int(1),
-    "crash_limit": _int(1),
-    "max_batch": _int(1),
-    "max_spec_bytes": _int(1),
-    "retention_s": _float(0),
-}
 
-_WORKER: dict[str, _Field] = {
-    "worker_id": _string(empty=True),
-    "controller_addr": _address(listen=False),
-    "slots": _int(1),
-    "local_queue_capacity": _int(0),
-    "poll_interval_ms": _int(10),
-    "retry_interval_ms": _int(10),
-    "peer_listen_addr": _address(listen=True, optional=True),
-    "peer_advertise_addr": _address(listen=False, optional=True),
-    "steal_batch_size": _int(0),
-    "steal_interval_ms": _int(10),
-    "steal": _BOOL,
-    "output_dir": _PATH,
-    "python": _string(empty=False),
-    "docker": _string(empty=False),
-    "kill_grace_s": _float(0),
-}
+_KEY = "burst.key"
+"""The metadata entry of a dataclass field that is a configuration key."""
 
-_CLI: dict[str, _Field] = {
-    "controller_addr": _address(listen=False),
-}
 
-_SECTIONS: dict[type[Any], tuple[str, dict[str, _Field]]] = {
-    ControllerConfig: ("controller", _CONTROLLER),
-    WorkerConfig: ("worker", _WORKER),
-    CliConfig: ("cli", _CLI),
-}
+@dataclass(frozen=True)
+class Key:
+    """What a section's field is as a configuration key: its check, its documentation (one
+    paragraph, for ``burst.example.toml``), the ``BURST_*`` variables that set it, and, for a key
+    whose default depends on the machine or is unset, a value the example shows commented out."""
 
-_ENV: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("BURST_CONTROLLER", (("cli", "controller_addr"), ("worker", "controller_addr"))),
-    ("BURST_LISTEN", (("controller", "bind_addr"),)),
-    ("BURST_ROUTER", (("controller", "router"),)),
-    ("BURST_STATE_DIR", (("controller", "state_dir"),)),
-    ("BURST_SLOTS", (("worker", "slots"),)),
-    ("BURST_WORKER_ID", (("worker", "worker_id"),)),
-    ("BURST_OUTPUT_DIR", (("worker", "output_dir"),)),
-)
-"""Variable -> the (section, key) pairs it sets. Worker keys apply to every worker entry, except
-``worker_id`` which names this process's worker (``[worker]`` only)."""
+    check: Check
+    doc: str
+    env: tuple[str, ...] = ()
+    example: object = None
 
-_RENAMED: dict[str, str] = {
-    "controller.scheduler": "controller.router",
-}
-"""Keys of the prototype that have a new name here."""
+
+def key(
+    check: Check,
+    doc: str,
+    *,
+    default: object = dataclasses.MISSING,
+    factory: Callable[[], object] | None = None,
+    env: str | tuple[str, ...] = (),
+    example: object = None,
+) -> Any:
+    """Declare a configuration key: a dataclass field with a ``default`` (or a ``factory`` for
+    one that depends on the machine) and its :class:`Key`. Adding a key to a section is one
+    ``key()`` line: loading, checks, variables, flags and the example file follow from it."""
+    meta = {_KEY: Key(check, doc, (env,) if isinstance(env, str) else env, example)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def keys(section: type[Any]) -> dict[str, Key]:
+    """The keys of a section class, in declaration order."""
+    return {f.name: f.metadata[_KEY] for f in dataclasses.fields(section) if _KEY in f.metadata}
+
+
+# --------------------------------------------------------------------------------------------------
+# the sections: every key, declared once
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """``[controller]``: the controller daemon."""
+
+    bind_addr: str = key(
+        address(listen=True),
+        "gRPC listen address. Port 0 picks a free port.",
+        default=DEFAULT_ADDR,
+        env="BURST_LISTEN",
+    )
+    router: str = key(
+        choice("router", lambda ctx: ctx.routers),
+        f"Placement policy: {', '.join(ROUTERS)}.",
+        default="roundrobin",
+        env="BURST_ROUTER",
+    )
+    submission_buffer_capacity: int = key(
+        integer(1),
+        "Max jobs accepted but not yet leased; beyond it SubmitJobs fails with RESOURCE_EXHAUSTED.",
+        default=1_000_000,
+    )
+    state_dir: Path = key(
+        PATH,
+        "Where the durable store lives. Default: $XDG_STATE_HOME/burst, else ~/.local/state/burst.",
+        factory=default_state_dir,
+        env="BURST_STATE_DIR",
+        example="~/.local/state/burst",
+    )
+    store: str = key(
+        choice("store", lambda ctx: STORES),
+        '"sqlite" (durable, in state_dir) or "memory" (everything lost on restart).',
+        default="sqlite",
+    )
+    lease_ttl_ms: int = key(
+        integer(100),
+        "A worker silent for this long is declared dead and its jobs are queued again, in ms.",
+        default=10_000,
+    )
+    heartbeat_interval_ms: int = key(
+        integer(10),
+        "How often workers send a heartbeat, in ms; must be less than lease_ttl_ms.",
+        default=1_000,
+    )
+    heartbeat_budget: int = key(
+        integer(1),
+        "Heartbeats per second from all workers together. With more workers than this times the "
+        "interval (in seconds), the interval and the lease TTL both stretch in proportion, so "
+        "idle workers cost the controller a bounded share of its CPU.",
+        default=100,
+    )
+    crash_limit: int = key(
+        integer(1),
+        "Lost leases after which a job is failed instead of queued again.",
+        default=5,
+    )
+    max_batch: int = key(
+        integer(1),
+        "Max job specs in one SubmitJobs call or job array.",
+        default=1_000_000,
+    )
+    max_spec_bytes: int = key(
+        integer(1),
+        "Max encoded size of one job spec, in bytes.",
+        default=65_536,
+    )
+    retention_s: float = key(
+        number(0),
+        "How long finished jobs are kept, in seconds.",
+        default=86_400.0,
+    )
 
 
 def _check_controller(values: Mapping[str, object], prefix: str) -> tuple[str, str] | None:
-    """Cross-field rules; returns (key, message) of the first violation."""
+    """The rules between keys of ``[controller]``; returns (key, message) of the first broken."""
     ttl = values.get("lease_ttl_ms", ControllerConfig.lease_ttl_ms)
     hb = values.get("heartbeat_interval_ms", ControllerConfig.heartbeat_interval_ms)
     assert isinstance(ttl, int) and isinstance(hb, int)
@@ -515,6 +496,182 @@ def _check_controller(values: Mapping[str, object], prefix: str) -> tuple[str, s
             f"must be less than {prefix}lease_ttl_ms ({ttl}), got {hb}",
         )
     return None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """A worker: ``[worker]`` (this host's defaults) or one ``[[workers]]`` entry.
+
+    ``BURST_*`` variables of worker keys set every entry, except ``BURST_WORKER_ID``, which names
+    this process's worker (``[worker]`` only)."""
+
+    worker_id: str = key(
+        string(empty=True),
+        "Identity (also --id). Empty: the host name. A second worker on the same host needs its "
+        "own id.",
+        default="",
+        env="BURST_WORKER_ID",
+    )
+    controller_addr: str = key(
+        address(listen=False),
+        "Controller address.",
+        default=DEFAULT_ADDR,
+        env="BURST_CONTROLLER",
+    )
+    slots: int = key(
+        integer(1),
+        "Jobs run at once. Default: the number of CPUs.",
+        factory=_cpu_count,
+        env="BURST_SLOTS",
+        example=4,
+    )
+    local_queue_capacity: int = key(
+        integer(0),
+        "Max jobs held by the worker (queued + running). 0 means 2 x slots; a value below slots "
+        "is raised to slots, as the prototype did.",
+        default=0,
+    )
+    retry_interval_ms: int = key(
+        integer(10),
+        "Base of the back-off after a failed call to the controller, in ms.",
+        default=500,
+    )
+    peer_listen_addr: str | None = key(
+        address(listen=True, optional=True),
+        "If set, serve StealJobs to peers here (port 0: any free port). Unset by default.",
+        default=None,
+        example="0.0.0.0:51051",
+    )
+    peer_advertise_addr: str | None = key(
+        address(listen=False, optional=True),
+        "Address peers dial. Default: peer_listen_addr.",
+        default=None,
+        example="worker-1:51051",
+    )
+    steal_batch_size: int = key(
+        integer(0),
+        "Max jobs per steal request; 0 lets the steal policy decide.",
+        default=0,
+    )
+    steal_interval_ms: int = key(
+        integer(10),
+        "Min pause between steal attempts of an idle worker, in ms.",
+        default=150,
+    )
+    steal: bool = key(
+        BOOL,
+        "Take queued jobs from busier peers when idle (false: as `burstd worker --no-steal`). "
+        "Peers can take this worker's jobs whenever it serves StealJobs (peer_listen_addr).",
+        default=True,
+    )
+    output_dir: Path = key(
+        PATH,
+        "Where <job_id>.stdout and <job_id>.stderr of jobs that name no folder are written.",
+        default=Path("."),
+        env="BURST_OUTPUT_DIR",
+    )
+    python: str = key(string(empty=False), "Interpreter for python jobs.", default="python3")
+    docker: str = key(string(empty=False), "Docker CLI for docker jobs.", default="docker")
+    kill_grace_s: float = key(
+        number(0),
+        "Seconds between SIGTERM and SIGKILL when a job is stopped.",
+        default=5.0,
+    )
+    queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
+    """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""
+
+    def __post_init__(self) -> None:
+        derived = self.local_queue_capacity <= 0
+        capacity = 2 * self.slots if derived else max(self.local_queue_capacity, self.slots)
+        object.__setattr__(self, "local_queue_capacity", capacity)
+        object.__setattr__(self, "queue_capacity_derived", derived)
+
+
+@dataclass(frozen=True)
+class CliConfig:
+    """``[cli]``: the ``burst`` command."""
+
+    controller_addr: str = key(
+        address(listen=False),
+        "Controller address of `burst submit`, `burst status`...",
+        default=DEFAULT_ADDR,
+        env="BURST_CONTROLLER",
+    )
+
+
+SECTIONS: dict[str, tuple[type[Any], str]] = {
+    "controller": (ControllerConfig, "The controller."),
+    "worker": (
+        WorkerConfig,
+        "This host's worker. Every [[workers]] entry takes the keys it does not set from here "
+        "(except worker_id).",
+    ),
+    "cli": (CliConfig, "The `burst` command."),
+}
+"""The tables of the file, with what they configure; ``[[workers]]`` entries are ``worker``'s."""
+
+RETIRED: dict[str, str] = {
+    "worker.poll_interval_ms": "workers wait for jobs in a long poll, with no polling interval",
+}
+"""Keys of the prototype that burst reads and ignores, with why; a file that sets one loads
+with a warning naming it (``worker.`` keys are retired in ``[[workers]]`` entries too)."""
+
+RENAMED: dict[str, str] = {
+    "controller.scheduler": "controller.router",
+}
+"""Keys of the prototype that have a new name here: an error that gives the new name."""
+
+
+@dataclass(frozen=True)
+class ConfigWarning:
+    """A retired key (:data:`RETIRED`) that the file sets, ignored. ``str()`` reads
+    ``<file>: <key>: ignored: <why>``, naming the first table that sets it and how many more do."""
+
+    file: str
+    key: str
+    section: str
+    why: str
+    also: int = 0
+
+    def __str__(self) -> str:
+        more = f" (and in {self.also} more tables)" if self.also else ""
+        return f"{self.file}: {self.key}{more}: ignored: {self.why}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole file: every program reads the section it needs."""
+
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    workers: tuple[WorkerConfig, ...] = ()
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    cli: CliConfig = field(default_factory=CliConfig)
+    source: Path | None = None
+    """The file loaded, or None when only defaults (and the environment) apply."""
+    warnings: tuple[ConfigWarning, ...] = field(default=(), compare=False)
+    """The retired keys the file sets, one warning each; programs print those of the sections
+    they read (:meth:`warnings_for`)."""
+
+    def warnings_for(self, section: str) -> list[str]:
+        """The warnings about keys of ``section`` (``controller``, ``worker`` or ``cli``)."""
+        return [str(w) for w in self.warnings if w.section == section]
+
+
+def worker_for(config: Config, worker_id: str | None = None) -> WorkerConfig:
+    """The configuration of worker ``worker_id``.
+
+    The id is ``worker_id`` if given and non-empty, else ``config.worker.worker_id`` (file or
+    ``BURST_WORKER_ID``), else :func:`default_worker_id`. Returns the ``[[workers]]`` entry with
+    that id, else ``config.worker`` with ``worker_id`` set.
+    """
+    wid = worker_id or config.worker.worker_id or default_worker_id()
+    for entry in config.workers:
+        if entry.worker_id == wid:
+            return entry
+    # replace() runs __post_init__ on the copied capacity, which would then count as explicit: a
+    # derived capacity stays derived, so that `--slots` derives it again.
+    capacity = 0 if config.worker.queue_capacity_derived else config.worker.local_queue_capacity
+    return dataclasses.replace(config.worker, worker_id=wid, local_queue_capacity=capacity)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -555,48 +712,69 @@ def _read(path: Path, shown: str) -> dict[str, Any]:
         raise ConfigError(shown, None, f"invalid TOML: {text}", line=line, column=column) from None
 
 
-def _unknown(shown: str, key: str, valid: Collection[str]) -> ConfigError:
-    if key in _RENAMED:
-        return ConfigError(shown, key, f"unknown key (renamed to {_RENAMED[key]})")
-    name = key.rpartition(".")[2].partition("[")[0]
-    close = difflib.get_close_matches(name, list(valid), n=1)
+def _unknown(shown: str, name: str, valid: Collection[str]) -> ConfigError:
+    if name in RENAMED:
+        return ConfigError(shown, name, f"unknown key (renamed to {RENAMED[name]})")
+    last = name.rpartition(".")[2].partition("[")[0]
+    close = difflib.get_close_matches(last, list(valid), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return ConfigError(shown, key, f"unknown key{hint}")
+    return ConfigError(shown, name, f"unknown key{hint}")
 
 
-def _table(shown: str, key: str, value: object) -> dict[str, Any]:
+def _table(shown: str, name: str, value: object) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ConfigError(shown, key, f"expected a table, got {_show(value)}")
+        raise ConfigError(shown, name, f"expected a table, got {_show(value)}")
     return value
 
 
 def _section(
-    shown: str, prefix: str, table: Mapping[str, Any], spec: Mapping[str, _Field], ctx: _Ctx
+    shown: str,
+    section: str,
+    prefix: str,
+    table: Mapping[str, Any],
+    ctx: _Ctx,
+    retired: dict[str, list[str]],
 ) -> dict[str, object]:
-    """Check one table against its fields; returns the converted values of the keys present."""
+    """Check one table of ``section`` (shown as ``prefix``) against its keys; returns the
+    converted values of the keys present, and adds where each retired key is to ``retired``."""
+    spec = keys(SECTIONS[section][0])
     out: dict[str, object] = {}
-    for key, value in table.items():
-        spec_field = spec.get(key)
-        if spec_field is None:
-            raise _unknown(shown, f"{prefix}.{key}", spec)
+    for name, value in table.items():
+        declared = spec.get(name)
+        if declared is None:
+            if f"{section}.{name}" not in RETIRED:
+                raise _unknown(shown, f"{prefix}.{name}", spec)
+            retired.setdefault(f"{section}.{name}", []).append(f"{prefix}.{name}")
+            continue
         try:
-            out[key] = spec_field.convert(value, ctx)
+            out[name] = declared.check.convert(value, ctx)
         except _Bad as e:
-            raise ConfigError(shown, f"{prefix}.{key}", str(e)) from None
+            raise ConfigError(shown, f"{prefix}.{name}", str(e)) from None
+    return out
+
+
+def variables() -> dict[str, list[str]]:
+    """Each ``BURST_*`` variable, with the keys (``section.key``) it sets, from :class:`Key`."""
+    out: dict[str, list[str]] = {}
+    for section, (cls, _) in SECTIONS.items():
+        for name, declared in keys(cls).items():
+            for var in declared.env:
+                out.setdefault(var, []).append(f"{section}.{name}")
     return out
 
 
 def _environment(env: Mapping[str, str], ctx: _Ctx) -> dict[str, dict[str, object]]:
     """The ``BURST_*`` overrides, checked, keyed by section name."""
-    specs = {"controller": _CONTROLLER, "worker": _WORKER, "cli": _CLI}
-    out: dict[str, dict[str, object]] = {name: {} for name in specs}
-    for var, targets in _ENV:
+    out: dict[str, dict[str, object]] = {section: {} for section in SECTIONS}
+    for var, targets in variables().items():
         text = env.get(var, "").strip()
         if not text:
             continue  # unset or empty: no override
-        for section, key in targets:
+        for target in targets:
+            section, _, name = target.partition(".")
+            declared = keys(SECTIONS[section][0])[name]
             try:
-                out[section][key] = specs[section][key].convert(text, ctx, text=True)
+                out[section][name] = declared.check.convert(text, ctx, text=True)
             except _Bad as e:
                 raise ConfigError(ENVIRONMENT, var, str(e)) from None
     return out
@@ -621,34 +799,29 @@ def load_config(
 
     ``path`` None looks for ``burst.toml`` then ``burst.config.json`` in the working directory and
     uses defaults if neither exists; an explicit path must exist. ``routers`` is the set of valid
-    router names (pass the router registry's names; default :data:`ROUTERS`).
-
-    Variables (an empty one counts as unset): ``BURST_CONTROLLER`` (``cli.controller_addr`` and
-    every worker's ``controller_addr``), ``BURST_LISTEN`` (``controller.bind_addr``),
-    ``BURST_ROUTER``, ``BURST_STATE_DIR``, ``BURST_SLOTS`` (every worker), ``BURST_WORKER_ID``
-    (``worker.worker_id``: which worker this process is), ``BURST_OUTPUT_DIR`` (every worker).
+    router names (pass the router registry's names; default :data:`ROUTERS`). The variables are
+    those the keys declare (:func:`variables`); an empty one counts as unset.
 
     Raises :class:`ConfigError` for unreadable files, syntax errors (with line), unknown keys, bad
-    values and bad variables.
+    values and bad variables. A retired key of the prototype (:data:`RETIRED`) is no error: it is
+    ignored and named in ``Config.warnings``.
     """
     ctx = _Ctx(routers=tuple(routers), env=env)
     source = _locate(path)
     shown = str(source) if source is not None else ENVIRONMENT
     doc: dict[str, Any] = _read(source, shown) if source is not None else {}
 
-    top = ("controller", "worker", "workers", "cli")
-    for key in doc:
-        if key not in top:
-            raise _unknown(shown, key, top)
-    controller = _section(
-        shown,
-        "controller",
-        _table(shown, "controller", doc.get("controller", {})),
-        _CONTROLLER,
-        ctx,
-    )
-    worker = _section(shown, "worker", _table(shown, "worker", doc.get("worker", {})), _WORKER, ctx)
-    cli = _section(shown, "cli", _table(shown, "cli", doc.get("cli", {})), _CLI, ctx)
+    top = (*SECTIONS, "workers")
+    for name in doc:
+        if name not in top:
+            raise _unknown(shown, name, top)
+    retired: dict[str, list[str]] = {}
+    values = {
+        section: _section(
+            shown, section, section, _table(shown, section, doc.get(section, {})), ctx, retired
+        )
+        for section in SECTIONS
+    }
     items = doc.get("workers", [])
     if not isinstance(items, list):
         raise ConfigError(shown, "workers", f"expected an array of tables, got {_show(items)}")
@@ -656,8 +829,8 @@ def load_config(
     seen: dict[object, int] = {}
     for i, item in enumerate(items):
         prefix = f"workers[{i}]"
-        values = _section(shown, prefix, _table(shown, prefix, item), _WORKER, ctx)
-        wid = values.get("worker_id")
+        entry = _section(shown, "worker", prefix, _table(shown, prefix, item), ctx, retired)
+        wid = entry.get("worker_id")
         if wid:
             if wid in seen:
                 raise ConfigError(
@@ -666,27 +839,30 @@ def load_config(
                     f"duplicate worker id {wid!r} (also workers[{seen[wid]}])",
                 )
             seen[wid] = i
-        entries.append(values)
-    problem = _check_controller(controller, "controller.")
+        entries.append(entry)
+    problem = _check_controller(values["controller"], "controller.")
     if problem:
         raise ConfigError(shown, *problem)
 
     overrides = _environment(env, ctx)
-    controller.update(overrides["controller"])
-    controller.setdefault("state_dir", default_state_dir(env))
-    cli.update(overrides["cli"])
-    worker.update(overrides["worker"])
+    for section in SECTIONS:
+        values[section].update(overrides[section])
+    values["controller"].setdefault("state_dir", default_state_dir(env))
     for_all = {k: v for k, v in overrides["worker"].items() if k != "worker_id"}
-    base = {k: v for k, v in worker.items() if k != "worker_id"}
+    base = {k: v for k, v in values["worker"].items() if k != "worker_id"}
     return Config(
-        controller=ControllerConfig(**controller),  # type: ignore[arg-type]
+        controller=ControllerConfig(**values["controller"]),  # type: ignore[arg-type]
         workers=tuple(
             WorkerConfig(**{**base, **entry, **for_all})  # type: ignore[arg-type]
             for entry in entries
         ),
-        worker=WorkerConfig(**worker),  # type: ignore[arg-type]
-        cli=CliConfig(**cli),  # type: ignore[arg-type]
+        worker=WorkerConfig(**values["worker"]),  # type: ignore[arg-type]
+        cli=CliConfig(**values["cli"]),  # type: ignore[arg-type]
         source=source,
+        warnings=tuple(
+            ConfigWarning(shown, places[0], name.partition(".")[0], RETIRED[name], len(places) - 1)
+            for name, places in retired.items()
+        ),
     )
 
 
@@ -716,19 +892,20 @@ def with_overrides(
     An unknown field name is a TypeError (a programming error); a bad value is a
     :class:`ConfigError` with file ``"command line"`` and key ``<section>.<field>``.
     """
-    name, spec = _SECTIONS[type(section)]
+    name = next(n for n, (cls, _) in SECTIONS.items() if cls is type(section))
+    spec = keys(type(section))
     ctx = _Ctx(routers=tuple(routers), env=env)
     values: dict[str, object] = {}
-    for key, value in changes.items():
+    for field_name, value in changes.items():
         if value is None:
             continue
-        spec_field = spec.get(key)
-        if spec_field is None:
-            raise TypeError(f"{type(section).__name__} has no field {key!r}")
+        declared = spec.get(field_name)
+        if declared is None:
+            raise TypeError(f"{type(section).__name__} has no field {field_name!r}")
         try:
-            values[key] = spec_field.convert(value, ctx, text=True)
+            values[field_name] = declared.check.convert(value, ctx, text=True)
         except _Bad as e:
-            raise ConfigError(COMMAND_LINE, f"{name}.{key}", str(e)) from None
+            raise ConfigError(COMMAND_LINE, f"{name}.{field_name}", str(e)) from None
     if isinstance(section, ControllerConfig):
         problem = _check_controller({**dataclasses.asdict(section), **values}, "controller.")
         if problem:
@@ -741,3 +918,92 @@ def with_overrides(
     ):
         values["local_queue_capacity"] = 0
     return dataclasses.replace(section, **values)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------------
+# the example file: the documentation of every key and variable, made from the declarations
+
+_EXAMPLE_HEAD = """\
+burst configuration: one file for the controller, the workers and the `burst` CLI.
+Made by `python -m burstd.config > burst.example.toml` from the keys declared in burstd/config.py.
+
+Copy to `burst.toml` (found in the working directory) or pass `--config PATH`. Every key is
+optional; the values below are the defaults. Keys commented out have defaults that depend on the
+machine or are unset. Unknown keys are errors. The Rust prototype's `burst.config.json` layout
+(same sections and keys, in JSON) is read too.
+
+Precedence: defaults < this file < BURST_* environment variables < command line flags.
+Addresses: "host:port" (hostname or IP), "[::1]:port", or the prototype's "http://host:port".
+Relative paths are relative to the working directory of the program."""
+
+_EXAMPLE_WORKERS = """\
+The cluster: one entry per worker (also the peer list for stealing). A worker started with
+--id picks its entry; a worker with no entry uses [worker]. No entries by default.
+[[workers]]
+worker_id = "worker-1"
+slots = 4
+peer_listen_addr = "0.0.0.0:51051"
+peer_advertise_addr = "worker-1:51051"
+
+[[workers]]
+worker_id = "worker-2"
+peer_listen_addr = "0.0.0.0:51052"
+peer_advertise_addr = "worker-2:51052\""""
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def _comment(text: str) -> list[str]:
+    return [
+        line
+        for paragraph in text.split("\n")
+        for line in textwrap.wrap(paragraph, 98, initial_indent="# ", subsequent_indent="# ")
+        or ["#"]
+    ]
+
+
+def example_file() -> str:
+    """``burst.example.toml``: every key with its documentation and default, every variable.
+
+    Made from the declarations alone (:data:`SECTIONS`, :func:`key`, :data:`RETIRED`), so it
+    cannot drift from them; ``tests/test_config.py`` checks the committed file is this text.
+    """
+    width = max(map(len, variables()))
+    lines = _comment(_EXAMPLE_HEAD)
+    lines += [
+        "#",
+        "# Variables (an empty one counts as unset; a worker key's variable sets every [[workers]]",
+        "# entry too, except BURST_WORKER_ID, which names this process's worker):",
+        *(f"#   {var:<{width}}  {', '.join(targets)}" for var, targets in variables().items()),
+        "#",
+        *_comment(
+            "Keys of the prototype that burst reads and ignores, with a warning: "
+            + "; ".join(f"{name} ({why})" for name, why in RETIRED.items())
+            + "."
+        ),
+    ]
+    for section, (cls, doc) in SECTIONS.items():
+        lines += ["", *_comment(doc), f"[{section}]"]
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, declared in keys(cls).items():
+            env = f" Variable: {', '.join(declared.env)}." if declared.env else ""
+            hint = f" {declared.check.hint}" if declared.check.hint else ""
+            lines += _comment(declared.doc + hint + env)
+            default = defaults[name]
+            if default is dataclasses.MISSING or default is None:
+                lines.append(f"# {name} = {_toml(declared.example)}")
+            else:
+                lines.append(f"{name} = {_toml(default)}")
+        if section == "worker":
+            lines += ["", *(f"# {line}".rstrip() for line in _EXAMPLE_WORKERS.split("\n"))]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(example_file(), end="")

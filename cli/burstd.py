@@ -50,12 +50,17 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _load(config: Path | None) -> Config:
+def _load(config: Path | None, section: str) -> Config:
+    """The configuration, after printing the warnings about keys of ``section`` (the part this
+    program reads: retired keys of the prototype, which it ignores)."""
     try:
-        return load_config(config)
+        loaded = load_config(config)
     except ConfigError as error:
         _fail(str(error))
         raise  # unreachable: _fail exits
+    for warning in loaded.warnings_for(section):
+        print(f"burstd: warning: {warning}", file=sys.stderr)
+    return loaded
 
 
 def _controller_config(
@@ -63,7 +68,10 @@ def _controller_config(
 ) -> ControllerConfig:
     try:
         return with_overrides(
-            _load(config).controller, bind_addr=listen, state_dir=state_dir, router=router
+            _load(config, "controller").controller,
+            bind_addr=listen,
+            state_dir=state_dir,
+            router=router,
         )
     except ConfigError as error:
         _fail(str(error))
@@ -145,7 +153,7 @@ def worker(
     from burstd.worker import daemon
     from burstd.worker.steal import static_peers
 
-    loaded = _load(config)
+    loaded = _load(config, "worker")
     try:
         settings = with_overrides(
             worker_for(loaded, id),

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from loguru import logger
 
 from burstd.config import (
+    SECTIONS,
     CliConfig,
     Config,
     ConfigError,
@@ -21,13 +23,17 @@ from burstd.config import (
     WorkerConfig,
     default_state_dir,
     default_worker_id,
+    example_file,
     format_hostport,
+    keys,
     load_config,
     parse_hostport,
+    variables,
     with_overrides,
     worker_for,
 )
 from burstd.logs import setup_logging
+from tests.cluster import Cluster, environment, program
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"HOME": "/home/u"}  # a fixed environment: no BURST_* variables, no XDG_STATE_HOME
@@ -73,7 +79,7 @@ def test_defaults_without_a_file() -> None:
     assert w.controller_addr == "127.0.0.1:50051"
     assert w.slots == (os.cpu_count() or 1)
     assert w.local_queue_capacity == 2 * w.slots and w.queue_capacity_derived
-    assert (w.poll_interval_ms, w.retry_interval_ms) == (250, 500)
+    assert w.retry_interval_ms == 500
     assert (w.peer_listen_addr, w.peer_advertise_addr) == (None, None)
     assert (w.steal_batch_size, w.steal_interval_ms, w.steal) == (0, 150, True)
     assert (w.output_dir, w.python, w.docker, w.kill_grace_s) == (
@@ -194,7 +200,7 @@ PROTOTYPE_JSON = {
             "worker_id": f"worker-{n}",
             "controller_addr": "http://127.0.0.1:50051",
             "slots": 4,
-            "poll_interval_ms": 10,
+            "poll_interval_ms": 1,  # tuned by its users; the prototype raised it to 10
             "retry_interval_ms": 25,
             "local_queue_capacity": 64,
             "peer_listen_addr": f"0.0.0.0:5105{n}",
@@ -220,7 +226,6 @@ def test_prototype_json_layout() -> None:
         worker_id="worker-2",
         controller_addr="127.0.0.1:50051",
         slots=4,
-        poll_interval_ms=10,
         retry_interval_ms=25,
         local_queue_capacity=64,
         peer_listen_addr="0.0.0.0:51052",
@@ -228,6 +233,36 @@ def test_prototype_json_layout() -> None:
         steal_batch_size=2,
         steal_interval_ms=25,
     )
+
+
+def test_prototype_tuned_config_loads_with_a_warning_naming_the_key() -> None:
+    path = write("burst.config.json", json.dumps(PROTOTYPE_JSON))
+    config = load_config(path, env=ENV)
+    why = "ignored: workers wait for jobs in a long poll, with no polling interval"
+    assert config.warnings_for("worker") == [
+        f"burst.config.json: workers[0].poll_interval_ms (and in 1 more tables): {why}"
+    ]
+    assert config.warnings_for("controller") == config.warnings_for("cli") == []
+    # In [worker] too, whatever its value; a file without it has no warning.
+    config = load_config(write("w.toml", '[worker]\npoll_interval_ms = "often"\n'), env=ENV)
+    assert config.warnings_for("worker") == [f"w.toml: worker.poll_interval_ms: {why}"]
+    assert load_config(write("x.toml", "[worker]\nslots = 1\n"), env=ENV).warnings == ()
+
+
+def every_key() -> list[tuple[str, str]]:
+    return [(section, name) for section, (cls, _) in SECTIONS.items() for name in keys(cls)]
+
+
+@pytest.mark.parametrize(("section", "name"), every_key())
+def test_every_key_refuses_a_bad_value_naming_file_and_key(section: str, name: str) -> None:
+    # A list is no valid value of any key; the message shows it.
+    path = write("burst.config.json", json.dumps({section: {name: [1]}}))
+    message = error(path)
+    assert message.startswith(f"burst.config.json: {section}.{name}: ") and "[1]" in message
+    if section == "worker":
+        path = write("b.toml", f"[[workers]]\n{name} = [1]\n")
+        message = error(path)
+        assert message.startswith(f"b.toml: workers[0].{name}: ") and "[1]" in message
 
 
 def test_json_same_model_as_toml() -> None:
@@ -305,8 +340,8 @@ def test_bad_router_lists_valid_names() -> None:
         ({"worker": {"slots": True}}, "worker.slots: expected an integer >= 1, got true"),
         ({"worker": {"slots": 2.0}}, "worker.slots: expected an integer >= 1, got 2.0"),
         (
-            {"worker": {"poll_interval_ms": 1}},
-            "worker.poll_interval_ms: expected an integer >= 10, got 1",
+            {"worker": {"retry_interval_ms": 1}},
+            "worker.retry_interval_ms: expected an integer >= 10, got 1",
         ),
         (
             {"controller": {"lease_ttl_ms": 50}},
@@ -532,12 +567,71 @@ def test_example_file_is_the_defaults() -> None:
     assert config.worker.queue_capacity_derived
 
 
-def test_example_file_lists_every_key() -> None:
-    text = (REPO / "burst.example.toml").read_text()
-    for section in (ControllerConfig, WorkerConfig, CliConfig):
-        for f in dataclasses.fields(section):
-            if f.init:
-                assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f.name
+def test_example_file_is_made_from_the_declarations() -> None:
+    # After a change of a key: python -m burstd.config > burst.example.toml
+    assert (REPO / "burst.example.toml").read_text() == example_file()
+
+
+def test_example_file_documents_every_key_and_variable() -> None:
+    text = example_file()
+    for section, (cls, _) in SECTIONS.items():
+        for name in keys(cls):
+            assert f"\n{name} = " in text or f"\n# {name} = " in text, f"{section}.{name}"
+    assert variables()["BURST_CONTROLLER"] == ["worker.controller_addr", "cli.controller_addr"]
+    for var, targets in variables().items():
+        assert f"#   {var}" in text and ", ".join(targets) in text
+    assert "worker.poll_interval_ms" in text  # the retired key, and why it is ignored
+
+
+# --------------------------------------------------------------------------------------------------
+# the programs
+
+
+def test_worker_runs_on_a_prototype_tuned_config_and_names_the_ignored_key(
+    cluster: Cluster,
+) -> None:
+    prototype = json.loads(json.dumps(PROTOTYPE_JSON))
+    for entry in prototype["workers"]:  # (free ports: the machine is shared)
+        del entry["peer_listen_addr"], entry["peer_advertise_addr"]
+    path = cluster.tmp / "burst.config.json"
+    path.write_text(json.dumps(prototype))
+    cluster.controller("--config", str(path))
+    worker = cluster.worker("worker-1", "--config", str(path))
+    cluster.wait_workers(1)
+    [job_id] = cluster.burst("submit", "process", "true").stdout.split()
+    cluster.burst("wait", job_id)
+    worker.stop()
+    assert f"{path}: workers[0].poll_interval_ms (and in 1 more tables): ignored: " in worker.log()
+
+
+@pytest.mark.parametrize(
+    ("program_args", "text", "message"),
+    [
+        (
+            ["worker", "--id", "w"],
+            '[[workers]]\nworker_id = "w"\nretry_interval_ms = 1\n',
+            "workers[0].retry_interval_ms: expected an integer >= 10, got 1",
+        ),
+        (
+            ["controller"],
+            '[controller]\nstore = "redis"\n',
+            "controller.store: unknown store 'redis' (valid: memory, sqlite)",
+        ),
+    ],
+)
+def test_a_bad_value_stops_the_program_with_exit_2_naming_file_and_key(
+    tmp_path: Path, program_args: list[str], text: str, message: str
+) -> None:
+    path = write("bad.toml", text)
+    result = subprocess.run(
+        [*program("burstd"), *program_args, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+    )
+    assert result.returncode == 2
+    assert f"bad.toml: {message}" in result.stderr
 
 
 # --------------------------------------------------------------------------------------------------
