@@ -23,13 +23,11 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import trio
 
-from burstd import transport
-from burstd.config import parse_hostport
+from burstd import transport, wire
+from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2
 
 T = TypeVar("T")
-SERVICE = "burst.v1.ControllerRpc"
-DEFAULT_ADDR = "127.0.0.1:50051"
 CALL_TIMEOUT = 30.0
 # Array jobs go in one call up to this many; larger arrays are split so no message gets huge.
 ARRAY_CHUNK = 100_000
@@ -107,7 +105,7 @@ class Client:
 
     async def _call(self, method: str, request: Any, response_type: Any) -> Any:
         return await self._channel.unary(
-            SERVICE, method, request, response_type, timeout=CALL_TIMEOUT
+            wire.CONTROLLER_SERVICE, method, request, response_type, timeout=CALL_TIMEOUT
         )
 
     async def submit(self, spec: job_pb2.JobSpec) -> str:
@@ -164,7 +162,7 @@ class Client:
         """Progress updates until every job has ended (the last update has ``pending == 0``)."""
         request = job_pb2.WaitJobsRequest(job_ids=list(job_ids), all=all)
         async for update in self._channel.server_stream(
-            SERVICE, "WaitJobs", request, job_pb2.WaitJobsUpdate
+            wire.CONTROLLER_SERVICE, "WaitJobs", request, job_pb2.WaitJobsUpdate
         ):
             yield update
 

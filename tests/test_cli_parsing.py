@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.config import DEFAULT_ADDR, ConfigError
 from cli import burst, burstd
 from cli.burst import (
@@ -41,7 +41,7 @@ class FakeClient:
         self.next_id = 1
 
     def _ids(self, n: int) -> list[str]:
-        ids = [f"job-{i:08d}" for i in range(self.next_id, self.next_id + n)]
+        ids = wire.job_ids(self.next_id, self.next_id + n)
         self.next_id += n
         return ids
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -21,14 +20,13 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from burstd import transport
+from burstd import transport, wire
 from proto.burst.v1 import job_pb2, worker_pb2
 from tests.cluster import Cluster, environment, free_port, program
 
-SERVICE = "burst.v1.ControllerRpc"
+SERVICE = wire.CONTROLLER_SERVICE
 CALL_TIMEOUT = 15.0  # per call: generous, the machine may be loaded
 PATIENCE = 15.0  # upper bound for anything that should happen "soon"
-JOB_ID = re.compile(r"job-\d{8}")
 OUTCOME = job_pb2.ReportOutcome
 ACCEPTED = OUTCOME.Value("REPORT_OUTCOME_ACCEPTED")
 DUPLICATE = OUTCOME.Value("REPORT_OUTCOME_DUPLICATE")
@@ -104,7 +102,7 @@ class Rpc:
     async def submit(self, spec: job_pb2.JobSpec | None = None) -> str:
         request = job_pb2.SubmitJobRequest(spec=spec or process_spec())
         reply = await self.call("SubmitJob", request, job_pb2.SubmitJobResponse)
-        assert JOB_ID.fullmatch(reply.job_id), reply.job_id
+        assert wire.JOB_ID.fullmatch(reply.job_id), reply.job_id
         return reply.job_id
 
     async def submit_many(self, count: int) -> list[str]:
@@ -233,7 +231,7 @@ def test_cli_submit_status_list_cancel_wait(cluster: Cluster) -> None:
         run = cluster.burst("submit", "--name", argv[0], *argv)
         assert run.returncode == 0
         (job_id,) = run.stdout.split()
-        assert JOB_ID.fullmatch(job_id)
+        assert wire.JOB_ID.fullmatch(job_id)
         ids.append(job_id)
     assert len(set(ids)) == 3
 

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import pytest
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.client import BlockingClient, process
 from burstd.controller.store import DB_NAME
 from proto.burst.v1 import job_pb2
@@ -89,10 +89,6 @@ def wait_ended(cluster: Cluster, ids: list[str]) -> job_pb2.WaitJobsUpdate:
     return last
 
 
-def number(job_id: str) -> int:
-    return int(job_id.removeprefix("job-"))
-
-
 def burstd(cwd: Path, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*program("burstd"), *args],
@@ -149,7 +145,7 @@ def test_kill_9_and_restart_loses_no_job_and_reuses_no_id(cluster: Cluster) -> N
     ids += submit_array(cluster, 16, run_cmd(before="sleep 1; "))
     ids += submit_array(cluster, 1000, run_cmd())
     ids += submit_array(cluster, 16, run_cmd(before="sleep 1; "))
-    assert [number(i) for i in ids] == list(range(1, len(ids) + 1))
+    assert [wire.job_number(i) for i in ids] == list(range(1, len(ids) + 1))
 
     # Kill it once the store holds jobs in every live state (and some finished).
     def mixed() -> Counter[str] | None:
@@ -174,7 +170,7 @@ def test_kill_9_and_restart_loses_no_job_and_reuses_no_id(cluster: Cluster) -> N
     assert [info.job_id for info in infos] == ids
     assert Counter(info.state for info in infos) == {"succeeded": len(ids)}
     # the id counter continued: a new job gets an id above every old one
-    assert number(later) > len(ids)
+    assert wire.job_number(later) > len(ids)
     # each job ran once: its output file holds its id once, and it logged a single run
     for job_id in ids:
         assert (cluster.output / f"{job_id}.stdout").read_text() == f"{job_id}\n"
@@ -328,7 +324,7 @@ def test_full_disk_refuses_submissions_while_running_jobs_finish(
         return None
 
     later = eventually(accepted, "a submission to be accepted again")
-    assert number(later) > number(waiting)
+    assert wire.job_number(later) > wire.job_number(waiting)
     job = info(cluster, waiting)
     assert (job.state, job.lost_count) == ("succeeded", 0), job
     assert runs(cluster) == {running: 1, waiting: 1}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 import trio
 
+from burstd import wire
 from burstd.controller import admission
 from burstd.controller import service as service_module
 from burstd.controller.service import ControllerService
@@ -140,5 +141,5 @@ async def test_a_large_submission_is_built_in_slices_with_other_calls_served_bet
     slices = [i for i, entry in enumerate(log) if entry == "slice"]
     assert len(slices) == 3
     assert "other" in log[slices[0] : slices[-1]]
-    assert submitted == [JobTable.format_id(n) for n in range(1, 6)]
+    assert submitted == [wire.job_id(n) for n in range(1, 6)]
     assert list(table.jobs) == submitted

@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 import trio
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.controller import service as service_module
 from burstd.controller import store as store_module
 from burstd.controller import writer as writer_module
@@ -33,7 +33,6 @@ from burstd.controller.store import (
     Writes,
     changed_row,
     inserts,
-    job_number,
     leased_row,
     row,
 )
@@ -163,8 +162,8 @@ def test_rows_hold_plain_values(store: Store, state_dir: Path) -> None:
             "SELECT num, state, typeof(state), stolen, typeof(stolen) FROM jobs ORDER BY num"
         ).fetchall()
     assert rows == [
-        (job_number(first), "queued", "text", 0, "integer"),
-        (job_number(second), "queued", "text", 1, "integer"),
+        (wire.job_number(first), "queued", "text", 0, "integer"),
+        (wire.job_number(second), "queued", "text", 1, "integer"),
     ]
 
 
@@ -181,7 +180,7 @@ def test_a_lease_alone_rewrites_only_its_columns(state_dir: Path) -> None:
     writes.close()
     assert [s for s in statements if s.startswith("UPDATE jobs")] == [
         f"UPDATE jobs SET state = 'leased', attempt = 1, worker_id = 'w1' WHERE num = {num}"
-        for num in (job_number(first), job_number(second))
+        for num in (wire.job_number(first), wire.job_number(second))
     ]
     store.close()
     reopened = Store(state_dir)
@@ -552,7 +551,7 @@ def test_restore_queues_again_lets_workers_claim_leases_and_continues_ids(state_
         assert table.orphans == dict.fromkeys((run_w1, leased_w1, leased_w2), 102.0)
         # the id counter continues
         (new_id,) = table.submit([NewJob(SPEC)], 100.0)
-        assert job_number(new_id) == job_number(ids[-1]) + 1
+        assert wire.job_number(new_id) == wire.job_number(ids[-1]) + 1
 
         # w1 comes back holding its running job under the same attempt (it lost the leased one);
         # a stranger claims w2's lease, and w2 comes back with a stale attempt: both dropped.
@@ -607,7 +606,7 @@ def test_restored_terminal_jobs_are_not_orphans(state_dir: Path) -> None:
         table = JobTable()
         table.restore(store.live_jobs(), store.next_id(), 5.0)
         assert table.jobs == {} and table.orphans == {}
-        assert table.next_id == job_number(job_id) + 1
+        assert table.next_id == wire.job_number(job_id) + 1
     finally:
         store.close()
 
@@ -811,10 +810,10 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
         flaky.full = False
         later = await _submit_once_writable(service)
         # ids are never reused, and the queue has room for 9 more
-        assert job_number(later) >= 12
+        assert wire.job_number(later) >= 12
         await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), {})
         assert table.counts[JobState.QUEUED] == 10
-    assert store.next_id() == job_number(later) + 9
+    assert store.next_id() == wire.job_number(later) + 9
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
 
 
@@ -1079,7 +1078,7 @@ async def test_a_large_submission_is_stored_a_slice_per_commit_beside_the_report
         await writer.durable()
     assert answered == ["report", "submission"]
     assert [new for new, _ in commits if new] == [3, 3, 1]
-    assert ids == [JobTable.format_id(n) for n in range(2, 9)]
+    assert ids == [wire.job_id(n) for n in range(2, 9)]
     assert [job.job_id for job in store.live_jobs()] == ids
     stored = store.get(first)
     assert stored is not None and stored.state is JobState.SUCCEEDED

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+from burstd import wire
 from burstd.controller.table import (
     TERMINAL,
     TRANSITIONS,
@@ -26,7 +27,6 @@ from burstd.controller.table import (
     ReportOutcome,
     Result,
     UnknownWorker,
-    format_ids,
 )
 from burstd.policies.routers import Router, make_router
 
@@ -965,7 +965,7 @@ class TableMachine(RuleBasedStateMachine):
             assert self.table.counts[Q] + n > self.table.max_queued
             assert fingerprint(self.table) == before
             return
-        assert ids == [JobTable.format_id(k) for k in range(first, first + n)]
+        assert ids == [wire.job_id(k) for k in range(first, first + n)]
         assert not set(ids) & set(self.submitted)
         self.submitted += ids
 
@@ -1379,15 +1379,6 @@ TestTableBiased = BiasedMachine.TestCase
 TestTableRoundRobin.settings = SETTINGS
 TestTablePowerOfTwo.settings = SETTINGS
 TestTableBiased.settings = SETTINGS
-
-
-@pytest.mark.parametrize(
-    ("first", "stop"),
-    [(1, 1), (1, 2), (1, 100), (99, 101), (150, 150), (150, 451), (99_999_990, 100_000_120)],
-)
-def test_ids_in_bulk_are_the_ids_one_by_one(first: int, stop: int) -> None:
-    # Across hundreds, from mid-hundred, empty, and past eight digits (where ids grow longer).
-    assert format_ids(first, stop) == [JobTable.format_id(n) for n in range(first, stop)]
 
 
 def test_a_submission_built_in_slices_is_queued_whole_or_not_at_all() -> None:

@@ -15,13 +15,13 @@ import pytest
 import trio
 import trio.testing
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.config import WorkerConfig
 from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.guard import JobGuard
 from burstd.worker.queue import LocalQueue
-from burstd.worker.session import SERVICE, ControllerLink
+from burstd.worker.session import ControllerLink
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2, worker_pb2
 
@@ -239,7 +239,7 @@ async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:
         seen.append("Heartbeat")
         return worker_pb2.HeartbeatResponse()
 
-    service = transport.Service(SERVICE)
+    service = transport.Service(wire.CONTROLLER_SERVICE)
     service.unary("RegisterWorker", worker_pb2.RegisterWorkerRequest, register)
     service.unary("Heartbeat", worker_pb2.HeartbeatRequest, heartbeat)
     async with trio.open_nursery() as nursery:

@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
+from burstd import wire
 from burstd.controller.table import NewJob
 from proto.burst.v1 import job_pb2
 
 # Variables the worker sets itself: a spec may not set them (a job could otherwise fake its id).
-RESERVED_ENV = frozenset(
-    {"BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT", "BURST_ARRAY_INDEX", "BURST_ENTRY"}
-)
+RESERVED_ENV = frozenset((*wire.JOB_VARIABLES, *wire.JOB_OPTIONAL_VARIABLES))
 MAX_RETRIES = 100
 _ARRAY_INDEX_TAG = b"\x48"  # JobSpec.array_index: field 9, varint
 _ENTRY_TAG = b"\x52"  # JobSpec.entry: field 10, length-delimited

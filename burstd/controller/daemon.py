@@ -16,7 +16,7 @@ from contextlib import ExitStack
 import trio
 from loguru import logger
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.service import ControllerService, ServiceSettings
@@ -113,7 +113,7 @@ async def run_controller(
                 store.path,
                 table.counts[JobState.QUEUED],
                 len(table.orphans),
-                table.format_id(table.next_id),
+                wire.job_id(table.next_id),
             )
         host, port = parse_hostport(config.bind_addr)
         async with trio.open_nursery() as nursery:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import heapq
 import math
 import operator
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -19,7 +18,7 @@ from typing import Any, TypeVar, cast
 import trio
 from loguru import logger
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.controller import admission
 from burstd.controller.admission import Limits, SpecError
 from burstd.controller.table import (
@@ -39,7 +38,6 @@ from burstd.controller.writer import STAGE_SLICE, StoreUnavailable, StoreWriter
 from burstd.policies.steal import MAX_STEAL, spare
 from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
-SERVICE_NAME = "burst.v1.ControllerRpc"
 MAX_WAIT_MS = 60_000
 MAX_LIST = 10_000
 # A waiter on many jobs gets at most this many updates a second: finishing 10,000 jobs a second
@@ -56,7 +54,6 @@ SUBMIT_SLICE = 2_000
 # A result's fields, read in one C call: read one by one they cost ~3.4 us a result, in one call
 # ~1.5 us (protobuf's attribute access is most of it).
 _RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
-_JOB_ID = re.compile(r"job-\d{8,}")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -309,7 +306,7 @@ class ControllerService:
                 raise SpecError(
                     f"state: unknown state {request.state!r} (valid: {valid})"
                 ) from None
-        if request.after and not _JOB_ID.fullmatch(request.after):
+        if request.after and not wire.JOB_ID.fullmatch(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
         limit = min(request.limit or 100, MAX_LIST)
         jobs = []
@@ -719,7 +716,7 @@ class ControllerService:
     # -- registration with the transport -----------------------------------------------------
 
     def rpc_service(self) -> transport.Service:
-        service = transport.Service(SERVICE_NAME)
+        service = transport.Service(wire.CONTROLLER_SERVICE)
         unary: list[tuple[str, type[Any], Callable[[Any, Mapping[str, str]], Awaitable[Any]]]] = [
             ("SubmitJob", job_pb2.SubmitJobRequest, self.submit_job),
             ("SubmitJobs", job_pb2.SubmitJobsRequest, self.submit_jobs),

@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from burstd import wire
 from burstd.controller.table import Job, JobState
 
 if TYPE_CHECKING:
@@ -164,10 +165,6 @@ class StoreError(Exception):
     """The state directory cannot be used; the message names it and says why."""
 
 
-def job_number(job_id: str) -> int:
-    return int(job_id.removeprefix("job-"))
-
-
 # The columns are named as the job's attributes: a row is read off a job in one C call (building
 # rows was a tenth of the event loop's time under load when each was a Python function).
 #
@@ -223,7 +220,7 @@ def _job(row: tuple[Any, ...]) -> Job:
      finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path,
      lost_count, retried, stolen) = row  # fmt: skip
     return Job(
-        job_id=f"job-{num:08d}",
+        job_id=wire.job_id(num),
         num=num,
         spec=bytes(spec),
         retries=retries,
@@ -381,7 +378,7 @@ class Store:
         nums = []
         for job_id in job_ids:
             try:
-                nums.append(job_number(job_id))
+                nums.append(wire.job_number(job_id))
             except ValueError:
                 continue
         rows = self._read.execute(
@@ -391,7 +388,7 @@ class Store:
         return [_job(row) for row in rows]
 
     def list(self, state: str | None, after: str, limit: int) -> list[Job]:
-        start = job_number(after) if after else 0
+        start = wire.job_number(after) if after else 0
         if state is None:
             rows = self._read.execute(
                 f"{_SELECT} WHERE num > ? AND {_ACCEPTED} ORDER BY num LIMIT ?", (start, limit)
@@ -429,7 +426,7 @@ class Store:
 
     async def forget(self, job_ids: Iterable[str]) -> Counter[str]:
         """Delete finished jobs by id (live ones never are); returns how many, by state."""
-        nums = [job_number(job_id) for job_id in job_ids]
+        nums = [wire.job_number(job_id) for job_id in job_ids]
         return Counter(await self._writes.call("forget", nums))
 
     async def forget_finished(self, finished_before: float) -> Counter[str]:

@@ -45,6 +45,7 @@ from typing import Final
 import trio
 from loguru import logger
 
+from burstd import wire
 from burstd.worker.guard import JobGuard
 from proto.burst.v1 import job_pb2
 
@@ -93,9 +94,6 @@ class SpecError(Exception):
 # Job ids become file names and container names: a plain name, no path separator, no leading dot
 # (so neither "." nor ".."), short enough for "<id>.stdout" to be a valid file name.
 _JOB_ID: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
-# Variables set by the executor last; the optional ones are removed when the spec lacks them.
-_BURST_VARS: Final = ("BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT")
-_OPTIONAL_BURST_VARS: Final = ("BURST_ARRAY_INDEX", "BURST_ENTRY")
 _OUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: give the job defaults.
 _SIGDEF: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
@@ -174,7 +172,7 @@ def _job_env(
     env = _worker_env()
     for key, value in _spec_env(spec).items():
         env[enc(key)] = enc(value)
-    for name in _OPTIONAL_BURST_VARS:
+    for name in wire.JOB_OPTIONAL_VARIABLES:
         env.pop(enc(name), None)
     for key, value in burst_vars(job_id, attempt, spec, config).items():
         env[enc(key)] = enc(value)
@@ -219,7 +217,7 @@ def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecCon
         if spec.cwd:
             argv += ["--workdir", spec.cwd]
         env = _spec_env(spec)
-        for key in (*_OPTIONAL_BURST_VARS, *_BURST_VARS):
+        for key in (*wire.JOB_OPTIONAL_VARIABLES, *wire.JOB_VARIABLES):
             env.pop(key, None)
         env.update(burst_vars(job_id, attempt, spec, config))
         for key, value in env.items():

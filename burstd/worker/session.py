@@ -22,14 +22,13 @@ from typing import Any
 import trio
 from loguru import logger
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.config import parse_hostport
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import worker_pb2
 
-__all__ = ["CALL_TIMEOUT", "SERVICE", "ControllerLink"]
+__all__ = ["CALL_TIMEOUT", "ControllerLink"]
 
-SERVICE = "burst.v1.ControllerRpc"
 CALL_TIMEOUT = 10.0
 MAX_BACKOFF = 5.0
 
@@ -104,7 +103,7 @@ class ControllerLink:
             instance=self.state.instance,
         )
         response = await channel.unary(
-            SERVICE,
+            wire.CONTROLLER_SERVICE,
             "RegisterWorker",
             request,
             worker_pb2.RegisterWorkerResponse,
@@ -128,7 +127,9 @@ class ControllerLink:
         while (channel := self._channel) is None:
             await self._connected.wait()
         try:
-            return await channel.unary(SERVICE, method, request, response_type, timeout=timeout)
+            return await channel.unary(
+                wire.CONTROLLER_SERVICE, method, request, response_type, timeout=timeout
+            )
         except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
             self.broken(channel)
             raise

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import trio
 from loguru import logger
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.config import Config, WorkerConfig, format_hostport, parse_hostport
 from burstd.policies.steal import (
     MAX_STEAL,
@@ -43,7 +43,6 @@ from burstd.policies.steal import (
 from burstd.worker.queue import LocalState
 from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
-PEER_SERVICE = "burst.v1.WorkerPeerRpc"
 CONNECT_TIMEOUT = 1.0
 # A thief waits this long for a StealJobs reply: the victim's TransferJobs call plus slack.
 STEAL_TIMEOUT = 4.0
@@ -130,7 +129,7 @@ class PeerServer:
         self.log = logger.bind(worker_id=state.config.worker_id)
 
     def rpc_service(self) -> transport.Service:
-        service = transport.Service(PEER_SERVICE)
+        service = transport.Service(wire.PEER_SERVICE)
         service.unary("StealJobs", peer_pb2.StealJobsRequest, self.steal_jobs)
         return service
 
@@ -401,7 +400,7 @@ class StealClient:
         )
         try:
             reply = await channel.unary(
-                PEER_SERVICE,
+                wire.PEER_SERVICE,
                 "StealJobs",
                 request,
                 peer_pb2.StealJobsResponse,

@@ -1,0 +1,60 @@
+"""Names and formats that both ends of the wire agree on, each written once.
+
+The ``.proto`` files are the contract for messages and services; this module holds what the
+contract names as text: the gRPC service names (``tests/test_wire.py`` checks them against
+the generated descriptors), the job id format, and the variables a worker gives each job. It
+imports only the standard library, so the job table and the store process can use it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+CONTROLLER_SERVICE: Final = "burst.v1.ControllerRpc"
+"""The controller's service (``control.proto``), for the CLI, the client and the workers."""
+
+PEER_SERVICE: Final = "burst.v1.WorkerPeerRpc"
+"""A worker's StealJobs service (``peer.proto``)."""
+
+JOB_ID_PREFIX: Final = "job-"
+JOB_ID_DIGITS: Final = 8
+"""A job id is the prefix and the job's number, zero-padded to at least this many digits
+(``job-00000001``), as the prototype's ids were: they sort as the jobs were submitted."""
+
+JOB_ID: Final = re.compile(rf"{JOB_ID_PREFIX}\d{{{JOB_ID_DIGITS},}}")
+"""The ids :func:`job_id` makes (match with ``fullmatch``)."""
+
+JOB_VARIABLES: Final = ("BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT")
+"""Variables the worker sets in every job's environment, last, so a spec cannot fake them."""
+
+JOB_OPTIONAL_VARIABLES: Final = ("BURST_ARRAY_INDEX", "BURST_ENTRY")
+"""Variables set for jobs of an array (the index) or of ``--each-line`` (the entry) only."""
+
+_TWO_DIGITS: Final = [f"{i:02d}" for i in range(100)]
+
+
+def job_id(number: int) -> str:
+    """The id of job ``number`` (``job-00000042``)."""
+    return f"{JOB_ID_PREFIX}{number:0{JOB_ID_DIGITS}d}"
+
+
+def job_ids(first: int, stop: int) -> list[str]:
+    """The ids of the numbers ``first`` up to ``stop`` (excluded), as :func:`job_id` makes them.
+
+    By hundreds: one string concatenation a job, a third of the cost of formatting each number
+    (a large submission formats one id per job).
+    """
+    ids: list[str] = []
+    for hundred in range(first // 100, (stop - 1) // 100 + 1):
+        base = hundred * 100
+        head = f"{JOB_ID_PREFIX}{hundred:0{JOB_ID_DIGITS - 2}d}"
+        ids += map(head.__add__, _TWO_DIGITS[max(first - base, 0) : stop - base])
+    return ids
+
+
+def job_number(text: str) -> int:
+    """The number of a job id; ValueError if ``text`` is not one."""
+    if not JOB_ID.fullmatch(text):
+        raise ValueError(f"not a job id: {text!r}")
+    return int(text[len(JOB_ID_PREFIX) :])
