@@ -34,7 +34,7 @@ from burstd.config import (
 UP_QUEUE_CAPACITY = 64
 # Default slots of each worker of `burstd up`, at least: a worker's one event loop spawns, reaps
 # and reports between its jobs, and with one slot its job and that work alternate instead of
-# overlapping (one worker with /bin/true jobs: ~1.4-2.3x the jobs/s with 2 slots than with 1).
+# overlapping (docs/benchmarks.md: one worker runs /bin/true jobs faster with 2 slots than 1).
 UP_MIN_SLOTS = 2
 _PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 

@@ -49,10 +49,11 @@ MAX_PEERS = 64
 # often, serves every reply, so that a thousand registrations or idle heartbeats do not each go
 # through every worker.
 PEER_LIST_AGE = 0.1
-# Jobs of a submission built per pass of the event loop (~5 ms): see ``_submit``.
+# Jobs of a submission built per pass of the event loop, a pass short enough for the calls
+# served in between (docs/benchmarks.md): see ``_submit``.
 SUBMIT_SLICE = 2_000
-# A result's fields, read in one C call: read one by one they cost ~3.4 us a result, in one call
-# ~1.5 us (protobuf's attribute access is most of it).
+# A result's fields, read in one C call: protobuf's attribute access is most of what reading
+# them one by one costs (docs/benchmarks.md).
 _RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -191,8 +192,8 @@ class ControllerService:
         try:
             with table.room(len(new)):
                 first = table.number(len(new))
-                # Built a slice at a time, other calls served in between (built at once, an
-                # array of 100,000 was one pass of ~0.4 s), then queued whole.
+                # Built a slice at a time, other calls served in between (built at once, a large
+                # array is one long pass that every worker waits behind), then queued whole.
                 jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now)
                 for start in range(SUBMIT_SLICE, len(new), SUBMIT_SLICE):
                     # Not a cancellation point: a stopping controller answers "stopping".
@@ -222,7 +223,7 @@ class ControllerService:
 
     async def _stage(self, jobs: list[Job]) -> None:
         """Store a large submission before it is queued, a slice per commit: its insert does
-        not hold every worker's report up (an array of 100,000 in one commit did, ~1 s)."""
+        not hold every worker's report up (in one commit, a large array's did)."""
         assert self.writer is not None
         try:
             with trio.CancelScope(shield=True):  # as for the commit of a small submission

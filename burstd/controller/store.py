@@ -123,7 +123,7 @@ _INSERT = (
 # A run of new jobs as they were submitted (queued, never leased), numbered one after the
 # other, of one submission (an array, usually): one statement for the run, whose rows SQLite
 # makes itself, the specs read through ``run_spec`` (a Python function over the run's list).
-# That costs SQLite 2.6 us a row, against 4.5 us for a row of ``_INSERT``'s 8 bound values, and
+# That costs SQLite less than a row of ``_INSERT``'s 8 bound values (docs/benchmarks.md), and
 # spares the event loop building a tuple a job (``inserts``).
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "

@@ -33,7 +33,8 @@ from burstd.controller.store import Commit, Store, changed_row, inserts, leased_
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 MAX_BACKOFF = 5.0
-# Jobs of a staged submission stored per commit (~30 ms of SQLite's time): see ``stage``.
+# Jobs of a staged submission stored per commit, a commit short enough for the reports waiting
+# behind it (docs/benchmarks.md): see ``stage``.
 STAGE_SLICE = 5_000
 
 
@@ -149,7 +150,7 @@ class StoreWriter:
         return self._taking
 
     async def run(self) -> None:
-        # The first commit would otherwise wait for the store process to start (~0.1 s).
+        # The first commit would otherwise wait for the store process's Python to start.
         self.store.start_writes()
         try:
             await self._run()

@@ -227,8 +227,8 @@ class Worker:
             self._take_leases(response.jobs, response.lease_seq)
             state.apply_notices(response.cancel, response.drop)
             # The runners just woken start their jobs before the next request for work is sent
-            # (~0.3 ms of sending): they run in trio's next batch, whose order is random, so
-            # this task yields until the one after.
+            # (sending it takes a while): they run in trio's next batch, whose order is random,
+            # so this task yields until the one after.
             for _ in range(2):
                 await trio.lowlevel.checkpoint()
 

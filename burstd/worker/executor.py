@@ -156,8 +156,9 @@ def _spec_env(spec: job_pb2.JobSpec) -> dict[str, str]:
 def _worker_env() -> dict[bytes, bytes]:
     """A copy of the worker's environment, encoded.
 
-    ``os.environ`` keeps an encoded dict; copying it takes ~0.4 us where ``dict(os.environ)``
-    takes ~45 us here (it decodes every entry through the mapping protocol).
+    ``os.environ`` keeps an encoded dict: copying that is a hundred times cheaper than
+    ``dict(os.environ)``, which decodes every entry through the mapping protocol (figures in
+    docs/benchmarks.md).
     """
     data = getattr(os.environ, "_data", None)
     if isinstance(data, dict):
@@ -266,8 +267,8 @@ def _timeout(spec: job_pb2.JobSpec) -> float:
 
 
 # Where bare command names were found, per (PATH, name), like a shell's command hash: a PATH
-# search costs ~75 us here (a stat per folder), a third of a whole spawn. An entry that fails to
-# spawn is dropped and searched again; misses are not remembered.
+# search (a stat per folder) costs a third of a whole spawn (docs/benchmarks.md). An entry that
+# fails to spawn is dropped and searched again; misses are not remembered.
 _WHICH: dict[tuple[str, str], str] = {}
 _WHICH_MAX: Final = 4096
 
@@ -420,14 +421,8 @@ class _Child:
             self.pidfd = -1
 
 
-# Spawn method, measured on this 2-core machine with /bin/true, 8 concurrent jobs, output files
-# and a pidfd wait (parent CPU per job, the number that bounds a worker's rate):
-#   os.posix_spawn + pidfd            ~325 us  (~3,000 jobs/s per core)
-#   subprocess.Popen (sync) + pidfd   ~470 us  (~2,100 jobs/s per core)
-#   Popen in trio.to_thread + pidfd   ~610 us  (~1,650 jobs/s per core)
-#   trio.lowlevel.open_process        ~630 us  (~1,600 jobs/s per core)
-# run_job as a whole (posix_spawn path) measured ~385-450 us, 1,300-1,575 jobs/s wall on a quiet
-# machine; with a cwd (Popen) ~450-640 us.
+# The parent's CPU per spawn bounds a worker's rate: posix_spawn with a pidfd wait costs the least
+# of the ways to start a process (the methods compared in docs/benchmarks.md).
 # posix_spawn (glibc: clone(CLONE_VM|CLONE_VFORK), exec errors reported to the parent) is the
 # fastest and does everything needed (setpgroup, dup2 of the output files, /dev/null stdin,
 # default signal dispositions, env) except chdir, so jobs with a cwd take synchronous Popen.
