@@ -29,7 +29,8 @@ from proto.burst.v1 import job_pb2
 
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
-# Array jobs go in one call up to this many; larger arrays are split so no message gets huge.
+# Array and entry jobs go in one call up to this many; larger submissions go in pieces of this
+# many (still all or nothing: see SubmitJobsRequest), so that no message gets huge.
 ARRAY_CHUNK = 100_000
 
 
@@ -123,29 +124,45 @@ class Client:
         return list(response.job_ids)
 
     async def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
-        """One job per index (BURST_ARRAY_INDEX), copies of ``template``; ``indices`` has step 1."""
+        """One job per index (BURST_ARRAY_INDEX), copies of ``template``; ``indices`` has step 1.
+        All or none, at any size."""
         if indices.step != 1:
             raise ValueError("indices: step must be 1")
-        ids: list[str] = []
-        for start in range(indices.start, indices.stop, ARRAY_CHUNK):
-            count = min(ARRAY_CHUNK, indices.stop - start)
-            request = job_pb2.SubmitJobsRequest(
-                template=template, array_start=start, array_count=count
+        return await self._submit_pieces(
+            job_pb2.SubmitJobsRequest(
+                template=template,
+                array_start=start,
+                array_count=min(ARRAY_CHUNK, indices.stop - start),
             )
-            response = await self._call("SubmitJobs", request, job_pb2.SubmitJobsResponse)
-            ids.extend(response.job_ids)
-        return ids
+            for start in range(indices.start, indices.stop, ARRAY_CHUNK)
+        )
 
     async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
-        """One job per entry (BURST_ENTRY), copies of ``template``."""
+        """One job per entry (BURST_ENTRY), copies of ``template``. All or none, at any size."""
         entries = list(entries)
-        ids: list[str] = []
-        for start in range(0, len(entries), ARRAY_CHUNK):
-            request = job_pb2.SubmitJobsRequest(
+        return await self._submit_pieces(
+            job_pb2.SubmitJobsRequest(
                 template=template, entries=entries[start : start + ARRAY_CHUNK]
             )
+            for start in range(0, len(entries), ARRAY_CHUNK)
+        )
+
+    async def _submit_pieces(self, pieces: Iterable[job_pb2.SubmitJobsRequest]) -> list[str]:
+        """One submission in these pieces, accepted whole by the last one or refused whole
+        (one piece: one plain call)."""
+        ids: list[str] = []
+        submission_id = ""
+        requests = iter(pieces)
+        request = next(requests, None)
+        while request is not None:
+            following = next(requests, None)
+            if following is not None or submission_id:
+                request.submission_id, request.more = submission_id, following is not None
+                request.offset = len(ids)
             response = await self._call("SubmitJobs", request, job_pb2.SubmitJobsResponse)
+            submission_id = response.submission_id
             ids.extend(response.job_ids)
+            request = following
         return ids
 
     async def status(self, job_id: str) -> job_pb2.JobInfo:

@@ -824,6 +824,23 @@ def test_grpcio_client_garbage_and_health_check(shared: Cluster) -> None:
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_an_array_sent_in_pieces_is_refused_whole_when_the_queue_takes_only_part(
+    cluster: Cluster,
+) -> None:
+    """Issue 17, defect 1, as reported: the client sends this array in two pieces of 100,000;
+    the queue takes 150,000. The command is refused, prints no id, and leaves nothing queued
+    (it used to leave the first 100,000)."""
+    start_controller(cluster, submission_buffer_capacity=150_000)
+    run = cluster.burst("submit", "--array", "0-199999", "process", "true", check=False)
+    assert run.returncode == 1 and run.stdout == ""
+    assert "RESOURCE_EXHAUSTED" in run.stderr and "queue is full" in run.stderr
+    no_traceback(run.stderr)
+    assert cluster.burst("list", "--limit", "1").stdout == ""
+    # Its room is free again.
+    run = cluster.burst("submit", "--array", "1-3", "process", "true")
+    assert len(run.stdout.split()) == 3
+
+
 async def test_full_queue_is_resource_exhausted_and_all_or_nothing(cluster: Cluster) -> None:
     start_controller(cluster, submission_buffer_capacity=5)
     async with connect(cluster) as rpc:

@@ -1154,6 +1154,51 @@ async def test_a_staged_submission_whose_commit_fails_is_refused_whole(
     db.close()
 
 
+async def test_a_submission_in_pieces_whose_accepting_commit_fails_is_refused_whole(
+    store: Store, state_dir: Path
+) -> None:
+    """The pieces are stored as they come but accepted by one commit: when it fails, the
+    client is refused, nothing is queued, the pieces' rows are deleted, and a restart finds
+    none of them."""
+    table = JobTable(max_queued=10)
+    async with running_writer(store, table) as (writer, flaky):
+        service = ControllerService(table, writer=writer)
+        first = _array(4)
+        first.more = True
+        reply = await service.submit_jobs(first, {})
+        assert store.get(reply.job_ids[0]) is None  # stored, but not accepted
+        flaky.full = True
+        last = _array(3)
+        last.submission_id = reply.submission_id
+        with pytest.raises(transport.ResourceExhausted, match="disk is full"):
+            await service.submit_jobs(last, {})
+        assert not table.jobs and table.counts[JobState.QUEUED] == 0
+        flaky.full = False
+        # The room both pieces held is free again: the queue takes 10.
+        later = await _submit_once_writable(service)
+        await service.submit_jobs(_array(9), {})
+    live = [job.job_id for job in store.live_jobs()]
+    assert live[0] == later and len(live) == 10
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM staged").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (10,)
+    db.close()
+
+
+async def test_a_restart_between_pieces_deletes_them(store: Store, state_dir: Path) -> None:
+    table = JobTable()
+    async with running_writer(store, table) as (writer, _):
+        first = _array(4)
+        first.more = True
+        await ControllerService(table, writer=writer).submit_jobs(first, {})
+    store.close()
+    store.__init__(state_dir)  # type: ignore[misc]
+    assert list(store.live_jobs()) == []
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    db.close()
+
+
 def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:
     """Worker w1's report that the first attempt of the job exited 0."""
     result = job_pb2.ReportJobResultRequest(job_id=job_id, attempt=1)

@@ -157,7 +157,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         raise SpecError(f"specs: {total} jobs, more than the limit of {limits.max_batch} per call")
     jobs = [
         NewJob(_checked(spec, f"specs[{i}]", limits), spec.retries, spec.name)
-        for i, spec in enumerate(request.specs)
+        for i, spec in enumerate(request.specs, request.offset)
     ]
     if not expanded:
         return jobs
@@ -180,7 +180,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         jobs.extend(array[:])
     else:
         room = limits.max_spec_bytes - len(base) - len(_ENTRY_TAG)
-        for i, entry in enumerate(request.entries):
+        for i, entry in enumerate(request.entries, request.offset):
             _no_nul(f"entries[{i}]", entry)
             raw = entry.encode()
             length = varint(len(raw))

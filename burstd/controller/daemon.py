@@ -77,10 +77,12 @@ def build_service(config: ControllerConfig, store: Store | None = None) -> Contr
 
 
 async def _reap(service: ControllerService, interval: float) -> None:
-    """Declare lost the workers that stopped talking, so their jobs run elsewhere."""
+    """Declare lost the workers that stopped talking, so their jobs run elsewhere, and discard
+    the submissions sent in pieces whose client stopped sending them."""
     while True:
         await trio.sleep(interval)
         service.expire_workers()
+        service.expire_submissions()
 
 
 async def _prune(service: ControllerService, retention: float) -> None:

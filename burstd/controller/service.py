@@ -7,9 +7,11 @@ an event that is replaced whenever any job ends.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import operator
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -50,13 +52,28 @@ MAX_PEERS = 64
 # through every worker.
 PEER_LIST_AGE = 0.1
 # Jobs of a submission built per pass of the event loop, a pass short enough for the calls
-# served in between (docs/benchmarks.md): see ``_submit``.
+# served in between (docs/benchmarks.md): see ``_new_jobs``.
 SUBMIT_SLICE = 2_000
+# A submission sent in pieces is discarded when its next piece does not come within this many
+# seconds: its client went away (a piece takes well under a second to send).
+SUBMISSION_IDLE = 60.0
 # A result's fields, read in one C call: protobuf's attribute access is most of what reading
 # them one by one costs (docs/benchmarks.md).
 _RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+@dataclass(eq=False)
+class _Pieces:
+    """A submission being sent in pieces (``ControllerService._submit_piece``)."""
+
+    submission_id: str
+    room: contextlib.ExitStack  # the room in the queue each piece holds
+    jobs: list[Job] = field(default_factory=list)
+    stages: list[tuple[int, int]] = field(default_factory=list)  # its pieces' kept stages
+    busy: bool = False  # a piece is under way
+    deadline: float = math.inf  # discarded if no piece comes by then (its client went away)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +163,7 @@ class ControllerService:
         self._finished_seq = table.finished_seq
         self._peer_list: list[worker_pb2.PeerInfo] = []
         self._peer_list_until = -math.inf
+        self._pieces: dict[str, _Pieces] = {}  # submissions being sent in pieces, by id
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -185,20 +203,27 @@ class ControllerService:
         self, request: job_pb2.SubmitJobsRequest, metadata: Mapping[str, str]
     ) -> job_pb2.SubmitJobsResponse:
         new = admission.admit_batch(request, self.settings.limits)
+        if request.submission_id or request.more:
+            return await self._submit_piece(request, new)
         return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new))
 
-    async def _submit(self, new: Sequence[NewJob]) -> list[str]:
+    async def _new_jobs(self, new: Sequence[NewJob]) -> list[Job]:
+        """Number and build the jobs, a slice at a time, other calls served in between (built
+        at once, a large array is one long pass that every worker waits behind)."""
         table, now = self.table, self.clock()
+        first = table.number(len(new))
+        jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now)
+        for start in range(SUBMIT_SLICE, len(new), SUBMIT_SLICE):
+            # Not a cancellation point: a stopping controller answers "stopping".
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now)
+        return jobs
+
+    async def _submit(self, new: Sequence[NewJob]) -> list[str]:
+        table = self.table
         try:
             with table.room(len(new)):
-                first = table.number(len(new))
-                # Built a slice at a time, other calls served in between (built at once, a large
-                # array is one long pass that every worker waits behind), then queued whole.
-                jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now)
-                for start in range(SUBMIT_SLICE, len(new), SUBMIT_SLICE):
-                    # Not a cancellation point: a stopping controller answers "stopping".
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                    jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now)
+                jobs = await self._new_jobs(new)
                 staged = self.writer is not None and len(jobs) > STAGE_SLICE
                 if staged:
                     await self._stage(jobs)
@@ -221,15 +246,91 @@ class ControllerService:
                 raise transport.ResourceExhausted(str(error)) from None
         return ids
 
-    async def _stage(self, jobs: list[Job]) -> None:
+    async def _stage(self, jobs: list[Job], *, keep: bool = False) -> None:
         """Store a large submission before it is queued, a slice per commit: its insert does
         not hold every worker's report up (in one commit, a large array's did)."""
         assert self.writer is not None
         try:
             with trio.CancelScope(shield=True):  # as for the commit of a small submission
-                await self.writer.stage(jobs)
+                await self.writer.stage(jobs, keep=keep)
         except StoreUnavailable as error:
             raise transport.ResourceExhausted(str(error)) from None
+
+    async def _submit_piece(
+        self, request: job_pb2.SubmitJobsRequest, new: Sequence[NewJob]
+    ) -> job_pb2.SubmitJobsResponse:
+        """A piece of a submission sent in pieces: held (numbered, stored as a kept stage, its
+        room in the queue held) until the last piece accepts them all at once, or refused with
+        every piece before it (see SubmitJobsRequest)."""
+        if request.submission_id:
+            held = self._pieces.get(request.submission_id)
+            if held is None:
+                raise transport.NotFound(
+                    f"submission_id: no submission {request.submission_id!r} is being sent in"
+                    " pieces here (refused, discarded after"
+                    f" {SUBMISSION_IDLE:g} s without a piece, or the controller restarted):"
+                    " nothing of it was queued"
+                )
+            if held.busy:
+                raise transport.FailedPrecondition(
+                    f"submission_id: a piece of {held.submission_id} is under way: send the"
+                    " next one once it is answered"
+                )
+        else:
+            held = _Pieces(f"sub-{secrets.token_hex(8)}", contextlib.ExitStack())
+            self._pieces[held.submission_id] = held
+        held.busy = True
+        accepted = False
+        try:
+            held.room.enter_context(self.table.room(len(new)))
+            jobs = await self._new_jobs(new)
+            if self.writer is not None:
+                await self._stage(jobs, keep=True)
+                held.stages.append((jobs[0].num, jobs[-1].num + 1))
+            held.jobs += jobs
+            if not request.more:
+                if self.writer is not None:
+                    try:
+                        with trio.CancelScope(shield=True):
+                            await self.writer.accept(held.stages)
+                    except StoreUnavailable as error:
+                        raise transport.ResourceExhausted(str(error)) from None
+                held.room.close()
+                self.table.enqueue(held.jobs, stored=True)
+                self._after_change()
+            accepted = True
+        except QueueFull as error:
+            raise transport.ResourceExhausted(str(error)) from None
+        finally:
+            held.busy = False
+            if not accepted or not request.more:
+                self._discard(held, stored=accepted)
+        held.deadline = self.clock() + SUBMISSION_IDLE
+        return job_pb2.SubmitJobsResponse(
+            job_ids=[job.job_id for job in jobs], submission_id=held.submission_id
+        )
+
+    def _discard(self, held: _Pieces, *, stored: bool = False) -> None:
+        """Forget a submission sent in pieces: accepted (``stored``), or refused with what it
+        stored and the room it held."""
+        self._pieces.pop(held.submission_id, None)
+        held.room.close()
+        if not stored and held.stages and self.writer is not None:
+            self.writer.drop(held.stages)
+
+    def expire_submissions(self) -> None:
+        """Discard the submissions sent in pieces whose next piece is overdue (their client
+        went away): nothing of them is queued, and their room is free again."""
+        now = self.clock()
+        for held in list(self._pieces.values()):
+            if not held.busy and held.deadline < now:
+                logger.info(
+                    "submission {}: no piece for {:g} s, discarded ({} jobs held)",
+                    held.submission_id,
+                    SUBMISSION_IDLE,
+                    len(held.jobs),
+                )
+                self._discard(held)
 
     async def _durable(self, jobs: Sequence[Job] | None = None) -> None:
         """Wait until what the table holds now is stored, or with ``jobs`` only their latest

@@ -8,7 +8,9 @@ thousands of jobs, and a job submitted and leased before its commit is written o
 
 A submission larger than STAGE_SLICE is staged instead (``stage``): stored a slice per commit
 before it is queued, so that no commit holds every report up for the whole submission; a
-restart deletes a stage cut short, so a submission is stored whole or not at all.
+restart deletes a stage cut short, so a submission is stored whole or not at all. A submission
+sent in pieces keeps each piece staged (``stage(keep=True)``) until one commit accepts them all
+(``accept``), or deletes them (``drop``).
 
 When the disk is full (or any write fails), every caller waiting at that moment gets
 ``StoreUnavailable``, and the submitted jobs not stored yet are withdrawn from the table (their
@@ -58,6 +60,7 @@ class _Stage:
     """A large submission being stored a slice per commit (``StoreWriter.stage``)."""
 
     jobs: list[Job]
+    keep: bool = False  # stays staged once stored, until ``accept`` or ``drop``
     sent: int = 0  # how many of its jobs went to the store so far
     last_commit: int = 0  # the commit with its last slice, once that is sent
     failed: str = ""  # why it was refused
@@ -93,6 +96,8 @@ class StoreWriter:
         # Staged submissions refused (their rows may be stored in part): the next commit
         # deletes them.
         self._dropped: list[tuple[int, int]] = []
+        # Kept stages to accept (``accept``): the next commit ends them all at once.
+        self._accepting: list[tuple[int, int]] = []
         self._failed: tuple[int, str] | None = None
         self._done = trio.Event()
         self._stopped = False
@@ -127,13 +132,14 @@ class StoreWriter:
         else:
             await trio.lowlevel.checkpoint()
 
-    async def stage(self, jobs: list[Job]) -> None:
+    async def stage(self, jobs: list[Job], *, keep: bool = False) -> None:
         """Store a large submission's jobs, not yet in the table, a slice per commit beside the
         other changes: no commit holds everyone up for a whole large submission. Returns once
         all are stored; until then a restart deletes them (the ``staged`` table), so a
         submission is stored whole or not at all. Raises ``StoreUnavailable`` if a commit fails
-        meanwhile (a later commit deletes what was stored) or the writer stops."""
-        stage = _Stage(jobs)
+        meanwhile (a later commit deletes what was stored) or the writer stops. With ``keep``
+        they stay staged (not accepted, deleted by a restart) until ``accept`` or ``drop``."""
+        stage = _Stage(jobs, keep)
         self._stages.append(stage)
         self._wake.set()
         while not stage.failed and not 0 < stage.last_commit <= self._finished:
@@ -142,6 +148,17 @@ class StoreWriter:
             await self._done.wait()
         if stage.failed:
             raise StoreUnavailable(stage.failed)
+
+    async def accept(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Accept kept stages (their first and stop numbers) in one commit, all or none; raises
+        ``StoreUnavailable`` as ``durable`` does (the caller then drops them)."""
+        self._accepting.extend(ranges)
+        await self.durable()
+
+    def drop(self, ranges: Sequence[tuple[int, int]]) -> None:
+        """Have the next commit delete kept stages (a submission refused or abandoned)."""
+        self._dropped.extend(ranges)
+        self._wake.set()
 
     def _taken_ids(self) -> set[str]:
         if self._taking is None:
@@ -187,6 +204,7 @@ class StoreWriter:
                         self._dropped.append(stage.numbers)
                 self._ending.clear()
                 self._stages.clear()
+                self._accepting.clear()  # their callers are refused, and drop them
                 for job in (*changed, *leased):
                     self.table.dirty.setdefault(job.job_id, job)
                 # After the lines above: a withdrawn job (new, perhaps changed too) is not dirty.
@@ -239,11 +257,14 @@ class StoreWriter:
             part = stage.jobs[stage.sent : stage.sent + STAGE_SLICE]
             stage.sent += len(part)
             if stage.sent == len(stage.jobs):
-                ended.append(stage.numbers)
+                if not stage.keep:
+                    ended.append(stage.numbers)
                 stage.last_commit = self._sends
                 self._ending.append(self._stages.popleft())
             if self._stages:
                 self._wake.set()  # the next slice goes in the next commit
+        ended += self._accepting
+        self._accepting = []
         rows, runs = inserts(itertools.chain(new, part))
         await self.store.send(
             Commit(

@@ -93,24 +93,32 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobsRequest(_message.Message):
-    __slots__ = ("specs", "template", "array_start", "array_count", "entries")
+    __slots__ = ("specs", "template", "array_start", "array_count", "entries", "submission_id", "more", "offset")
     SPECS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ARRAY_START_FIELD_NUMBER: _ClassVar[int]
     ARRAY_COUNT_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     specs: _containers.RepeatedCompositeFieldContainer[JobSpec]
     template: JobSpec
     array_start: int
     array_count: int
     entries: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, specs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., array_start: _Optional[int] = ..., array_count: _Optional[int] = ..., entries: _Optional[_Iterable[str]] = ...) -> None: ...
+    submission_id: str
+    more: bool
+    offset: int
+    def __init__(self, specs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., array_start: _Optional[int] = ..., array_count: _Optional[int] = ..., entries: _Optional[_Iterable[str]] = ..., submission_id: _Optional[str] = ..., more: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class SubmitJobsResponse(_message.Message):
-    __slots__ = ("job_ids",)
+    __slots__ = ("job_ids", "submission_id")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    submission_id: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., submission_id: _Optional[str] = ...) -> None: ...
 
 class GetJobStatusRequest(_message.Message):
     __slots__ = ("job_id",)
