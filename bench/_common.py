@@ -1,8 +1,10 @@
 """Shared helpers of the benchmarks: paths, peer virtual environments, a burst cluster, stats.
 
-Peers (HyperQueue, Dask) are installed with pip from PyPI into cached virtual environments under
-``$BURST_BENCH_CACHE`` (default ``~/.cache/burst-bench``), one per peer, never into the
-environment that runs burst. A peer whose install fails is skipped with the reason printed.
+Peers (HyperQueue, Dask) are installed with pip from PyPI, at the versions in :data:`PEERS`, into
+cached virtual environments under ``$BURST_BENCH_CACHE`` (default ``~/.cache/burst-bench``), one
+per peer, never into the environment that runs burst; their harnesses are ours, beside this file
+(``peer_*.py``), and run in those environments. A peer whose install fails is skipped with the
+reason printed.
 """
 
 from __future__ import annotations
@@ -16,31 +18,58 @@ import subprocess
 import sys
 import time
 import venv
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-# The peers' scripts (HyperQueue, Dask), used as they are.
-PEER_SCRIPTS = Path(os.environ.get("BURST_PEER_SCRIPTS", REPO.parent / "shared" / "bench"))
+BENCH = REPO / "bench"
 CACHE = Path(os.environ.get("BURST_BENCH_CACHE", Path.home() / ".cache" / "burst-bench"))
 
-PEERS: dict[str, list[str]] = {
-    "hyperqueue": ["hyperqueue"],
-    "dask": ["dask", "distributed"],
+
+@dataclass(frozen=True)
+class Peer:
+    """A peer: what pip installs into its environment, and our harnesses that run there."""
+
+    packages: tuple[str, ...]
+    throughput: str
+    """Harness of ``e2e.py``: ``<script> N *args`` prints ``<name> N jobs S s R jobs/s``."""
+    args: tuple[str, ...]
+    """Its arguments after N: the same 2 cores as burst's 2 workers x 2 slots."""
+    latency: str
+    """Harness of ``latency.py``: ``<script> N`` prints ``<name> latency n=N p50 ...``."""
+    latency_jobs: int
+    """Its N (HyperQueue's ~1 s a job makes 100 enough)."""
+
+
+# Pinned (the newest on PyPI when the harnesses came into the repository), so that every run
+# from a clone compares burst with the same peers.
+PEERS: dict[str, Peer] = {
+    "hyperqueue": Peer(("hyperqueue==0.27.0",), "peer_hq.py", ("2",), "peer_hq_latency.py", 100),
+    "dask": Peer(
+        ("dask==2026.11.0", "distributed==2026.11.0"),
+        "peer_dask.py",
+        ("2", "2"),
+        "peer_dask_latency.py",
+        200,
+    ),
 }
 
 
 def peer_python(name: str) -> tuple[str | None, str]:
-    """The Python of the peer's venv (installed on first use), or None and why not."""
+    """The Python of the peer's venv (installed on first use, and again when its packages
+    change), or None and why not."""
+    packages = PEERS[name].packages
     env_dir = CACHE / f"peer-{name}"
     python = env_dir / "bin" / "python"
     stamp = env_dir / ".installed"
-    if stamp.exists() and python.exists():
+    wanted = " ".join(packages) + "\n"
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return str(python), ""
     shutil.rmtree(env_dir, ignore_errors=True)
     try:
         venv.EnvBuilder(with_pip=True).create(env_dir)
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *PEERS[name]],
+            [str(python), "-m", "pip", "install", "-q", *packages],
             check=True,
             capture_output=True,
             timeout=900,
@@ -48,8 +77,8 @@ def peer_python(name: str) -> tuple[str | None, str]:
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", b"") or b""
         tail = detail.decode(errors="replace").strip().splitlines()[-1:] if detail else []
-        return None, f"pip install {' '.join(PEERS[name])} failed: {error} {' '.join(tail)}"
-    stamp.write_text("ok\n")
+        return None, f"pip install {' '.join(packages)} failed: {error} {' '.join(tail)}"
+    stamp.write_text(wanted)
     return str(python), ""
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
-    PEER_SCRIPTS,
+    BENCH,
+    PEERS,
     REPO,
     burst_env,
     free_port,
@@ -123,16 +124,15 @@ def run_xargs(jobs: int) -> float:
 
 def run_peer(name: str, jobs: int) -> float | None:
     python, why = peer_python(name)
-    script = PEER_SCRIPTS / ("peer_hq.py" if name == "hyperqueue" else "peer_dask.py")
     if python is None:
         print(f"  {name}: skipped: {why}")
         return None
-    if not script.exists():
-        print(f"  {name}: skipped: {script} not found (set BURST_PEER_SCRIPTS)")
-        return None
-    args = [str(jobs), "2"] if name == "hyperqueue" else [str(jobs), "2", "2"]
+    peer = PEERS[name]
     proc = subprocess.run(
-        [python, str(script), *args], capture_output=True, text=True, timeout=1800
+        [python, str(BENCH / peer.throughput), str(jobs), *peer.args],
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if proc.returncode != 0 or rate_of(line) is None:

@@ -29,7 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
-    PEER_SCRIPTS,
+    BENCH,
+    PEERS,
     REPO,
     burst_env,
     free_port,
@@ -128,14 +129,16 @@ def main() -> dict[str, str]:
         lines["burst"] = found[0] if found else ""
     for name in [p for p in args.peers.split(",") if p]:
         python, why = peer_python(name)
-        script = PEER_SCRIPTS / (
-            "peer_hq_latency.py" if name == "hyperqueue" else "peer_dask_latency.py"
-        )
-        if python is None or not script.exists():
-            print(f"  {name}: skipped: {why or str(script) + ' not found'}")
+        if python is None:
+            print(f"  {name}: skipped: {why}")
             continue
-        n = "100" if name == "hyperqueue" else "200"
-        out = subprocess.run([python, str(script), n], capture_output=True, text=True, timeout=900)
+        peer = PEERS[name]
+        out = subprocess.run(
+            [python, str(BENCH / peer.latency), str(peer.latency_jobs)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
         print(f"  {line or name + ': failed: ' + out.stderr[-1000:]}")
         lines[name] = line
