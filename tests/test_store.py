@@ -11,6 +11,7 @@ from __future__ import annotations
 import operator
 import random
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -1197,6 +1198,43 @@ async def test_a_restart_between_pieces_deletes_them(store: Store, state_dir: Pa
     with sqlite3.connect(store.path) as db:
         assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
     db.close()
+
+
+async def test_a_state_filter_lists_the_jobs_in_that_state_when_the_listing_was_taken(
+    store: Store,
+) -> None:
+    """Issue 17, defect 7: ``burst list --state queued`` printed a leased job under load. A job
+    leased while the store was read is listed as it was read (queued), not as it is now."""
+    table = JobTable()
+    async with running_writer(store, table) as (writer, _):
+        service = ControllerService(table, writer=writer)
+        ids = [await _submit(service) for _ in range(3)]
+        reading, leased = threading.Event(), threading.Event()
+        read = store.list
+
+        def slow_read(state: str | None, after: str, limit: int) -> list[Job]:
+            found = read(state, after, limit)
+            reading.set()
+            leased.wait(10)
+            return found
+
+        store.list = slow_read  # type: ignore[method-assign]
+        listings: list[job_pb2.ListJobsResponse] = []
+
+        async def list_queued() -> None:
+            listings.append(await service.list_jobs(job_pb2.ListJobsRequest(state="queued"), {}))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(list_queued)
+                while not reading.is_set():
+                    await trio.sleep(0.01)
+                await _one_worker(service)  # it takes the first job
+                assert table.jobs[ids[0]].state is JobState.LEASED
+                leased.set()
+    assert [(info.job_id, info.state) for info in listings[0].jobs] == [
+        (job_id, "queued") for job_id in ids
+    ]
 
 
 def _success(job_id: str) -> job_pb2.ReportJobResultsRequest:

@@ -417,8 +417,13 @@ class ControllerService:
             stored = await trio.to_thread.run_sync(
                 self.store.list, state and state.value, request.after, limit
             )
-            # Live jobs may have moved on since the commit: memory has the newest word.
-            jobs = [job_info(self.table.get(job.job_id) or job) for job in stored]
+            if state is None:
+                # Live jobs may have moved on since the commit: memory has the newest word.
+                jobs = [job_info(self.table.get(job.job_id) or job) for job in stored]
+            else:
+                # As stored (one read, one moment), not as in memory now: a job queued when the
+                # listing was taken may be leased by now, and listed so it would defy the filter.
+                jobs = [job_info(job) for job in stored]
         else:
             for job in self.table.iter_jobs(state, request.after):
                 jobs.append(job_info(job))
