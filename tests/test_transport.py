@@ -18,6 +18,8 @@ from loguru import logger
 
 from burstd import transport
 from burstd.transport import Channel, RpcError, Service, StatusCode
+from burstd.transport.mux import MAX_IN_FLIGHT, Pending
+from proto.burst.v1 import mux_pb2
 from proto.grpc.health.v1 import health_pb2
 
 # Any small message type does for these tests: its one string field carries the payload.
@@ -410,13 +412,13 @@ async def test_multiplexed_calls_beyond_the_in_flight_limit_are_refused(calls: C
         Channel(HOST, port, multiplex=True) as channel,
         trio.open_nursery() as nursery,
     ):
-        for i in range(transport._MUX_MAX_IN_FLIGHT + 1):
+        for i in range(MAX_IN_FLIGHT + 1):
             nursery.start_soon(one, channel, i)
         with trio.fail_after(20):
             while not refused:
                 await trio.sleep(0.01)
         calls.release.set()
-    assert calls.max_in_flight == transport._MUX_MAX_IN_FLIGHT
+    assert calls.max_in_flight == MAX_IN_FLIGHT
     assert [error.message for error in refused] == ["too many calls in flight"]
 
 
@@ -430,13 +432,13 @@ async def test_a_call_id_in_flight_is_not_reused(calls: Calls) -> None:
             assert mux is not None
             (call_id,) = mux.pending
             first = mux.pending.pop(call_id)
-            second = mux.pending[call_id] = transport._Pending()
+            second = mux.pending[call_id] = Pending()
             request = Msg(service="again").SerializeToString()
-            mux.send(transport.mux_pb2.MuxCall(id=call_id, method=f"/{SVC}/Echo", request=request))
+            mux.send(mux_pb2.MuxCall(id=call_id, method=f"/{SVC}/Echo", request=request))
             with trio.fail_after(5):
                 while second.reply is None:
                     await second.wakeup.wait()
-            assert isinstance(second.reply, transport.mux_pb2.MuxReply)
+            assert isinstance(second.reply, mux_pb2.MuxReply)
             assert second.reply.code == StatusCode.INVALID_ARGUMENT
             assert second.reply.message == f"call id {call_id} is in flight"
             mux.pending[call_id] = first
@@ -539,11 +541,11 @@ async def test_multiplexed_calls_take_no_hop_through_the_streams_tasks(calls: Ca
                 assert await echo(channel, str(i)) == str(i)
         finally:
             trio.lowlevel.remove_instrument(steps)
-    handler = "burstd.transport._serve_mux.<locals>.run"
-    assert steps.spawned_by[handler] == {"burstd.transport._serve_connection"}
-    assert steps.steps.get("burstd.transport._serve_mux.<locals>.send", 0) == 0
+    handler = "burstd.transport.mux.serve_mux.<locals>.run"
+    assert steps.spawned_by[handler] == {"burstd.transport.server._serve_connection"}
+    assert steps.steps.get("burstd.transport.mux.serve_mux.<locals>.send", 0) == 0
     # The client's writer and reader of the stream (both run by this wrapper).
-    assert steps.steps.get("burstd.transport.Channel._run_mux.<locals>.run", 0) == 0
+    assert steps.steps.get("burstd.transport.mux.MuxClient.run.<locals>.run", 0) == 0
 
 
 # -- connection loss ------------------------------------------------------------------------------
@@ -703,8 +705,8 @@ def test_rpc_error_classes() -> None:
 
 def test_registration_mistakes() -> None:
     service = Service(SVC)
-    service.unary("Echo", Msg, echo_service(Calls())._methods["Echo"].handler)
+    service.unary("Echo", Msg, echo_service(Calls()).methods["Echo"].handler)
     with pytest.raises(ValueError, match="twice"):
-        service.unary("Echo", Msg, echo_service(Calls())._methods["Echo"].handler)
+        service.unary("Echo", Msg, echo_service(Calls()).methods["Echo"].handler)
     with pytest.raises(ValueError):
         Channel(HOST, 1, metadata={"grpc-timeout": "1"})

@@ -1,0 +1,580 @@
+"""One HTTP/2 connection carrying gRPC calls, either side, on purerpc's framer.
+
+purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``, over h2). Its
+socket and stream classes are replaced by lighter ones here: one writer task per connection
+that sends each scheduling round's frames in one write (:class:`Connection`), and calls that
+wait without allocating events or memory channels (:class:`Stream`).
+
+purerpc's GRPCConnection turns bytes into gRPC events. Three of its behaviours would hang or
+kill a whole connection, so :class:`Framer` replaces them: an RST_STREAM was dropped silently (a
+cancelled client call left the server working forever, a server reset left the client waiting
+forever), DATA for a stream it no longer knew raised KeyError (killing the connection), and a
+malformed request or response header or an oversized message raised out of the reader (killing
+every call on the connection). They now become per-stream events; GOAWAY becomes an event too.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import logging
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import anyio.abc
+import h2.exceptions  # type: ignore[import-untyped]
+import trio
+from loguru import logger
+from purerpc.grpclib.config import GRPCConfiguration
+from purerpc.grpclib.connection import GRPCConnection
+from purerpc.grpclib.events import (
+    MessageReceived,
+    RequestEnded,
+    RequestReceived,
+    ResponseEnded,
+    WindowUpdated,
+)
+from purerpc.grpclib.exceptions import ProtocolError
+from purerpc.grpclib.status import Status
+
+from burstd.transport.errors import ResourceExhausted, StatusCode, Unavailable, rpc_error
+from burstd.transport.wakeup import Wakeup
+
+# HTTP/2 error code sent with RST_STREAM when our side abandons a call.
+_H2_CANCEL = 0x8
+RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them
+    0x7: StatusCode.UNAVAILABLE,  # REFUSED_STREAM: the server did not start the call
+    0x8: StatusCode.CANCELLED,
+    0xB: StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
+    0xC: StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+}
+
+
+def quiet_purerpc_logging() -> None:
+    """Raise purerpc's standard-library logger to ERROR.
+
+    purerpc reports a normal cancellation (shutdown, a client gone) as a WARNING with a stack
+    trace. The transport does not run those code paths, but other code might import purerpc,
+    and a shutdown must print nothing alarming. Idempotent; called at import.
+    """
+    logging.getLogger("purerpc").setLevel(logging.ERROR)
+
+
+quiet_purerpc_logging()
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReset:
+    """The peer reset one stream (RST_STREAM)."""
+
+    stream_id: int
+    error_code: int
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """One stream broke the protocol; the call ends with this status."""
+
+    stream_id: int
+    code: StatusCode
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class GoAway:
+    """The peer will accept no new streams on this connection (GOAWAY)."""
+
+
+class Framer(GRPCConnection):  # type: ignore[misc]
+    def _stream_reset(self, event: Any) -> list[object]:
+        self.message_read_buffers.pop(event.stream_id, None)
+        return [StreamReset(event.stream_id, int(event.error_code))]
+
+    def _connection_terminated(self, event: Any) -> list[object]:
+        return [GoAway()]
+
+    def _data_received(self, event: Any) -> list[object]:
+        buffer = self.message_read_buffers.get(event.stream_id)
+        if buffer is None:
+            # The stream is finished on our side: give its flow-control credit back, drop it.
+            self.h2_connection.acknowledge_received_data(
+                event.flow_controlled_length, event.stream_id
+            )
+            return []
+        try:
+            buffer.data_received(event.data, event.flow_controlled_length)
+        except ProtocolError as error:  # message over the size limit, unknown compression
+            del self.message_read_buffers[event.stream_id]
+            self.h2_connection.acknowledge_received_data(
+                event.flow_controlled_length, event.stream_id
+            )
+            return [StreamFailed(event.stream_id, StatusCode.RESOURCE_EXHAUSTED, str(error))]
+        return [
+            MessageReceived(event.stream_id, message, length)
+            for message, length in buffer.read_all_complete_messages_flowcontrol()
+        ]
+
+    def _request_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._request_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            # A request we cannot route: answer it alone, keep the connection.
+            status = Status(StatusCode.INTERNAL.value, f"bad gRPC request: {error}")
+            self.respond_status(event.stream_id, status)
+            return []
+        return events
+
+    def _response_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._response_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            return [StreamFailed(event.stream_id, StatusCode.INTERNAL, f"bad reply: {error}")]
+        return events
+
+    def _trailers_received(self, event: Any) -> list[object]:
+        try:
+            events: list[object] = super()._trailers_received(event)
+        except (ProtocolError, KeyError, ValueError) as error:
+            return [StreamFailed(event.stream_id, StatusCode.INTERNAL, f"bad reply: {error}")]
+        return events
+
+
+class ConnectionLost(Exception):
+    """The connection under a call is gone (or, when sending, the peer reset the stream)."""
+
+
+# TCP keepalive: a peer that vanished without closing is noticed after ~7.5 minutes idle, as
+# purerpc configured its sockets (calls with a deadline notice sooner: see Channel._watch).
+_KEEPALIVE_OPTIONS = (
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 300),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 30),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5),
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+)
+# The gRPC message prefix: not compressed, then the length (big-endian).
+_MESSAGE_PREFIX = struct.Struct(">?I")
+
+
+SERVER_CONFIG = GRPCConfiguration(client_side=False)
+CLIENT_CONFIG = GRPCConfiguration(client_side=True)
+# Bytes asked of the socket per read (purerpc asked for 1 MiB, which CPython allocates on every
+# read before it shrinks the buffer to what came).
+_RECEIVE_SIZE = 65536
+
+
+class Stream:
+    """One call on a connection. Requests and replies travel as raw bytes: decoding is ours
+    (trap 3).
+
+    The events the connection's reader hands over wait in a plain deque, and a task waiting
+    for them or for flow-control credit is parked and rescheduled directly (no memory channel
+    or trio.Event per call).
+    """
+
+    __slots__ = (
+        "_connection",
+        "_events",
+        "_lost",
+        "_reader",
+        "_window",
+        "cancel_scope",
+        "ended",
+        "request",
+        "reset",
+        "response_started",
+        "stream_id",
+        "take_message",
+    )
+
+    def __init__(self, connection: Connection, stream_id: int) -> None:
+        self._connection = connection
+        self.stream_id = stream_id
+        self._events: collections.deque[object] = collections.deque()
+        self._reader = Wakeup()  # for the call's task waiting for an event
+        self._window = Wakeup()  # for the call's task waiting for flow-control credit
+        self._lost = False  # the connection is gone: no more events will come
+        self.ended = False  # the peer's side is complete (end, status, reset or failure seen)
+        self.reset = False  # the peer reset the stream
+        self.response_started = False  # server side: the reply's headers are out
+        self.cancel_scope: trio.CancelScope | None = None  # server side: the handler's scope
+        self.request: RequestReceived | None = None  # server side: the call's headers
+        # Takes a message at once, in the connection's reader (True if it did), instead of
+        # queueing it for the call's task: a Calls stream's (see mux.py).
+        self.take_message: Callable[[bytes], bool] | None = None
+
+    def put(self, event: object) -> None:
+        """Hand an event from the connection's reader to the call."""
+        self._events.append(event)
+        self._reader.wake()
+
+    def lose(self) -> None:
+        """The connection is gone: wake whoever waits on this call."""
+        self._lost = True
+        self._reader.wake()
+        self._window.wake()
+
+    def window_updated(self) -> None:
+        self._window.wake()
+
+    async def receive(self) -> object:
+        """The next event; raises ConnectionLost once the connection is gone and drained."""
+        if self._events:
+            # A cancellation point, not a schedule point: queued events are taken at once.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        else:
+            while not self._events:
+                if self._lost:
+                    await trio.lowlevel.checkpoint()
+                    raise ConnectionLost
+                await self._reader.wait()
+        event = self._events.popleft()
+        if isinstance(event, MessageReceived):
+            self._connection.h2.acknowledge_received_data(
+                event.flow_controlled_length, self.stream_id
+            )
+            self._connection.flush()
+        elif isinstance(event, RequestEnded | ResponseEnded | StreamReset | StreamFailed):
+            self.ended = True
+        return event
+
+    async def next_reply(self, path: str, peer: str) -> bytes | None:
+        """The next reply message (client side), or None when the call ended with OK.
+
+        A status other than OK raises its RpcError; a reset or lost connection raises the
+        matching one (UNAVAILABLE for a lost connection, naming ``peer`` and the cause).
+        """
+        while True:
+            try:
+                event = await self.receive()
+            except ConnectionLost:
+                raise Unavailable(
+                    f"{path}: connection to {peer} lost ({self._connection.failure})"
+                ) from None
+            if isinstance(event, MessageReceived):
+                data: bytes = event.data
+                return data
+            if isinstance(event, ResponseEnded):
+                if event.status.int_value == 0:
+                    return None
+                raise rpc_error(StatusCode.of(event.status.int_value), event.status.status_message)
+            if isinstance(event, StreamReset):
+                code = RESET_CODES.get(event.error_code, StatusCode.INTERNAL)
+                raise rpc_error(
+                    code, f"{path}: the server reset the call (HTTP/2 code {event.error_code})"
+                )
+            if isinstance(event, StreamFailed):
+                raise rpc_error(event.code, f"{path}: {event.message}")
+            # ResponseReceived (the reply's headers): nothing to do
+
+    async def send_bytes(self, data: bytes, *, end: bool = False) -> None:
+        """Send one length-prefixed message (flow-controlled); ``end`` also ends our side.
+
+        Raises ConnectionLost if the stream is reset or the connection lost while waiting for
+        flow-control credit (on the server, Cancelled when the reset cancelled the handler).
+        """
+        connection = self._connection.grpc
+        limit = connection.config.max_message_length
+        if len(data) > limit:
+            # purerpc would raise its own MessageTooLargeError; the peer would refuse it anyway
+            raise ResourceExhausted(f"message of {len(data)} bytes is over the {limit}-byte limit")
+        if self.reset:
+            # The handler's scope is cancelled: raise Cancelled here rather than let h2 raise
+            # StreamClosedError for a stream the peer already abandoned.
+            await trio.lowlevel.checkpoint_if_cancelled()
+        message = _MESSAGE_PREFIX.pack(False, len(data)) + data
+        sent = 0
+        while True:
+            window = connection.flow_control_window(self.stream_id)
+            if window <= 0:
+                self._connection.flush()  # what is queued must go out for the peer to give credit
+                await self._window.wait()
+                if self.reset or self._lost:
+                    # On the server a reset has cancelled the handler's scope: end with
+                    # Cancelled, not with an error that would be logged as the handler's failure.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    raise ConnectionLost("the stream was reset or the connection lost")
+                continue
+            chunk = (
+                message if sent == 0 and window >= len(message) else message[sent : sent + window]
+            )
+            sent += len(chunk)
+            last = sent == len(message)
+            connection.send_data(self.stream_id, chunk, end_stream=end and last)
+            if last:
+                break
+        self._connection.flush()
+
+    def send_now(self, data: bytes) -> bool:
+        """Send one message at once if the flow-control window takes it whole; False (nothing
+        sent) if it must wait, through ``send_bytes``."""
+        connection = self._connection.grpc
+        size = _MESSAGE_PREFIX.size + len(data)
+        if (
+            self.reset
+            or self._lost
+            or len(data) > connection.config.max_message_length
+            or connection.flow_control_window(self.stream_id) < size
+        ):
+            return False
+        connection.send_data(self.stream_id, _MESSAGE_PREFIX.pack(False, len(data)) + data)
+        self._connection.flush()
+        return True
+
+    def start_response(self) -> None:
+        """Send the reply's headers (server side)."""
+        self._connection.grpc.start_response(self.stream_id, "+proto")
+        self.response_started = True
+        self._connection.flush()
+
+    def end(self, status: Status) -> None:
+        """End the call with ``status`` (server side): trailers, or a trailers-only reply."""
+        if self.response_started:
+            self._connection.grpc.end_response(self.stream_id, status)
+        else:
+            self._connection.grpc.respond_status(self.stream_id, status)
+        self._connection.flush()
+
+
+class Connection:
+    """One HTTP/2 connection, either side: the frame reader and the socket writer.
+
+    Whoever changes the HTTP/2 state calls :meth:`flush`, which moves the bytes h2 queued to the
+    writer and wakes it only when there are some; the writer sends everything queued meanwhile
+    in one ``send``, so the replies of one scheduling round go out together.
+    """
+
+    def __init__(self, client_side: bool, sock: anyio.abc.SocketStream) -> None:
+        self.client_side = client_side
+        config = CLIENT_CONFIG if client_side else SERVER_CONFIG
+        connection = Framer(config=config)
+        # The headers we send are purerpc's own, well formed: checking each one again on every
+        # call costs CPU for nothing (h2 in pure Python). Inbound headers stay checked on the
+        # server, which must not trust its clients.
+        h2_config = connection.h2_connection.config
+        h2_config.validate_outbound_headers = False
+        if client_side:
+            h2_config.validate_inbound_headers = False
+        # Plain literals instead of Huffman-coded ones (both are valid HPACK): Huffman coding in
+        # pure Python costs more CPU per call than the few bytes it saves on a local network.
+        encoder = connection.h2_connection.encoder
+        encoder.encode = functools.partial(type(encoder).encode, encoder, huffman=False)
+        raw = sock.extra(anyio.abc.SocketAttribute.raw_socket)
+        for level, option, value in _KEEPALIVE_OPTIONS:
+            raw.setsockopt(level, option, value)
+        # Reads and writes go to the (non-blocking) socket itself: anyio's and trio's stream
+        # wrappers cost a schedule point per send and a failed recv per read.
+        self._raw: socket.socket = raw
+        self.grpc = connection
+        self.h2 = connection.h2_connection
+        self._streams: dict[int, Stream] = {}
+        self._outgoing: list[bytes] = []
+        self._writer = Wakeup()  # for the writer task, when it has sent everything
+        self._writing = True  # cleared to let the writer send what is left and return
+        self._reading = trio.CancelScope()  # around the client's reader task
+        self.finished = trio.Event()  # set when the connection must close
+        self.goaway = False  # the peer takes no new streams here
+        self.retired = False  # take no new calls here (stream ids used up, or dead peer)
+        self.failure = "connection closed by peer"
+        self.probe: trio.Event | None = None  # set on any data received while a ping is out
+        connection.initiate_connection()
+        self.flush()
+
+    @property
+    def usable(self) -> bool:
+        """Whether a new call may start on this connection."""
+        return not (self.finished.is_set() or self.goaway or self.retired)
+
+    def flush(self) -> None:
+        """Have what h2 queued sent. Never blocks and is no checkpoint: safe anywhere."""
+        data = self.h2.data_to_send()
+        if data:
+            self._outgoing.append(data)
+            self._writer.wake()
+
+    def close(self) -> None:
+        """Stop the client's reader; let the writer send what is queued, then return."""
+        self._reading.cancel()
+        self._writing = False
+        self._writer.wake()
+
+    async def write(self) -> None:
+        """The connection's writer task: runs until :meth:`close` (or cancelled)."""
+        while True:
+            if self._outgoing:
+                data = memoryview(b"".join(self._outgoing))
+                self._outgoing.clear()
+                while data:
+                    try:
+                        data = data[self._raw.send(data) :]
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(self._raw)
+            elif not self._writing:
+                return
+            else:
+                await self._writer.wait()
+
+    def start_request(
+        self,
+        service: str,
+        method: str,
+        authority: str,
+        timeout: timedelta | None,
+        metadata: Sequence[tuple[str, str]],
+    ) -> Stream:
+        """Open a call (client side); h2.exceptions.H2Error if this connection takes no more."""
+        stream_id = self.h2.get_next_available_stream_id()
+        self.grpc.start_request(
+            stream_id, "http", service, method, None, authority, timeout, "+proto", metadata
+        )
+        stream = self._streams[stream_id] = Stream(self, stream_id)
+        return stream
+
+    def forget(self, stream: Stream) -> None:
+        """Drop a finished call's state; later frames for it are acknowledged and ignored."""
+        self._streams.pop(stream.stream_id, None)
+        self.grpc.message_read_buffers.pop(stream.stream_id, None)
+        if not self.usable and not self._streams:
+            self.finished.set()
+
+    def finish(self, stream: Stream) -> None:
+        """End a call on our side (client side): reset it if the server has not ended it (the
+        call was abandoned midway: the server should stop), then forget it."""
+        if not stream.ended and not self.finished.is_set():
+            self.reset_stream(stream)
+            self.flush()
+        self.forget(stream)
+
+    def reset_stream(self, stream: Stream) -> None:
+        """Tell the peer we abandoned this call (RST_STREAM CANCEL), if it is still open."""
+        # h2 refuses if the stream is already closed at the HTTP/2 level: nothing to reset then
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.grpc.reset_stream(stream.stream_id, _H2_CANCEL)
+
+    def fail_streams(self) -> None:
+        """Wake every waiting call: the connection is gone (their receive raises)."""
+        self.finished.set()
+        for stream in self._streams.values():
+            stream.lose()
+
+    async def listen(self) -> AsyncIterator[Stream]:
+        """Read frames until the peer closes; yield each new call (server side)."""
+        # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
+        # track instead of raising KeyError.
+        while True:
+            await trio.lowlevel.wait_readable(self._raw)
+            try:
+                data = self._raw.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:  # reset by the peer
+                return
+            if not data:
+                return
+            if self.probe is not None:
+                self.probe.set()
+            events = self.grpc.receive_data(data)
+            for event in events:
+                if isinstance(event, WindowUpdated):
+                    if event.stream_id == 0:
+                        for one in list(self._streams.values()):
+                            one.window_updated()
+                    else:
+                        target = self._streams.get(event.stream_id)
+                        if target is not None:
+                            target.window_updated()
+                    continue
+                if isinstance(event, GoAway):
+                    self.goaway = True
+                    if not self._streams:
+                        self.finished.set()  # no call left to finish: close it now
+                    continue
+                if isinstance(event, RequestReceived):
+                    if self.client_side:
+                        raise ProtocolError("the server opened a stream")
+                    new = self._streams[event.stream_id] = Stream(self, event.stream_id)
+                    new.request = event
+                    yield new
+                    continue
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    if isinstance(event, MessageReceived):
+                        self.h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    continue
+                if (
+                    stream.take_message is not None
+                    and isinstance(event, MessageReceived)
+                    and not stream._events
+                    and stream.take_message(event.data)
+                ):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    continue
+                if isinstance(event, StreamReset):
+                    stream.reset = True
+                    stream.window_updated()
+                    if stream.cancel_scope is not None:
+                        stream.cancel_scope.cancel()
+                stream.put(event)
+            self.flush()  # h2's answers (SETTINGS and PING acks, window updates, refusals)
+
+    async def read(self) -> None:
+        """The client's reader task. A reader that ends (EOF, reset, protocol error) must not
+        leave calls waiting forever: it fails them all, and the channel opens a new connection
+        next time."""
+        try:
+            with self._reading:
+                async for _ in self.listen():
+                    pass
+        except Exception as error:
+            self.failure = f"{type(error).__name__}: {error}"
+        finally:
+            self.fail_streams()
+
+
+def end_quietly(error: BaseException, what: str) -> None:
+    """End a connection task: log its ordinary errors at DEBUG (a peer going away is normal),
+    re-raise the rest (trio.Cancelled, KeyboardInterrupt) so cancellation unwinds as it came."""
+    errors: BaseException | None
+    others: BaseException | None
+    if isinstance(error, BaseExceptionGroup):
+        errors, others = error.split(Exception)
+    elif isinstance(error, Exception):
+        errors, others = error, None
+    else:
+        errors, others = None, error
+    if errors is not None:
+        logger.debug("{} ended: {!r}", what, errors)
+    if others is error:
+        raise error
+    if others is not None:
+        raise others
+
+
+def format_addr(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def reason(error: BaseException) -> str:
+    """A short reason for a socket error: "Connection refused", "Name or service not known"."""
+    cause: BaseException | None = error
+    while cause is not None:  # anyio wraps the attempts' errors: use the first one
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+            continue
+        if isinstance(cause, socket.gaierror) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, OSError) and cause.errno:
+            return os.strerror(cause.errno)
+        if cause.__cause__ is None:
+            break
+        cause = cause.__cause__
+    return str(error) or type(error).__name__

@@ -1,0 +1,87 @@
+"""Services as a server registers them, and how one unary call's handler runs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loguru import logger
+
+from burstd.transport.errors import StatusCode, sole_rpc_error
+from burstd.transport.messages import Message, Metadata, RequestT, decode_request
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    request_type: type[Any]
+    handler: Callable[[Any, Metadata], Any]
+    streaming: bool
+    # The Calls method of the Mux service: the handler takes the whole stream (see mux.py).
+    mux: bool = False
+
+
+class Service:
+    """A named gRPC service: a set of methods and their handlers.
+
+    ``Service("burst.v1.ControllerRpc")``; the name is the proto's package plus service name,
+    as it appears in the HTTP/2 path ``/burst.v1.ControllerRpc/SubmitJob``.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"bad service name {name!r}")
+        self.name = name
+        self.methods: dict[str, Method] = {}
+
+    def unary(
+        self,
+        method_name: str,
+        request_type: type[RequestT],
+        handler: Callable[[RequestT, Metadata], Awaitable[Message]],
+    ) -> None:
+        """Register a unary method: ``await handler(request, metadata)`` returns the reply.
+
+        The handler gets the request decoded as ``request_type`` (a malformed one never reaches
+        it: the client gets INVALID_ARGUMENT). It answers an error by raising :class:`RpcError`;
+        any other exception is logged here and reaches the client as INTERNAL. It is cancelled
+        if the client cancels the call, disconnects, or its deadline passes.
+        """
+        self._add(method_name, Method(request_type, handler, streaming=False))
+
+    def server_stream(
+        self,
+        method_name: str,
+        request_type: type[RequestT],
+        handler: Callable[[RequestT, Metadata], AsyncIterator[Message]],
+    ) -> None:
+        """Register a server-streaming method: ``handler(request, metadata)`` is an async
+        iterator (typically an async generator) whose items are sent as they come.
+
+        Errors as for :meth:`unary`; an RpcError raised after some replies ends the stream with
+        that status. The iterator is closed (``aclose``) however the call ends.
+        """
+        self._add(method_name, Method(request_type, handler, streaming=True))
+
+    def _add(self, method_name: str, method: Method) -> None:
+        if not method_name or "/" in method_name:
+            raise ValueError(f"bad method name {method_name!r}")
+        if method_name in self.methods:
+            raise ValueError(f"method {self.name}/{method_name} registered twice")
+        self.methods[method_name] = method
+
+
+async def run_unary(method: Method, data: bytes, metadata: Metadata) -> bytes:
+    """A unary handler's reply to the encoded request, encoded; errors propagate."""
+    reply = await method.handler(decode_request(method.request_type, data), metadata)
+    payload: bytes = reply.SerializeToString()
+    return payload
+
+
+def status_of(error: Exception, path: str) -> tuple[StatusCode, str]:
+    """The status a handler's exception answers: its RpcError's, or INTERNAL (logged here)."""
+    status = sole_rpc_error(error)
+    if status is not None:
+        return status.code, status.message
+    logger.exception("{} failed with an unexpected error", path)
+    return StatusCode.INTERNAL, "internal error"
