@@ -25,6 +25,7 @@ import trio
 from burstd import transport
 from burstd.transport import Channel
 from burstd.transport.connection import CLIENT_CONFIG, SERVER_CONFIG
+from burstd.transport.mux import MuxClient
 from burstd.transport.wakeup import Wakeup
 from tests.test_transport import HOST, SVC, Calls, Msg, echo, server
 
@@ -238,6 +239,10 @@ async def test_a_message_with_an_unknown_compression_fails_its_call_alone() -> N
 # -- a bare gRPC server against the real Channel ---------------------------------------------------
 
 
+def grpc_headers() -> list[tuple[str, str]]:
+    return [(":status", "200"), ("content-type", "application/grpc+proto")]
+
+
 class RawServer:
     """Answers each call by what its method name asks for; counts the connections."""
 
@@ -269,6 +274,12 @@ class RawServer:
             for event in conn.receive_data(chunk):
                 if isinstance(event, h2.events.RequestReceived):
                     paths[event.stream_id] = dict(event.headers)[":path"]
+                    if paths[event.stream_id] == f"/{transport.MUX_SERVICE}/Calls":
+                        # No Mux service here: refused at once, as grpcio does, before the
+                        # client's first MuxCall arrives.
+                        unimplemented = [*grpc_headers(), ("grpc-status", "12")]
+                        conn.send_headers(event.stream_id, unimplemented, end_stream=True)
+                        conn.reset_stream(event.stream_id, h2.errors.ErrorCodes.NO_ERROR)
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, h2.events.StreamEnded):
@@ -276,7 +287,7 @@ class RawServer:
             await sock.send_all(conn.data_to_send())
 
     def answer(self, conn: h2.connection.H2Connection, stream_id: int, method: str) -> None:
-        grpc = [(":status", "200"), ("content-type", "application/grpc+proto")]
+        grpc = grpc_headers()
         reply = framed(Msg(service=f"{method} {self.connections}").SerializeToString())
         limit = CLIENT_CONFIG.max_message_length
         if method == "Refuse":
@@ -354,6 +365,29 @@ async def test_an_oversized_reply_fails_that_call_and_the_rest_of_it_is_dropped(
         with pytest.raises(transport.ResourceExhausted, match="larger than max"):
             await raw_call(channel, "Oversized")
         assert await raw_call(channel, "Echo") == "Echo 1"  # same connection
+
+
+async def test_a_refused_calls_stream_falls_back_even_if_its_first_send_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server without the Mux service may refuse and reset the Calls stream before the
+    client's writer sends the first MuxCall: the send fails, and the calls still get the
+    server's UNIMPLEMENTED (and fall back to plain calls), not "cannot send"."""
+    run = MuxClient.run
+
+    async def run_once_refused(mux: MuxClient) -> None:
+        mux.connection.flush()  # the stream's headers, which the first MuxCall would carry
+        with trio.fail_after(5):
+            while not mux.stream.ending:
+                await trio.sleep(0.01)
+        await run(mux)
+
+    monkeypatch.setattr(MuxClient, "run", run_once_refused)
+    async with raw_server() as (_, port):
+        # trio runs the stream's writer or reader first at random: 20 channels see both.
+        for connections in range(1, 21):
+            async with Channel(HOST, port, multiplex=True) as channel:
+                assert await raw_call(channel, "Echo") == f"Echo {connections}"
 
 
 # -- stream ids ------------------------------------------------------------------------------------

@@ -169,6 +169,9 @@ CLIENT_CONFIG = GRPCConfiguration(client_side=True)
 _RECEIVE_SIZE = 65536
 
 
+_END_EVENTS = (RequestEnded, ResponseEnded, StreamReset, StreamFailed)
+
+
 class Stream:
     """One call on a connection. Requests and replies travel as raw bytes: decoding is ours
     (trap 3).
@@ -223,6 +226,16 @@ class Stream:
     def window_updated(self) -> None:
         self._window.wake()
 
+    @property
+    def ending(self) -> bool:
+        """Whether the call's end (the peer's status, a reset, a failure, the connection's loss)
+        has come, received or still queued: what a sender failing to send should defer to."""
+        return (
+            self.ended
+            or self._lost
+            or any(isinstance(event, _END_EVENTS) for event in self._events)
+        )
+
     async def receive(self) -> object:
         """The next event; raises ConnectionLost once the connection is gone and drained."""
         if self._events:
@@ -240,7 +253,7 @@ class Stream:
                 event.flow_controlled_length, self.stream_id
             )
             self._connection.flush()
-        elif isinstance(event, RequestEnded | ResponseEnded | StreamReset | StreamFailed):
+        elif isinstance(event, _END_EVENTS):
             self.ended = True
         return event
 

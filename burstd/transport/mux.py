@@ -273,6 +273,11 @@ class MuxClient:
                         await self.stream.send_bytes(self.outgoing.popleft())
                     await self.writer.wait()
             except (ConnectionLost, h2.exceptions.H2Error) as error:
+                if self.stream.ending:
+                    # The server ended or reset the stream (a server without the Mux service
+                    # answers UNIMPLEMENTED at once): the reader ends it with the server's
+                    # status, which the calls must get (UNIMPLEMENTED makes them fall back).
+                    await trio.sleep_forever()
                 self.fail(Unavailable(f"{PATH}: cannot send to {self.peer} ({error})"))
 
         async def read() -> None:
