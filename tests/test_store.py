@@ -37,7 +37,16 @@ from burstd.controller.store import (
     leased_row,
     row,
 )
-from burstd.controller.table import Held, Job, JobState, JobTable, NewJob, ReportOutcome, Result
+from burstd.controller.table import (
+    Changes,
+    Held,
+    Job,
+    JobState,
+    JobTable,
+    NewJob,
+    ReportOutcome,
+    Result,
+)
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
 
@@ -63,10 +72,11 @@ def store(state_dir: Path) -> Iterator[Store]:
         s.close()
 
 
-def persist(target: Store | Writes, table: JobTable) -> None:
-    """What the writer does in one commit: the new jobs, every changed one, the id counter.
-    Written as the store process writes them, here in-process (no event loop needed)."""
-    new, changed, leased = table.take_changes()
+def persist(target: Store | Writes, table: JobTable, changes: Changes | None = None) -> None:
+    """What the writer does in one commit: the new jobs, every changed one, the id counter
+    (``changes``: those taken already). Written as the store process writes them, here
+    in-process (no event loop needed)."""
+    new, changed, leased = changes or table.take_changes()
     writes = target if isinstance(target, Writes) else Writes.open(target.path)
     rows, runs = inserts(new)
     try:
@@ -260,8 +270,8 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     second = table.submit([NewJob(SPEC, 0, "x"), NewJob(SPEC, 0, "y")], 6.0)
     table.cancel(first[3], 6.0)
     table.register("w1", slots=1, capacity=1, now=6.0)  # leases the first job
-    new = table.new.values()
-    rows, runs = inserts(new)
+    changes = table.take_changes()
+    rows, runs = inserts(changes.new)
     assert [r[0] for r in rows] == [table.jobs[first[0]].num, table.jobs[first[3]].num]
     nums = [table.jobs[job_id].num for job_id in [*first, *second]]
     assert runs == [
@@ -270,7 +280,7 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
         (nums[6], 6.0, 0, "x", [SPEC]),
         (nums[7], 6.0, 0, "y", [SPEC]),
     ]
-    persist(store, table)
+    persist(store, table, changes)
     try:
         columns = operator.attrgetter(*store_module._COLUMNS)
         stored = store.get_many([*first, *second])

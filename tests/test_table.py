@@ -3,6 +3,7 @@ random operation sequences (hypothesis) against a faithfully simulated fleet of 
 
 from __future__ import annotations
 
+import operator
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -13,9 +14,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from burstd import wire
+from burstd.controller import store as store_module
 from burstd.controller.table import (
+    _MOVES,
     TERMINAL,
     TRANSITIONS,
+    WORKER_TRANSITIONS,
     Event,
     Held,
     InvariantError,
@@ -27,6 +31,9 @@ from burstd.controller.table import (
     ReportOutcome,
     Result,
     UnknownWorker,
+    Worker,
+    WorkerEvent,
+    WorkerState,
 )
 from burstd.policies.routers import Router, make_router
 
@@ -834,10 +841,31 @@ def test_a_transition_outside_the_table_is_an_invariant_error() -> None:
     table = JobTable()
     [job_id] = submit(table)
     job = table.jobs[job_id]
-    assert not any(state in TERMINAL for state, _ in TRANSITIONS)
+    # A terminal state is final: from one, a job only re-enters it (restore) or leaves.
+    assert all(
+        step.to in (state, None) for (state, _), step in TRANSITIONS.items() if state in TERMINAL
+    )
     with pytest.raises(InvariantError, match="no transition queued --start-->"):
         table._move(job, Event.START)
     assert job.state is Q and table.counts == real_counts(table)
+
+
+def test_moves_that_start_or_end_a_job_change_nothing_else() -> None:
+    """``JobTable._move`` relies on it to test little on the hot path."""
+    for _, step, _ in _MOVES.values():
+        if step.ends or step.starts:
+            assert not (step.attempt or step.undelivered or step.retried)
+            assert step.place.value == "stays"
+
+
+def test_a_worker_that_left_cannot_come_back_as_the_same_worker() -> None:
+    table = JobTable()
+    register(table)
+    worker = table.workers["w1"]
+    table.remove_worker("w1", 1.0)
+    assert worker.state is WorkerState.GONE and not table.workers
+    with pytest.raises(InvariantError, match="w1: no transition gone --register-->"):
+        table._worker_move(worker, WorkerEvent.REGISTER)
 
 
 # -- random operation sequences ---------------------------------------------------------------
@@ -898,6 +926,7 @@ class SimWorker:
 
 
 WORKER_IDS = ("w1", "w2", "w3")
+STORED_COLUMNS = operator.attrgetter(*store_module._FIELDS)
 UNKNOWN_ID = "job-99999999"
 
 
@@ -914,6 +943,10 @@ class TableMachine(RuleBasedStateMachine):
         self.final: dict[str, tuple[Any, ...]] = {}
         self.attempts: dict[str, int] = {}
         self.load: dict[str, int] = {}
+        # The store's copy of each job's columns, as the recorded changes keep it.
+        self.stored: dict[str, tuple[Any, ...]] = {}
+        # Every worker object seen, with its state at the last look.
+        self.worker_states: dict[int, tuple[Worker, WorkerState | None]] = {}
 
     # -- helpers --
 
@@ -1272,16 +1305,19 @@ class TableMachine(RuleBasedStateMachine):
             if self.now - w.last_seen > self.table.lease_ttl
         }
         leases = {wid: list(self.table.workers[wid].leases.values()) for wid in silent}
+        objects = {wid: self.table.workers[wid] for wid in silent}
         assert set(self.table.expire(self.now)) == silent
         for wid in silent:
-            assert wid not in self.table.workers
+            assert wid not in self.table.workers and objects[wid].state is WorkerState.LOST
             for job in leases[wid]:
                 assert job.state is Q or job.state in TERMINAL or job.worker_id != wid
 
     @rule(worker_id=st.sampled_from(WORKER_IDS))
     def remove_worker(self, worker_id: str) -> None:
+        w = self.table.workers.get(worker_id)
         self.table.remove_worker(worker_id, self.now)
         assert worker_id not in self.table.workers
+        assert w is None or w.state is WorkerState.GONE
 
     # -- invariants --
 
@@ -1336,6 +1372,52 @@ class TableMachine(RuleBasedStateMachine):
                 assert self.final.setdefault(job_id, snap) == snap
 
     @invariant()
+    def every_change_is_recorded_for_the_store(self) -> None:
+        """Rule 7: what a transition changed in a job reaches the store: a new job as new, a
+        lease alone as leased (only its state, attempt and worker differ), anything else as
+        changed."""
+        new, changed, leased = self.table.take_changes()
+        columns = {job.job_id: STORED_COLUMNS(job) for job in self.table.jobs.values()}
+        recorded = {job.job_id for job in (*new, *changed, *leased)}
+        for job_id, now in columns.items():
+            if self.stored.get(job_id) != now:
+                assert job_id in recorded, f"{job_id} changed but not recorded"
+        for job in new:
+            assert job.job_id not in self.stored
+        for job in leased:
+            before, now = self.stored[job.job_id], columns[job.job_id]
+            assert job.job_id not in {j.job_id for j in (*new, *changed)}
+            differ = {
+                c for c, a, b in zip(store_module._COLUMNS, before, now, strict=True) if a != b
+            }
+            assert differ <= {"state", "attempt", "worker_id"}, differ
+        self.stored = columns
+
+    @invariant()
+    def workers_follow_their_table(self) -> None:
+        """Rule 8 for workers: every state a worker object went through is a step of
+        WORKER_TRANSITIONS (one or a chain since the last look); the registry holds exactly the
+        REGISTERED and DRAINING ones, and one that left holds no lease."""
+        reachable: dict[WorkerState | None, set[WorkerState]] = {}
+        for (old, _), step in WORKER_TRANSITIONS.items():
+            reachable.setdefault(old, set()).add(step.to)
+        for w in self.table.workers.values():
+            assert w.state in (WorkerState.REGISTERED, WorkerState.DRAINING)
+            self.worker_states.setdefault(id(w), (w, None))
+        for key, (w, old) in list(self.worker_states.items()):
+            if w.state is not old:
+                seen, todo = set(), [old]
+                while todo:  # the states reachable from ``old`` in one or more steps
+                    for state in reachable.get(todo.pop(), ()):
+                        if state not in seen:
+                            seen.add(state)
+                            todo.append(state)
+                assert w.state in seen, f"worker {w.worker_id}: {old} -> {w.state}"
+            if self.table.workers.get(w.worker_id) is not w:
+                assert w.state in (WorkerState.LOST, WorkerState.GONE) and not w.leases
+            self.worker_states[key] = (w, w.state)
+
+    @invariant()
     def capacity_holds_and_the_router_sees_the_real_load(self) -> None:
         table = self.table
         for worker_id, w in table.workers.items():
@@ -1347,7 +1429,8 @@ class TableMachine(RuleBasedStateMachine):
             else:
                 assert not w.outbox or all(j.lease_seq for j in w.outbox if j.job_id in w.leases)
         # A draining worker (it handed a job back) is out of the rotation until it registers.
-        assert set(self.router.seen) == {k for k, w in table.workers.items() if not w.draining}
+        registered = {k for k, w in table.workers.items() if w.state is WorkerState.REGISTERED}
+        assert set(self.router.seen) == registered
         self.load = {k: len(w.leases) for k, w in table.workers.items()}
         if table.counts[Q]:
             assert self.router.pick() is None, "a job waits in the queue while a worker has room"

@@ -64,11 +64,12 @@ def build_service(config: ControllerConfig, store: Store | None = None) -> Contr
     table = build_table(config, durable=store is not None)
     writer = None
     if store is not None:
-        table.restore(store.live_jobs(), store.next_id(), time.time())
-        for state, count in store.counts().items():
-            if JobState(state) in TERMINAL:
-                table.counts[JobState(state)] += count
-        table.take_changes()  # what was just read is stored already
+        finished = {
+            JobState(state): count
+            for state, count in store.counts().items()
+            if JobState(state) in TERMINAL
+        }
+        table.restore(store.live_jobs(), store.next_id(), time.time(), finished)
         writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),

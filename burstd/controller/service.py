@@ -563,9 +563,7 @@ class ControllerService:
             else:
                 by_state = await store.forget_finished(finished_before)
         # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
-        for state, count in by_state.items():
-            self.table.counts[JobState(state)] -= count
-        self.table.evict(job for job_id in ids if (job := self.table.get(job_id)) is not None)
+        self.table.forgotten({JobState(state): n for state, n in by_state.items()}, ids)
         return sum(by_state.values())
 
     # -- workers -----------------------------------------------------------------------------

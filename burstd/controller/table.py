@@ -1,8 +1,9 @@
 """The controller's job table: every job and worker transition, with no I/O.
 
-Like h11's state machine, this module states its rules first and holds every job transition in one
-table (``TRANSITIONS``); nothing here reads a clock, touches a socket or imports trio, so tests
-drive it directly with any sequence of calls.
+Like h11's state machine, this module states its rules first, then holds every transition in one
+table with what it changes: jobs in ``TRANSITIONS``, workers in ``WORKER_TRANSITIONS``. Nothing
+here reads a clock, touches a socket or imports trio, so tests drive it directly with any
+sequence of calls.
 
 Rules (the promises of the design, section 5):
 
@@ -12,7 +13,8 @@ Rules (the promises of the design, section 5):
    worker and the attempt number; the attempt grows by one at every lease, so a superseded attempt
    can never overwrite a newer one. A duplicate report is acknowledged and changes nothing.
 3. The table knows which worker holds each leased job: ``Job.worker_id`` and the worker's
-   ``leases`` always agree.
+   ``leases`` always agree; a lease set changes only beside a job's transition (``_hold``,
+   ``_release``).
 4. A job runs again only when its lease was lost (worker expired, re-registered without it, or
    told us it no longer has it) or when it failed and asked for retries. A job whose workers were
    lost ``crash_limit`` times fails with reason ``worker_lost``.
@@ -28,6 +30,10 @@ Rules (the promises of the design, section 5):
    first and queued after (``new_jobs``, then ``enqueue(stored=True)``), holding its ``room``
    meanwhile. After a restart ``restore`` takes back the live jobs, and leases whose worker
    has not re-registered (orphans) go back to the queue once the lease TTL has passed.
+8. A job enters, changes state and leaves only through ``TRANSITIONS``, which also says what
+   each event does beside the state (``Step``); the counts per state, the queue and the
+   records of changes for the store are private and change only there. Likewise a worker
+   changes state only through ``WORKER_TRANSITIONS``.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -41,9 +47,10 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import NamedTuple
 
 from burstd import wire
@@ -64,36 +71,159 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class Event(enum.Enum):
+    ENQUEUE = "enqueue"  # a submitted job enters the table
+    # A job the store holds enters (again), in the state stored: after a restart, or a large
+    # submission stored before it is queued.
+    RESTORE = "restore"
     LEASE = "lease"  # a router gave the job to a worker
+    STEAL = "steal"  # the lease moved to another worker (still not started)
     START = "start"  # the worker started its process
     SUCCEED = "succeed"  # exit code 0
     FAIL = "fail"  # failed, no retry left
     RETRY = "retry"  # failed, a retry left: queued again
-    LOSE = "lose"  # the lease was lost (worker gone, handed back): queued again
+    LOSE = "lose"  # the lease was lost (worker gone, handed back, never claimed): queued again
     CRASH_LIMIT = "crash_limit"  # lost once too often
     CANCEL = "cancel"  # a user cancelled it
-    STEAL = "steal"  # the lease moved to another worker (still not started)
+    WITHDRAW = "withdraw"  # its submission could not be stored: it leaves, as never submitted
+    FORGET = "forget"  # past its retention (or forgotten by a user): it leaves
 
     # Members are singletons: identity hashing is C code, where Enum's own hash runs Python on
     # every TRANSITIONS lookup (two per job).
     __hash__ = object.__hash__
 
 
-_Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
+class Place(enum.Enum):
+    """Where a job waits after a transition, beside its lease (if any)."""
 
-#: Every legal job transition. Anything else is a bug in the caller, raised as InvariantError.
-TRANSITIONS: dict[tuple[JobState, Event], JobState] = {
-    (_Q, Event.LEASE): _L,
-    (_Q, Event.CANCEL): JobState.CANCELLED,
-    (_L, Event.STEAL): _L,
-    (_L, Event.START): _R,
-    **{(s, Event.SUCCEED): JobState.SUCCEEDED for s in (_L, _R)},
-    **{(s, Event.FAIL): JobState.FAILED for s in (_L, _R)},
-    **{(s, Event.RETRY): _Q for s in (_L, _R)},
-    **{(s, Event.LOSE): _Q for s in (_L, _R)},
-    **{(s, Event.CRASH_LIMIT): JobState.FAILED for s in (_L, _R)},
-    **{(s, Event.CANCEL): JobState.CANCELLED for s in (_L, _R)},
+    STAYS = "stays"  # where it was
+    BACK = "back"  # at the back of the queue
+    FRONT = "front"  # at the front of the queue: it waited already (lost, retried)
+    ORPHAN = "orphan"  # its restored lease waits one lease TTL for its worker to claim it
+    OUT = "out"  # out of the table (and the queue): it no longer counts
+
+
+class Record(enum.Enum):
+    """What the store is told of a transition (``take_changes``)."""
+
+    NOTHING = "nothing"  # it holds the job as it is already
+    NEW = "new"  # insert it
+    LEASED = "leased"  # only state, attempt and worker changed (unless it changed otherwise too)
+    CHANGED = "changed"  # rewrite what may change
+    DROPPED = "dropped"  # never store it: forget what was recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A transition's new state and everything it changes in the job and the table.
+
+    Every step also moves the job from its state's count to the new one's (in ``counts``), and
+    a step to a terminal state stamps ``finished_at`` and appends the job to ``finished_log``.
+    """
+
+    to: JobState | None  # None: the job leaves the table
+    place: Place = Place.STAYS
+    record: Record = Record.CHANGED
+    attempt: bool = False  # a new attempt: fences every earlier holder's reports
+    undelivered: bool = False  # not handed over to a worker (lease_seq and steal_round reset)
+    starts: bool = False  # stamps started_at
+    retried: bool = False  # uses up one of the job's retries
+    ends: bool = False  # a terminal state: finished_at, finished_log, finished_seq
+
+
+_Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
+_S, _F, _C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
+_IN_LEASE = (_L, _R)
+
+#: Every legal job transition, keyed by (state, event), with what it changes. ENQUEUE enters
+#: from None (no state yet); RESTORE is keyed by the state the job was stored in, which it
+#: re-enters. Anything else is a bug in the caller, raised as InvariantError.
+TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
+    # in: counted from now on
+    (None, Event.ENQUEUE): Step(_Q, Place.BACK, Record.NEW),
+    (_Q, Event.RESTORE): Step(_Q, Place.BACK, Record.NOTHING),
+    **{
+        (s, Event.RESTORE): Step(s, Place.ORPHAN, Record.NOTHING, undelivered=True)
+        for s in _IN_LEASE
+    },
+    **{(s, Event.RESTORE): Step(s, record=Record.NOTHING) for s in TERMINAL},
+    # leased, moved, started
+    (_Q, Event.LEASE): Step(_L, record=Record.LEASED, attempt=True, undelivered=True),
+    (_L, Event.STEAL): Step(_L, attempt=True),
+    (_L, Event.START): Step(_R, starts=True),
+    # back to the queue
+    **{(s, Event.RETRY): Step(_Q, Place.FRONT, retried=True, undelivered=True) for s in _IN_LEASE},
+    **{(s, Event.LOSE): Step(_Q, Place.FRONT, undelivered=True) for s in _IN_LEASE},
+    # ended
+    **{(s, Event.SUCCEED): Step(_S, ends=True) for s in _IN_LEASE},
+    **{(s, Event.FAIL): Step(_F, ends=True) for s in _IN_LEASE},
+    **{(s, Event.CRASH_LIMIT): Step(_F, ends=True) for s in _IN_LEASE},
+    **{(s, Event.CANCEL): Step(_C, ends=True) for s in (_Q, *_IN_LEASE)},
+    # out: no longer counted
+    **{(s, Event.WITHDRAW): Step(None, Place.OUT, Record.DROPPED) for s in JobState},
+    **{(s, Event.FORGET): Step(None, Place.OUT, Record.NOTHING) for s in TERMINAL},
 }
+
+
+class WorkerState(enum.StrEnum):
+    REGISTERED = "registered"  # gets work as the router decides
+    DRAINING = "draining"  # shutting down: keeps its leases, gets no new work
+    LOST = "lost"  # silent for longer than its lease TTL: its leases were lost
+    GONE = "gone"  # removed: its leases were lost
+
+
+class WorkerEvent(enum.Enum):
+    REGISTER = "register"  # a worker registers (a known one: again, perhaps a new process)
+    DRAIN = "drain"  # it handed a job back: it is shutting down
+    EXPIRE = "expire"  # silent for longer than its lease TTL
+    REMOVE = "remove"  # removed from the cluster
+
+    __hash__ = object.__hash__
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStep:
+    """A worker transition's new state and what it changes in the table."""
+
+    to: WorkerState
+    # The router hears of its load from now on; False: it leaves the router, and the jobs
+    # routed to it but not handed over go back to the queue.
+    routed: bool
+    # It leaves the registry: every lease it holds is lost (see ``JobTable._lose``).
+    leaves: bool = False
+
+
+_WR, _WD = WorkerState.REGISTERED, WorkerState.DRAINING
+
+#: Every legal worker transition, keyed by (state, event); None: not registered. A worker that
+#: left (LOST, GONE) is never seen again: registering again makes a new one.
+WORKER_TRANSITIONS: dict[tuple[WorkerState | None, WorkerEvent], WorkerStep] = {
+    **{(s, WorkerEvent.REGISTER): WorkerStep(_WR, routed=True) for s in (None, _WR, _WD)},
+    (_WR, WorkerEvent.DRAIN): WorkerStep(_WD, routed=False),
+    **{
+        (s, WorkerEvent.EXPIRE): WorkerStep(WorkerState.LOST, False, leaves=True)
+        for s in (_WR, _WD)
+    },
+    **{
+        (s, WorkerEvent.REMOVE): WorkerStep(WorkerState.GONE, False, leaves=True)
+        for s in (_WR, _WD)
+    },
+}
+
+# The transitions of jobs in the table (neither in nor out) for ``JobTable._move``: the new
+# state (typed), the step, and whether it records a lease only. A step that ends a job or
+# starts it changes nothing else in the job, so that the hot path tests little.
+_MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool]] = {
+    (state, event): (step.to, step, step.record is Record.LEASED)
+    for (state, event), step in TRANSITIONS.items()
+    if state is not None and step.to is not None and event is not Event.RESTORE
+}
+
+
+def _step(state: JobState | None, event: Event, what: str) -> Step:
+    try:
+        return TRANSITIONS[state, event]
+    except KeyError:
+        raise InvariantError(f"{what}: no transition {state} --{event.value}-->") from None
 
 
 class ReportOutcome(enum.IntEnum):
@@ -220,8 +350,7 @@ class Worker:
     # known to have ended: transfers to another process or for an ended round are refused.
     instance: int = 0
     steal_done: int = 0
-    # The worker handed a job back: it is shutting down and gets no new work until it registers.
-    draining: bool = False
+    state: WorkerState | None = None  # None: not registered yet (see WORKER_TRANSITIONS)
     # The factor by which the heartbeat interval last handed to this worker was stretched
     # (JobTable.pace): the worker is declared lost only after the lease TTL times as much.
     pace: float = 1.0
@@ -229,6 +358,11 @@ class Worker:
     @property
     def running(self) -> int:
         return sum(1 for job in self.leases.values() if job.state is JobState.RUNNING)
+
+    @property
+    def draining(self) -> bool:
+        """It handed a job back: it is shutting down and gets no new work until it registers."""
+        return self.state is WorkerState.DRAINING
 
 
 class JobTable:
@@ -263,7 +397,8 @@ class JobTable:
         # Lease batch numbers, one sequence for all workers: a worker declared lost and registered
         # again keeps echoing the highest number it received, so its new batches must be higher.
         self.lease_seq = 0
-        self.counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        # Jobs per state, also those only the store holds (finished ones evicted from memory).
+        self._counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
         self._queue: deque[Job] = deque()
         self._wakeups: set[str] = set()
@@ -275,11 +410,11 @@ class JobTable:
         self.finished_seq = 0
         # For the store (see take_changes); without one, nothing is recorded.
         self.track_changes = track_changes
-        self.new: dict[str, Job] = {}
-        self.dirty: dict[str, Job] = {}
+        self._new: dict[str, Job] = {}
+        self._dirty: dict[str, Job] = {}
         # Jobs whose lease from the queue is their only change: the store need not rewrite the
         # columns a lease leaves alone (most jobs are leased in another commit than their insert).
-        self.leased: dict[str, Job] = {}
+        self._leased: dict[str, Job] = {}
         # Queue room held for submissions not queued yet (``room``).
         self.held_room = 0
         # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
@@ -287,27 +422,119 @@ class JobTable:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def _move(self, job: Job, event: Event) -> None:
+    @property
+    def counts(self) -> Mapping[JobState, int]:
+        """Jobs per state, the finished ones the store holds included (read-only)."""
+        return MappingProxyType(self._counts)
+
+    def _move(self, job: Job, event: Event, now: float = 0.0) -> None:
+        """Take the transition of ``event`` for a job in the table (not one in or out)."""
         try:
-            new = TRANSITIONS[job.state, event]
+            to, step, leased = _MOVES[job.state, event]
         except KeyError:
             raise InvariantError(
                 f"{job.job_id}: no transition {job.state} --{event.value}-->"
             ) from None
-        self.counts[job.state] -= 1
-        self.counts[new] += 1
-        job.state = new
-        if event is Event.LEASE and self.track_changes:
-            self.leased[job.job_id] = job
-        else:
-            self._changed(job)
-        if new in TERMINAL:
+        counts = self._counts
+        counts[job.state] -= 1
+        counts[to] += 1
+        job.state = to
+        # The hot path (a lease, a start, an end, once a job each) tests only what its step
+        # may change: see _MOVES.
+        if step.ends:
+            job.finished_at = now
             self.finished_log.append(job)
             self.finished_seq += 1
+        elif step.starts:
+            job.started_at = now
+        else:
+            if step.attempt:
+                job.attempt += 1
+            if step.undelivered:
+                job.lease_seq = 0
+                job.steal_round = 0
+            if step.retried:
+                job.retried += 1
+            if step.place is Place.FRONT:
+                self._queue.appendleft(job)
+        if self.track_changes:
+            if leased:
+                self._leased[job.job_id] = job
+            else:
+                self._dirty[job.job_id] = job
+
+    def _restore(self, job: Job, now: float) -> None:
+        """A job of a previous life enters the table again, in the state the store holds."""
+        step = _step(job.state, Event.RESTORE, job.job_id)
+        self.jobs[job.job_id] = job
+        self._counts[job.state] += 1
+        if step.undelivered:
+            job.lease_seq = 0
+            job.steal_round = 0
+        if step.place is Place.BACK:
+            self._queue.append(job)
+        elif step.place is Place.ORPHAN:
+            self.orphans[job.job_id] = now + self.lease_ttl
+
+    def _enter_queued(self, jobs: list[Job], event: Event) -> list[str]:
+        """Queued jobs enter the table by ENQUEUE (submitted) or RESTORE (the store holds them
+        as queued), all at once: a submission's hot path."""
+        step = _step(None if event is Event.ENQUEUE else JobState.QUEUED, event, "queued jobs")
+        assert step.to is JobState.QUEUED and step.place is Place.BACK
+        ids = [job.job_id for job in jobs]
+        self.jobs.update(zip(ids, jobs, strict=True))
+        if self.track_changes and step.record is Record.NEW:
+            self._new.update(zip(ids, jobs, strict=True))
+        self._queue.extend(jobs)
+        self._counts[JobState.QUEUED] += len(jobs)
+        return ids
+
+    def _leave(self, job: Job, event: Event) -> None:
+        """A job leaves the table by ``event`` (WITHDRAW, FORGET): it is no longer counted.
+        A queued one stays in the queue's deque until the caller rebuilds it."""
+        step = _step(job.state, event, job.job_id)
+        assert step.place is Place.OUT
+        self._counts[job.state] -= 1
+        del self.jobs[job.job_id]
+        if step.record is Record.DROPPED:
+            self._new.pop(job.job_id, None)
+            self._dirty.pop(job.job_id, None)
+            self._leased.pop(job.job_id, None)
 
     def _changed(self, job: Job) -> None:
+        """A job changed beside its state (a worker confirmed it stopped a cancelled job)."""
         if self.track_changes:
-            self.dirty[job.job_id] = job
+            self._dirty[job.job_id] = job
+
+    def _worker_move(self, worker: Worker, event: WorkerEvent, now: float = 0.0) -> None:
+        """Take the transition of ``event`` for a worker (see WORKER_TRANSITIONS). A worker
+        that registers again has its leases settled by the caller first."""
+        try:
+            step = WORKER_TRANSITIONS[worker.state, event]
+        except KeyError:
+            raise InvariantError(
+                f"worker {worker.worker_id}: no transition {worker.state} --{event.value}-->"
+            ) from None
+        was_routed = worker.state is WorkerState.REGISTERED
+        if worker.state is None:
+            self.workers[worker.worker_id] = worker
+        worker.state = step.to
+        if step.routed:
+            self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
+        elif was_routed:
+            self.router.remove(worker.worker_id)
+        if step.leaves:
+            del self.workers[worker.worker_id]
+            # A lost attempt for those handed over; the others were never started.
+            for job in list(worker.leases.values()):
+                self._lose(worker, job, now, counted=job.lease_seq != 0)
+        elif not step.routed:
+            # Routed here but not handed over: back to the queue, for another worker.
+            for job in list(worker.outbox):
+                if worker.leases.get(job.job_id) is job and job.lease_seq == 0:
+                    self._release(worker, job)
+                    self._move(job, Event.LOSE)
+            worker.outbox.clear()
 
     def finished_since(self, seq: int) -> list[Job] | None:
         """The jobs that ended after ``finished_seq`` was ``seq``; None if no longer known."""
@@ -319,9 +546,9 @@ class JobTable:
     def take_changes(self) -> Changes:
         """What changed since the last call, for the store to persist, with each job's state as
         it is now: see ``Changes``. A job is in one list, or in ``new`` and ``changed``."""
-        new, self.new = self.new, {}
-        dirty, self.dirty = self.dirty, {}
-        leased, self.leased = self.leased, {}
+        new, self._new = self._new, {}
+        dirty, self._dirty = self._dirty, {}
+        leased, self._leased = self._leased, {}
         return Changes(
             list(new.values()),
             list(dirty.values()),
@@ -330,7 +557,18 @@ class JobTable:
 
     def pending(self, job_id: str) -> bool:
         """Whether the job has a change that ``take_changes`` has not handed out yet."""
-        return job_id in self.new or job_id in self.dirty or job_id in self.leased
+        return job_id in self._new or job_id in self._dirty or job_id in self._leased
+
+    def not_stored(self, jobs: Iterable[Job]) -> None:
+        """Changes handed out by ``take_changes`` that the store failed to write: they go with
+        the next commit (their jobs as they are by then)."""
+        if self.track_changes:
+            for job in jobs:
+                self._dirty.setdefault(job.job_id, job)
+
+    def withdraw_unstored(self, jobs: Iterable[Job] = ()) -> None:
+        """``withdraw`` these jobs and every submitted job not handed to the store yet."""
+        self.withdraw([*jobs, *self._new.values()])
 
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
@@ -349,7 +587,7 @@ class JobTable:
 
     def check_room(self, count: int) -> None:
         """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
-        queued = self.counts[JobState.QUEUED]
+        queued = self._counts[JobState.QUEUED]
         if queued + self.held_room + count > self.max_queued:
             being = f" and {self.held_room} being submitted" if self.held_room else ""
             raise QueueFull(
@@ -395,12 +633,7 @@ class JobTable:
         the queue, lost or retried, do not ask for room, so the queue may have filled.)"""
         if not stored:
             self.check_room(len(jobs))
-        ids = [job.job_id for job in jobs]
-        self.jobs.update(zip(ids, jobs, strict=True))
-        if self.track_changes and not stored:
-            self.new.update(zip(ids, jobs, strict=True))
-        self._queue.extend(jobs)
-        self.counts[JobState.QUEUED] += len(jobs)
+        ids = self._enter_queued(jobs, Event.RESTORE if stored else Event.ENQUEUE)
         self._dispatch()
         return ids
 
@@ -414,11 +647,7 @@ class JobTable:
         for job in jobs:
             if self.jobs.get(job.job_id) is not job:
                 continue
-            del self.jobs[job.job_id]
-            self.new.pop(job.job_id, None)
-            self.dirty.pop(job.job_id, None)
-            self.leased.pop(job.job_id, None)
-            self.counts[job.state] -= 1
+            self._leave(job, Event.WITHDRAW)
             worker = self.workers.get(job.worker_id)
             if worker is not None and worker.leases.get(job.job_id) is job:
                 self._release(worker, job)  # its outbox entry is skipped when popped
@@ -440,8 +669,7 @@ class JobTable:
         if job is None or job.state in TERMINAL:
             return None if job is None else job.state
         leased_to = self.workers.get(job.worker_id) if job.state is not JobState.QUEUED else None
-        self._move(job, Event.CANCEL)
-        job.finished_at = now
+        self._move(job, Event.CANCEL, now)
         job.reason = StopReason.CANCELLED.value
         job.error_message = "cancelled by user"
         if leased_to is not None:
@@ -496,7 +724,6 @@ class JobTable:
         worker = self.workers.get(worker_id)
         if worker is None:
             worker = Worker(worker_id, slots, max(capacity, slots), peer_addr, hostname, now)
-            self.workers[worker_id] = worker
             worker.lease_seq = lease_seq
             for h in held:
                 job = self.jobs.get(h.job_id)
@@ -508,11 +735,10 @@ class JobTable:
                 ):
                     del self.orphans[h.job_id]
                     job.lease_seq = lease_seq  # delivered: the worker has acknowledged it
-                    worker.leases[h.job_id] = job
+                    self._hold(worker, job)
         else:
             worker.lease_seq = max(worker.lease_seq, lease_seq)
             worker.slots, worker.capacity = slots, max(capacity, slots)
-            worker.draining = False
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
             kept = {h.job_id for h in held if self._holds(worker, h)}
             # Stolen leases still on their way to this same process are not lost (yet): its
@@ -533,7 +759,7 @@ class JobTable:
         for h in held:
             if h.running and self._holds(worker, h):
                 self._mark_started(worker.leases[h.job_id], now)
-        self.router.update(worker_id, len(worker.leases), worker.capacity)
+        self._worker_move(worker, WorkerEvent.REGISTER)
         self._dispatch()
         return drop
 
@@ -595,8 +821,7 @@ class JobTable:
 
     def _mark_started(self, job: Job, now: float) -> None:
         if job.state is JobState.LEASED:
-            self._move(job, Event.START)
-            job.started_at = now
+            self._move(job, Event.START, now)
 
     def report(self, worker_id: str, result: Result, now: float) -> ReportOutcome:
         """Record how an attempt ended; only the current lease's result changes anything."""
@@ -634,17 +859,17 @@ class JobTable:
             return ReportOutcome.STALE
         self._release(worker, job, route=False)
         if result.reason == StopReason.RETURNED:
-            self._requeue(job, Event.LOSE)
-            self._stop_routing(worker)
+            self._move(job, Event.LOSE)
+            if worker.state is WorkerState.REGISTERED:
+                self._worker_move(worker, WorkerEvent.DRAIN)
         else:
             self._record(job, result)
             if result.succeeded:
-                self._finish(job, Event.SUCCEED, now)
+                self._move(job, Event.SUCCEED, now)
             elif job.retried < job.retries and result.reason != StopReason.CANCELLED:
-                job.retried += 1
-                self._requeue(job, Event.RETRY)
+                self._move(job, Event.RETRY)
             else:
-                self._finish(job, Event.FAIL, now)
+                self._move(job, Event.FAIL, now)
         return ReportOutcome.ACCEPTED
 
     @staticmethod
@@ -763,17 +988,14 @@ class JobTable:
         # apply to them: steal_round does).
         self.lease_seq += 1
         for job in moved.values():
-            del victim.leases[job.job_id]
+            self._release(victim, job, route=False)
             self._move(job, Event.STEAL)
-            job.attempt += 1
-            job.worker_id = thief_id
             job.stolen = True
             job.lease_seq = self.lease_seq
             job.steal_round = steal_round
-            thief.leases[job.job_id] = job
-        if not victim.draining:  # a draining worker is out of the router for good
-            self.router.update(victim_id, len(victim.leases), victim.capacity)
-        self.router.update(thief_id, len(thief.leases), thief.capacity)
+            self._hold(thief, job)
+        self._route(victim)
+        self._route(thief)
         self._dispatch()  # the victim has room again
         return list(moved.values())
 
@@ -801,34 +1023,38 @@ class JobTable:
         its ``pace``); returns their ids."""
         lost = [w for w in self.workers.values() if now - w.last_seen > self.lease_ttl * w.pace]
         for worker in lost:
-            self.remove_worker(worker.worker_id, now)
+            self._worker_move(worker, WorkerEvent.EXPIRE, now)
         unclaimed = [job_id for job_id, deadline in self.orphans.items() if deadline < now]
         for job_id in unclaimed:
             del self.orphans[job_id]
             job = self.jobs[job_id]
             if job.state not in TERMINAL:
                 self._lose_unleased(job, now)
-        if unclaimed:
+        if lost or unclaimed:
             self._dispatch()
         return [w.worker_id for w in lost]
 
     # -- restart, retention ------------------------------------------------------------------
 
-    def restore(self, jobs: Iterable[Job], next_id: int, now: float) -> None:
-        """Take back the live jobs of a previous life (in id order) after a restart.
+    def restore(
+        self,
+        jobs: Iterable[Job],
+        next_id: int,
+        now: float,
+        finished: Mapping[JobState, int] | None = None,
+    ) -> None:
+        """Take back the live jobs of a previous life (in id order) after a restart, and count
+        the ``finished`` ones (per state) that stay in the store.
 
         Queued jobs queue again; leased and running ones become orphans: their worker may
         re-register and claim them within the lease TTL, else they go back to the queue.
         """
         self.next_id = max(self.next_id, next_id)
         for job in jobs:
-            self.jobs[job.job_id] = job
-            self.counts[job.state] += 1
-            if job.state is JobState.QUEUED:
-                self._queue.append(job)
-            elif job.state not in TERMINAL:
-                job.lease_seq = 0
-                self.orphans[job.job_id] = now + self.lease_ttl
+            self._restore(job, now)
+        for state, count in (finished or {}).items():
+            _step(state, Event.RESTORE, f"{count} stored jobs")
+            self._counts[state] += count
         self._dispatch()
 
     def start_orphan_clock(self, now: float) -> None:
@@ -849,27 +1075,37 @@ class JobTable:
         cancelled job whose worker has not confirmed the stop yet stays: it still holds room.
         """
         for job in jobs:
-            if (
-                job.state not in TERMINAL
-                or self.jobs.get(job.job_id) is not job
-                or job.job_id in self.dirty
-            ):
-                continue
-            worker = self.workers.get(job.worker_id)
-            if worker is None or worker.leases.get(job.job_id) is not job:
+            if self._evictable(job):
                 del self.jobs[job.job_id]
 
+    def _evictable(self, job: Job) -> bool:
+        if (
+            job.state not in TERMINAL
+            or self.jobs.get(job.job_id) is not job
+            or job.job_id in self._dirty
+        ):
+            return False
+        worker = self.workers.get(job.worker_id)
+        return worker is None or worker.leases.get(job.job_id) is not job
+
     def forget(self, job_ids: Iterable[str]) -> list[str]:
-        """Remove finished jobs from memory; returns the ids removed (live ones never are)."""
+        """Remove finished jobs from memory (without a store); returns the ids removed (live
+        ones never are, nor those ``evict`` would keep)."""
         removed = []
         for job_id in job_ids:
             job = self.jobs.get(job_id)
-            if job is not None and job.state in TERMINAL:
-                self.evict([job])
-                if job_id not in self.jobs:
-                    self.counts[job.state] -= 1
-                    removed.append(job_id)
+            if job is not None and self._evictable(job):
+                self._leave(job, Event.FORGET)
+                removed.append(job_id)
         return removed
+
+    def forgotten(self, by_state: Mapping[JobState, int], job_ids: Iterable[str]) -> None:
+        """The store deleted finished jobs (``by_state`` counts them, ``job_ids`` names those
+        that may be in memory): they no longer count, and leave memory as ``evict`` allows."""
+        for state, count in by_state.items():
+            _step(state, Event.FORGET, f"{count} stored jobs")
+            self._counts[state] -= count
+        self.evict(job for job_id in job_ids if (job := self.jobs.get(job_id)) is not None)
 
     def finished_before(self, when: float) -> list[str]:
         """Ids of finished jobs in memory that ended before ``when``."""
@@ -880,13 +1116,11 @@ class JobTable:
         ]
 
     def remove_worker(self, worker_id: str, now: float) -> None:
-        """Forget a worker; its leases go back to the queue (a lost attempt for started ones)."""
-        worker = self.workers.pop(worker_id, None)
+        """Forget a worker; its leases go back to the queue (a lost attempt for delivered ones)."""
+        worker = self.workers.get(worker_id)
         if worker is None:
             return
-        self.router.remove(worker_id)
-        for job in list(worker.leases.values()):
-            self._lose(worker, job, now, counted=job.lease_seq != 0)
+        self._worker_move(worker, WorkerEvent.REMOVE, now)
         self._dispatch()
 
     # -- lease bookkeeping -------------------------------------------------------------------
@@ -900,21 +1134,15 @@ class JobTable:
             self._route(worker)
 
     def _route(self, worker: Worker) -> None:
-        """Tell the router the worker's load, unless it is gone or draining (out of routing)."""
-        if worker.worker_id in self.workers and not worker.draining:
+        """Tell the router the worker's load, unless it is out of routing (draining, gone)."""
+        if worker.state is WorkerState.REGISTERED:
             self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
 
-    def _stop_routing(self, worker: Worker) -> None:
-        """A draining worker gets no new jobs; those routed to it but not handed over requeue."""
-        if worker.draining:
-            return
-        worker.draining = True
-        self.router.remove(worker.worker_id)
-        for job in list(worker.outbox):
-            if worker.leases.get(job.job_id) is job and job.lease_seq == 0:
-                self._release(worker, job)
-                self._requeue(job, Event.LOSE)
-        worker.outbox.clear()
+    @staticmethod
+    def _hold(worker: Worker, job: Job) -> None:
+        """The worker holds the job's lease (the job entered or stayed LEASED or RUNNING)."""
+        job.worker_id = worker.worker_id
+        worker.leases[job.job_id] = job
 
     def _lose(self, worker: Worker, job: Job, now: float, *, counted: bool) -> None:
         """The worker no longer has this job: re-queue it (or fail it past the crash limit)."""
@@ -924,7 +1152,7 @@ class JobTable:
         if counted:
             self._lose_unleased(job, now)
         else:
-            self._requeue(job, Event.LOSE)
+            self._move(job, Event.LOSE)
 
     def _lose_unleased(self, job: Job, now: float) -> None:
         """A started attempt was lost with its worker: re-queue, or fail past the crash limit."""
@@ -934,20 +1162,9 @@ class JobTable:
             job.error_message = (
                 f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
             )
-            self._finish(job, Event.CRASH_LIMIT, now)
+            self._move(job, Event.CRASH_LIMIT, now)
         else:
-            self._requeue(job, Event.LOSE)
-
-    def _requeue(self, job: Job, event: Event) -> None:
-        self._move(job, event)
-        job.lease_seq = 0
-        job.steal_round = 0
-        # Jobs that already waited go first: a lost or retried job is older than the queue.
-        self._queue.appendleft(job)
-
-    def _finish(self, job: Job, event: Event, now: float) -> None:
-        self._move(job, event)
-        job.finished_at = now
+            self._move(job, Event.LOSE)
 
     def _dispatch(self) -> None:
         """Route queued jobs to workers with room, as the router decides.
@@ -956,22 +1173,20 @@ class JobTable:
         beyond its capacity): they start there at once, as they would on any other idle slot,
         and one poll and one report carry them all instead of one each per worker.
         """
-        while self.counts[JobState.QUEUED]:
+        counts = self._counts
+        while counts[JobState.QUEUED]:
             worker_id = self.router.pick()
             if worker_id is None:
                 return
             worker = self.workers[worker_id]
             take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
-            while take and self.counts[JobState.QUEUED]:
+            while take and counts[JobState.QUEUED]:
                 job = self._queue.popleft()
                 if job.state is not JobState.QUEUED:
                     continue
                 take -= 1
                 self._move(job, Event.LEASE)
-                job.attempt += 1
-                job.worker_id = worker_id
-                job.lease_seq = 0
-                job.steal_round = 0
+                job.worker_id = worker_id  # _hold, inline on the hot path
                 worker.leases[job.job_id] = job
                 worker.outbox.append(job)
             self.router.update(worker_id, len(worker.leases), worker.capacity)

@@ -175,7 +175,7 @@ class StoreWriter:
             # Nobody waits for a commit that will not come (callers may wait shielded), and
             # submissions that will not be stored are refused.
             self._stopped = True
-            self.table.withdraw(list(self.table.new.values()))
+            self.table.withdraw_unstored()
             self._signal()
 
     async def _run(self) -> None:
@@ -205,10 +205,9 @@ class StoreWriter:
                 self._ending.clear()
                 self._stages.clear()
                 self._accepting.clear()  # their callers are refused, and drop them
-                for job in (*changed, *leased):
-                    self.table.dirty.setdefault(job.job_id, job)
-                # After the lines above: a withdrawn job (new, perhaps changed too) is not dirty.
-                self.table.withdraw([*new, *self.table.new.values()])
+                self.table.not_stored((*changed, *leased))
+                # After the line above: a withdrawn job (new, perhaps changed too) is not dirty.
+                self.table.withdraw_unstored(new)
                 self._signal()
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
