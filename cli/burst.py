@@ -7,7 +7,7 @@ configuration error.
 
 Everything after the CMD/ENTRY/IMAGE of ``burst submit <kind>`` is the job's argv, passed on
 verbatim (hyphens, ``--`` and ``--help`` included): :func:`main` marks where it starts with ``--``
-before cyclopts parses the line (see :func:`protect_job_argv`).
+before cyclopts parses the line (see :func:`prepare_argv`).
 
 Importing this module is cheap: trio, the client and the protobuf modules are imported when a
 command runs, not at import (``burst --help`` does not pay for them).
@@ -49,7 +49,7 @@ __all__ = [
     "main",
     "parse_array",
     "parse_env",
-    "protect_job_argv",
+    "prepare_argv",
     "read_entries",
 ]
 
@@ -206,28 +206,71 @@ def build_spec(
     )
 
 
-def protect_job_argv(tokens: Sequence[str]) -> list[str]:
-    """``tokens`` with ``--`` put right after ``submit [options] <kind>``.
+# No argument of a command line can hold a NUL (argv strings are C strings): it joins the values
+# of every --env of `burst submit` into one, which cyclopts then binds once (see prepare_argv).
+_ENV_JOIN = "\0"
 
-    So the job's argv reaches the kind's command untouched: cyclopts would otherwise read
-    options of its own (``--help``) in it and eat a ``--``. Where the kind is is cyclopts's own
-    answer (``parse_commands`` skips the options before it). ``submit <kind> --help`` (nothing
-    else) and a ``--`` already there are left alone.
+
+def _arities(command: cyclopts.App) -> dict[str, int]:
+    """Each option of ``command`` -> how many tokens follow it (0 for a flag)."""
+    arities = dict.fromkeys((*command.help_flags, *command.version_flags), 0)
+    for argument in command.assemble_argument_collection(parse_docstring=False):
+        count = argument.token_count()[0]
+        arities.update((name, count) for name in argument.names if name.startswith("-"))
+    return arities
+
+
+def _scan_options(
+    tokens: Sequence[str], at: int, arities: Mapping[str, int]
+) -> tuple[int, list[int]] | None:
+    """The options of one command from ``tokens[at]`` on: where they end (the first token that is
+    neither an option nor an option's value) and where each ``--env`` is. None for a line this
+    scan does not follow (an unknown option, ``--``, a missing value): cyclopts judges it."""
+    envs: list[int] = []
+    while at < len(tokens) and tokens[at].startswith("-"):
+        name, equals, _ = tokens[at].partition("=")
+        arity = arities.get(name)
+        if arity is None or name == "--" or at + (0 if equals else arity) >= len(tokens):
+            return None
+        if name == "--env":
+            envs.append(at)
+        at += 1 + (0 if equals else arity)
+    return at, envs
+
+
+def prepare_argv(tokens: Sequence[str]) -> list[str]:
+    """``tokens`` made ready for cyclopts, in one linear pass: for ``burst submit``, ``--`` put
+    right after ``submit [options] <kind>`` and every ``--env`` merged into one.
+
+    The ``--`` passes the job's argv to the kind's command untouched (cyclopts would otherwise
+    read options of its own, ``--help``, in it and eat a ``--``); ``submit <kind> --help``
+    (nothing else) and a ``--`` already there are left alone. The merge keeps a submission with
+    thousands of ``--env`` linear: cyclopts spends time proportional to the rest of the line on
+    each option it binds. A line the scan does not follow is returned as it is.
     """
     tokens = list(tokens)
-    try:
-        chain, _, rest = app.meta.parse_commands(tokens)
-    except cyclopts.CycloptsError:
+    found = _scan_options(tokens, 0, _arities(app.meta))
+    if found is None or found[0] >= len(tokens) or tokens[found[0]] != "submit":
         return tokens
-    rest = list(rest)
-    if len(chain) != 2 or chain[0] != "submit" or chain[1] not in KINDS or not rest:
+    found = _scan_options(tokens, found[0] + 1, _arities(submit_app.meta))
+    if found is None or found[0] >= len(tokens) or tokens[found[0]] not in KINDS:
         return tokens
-    if rest[0] == "--" or rest in (["--help"], ["-h"]):
-        return tokens
-    at = len(tokens) - len(rest)
-    if tokens[at:] != rest:  # cyclopts dropped something in between: do not guess
-        return tokens
-    return [*tokens[:at], "--", *rest]
+    kind_at, envs = found
+    head, rest = tokens[: kind_at + 1], tokens[kind_at + 1 :]
+    if len(envs) > 1:
+        values: list[str] = []
+        kept: list[str] = []
+        at = 0
+        for i in envs:
+            kept += head[at:i]
+            _, equals, value = head[i].partition("=")
+            values.append(value if equals else head[i + 1])
+            at = i + (1 if equals else 2)
+        kept += head[at:]
+        head = [*kept[: envs[0]], "--env", _ENV_JOIN.join(values), *kept[envs[0] :]]
+    if rest and rest[0] != "--" and rest not in (["--help"], ["-h"]):
+        rest = ["--", *rest]
+    return [*head, *rest]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,7 +391,7 @@ def _outcome(info: job_pb2.JobInfo) -> str:
 def submit(
     *tokens: Annotated[str, _TOKENS],
     output_dir: Annotated[str | None, Parameter(metavar="DIR")] = None,
-    env: Annotated[list[str] | None, Parameter(metavar="KEY=VALUE")] = None,
+    env: Annotated[tuple[str, ...], Parameter(metavar="KEY=VALUE", negative=())] = (),
     cwd: Annotated[str | None, Parameter(metavar="DIR")] = None,
     timeout: Annotated[
         float | None, Parameter(metavar="SECONDS", validator=validators.Number(gte=0))
@@ -391,7 +434,7 @@ def submit(
     spec = build_spec(
         job,
         output_dir=output_dir,
-        env=env or (),
+        env=[item for value in env for item in value.split(_ENV_JOIN)],
         cwd=cwd,
         timeout=timeout,
         retries=retries,
@@ -780,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run ``burst`` with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
     from burstd.config import ConfigError
 
-    tokens = protect_job_argv(sys.argv[1:] if argv is None else argv)
+    tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
     try:
         result = app.meta(tokens, result_action="return_value")
     except (UsageError, ConfigError) as error:

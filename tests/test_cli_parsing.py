@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ from cli.burst import (
     controller_addr,
     parse_array,
     parse_env,
-    protect_job_argv,
+    prepare_argv,
     read_entries,
 )
 from proto.burst.v1 import job_pb2
@@ -203,17 +204,71 @@ def test_read_entries(tmp_path: Path) -> None:
 # argv handling
 
 
-def test_protect_job_argv_marks_the_job_argv() -> None:
-    assert protect_job_argv(["submit", "process", "ls", "-la"]) == [
+def test_prepare_argv_marks_the_job_argv() -> None:
+    assert prepare_argv(["submit", "process", "ls", "-la"]) == [
         "submit", "process", "--", "ls", "-la",
     ]  # fmt: skip
     argv = ["--controller", "h:1", "submit", "--name", "process", "python", "-c"]
-    assert protect_job_argv(argv) == [
+    assert prepare_argv(argv) == [
         "--controller", "h:1", "submit", "--name", "process", "python", "--", "-c",
     ]  # fmt: skip
-    assert protect_job_argv(["submit", "process", "--", "ls"]) == ["submit", "process", "--", "ls"]
-    for untouched in (["submit", "process", "--help"], ["status", "-x"], ["submit", "--help"]):
-        assert protect_job_argv(untouched) == untouched
+    assert prepare_argv(["submit", "process", "--", "ls"]) == ["submit", "process", "--", "ls"]
+    for untouched in (
+        ["submit", "process", "--help"],
+        ["status", "-x"],
+        ["submit", "--help"],
+        ["submit", "--bogus", "process", "ls"],
+        ["submit", "--env"],
+    ):
+        assert prepare_argv(untouched) == untouched
+
+
+def test_prepare_argv_merges_every_env_into_one() -> None:
+    argv = ["submit", "--env", "A=1", "--name", "n", "--env=B=2=3", "--env", "C=", "process"]
+    assert prepare_argv([*argv, "env", "--env", "D=4"]) == [
+        "submit", "--env", "A=1\0B=2=3\0C=", "--name", "n", "process", "--", "env", "--env", "D=4",
+    ]  # fmt: skip
+    one = ["submit", "--env", "A=1", "process", "--", "x"]
+    assert prepare_argv(one) == one
+
+
+class _TooManyCalls(BaseException):  # not caught by the `except Exception` of cyclopts
+    pass
+
+
+def _python_calls(argv: list[str], limit: int) -> int:
+    """Python function calls made by ``burst.main(argv)`` (stopped beyond ``limit``)."""
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+            if calls > limit:
+                raise _TooManyCalls(f"more than {limit} calls")
+
+    sys.setprofile(count)
+    try:
+        run(argv)
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_many_env_options_parse_in_linear_time(fake: FakeClient) -> None:
+    """cyclopts spends work proportional to the rest of the line on each option it binds: 3,000
+    --env options took minutes of CPU. Counted in Python calls, not timed: linear growth makes
+    3,000 options cost at most about 3 times 1,000 (a quadratic parse: 9 times)."""
+
+    def argv(count: int) -> list[str]:
+        return ["submit", *(t for i in range(count) for t in ("--env", f"K{i}=v")), "process", "x"]
+
+    _python_calls(argv(10), limit=10**8)  # imports and caches warmed up
+    small = _python_calls(argv(1000), limit=2_000_000)
+    large = _python_calls(argv(3000), limit=4 * small)
+    assert large <= 4 * small
+    specs = [spec for call, spec in fake.calls if call == "submit"]
+    assert len(specs[-1].env) == 3000 and specs[-1].env["K2999"] == "v"
 
 
 @pytest.mark.parametrize(
