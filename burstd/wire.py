@@ -22,7 +22,7 @@ JOB_ID_DIGITS: Final = 8
 """A job id is the prefix and the job's number, zero-padded to at least this many digits
 (``job-00000001``), as the prototype's ids were: they sort as the jobs were submitted."""
 
-JOB_ID: Final = re.compile(rf"{JOB_ID_PREFIX}\d{{{JOB_ID_DIGITS},}}")
+JOB_ID: Final = re.compile(rf"{JOB_ID_PREFIX}[0-9]{{{JOB_ID_DIGITS},}}")
 """The ids :func:`job_id` makes (match with ``fullmatch``)."""
 
 JOB_VARIABLES: Final = ("BURST_JOB_ID", "BURST_WORKER_ID", "BURST_ATTEMPT")
@@ -53,8 +53,16 @@ def job_ids(first: int, stop: int) -> list[str]:
     return ids
 
 
+MAX_JOB_NUMBER: Final = 2**63 - 1
+"""The largest job number (the store's key is a signed 64-bit integer)."""
+
+
 def job_number(text: str) -> int:
-    """The number of a job id; ValueError if ``text`` is not one."""
+    """The number of a job id; ValueError if ``text`` is not one (also for a number past
+    MAX_JOB_NUMBER, which no job has)."""
     if not JOB_ID.fullmatch(text):
         raise ValueError(f"not a job id: {text!r}")
-    return int(text[len(JOB_ID_PREFIX) :])
+    number = int(text[len(JOB_ID_PREFIX) :])
+    if number > MAX_JOB_NUMBER:
+        raise ValueError(f"not a job id: {text!r}")
+    return number

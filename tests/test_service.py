@@ -10,6 +10,7 @@ import trio
 from burstd import wire
 from burstd.controller import admission
 from burstd.controller import service as service_module
+from burstd.controller.admission import SpecError
 from burstd.controller.service import ControllerService
 from burstd.controller.table import Job, JobTable, NewJob
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -143,3 +144,26 @@ async def test_a_large_submission_is_built_in_slices_with_other_calls_served_bet
     assert "other" in log[slices[0] : slices[-1]]
     assert submitted == [wire.job_id(n) for n in range(1, 6)]
     assert list(table.jobs) == submitted
+
+
+async def test_a_registration_with_a_batch_number_near_the_top_of_uint64_is_refused() -> None:
+    """Found by tests/test_fuzz.py: the controller numbered the worker's next batch one above
+    it, which no longer fit the reply's uint64 (INTERNAL for that worker's polls ever after)."""
+    service = ControllerService(JobTable(track_changes=False))
+    huge = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, lease_seq=2**64 - 1)
+    with pytest.raises(SpecError, match="lease_seq"):
+        await service.register_worker(huge, {})
+    assert "w1" not in service.table.workers
+    await service.register_worker(
+        worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, lease_seq=2**40), {}
+    )
+    await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), {})
+    poll = await service.poll_job(job_pb2.PollJobRequest(worker_id="w1", max_jobs=1), {})
+    assert poll.lease_seq == 2**40 + 1
+
+
+@pytest.mark.parametrize("after", ["job-99999999999999999999", "job-\u0661", "job-", "x"])
+async def test_listing_after_a_string_that_is_no_job_id_is_refused(after: str) -> None:
+    service = ControllerService(JobTable(track_changes=False))
+    with pytest.raises(SpecError, match="after"):
+        await service.list_jobs(job_pb2.ListJobsRequest(after=after), {})

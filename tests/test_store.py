@@ -496,6 +496,25 @@ async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) 
     assert await store.forget_finished(1e12) == Counter()
 
 
+NOT_IDS = ["", "job-", "nonsense", "job-99999999999999999999", "job-\u0661", "job--1", "1"]
+
+
+async def test_strings_that_are_no_job_id_name_no_job(store: Store) -> None:
+    """Found by tests/test_fuzz.py: such ids raised (ValueError, OverflowError) out of reads
+    and forgets, which answered INTERNAL."""
+    table = JobTable(max_queued=100)
+    (job_id,) = submit(store, table, 1)
+    table.cancel(job_id, 2.0)
+    persist(store, table)
+    for not_id in NOT_IDS:
+        with pytest.raises(ValueError):
+            wire.job_number(not_id)
+        assert store.get(not_id) is None
+    assert [job.job_id for job in store.get_many([*NOT_IDS, job_id])] == [job_id]
+    assert await store.forget(NOT_IDS) == Counter()
+    assert await store.forget([*NOT_IDS, job_id]) == Counter({"cancelled": 1})
+
+
 async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store) -> None:
     """Pruning reads the rows submitted before the time given (a range of job numbers): a job
     submitted earlier that still runs neither stops it nor goes."""

@@ -25,7 +25,12 @@ def test_job_ids_are_the_prototypes_and_read_back() -> None:
         assert wire.job_number(wire.job_id(number)) == number
 
 
-@pytest.mark.parametrize("text", ["", "job-", "job-1", "job-0000001x", "Job-00000001", "00000001"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "job-", "job-1", "job-0000001x", "Job-00000001", "00000001",
+     # past the store's 64-bit key, and digits of other scripts (int() reads them)
+     "job-99999999999999999999", "job-\u0661\u0661\u0661\u0661\u0661\u0661\u0661\u0661"],
+)  # fmt: skip
 def test_job_number_refuses_what_is_no_job_id(text: str) -> None:
     with pytest.raises(ValueError, match="not a job id"):
         wire.job_number(text)

@@ -51,6 +51,8 @@ MAX_PEERS = 64
 # often, serves every reply, so that a thousand registrations or idle heartbeats do not each go
 # through every worker.
 PEER_LIST_AGE = 0.1
+# Above any lease batch number a controller hands out (one per batch, from 1).
+MAX_LEASE_SEQ = 2**62
 # Jobs of a submission built per pass of the event loop, a pass short enough for the calls
 # served in between (docs/benchmarks.md): see ``_new_jobs``.
 SUBMIT_SLICE = 2_000
@@ -408,7 +410,7 @@ class ControllerService:
                 raise SpecError(
                     f"state: unknown state {request.state!r} (valid: {valid})"
                 ) from None
-        if request.after and not wire.JOB_ID.fullmatch(request.after):
+        if request.after and not _is_job_id(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
         limit = min(request.limit or 100, MAX_LIST)
         jobs = []
@@ -572,6 +574,10 @@ class ControllerService:
         self, request: worker_pb2.RegisterWorkerRequest, metadata: Mapping[str, str]
     ) -> worker_pb2.RegisterWorkerResponse:
         worker_id = admission.require(request.worker_id, "worker_id")
+        if request.lease_seq > MAX_LEASE_SEQ:
+            # The controller numbers the worker's next batches above it: a number near the
+            # top of uint64 would leave none to hand out.
+            raise SpecError(f"lease_seq: {request.lease_seq} is no batch number of a controller")
         slots = max(request.slots, 1)
         drop = self.table.register(
             worker_id,
@@ -843,6 +849,14 @@ class ControllerService:
             "WaitJobs", job_pb2.WaitJobsRequest, _invalid_argument_stream(self.wait_jobs)
         )
         return service
+
+
+def _is_job_id(text: str) -> bool:
+    try:
+        wire.job_number(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _invalid_argument(

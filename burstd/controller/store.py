@@ -243,6 +243,18 @@ def _job(row: tuple[Any, ...]) -> Job:
     )
 
 
+def _numbers(job_ids: Iterable[str]) -> str:
+    """The numbers of the job ids, as the JSON array that queries read with ``json_each``
+    (strings that are no job id name no job: left out)."""
+    numbers = []
+    for job_id in job_ids:
+        try:
+            numbers.append(wire.job_number(job_id))
+        except ValueError:
+            continue
+    return json.dumps(numbers)
+
+
 class Store:
     """One open state directory. Not thread-safe: use it from one thread at a time."""
 
@@ -375,19 +387,14 @@ class Store:
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         """The stored jobs among these ids (unknown ones are left out), in one query."""
-        nums = []
-        for job_id in job_ids:
-            try:
-                nums.append(wire.job_number(job_id))
-            except ValueError:
-                continue
         rows = self._read.execute(
             f"{_SELECT} WHERE num IN (SELECT value FROM json_each(?)) AND {_ACCEPTED}",
-            (json.dumps(nums),),
+            (_numbers(job_ids),),
         )
         return [_job(row) for row in rows]
 
     def list(self, state: str | None, after: str, limit: int) -> list[Job]:
+        """Jobs after the one named ``after`` (a job id, or empty: from the first)."""
         start = wire.job_number(after) if after else 0
         if state is None:
             rows = self._read.execute(
@@ -426,8 +433,7 @@ class Store:
 
     async def forget(self, job_ids: Iterable[str]) -> Counter[str]:
         """Delete finished jobs by id (live ones never are); returns how many, by state."""
-        nums = [wire.job_number(job_id) for job_id in job_ids]
-        return Counter(await self._writes.call("forget", nums))
+        return Counter(await self._writes.call("forget", _numbers(job_ids)))
 
     async def forget_finished(self, finished_before: float) -> Counter[str]:
         """Delete every finished job that ended before the given time; counts by state."""
@@ -480,9 +486,10 @@ class Writes:
             db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
 
-    def forget(self, nums: list[int]) -> dict[str, int]:
-        """Delete finished jobs by number (live ones never are); returns how many, by state."""
-        return self._delete("num IN (SELECT value FROM json_each(?))", (json.dumps(nums),))
+    def forget(self, nums: str) -> dict[str, int]:
+        """Delete finished jobs by number (``_numbers``: live ones never are); returns how
+        many, by state."""
+        return self._delete("num IN (SELECT value FROM json_each(?))", (nums,))
 
     def forget_finished(self, finished_before: float) -> dict[str, int]:
         """Delete every finished job that ended before the given time; counts by state.
