@@ -41,7 +41,7 @@ MAX_QUEUED = 20_000
 # A call that must answer at once gets this long; a hang fails the test.
 ANSWER_TIMEOUT = 10.0
 # A call allowed to wait (a long-poll, a wait) is given up after this long, not failed.
-WAIT_TIMEOUT = 0.5
+WAIT_TIMEOUT = 0.2
 
 # What a client's mistake may be answered with, whatever it sent.
 CLIENT_ERRORS = frozenset(
