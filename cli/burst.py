@@ -400,8 +400,12 @@ def submit(
     name: Annotated[str, Parameter(metavar="NAME")] = "",
     array: Annotated[str | None, Parameter(metavar="START-END")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
+    then_wait: Annotated[bool, Parameter(name="--wait")] = False,
 ) -> int:
     """Submit jobs; prints one job id per line.
+
+    With --wait, then waits for them as `burst wait` does (progress on stderr, each failed or
+    cancelled job on stdout, its exit code).
 
     Everything after CMD, ENTRY or IMAGE is the job's argv, passed verbatim (never through a
     shell). Options go before the kind.
@@ -425,6 +429,8 @@ def submit(
     each_line
         One job per non-blank line of FILE ("-": standard input), each with BURST_ENTRY (the
         line without its LF or CRLF).
+    then_wait
+        Then wait until they have ended; exit 0 only if all succeeded.
     """
     job = submit_app(tokens)
     if not isinstance(job, JobCommand):  # help was printed
@@ -454,7 +460,7 @@ def submit(
         else:
             ids = [await client.submit(spec)]
         _write_lines(ids)
-        return 0
+        return await _follow(client, ids) if then_wait else 0
 
     return _run(session)
 
@@ -677,7 +683,13 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
 
 class Progress:
     """Progress of a wait on stderr: a bar redrawn in place on a terminal, else a plain line at
-    most once a second; :meth:`close` writes the summary line."""
+    most once a second; :meth:`close` writes the summary line.
+
+    The rate is over the jobs waited for, from the submission of the first of them, on the
+    controller's clock (``WaitJobsUpdate.first_submitted_at`` and ``sent_at``), also for those
+    that ended before the wait began; a wait on every job (which has no such start) counts the
+    jobs that ended since its first update. No rate is shown before a job has ended.
+    """
 
     def __init__(
         self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic
@@ -691,11 +703,15 @@ class Progress:
         self.shown_at: float | None = None
         self.bar_shown = False
 
-    def _rate(self, done: int) -> float:
-        elapsed = self.clock() - self.started
-        if self.first_done is None or elapsed <= 0:
-            return 0.0
-        return (done - self.first_done) / elapsed
+    def _rate(self, u: job_pb2.WaitJobsUpdate) -> float | None:
+        """Jobs per second, None before there is one to count."""
+        done = u.total - u.pending
+        if u.first_submitted_at:
+            elapsed = u.sent_at - u.first_submitted_at
+        else:
+            elapsed = self.clock() - self.started
+            done -= self.first_done or 0
+        return done / elapsed if done > 0 and elapsed > 0 else None
 
     def update(self, update: job_pb2.WaitJobsUpdate) -> None:
         done = update.total - update.pending
@@ -711,7 +727,9 @@ class Progress:
             self.stream.write("\r" + self._bar(update) + "\x1b[K")
             self.bar_shown = True
         elif update.pending:  # (the summary line follows the last update)
-            self.stream.write(f"burst: {self._counts(update)}, {self._rate(done):.1f} jobs/s\n")
+            rate = self._rate(update)
+            shown = f", {rate:.1f} jobs/s" if rate is not None else ""
+            self.stream.write(f"burst: {self._counts(update)}{shown}\n")
         self.stream.flush()
 
     def clear(self) -> None:
@@ -732,9 +750,10 @@ class Progress:
         import shutil
 
         done = u.total - u.pending
+        rate = self._rate(u)
         text = (
             f" {done}/{u.total}  ok {u.succeeded}  failed {u.failed}  cancelled {u.cancelled}"
-            f"  {self._rate(done):.1f}/s"
+            + (f"  {rate:.1f}/s" if rate is not None else "")
         )
         columns = shutil.get_terminal_size((80, 24)).columns
         width = max(10, min(40, columns - len(text) - 3))
@@ -749,9 +768,9 @@ class Progress:
         if u is None:
             self.stream.write(f"burst: no answer in {elapsed:.1f} s\n")
         else:
-            done = u.total - u.pending
-            rate = f" ({self._rate(done):.1f} jobs/s)" if done != self.first_done else ""
-            self.stream.write(f"burst: {self._counts(u)} in {elapsed:.1f} s{rate}\n")
+            rate = self._rate(u)
+            shown = f" ({rate:.1f} jobs/s)" if rate is not None else ""
+            self.stream.write(f"burst: {self._counts(u)} in {elapsed:.1f} s{shown}\n")
         self.stream.flush()
 
 
@@ -787,32 +806,36 @@ def wait(
     """
     if bool(job) == all_jobs:
         raise UsageError("wait: name job ids or give --all (not both)")
+    return _run(lambda client: _follow(client, job, all_jobs=all_jobs, timeout=timeout))
 
-    async def session(client: Client) -> int:
-        import trio
 
-        progress = Progress(sys.stderr, tty=sys.stderr.isatty())
-        with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-            updates = _generator(client.wait(job, all=all_jobs))
-            async with aclosing(updates):
-                async for update in updates:
-                    failures = [i for i in update.finished if i.state in ("failed", "cancelled")]
-                    if failures:
-                        progress.clear()
-                        _write_lines(_failure_line(info) for info in failures)
-                    progress.update(update)
-        progress.close()
-        last = progress.last
-        if scope.cancelled_caught:
-            pending = f"{last.pending} of {last.total} jobs" if last is not None else "jobs"
-            _error(f"timed out after {timeout:g} s: {pending} not ended")
-            return 1
-        if last is None or last.pending:
-            _error("the controller ended the wait early")
-            return 1
-        return 0 if last.failed == 0 and last.cancelled == 0 else 1
+async def _follow(
+    client: Client, job_ids: Sequence[str], *, all_jobs: bool = False, timeout: float | None = None
+) -> int:
+    """Wait for the jobs (``burst wait``, ``burst submit --wait``): progress on stderr, each
+    failed or cancelled job on stdout; the exit code of ``burst wait``."""
+    import trio
 
-    return _run(session)
+    progress = Progress(sys.stderr, tty=sys.stderr.isatty())
+    with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
+        updates = _generator(client.wait(job_ids, all=all_jobs))
+        async with aclosing(updates):
+            async for update in updates:
+                failures = [i for i in update.finished if i.state in ("failed", "cancelled")]
+                if failures:
+                    progress.clear()
+                    _write_lines(_failure_line(info) for info in failures)
+                progress.update(update)
+    progress.close()
+    last = progress.last
+    if scope.cancelled_caught:
+        pending = f"{last.pending} of {last.total} jobs" if last is not None else "jobs"
+        _error(f"timed out after {timeout:g} s: {pending} not ended")
+        return 1
+    if last is None or last.pending:
+        _error("the controller ended the wait early")
+        return 1
+    return 0 if last.failed == 0 and last.cancelled == 0 else 1
 
 
 # --------------------------------------------------------------------------------------------------

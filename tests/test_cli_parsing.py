@@ -600,6 +600,46 @@ def test_progress_plain_lines_at_most_once_a_second() -> None:
     )
 
 
+def test_progress_rates_are_over_the_jobs_waited_for_since_their_submission() -> None:
+    """Issue 17, defect 8: jobs that ended before the wait began count too, on the
+    controller's clock from the first one's submission; no "0.0 jobs/s" before any ended."""
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(stream, tty=False, clock=lambda: now[0])
+
+    def at(sent_at: float, pending: int) -> job_pb2.WaitJobsUpdate:
+        update = _update(100, pending, 100 - pending)
+        update.sent_at, update.first_submitted_at = 1_000.0 + sent_at, 1_000.0
+        return update
+
+    progress.update(at(0.0, 100))  # submitted just now: none ended, no rate yet
+    now[0] = 1.0
+    progress.update(at(10.0, 50))  # 50 ended, the first 40 before this wait began
+    now[0] = 2.0
+    progress.update(at(20.0, 0))
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "burst: 0/100 done: 0 succeeded, 0 failed, 0 cancelled",
+        "burst: 50/100 done: 50 succeeded, 0 failed, 0 cancelled, 5.0 jobs/s",
+        "burst: 100/100 done: 100 succeeded, 0 failed, 0 cancelled in 2.0 s (5.0 jobs/s)",
+    ]
+
+
+def test_submit_wait_waits_for_what_it_submitted(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failed = job_pb2.JobInfo(job_id="job-00000002", state="failed", reason="exit", exit_code=3)
+    fake.updates = [_update(2, 2, 0), _update(2, 0, 1, failed=1, finished=[failed])]
+    assert run(["submit", "--wait", "--array", "1-2", "process", "true"]) == 1
+    assert fake.calls[-1] == ("wait", (["job-00000001", "job-00000002"], False))
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["job-00000001", "job-00000002", "job-00000002 failed exit: exit 3"]
+    fake.updates = [_update(1, 0, 1)]
+    assert run(["submit", "--wait", "process", "true"]) == 0
+    assert fake.calls[-1] == ("wait", (["job-00000003"], False))
+
+
 def test_progress_bar_redraws_in_place() -> None:
     stream = io.StringIO()
     progress = Progress(stream, tty=True, clock=lambda: 0.0)

@@ -471,6 +471,7 @@ class ControllerService:
             if job_id not in known:
                 raise transport.NotFound(f"job_ids: unknown job {job_id!r}")
         pending = set(ids)
+        first_submitted_at = min(job.submitted_at for job in known.values())
         counts = dict.fromkeys(TERMINAL, 0)
         cursor = 0
         first = True
@@ -501,6 +502,8 @@ class ControllerService:
                     failed=counts[JobState.FAILED],
                     cancelled=counts[JobState.CANCELLED],
                     finished=finished,
+                    sent_at=self.clock(),
+                    first_submitted_at=first_submitted_at,
                 )
             first = False
             if not pending:
@@ -528,6 +531,7 @@ class ControllerService:
                 succeeded=counts[JobState.SUCCEEDED],
                 failed=counts[JobState.FAILED],
                 cancelled=counts[JobState.CANCELLED],
+                sent_at=self.clock(),
             )
             if not pending:
                 return

@@ -305,20 +305,24 @@ class WaitJobsRequest(_message.Message):
     def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
 
 class WaitJobsUpdate(_message.Message):
-    __slots__ = ("total", "pending", "succeeded", "failed", "cancelled", "finished")
+    __slots__ = ("total", "pending", "succeeded", "failed", "cancelled", "finished", "sent_at", "first_submitted_at")
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     PENDING_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     total: int
     pending: int
     succeeded: int
     failed: int
     cancelled: int
     finished: _containers.RepeatedCompositeFieldContainer[JobInfo]
-    def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., finished: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ...) -> None: ...
+    sent_at: float
+    first_submitted_at: float
+    def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., finished: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., sent_at: _Optional[float] = ..., first_submitted_at: _Optional[float] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
     __slots__ = ("worker_id", "hostname", "slots", "queue_capacity", "leased", "running", "peer_addr", "last_seen_ago", "state")
