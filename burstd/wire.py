@@ -17,6 +17,12 @@ CONTROLLER_SERVICE: Final = "burst.v1.ControllerRpc"
 PEER_SERVICE: Final = "burst.v1.WorkerPeerRpc"
 """A worker's StealJobs service (``peer.proto``)."""
 
+MUX_SERVICE: Final = "burst.v1.Mux"
+"""Unary calls multiplexed over one stream (``mux.proto``), served beside every service."""
+
+HEALTH_SERVICE: Final = "grpc.health.v1.Health"
+"""The standard health service (``Check`` only)."""
+
 JOB_ID_PREFIX: Final = "job-"
 JOB_ID_DIGITS: Final = 8
 """A job id is the prefix and the job's number, zero-padded to at least this many digits

@@ -25,7 +25,7 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from burstd import transport
+from burstd import transport, wire
 from burstd.transport import Channel, RpcError, StatusCode
 from proto.burst.v1 import control_pb2, peer_pb2
 from proto.grpc.health.v1 import health_pb2
@@ -80,7 +80,7 @@ HINTS: Mapping[str, st.SearchStrategy[Any]] = {
     "max_jobs": st.integers(0, 8),
     "slots": st.integers(1, 8),
     "command": st.just("true"),
-    "service": st.sampled_from(["", "burst.v1.ControllerRpc"]),
+    "service": st.sampled_from(["", wire.CONTROLLER_SERVICE]),
 }
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from burstd import wire
-from proto.burst.v1 import control_pb2, peer_pb2
+from proto.burst.v1 import control_pb2, mux_pb2, peer_pb2
+from proto.grpc.health.v1 import health_pb2
 
 
 @pytest.mark.parametrize(
@@ -40,6 +41,8 @@ def test_service_names_are_the_protos() -> None:
     services = {
         wire.CONTROLLER_SERVICE: control_pb2.DESCRIPTOR.services_by_name["ControllerRpc"],
         wire.PEER_SERVICE: peer_pb2.DESCRIPTOR.services_by_name["WorkerPeerRpc"],
+        wire.MUX_SERVICE: mux_pb2.DESCRIPTOR.services_by_name["Mux"],
+        wire.HEALTH_SERVICE: health_pb2.DESCRIPTOR.services_by_name["Health"],
     }
     for name, descriptor in services.items():
         assert name == descriptor.full_name

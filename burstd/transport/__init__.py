@@ -71,14 +71,13 @@ from burstd.transport.errors import (
     Unimplemented,
     rpc_error,
 )
-from burstd.transport.health import HEALTH_SERVICE, health_service
+from burstd.transport.health import health_service
 from burstd.transport.messages import Metadata
 from burstd.transport.methods import Service
-from burstd.transport.mux import MUX_SERVICE
 from burstd.transport.server import serve
+from burstd.wire import HEALTH_SERVICE, MUX_SERVICE
 
 __all__ = [
-    "DEFAULT_PORT",
     "HEALTH_SERVICE",
     "MUX_SERVICE",
     "Aborted",
@@ -105,5 +104,3 @@ __all__ = [
     "rpc_error",
     "serve",
 ]
-
-DEFAULT_PORT = 50051

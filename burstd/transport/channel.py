@@ -28,7 +28,8 @@ from burstd.transport.connection import (
 )
 from burstd.transport.errors import DeadlineExceeded, Internal, Unavailable
 from burstd.transport.messages import Message, ResponseT, decode, type_name
-from burstd.transport.mux import MAX_REQUEST, MUX_METHOD, MUX_SERVICE, MuxClient
+from burstd.transport.mux import MAX_REQUEST, MUX_METHOD, MuxClient
+from burstd.wire import MUX_SERVICE
 
 # 8 opaque bytes carried by our liveness PINGs.
 _PING_PAYLOAD = b"burst-pg"

@@ -7,9 +7,8 @@ from collections.abc import Callable, Sequence
 from burstd.transport.errors import NotFound
 from burstd.transport.messages import Metadata
 from burstd.transport.methods import Service
+from burstd.wire import HEALTH_SERVICE
 from proto.grpc.health.v1 import health_pb2
-
-HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 def health_service(is_serving: Callable[[], bool], *, services: Sequence[str] = ()) -> Service:

@@ -38,9 +38,9 @@ from burstd.transport.errors import Internal, RpcError, StatusCode, Unavailable,
 from burstd.transport.messages import Metadata, decode, decode_request
 from burstd.transport.methods import Method, run_unary, status_of
 from burstd.transport.wakeup import Wakeup
+from burstd.wire import MUX_SERVICE
 from proto.burst.v1 import mux_pb2
 
-MUX_SERVICE = "burst.v1.Mux"
 MUX_METHOD = "Calls"
 PATH = f"/{MUX_SERVICE}/{MUX_METHOD}"
 # Calls in flight on one Calls stream; more are refused (RESOURCE_EXHAUSTED) until some end, as

@@ -34,7 +34,8 @@ from burstd.transport.connection import (
 from burstd.transport.errors import InvalidArgument, StatusCode, TransportError, rpc_error
 from burstd.transport.messages import Message, decode_request
 from burstd.transport.methods import Method, Service, run_unary, status_of
-from burstd.transport.mux import MUX_METHOD, MUX_SERVICE, serve_mux
+from burstd.transport.mux import MUX_METHOD, serve_mux
+from burstd.wire import MUX_SERVICE
 from proto.burst.v1 import mux_pb2
 
 # Longer status messages are cut: they travel in an HTTP/2 trailer, and peers cap the header
