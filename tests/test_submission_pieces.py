@@ -142,3 +142,16 @@ async def test_a_refusal_names_the_entry_by_its_place_in_the_whole_submission(
         with pytest.raises(transport.InvalidArgument, match=r"entries\[1500\]: contains a NUL"):
             await client.submit_entries(process("true"), entries)
         assert await listed(client) == []
+
+
+async def test_the_limit_of_jobs_per_call_holds_for_a_submission_in_pieces(
+    tmp_path: Path, store: str
+) -> None:
+    async with controller(tmp_path, store, max_batch=1_500) as client:
+        with pytest.raises(
+            transport.InvalidArgument, match="2000 jobs, more than the limit of 1500"
+        ):
+            await client.submit_array(process("true"), range(2_000))
+        assert await listed(client) == []
+        ids = await client.submit_array(process("true"), range(1_500))
+        assert await listed(client) == ids

@@ -284,6 +284,11 @@ class ControllerService:
         held.busy = True
         accepted = False
         try:
+            total, limit = len(held.jobs) + len(new), self.settings.limits.max_batch
+            if total > limit:  # a call's limit, whether the submission comes in one or pieces
+                raise SpecError(
+                    f"specs: {total} jobs, more than the limit of {limit} per submission"
+                )
             held.room.enter_context(self.table.room(len(new)))
             jobs = await self._new_jobs(new)
             if self.writer is not None:
