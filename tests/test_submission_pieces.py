@@ -136,12 +136,15 @@ async def test_an_abandoned_submission_is_discarded_with_its_room(
 async def test_a_refusal_names_the_entry_by_its_place_in_the_whole_submission(
     tmp_path: Path, store: str
 ) -> None:
+    """... and the pieces before it are discarded at once: their room is free again."""
     entries = [f"line {i}" for i in range(2_500)]
     entries[1_500] = "nul \x00 inside"
-    async with controller(tmp_path, store) as client:
+    async with controller(tmp_path, store, submission_buffer_capacity=2_500) as client:
         with pytest.raises(transport.InvalidArgument, match=r"entries\[1500\]: contains a NUL"):
             await client.submit_entries(process("true"), entries)
         assert await listed(client) == []
+        ids = await client.submit_array(process("true"), range(2_500))
+        assert await listed(client) == ids
 
 
 async def test_the_limit_of_jobs_per_call_holds_for_a_submission_in_pieces(

@@ -204,9 +204,9 @@ class ControllerService:
     async def submit_jobs(
         self, request: job_pb2.SubmitJobsRequest, metadata: Mapping[str, str]
     ) -> job_pb2.SubmitJobsResponse:
-        new = admission.admit_batch(request, self.settings.limits)
         if request.submission_id or request.more:
-            return await self._submit_piece(request, new)
+            return await self._submit_piece(request)
+        new = admission.admit_batch(request, self.settings.limits)
         return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new))
 
     async def _new_jobs(self, new: Sequence[NewJob]) -> list[Job]:
@@ -258,9 +258,7 @@ class ControllerService:
         except StoreUnavailable as error:
             raise transport.ResourceExhausted(str(error)) from None
 
-    async def _submit_piece(
-        self, request: job_pb2.SubmitJobsRequest, new: Sequence[NewJob]
-    ) -> job_pb2.SubmitJobsResponse:
+    async def _submit_piece(self, request: job_pb2.SubmitJobsRequest) -> job_pb2.SubmitJobsResponse:
         """A piece of a submission sent in pieces: held (numbered, stored as a kept stage, its
         room in the queue held) until the last piece accepts them all at once, or refused with
         every piece before it (see SubmitJobsRequest)."""
@@ -284,6 +282,7 @@ class ControllerService:
         held.busy = True
         accepted = False
         try:
+            new = admission.admit_batch(request, self.settings.limits)
             total, limit = len(held.jobs) + len(new), self.settings.limits.max_batch
             if total > limit:  # a call's limit, whether the submission comes in one or pieces
                 raise SpecError(
