@@ -2,13 +2,30 @@
 
 Neither end may import the other's machinery (the table imports no trio, the worker no table),
 so what they must agree on lives here, with no I/O and no trio.
+
+The lease rule (design promise 7). The controller declares a worker lost, and leases its jobs
+elsewhere, once it has not heard from it for its lease TTL (``lease_ttl_ms``, times the pace
+of its heartbeats). A worker counts the same TTL on its own monotonic clock from the moment it
+*sent* the last call the controller answered (the controller heard it then or later), and keeps
+``LEASE_MARGIN`` of it in hand: its running jobs get SIGTERM ``LAPSE_GRACE`` of the TTL before
+that (or their kill grace before, if shorter), SIGKILL at ``1 - LEASE_MARGIN`` of the TTL, and
+nothing starts there until the controller has confirmed what the worker holds. So a job never
+runs in two places at once unless a worker's clock runs slow against the controller's by more
+than the margin over one TTL (1 s of a 10 s TTL), or the worker's job guard is kept from running
+for as long.
 """
 
 from __future__ import annotations
 
 import enum
 
-__all__ = ["StopReason"]
+__all__ = ["LAPSE_GRACE", "LEASE_MARGIN", "StopReason"]
+
+#: The share of its lease TTL a worker keeps in hand for its clock (see the module's rule).
+LEASE_MARGIN = 0.1
+#: The most, as a share of the lease TTL, that a lapsed lease's jobs get between SIGTERM and
+#: SIGKILL (their kill grace if shorter).
+LAPSE_GRACE = 0.1
 
 
 class StopReason(enum.StrEnum):

@@ -31,7 +31,10 @@ T = TypeVar("T")
 
 PATIENCE = 60.0  # upper bound for anything that should happen "soon" on a loaded machine
 # Short leases, so unclaimed leases come back quickly after a restart; heartbeats well within.
-FAST = {"lease_ttl_ms": 2000, "heartbeat_interval_ms": 300}
+# Long enough that a controller restart (kill -9 to serving again, a few seconds on a loaded
+# machine) stays within the 80% of it after which workers stop their running jobs (a worker
+# cannot tell a restart from being cut off: docs/architecture.md, "Leases").
+FAST = {"lease_ttl_ms": 5000, "heartbeat_interval_ms": 300}
 
 
 # -- helpers ----------------------------------------------------------------------------------

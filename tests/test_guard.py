@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from burstd.worker.executor import ExecConfig, run_job
-from burstd.worker.guard import JobGuard, read_jobs
+from burstd.worker.guard import JobGuard, Listing, read_jobs
 from proto.burst.v1 import job_pb2
 
 
@@ -70,6 +70,42 @@ def test_a_dead_workers_listed_jobs_are_stopped_and_others_left_alone(
     assert guard._process.wait(10) == 0
     assert done.poll() is None and unlisted.poll() is None
     assert lost == []
+
+
+def test_a_frozen_workers_jobs_are_stopped_when_its_leases_lapse(
+    groups: list[subprocess.Popen[bytes]],
+) -> None:
+    """The worker is alive (its pipe open) but says nothing more, as when it is frozen: the guard
+    stops the listed jobs at the lease deadline, SIGKILL at its kill time, and goes on."""
+    guard = JobGuard.start(30.0, "docker", print)
+    polite = start_group(groups, "sleep 100")
+    stubborn = start_group(groups, "trap '' TERM; sleep 100 & wait")
+    for process in (polite, stubborn):
+        guard.track(process.pid)
+    now = time.monotonic()
+    guard.lease_deadline(now + 0.2, now + 0.2)  # superseded before it comes
+    guard.lease_deadline(now + 0.6, now + 1.0)
+    assert polite.wait(10) == -signal.SIGTERM
+    assert time.monotonic() >= now + 0.6
+    assert stubborn.wait(10) == -signal.SIGKILL
+    assert now + 1.0 <= time.monotonic() < now + 5.0  # not after the kill grace of 30 s
+    assert guard._process.poll() is None  # still following the worker
+    later = start_group(groups, "sleep 100")
+    guard.track(later.pid)
+    guard.lease_deadline(time.monotonic() + 60, time.monotonic() + 61)
+    time.sleep(0.3)
+    assert later.poll() is None
+    guard.untrack(later.pid)
+    guard.close()
+    assert guard._process.returncode == 0
+
+
+def test_records_may_arrive_in_pieces() -> None:
+    listing = Listing()
+    for piece in (b"+1", b"0 c\n@5.5 6", b".5\n-1", b"0\n+11 \n"):
+        listing.feed(piece)
+    assert listing.jobs == {11: ""}
+    assert (listing.stop_at, listing.kill_at) == (5.5, 6.5)
 
 
 def test_a_clean_close_with_no_job_listed_ends_the_guard_at_once() -> None:

@@ -26,6 +26,19 @@ from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2, worker_pb2
 
 JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
+LONG_JOB_SECONDS = 100.0  # how long a fake job whose id starts with "long" runs
+
+
+class Events(list[tuple[str, Any]]):
+    """Events in order, and in ``times`` the (virtual) time of each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def append(self, event: tuple[str, Any]) -> None:
+        super().append(event)
+        self.times.append(trio.current_time())
 
 
 class FakeLink:
@@ -33,7 +46,7 @@ class FakeLink:
 
     heartbeat_interval = paced_interval = 1.0
 
-    def __init__(self, events: list[tuple[str, Any]]) -> None:
+    def __init__(self, events: Events) -> None:
         self.events = events
         self.send, self.replies = trio.open_memory_channel[job_pb2.PollJobResponse](100)
         self.reports: list[tuple[float, job_pb2.ReportJobResultsRequest]] = []
@@ -41,6 +54,11 @@ class FakeLink:
         self.report_replies: list[job_pb2.ReportJobResultsResponse] = []
         # Calls that may bring leases under way now, and at most so far.
         self.leasing = self.most_leasing = 0
+        # Calls are answered while this is set (then they renew the leases, as the real link's).
+        self.answering = trio.Event()
+        self.answering.set()
+        self.state: WorkerState | None = None
+        self.heartbeat_replies: list[worker_pb2.HeartbeatResponse] = []
 
     async def run(self) -> None:
         await trio.sleep_forever()
@@ -51,7 +69,14 @@ class FakeLink:
         leases = method in ("PollJob", "ReportJobResults") and request.max_jobs > 0
         self.leasing += leases
         self.most_leasing = max(self.most_leasing, self.leasing)
+        sent = trio.current_time()
         try:
+            await self.answering.wait()
+            if self.state is not None:
+                self.state.lease.heard(sent)
+            if method == "Heartbeat":
+                self.events.append(("heartbeat", sent))
+                return self.heartbeat_replies.pop(0) if self.heartbeat_replies else response_type()
             if method == "PollJob":
                 self.events.append(("poll", request.max_jobs))
                 return await self.replies.receive()
@@ -85,6 +110,7 @@ class Harness:
 
     def __init__(self, worker: daemon.Worker, link: FakeLink) -> None:
         self.worker, self.link, self.events = worker, link, link.events
+        self.times = link.events.times
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -95,7 +121,7 @@ class Harness:
 
 
 def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> Harness:
-    events: list[tuple[str, Any]] = []
+    events = Events()
 
     async def fake_run_job(
         job_id: str, attempt: int, spec: Any, config: ExecConfig, guard: JobGuard | None
@@ -103,7 +129,11 @@ def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> 
         assert guard is not None  # every job of a running worker is guarded
         events.append(("start", job_id))
         started = trio.current_time()
-        await trio.sleep(JOB_SECONDS)
+        try:
+            await trio.sleep(LONG_JOB_SECONDS if job_id.startswith("long") else JOB_SECONDS)
+        except trio.Cancelled:
+            events.append(("stopped", job_id))
+            raise
         events.append(("end", job_id))
         return Outcome(0, 0, "exit", "", started, trio.current_time(), "", "")
 
@@ -224,6 +254,74 @@ async def test_while_a_poll_for_work_is_under_way_a_report_asks_for_none(
     assert sorted(reported(link)) == ["a0", "a1", "a2", "a3"]
     assert [request.max_jobs for _, request in link.reports] == [0] * len(link.reports)
     assert link.most_leasing == 1
+
+
+def lapsing_harness(monkeypatch: pytest.MonkeyPatch) -> Harness:
+    """A worker whose leases run on trio's clock, with a lease TTL of 10 s from now."""
+    h = make_harness(monkeypatch, local_queue_capacity=64)
+    state = h.worker.state
+    state.clock = trio.current_time
+    state.lease.set_ttl(10.0, pace=1.0)
+    state.lease.heard(trio.current_time())
+    h.link.state = state
+    return h
+
+
+async def test_a_worker_that_hears_nothing_stops_its_jobs_before_the_ttl_and_starts_nothing(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = lapsing_harness(monkeypatch)
+    link, lease = h.link, h.worker.state.lease
+    async with h.running():
+        await link.send.send(jobs("long-a", "long-b", "queued"))  # 2 slots: "queued" waits
+        await trio.sleep(0.5)
+        link.answering = trio.Event()  # cut off: no call is answered from now on
+        cut_at = trio.current_time()
+        heard = lease.heard_at
+        await trio.sleep(30)
+        stopped = [(e, t) for e, t in zip(h.events, h.times, strict=True) if e[0] == "stopped"]
+        assert {e[1] for e, _ in stopped} == {"long-a", "long-b"}
+        # SIGTERM at 80% of the TTL (the kill grace is 5 s: 10% of the TTL, 1 s, is less), so
+        # that they are dead by 90% (the margin: 10%), before the controller may lease them
+        # elsewhere (100%).
+        for _, at in stopped:
+            assert at == pytest.approx(heard + 8.0, abs=0.3)
+        assert heard <= cut_at
+        assert ("start", "queued") not in h.events
+        assert reported(link) == []  # the stopped jobs are not this worker's to report
+        assert set(h.worker.state.local.jobs) == {"queued"}
+        link.answering.set()  # back: calls sent before the lapse do not confirm anything
+        await trio.sleep(0.5)
+        assert ("start", "queued") not in h.events
+        await trio.sleep(2)  # the next heartbeat, sent after the lapse, confirms: it starts
+        assert ("start", "queued") in h.events
+        # Started once a heartbeat sent after the lapse was answered, not before.
+        answered = [
+            t
+            for e, t in zip(h.events, h.times, strict=True)
+            if e[0] == "heartbeat" and e[1] >= heard + 8.0
+        ]
+        assert h.times[h.events.index(("start", "queued"))] >= min(answered)
+
+
+async def test_after_a_lapse_a_job_the_controller_dropped_is_never_started(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = lapsing_harness(monkeypatch)
+    link = h.link
+    async with h.running():
+        await link.send.send(jobs("long-a", "long-b", "gone", "kept"))
+        await trio.sleep(0.5)
+        link.answering = trio.Event()
+        await trio.sleep(30)
+        link.heartbeat_replies = [
+            worker_pb2.HeartbeatResponse(),  # to the heartbeat sent before the lapse
+            worker_pb2.HeartbeatResponse(drop=[worker_pb2.HeldJob(job_id="gone", attempt=1)]),
+        ]
+        link.answering.set()
+        await trio.sleep(5)
+    assert ("start", "gone") not in h.events and ("start", "kept") in h.events
+    assert sorted(reported(link)) == ["kept"]
 
 
 async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:

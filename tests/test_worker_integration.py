@@ -14,6 +14,7 @@ measured latencies are logged, not asserted tightly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -748,3 +749,92 @@ async def test_worker_heartbeats_at_the_paced_interval(tmp_path: Path) -> None:
 
 async def _registered(client: Client) -> bool:
     return bool(await client.workers())
+
+
+# -- 8. leases: a worker out of touch stops its jobs ----------------------------------------------
+
+# A job that stamps the time into a file of its own attempt every 50 ms while it runs: the
+# stamps show when each attempt ran, also one that was killed.
+STAMP = """\
+import os, sys, time
+name = os.environ["BURST_JOB_ID"] + "." + os.environ["BURST_ATTEMPT"]
+end = time.time() + float(sys.argv[2])
+with open(os.path.join(sys.argv[1], name), "a") as out:
+    while True:
+        out.write(f"{time.time()}\\n")
+        out.flush()
+        if time.time() >= end:
+            break
+        time.sleep(0.05)
+"""
+
+
+def stamped(cluster: Cluster, seconds: float) -> list[str]:
+    """The arguments of ``burst submit`` for a stamping job of ``seconds``."""
+    folder = cluster.tmp / "stamps"
+    folder.mkdir(exist_ok=True)
+    script = cluster.tmp / "stamp.py"
+    script.write_text(STAMP)
+    return ["process", sys.executable, str(script), str(folder), str(seconds)]
+
+
+def attempts_ran(cluster: Cluster) -> dict[str, dict[int, tuple[float, float]]]:
+    """Each job's attempts that ran: attempt -> (first stamp, last stamp)."""
+    ran: dict[str, dict[int, tuple[float, float]]] = {}
+    for path in (cluster.tmp / "stamps").iterdir():
+        job_id, _, attempt = path.name.rpartition(".")
+        stamps = [float(line) for line in path.read_text().split()]
+        ran.setdefault(job_id, {})[int(attempt)] = (stamps[0], stamps[-1])
+    return ran
+
+
+def assert_no_job_ran_twice_at_once(cluster: Cluster) -> None:
+    for job_id, runs in attempts_ran(cluster).items():
+        spans = sorted(runs.values())
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end < start, f"{job_id}: two attempts ran at once: {runs}"
+
+
+def test_a_frozen_worker_stops_its_jobs_before_they_run_elsewhere(
+    cluster: Cluster, strays: set[int]
+) -> None:
+    """SIGSTOP a worker past its lease TTL: its running job is stopped (by its job guard, as
+    the worker is frozen) before the controller leases it to another worker, and once woken it
+    starts none of the jobs it held (they ran elsewhere), its late results are refused, and it
+    takes work again."""
+    ttl = "[controller]\nlease_ttl_ms = 3000\nheartbeat_interval_ms = 300\n"
+    cluster.controller("--config", write_config(cluster, "ttl.toml", ttl))
+    frozen = cluster.worker("w1", slots=1)  # it holds 2 jobs: one runs, one waits for the slot
+    wait_workers(cluster, "w1")
+    (long,) = submit(cluster, *stamped(cluster, 15))
+    poll(lambda: jobs(cluster)[long]["state"] == "running", 30, "the long job running")
+    (short,) = submit(cluster, *stamped(cluster, 0))
+    poll(lambda: jobs(cluster)[short]["worker_id"] == "w1", 30, "the short job leased to w1")
+    time.sleep(0.5)  # the short job's lease reached w1
+    strays.update(descendants(frozen.pid))  # should nothing stop its job
+    frozen.signal(signal.SIGSTOP)
+    try:
+        cluster.worker("w2")
+        poll(lambda: jobs(cluster)[short]["state"] == "succeeded", 60, "the short job elsewhere")
+        poll(
+            lambda: (i := jobs(cluster)[long])["state"] == "running" and i["worker_id"] == "w2",
+            60,
+            "the long job running elsewhere",
+        )
+        time.sleep(1.0)
+    finally:
+        frozen.signal(signal.SIGCONT)
+    assert wait_jobs(cluster, [long, short]) == 0
+    after = jobs(cluster)
+    for job_id in (long, short):
+        assert (after[job_id]["worker_id"], after[job_id]["attempt"]) == ("w2", 2), after[job_id]
+    ran = attempts_ran(cluster)
+    assert set(ran[long]) == {1, 2}
+    assert_no_job_ran_twice_at_once(cluster)
+    assert set(ran[short]) == {2}, "w1 started a job that had run elsewhere"
+    # It takes work again (registered anew), and nothing was lost.
+    more = submit(cluster, "--array", "0-19", "process", "sh", "-c", "sleep 0.2")
+    assert wait_jobs(cluster, more) == 0
+    assert "w1" in {jobs(cluster)[i]["worker_id"] for i in more}
+    assert "stopping 1 running jobs" in frozen.log() or "let its leases lapse" in frozen.log()
+    assert "Traceback" not in frozen.log()

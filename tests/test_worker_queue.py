@@ -275,3 +275,19 @@ def test_every_change_is_announced_and_reads_are_not() -> None:
     changes.clear()
     assert len(queue.return_unstarted()) == 2
     assert announced()  # once for the whole hand-back
+
+
+def test_a_job_whose_other_attempt_still_runs_here_waits_for_it() -> None:
+    queue = LocalQueue(capacity=4)
+    queue.add([assigned("a", attempt=1), assigned("b")], lease_seq=1)
+    first = queue.next_queued()
+    assert first is not None and first.job_id == "a"
+    queue.add([assigned("a", attempt=2)], lease_seq=2)  # the controller moved on: attempt 2
+    # "b" is ahead of the new attempt; then the new attempt waits while attempt 1 still runs.
+    assert queue.next_queued(busy={"a"}) is not None  # b
+    assert not queue.can_start(busy={"a"}) and queue.next_queued(busy={"a"}) is None
+    assert queue.can_start(busy=set())
+    second = queue.next_queued(busy=set())
+    assert second is not None and (second.job_id, second.attempt) == ("a", 2)
+    queue.finish(first, result(first))  # the superseded attempt's end records nothing
+    assert first.result is None and queue.jobs["a"] is second

@@ -50,6 +50,8 @@ START_NOTICE_DELAY = 0.05
 # call costs the worker and the controller far more than one more result in it. A lone result
 # goes at once.
 REPORT_INTERVAL = 0.02
+# The job guard hears the leases' deadline at least this often: its idea of it lags by as much.
+GUARD_TOLD_EVERY = 0.25
 
 
 def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultRequest:
@@ -127,6 +129,7 @@ class Worker:
             outer.start_soon(self._heartbeat)
             outer.start_soon(self._reporter)
             outer.start_soon(self._notice_poll)
+            outer.start_soon(self._watch_leases)
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._lease_loop)
                 for _ in range(self.state.config.slots):
@@ -238,14 +241,10 @@ class Worker:
 
     async def _runner(self) -> None:
         state, local = self.state, self.state.local
-
-        def startable() -> bool:
-            return not state.draining and local.waiting() > 0
-
         while True:
-            job = None if state.draining else local.next_queued()
+            job = local.next_queued(state.running_ids) if state.may_start() else None
             if job is None:
-                await state.wait_until(startable)
+                await state.wait_until(state.may_start)
                 continue
             await self._run_one(job)
 
@@ -334,6 +333,7 @@ class Worker:
                 # controller the work of listing peers.
                 want_peers=self.state.steals and len(self.state.running) < config_slots,
             )
+            sent = self.state.clock()
             try:
                 response = await self.link.call("Heartbeat", request, worker_pb2.HeartbeatResponse)
             except transport.RpcError:
@@ -347,6 +347,28 @@ class Worker:
             if request.want_peers:  # (without it, the reply lists none: that is no news)
                 self.state.peers = list(response.peers)
             self.state.apply_notices(response.cancel, response.drop)
+            self.state.confirmed(sent)
+
+    async def _watch_leases(self) -> None:
+        """Stop the running jobs when the leases lapse (``burstd.leases``), and keep the job
+        guard told when to stop them itself, should this process be frozen meanwhile."""
+        state, lease = self.state, self.state.lease
+        while True:
+            now = self.state.clock()
+            if lease.lapsed(now):
+                if state.running:
+                    self.log.warning(
+                        "no word from the controller for {:.1f} s: stopping {} running jobs"
+                        " before the controller may lease them elsewhere",
+                        now - lease.heard_at,
+                        len(state.running),
+                    )
+                state.lapse()
+                await state.wait_until(lambda: lease.lapsed_at is None)
+                continue
+            if self._guard is not None:
+                self._guard.lease_deadline(lease.stop_at, lease.kill_at)
+            await trio.sleep(min(lease.stop_at - now, GUARD_TOLD_EVERY))
 
     async def _notice_poll(self) -> None:
         """Keep a long-poll open for cancel notices even while the lease loop has no room."""

@@ -10,6 +10,12 @@ job starts and as it is reaped. The guard's end of the pipe reads end of file on
 the other end: whatever killed the worker, the guard then stops the groups still listed as the
 worker would (SIGTERM, ``docker kill`` of the job's container, the kill grace, SIGKILL) and leaves.
 
+The worker also tells it when its leases lapse (``lease_deadline``, see burstd/leases.py): the
+worker stops its jobs itself then, but a frozen worker (SIGSTOP, a debugger) cannot, and the
+controller would lease them elsewhere. If that time comes with no newer word from the worker
+and jobs listed, the guard stops them the same way (SIGKILL at the deadline's kill time), forgets
+them, and goes on following the worker.
+
 What it promises:
 
 - A job is listed before ``run_job`` waits for it, and unlisted after its group was killed and
@@ -29,7 +35,9 @@ of burst but this module, so it starts in a few tens of milliseconds.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -52,6 +60,7 @@ class JobGuard:
         self._pipe = pipe
         self._pending = b""
         self._on_lost = on_lost
+        self._deadline: tuple[float, float] | None = None
 
     @classmethod
     def start(cls, kill_grace: float, docker: str, on_lost: Callable[[str], None]) -> JobGuard:
@@ -83,6 +92,13 @@ class JobGuard:
     def untrack(self, pgid: int) -> None:
         """The job's group is killed and its leader about to be reaped: unlist it."""
         self._write(f"-{pgid}\n".encode())
+
+    def lease_deadline(self, stop_at: float, kill_at: float) -> None:
+        """Unless told a later time before, stop the listed jobs at ``stop_at`` (SIGTERM) and
+        ``kill_at`` (SIGKILL), times of ``time.monotonic()``."""
+        if self._deadline != (stop_at, kill_at):
+            self._deadline = (stop_at, kill_at)
+            self._write(f"@{stop_at!r} {kill_at!r}\n".encode())
 
     def _write(self, record: bytes) -> None:
         if self._pipe < 0:
@@ -118,19 +134,35 @@ class JobGuard:
 # -- the guard's program ------------------------------------------------------------------------
 
 
+class Listing:
+    """What the worker has said: its jobs' groups (with containers, "" for none) and the times
+    its leases lapse."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[int, str] = {}
+        self.stop_at = self.kill_at = math.inf
+        self._rest = b""
+
+    def feed(self, data: bytes) -> None:
+        """Take whole records; a record cut short waits for its end."""
+        *lines, self._rest = (self._rest + data).split(b"\n")
+        for line in lines:
+            if line.startswith(b"+"):
+                pgid, _, container = line[1:].strip().partition(b" ")
+                self.jobs[int(pgid)] = container.decode()
+            elif line.startswith(b"-"):
+                self.jobs.pop(int(line[1:]), None)
+            elif line.startswith(b"@"):
+                stop_at, kill_at = line[1:].split()
+                self.stop_at, self.kill_at = float(stop_at), float(kill_at)
+
+
 def read_jobs(records: IO[bytes]) -> dict[int, str]:
-    """Follow the worker's records until end of file; returns the groups still listed, with
-    their containers ("" for none)."""
-    jobs: dict[int, str] = {}
-    for line in records:
-        if not line.endswith(b"\n"):  # cut short by the worker's death: not a whole record
-            break
-        if line.startswith(b"+"):
-            pgid, _, container = line[1:].strip().partition(b" ")
-            jobs[int(pgid)] = container.decode()
-        elif line.startswith(b"-"):
-            jobs.pop(int(line[1:]), None)
-    return jobs
+    """The groups still listed once the records end (a record cut short by the worker's death
+    is not a record)."""
+    listing = Listing()
+    listing.feed(records.read())
+    return listing.jobs
 
 
 def _signal_groups(pgids: list[int], sig: int) -> list[int]:
@@ -168,15 +200,35 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     grace, docker = float(sys.argv[1]), sys.argv[2]
     worker = os.getppid()  # before the worker is gone and another process adopts this one
-    jobs = read_jobs(sys.stdin.buffer)
-    if jobs:
+    listing = Listing()
+    fd = sys.stdin.fileno()
+    while True:
+        wait = None
+        if listing.jobs and listing.stop_at < math.inf:
+            wait = max(0.0, listing.stop_at - time.monotonic())
+        if select.select([fd], [], [], wait)[0]:
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            listing.feed(data)
+        elif listing.jobs:  # nothing more from the worker (it reads no word either): lapsed
+            print(
+                f"burst job guard: the worker (pid {worker}) let its leases lapse with"
+                f" {len(listing.jobs)} jobs running: stopping them",
+                file=sys.stderr,
+                flush=True,
+            )
+            stop_jobs(listing.jobs, max(0.0, listing.kill_at - time.monotonic()), docker)
+            listing.jobs.clear()
+            listing.stop_at = listing.kill_at = math.inf
+    if listing.jobs:
         print(
-            f"burst job guard: the worker (pid {worker}) is gone with {len(jobs)} jobs"
+            f"burst job guard: the worker (pid {worker}) is gone with {len(listing.jobs)} jobs"
             " running: stopping them",
             file=sys.stderr,
             flush=True,
         )
-        stop_jobs(jobs, grace, docker)
+        stop_jobs(listing.jobs, grace, docker)
 
 
 if __name__ == "__main__":

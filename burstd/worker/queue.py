@@ -176,21 +176,36 @@ class LocalQueue:
         self.on_change()
         return gone
 
-    def next_queued(self) -> LocalJob | None:
-        """The oldest job waiting for a slot, now RUNNING; None when there is none."""
-        job = self._next_queued()
+    def can_start(self, busy: Container[str] = ()) -> bool:
+        """Whether ``next_queued(busy)`` would return a job."""
+        self._skip_gone()
+        return bool(self._queued) and self._queued[0].job_id not in busy
+
+    def next_queued(self, busy: Container[str] = ()) -> LocalJob | None:
+        """The oldest job waiting for a slot, now RUNNING; None when there is none, or when its
+        id is ``busy`` (another attempt of it still runs here: it waits until that one ended,
+        so that two attempts of a job never run at once, also in one worker)."""
+        job = self._next_queued(busy)
         if job is not None:
             self.on_change()
         return job
 
-    def _next_queued(self) -> LocalJob | None:
-        while self._queued:
-            job = self._queued.popleft()
-            if self.jobs.get(job.job_id) is job and job.state is LocalState.QUEUED:
-                job.state = LocalState.RUNNING
-                self._started.append(job)
-                return job
-        return None
+    def _skip_gone(self) -> None:
+        """Forget the head entries that no longer wait (dropped, cancelled, taken, replaced)."""
+        queued = self._queued
+        while queued and not (
+            self.jobs.get(queued[0].job_id) is queued[0] and queued[0].state is LocalState.QUEUED
+        ):
+            queued.popleft()
+
+    def _next_queued(self, busy: Container[str] = ()) -> LocalJob | None:
+        self._skip_gone()
+        if not self._queued or self._queued[0].job_id in busy:
+            return None
+        job = self._queued.popleft()
+        job.state = LocalState.RUNNING
+        self._started.append(job)
+        return job
 
     def finish(self, job: LocalJob, result: job_pb2.ReportJobResultRequest) -> None:
         """Record how a job ended; ignored if the job was dropped meanwhile."""

@@ -12,6 +12,8 @@ Promises:
 3. While the controller is away, registration is retried with a growing pause, never longer
    than the heartbeat interval: after a controller restart the held jobs stay this worker's
    only if it registers within one lease TTL.
+4. Every answered call renews the worker's leases from the time it was sent, and a
+   registration confirms what the worker holds (``WorkerState.lease``, burstd/leases.py).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = ["CALL_TIMEOUT", "ControllerLink"]
 
 CALL_TIMEOUT = 10.0
 MAX_BACKOFF = 5.0
+# Calls the controller answers without marking the worker as heard from: they renew no lease.
+NOT_HEARD = frozenset({"ListWorkers"})
 
 
 class ControllerLink:
@@ -45,6 +49,7 @@ class ControllerLink:
         # one it asks for now, stretched when many workers share its heartbeat budget.
         self.heartbeat_interval = 1.0
         self.paced_interval = 1.0
+        self.lease_ttl = 0.0  # as the controller names it (0: it names none)
         self._channel: transport.Channel | None = None
         self._connected = trio.Event()
         self._broken = trio.Event()
@@ -102,6 +107,7 @@ class ControllerLink:
             lease_seq=local.lease_seq,
             instance=self.state.instance,
         )
+        sent = self.state.clock()
         response = await channel.unary(
             wire.CONTROLLER_SERVICE,
             "RegisterWorker",
@@ -111,14 +117,18 @@ class ControllerLink:
         )
         if response.heartbeat_interval_ms:
             self.heartbeat_interval = response.heartbeat_interval_ms / 1000
+        self.lease_ttl = response.lease_ttl_ms / 1000
         self.pace(response.paced_heartbeat_ms)
         self.state.drop(response.drop)
+        self.state.confirmed(sent)
         self.state.peers = list(response.peers)
         self.log.info("registered with controller {}:{}", self.host, self.port)
 
     def pace(self, paced_heartbeat_ms: int) -> None:
-        """Heartbeat at the controller's paced interval (its plain one if it sends none)."""
+        """Heartbeat at the controller's paced interval (its plain one if it sends none); the
+        controller stretches this worker's lease TTL as much."""
         self.paced_interval = paced_heartbeat_ms / 1000 or self.heartbeat_interval
+        self.state.lease.set_ttl(self.lease_ttl, self.paced_interval / self.heartbeat_interval)
 
     async def call(
         self, method: str, request: Any, response_type: Any, timeout: float = CALL_TIMEOUT
@@ -126,10 +136,14 @@ class ControllerLink:
         """One call to the controller, once registered (promise 1)."""
         while (channel := self._channel) is None:
             await self._connected.wait()
+        sent = self.state.clock()
         try:
-            return await channel.unary(
+            response = await channel.unary(
                 wire.CONTROLLER_SERVICE, method, request, response_type, timeout=timeout
             )
         except (transport.Unavailable, transport.DeadlineExceeded, transport.FailedPrecondition):
             self.broken(channel)
             raise
+        if method not in NOT_HEARD:
+            self.state.lease.heard(sent)
+        return response

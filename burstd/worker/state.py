@@ -20,6 +20,7 @@ from loguru import logger
 
 from burstd.config import WorkerConfig
 from burstd.leases import StopReason
+from burstd.worker.deadline import LeaseDeadline
 from burstd.worker.queue import LocalJob, LocalQueue
 from proto.burst.v1 import worker_pb2
 
@@ -45,6 +46,8 @@ class WorkerState:
     # The jobs running here, by the job (not its id: two attempts of one job may both be here,
     # one stopping while the other starts).
     running: dict[LocalJob, Running] = field(default_factory=dict)
+    # The ids of the running jobs: another attempt of one of them waits until it has stopped.
+    running_ids: set[str] = field(default_factory=set)
     draining: bool = False
     # This process among all lives of this worker id: steals to an earlier one are refused.
     instance: int = field(default_factory=lambda: secrets.randbits(63) | 1)
@@ -58,12 +61,24 @@ class WorkerState:
     steals: bool = False
     steal_done: int = 0
     peers: list[worker_pb2.PeerInfo] | None = None
+    # The clock of the leases (``LeaseDeadline``): the system's monotonic one, which the job
+    # guard reads too.
+    clock: Callable[[], float] = time.monotonic
     # Tasks blocked in wait_until, with the condition each waits for.
     _waiters: dict[trio.Event, Callable[[], bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.local.on_change = self._wake
+        self.lease = LeaseDeadline(self.config.kill_grace_s)
         self.log = logger.bind(worker_id=self.config.worker_id)
+
+    def may_start(self) -> bool:
+        """A runner may start the next queued job (cheap: runners ask at every change)."""
+        return (
+            not self.draining
+            and self.local.can_start(self.running_ids)
+            and self.lease.may_start(self.clock())
+        )
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -113,10 +128,12 @@ class WorkerState:
     def run(self, job: LocalJob) -> Iterator[Running]:
         """Around a job's run: it is listed in ``running`` meanwhile."""
         running = self.running[job] = Running(trio.CancelScope())
+        self.running_ids.add(job.job_id)
         try:
             yield running
         finally:
             del self.running[job]
+            self.running_ids.discard(job.job_id)
             self._wake()
 
     def stop(self, job: LocalJob, why: StopReason) -> None:
@@ -129,6 +146,20 @@ class WorkerState:
     def stop_all(self, why: StopReason) -> None:
         for job in list(self.running):
             self.stop(job, why)
+
+    def confirmed(self, sent: float) -> None:
+        """The controller answered a heartbeat or registration sent at ``sent`` (monotonic
+        time), and what it no longer assigns to this worker was dropped."""
+        if self.lease.confirmed(sent):
+            self.log.info("the controller confirmed this worker's leases: starting jobs again")
+            self._wake()
+
+    def lapse(self) -> None:
+        """The leases lapsed: the running jobs are no longer this worker's to run. Stop them and
+        forget them, with no report (the controller takes them back, or has already)."""
+        for job in list(self.running):
+            if self.local.drop(job.job_id, job.attempt) is not None:
+                self.stop(job, StopReason.DROPPED)
 
     def drop(self, held: Iterable[worker_pb2.HeldJob]) -> None:
         """These leases are no longer this worker's: stop and forget them, with no report."""
