@@ -1,8 +1,8 @@
 """The README's first command, as written, run twice in a row (issue 17, defect 8).
 
 The command installs burst into a venv first; here `burstd` and `burst` on PATH are this source
-tree's instead (the install itself is what CI's README test run does), and the controller gets
-a free port and a state directory of the test's (``BURST_LISTEN``, ``BURST_STATE_DIR``).
+tree's instead (tox installs it for every test run the same way), and the controller gets a
+free port and a state directory of the test's (``BURST_LISTEN``, ``BURST_STATE_DIR``).
 """
 
 from __future__ import annotations
