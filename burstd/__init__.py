@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+__version__ = "0.1.0"
+"""The package's version (pyproject.toml reads it): ``burst --version``, ``burstd --version``."""
+
 
 def child_env() -> dict[str, str]:
     """The environment of a ``python -m burstd...`` child process (the store process, the job

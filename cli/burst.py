@@ -1,9 +1,8 @@
 """`burst`: submit jobs to a burst controller and follow them.
 
 A thin layer over :mod:`burstd.client`: every command opens one connection, makes its calls and
-prints the answers, one job per line. Exit codes: 0 ok; 1 a job failed or was cancelled, a wait
-timed out, or the controller answered with an error (or could not be reached); 2 a usage or
-configuration error.
+prints the answers, one job per line. Exit codes: the table of :mod:`cli.exitcodes`. Every error
+is one line on stderr, ``burst: error: ...``, naming the bad flag or field; never a traceback.
 
 Everything after the CMD/ENTRY/IMAGE of ``burst submit <kind>`` is the job's argv, passed on
 verbatim (hyphens, ``--`` and ``--help`` included): :func:`main` marks where it starts with ``--``
@@ -16,6 +15,7 @@ command runs, not at import (``burst --help`` does not pay for them).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import sys
 import time
@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TextIO, Typ
 
 import cyclopts
 from cyclopts import Parameter, validators
+
+from burstd import __version__
+from cli.exitcodes import ExitCode, for_status
 
 if TYPE_CHECKING:
     from burstd.client import Client
@@ -68,6 +71,14 @@ class UsageError(Exception):
     """A command line that parsed but makes no sense (a malformed ``--env``...): exit 2."""
 
 
+class Failure(Exception):
+    """A command that cannot go on: its message is printed as the error, ``code`` is the exit."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclasses.dataclass
 class _Globals:
     """The options given before the command (set by the meta app on every run)."""
@@ -82,18 +93,27 @@ _globals = _Globals()
 # --------------------------------------------------------------------------------------------------
 # the application
 
+
+def _quiet(*apps: cyclopts.App) -> None:
+    """Errors are ours to print (main), as one line: never cyclopts's boxed panels."""
+    for one in apps:
+        one.exit_on_error = one.print_error = False
+
+
 app = cyclopts.App(
     name="burst",
     help=(
         "Submit jobs to a burst controller and follow them.\n\n"
         "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of the "
-        "configuration file, else 127.0.0.1:50051."
+        "configuration file, else 127.0.0.1:50051.\n\n"
+        "Exit codes:\n\n" + "\n".join(f"- {code.value}: {code.meaning}" for code in ExitCode)
     ),
     usage="Usage: burst [--controller HOST:PORT] [--config FILE] COMMAND [ARGS...]",
+    version=f"burst {__version__}",
     version_flags=[],
     default_parameter=Parameter(negative=(), show_default=False),
 )
-app.meta.version_flags = []
+app.meta.version_flags = ["--version"]
 
 _SUBMIT_USAGE = "Usage: burst submit [OPTIONS] {}"
 submit_app = cyclopts.App(
@@ -106,6 +126,7 @@ submit_app = cyclopts.App(
 submit_app.meta.version_flags = []
 submit_app.meta.usage = submit_app.usage
 app.command(submit_app.meta, name="submit")
+_quiet(app, app.meta, submit_app, submit_app.meta)
 
 
 @app.meta.default
@@ -314,7 +335,8 @@ def _code_name(code: object) -> str:
 
 
 def _run(session: Callable[[Client], Awaitable[int]]) -> int:
-    """Connect to the controller, run ``session`` in trio; RPC failures become exit code 1."""
+    """Connect to the controller, run ``session`` in trio; an RPC failure becomes its exit code
+    (:func:`cli.exitcodes.for_status`), a controller out of reach ``UNREACHABLE``."""
     addr = controller_addr(_globals.controller, _globals.config)
     import trio
 
@@ -332,19 +354,23 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
     try:
         return trio.run(connected)
     except BaseException as error:
-        found = _leaf(error, (transport.RpcError, OSError))
+        found = _leaf(error, (transport.RpcError, OSError, Failure))
         if found is None:
             raise
         if isinstance(found, BrokenPipeError):  # our stdout, closed by the reader
             raise found from None
+        if isinstance(found, Failure):
+            raise found from None
         if isinstance(found, OSError):
-            _error(f"cannot reach controller at {addr}: {found.strerror or found}")
-        elif isinstance(found, transport.RpcError):
-            code, message = _code_name(found.code), found.message
-            if code == "UNAVAILABLE" and "cannot reach controller" not in message:
-                message = f"cannot reach controller at {addr}: {message}"
-            _error(f"{code}: {message}")
-        return 1
+            raise Failure(
+                ExitCode.UNREACHABLE,
+                f"cannot reach controller at {addr}: {found.strerror or found}",
+            ) from None
+        assert isinstance(found, transport.RpcError)
+        code, message = _code_name(found.code), found.message
+        if code == "UNAVAILABLE" and "cannot reach controller" not in message:
+            message = f"cannot reach controller at {addr}: {message}"
+        raise Failure(for_status(code), f"{code}: {message}") from None
 
 
 def _generator(iterator: AsyncIterator[T]) -> AsyncGenerator[T, None]:
@@ -363,15 +389,43 @@ def _write_lines(lines: Iterable[str]) -> None:
     out.flush()
 
 
-def _to_json(message: Any) -> str:
-    import json
-
+def _as_dict(message: Any) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 
-    data = MessageToDict(
+    data: dict[str, Any] = MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    return data
+
+
+def _to_json(data: Mapping[str, Any]) -> str:
+    import json
+
     return json.dumps(data, ensure_ascii=False)
+
+
+# JobInfo's times: seconds since the epoch on the wire (0: not reached), ISO 8601 UTC in JSON.
+_TIMES = ("submitted_at", "started_at", "finished_at")
+
+
+def _iso(seconds: float) -> str | None:
+    """``seconds`` since the epoch in ISO 8601 UTC (``2026-12-07T16:56:47.123456Z``); 0: None."""
+    if not seconds:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _job_json(info: job_pb2.JobInfo) -> str:
+    """One job as a JSON object with every key of every job: a value that does not apply (no exit
+    code after a signal, a time not reached) is null; times are ISO 8601 UTC."""
+    data = _as_dict(info)
+    for field in info.DESCRIPTOR.fields:
+        if field.has_presence and not info.HasField(field.name):
+            data[field.name] = None
+    for name in _TIMES:
+        data[name] = _iso(getattr(info, name))
+    return _to_json(data)
 
 
 def _outcome(info: job_pb2.JobInfo) -> str:
@@ -432,9 +486,11 @@ def submit(
     then_wait
         Then wait until they have ended; exit 0 only if all succeeded.
     """
+    if not tokens:
+        raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
     job = submit_app(tokens)
     if not isinstance(job, JobCommand):  # help was printed
-        return 0
+        return ExitCode.OK
     if array is not None and each_line is not None:
         raise UsageError("--array and --each-line exclude each other")
     spec = build_spec(
@@ -511,39 +567,48 @@ def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCo
 # status, cancel, list, workers
 
 
+def _known(states: Iterable[str]) -> int:
+    """OK, or NO_SUCH_JOB when a state is ``unknown`` (an id the controller does not know)."""
+    return ExitCode.NO_SUCH_JOB if "unknown" in states else ExitCode.OK
+
+
 @app.command(usage="Usage: burst status [--json] JOB...")
 def status(
     *job: str,
+    job_id: Annotated[tuple[str, ...], Parameter(name="--job-id", metavar="JOB")] = (),
     json: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """Print `<job_id> <state>` per job (unknown for an id never submitted).
+    """Print `<job_id> <state>` per job (unknown for an id never submitted: exit 4).
 
     Parameters
     ----------
     job
         Job ids.
+    job_id
+        A job id, as the prototype's `status --job-id ID`; repeatable.
     json
         One JSON object per line with everything known about the job instead.
     """
     as_json = json
-    if not job:
+    jobs = (*job, *job_id)
+    if not jobs:
         raise UsageError("status: name at least one job id")
 
     async def session(client: Client) -> int:
-        for job_id in job:
-            info = await client.status(job_id)
-            if as_json:
-                _write_lines([_to_json(info)])
-            else:
-                _write_lines([f"{job_id} {info.state or 'unknown'}"])
-        return 0
+        states = []
+        for one in jobs:
+            info = await client.status(one)
+            states.append(info.state or "unknown")
+            _write_lines([_job_json(info) if as_json else f"{one} {states[-1]}"])
+        return _known(states)
 
     return _run(session)
 
 
 @app.command(usage="Usage: burst cancel JOB...")
 def cancel(*job: str) -> int:
-    """Cancel jobs that have not ended; prints `<job_id> <state>` (the state afterwards).
+    """Cancel jobs that have not ended; prints `<job_id> <state>` (the state afterwards; unknown
+    for an id never submitted: exit 4).
 
     Parameters
     ----------
@@ -556,7 +621,7 @@ def cancel(*job: str) -> int:
     async def session(client: Client) -> int:
         states = await client.cancel(job)
         _write_lines(f"{job_id} {state}" for job_id, state in zip(job, states, strict=False))
-        return 0
+        return _known(states)
 
     return _run(session)
 
@@ -629,7 +694,7 @@ def list_jobs(
                     break
                 count += 1
                 if as_json:
-                    out.write(_to_json(info) + "\n")
+                    out.write(_job_json(info) + "\n")
                 else:
                     worker = info.worker_id or "-"
                     out.write(f"{info.job_id} {info.state} {worker} {_outcome(info)}\n")
@@ -653,7 +718,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     async def session(client: Client) -> int:
         found = await client.workers()
         if as_json:
-            _write_lines(_to_json(w) for w in found)
+            _write_lines(_to_json(_as_dict(w)) for w in found)
             return 0
         rows = [("ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST SEEN")]
         rows += [
@@ -793,7 +858,8 @@ def wait(
     """Wait until jobs have ended, showing progress on stderr; exit 0 only if all succeeded.
 
     Each failed or cancelled job named on the command line is printed on stdout as
-    `<job_id> <state> <reason>: <error>`. Exits 1 if a job failed or was cancelled, or on timeout.
+    `<job_id> <state> <reason>: <error>`. Exits 1 if a job failed or was cancelled, 4 for an
+    unknown job id, 5 when --timeout expired first.
 
     Parameters
     ----------
@@ -802,7 +868,7 @@ def wait(
     all_jobs
         Wait for every job the controller has instead.
     timeout
-        Give up after this many seconds (exit 1).
+        Give up after this many seconds (exit 5).
     """
     if bool(job) == all_jobs:
         raise UsageError("wait: name job ids or give --all (not both)")
@@ -831,11 +897,11 @@ async def _follow(
     if scope.cancelled_caught:
         pending = f"{last.pending} of {last.total} jobs" if last is not None else "jobs"
         _error(f"timed out after {timeout:g} s: {pending} not ended")
-        return 1
+        return ExitCode.TIMEOUT
     if last is None or last.pending:
         _error("the controller ended the wait early")
-        return 1
-    return 0 if last.failed == 0 and last.cancelled == 0 else 1
+        return ExitCode.UNREACHABLE
+    return ExitCode.OK if last.failed == 0 and last.cancelled == 0 else ExitCode.FAILED
 
 
 # --------------------------------------------------------------------------------------------------
@@ -849,15 +915,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
     try:
         result = app.meta(tokens, result_action="return_value")
-    except (UsageError, ConfigError) as error:
-        _error(str(error))
-        sys.exit(2)
+    except (UsageError, ConfigError, cyclopts.CycloptsError) as error:
+        _error(" ".join(str(error).split()))
+        sys.exit(ExitCode.USAGE)
+    except Failure as failure:
+        _error(str(failure))
+        sys.exit(failure.code)
     except BrokenPipeError:
         # stdout closed early (`burst list | head`): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+        sys.exit(ExitCode.FAILED)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else ExitCode.OK)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""`burstd`: run the controller, a worker, or a whole local cluster in the foreground."""
+"""`burstd`: run the controller, a worker, or a whole local cluster in the foreground.
+
+Every error is one line on stderr, ``burstd: error: ...``, exit code 2 for a usage or
+configuration error; never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import cyclopts
 import trio
 from cyclopts import Parameter
 
-from burstd import logs
+from burstd import __version__, logs
 from burstd.config import (
     Config,
     ConfigError,
@@ -41,7 +45,11 @@ _PR_SET_PDEATHSIG = 1  # prctl(2), <linux/prctl.h>
 app = cyclopts.App(
     name="burstd",
     help="burst daemons: the controller, a worker, or a local cluster (`burstd up`).",
-    version_flags=[],
+    version=f"burstd {__version__}",
+    version_flags=["--version"],
+    # Errors are printed by main, as one line: never cyclopts's boxed panels.
+    exit_on_error=False,
+    print_error=False,
 )
 
 
@@ -114,7 +122,7 @@ def controller(
 def worker(
     *,
     config: Path | None = None,
-    id: str | None = None,
+    id: Annotated[str | None, Parameter(name=["--id", "--worker-id"])] = None,
     controller: str | None = None,
     slots: int | None = None,
     queue_capacity: int | None = None,
@@ -132,6 +140,7 @@ def worker(
         Configuration file; a [[workers]] entry with this worker's id is used if present.
     id
         Worker id (default: the host name); unique per worker, stable across restarts.
+        --worker-id is the prototype's name for it.
     controller
         Controller address HOST:PORT.
     slots
@@ -399,7 +408,10 @@ def _stop_all(children: list[subprocess.Popen[bytes]], grace: float = 35.0) -> N
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except cyclopts.CycloptsError as error:
+        _fail(" ".join(str(error).split()))
 
 
 if __name__ == "__main__":

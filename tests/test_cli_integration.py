@@ -3,9 +3,12 @@ loopback ports (tests/cluster.py), for what only real processes show."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
-from tests.cluster import Cluster
+from burstd import __version__
+from tests.cluster import Cluster, Daemon, environment, free_port, program
 
 
 def test_a_submission_with_3000_env_options(cluster: Cluster) -> None:
@@ -18,3 +21,94 @@ def test_a_submission_with_3000_env_options(cluster: Cluster) -> None:
     ).stdout.split()
     cluster.burst("wait", job_id)
     assert Path(cluster.status(job_id)["stdout_path"]).read_text() == "v0 v2999\n"
+
+
+def test_exit_codes_of_real_commands(cluster: Cluster, tmp_path: Path) -> None:
+    """The table of cli/exitcodes.py, each code from real processes."""
+    cluster.controller()
+    cluster.worker("w1")
+
+    def code(*argv: str) -> int:
+        run = cluster.burst(*argv, check=False)
+        assert "Traceback" not in run.stderr
+        return run.returncode
+
+    def submit(*argv: str) -> str:
+        (job_id,) = cluster.burst("submit", *argv).stdout.split()
+        return job_id
+
+    ok, failing, sleeper = (
+        submit("process", "true"),
+        submit("process", "false"),
+        submit("process", "sleep", "60"),
+    )
+    assert code("wait", ok) == 0
+    assert code("wait", failing) == 1
+    assert code("wait", ok, failing) == 1
+    assert code("wait", "--timeout", "0.5", sleeper) == 5
+    assert code("wait", "--timeout", "0.5", failing, sleeper) == 5
+    assert code("cancel", sleeper) == 0
+    assert code("wait", sleeper) == 1  # cancelled
+    assert code("submit", "--retries", "x", "process", "true") == 2
+    assert code("submit", "process", " ") == 2  # INVALID_ARGUMENT from the controller
+    assert code("status", "nonsense") == 4
+    assert code("status", "--job-id", ok, "--job-id", "job-99999999") == 4
+    assert code("cancel", "job-99999999") == 4
+    assert code("wait", ok, "job-99999999") == 4
+    assert code("status", ok) == 0
+
+    dead = f"127.0.0.1:{free_port()}"
+    for argv in (["status", ok], ["wait", "--all"], ["submit", "process", "true"]):
+        run = subprocess.run(
+            [*program("burst"), "--controller", dead, *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=environment(),
+        )
+        assert run.returncode == 3 and "cannot reach" in run.stderr, run
+
+
+def test_version_of_both_programs(tmp_path: Path) -> None:
+    for name in ("burst", "burstd"):
+        run = subprocess.run(
+            [*program(name), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=environment(),
+        )
+        assert (run.returncode, run.stdout, run.stderr) == (0, f"{name} {__version__}\n", "")
+
+
+def test_the_prototypes_flags_and_burstd_errors_in_one_line(cluster: Cluster) -> None:
+    cluster.controller()
+    worker = Daemon(
+        "proto-w",
+        ["worker", "--worker-id", "proto-w", "--controller", cluster.addr],
+        cluster.tmp / "proto-w.log",
+        cluster.tmp,
+    )
+    cluster.daemons.append(worker)
+    cluster.wait_workers(1)
+    assert [
+        w["worker_id"]
+        for w in map(json.loads, cluster.burst("workers", "--json").stdout.splitlines())
+    ] == ["proto-w"]
+    (job_id,) = cluster.burst("submit", "process", "true").stdout.split()
+    cluster.burst("wait", job_id)
+    assert cluster.burst("status", "--job-id", job_id).stdout == f"{job_id} succeeded\n"
+
+    for argv in (["worker", "--slots", "x"], ["worker", "--bogus"], ["nonsense"]):
+        run = subprocess.run(
+            [*program("burstd"), *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=cluster.tmp,
+            env=environment(),
+        )
+        assert run.returncode == 2, run
+        assert run.stderr.startswith("burstd: error: ") and run.stderr.count("\n") == 1, run

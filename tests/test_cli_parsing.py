@@ -16,7 +16,7 @@ import pytest
 
 from burstd import transport, wire
 from burstd.config import DEFAULT_ADDR, ConfigError
-from cli import burst, burstd
+from cli import burst, burstd, exitcodes
 from cli.burst import (
     JobCommand,
     Progress,
@@ -28,6 +28,7 @@ from cli.burst import (
     prepare_argv,
     read_entries,
 )
+from cli.exitcodes import ExitCode
 from proto.burst.v1 import job_pb2
 
 
@@ -427,6 +428,7 @@ def test_controller_precedence_through_main(
     fake: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     addrs: list[str] = fake.addrs  # type: ignore[attr-defined]
+    fake.infos["j"] = _info("j", "queued")
     assert run(["status", "j"]) == 0
     (tmp_path / "burst.toml").write_text('[cli]\ncontroller_addr = "cwd-file:1"\n')
     assert run(["status", "j"]) == 0
@@ -458,7 +460,7 @@ def _info(job_id: str, state: str, **fields: Any) -> job_pb2.JobInfo:
 
 def test_status(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     fake.infos["job-1"] = _info("job-1", "failed", exit_code=3, reason="exit", worker_id="w1")
-    assert run(["status", "job-1", "nope"]) == 0
+    assert run(["status", "job-1", "nope"]) == ExitCode.NO_SUCH_JOB
     assert capsys.readouterr().out == "job-1 failed\nnope unknown\n"
     assert run(["status", "--json", "job-1"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -466,6 +468,26 @@ def test_status(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["exit_code"] == 3
     assert data["worker_id"] == "w1"
     assert "lost_count" in data and "error_message" in data  # every field, with preserved names
+    # the prototype's form
+    assert run(["status", "--job-id", "job-1", "--job-id", "nope"]) == ExitCode.NO_SUCH_JOB
+    assert capsys.readouterr().out == "job-1 failed\nnope unknown\n"
+
+
+def test_status_json_has_every_key_and_iso_times(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.infos["job-1"] = _info(
+        "job-1", "failed", reason="timeout", signal=15, submitted_at=1.5, started_at=1800000000.25
+    )
+    fake.infos["job-2"] = _info("job-2", "succeeded", exit_code=0, finished_at=1800000000.0)
+    assert run(["status", "--json", "job-1", "job-2", "job-3"]) == ExitCode.NO_SUCH_JOB
+    timed_out, succeeded, unknown = map(json.loads, capsys.readouterr().out.splitlines())
+    assert timed_out.keys() == succeeded.keys() == unknown.keys()
+    assert (timed_out["exit_code"], succeeded["exit_code"], unknown["exit_code"]) == (None, 0, None)
+    assert timed_out["submitted_at"] == "1970-01-01T00:00:01.500000Z"
+    assert timed_out["started_at"] == "2027-01-15T08:00:00.250000Z"
+    assert (timed_out["finished_at"], succeeded["started_at"]) == (None, None)
+    assert succeeded["finished_at"] == "2027-01-15T08:00:00.000000Z"
 
 
 def test_cancel(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
@@ -576,7 +598,7 @@ def test_wait_timeout(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> N
             yield _update(2, 0, 2)  # pragma: no cover
 
     fake.__class__ = Forever
-    assert run(["wait", "--timeout", "0.05", "job-1", "job-2"]) == 1
+    assert run(["wait", "--timeout", "0.05", "job-1", "job-2"]) == ExitCode.TIMEOUT
     assert "timed out after 0.05 s: 2 of 2 jobs not ended" in capsys.readouterr().err
 
 
@@ -655,18 +677,27 @@ def test_progress_bar_redraws_in_place() -> None:
 # errors from the controller
 
 
-def test_rpc_error_exits_1(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rpc_errors_exit_with_their_code(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake.error = transport.NotFound("job_id: unknown job 'x'")
-    assert run(["status", "x"]) == 1
+    assert run(["status", "x"]) == ExitCode.NO_SUCH_JOB
     err = capsys.readouterr().err
     assert err == "burst: error: NOT_FOUND: job_id: unknown job 'x'\n"
+    fake.error = transport.InvalidArgument("spec.process.command: empty")
+    assert run(["submit", "process", " "]) == ExitCode.USAGE
+    fake.error = transport.ResourceExhausted("queue full")
+    assert run(["submit", "process", "x"]) == ExitCode.FAILED
+    assert (
+        capsys.readouterr().err.splitlines()[-1] == "burst: error: RESOURCE_EXHAUSTED: queue full"
+    )
 
 
-def test_unreachable_controller_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_controller_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    assert run(["--controller", f"127.0.0.1:{port}", "status", "job-1"]) == 1
+    assert run(["--controller", f"127.0.0.1:{port}", "status", "job-1"]) == ExitCode.UNREACHABLE
     err = capsys.readouterr().err
     assert f"cannot reach controller at 127.0.0.1:{port}" in err
     assert err.startswith("burst: error: ") and "Traceback" not in err
@@ -677,3 +708,12 @@ def test_burstd_up_gives_each_worker_at_least_two_slots() -> None:
     assert burstd.up_slots(workers=2, cpus=2) == 2
     assert burstd.up_slots(workers=4, cpus=2) == 2
     assert burstd.up_slots(workers=2, cpus=16) == 8  # a share of a bigger machine, as before
+
+
+def test_one_exit_code_table_in_the_readme_and_the_help(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert exitcodes.table() in readme
+    assert run(["--help"]) == 0
+    shown = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    for code in ExitCode:
+        assert f"{code.value}: {code.meaning}" in shown

@@ -235,24 +235,26 @@ def test_cli_submit_status_list_cancel_wait(cluster: Cluster) -> None:
         ids.append(job_id)
     assert len(set(ids)) == 3
 
-    run = cluster.burst("status", *ids, "job-99999999")
+    run = cluster.burst("status", *ids, "job-99999999", check=False)
+    assert run.returncode == 4  # no such job
     assert run.stdout.splitlines() == [*(f"{i} queued" for i in ids), "job-99999999 unknown"]
-    run = cluster.burst("status", "--json", ids[0], "job-99999999")
+    run = cluster.burst("status", "--json", ids[0], "job-99999999", check=False)
     info, unknown = (json.loads(line) for line in run.stdout.splitlines())
     assert (info["job_id"], info["state"], info["name"]) == (ids[0], "queued", "process")
-    assert info["attempt"] == 0 and info["submitted_at"] > 0
+    assert info["attempt"] == 0 and info["submitted_at"].endswith("Z")
     assert (unknown["job_id"], unknown["state"]) == ("job-99999999", "unknown")
 
     listed = cluster.burst("list").stdout.splitlines()
     assert [line.split()[:2] for line in listed] == [[i, "queued"] for i in ids]
 
-    # with no worker, a wait cannot end: --timeout gives up with exit code 1
+    # with no worker, a wait cannot end: --timeout gives up with exit code 5
     run = cluster.burst("wait", "--timeout", "1", ids[0], check=False)
-    assert run.returncode == 1
+    assert run.returncode == 5
     assert "timed out" in run.stderr
     no_traceback(run.stderr)
 
-    run = cluster.burst("cancel", ids[1], "job-99999999")
+    run = cluster.burst("cancel", ids[1], "job-99999999", check=False)
+    assert run.returncode == 4
     assert run.stdout.splitlines() == [f"{ids[1]} cancelled", "job-99999999 unknown"]
     # cancelling again reports the final state it already has
     assert cluster.burst("cancel", ids[1]).stdout.split() == [ids[1], "cancelled"]
@@ -276,12 +278,13 @@ def test_cli_errors_are_one_line_on_stderr(cluster: Cluster, tmp_path: Path) -> 
         assert run.stdout == "", (argv, run)
         for text in says:
             assert text in run.stderr, (argv, run.stderr)
+        assert run.stderr.startswith("burst: error: ") and run.stderr.count("\n") == 1, run.stderr
         no_traceback(run.stderr)
 
-    # refused by the controller: exit 1, the status code and the field
-    fails(1, "submit", "process", " ", says=("INVALID_ARGUMENT", "spec.process.command"))
+    # refused by the controller as invalid: exit 2, the status code and the field
+    fails(2, "submit", "process", " ", says=("INVALID_ARGUMENT", "spec.process.command"))
     fails(
-        1,
+        2,
         "submit",
         "--env",
         "BURST_JOB_ID=7",
@@ -289,11 +292,16 @@ def test_cli_errors_are_one_line_on_stderr(cluster: Cluster, tmp_path: Path) -> 
         "true",
         says=("INVALID_ARGUMENT", "spec.env.BURST_JOB_ID"),
     )
-    fails(1, "wait", "job-99999999", says=("NOT_FOUND", "job-99999999"))
-    # usage errors: exit 2
+    fails(4, "wait", "job-99999999", says=("NOT_FOUND", "job-99999999"))
+    # usage errors: exit 2, one line naming the flag (cyclopts's own errors too: no boxed panel)
     fails(2, "status", says=("status",))
     fails(2, "submit", "--env", "NOVALUE", "process", "true", says=("--env",))
-    # no controller there: exit 1, and the address
+    fails(2, "submit", "--timeout", "abc", "process", "true", says=("--timeout", "abc"))
+    fails(2, "list", "--state", "done", says=("--state", "done"))
+    fails(2, "status", "--bogus", "job-1", says=("--bogus",))
+    fails(2, "nonsense", says=("nonsense",))
+    fails(2, "submit", says=("process CMD",))
+    # no controller there: exit 3, and the address
     dead = f"127.0.0.1:{free_port()}"
     run = subprocess.run(
         [*program("burst"), "--controller", dead, "status", "job-00000001"],
@@ -303,7 +311,7 @@ def test_cli_errors_are_one_line_on_stderr(cluster: Cluster, tmp_path: Path) -> 
         cwd=tmp_path,
         env=environment(),
     )
-    assert run.returncode == 1
+    assert run.returncode == 3
     assert "cannot reach" in run.stderr and dead in run.stderr
     no_traceback(run.stderr)
     # nothing was submitted by any of this
@@ -922,8 +930,9 @@ def test_second_controller_on_a_busy_port_fails_clearly(cluster: Cluster) -> Non
     assert "already in use" in run.stderr
     assert cluster.addr in run.stderr
     no_traceback(run.stderr)
-    # the first one is unaffected
-    assert cluster.burst("status", "job-00000001").stdout.split() == ["job-00000001", "unknown"]
+    # the first one is unaffected (it answers: no such job)
+    run = cluster.burst("status", "job-00000001", check=False)
+    assert (run.returncode, run.stdout.split()) == (4, ["job-00000001", "unknown"])
 
 
 def test_sigterm_to_the_group_stops_the_controller_and_its_store_process(cluster: Cluster) -> None:

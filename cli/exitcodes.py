@@ -1,0 +1,57 @@
+"""The exit codes of every ``burst`` command: the one table, and which error gets which code.
+
+The README and ``burst --help`` show :func:`table`; a test checks that they do.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+__all__ = ["ExitCode", "for_status", "table"]
+
+
+class ExitCode(IntEnum):
+    """What a ``burst`` command's exit status says (``meaning``, in words)."""
+
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    UNREACHABLE = 3
+    NO_SUCH_JOB = 4
+    TIMEOUT = 5
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "success",
+    ExitCode.FAILED: "a job failed or was cancelled, or the controller refused the request for "
+    "a reason not below (e.g. RESOURCE_EXHAUSTED: its queue is full)",
+    ExitCode.USAGE: "usage or configuration error (a bad flag, file or key; a job spec the "
+    "controller refused as invalid; no or a wrong token)",
+    ExitCode.UNREACHABLE: "the controller cannot be reached (or stopped answering)",
+    ExitCode.NO_SUCH_JOB: "no such job (an id the controller does not know)",
+    ExitCode.TIMEOUT: "timeout: --timeout expired before the jobs ended",
+}
+
+# gRPC status codes (by name) that say something more specific than FAILED.
+_BY_STATUS = {
+    "INVALID_ARGUMENT": ExitCode.USAGE,
+    "UNAUTHENTICATED": ExitCode.USAGE,
+    "NOT_FOUND": ExitCode.NO_SUCH_JOB,
+    "UNAVAILABLE": ExitCode.UNREACHABLE,
+    "DEADLINE_EXCEEDED": ExitCode.UNREACHABLE,
+}
+
+
+def for_status(status: str) -> ExitCode:
+    """The exit code for a call the controller answered with the gRPC status named ``status``."""
+    return _BY_STATUS.get(status, ExitCode.FAILED)
+
+
+def table() -> str:
+    """The table as Markdown: the README's."""
+    rows = [f"| {code.value} | {code.meaning} |" for code in ExitCode]
+    return "\n".join(["| exit | meaning |", "|---|---|", *rows])
