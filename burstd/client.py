@@ -91,6 +91,9 @@ class Client:
 
     def __init__(self, channel: transport.Channel) -> None:
         self._channel = channel
+        # Why the controller's state store cannot be written, as the last listing said (empty
+        # while it can): that listing is the store's as of its last commit.
+        self.store_error = ""
 
     @classmethod
     @asynccontextmanager
@@ -221,6 +224,7 @@ class Client:
                 job_pb2.ListJobsRequest(state=state, after=after, limit=page),
                 job_pb2.ListJobsResponse,
             )
+            self.store_error = response.store_error
             for info in response.jobs:
                 yield info
             after = response.next_after

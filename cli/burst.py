@@ -378,8 +378,8 @@ def _generator(iterator: AsyncIterator[T]) -> AsyncGenerator[T, None]:
     return cast("AsyncGenerator[T, None]", iterator)
 
 
-def _error(message: str) -> None:
-    print(f"burst: error: {message}", file=sys.stderr, flush=True)
+def _error(message: str, kind: str = "error") -> None:
+    print(f"burst: {kind}: {message}", file=sys.stderr, flush=True)
 
 
 def _write_lines(lines: Iterable[str]) -> None:
@@ -699,6 +699,12 @@ def list_jobs(
                     worker = info.worker_id or "-"
                     out.write(f"{info.job_id} {info.state} {worker} {_outcome(info)}\n")
         out.flush()
+        if client.store_error:
+            _error(
+                f"the controller's state store is failing ({client.store_error}): jobs are"
+                " listed as of its last commit",
+                "warning",
+            )
         return 0
 
     return _run(session)

@@ -41,6 +41,7 @@ class FakeClient:
         self.updates: list[job_pb2.WaitJobsUpdate] = []
         self.error: Exception | None = None
         self.next_id = 1
+        self.store_error = ""  # as the last listing said
 
     def _ids(self, n: int) -> list[str]:
         ids = wire.job_ids(self.next_id, self.next_id + n)

@@ -334,6 +334,52 @@ def test_full_disk_refuses_submissions_while_running_jobs_finish(
     assert runs(cluster) == {running: 1, waiting: 1}
 
 
+def test_full_disk_keeps_the_controller_alive_and_serving_reads(
+    cluster: Cluster, tiny_fs: Path
+) -> None:
+    """The pruner (every 0.2 s with a retention of 2 s), the writer and the reaper meet a full
+    disk again and again: the controller lives on past many pruning rounds, logs the outage
+    once a task, serves reads (saying the store is failing, never "cannot reach"), and takes
+    writes again once there is room."""
+    config = write_config(cluster.tmp, **FAST, retention_s=2)
+    controller = cluster.controller("--config", str(config))
+    cluster.worker("w1", slots=1)
+    wait_workers(cluster, 1)
+    finished = submit_array(cluster, 3, run_cmd())
+    wait_ended(cluster, finished)  # due for pruning 2 s from now
+
+    filler = fill(tiny_fs)
+    refused = cluster.burst("submit", "--array", "1-500", "process", "true", check=False)
+    assert refused.returncode != 0 and "cannot reach" not in refused.stderr, refused
+    time.sleep(5)  # many pruning rounds, each failing
+    assert controller.proc.poll() is None, controller.log()[-3000:]
+    listing = cluster.burst("list", check=False)
+    assert listing.returncode == 0, listing.stderr
+    assert "cannot reach" not in listing.stderr
+    assert "state store is failing" in listing.stderr, listing.stderr
+    assert "disk is full" in listing.stderr, listing.stderr
+    assert set(finished) <= {line.split()[0] for line in listing.stdout.splitlines()}
+    assert state(cluster, finished[0]) == "succeeded"
+    forget = cluster.burst("forget", finished[0], check=False)
+    assert forget.returncode != 0 and "cannot reach" not in forget.stderr, forget
+    assert "disk is full" in forget.stderr, forget
+    outages = controller.log().count("retrying with a back-off")
+    assert 1 <= outages <= 2, controller.log()[-3000:]  # the writer's, the pruner's
+
+    filler.unlink()
+    eventually(
+        lambda: cluster.burst("submit", "process", "true", check=False).returncode == 0,
+        "a submission to be accepted again",
+    )
+    eventually(lambda: finished[0] not in listed(cluster), "the pruner to forget the jobs")
+    # Each outage ends once its task's attempts have worked for a back-off's length (5 s).
+    ended = ("writing the state store works again", "pruning finished jobs works again")
+    eventually(lambda: all(line in controller.log() for line in ended), "the outages to end")
+    assert controller.proc.poll() is None
+    assert controller.log().count("retrying with a back-off") == outages, controller.log()
+    assert "state store is failing" not in cluster.burst("list").stderr
+
+
 # -- (e) forget and retention -----------------------------------------------------------------
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import gc
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
+from functools import partial
 
 import trio
 from loguru import logger
@@ -19,10 +21,11 @@ from loguru import logger
 from burstd import transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
+from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
 from burstd.controller.store import Store
 from burstd.controller.table import TERMINAL, JobState, JobTable
-from burstd.controller.writer import StoreWriter
+from burstd.controller.writer import StoreUnavailable, StoreWriter
 
 # The pruner looks for jobs past their retention at most this often.
 PRUNE_INTERVAL = 60.0
@@ -77,22 +80,36 @@ def build_service(config: ControllerConfig, store: Store | None = None) -> Contr
     return ControllerService(table, settings, writer=writer)
 
 
-async def _reap(service: ControllerService, interval: float) -> None:
+async def _every(interval: float, task: str, step: Callable[[], Awaitable[None]]) -> None:
+    """Run ``step`` every ``interval`` seconds until cancelled. A step the state store fails
+    (``StoreUnavailable``: a full disk) is retried with a back-off up to ``interval`` or
+    ``MAX_BACKOFF``, whichever is longer, logged once when it starts failing and once when it
+    works again: the store's faults degrade the controller, they never end it (promise 8)."""
+    outage = Outage(task, first_delay=interval, max_delay=max(interval, MAX_BACKOFF))
+    delay = interval
+    while True:
+        await trio.sleep(delay)
+        try:
+            await step()
+        except StoreUnavailable as error:
+            delay = outage.failed(error)
+        else:
+            outage.succeeded()
+            delay = interval
+
+
+async def _reap(service: ControllerService) -> None:
     """Declare lost the workers that stopped talking, so their jobs run elsewhere, and discard
     the submissions sent in pieces whose client stopped sending them."""
-    while True:
-        await trio.sleep(interval)
-        service.expire_workers()
-        service.expire_submissions()
+    service.expire_workers()
+    service.expire_submissions()
 
 
 async def _prune(service: ControllerService, retention: float) -> None:
     """Forget finished jobs older than the retention period, so the store stays bounded."""
-    while True:
-        await trio.sleep(min(PRUNE_INTERVAL, max(retention / 10, 0.1)))
-        forgotten = await service.prune(time.time() - retention)
-        if forgotten:
-            logger.info("forgot {} jobs finished more than {:.0f} s ago", forgotten, retention)
+    forgotten = await service.prune(time.time() - retention)
+    if forgotten:
+        logger.info("forgot {} jobs finished more than {:.0f} s ago", forgotten, retention)
 
 
 async def run_controller(
@@ -129,8 +146,11 @@ async def run_controller(
                 [service.rpc_service(), transport.health_service(lambda: True)],
             )
             service.table.start_orphan_clock(time.time())
-            nursery.start_soon(_reap, service, max(service.table.lease_ttl / 4, 0.05))
-            nursery.start_soon(_prune, service, config.retention_s)
+            reap_every = max(service.table.lease_ttl / 4, 0.05)
+            nursery.start_soon(_every, reap_every, "the lease reaper", partial(_reap, service))
+            prune_every = min(PRUNE_INTERVAL, max(config.retention_s / 10, 0.1))
+            prune = partial(_prune, service, config.retention_s)
+            nursery.start_soon(_every, prune_every, "pruning finished jobs", prune)
             logger.info(
                 "controller listening on {} (router {}, lease TTL {:.1f} s, store {})",
                 format_hostport(host, bound),

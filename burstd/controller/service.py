@@ -8,6 +8,7 @@ an event that is replaced whenever any job ends.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import math
 import operator
@@ -338,9 +339,17 @@ class ControllerService:
                 )
                 self._discard(held)
 
-    async def _durable(self, jobs: Sequence[Job] | None = None) -> None:
+    async def _durable(
+        self,
+        jobs: Sequence[Job] | None = None,
+        *,
+        refuse: Callable[[str], transport.RpcError] = transport.Unavailable,
+    ) -> None:
         """Wait until what the table holds now is stored, or with ``jobs`` only their latest
-        changes (no-op without a store)."""
+        changes (no-op without a store). A store that cannot be written is answered with
+        ``refuse``: UNAVAILABLE for workers (their link registers again and retries), and
+        RESOURCE_EXHAUSTED for clients, which read UNAVAILABLE as "cannot reach the controller"
+        where the controller answered."""
         if self.writer is not None:
             try:
                 if jobs is None:
@@ -348,7 +357,18 @@ class ControllerService:
                 else:
                     await self.writer.stored(jobs)
             except StoreUnavailable as error:
-                raise transport.Unavailable(str(error)) from None
+                raise refuse(str(error)) from None
+
+    async def _settled(self) -> str:
+        """Before a read of the store: wait until what the table holds now is stored, so that
+        the store's answer has it. On a failing store (``StoreWriter.failing``, returned) the
+        read goes ahead at once: the store holds the table as of its last commit."""
+        if self.writer is None:
+            return ""
+        if not self.writer.failing:
+            with contextlib.suppress(StoreUnavailable):
+                await self.writer.durable()
+        return self.writer.failing
 
     async def lookup(self, job_id: str) -> Job | None:
         """A job from memory, or from the store once it has finished and left memory."""
@@ -399,7 +419,7 @@ class ControllerService:
                 state = stored.state
             states.append("unknown" if state is None else state.value)
         self._after_change()
-        await self._durable()
+        await self._durable(refuse=transport.ResourceExhausted)
         return job_pb2.CancelJobsResponse(states=states)
 
     async def list_jobs(
@@ -418,8 +438,9 @@ class ControllerService:
             raise SpecError(f"after: not a job id: {request.after!r}")
         limit = min(request.limit or 100, MAX_LIST)
         jobs = []
+        store_error = ""
         if self.store is not None:
-            await self._durable()
+            store_error = await self._settled()
             stored = await trio.to_thread.run_sync(
                 self.store.list, state and state.value, request.after, limit
             )
@@ -436,7 +457,7 @@ class ControllerService:
                 if len(jobs) == limit:
                     break
         next_after = jobs[-1].job_id if len(jobs) == limit else ""
-        return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after)
+        return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
 
     async def list_workers(
         self, request: job_pb2.ListWorkersRequest, metadata: Mapping[str, str]
@@ -550,28 +571,27 @@ class ControllerService:
                 raise SpecError("job_ids: cannot be combined with all_finished")
             if not request.older_than_seconds >= 0:
                 raise SpecError("older_than_seconds: must be a number >= 0")
-            forgotten = await self.prune(self.clock() - request.older_than_seconds)
+            forget = functools.partial(self.prune, self.clock() - request.older_than_seconds)
         else:
             ids = admission.job_ids(request.job_ids)
             if not ids:
                 raise SpecError("job_ids: name at least one job, or set all_finished")
-            forgotten = await self._forget(ids, None)
+            forget = functools.partial(self._forget, ids, None)
+        try:
+            forgotten = await forget()
+        except StoreUnavailable as error:
+            raise transport.ResourceExhausted(str(error)) from None
         return job_pb2.ForgetJobsResponse(forgotten=forgotten)
 
     async def prune(self, finished_before: float) -> int:
-        """Forget every job that finished before the given time (the retention period)."""
+        """Forget every job that finished before the given time (the retention period).
+        Raises ``StoreUnavailable`` when the store cannot be written."""
         return await self._forget(self.table.finished_before(finished_before), finished_before)
 
     async def _forget(self, ids: list[str], finished_before: float | None) -> int:
-        if self.writer is None or self.store is None:
+        if self.writer is None:
             return len(self.table.forget(ids))
-        await self._durable()
-        store = self.store
-        async with self.writer.lock:
-            if finished_before is None:
-                by_state = await store.forget(ids)
-            else:
-                by_state = await store.forget_finished(finished_before)
+        by_state = await self.writer.forget(ids, finished_before=finished_before)
         # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
         self.table.forgotten({JobState(state): n for state, n in by_state.items()}, ids)
         return sum(by_state.values())

@@ -15,7 +15,9 @@ sent in pieces keeps each piece staged (``stage(keep=True)``) until one commit a
 When the disk is full (or any write fails), every caller waiting at that moment gets
 ``StoreUnavailable``, and the submitted jobs not stored yet are withdrawn from the table (their
 clients are refused); other changes stay in memory (running jobs continue) and the writer
-retries them with a back-off.
+retries them with a back-off, logging the outage once and its end once (``Outage``). Deletions
+(``forget``) go through the writer too, so that ``failing`` tells readers whether the store
+holds what memory holds.
 """
 
 from __future__ import annotations
@@ -29,12 +31,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import trio
-from loguru import logger
 
+from burstd.controller.outage import Outage
 from burstd.controller.store import Commit, Store, changed_row, inserts, leased_row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
-MAX_BACKOFF = 5.0
 # Jobs of a staged submission stored per commit, a commit short enough for the reports waiting
 # behind it (docs/benchmarks.md): see ``stage``.
 STAGE_SLICE = 5_000
@@ -99,6 +100,7 @@ class StoreWriter:
         # Kept stages to accept (``accept``): the next commit ends them all at once.
         self._accepting: list[tuple[int, int]] = []
         self._failed: tuple[int, str] | None = None
+        self.outage = Outage("writing the state store")
         self._done = trio.Event()
         self._stopped = False
         # One write at a time: commits and deletions (forget) never interleave.
@@ -155,6 +157,32 @@ class StoreWriter:
         self._accepting.extend(ranges)
         await self.durable()
 
+    @property
+    def failing(self) -> str:
+        """Why the last write failed, while the store cannot be written; else empty."""
+        return self.outage.error
+
+    async def forget(
+        self, job_ids: Sequence[str] = (), *, finished_before: float | None = None
+    ) -> collections.Counter[str]:
+        """Delete finished jobs from the store, by id or those that ended before
+        ``finished_before``, once every change made so far is stored; returns how many, by
+        state. Raises ``StoreUnavailable`` if the store cannot be written."""
+        await self.durable()
+        async with self.lock:
+            try:
+                if finished_before is None:
+                    deleted = await self.store.forget(job_ids)
+                else:
+                    deleted = await self.store.forget_finished(finished_before)
+            except sqlite3.Error as error:
+                self.outage.failed(error)
+                raise StoreUnavailable(
+                    f"the state store cannot be written ({error}): nothing forgotten"
+                ) from None
+        self.outage.succeeded()
+        return deleted
+
     def drop(self, ranges: Sequence[tuple[int, int]]) -> None:
         """Have the next commit delete kept stages (a submission refused or abandoned)."""
         self._dropped.extend(ranges)
@@ -179,7 +207,6 @@ class StoreWriter:
             self._signal()
 
     async def _run(self) -> None:
-        delay = 0.05
         while True:
             await self._wake.wait()
             # Let the tasks woken with us act first: a poll woken by the submission that woke us
@@ -190,7 +217,7 @@ class StoreWriter:
                     await self._write()
             except sqlite3.Error as error:
                 message = f"the state store cannot be written ({error}): not accepted"
-                logger.error("{}; retrying in {:.2f} s", message, delay)
+                delay = self.outage.failed(error)
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
@@ -210,10 +237,8 @@ class StoreWriter:
                 self.table.withdraw_unstored(new)
                 self._signal()
                 await trio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
                 self._wake.set()
                 continue
-            delay = 0.05
 
     async def _write(self) -> None:
         """Commit the changes, and those made meanwhile, until there are none left (or somebody
@@ -279,9 +304,8 @@ class StoreWriter:
         )
 
     def _written(self, sent: _Sent) -> None:
-        if self._failed is not None:
-            logger.info("the state store is writable again")
-            self._failed = None
+        self._failed = None
+        self.outage.succeeded()
         self._committed = sent.generation
         self._finished = sent.number
         self._ending = [stage for stage in self._ending if stage.last_commit > sent.number]

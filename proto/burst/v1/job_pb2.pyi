@@ -289,12 +289,14 @@ class ListJobsRequest(_message.Message):
     def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "next_after")
+    __slots__ = ("jobs", "next_after", "store_error")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    STORE_ERROR_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     next_after: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ...) -> None: ...
+    store_error: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ..., store_error: _Optional[str] = ...) -> None: ...
 
 class WaitJobsRequest(_message.Message):
     __slots__ = ("job_ids", "all")
