@@ -49,6 +49,7 @@ __all__ = [
     "app",
     "build_spec",
     "controller_addr",
+    "job_dirs",
     "main",
     "parse_array",
     "parse_env",
@@ -199,6 +200,26 @@ def read_entries(path: str, stdin: TextIO | None = None) -> list[str]:
         raise UsageError(f"--each-line {path}: cannot read: {detail}") from None
     lines = (line.removesuffix("\r") for line in text.split("\n"))
     return [line for line in lines if line.strip()]
+
+
+def job_dirs(
+    kind: str, here: str, *, cwd: str | None = None, output_dir: str | None = None
+) -> tuple[str | None, str | None]:
+    """The job's working directory and output folder as ``burst submit`` sends them, absolute.
+
+    Relative paths resolve where the user submits, as in Slurm and HyperQueue: the working
+    directory is ``cwd`` taken in ``here`` (the directory ``burst submit`` runs in), by default
+    ``here`` itself; a relative output folder is taken in the working directory. A docker job's
+    ``cwd`` is a path in its container: kept as given (no default), and its output folder, on the
+    worker's machine, is taken in ``here``.
+    """
+    if kind == "docker":
+        workdir, host_dir = cwd, here
+    else:
+        workdir = host_dir = os.path.normpath(os.path.join(here, cwd or "."))
+    if output_dir is not None and output_dir.strip():
+        output_dir = os.path.normpath(os.path.join(host_dir, output_dir))
+    return workdir, output_dir
 
 
 def build_spec(
@@ -467,11 +488,14 @@ def submit(
     Parameters
     ----------
     output_dir
-        Folder for `<job_id>.stdout` and `.stderr`; default: the worker's output folder.
+        Folder for `<job_id>.stdout` and `.stderr` (a relative one is taken in the job's working
+        directory); default: the worker's output folder.
     env
         KEY=VALUE added to the job's environment; repeatable.
     cwd
-        Working directory of the job; default: the worker's.
+        Working directory of the job (a relative one is taken here); default: the directory
+        burst submit runs in. For docker, the working directory in the container (default: the
+        image's).
     timeout
         Wall-clock limit in seconds (SIGTERM, then SIGKILL); default: none.
     retries
@@ -493,6 +517,11 @@ def submit(
         return ExitCode.OK
     if array is not None and each_line is not None:
         raise UsageError("--array and --each-line exclude each other")
+    try:
+        here = os.getcwd()
+    except OSError as error:
+        raise UsageError(f"cannot read the current directory: {error.strerror}") from None
+    cwd, output_dir = job_dirs(job.kind, here, cwd=cwd, output_dir=output_dir)
     spec = build_spec(
         job,
         output_dir=output_dir,

@@ -144,8 +144,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
-            cwd=self.tmp,
-            **{"env": environment(), **kw},
+            **{"cwd": self.tmp, "env": environment(), **kw},
         )
         if check and result.returncode != 0:
             raise AssertionError(

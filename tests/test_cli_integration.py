@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from burstd import __version__
+from burstd.client import BlockingClient, process
 from tests.cluster import Cluster, Daemon, environment, free_port, program
 
 
@@ -112,3 +114,43 @@ def test_the_prototypes_flags_and_burstd_errors_in_one_line(cluster: Cluster) ->
         )
         assert run.returncode == 2, run
         assert run.stderr.startswith("burstd: error: ") and run.stderr.count("\n") == 1, run
+
+
+def test_relative_paths_resolve_where_burst_submit_runs(cluster: Cluster) -> None:
+    """As in Slurm and HyperQueue: `./simulate`, `python analyse.py`, `--cwd` and `--output-dir`
+    mean the directory `burst submit` ran in (the workers run elsewhere: cluster.tmp)."""
+    cluster.controller()
+    cluster.worker("w1")
+    project = cluster.tmp / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "simulate").write_text('#!/bin/sh\necho "simulate $* in $(pwd)"\n')
+    (project / "simulate").chmod(0o755)
+    (project / "analyse.py").write_text("import os\nprint('analyse in', os.getcwd())\n")
+
+    def submit(*argv: str) -> dict[str, Any]:
+        (job_id,) = cluster.burst("submit", *argv, cwd=project).stdout.split()
+        cluster.burst("wait", job_id, check=False)
+        return cluster.status(job_id)
+
+    info = submit("process", "./simulate", "--seed", "42")
+    assert info["state"] == "succeeded", info
+    assert Path(info["stdout_path"]).read_text() == f"simulate --seed 42 in {project}\n"
+    info = submit("python", "analyse.py")
+    assert Path(info["stdout_path"]).read_text() == f"analyse in {project}\n"
+    info = submit("--cwd", "sub", "--output-dir", "out", "process", "../simulate")
+    assert Path(info["stdout_path"]) == project / "sub" / "out" / f"{info['job_id']}.stdout"
+    assert Path(info["stdout_path"]).read_text() == f"simulate  in {project / 'sub'}\n"
+
+    # a working directory missing on the worker fails the job, naming it and the worker
+    info = submit("--cwd", "gone", "process", "true")
+    assert (info["state"], info["reason"]) == ("failed", "spawn")
+    assert (
+        info["error_message"] == f"working directory {project / 'gone'} does not exist on worker w1"
+    )
+
+    # a job without a working directory (the prototype's clients, the Python client's default)
+    # runs in the worker's
+    with BlockingClient(cluster.addr) as client:
+        (job_id,) = client.submit_many([process("pwd")])
+        list(client.wait([job_id]))
+        assert Path(client.status(job_id).stdout_path).read_text() == f"{cluster.tmp}\n"

@@ -23,6 +23,7 @@ from cli.burst import (
     UsageError,
     build_spec,
     controller_addr,
+    job_dirs,
     parse_array,
     parse_env,
     prepare_argv,
@@ -313,7 +314,38 @@ def test_submit_options(fake: FakeClient) -> None:
     assert run(argv) == 0
     [(_, spec)] = fake.calls
     assert dict(spec.env) == {"A": "1", "B": "2"}
-    assert (spec.cwd, spec.timeout_seconds, spec.retries, spec.output_dir) == ("/w", 1.5, 2, "out")
+    # (a relative output folder is taken in the job's working directory)
+    assert (spec.cwd, spec.timeout_seconds, spec.retries, spec.output_dir) == (
+        "/w",
+        1.5,
+        2,
+        "/w/out",
+    )
+
+
+def test_relative_dirs_resolve_where_burst_submit_runs(
+    fake: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert job_dirs("process", "/home/u/p") == ("/home/u/p", None)
+    assert job_dirs("python", "/home/u/p", cwd="data/..//sub", output_dir="out") == (
+        "/home/u/p/sub",
+        "/home/u/p/sub/out",
+    )
+    assert job_dirs("process", "/home/u/p", cwd="/abs", output_dir="/o") == ("/abs", "/o")
+    # docker: cwd is the container's (not defaulted); output, on the host, is taken here
+    assert job_dirs("docker", "/home/u/p", output_dir="out") == (None, "/home/u/p/out")
+    assert job_dirs("docker", "/home/u/p", cwd="/work") == ("/work", None)
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    assert run(["submit", "--output-dir", "out", "process", "./simulate"]) == 0
+    assert run(["submit", "--cwd", "..", "python", "analyse.py"]) == 0
+    first, second = (spec for _, spec in fake.calls)
+    assert (first.cwd, first.output_dir) == (
+        str(tmp_path / "project"),
+        str(tmp_path / "project/out"),
+    )
+    assert (second.cwd, second.HasField("output_dir")) == (str(tmp_path), False)
 
 
 def test_submit_array_is_one_batch_call(

@@ -270,7 +270,8 @@ async def test_not_executable(config: ExecConfig, tmp_path: Path) -> None:
 async def test_bad_cwd(config: ExecConfig, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     out = await run_job("j", 1, proc("pwd", cwd=str(missing)), config)
-    assert (out.reason, out.error_message) == ("spawn", f"cwd does not exist: {missing}")
+    message = f"working directory {missing} does not exist on worker {config.worker_id}"
+    assert (out.reason, out.error_message) == ("spawn", message)
     assert not config.output_dir.exists()
 
 
@@ -284,6 +285,23 @@ async def test_cwd_honoured(config: ExecConfig, tmp_path: Path) -> None:
     assert read(out.stdout_path) == f"{work}\n"
     out = await run_job("j", 1, proc("/no/such/binary", cwd=str(work)), config)
     assert (out.reason, out.error_message) == ("spawn", "command not found: /no/such/binary")
+
+
+async def test_relative_paths_of_a_job_are_taken_in_its_working_directory(
+    config: ExecConfig, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    (work / "bin").mkdir(parents=True)
+    (work / "bin" / "tool").write_text("#!/bin/sh\necho tool in $(pwd)\n")
+    (work / "bin" / "tool").chmod(0o755)
+    (work / "analyse.py").write_text("import os; print('analyse in', os.getcwd())\n")
+    here = os.getcwd()
+    out = await run_job("j1", 1, proc("bin/tool", cwd=str(work)), config)
+    assert (out.exit_code, read(out.stdout_path)) == (0, f"tool in {work}\n"), out
+    spec = job_pb2.JobSpec(python=job_pb2.PythonSpec(entry_point="analyse.py"), cwd=str(work))
+    out = await run_job("j2", 1, spec, ExecConfig("w1", config.output_dir, python=sys.executable))
+    assert (out.exit_code, read(out.stdout_path)) == (0, f"analyse in {work}\n"), out
+    assert os.getcwd() == here  # the worker's own is back
 
 
 async def test_unwritable_output_folder(config: ExecConfig, tmp_path: Path) -> None:
