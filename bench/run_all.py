@@ -5,7 +5,7 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 
 Usage::
 
-    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,rpc,steal]
+    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,rpc,restart,steal]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -116,6 +116,18 @@ def main() -> None:
                     "-",
                 )
             )
+    if "restart" not in skip:
+        jobs = 100_000 if q else 1_000_000
+        out = run("restart.py", "--jobs", str(jobs))
+        rows.append(
+            (
+                f"restart with {jobs:,} queued jobs: serves after",
+                grab(r"restart: serves after ([0-9.]+ s)", out),
+                "<= 5 s",
+            )
+        )
+        loaded = grab(r"queue loaded after ([0-9.]+ s)", out)
+        rows.append(("  its queue read back after", loaded, "-"))
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 

@@ -22,6 +22,8 @@ import pytest
 import trio
 
 from burstd import transport, wire
+from burstd.config import ControllerConfig
+from burstd.controller import daemon as daemon_module
 from burstd.controller import service as service_module
 from burstd.controller import store as store_module
 from burstd.controller import writer as writer_module
@@ -44,6 +46,7 @@ from burstd.controller.table import (
     JobState,
     JobTable,
     NewJob,
+    QueueFull,
     ReportOutcome,
     Result,
 )
@@ -618,6 +621,64 @@ def test_restore_queues_again_lets_workers_claim_leases_and_continues_ids(state_
             if job.state is JobState.LEASED:
                 assert job.attempt == 2
         assert sum(table.counts[s] for s in (JobState.QUEUED, JobState.LEASED)) == 6
+    finally:
+        store.close()
+
+
+async def test_a_restart_serves_before_its_queue_is_read_back(
+    state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted controller takes its leases back at once and the rest of its store in the
+    background (``load_restored``). Meanwhile a job not read back yet is read from the store
+    (status, list), taken early by a cancel (and not queued again when the loader reaches
+    it), the queue's room counts it, and new jobs wait behind it; in the end every job queued
+    before the restart runs once, in order, before the new ones."""
+    store = Store(state_dir)
+    table = JobTable()
+    (done,) = submit(store, table, 1)
+    table.register("w0", slots=1, capacity=1, now=0.0)
+    table.lease("w0", 1, 0.0)
+    table.report("w0", Result(done, 1, 0), 0.0)
+    table.remove_worker("w0", 0.0)
+    old = submit(store, table, 12)  # then persisted, as the first job's end
+    store.close()
+
+    monkeypatch.setattr(daemon_module, "LOAD_SLICE", 5)
+    config = ControllerConfig(submission_buffer_capacity=14)
+    store = Store(state_dir)
+    snapshot = store.snapshot()
+    try:
+        service = daemon_module.build_service(config, store, snapshot)
+        table = service.table
+        assert service.writer is not None
+        assert not table.jobs and table.unloaded == 13  # the finished one is not counted yet
+        assert table.counts[JobState.QUEUED] == 13
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.writer.run)
+            status = await service.get_job_status(job_pb2.GetJobStatusRequest(job_id=old[-1]), {})
+            assert status.state == "queued"
+            listing = await service.list_jobs(job_pb2.ListJobsRequest(), {})
+            assert [info.job_id for info in listing.jobs] == [done, *old]
+            cancelled = await service.cancel_jobs(job_pb2.CancelJobsRequest(job_ids=[old[5]]), {})
+            assert list(cancelled.states) == ["cancelled"] and table.unloaded == 12
+            (new,) = table.submit([NewJob(SPEC)], 1.0)
+            with pytest.raises(QueueFull):
+                table.submit([NewJob(SPEC)] * 2, 1.0)  # 12 to read back, 1 new, room for 1
+            await service.writer.durable()  # the cancel's commit: the job leaves memory
+
+            await daemon_module.load_restored(service, snapshot)
+            assert table.unloaded == 0 and old[5] not in table.jobs
+            assert dict(table.counts) == {
+                **dict.fromkeys(JobState, 0),
+                JobState.QUEUED: 12,
+                JobState.SUCCEEDED: 1,
+                JobState.CANCELLED: 1,
+            }
+            table.register("w1", slots=20, capacity=20, now=2.0)
+            _, jobs = table.lease("w1", 20, 2.0)
+            assert [job.job_id for job in jobs] == [*old[:5], *old[6:], new]
+            assert all(job.attempt == 1 for job in jobs)
+            nursery.cancel_scope.cancel()
     finally:
         store.close()
 

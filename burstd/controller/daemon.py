@@ -23,10 +23,12 @@ from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
-from burstd.controller.store import Store
+from burstd.controller.store import Snapshot, Store
 from burstd.controller.table import TERMINAL, JobState, JobTable
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 
+# Queued jobs read back from the store per pass of a restart's loader (``_load_queue``).
+LOAD_SLICE = 10_000
 # The pruner looks for jobs past their retention at most this often.
 PRUNE_INTERVAL = 60.0
 # The cyclic garbage collector's thresholds for the controller process; see tune_gc.
@@ -62,17 +64,17 @@ def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
     )
 
 
-def build_service(config: ControllerConfig, store: Store | None = None) -> ControllerService:
-    """The service over a fresh table, restored from ``store`` if there is one."""
+def build_service(
+    config: ControllerConfig, store: Store | None = None, snapshot: Snapshot | None = None
+) -> ControllerService:
+    """The service over a fresh table, restored from ``store`` if there is one: its leases
+    at once (their workers come back to claim them), the rest from ``snapshot`` later
+    (``load_restored``), as a million queued jobs take seconds to read back."""
     table = build_table(config, durable=store is not None)
     writer = None
-    if store is not None:
-        finished = {
-            JobState(state): count
-            for state, count in store.counts().items()
-            if JobState(state) in TERMINAL
-        }
-        table.restore(store.live_jobs(), store.next_id(), time.time(), finished)
+    if store is not None and snapshot is not None:
+        leased = snapshot.jobs((JobState.LEASED.value, JobState.RUNNING.value))
+        table.restore(leased, store.next_id(), time.time(), snapshot.total - len(leased))
         writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
@@ -98,6 +100,37 @@ async def _every(interval: float, task: str, step: Callable[[], Awaitable[None]]
             delay = interval
 
 
+async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
+    """Count the finished jobs of the previous life and read its queued ones back into the
+    table, a slice at a time, in a thread, while the controller serves: a call that needs a
+    job not read back yet reads the store (status, list) or takes it early (cancel). Once all
+    are back they are left out of the garbage collector's walks, as what existed at the start
+    is (``freeze_gc``)."""
+    table = service.table
+    started, after = time.monotonic(), 0
+    logger.info("loading the previous life's queue from the store")
+    try:
+        counts = await trio.to_thread.run_sync(snapshot.counts)
+        table.restore_counts(
+            {JobState(state): n for state, n in counts.items() if JobState(state) in TERMINAL}
+        )
+        while table.unloaded:
+            jobs = await trio.to_thread.run_sync(snapshot.queued, after, LOAD_SLICE)
+            if not jobs:
+                break
+            after = jobs[-1].num
+            service.restore_queued(jobs, through=after)
+        table.restored()
+    finally:
+        snapshot.close()
+    freeze_gc()
+    logger.info(
+        "queue loaded: {} queued jobs in {:.1f} s",
+        counts.get(JobState.QUEUED.value, 0),
+        time.monotonic() - started,
+    )
+
+
 async def _reap(service: ControllerService) -> None:
     """Declare lost the workers that stopped talking, so their jobs run elsewhere, and discard
     the submissions sent in pieces whose client stopped sending them."""
@@ -121,18 +154,20 @@ async def run_controller(
     (address in use) before serving.
     """
     with ExitStack() as stack:
-        store = None
+        store = snapshot = None
         if config.store == "sqlite":
             store = Store(config.state_dir)
             stack.callback(store.close)
-        service = build_service(config, store)
+            snapshot = store.snapshot()
+            stack.callback(snapshot.close)
+        service = build_service(config, store, snapshot)
         if store is not None:
             table = service.table
             logger.info(
-                "state {}: {} queued and {} leased jobs taken back, next id {}",
+                "state {}: {} leased jobs taken back, {} more to read back, next id {}",
                 store.path,
-                table.counts[JobState.QUEUED],
                 len(table.orphans),
+                table.unloaded,
                 wire.job_id(table.next_id),
             )
         host, port = parse_hostport(config.bind_addr)
@@ -146,6 +181,8 @@ async def run_controller(
                 [service.rpc_service(), transport.health_service(lambda: True)],
             )
             service.table.start_orphan_clock(time.time())
+            if snapshot is not None:
+                nursery.start_soon(load_restored, service, snapshot)
             reap_every = max(service.table.lease_ttl / 4, 0.05)
             nursery.start_soon(_every, reap_every, "the lease reaper", partial(_reap, service))
             prune_every = min(PRUNE_INTERVAL, max(config.retention_s / 10, 0.1))

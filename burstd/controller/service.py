@@ -180,6 +180,27 @@ class ControllerService:
             self._finished.set()
             self._finished = trio.Event()
 
+    def restore_queued(self, jobs: list[Job], *, through: int) -> None:
+        """Queued jobs of the previous life read back (``JobTable.restore_queued``): the
+        workers waiting for work hear of those routed to them."""
+        self.table.restore_queued(jobs, through=through)
+        self._after_change()
+
+    async def _load(self, job_ids: Iterable[str]) -> None:
+        """Take back early the queued jobs of the previous life among these that the restart's
+        loader has not read back yet: a call that changes them (cancel) needs them in memory."""
+        missing = [job_id for job_id in job_ids if not self.table.loaded(job_id)]
+        if missing and self.store is not None:
+            stored = await trio.to_thread.run_sync(self.store.get_many, missing)
+            queued = [
+                job
+                for job in stored
+                if job.state is JobState.QUEUED and not self.table.loaded(job.job_id)
+            ]
+            if queued:
+                self.table.restore_queued(queued)
+                self._after_change()
+
     def expire_workers(self) -> list[str]:
         lost = self.table.expire(self.clock())
         for worker_id in lost:
@@ -411,6 +432,7 @@ class ControllerService:
         self, request: job_pb2.CancelJobsRequest, metadata: Mapping[str, str]
     ) -> job_pb2.CancelJobsResponse:
         ids = admission.job_ids(request.job_ids)
+        await self._load(ids)
         now = self.clock()
         states = []
         for job_id in ids:

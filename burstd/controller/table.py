@@ -29,7 +29,9 @@ Rules (the promises of the design, section 5):
    as if it had never been submitted (its id is not reused). A large submission is stored
    first and queued after (``new_jobs``, then ``enqueue(stored=True)``), holding its ``room``
    meanwhile. After a restart ``restore`` takes back the live jobs, and leases whose worker
-   has not re-registered (orphans) go back to the queue once the lease TTL has passed.
+   has not re-registered (orphans) go back to the queue once the lease TTL has passed; the
+   queued ones may come later (``restore_queued``), into a backlog routed before the queue,
+   counted as queued meanwhile (``unloaded``).
 8. A job enters, changes state and leaves only through ``TRANSITIONS``, which also says what
    each event does beside the state (``Step``); the counts per state, the queue and the
    records of changes for the store are private and change only there. Likewise a worker
@@ -72,9 +74,8 @@ TERMINAL = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 class Event(enum.Enum):
     ENQUEUE = "enqueue"  # a submitted job enters the table
-    # A job the store holds enters (again), in the state stored: after a restart, or a large
-    # submission stored before it is queued.
-    RESTORE = "restore"
+    ADMIT = "admit"  # a submitted job the store holds already (a staged submission) enters
+    RESTORE = "restore"  # a job of a previous life enters again, in the state it was stored in
     LEASE = "lease"  # a router gave the job to a worker
     STEAL = "steal"  # the lease moved to another worker (still not started)
     START = "start"  # the worker started its process
@@ -97,7 +98,9 @@ class Place(enum.Enum):
 
     STAYS = "stays"  # where it was
     BACK = "back"  # at the back of the queue
-    FRONT = "front"  # at the front of the queue: it waited already (lost, retried)
+    FRONT = "front"  # at the front of the backlog, or the queue: it waited already (lost, retried)
+    # At the back of the backlog: the queued jobs of a previous life, drawn before the queue.
+    BACKLOG = "backlog"
     ORPHAN = "orphan"  # its restored lease waits one lease TTL for its worker to claim it
     OUT = "out"  # out of the table (and the queue): it no longer counts
 
@@ -134,13 +137,14 @@ _Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 _S, _F, _C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 _IN_LEASE = (_L, _R)
 
-#: Every legal job transition, keyed by (state, event), with what it changes. ENQUEUE enters
-#: from None (no state yet); RESTORE is keyed by the state the job was stored in, which it
-#: re-enters. Anything else is a bug in the caller, raised as InvariantError.
+#: Every legal job transition, keyed by (state, event), with what it changes. ENQUEUE and ADMIT
+#: enter from None (no state yet); RESTORE is keyed by the state the job was stored in, which
+#: it re-enters. Anything else is a bug in the caller, raised as InvariantError.
 TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
     # in: counted from now on
     (None, Event.ENQUEUE): Step(_Q, Place.BACK, Record.NEW),
-    (_Q, Event.RESTORE): Step(_Q, Place.BACK, Record.NOTHING),
+    (None, Event.ADMIT): Step(_Q, Place.BACK, Record.NOTHING),
+    (_Q, Event.RESTORE): Step(_Q, Place.BACKLOG, Record.NOTHING),
     **{
         (s, Event.RESTORE): Step(s, Place.ORPHAN, Record.NOTHING, undelivered=True)
         for s in _IN_LEASE
@@ -401,6 +405,17 @@ class JobTable:
         self._counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
         # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
         self._queue: deque[Job] = deque()
+        # The queued jobs of a previous life (``restore``), routed before the queue: they were
+        # submitted before anything queued since the restart.
+        self._backlog: deque[Job] = deque()
+        # Queued jobs of a previous life still only in the store, and the number up to which
+        # every one of them is in memory: a restart serves before its whole queue is read back
+        # (``restore_queued``).
+        self.unloaded = 0
+        self.loaded_through = 0
+        # Those taken back early, by a call that needed them: the loader skips them, even once
+        # they ended and left memory.
+        self._early: set[str] = set()
         self._wakeups: set[str] = set()
         # Job ids in the order they reached a terminal state, for waiters; only the newest
         # FINISHED_LOG_SIZE are kept, so memory does not grow with finished jobs.
@@ -424,8 +439,13 @@ class JobTable:
 
     @property
     def counts(self) -> Mapping[JobState, int]:
-        """Jobs per state, the finished ones the store holds included (read-only)."""
-        return MappingProxyType(self._counts)
+        """Jobs per state, those only the store holds included (finished ones, and queued ones
+        not read back yet after a restart: ``unloaded``); read-only."""
+        if not self.unloaded:
+            return MappingProxyType(self._counts)
+        counts = dict(self._counts)
+        counts[JobState.QUEUED] += self.unloaded
+        return MappingProxyType(counts)
 
     def _move(self, job: Job, event: Event, now: float = 0.0) -> None:
         """Take the transition of ``event`` for a job in the table (not one in or out)."""
@@ -456,7 +476,7 @@ class JobTable:
             if step.retried:
                 job.retried += 1
             if step.place is Place.FRONT:
-                self._queue.appendleft(job)
+                (self._backlog or self._queue).appendleft(job)
         if self.track_changes:
             if leased:
                 self._leased[job.job_id] = job
@@ -471,21 +491,21 @@ class JobTable:
         if step.undelivered:
             job.lease_seq = 0
             job.steal_round = 0
-        if step.place is Place.BACK:
-            self._queue.append(job)
+        if step.place is Place.BACKLOG:
+            self._backlog.append(job)
         elif step.place is Place.ORPHAN:
             self.orphans[job.job_id] = now + self.lease_ttl
 
     def _enter_queued(self, jobs: list[Job], event: Event) -> list[str]:
-        """Queued jobs enter the table by ENQUEUE (submitted) or RESTORE (the store holds them
-        as queued), all at once: a submission's hot path."""
-        step = _step(None if event is Event.ENQUEUE else JobState.QUEUED, event, "queued jobs")
-        assert step.to is JobState.QUEUED and step.place is Place.BACK
+        """Queued jobs enter the table by ENQUEUE (submitted), ADMIT (stored already) or
+        RESTORE (of a previous life), all at once: a submission's hot path."""
+        step = _step(JobState.QUEUED if event is Event.RESTORE else None, event, "queued jobs")
+        assert step.to is JobState.QUEUED
         ids = [job.job_id for job in jobs]
         self.jobs.update(zip(ids, jobs, strict=True))
         if self.track_changes and step.record is Record.NEW:
             self._new.update(zip(ids, jobs, strict=True))
-        self._queue.extend(jobs)
+        (self._backlog if step.place is Place.BACKLOG else self._queue).extend(jobs)
         self._counts[JobState.QUEUED] += len(jobs)
         return ids
 
@@ -587,7 +607,7 @@ class JobTable:
 
     def check_room(self, count: int) -> None:
         """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
-        queued = self._counts[JobState.QUEUED]
+        queued = self._counts[JobState.QUEUED] + self.unloaded
         if queued + self.held_room + count > self.max_queued:
             being = f" and {self.held_room} being submitted" if self.held_room else ""
             raise QueueFull(
@@ -633,7 +653,7 @@ class JobTable:
         the queue, lost or retried, do not ask for room, so the queue may have filled.)"""
         if not stored:
             self.check_room(len(jobs))
-        ids = self._enter_queued(jobs, Event.RESTORE if stored else Event.ENQUEUE)
+        ids = self._enter_queued(jobs, Event.ADMIT if stored else Event.ENQUEUE)
         self._dispatch()
         return ids
 
@@ -1041,21 +1061,59 @@ class JobTable:
         jobs: Iterable[Job],
         next_id: int,
         now: float,
-        finished: Mapping[JobState, int] | None = None,
+        unloaded: int = 0,
     ) -> None:
-        """Take back the live jobs of a previous life (in id order) after a restart, and count
-        the ``finished`` ones (per state) that stay in the store.
+        """Take back the live jobs of a previous life (in id order) after a restart; the store
+        holds ``unloaded`` more, queued or finished, that ``restore_counts`` and
+        ``restore_queued`` take back later. Until the counts come they all count as queued:
+        the queue's room and the jobs pending are not underestimated meanwhile.
 
-        Queued jobs queue again; leased and running ones become orphans: their worker may
-        re-register and claim them within the lease TTL, else they go back to the queue.
+        Queued jobs join the backlog, routed before anything queued since; leased and running
+        ones become orphans: their worker may re-register and claim them within the lease
+        TTL, else they go back to the queue.
         """
         self.next_id = max(self.next_id, next_id)
         for job in jobs:
             self._restore(job, now)
-        for state, count in (finished or {}).items():
+        self.unloaded = unloaded
+        self._dispatch()
+
+    def restore_counts(self, finished: Mapping[JobState, int]) -> None:
+        """Count the finished jobs of the previous life (per state), which stay in the store;
+        ``restore`` counted them as queued ones not read back yet."""
+        for state, count in finished.items():
             _step(state, Event.RESTORE, f"{count} stored jobs")
             self._counts[state] += count
+            self.unloaded -= count
+
+    def restore_queued(self, jobs: list[Job], *, through: int | None = None) -> None:
+        """Queued jobs of a previous life that ``restore`` left in the store join the backlog,
+        in id order. ``through``: every such job numbered up to it is in memory now. A job
+        read back early (a call needed it, see ``loaded``) is skipped when it comes again."""
+        early = self._early
+        fresh = [job for job in jobs if job.job_id not in self.jobs and job.job_id not in early]
+        self._enter_queued(fresh, Event.RESTORE)
+        self.unloaded -= len(fresh)
+        if through is None:
+            early.update(job.job_id for job in fresh)
+        else:
+            self.loaded_through = through
         self._dispatch()
+
+    def restored(self) -> None:
+        """Every queued job of a previous life is back (the store holds no more of them)."""
+        self.unloaded = 0
+        self._early.clear()
+
+    def loaded(self, job_id: str) -> bool:
+        """Whether the job is in memory if it is live: not a queued job of a previous life that
+        only the store holds yet (which ``restore_queued`` takes)."""
+        if not self.unloaded or job_id in self.jobs or job_id in self._early:
+            return True
+        try:
+            return wire.job_number(job_id) <= self.loaded_through
+        except ValueError:
+            return True  # no job id: no job
 
     def start_orphan_clock(self, now: float) -> None:
         """Give restored leases a full lease TTL from now, when workers can reach us again.
@@ -1181,7 +1239,7 @@ class JobTable:
             worker = self.workers[worker_id]
             take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
             while take and counts[JobState.QUEUED]:
-                job = self._queue.popleft()
+                job = (self._backlog or self._queue).popleft()
                 if job.state is not JobState.QUEUED:
                     continue
                 take -= 1
