@@ -154,3 +154,27 @@ def test_relative_paths_resolve_where_burst_submit_runs(cluster: Cluster) -> Non
         (job_id,) = client.submit_many([process("pwd")])
         list(client.wait([job_id]))
         assert Path(client.status(job_id).stdout_path).read_text() == f"{cluster.tmp}\n"
+
+
+def test_each_attempt_keeps_its_output_and_status_names_them(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1")
+    script = 'echo "out $BURST_ATTEMPT"; echo "err $BURST_ATTEMPT" >&2; [ $BURST_ATTEMPT -ge 3 ]'
+    (job_id,) = cluster.burst(
+        "submit", "--retries", "2", "process", "sh", "-c", script
+    ).stdout.split()
+    cluster.burst("wait", job_id)
+    info = cluster.status(job_id)
+    files = [
+        (a["attempt"], a["worker_id"], Path(a["stdout_path"]), Path(a["stderr_path"]))
+        for a in info["attempts"]
+    ]
+    out = cluster.output
+    assert files == [
+        (1, "w1", out / f"{job_id}.stdout", out / f"{job_id}.stderr"),
+        (2, "w1", out / f"{job_id}.2.stdout", out / f"{job_id}.2.stderr"),
+        (3, "w1", out / f"{job_id}.3.stdout", out / f"{job_id}.3.stderr"),
+    ]
+    for attempt, _, stdout, stderr in files:
+        assert (stdout.read_text(), stderr.read_text()) == (f"out {attempt}\n", f"err {attempt}\n")
+    assert (info["stdout_path"], info["stderr_path"]) == (str(files[-1][2]), str(files[-1][3]))

@@ -105,10 +105,23 @@ async def test_success_writes_output_files(config: ExecConfig) -> None:
     assert before <= out.started_at <= out.finished_at <= time.time()
 
 
-async def test_output_files_are_truncated_on_rerun(config: ExecConfig) -> None:
-    await run_job("j", 1, sh("echo a long first attempt"), config)
-    out = await run_job("j", 2, sh("echo 2"), config)
-    assert read(out.stdout_path) == "2\n"
+async def test_each_attempt_keeps_its_output(config: ExecConfig) -> None:
+    first = await run_job("j", 1, sh("echo first; echo e1 >&2; exit 3"), config)
+    # attempt 2 was lost with its worker elsewhere; attempt 3 runs here, then 5 (4 was lost)
+    third = await run_job("j", 3, sh("echo third; echo e3 >&2; exit 3"), config)
+    fifth = await run_job("j", 5, sh("echo fifth"), config)
+    folder = config.output_dir
+    assert (first.stdout_path, first.stderr_path) == (f"{folder}/j.stdout", f"{folder}/j.stderr")
+    assert (third.stdout_path, third.stderr_path) == (
+        f"{folder}/j.3.stdout",
+        f"{folder}/j.3.stderr",
+    )
+    assert fifth.stdout_path == f"{folder}/j.5.stdout"
+    assert [read(o.stdout_path) for o in (first, third, fifth)] == ["first\n", "third\n", "fifth\n"]
+    assert [read(o.stderr_path) for o in (first, third, fifth)] == ["e1\n", "e3\n", ""]
+    # a stolen or lost job's first run here, whatever its attempt, writes the plain names
+    stolen = await run_job("k", 2, sh("echo k"), config)
+    assert stolen.stdout_path == f"{folder}/k.stdout"
 
 
 async def test_stdin_is_dev_null(config: ExecConfig) -> None:

@@ -30,6 +30,7 @@ from burstd.controller import writer as writer_module
 from burstd.controller.service import WAIT_UPDATE_INTERVAL, ControllerService
 from burstd.controller.store import (
     DB_NAME,
+    SCHEMA_VERSION,
     Commit,
     Store,
     StoreError,
@@ -385,18 +386,22 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-def test_a_store_of_schema_1_is_taken_on_as_schema_2(state_dir: Path) -> None:
+@pytest.mark.parametrize("old", [1, 2])
+def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
+    """1 had no staged table, 2 no jobs.earlier_outputs."""
     store = Store(state_dir)
     table = JobTable()
     (job_id,) = submit(store, table, 1)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("DROP TABLE staged")
-        db.execute("UPDATE meta SET value = 1 WHERE key = 'schema_version'")
+        db.execute("ALTER TABLE jobs DROP COLUMN earlier_outputs")
+        if old == 1:
+            db.execute("DROP TABLE staged")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (old,))
     db.close()
     store = Store(state_dir)
     try:
-        assert [job.job_id for job in store.live_jobs()] == [job_id]
+        assert [(job.job_id, job.earlier_outputs) for job in store.live_jobs()] == [(job_id, "")]
         writes = Writes.open(store.path)
         writes.write([], [], [], 2, begun=[(2, 5)])  # the staged table is there
         writes.close()
@@ -405,7 +410,7 @@ def test_a_store_of_schema_1_is_taken_on_as_schema_2(state_dir: Path) -> None:
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == 2
+    assert version == SCHEMA_VERSION == 3
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

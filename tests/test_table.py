@@ -34,6 +34,7 @@ from burstd.controller.table import (
     Worker,
     WorkerEvent,
     WorkerState,
+    earlier_outputs,
 )
 from burstd.policies.routers import Router, make_router
 
@@ -221,12 +222,20 @@ def test_retries_requeue_twice_then_fail_and_attempt_grows() -> None:
     for attempt in (1, 2, 3):
         _, batch = deliver(table)
         assert batch == [job] and job.attempt == attempt
-        assert table.report("w1", exited(job, code=1), 1.0) is ReportOutcome.ACCEPTED
+        paths = {"stdout_path": f"/o/{attempt}.out", "stderr_path": f"/o/{attempt}.err"}
+        assert table.report("w1", exited(job, code=1, **paths), 1.0) is ReportOutcome.ACCEPTED
         if attempt < 3:
-            # Re-queued and routed again at once (the worker has room): a new lease.
+            # Re-queued and routed again at once (the worker has room): a new lease, with no
+            # output files of its own yet (the last attempt's are kept).
             assert job.state is L and job.retried == attempt and job.attempt == attempt + 1
+            assert (job.stdout_path, job.stderr_path) == ("", "")
     assert job.state is JobState.FAILED and job.retried == 2 and job.attempt == 3
     assert finished_ids(table) == [job_id]
+    assert earlier_outputs(job) == [
+        (1, "w1", "/o/1.out", "/o/1.err"),
+        (2, "w1", "/o/2.out", "/o/2.err"),
+    ]
+    assert (job.stdout_path, job.stderr_path) == ("/o/3.out", "/o/3.err")
 
 
 def test_a_retried_job_goes_before_younger_queued_jobs() -> None:

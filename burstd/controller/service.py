@@ -36,6 +36,7 @@ from burstd.controller.table import (
     Result,
     TransferRefused,
     UnknownWorker,
+    earlier_outputs,
 )
 from burstd.controller.writer import STAGE_SLICE, StoreUnavailable, StoreWriter
 from burstd.policies.steal import MAX_STEAL, spare
@@ -105,6 +106,13 @@ def job_info(job: Job) -> job_pb2.JobInfo:
     )
     if job.exit_code is not None:
         info.exit_code = job.exit_code
+    outputs = earlier_outputs(job) if job.earlier_outputs else []
+    if job.stdout_path or job.stderr_path:
+        outputs.append((job.attempt, job.worker_id, job.stdout_path, job.stderr_path))
+    for attempt, worker_id, stdout_path, stderr_path in outputs:
+        info.attempts.add(
+            attempt=attempt, worker_id=worker_id, stdout_path=stdout_path, stderr_path=stderr_path
+        )
     return info
 
 

@@ -33,7 +33,8 @@ from burstd.controller.table import Job, JobState
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
-SCHEMA_VERSION = 2  # 2: the staged table (1 is migrated when opened)
+# 2: the staged table; 3: jobs.earlier_outputs (older versions are migrated when opened)
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -60,11 +61,13 @@ _COLUMNS = (
     "lost_count",
     "retried",
     "stolen",
+    "earlier_outputs",
 )
 _MUTABLE = _COLUMNS[5:]
 # Large submissions being stored a slice per commit (``StoreWriter.stage``): the numbers from
 # ``first`` to ``stop`` (excluded) are not accepted yet, and a start deletes them.
 _STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL);"
+_ADD_EARLIER_OUTPUTS = "ALTER TABLE jobs ADD COLUMN earlier_outputs TEXT NOT NULL DEFAULT ''"
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -88,7 +91,8 @@ CREATE TABLE jobs (
     stderr_path TEXT NOT NULL,
     lost_count INTEGER NOT NULL,
     retried INTEGER NOT NULL,
-    stolen INTEGER NOT NULL
+    stolen INTEGER NOT NULL,
+    earlier_outputs TEXT NOT NULL DEFAULT ''
 );
 {_STAGED}
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -218,7 +222,7 @@ def inserts(
 def _job(row: tuple[Any, ...]) -> Job:
     (num, spec, retries, name, submitted_at, state, attempt, worker_id, started_at,
      finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path,
-     lost_count, retried, stolen) = row  # fmt: skip
+     lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
     return Job(
         job_id=wire.job_id(num),
         num=num,
@@ -240,6 +244,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         lost_count=lost_count,
         retried=retried,
         stolen=bool(stolen),
+        earlier_outputs=earlier_outputs,
     )
 
 
@@ -339,9 +344,11 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version == 1:
+        if version in (1, 2):
             with _transaction(db):
-                db.execute(_STAGED)
+                if version == 1:
+                    db.execute(_STAGED)
+                db.execute(_ADD_EARLIER_OUTPUTS)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )

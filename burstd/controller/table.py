@@ -48,6 +48,7 @@ refused. A transfer never gives the thief more leases than its capacity.
 from __future__ import annotations
 
 import enum
+import json
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -129,7 +130,7 @@ class Step:
     attempt: bool = False  # a new attempt: fences every earlier holder's reports
     undelivered: bool = False  # not handed over to a worker (lease_seq and steal_round reset)
     starts: bool = False  # stamps started_at
-    retried: bool = False  # uses up one of the job's retries
+    retried: bool = False  # uses up one of the job's retries; its attempt's files are kept
     ends: bool = False  # a terminal state: finished_at, finished_log, finished_seq
 
 
@@ -223,6 +224,23 @@ _MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool]] = {
 }
 
 
+def _keep_outputs(job: Job) -> None:
+    """The files of the attempt just recorded move to ``earlier_outputs``: stdout_path and
+    stderr_path are the next attempt's, once its result names them."""
+    if job.stdout_path or job.stderr_path:
+        kept = earlier_outputs(job)
+        kept.append((job.attempt, job.worker_id, job.stdout_path, job.stderr_path))
+        job.earlier_outputs = json.dumps(kept)
+        job.stdout_path = job.stderr_path = ""
+
+
+def earlier_outputs(job: Job) -> list[tuple[int, str, str, str]]:
+    """(attempt, worker_id, stdout_path, stderr_path) of each attempt before the last that
+    reported its output files, in order."""
+    entries = json.loads(job.earlier_outputs or "[]")
+    return [(int(a), str(worker), str(out), str(err)) for a, worker, out, err in entries]
+
+
 def _step(state: JobState | None, event: Event, what: str) -> Step:
     try:
         return TRANSITIONS[state, event]
@@ -285,6 +303,10 @@ class Job:
     lost_count: int = 0
     retried: int = 0
     stolen: bool = False
+    # The output files of the attempts before the last that reported them (a retry keeps them),
+    # as the JSON text of [[attempt, worker_id, stdout_path, stderr_path], ...]; "": none. Text,
+    # as the store keeps it: only status reads it (``earlier_outputs``), and most jobs have none.
+    earlier_outputs: str = ""
     # Non-zero: the lease reached worker_id through this steal round of it, not through a poll.
     steal_round: int = 0
 
@@ -475,6 +497,7 @@ class JobTable:
                 job.steal_round = 0
             if step.retried:
                 job.retried += 1
+                _keep_outputs(job)
             if step.place is Place.FRONT:
                 (self._backlog or self._queue).appendleft(job)
         if self.track_changes:

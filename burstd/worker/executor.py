@@ -246,7 +246,9 @@ def _output_dir(spec: job_pb2.JobSpec, config: ExecConfig) -> str:
 
 
 def output_paths(job_id: str, spec: job_pb2.JobSpec, config: ExecConfig) -> tuple[str, str]:
-    """Absolute paths of a job's stdout and stderr files. Raises ``SpecError``.
+    """Absolute paths of a job's stdout and stderr files, ``<job_id>.stdout`` and ``.stderr``
+    (an attempt that finds an earlier one's there writes ``<job_id>.<attempt>.stdout`` and
+    ``.stderr`` instead: see ``run_job``). Raises ``SpecError``.
 
     The folder is ``spec.output_dir`` when set and not blank (a relative one is taken inside
     ``config.output_dir`` and may not leave it), else ``config.output_dir``.
@@ -308,9 +310,24 @@ def _forget(path: str) -> None:
         del _WHICH[key]
 
 
-def _open_outputs(stdout_path: str, stderr_path: str) -> tuple[int, int]:
+def _attempt_path(path: str, attempt: int) -> str:
+    """``/out/job-1.stdout`` of attempt 2 -> ``/out/job-1.2.stdout``."""
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}.{attempt}{suffix}"
+
+
+def _open_outputs(stdout_path: str, stderr_path: str, attempt: int) -> tuple[int, int, str, str]:
+    """The attempt's output files, opened, and their paths: ``stdout_path`` and ``stderr_path``,
+    or, when an earlier attempt's stdout file is there, those paths with the attempt's number
+    (the earlier attempt's files stay as they are: each attempt keeps its output)."""
     try:
-        out_fd = _create(stdout_path)
+        out_fd = os.open(stdout_path, _OUT_FLAGS, 0o666)
+    except FileExistsError:
+        if stat.S_ISLNK(os.lstat(stdout_path).st_mode):
+            raise _open_error(stdout_path, OSError(errno.ELOOP, "symlink")) from None
+        stdout_path = _attempt_path(stdout_path, attempt)
+        stderr_path = _attempt_path(stderr_path, attempt)
+        out_fd = _open_output(stdout_path)
     except (FileNotFoundError, NotADirectoryError):
         # The folder is missing: create it only now, so the common case costs two open() calls.
         folder = os.path.dirname(stdout_path)
@@ -339,7 +356,7 @@ def _open_outputs(stdout_path: str, stderr_path: str) -> tuple[int, int]:
         except OSError as exc:
             os.close(out_fd)
             raise SpecError(f"cannot open output files: {exc.strerror}") from None
-    return out_fd, err_fd
+    return out_fd, err_fd, stdout_path, stderr_path
 
 
 def _above_stdio(fd: int) -> int:
@@ -355,9 +372,9 @@ def _above_stdio(fd: int) -> int:
 def _create(path: str) -> int:
     """A new, empty file at ``path``, never reached through a symlink.
 
-    A file an earlier attempt left there is unlinked, not truncated: a process of that attempt
-    may still be running (its worker was killed with it still alive), and it then writes on into
-    the unlinked file instead of into this attempt's output.
+    A file left there (by a run of the same attempt number, of a cluster before) is unlinked,
+    not truncated: a process of it may still be running, and it then writes on into the
+    unlinked file instead of into this attempt's output.
     """
     try:
         return os.open(path, _OUT_FLAGS, 0o666)
@@ -552,10 +569,9 @@ async def run_job(
                 if not os.path.isdir(cwd):
                     raise SpecError(_cwd_error(cwd, config.worker_id))
         path, cached = _resolve(argv[0], env, cwd)
-        out_fd, err_fd = _open_outputs(*paths)
+        out_fd, err_fd, stdout_path, stderr_path = _open_outputs(*paths, attempt)
     except SpecError as exc:
         return failed(str(exc))
-    stdout_path, stderr_path = paths
 
     try:
         while True:

@@ -127,7 +127,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class JobInfo(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     LOST_COUNT_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -162,7 +163,20 @@ class JobInfo(_message.Message):
     name: str
     lost_count: int
     retried: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[AttemptOutput]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ...) -> None: ...
+
+class AttemptOutput(_message.Message):
+    __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PATH_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PATH_FIELD_NUMBER: _ClassVar[int]
+    attempt: int
+    worker_id: str
+    stdout_path: str
+    stderr_path: str
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
     __slots__ = ("job_id", "state", "info")
