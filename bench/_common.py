@@ -104,7 +104,10 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
 
 
 def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Popen[bytes], int]:
-    """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port."""
+    """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port.
+
+    BURST_STATE_DIR then names its state directory: clients of this process (and of its
+    children) send the admin token the controller wrote there."""
     port = free_port()
     config = Path(tmp, "c.toml")
     config.write_text(
@@ -121,6 +124,7 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
         ctl.kill()
         ctl.wait()
         raise
+    os.environ["BURST_STATE_DIR"] = f"{tmp}/state"
     return ctl, port
 
 

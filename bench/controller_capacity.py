@@ -45,14 +45,18 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
     """One simulated worker with a real worker's timing: reports that ask for the room they
     free, long polls of LONG_POLL_MS for work when they bring none, one of NOTICE_POLL_MS for
     notices, heartbeats at the interval the controller asks for."""
-    from burstd import transport, wire
+    from burstd import auth, credentials, transport, wire
     from burstd.config import parse_hostport
     from burstd.worker.daemon import LONG_POLL_MS, NOTICE_POLL_MS
     from proto.burst.v1 import job_pb2, worker_pb2
 
     service = wire.CONTROLLER_SERVICE
     host, port = parse_hostport(addr)
-    async with transport.Channel(host, port, connect_timeout=10.0, multiplex=True) as channel:
+    # The controller's admin token (see start_controller), allowed every worker call.
+    token = auth.bearer(credentials.local_token())
+    async with transport.Channel(
+        host, port, connect_timeout=10.0, multiplex=True, metadata=token
+    ) as channel:
 
         async def call(method: str, request: Any, reply: type[T]) -> T:
             return await channel.unary(service, method, request, reply, timeout=60)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import burst_env, free_port, machine
+from bench._common import burst_env, free_port, machine, wait_listening
 from burstd.client import BlockingClient, process
 
 WORKERS = 4
@@ -73,7 +73,9 @@ def run_once(name: str, router: str, steal: bool, jobs: int, sleep: float, tmp: 
     port = free_port()
     addr = f"127.0.0.1:{port}"
     config = tmp / f"{name}.toml"
-    config.write_text('[controller]\nstore = "memory"\n')
+    state = tmp / f"{name}-state"
+    # The workers find the worker token the controller writes there (the config's state_dir).
+    config.write_text(f'[controller]\nstore = "memory"\nstate_dir = "{state}"\n')
     procs = [
         start(
             ["controller", "--config", str(config), "--listen", addr, "--router", router],
@@ -81,12 +83,13 @@ def run_once(name: str, router: str, steal: bool, jobs: int, sleep: float, tmp: 
         )
     ]
     try:
+        wait_listening(port)
         for i in range(1, WORKERS + 1):
             worker = ["worker", "--config", str(config), "--id", f"w{i}", "--controller", addr]
             worker += ["--slots", str(SLOTS), "--output-dir", str(tmp)]
             worker += ["--peer-listen", "127.0.0.1:0"] if steal else ["--no-steal"]
             procs.append(start(worker, tmp / f"{name}-w{i}.log"))
-        with _connect(addr) as client:
+        with _connect(addr, (state / "admin.token").read_text().strip()) as client:
             deadline = time.monotonic() + 30
             while len(client.workers()) < WORKERS:
                 if time.monotonic() > deadline:
@@ -110,11 +113,11 @@ def run_once(name: str, router: str, steal: bool, jobs: int, sleep: float, tmp: 
         stop(procs)
 
 
-def _connect(addr: str) -> BlockingClient:
+def _connect(addr: str, token: str) -> BlockingClient:
     deadline = time.monotonic() + 30
     while True:
         try:
-            return BlockingClient(addr, connect_timeout=1.0)
+            return BlockingClient(addr, connect_timeout=1.0, token=token)
         except Exception:
             if time.monotonic() > deadline:
                 raise

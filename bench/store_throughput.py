@@ -93,6 +93,7 @@ def controller(store: str, work: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"controller ({store}) did not listen") from None
                 time.sleep(0.05)
+        os.environ["BURST_STATE_DIR"] = str(state)  # the clients send its admin token
         yield addr
     finally:
         proc.terminate()

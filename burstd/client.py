@@ -23,7 +23,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import trio
 
-from burstd import transport, wire
+from burstd import auth, credentials, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2
 
@@ -98,12 +98,23 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0
+        cls, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0, token: str | None = None
     ) -> AsyncIterator[Client]:
+        """Connect to the controller at ``addr``, sending ``token`` with every call (default:
+        ``BURST_TOKEN``, else the ``admin.token`` of the local state directory, see
+        ``burstd.credentials``; ``credentials.TokenNotFound`` if there is none)."""
         host, port = parse_hostport(addr)
+        if token is None:
+            token = credentials.local_token()
         # Unary calls travel over one standing stream (proto/burst/v1/mux.proto): a call costs
         # both sides a fraction of an HTTP/2 stream's CPU, and answers sooner.
-        channel = transport.Channel(host, port, connect_timeout=connect_timeout, multiplex=True)
+        channel = transport.Channel(
+            host,
+            port,
+            connect_timeout=connect_timeout,
+            multiplex=True,
+            metadata=auth.bearer(token),
+        )
         async with channel:
             yield cls(channel)
 
@@ -245,13 +256,15 @@ class BlockingClient:
     answered and raises what the async method raises.
     """
 
-    def __init__(self, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0, token: str | None = None
+    ) -> None:
         self._ready: queue.Queue[BaseException | None] = queue.Queue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._client: Client | None = None
         self._stop: trio.Event | None = None
         self._thread = threading.Thread(
-            target=trio.run, args=(self._main, addr, connect_timeout), daemon=True
+            target=trio.run, args=(self._main, addr, connect_timeout, token), daemon=True
         )
         self._thread.start()
         error = self._ready.get()
@@ -259,9 +272,9 @@ class BlockingClient:
             self._thread.join()
             raise error
 
-    async def _main(self, addr: str, connect_timeout: float) -> None:
+    async def _main(self, addr: str, connect_timeout: float, token: str | None) -> None:
         try:
-            async with Client.connect(addr, connect_timeout=connect_timeout) as client:
+            async with Client.connect(addr, connect_timeout=connect_timeout, token=token) as client:
                 self._client, self._token, self._stop = (
                     client,
                     trio.lowlevel.current_trio_token(),

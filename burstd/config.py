@@ -56,6 +56,7 @@ from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
 __all__ = [
     "BOOL",
     "DEFAULT_ADDR",
+    "OPTIONAL_PATH",
     "PATH",
     "RENAMED",
     "RETIRED",
@@ -352,6 +353,9 @@ def _check_path(value: object, ctx: _Ctx) -> object:
 PATH = Check(_check_path)
 """A non-empty path; a leading ``~/`` is the home directory."""
 
+OPTIONAL_PATH = Check(lambda value, ctx: None if value is None else _check_path(value, ctx))
+"""A path as :data:`PATH`, or null (unset)."""
+
 
 def choice(what: str, names: Callable[[_Ctx], Collection[str]]) -> Check:
     """One of ``names(ctx)``; the error lists them, calling the value a ``what``."""
@@ -577,6 +581,13 @@ class WorkerConfig:
         "Seconds between SIGTERM and SIGKILL when a job is stopped.",
         default=5.0,
     )
+    token_file: Path | None = key(
+        OPTIONAL_PATH,
+        "File holding the worker's token (--token-file; BURST_TOKEN holds a token itself). "
+        "Unset: worker.token in the state directory (docs/security.md).",
+        default=None,
+        example="/etc/burst/worker.token",
+    )
     queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
     """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""
 
@@ -596,6 +607,13 @@ class CliConfig:
         "Controller address of `burst submit`, `burst status`...",
         default=DEFAULT_ADDR,
         env="BURST_CONTROLLER",
+    )
+    token_file: Path | None = key(
+        OPTIONAL_PATH,
+        "File holding the token `burst` and `burstd token` send (--token-file; BURST_TOKEN holds "
+        "a token itself). Unset: admin.token in the state directory (docs/security.md).",
+        default=None,
+        example="~/.config/burst/token",
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "UsageError",
     "app",
     "build_spec",
+    "client_token",
     "controller_addr",
     "job_dirs",
     "main",
@@ -86,6 +87,8 @@ class _Globals:
 
     controller: str | None = None
     config: Path | None = None
+    token_file: Path | None = None
+    state_dir: Path | None = None
 
 
 _globals = _Globals()
@@ -106,10 +109,14 @@ app = cyclopts.App(
     help=(
         "Submit jobs to a burst controller and follow them.\n\n"
         "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of the "
-        "configuration file, else 127.0.0.1:50051.\n\n"
+        "configuration file, else 127.0.0.1:50051. The token sent is --token-file, else "
+        "BURST_TOKEN, else cli.token_file, else the state directory's admin.token.\n\n"
         "Exit codes:\n\n" + "\n".join(f"- {code.value}: {code.meaning}" for code in ExitCode)
     ),
-    usage="Usage: burst [--controller HOST:PORT] [--config FILE] COMMAND [ARGS...]",
+    usage=(
+        "Usage: burst [--controller HOST:PORT] [--config FILE] [--token-file FILE] "
+        "[--state-dir DIR] COMMAND [ARGS...]"
+    ),
     version=f"burst {__version__}",
     version_flags=[],
     default_parameter=Parameter(negative=(), show_default=False),
@@ -135,6 +142,8 @@ def _launcher(
     *tokens: Annotated[str, _TOKENS],
     controller: Annotated[str | None, Parameter(metavar="HOST:PORT")] = None,
     config: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    token_file: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    state_dir: Annotated[Path | None, Parameter(metavar="DIR")] = None,
 ) -> Any:
     """Global options.
 
@@ -144,9 +153,18 @@ def _launcher(
         Controller address, HOST:PORT (or http://HOST:PORT).
     config
         Configuration file (default: ./burst.toml or ./burst.config.json, if present).
+    token_file
+        File holding the token to send (default: BURST_TOKEN, else cli.token_file, else
+        admin.token in the state directory).
+    state_dir
+        State directory of the local controller, whose admin.token is sent when no other token
+        is given (default: BURST_STATE_DIR, else controller.state_dir, else
+        ~/.local/state/burst).
     """
     _globals.controller = controller
     _globals.config = config
+    _globals.token_file = token_file
+    _globals.state_dir = state_dir
     return app(tokens)
 
 
@@ -330,11 +348,35 @@ def controller_addr(
     return with_overrides(cli_config, controller_addr=flag, env=env).controller_addr
 
 
+def client_token(
+    token_file: Path | None = None,
+    state_dir: Path | None = None,
+    config: Path | str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> str:
+    """The token ``burst`` sends (see ``burstd.credentials``). Raises ConfigError, or
+    UsageError when there is none."""
+    from burstd import credentials
+    from burstd.config import load_config
+
+    loaded = load_config(config, env=env)
+    try:
+        return credentials.find_token(
+            token_file=token_file,
+            config_token_file=loaded.cli.token_file,
+            state_dir=state_dir or loaded.controller.state_dir,
+            default_name=credentials.ADMIN_TOKEN,
+            env=env,
+        )
+    except credentials.TokenNotFound as error:
+        raise UsageError(str(error)) from None
+
+
 @asynccontextmanager
-async def _open_client(addr: str) -> AsyncIterator[Client]:
+async def _open_client(addr: str, token: str) -> AsyncIterator[Client]:
     from burstd.client import Client
 
-    async with Client.connect(addr) as client:
+    async with Client.connect(addr, token=token) as client:
         yield client
 
 
@@ -359,6 +401,7 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
     """Connect to the controller, run ``session`` in trio; an RPC failure becomes its exit code
     (:func:`cli.exitcodes.for_status`), a controller out of reach ``UNREACHABLE``."""
     addr = controller_addr(_globals.controller, _globals.config)
+    token = client_token(_globals.token_file, _globals.state_dir, _globals.config)
     import trio
 
     from burstd import logs, transport
@@ -369,7 +412,7 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
         raise UsageError(str(error)) from None
 
     async def connected() -> int:
-        async with _open_client(addr) as client:
+        async with _open_client(addr, token) as client:
             return await session(client)
 
     try:

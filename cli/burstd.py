@@ -32,6 +32,7 @@ from burstd.config import (
     with_overrides,
     worker_for,
 )
+from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, find_token, read_token
 
 # Default queue capacity of the workers of `burstd up`: leasing short jobs in batches of dozens
 # saves a poll call per couple of jobs (work stealing rebalances what a worker holds too many of).
@@ -131,6 +132,8 @@ def worker(
     peer_advertise: str | None = None,
     steal_interval_ms: int | None = None,
     no_steal: bool = False,
+    token_file: Path | None = None,
+    state_dir: Path | None = None,
 ) -> None:
     """Run a worker: leases jobs from the controller and runs them.
 
@@ -158,6 +161,13 @@ def worker(
         Pause of an idle worker between steal attempts that found nothing (default 150).
     no_steal
         Never take jobs from other workers (as the config key steal = false).
+    token_file
+        File holding the worker's token (default: BURST_TOKEN, else the config key token_file,
+        else worker.token in the state directory).
+    state_dir
+        State directory of a controller on this machine, whose worker.token is used when no
+        other token is given (default: BURST_STATE_DIR, else controller.state_dir, else
+        ~/.local/state/burst).
     """
     from burstd.worker import daemon
     from burstd.worker.steal import static_peers
@@ -177,15 +187,39 @@ def worker(
     except ConfigError as error:
         _fail(str(error))
         raise
+    token = _token(
+        token_file, settings.token_file, state_dir or loaded.controller.state_dir, WORKER_TOKEN
+    )
     logs.setup_logging(component="worker")
     peers = static_peers(loaded, settings.worker_id)
     try:
         trio.run(
             daemon.run_until_signalled,
-            daemon.Worker(settings, steal=settings.steal and not no_steal, static_peers=peers),
+            daemon.Worker(
+                settings,
+                steal=settings.steal and not no_steal,
+                static_peers=peers,
+                token=token,
+            ),
         )
     except* OSError as group:  # the peer address is taken or cannot be bound
         _fail(_first_leaf(group))
+
+
+def _token(
+    flag: Path | None, config_token_file: Path | None, state_dir: Path, default_name: str
+) -> str:
+    """The token this program sends (``burstd.credentials``); exit 2 if there is none."""
+    try:
+        return find_token(
+            token_file=flag,
+            config_token_file=config_token_file,
+            state_dir=state_dir,
+            default_name=default_name,
+        )
+    except TokenNotFound as error:
+        _fail(str(error))
+        raise
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> str:
@@ -216,7 +250,8 @@ def up(
     """Run a controller and N workers on this machine, in the foreground, until Ctrl-C.
 
     With a COMMAND after `--`, run it once the cluster is ready (BURST_CONTROLLER points at the
-    cluster), then stop the cluster and exit with the command's exit code.
+    cluster and BURST_TOKEN holds its admin token), then stop the cluster and exit with the
+    command's exit code. The workers use the worker.token of the controller's state directory.
 
     Parameters
     ----------
@@ -272,9 +307,17 @@ def up(
         )
         # Workers start once the controller listens, so they do not begin by warning about it.
         _wait_listening(host, port, children[0])
+        # The tokens its first start wrote (it writes them before it listens): the cluster's
+        # own, whatever BURST_TOKEN says.
+        worker_token = settings.state_dir / WORKER_TOKEN
+        try:
+            admin_token = read_token(settings.state_dir / ADMIN_TOKEN)
+        except (OSError, ValueError) as error:
+            _fail(f"cannot read the controller's admin token: {error}")
         prefix = socket.gethostname()
         for i in range(1, workers + 1):
             cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", addr]
+            cmd += ["--token-file", str(worker_token)]
             cmd += ["--slots", str(per_worker)]
             if queue_capacity or not config:
                 capacity = queue_capacity or max(UP_QUEUE_CAPACITY, 2 * per_worker)
@@ -295,8 +338,8 @@ def up(
             per_worker,
         )
         if command:
-            _wait_ready(addr, workers)
-            env = {**os.environ, "BURST_CONTROLLER": addr}
+            _wait_ready(addr, workers, admin_token)
+            env = {**os.environ, "BURST_CONTROLLER": addr, "BURST_TOKEN": admin_token}
             try:
                 code = subprocess.call(list(command), env=env)
             except KeyboardInterrupt:
@@ -329,7 +372,7 @@ def _wait_listening(
     _fail(f"the controller did not listen on {format_hostport(host, port)} within {timeout:.0f} s")
 
 
-def _wait_ready(addr: str, workers: int, timeout: float = 30.0) -> None:
+def _wait_ready(addr: str, workers: int, token: str, timeout: float = 30.0) -> None:
     """Block until the controller answers and every worker has registered."""
     from burstd.client import BlockingClient
     from burstd.transport import RpcError
@@ -337,7 +380,7 @@ def _wait_ready(addr: str, workers: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with BlockingClient(addr, connect_timeout=1.0) as client:
+            with BlockingClient(addr, connect_timeout=1.0, token=token) as client:
                 while time.monotonic() < deadline:
                     if len(client.workers()) >= workers:
                         return

@@ -31,10 +31,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def environment(**extra: str) -> dict[str, str]:
-    """os.environ with the source tree importable, so `python -m cli.<name>` works from any cwd."""
+    """os.environ with the source tree importable, so `python -m cli.<name>` works from any cwd
+    (without a BURST_TOKEN of the environment's: each test's programs find their cluster's)."""
     path = os.environ.get("PYTHONPATH", "")
     return {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "BURST_TOKEN"},
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), path) if p),
         **extra,
     }
@@ -47,11 +48,13 @@ def program(name: str) -> list[str]:
 
 
 class Daemon:
-    def __init__(self, name: str, args: list[str], log: Path, cwd: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = log
         self._log = log.open("wb")
-        env = environment(BURST_LOG=os.environ.get("BURST_LOG", "debug"))
+        env = {**(env or environment()), "BURST_LOG": os.environ.get("BURST_LOG", "debug")}
         self.proc = subprocess.Popen(
             [*program("burstd"), *args],
             stdout=self._log,
@@ -94,7 +97,10 @@ class Daemon:
 
 
 class Cluster:
-    """Factory for daemons and CLI runs bound to one controller address."""
+    """Factory for daemons and CLI runs bound to one controller address.
+
+    Every process gets BURST_STATE_DIR, the controller's state directory: workers and ``burst``
+    find the tokens the controller wrote there, as on a real single machine."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp = tmp_path
@@ -103,13 +109,20 @@ class Cluster:
         self.daemons: list[Daemon] = []
         self.output = tmp_path / "out"
         self.output.mkdir()
+        self.state = tmp_path / "state"
+        self.env = environment(BURST_STATE_DIR=str(self.state))
+
+    def token(self, name: str = "admin") -> str:
+        """A token the controller wrote into its state directory (``admin`` or ``worker``)."""
+        return (self.state / f"{name}.token").read_text().strip()
 
     def controller(self, *args: str) -> Daemon:
         daemon = Daemon(
             "controller",
-            ["controller", "--listen", self.addr, "--state-dir", str(self.tmp / "state"), *args],
+            ["controller", "--listen", self.addr, "--state-dir", str(self.state), *args],
             self.tmp / f"controller-{len(self.daemons)}.log",
             self.tmp,
+            self.env,
         )
         self.daemons.append(daemon)
         self.wait_ready()
@@ -132,6 +145,7 @@ class Cluster:
             ],
             self.tmp / f"{worker_id}-{len(self.daemons)}.log",
             self.tmp,
+            self.env,
         )
         self.daemons.append(daemon)
         return daemon
@@ -144,7 +158,7 @@ class Cluster:
             capture_output=True,
             text=True,
             timeout=timeout,
-            **{"cwd": self.tmp, "env": environment(), **kw},
+            **{"cwd": self.tmp, "env": self.env, **kw},
         )
         if check and result.returncode != 0:
             raise AssertionError(

@@ -22,6 +22,7 @@ from cli.burst import (
     Progress,
     UsageError,
     build_spec,
+    client_token,
     controller_addr,
     job_dirs,
     parse_array,
@@ -112,10 +113,13 @@ class FakeClient:
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No config file, no BURST_* variables, and no global logging set-up from the tests."""
+    """No config file, no BURST_* variables (but a token), and no global logging set-up from
+    the tests."""
     monkeypatch.chdir(tmp_path)
-    for var in ("BURST_CONTROLLER", "BURST_LOG", "BURST_SLOTS", "BURST_LISTEN"):
+    for var in ("BURST_CONTROLLER", "BURST_LOG", "BURST_SLOTS", "BURST_LISTEN", "BURST_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("BURST_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("BURST_TOKEN", "a-token")
     monkeypatch.setattr("burstd.logs.setup_logging", lambda *a, **k: None)
 
 
@@ -123,10 +127,12 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
     client = FakeClient()
     client.addrs = []  # type: ignore[attr-defined]
+    client.tokens = []  # type: ignore[attr-defined]
 
     @asynccontextmanager
-    async def open_client(addr: str) -> AsyncIterator[FakeClient]:
+    async def open_client(addr: str, token: str) -> AsyncIterator[FakeClient]:
         client.addrs.append(addr)  # type: ignore[attr-defined]
+        client.tokens.append(token)  # type: ignore[attr-defined]
         yield client
 
     monkeypatch.setattr(burst, "_open_client", open_client)
@@ -481,6 +487,50 @@ def test_controller_precedence_through_main(
     assert run(["submit", "process", "ls", "--controller", "x:1"]) == 0
     assert addrs[-1] == "env-host:3"
     assert list(fake.calls[-1][1].process.args) == ["--controller", "x:1"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the token
+
+
+def test_token_precedence(tmp_path: Path) -> None:
+    """--token-file, then BURST_TOKEN, then cli.token_file, then the state directory's
+    admin.token (--state-dir, else BURST_STATE_DIR, else controller.state_dir)."""
+    state, other = tmp_path / "state", tmp_path / "other"
+    state.mkdir()
+    other.mkdir()
+    (state / "admin.token").write_text("from-state-dir\n")
+    (other / "admin.token").write_text("from-flag-dir\n")
+    (tmp_path / "flag.token").write_text(" from-flag \n")
+    (tmp_path / "file.token").write_text("from-config\n")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[cli]\ntoken_file = "{tmp_path / "file.token"}"\n')
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[controller]\nstate_dir = "{state}"\n')
+    env = {"BURST_TOKEN": "from-env", "BURST_STATE_DIR": str(state)}
+    assert client_token(tmp_path / "flag.token", None, config, env) == "from-flag"
+    assert client_token(None, None, config, env) == "from-env"
+    assert client_token(None, None, config, {}) == "from-config"
+    assert client_token(None, None, bare, {}) == "from-state-dir"
+    assert client_token(None, None, None, {"BURST_STATE_DIR": str(state)}) == "from-state-dir"
+    assert client_token(None, other, None, {"BURST_STATE_DIR": str(state)}) == "from-flag-dir"
+    with pytest.raises(UsageError, match=r"admin\.token: cannot read"):
+        client_token(None, tmp_path / "nowhere", None, {})
+    (state / "admin.token").write_text("\n")
+    with pytest.raises(UsageError, match="empty token file"):
+        client_token(None, None, bare, {})
+
+
+def test_the_token_reaches_the_client(
+    fake: FakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens: list[str] = fake.tokens  # type: ignore[attr-defined]
+    (tmp_path / "t").write_text("from-file\n")
+    assert run(["--token-file", str(tmp_path / "t"), "status", "j"]) == 0
+    assert run(["status", "j"]) == 0
+    monkeypatch.delenv("BURST_TOKEN")
+    assert run(["status", "j"]) == 2  # no token anywhere: a usage error, nothing sent
+    assert tokens == ["from-file", "a-token"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pytest
 import trio
 
-from burstd import transport, wire
+from burstd import auth, transport, wire
 from proto.burst.v1 import job_pb2, worker_pb2
 from tests.cluster import Cluster, environment, free_port, program
 
@@ -183,7 +183,13 @@ class Rpc:
 
 @asynccontextmanager
 async def connect(cluster: Cluster) -> AsyncIterator[Rpc]:
-    async with transport.Channel("127.0.0.1", cluster.port, connect_timeout=CALL_TIMEOUT) as ch:
+    """As an admin: both a worker's and a client's calls are allowed."""
+    async with transport.Channel(
+        "127.0.0.1",
+        cluster.port,
+        connect_timeout=CALL_TIMEOUT,
+        metadata=auth.bearer(cluster.token("admin")),
+    ) as ch:
         yield Rpc(ch)
 
 
@@ -309,7 +315,7 @@ def test_cli_errors_are_one_line_on_stderr(cluster: Cluster, tmp_path: Path) -> 
         text=True,
         timeout=60,
         cwd=tmp_path,
-        env=environment(),
+        env=cluster.env,
     )
     assert run.returncode == 3
     assert "cannot reach" in run.stderr and dead in run.stderr
@@ -797,10 +803,12 @@ async def test_corrupt_request_body_is_invalid_argument(
 
 
 def test_grpcio_client_garbage_and_health_check(shared: Cluster) -> None:
-    """The official grpcio client: a corrupt body, a valid call after it, and Health/Check."""
+    """The official grpcio client: a corrupt body, a valid call after it, and Health/Check
+    (which alone needs no token)."""
     grpc = pytest.importorskip("grpc")
     from proto.grpc.health.v1 import health_pb2
 
+    token = list(auth.bearer(shared.token()).items())
     with grpc.insecure_channel(shared.addr) as channel:
         raw = channel.unary_unary(
             f"/{SERVICE}/SubmitJob",
@@ -808,7 +816,7 @@ def test_grpcio_client_garbage_and_health_check(shared: Cluster) -> None:
             response_deserializer=job_pb2.SubmitJobResponse.FromString,
         )
         with pytest.raises(grpc.RpcError) as caught:
-            raw(b"\xff\xff\xff", timeout=CALL_TIMEOUT)
+            raw(b"\xff\xff\xff", timeout=CALL_TIMEOUT, metadata=token)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert caught.value.details() == "malformed burst.v1.SubmitJobRequest"
 
@@ -817,7 +825,9 @@ def test_grpcio_client_garbage_and_health_check(shared: Cluster) -> None:
             request_serializer=job_pb2.GetJobStatusRequest.SerializeToString,
             response_deserializer=job_pb2.GetJobStatusResponse.FromString,
         )
-        reply = status(job_pb2.GetJobStatusRequest(job_id="job-99999999"), timeout=CALL_TIMEOUT)
+        reply = status(
+            job_pb2.GetJobStatusRequest(job_id="job-99999999"), timeout=CALL_TIMEOUT, metadata=token
+        )
         assert reply.state == "unknown"
 
         check = channel.unary_unary(

@@ -60,7 +60,7 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = PATIEN
 
 @contextlib.contextmanager
 def client(cluster: Cluster) -> Iterator[BlockingClient]:
-    with BlockingClient(cluster.addr, connect_timeout=10) as c:
+    with BlockingClient(cluster.addr, connect_timeout=10, token=cluster.token()) as c:
         yield c
 
 

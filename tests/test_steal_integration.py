@@ -51,7 +51,7 @@ def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cl
     cluster.controller()  # roundrobin
     peer = ("--peer-listen", "127.0.0.1:0")
     cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
-    with BlockingClient(cluster.addr) as client:
+    with BlockingClient(cluster.addr, token=cluster.token()) as client:
         poll(lambda: client.workers(), 30, "worker-1 to register")
         specs = [process("sleep", str(LONG))] + [process("sleep", str(SHORT))] * 3
         long_job, *short_jobs = client.submit_many(specs)  # in this order, in one call
@@ -95,7 +95,7 @@ def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster)
     cluster.controller("--config", str(ttl))
     peer = ("--peer-listen", "127.0.0.1:0")
     w1 = cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
-    with BlockingClient(cluster.addr) as client:
+    with BlockingClient(cluster.addr, token=cluster.token()) as client:
         poll(lambda: client.workers(), 30, "worker-1 to register")
         ids = client.submit_many([process("sleep", "4")] + [process("sleep", "0.5")] * 5)
         poll(lambda: leased(client, "worker-1") == 6, 30, "worker-1 to hold all")

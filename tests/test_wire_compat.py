@@ -138,9 +138,24 @@ CLIENT = textwrap.dedent(
     from burst.v1 import control_pb2_grpc, job_pb2, worker_pb2
 
     T = 30
+    TOKEN = [("authorization", "Bearer " + sys.argv[3])]
+
+
+    class WithToken(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(details._replace(metadata=TOKEN), request)
+
+
     out = {}
-    with grpc.insecure_channel(sys.argv[2]) as channel:
-        grpc.channel_ready_future(channel).result(timeout=T)
+    with grpc.insecure_channel(sys.argv[2]) as plain:
+        grpc.channel_ready_future(plain).result(timeout=T)
+        try:
+            control_pb2_grpc.ControllerRpcStub(plain).GetJobStatus(
+                job_pb2.GetJobStatusRequest(job_id="job-00000001"), timeout=T
+            )
+        except grpc.RpcError as error:
+            out["without token"] = error.code().name
+        channel = grpc.intercept_channel(plain, WithToken())
         stub = control_pb2_grpc.ControllerRpcStub(channel)
 
         def submit(spec):
@@ -244,7 +259,7 @@ def test_prototype_client_submits_polls_and_reports(
     # Only the prototype's stubs are importable in there (not the repository's proto package).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     run = subprocess.run(
-        [sys.executable, str(script), str(seed_stubs), cluster.addr],
+        [sys.executable, str(script), str(seed_stubs), cluster.addr, cluster.token()],
         capture_output=True,
         text=True,
         timeout=120,
@@ -254,6 +269,8 @@ def test_prototype_client_submits_polls_and_reports(
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout)
 
+    # With the token (metadata authorization: Bearer ...) it works; without, it is refused.
+    assert out["without token"] == "UNAUTHENTICATED"
     ids = out["ids"]
     assert sorted(ids) == ["docker", "process", "python"]
     for job_id in ids.values():

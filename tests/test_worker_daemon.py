@@ -139,7 +139,7 @@ def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> 
 
     monkeypatch.setattr(daemon, "run_job", fake_run_job)
     config = WorkerConfig(worker_id="w1", slots=2, local_queue_capacity=local_queue_capacity)
-    w = daemon.Worker(config, steal=False)
+    w = daemon.Worker(config, steal=False, token="unused: the link is a fake")
     link = FakeLink(events)
     w.link = link  # type: ignore[assignment]
     return Harness(w, link)

@@ -609,8 +609,12 @@ def test_ctrl_c_stops_burstd_up_after_its_running_jobs(cluster: Cluster) -> None
 
 
 @asynccontextmanager
-async def in_process_controller(**settings: Any) -> AsyncIterator[tuple[str, trio.Nursery]]:
-    config = ControllerConfig(bind_addr="127.0.0.1:0", store="memory", **settings)
+async def in_process_controller(
+    tmp: Path, **settings: Any
+) -> AsyncIterator[tuple[str, trio.Nursery]]:
+    config = ControllerConfig(
+        bind_addr="127.0.0.1:0", store="memory", state_dir=tmp / "state", **settings
+    )
     async with trio.open_nursery() as nursery:
         port = await nursery.start(run_controller, config)
         yield f"127.0.0.1:{port}", nursery
@@ -621,7 +625,12 @@ def in_process_worker(addr: str, tmp: Path, slots: int, drain_grace: float) -> W
     config = WorkerConfig(
         worker_id="w1", controller_addr=addr, slots=slots, output_dir=tmp, kill_grace_s=0.5
     )
-    return Worker(config, drain_grace=drain_grace)
+    return Worker(config, drain_grace=drain_grace, token=in_process_token(tmp, "worker"))
+
+
+def in_process_token(tmp: Path, role: str) -> str:
+    """A token the in-process controller wrote (``admin`` or ``worker``)."""
+    return (tmp / "state" / f"{role}.token").read_text().strip()
 
 
 async def run_worker(nursery: trio.Nursery, worker: Worker) -> trio.Event:
@@ -648,10 +657,10 @@ async def test_drain_grace_over_stops_jobs_and_hands_them_back(tmp_path: Path) -
     """A job still running when the drain grace is over is killed and reported as handed back
     (re-queued, not counted as a lost worker), before the worker stops."""
     pid_file = tmp_path / "job.pid"
-    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+    async with in_process_controller(tmp_path, lease_ttl_ms=60_000) as (addr, nursery):
         worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
         stopped = await run_worker(nursery, worker)
-        async with Client.connect(addr) as client:
+        async with Client.connect(addr, token=in_process_token(tmp_path, "admin")) as client:
             job_id = await client.submit(process("sh", "-c", f"echo $$ > {pid_file}; sleep 60"))
             await until(lambda: _has_text(pid_file), 30, "the job to start")
             pid = int(pid_file.read_text())
@@ -669,11 +678,11 @@ async def test_drain_grace_over_stops_jobs_and_hands_them_back(tmp_path: Path) -
 async def test_jobs_leased_during_a_drain_are_not_started(tmp_path: Path) -> None:
     """The lease loop may be in a long poll when the drain begins: jobs it still receives are
     handed back, not run."""
-    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+    async with in_process_controller(tmp_path, lease_ttl_ms=60_000) as (addr, nursery):
         worker = in_process_worker(addr, tmp_path, slots=2, drain_grace=30)
         stopped = await run_worker(nursery, worker)
         marker = tmp_path / "long.started"
-        async with Client.connect(addr) as client:
+        async with Client.connect(addr, token=in_process_token(tmp_path, "admin")) as client:
             long = await client.submit(process("sh", "-c", f"touch {marker}; sleep 1.5"))
             await until(lambda: _has_text(marker, empty_ok=True), 30, "the long job to start")
             await trio.sleep(0.2)  # the lease loop asks for more (room 3) and waits
@@ -700,10 +709,10 @@ async def test_cancel_of_a_job_waiting_for_a_slot_frees_its_place_at_once(tmp_pa
     """A cancelled job still waiting for a slot on the worker ends at once: it does not hold its
     place in the worker's capacity until a running job ends."""
     marker = tmp_path / "long.started"
-    async with in_process_controller(lease_ttl_ms=60_000) as (addr, nursery):
+    async with in_process_controller(tmp_path, lease_ttl_ms=60_000) as (addr, nursery):
         worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
         stopped = await run_worker(nursery, worker)
-        async with Client.connect(addr) as client:
+        async with Client.connect(addr, token=in_process_token(tmp_path, "admin")) as client:
             await client.submit(process("sh", "-c", f"touch {marker}; sleep 60"))
             await until(lambda: _has_text(marker, empty_ok=True), 30, "the long job to start")
             waiting = await client.submit(process("true"))
@@ -728,10 +737,10 @@ async def test_worker_heartbeats_at_the_paced_interval(tmp_path: Path) -> None:
     to it (its lease TTL is stretched alike, so it stays registered)."""
     # A budget of 1 heartbeat a second at 100 ms: a lone worker beats once a second.
     settings = {"lease_ttl_ms": 500, "heartbeat_interval_ms": 100, "heartbeat_budget": 1}
-    async with in_process_controller(**settings) as (addr, nursery):
+    async with in_process_controller(tmp_path, **settings) as (addr, nursery):
         worker = in_process_worker(addr, tmp_path, slots=1, drain_grace=0.5)
         stopped = await run_worker(nursery, worker)
-        async with Client.connect(addr) as client:
+        async with Client.connect(addr, token=in_process_token(tmp_path, "admin")) as client:
 
             async def silence() -> float:
                 return max(0.0, *(w.last_seen_ago for w in await client.workers()))

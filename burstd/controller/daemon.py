@@ -9,6 +9,7 @@ controller takes back its queued jobs and waits one lease TTL for workers to cla
 from __future__ import annotations
 
 import gc
+import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -18,13 +19,14 @@ from functools import partial
 import trio
 from loguru import logger
 
-from burstd import transport, wire
+from burstd import credentials, transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
-from burstd.controller.store import Snapshot, Store
+from burstd.controller.store import Snapshot, Store, lock_state_dir
 from burstd.controller.table import TERMINAL, JobState, JobTable
+from burstd.controller.tokens import Tokens
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 
 # Queued jobs read back from the store per pass of a restart's loader (``_load_queue``).
@@ -65,7 +67,10 @@ def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
 
 
 def build_service(
-    config: ControllerConfig, store: Store | None = None, snapshot: Snapshot | None = None
+    config: ControllerConfig,
+    store: Store | None = None,
+    snapshot: Snapshot | None = None,
+    tokens: Tokens | None = None,
 ) -> ControllerService:
     """The service over a fresh table, restored from ``store`` if there is one: its leases
     at once (their workers come back to claim them), the rest from ``snapshot`` later
@@ -79,7 +84,7 @@ def build_service(
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
     )
-    return ControllerService(table, settings, writer=writer)
+    return ControllerService(table, settings, writer=writer, tokens=tokens)
 
 
 async def _every(interval: float, task: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -160,7 +165,18 @@ async def run_controller(
             stack.callback(store.close)
             snapshot = store.snapshot()
             stack.callback(snapshot.close)
-        service = build_service(config, store, snapshot)
+        else:
+            # No jobs there, but the bootstrap tokens: one controller a directory all the same.
+            stack.callback(os.close, lock_state_dir(config.state_dir))
+        tokens = Tokens(store.path if store is not None else None)
+        stack.callback(tokens.close)
+        tokens.bootstrap(config.state_dir)
+        logger.info(
+            "tokens for this machine: {} (admin), {} (workers)",
+            config.state_dir / credentials.ADMIN_TOKEN,
+            config.state_dir / credentials.WORKER_TOKEN,
+        )
+        service = build_service(config, store, snapshot, tokens)
         if store is not None:
             table = service.table
             logger.info(

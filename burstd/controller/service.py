@@ -13,8 +13,9 @@ import heapq
 import math
 import operator
 import secrets
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
@@ -22,6 +23,7 @@ import trio
 from loguru import logger
 
 from burstd import transport, wire
+from burstd.auth import Caller, Guard
 from burstd.controller import admission
 from burstd.controller.admission import Limits, SpecError
 from burstd.controller.table import (
@@ -38,9 +40,10 @@ from burstd.controller.table import (
     UnknownWorker,
     earlier_outputs,
 )
+from burstd.controller.tokens import Token, TokenError, Tokens
 from burstd.controller.writer import STAGE_SLICE, StoreUnavailable, StoreWriter
 from burstd.policies.steal import MAX_STEAL, spare
-from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
+from proto.burst.v1 import job_pb2, peer_pb2, token_pb2, worker_pb2
 
 MAX_WAIT_MS = 60_000
 MAX_LIST = 10_000
@@ -162,8 +165,12 @@ class ControllerService:
         settings: ServiceSettings = ServiceSettings(),
         clock: Callable[[], float] = time.time,
         writer: StoreWriter | None = None,
+        tokens: Tokens | None = None,
     ) -> None:
         self.table = table
+        # Without tokens of its own, a service knows none: every call is refused.
+        self.tokens = tokens if tokens is not None else Tokens(None)
+        self.guard = Guard(self.tokens, clock)
         self.settings = settings
         self.clock = clock
         # With a store, finished jobs leave memory once stored; lookups fall back to it.
@@ -223,7 +230,7 @@ class ControllerService:
     # -- clients -----------------------------------------------------------------------------
 
     async def submit_job(
-        self, request: job_pb2.SubmitJobRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.SubmitJobRequest, caller: Caller
     ) -> job_pb2.SubmitJobResponse:
         new = admission.admit_one(
             request.spec if request.HasField("spec") else None, self.settings.limits
@@ -232,7 +239,7 @@ class ControllerService:
         return job_pb2.SubmitJobResponse(job_id=job_id)
 
     async def submit_jobs(
-        self, request: job_pb2.SubmitJobsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.SubmitJobsRequest, caller: Caller
     ) -> job_pb2.SubmitJobsResponse:
         if request.submission_id or request.more:
             return await self._submit_piece(request)
@@ -422,7 +429,7 @@ class ControllerService:
         return found
 
     async def get_job_status(
-        self, request: job_pb2.GetJobStatusRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.GetJobStatusRequest, caller: Caller
     ) -> job_pb2.GetJobStatusResponse:
         job = await self.lookup(request.job_id)
         if job is None:
@@ -437,7 +444,7 @@ class ControllerService:
         )
 
     async def cancel_jobs(
-        self, request: job_pb2.CancelJobsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.CancelJobsRequest, caller: Caller
     ) -> job_pb2.CancelJobsResponse:
         ids = admission.job_ids(request.job_ids)
         await self._load(ids)
@@ -453,7 +460,7 @@ class ControllerService:
         return job_pb2.CancelJobsResponse(states=states)
 
     async def list_jobs(
-        self, request: job_pb2.ListJobsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.ListJobsRequest, caller: Caller
     ) -> job_pb2.ListJobsResponse:
         state = None
         if request.state:
@@ -490,7 +497,7 @@ class ControllerService:
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
 
     async def list_workers(
-        self, request: job_pb2.ListWorkersRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.ListWorkersRequest, caller: Caller
     ) -> job_pb2.ListWorkersResponse:
         now = self.clock()
         return job_pb2.ListWorkersResponse(
@@ -511,7 +518,7 @@ class ControllerService:
         )
 
     async def wait_jobs(
-        self, request: job_pb2.WaitJobsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.WaitJobsRequest, caller: Caller
     ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
         """Progress until every waited job has ended; the first update comes at once."""
         if request.all:
@@ -594,7 +601,7 @@ class ControllerService:
             await trio.sleep(WAIT_UPDATE_INTERVAL)
 
     async def forget_jobs(
-        self, request: job_pb2.ForgetJobsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.ForgetJobsRequest, caller: Caller
     ) -> job_pb2.ForgetJobsResponse:
         if request.all_finished:
             if request.job_ids:
@@ -629,7 +636,7 @@ class ControllerService:
     # -- workers -----------------------------------------------------------------------------
 
     async def register_worker(
-        self, request: worker_pb2.RegisterWorkerRequest, metadata: Mapping[str, str]
+        self, request: worker_pb2.RegisterWorkerRequest, caller: Caller
     ) -> worker_pb2.RegisterWorkerResponse:
         worker_id = admission.require(request.worker_id, "worker_id")
         if request.lease_seq > MAX_LEASE_SEQ:
@@ -672,7 +679,7 @@ class ControllerService:
         return transport.FailedPrecondition(f"{error}: register again")
 
     async def poll_job(
-        self, request: job_pb2.PollJobRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.PollJobRequest, caller: Caller
     ) -> job_pb2.PollJobResponse:
         worker_id = request.worker_id
         max_jobs = request.max_jobs if request.batch else 1
@@ -736,7 +743,7 @@ class ControllerService:
         return self.table.ended_outcome(job, worker_id, item.attempt or job.attempt)
 
     async def report_job_result(
-        self, request: job_pb2.ReportJobResultRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.ReportJobResultRequest, caller: Caller
     ) -> job_pb2.ReportJobResultResponse:
         try:
             outcome = self.table.report(request.worker_id, self._result(request), self.clock())
@@ -756,7 +763,7 @@ class ControllerService:
         return job_pb2.ReportJobResultResponse(accepted=True)
 
     async def report_job_results(
-        self, request: job_pb2.ReportJobResultsRequest, metadata: Mapping[str, str]
+        self, request: job_pb2.ReportJobResultsRequest, caller: Caller
     ) -> job_pb2.ReportJobResultsResponse:
         worker_id = request.worker_id
         now = self.clock()
@@ -786,7 +793,7 @@ class ControllerService:
         return response
 
     async def heartbeat(
-        self, request: worker_pb2.HeartbeatRequest, metadata: Mapping[str, str]
+        self, request: worker_pb2.HeartbeatRequest, caller: Caller
     ) -> worker_pb2.HeartbeatResponse:
         try:
             cancel, drop = self.table.heartbeat(
@@ -837,7 +844,7 @@ class ControllerService:
         return [p for p in self._peer_list if p.worker_id != exclude][:MAX_PEERS]
 
     async def transfer_jobs(
-        self, request: peer_pb2.TransferJobsRequest, metadata: Mapping[str, str]
+        self, request: peer_pb2.TransferJobsRequest, caller: Caller
     ) -> peer_pb2.TransferJobsResponse:
         """A victim of a steal asks to move its leases to the thief before handing them over.
 
@@ -882,11 +889,62 @@ class ControllerService:
             moved=[worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in moved]
         )
 
+    # -- tokens (admins) ---------------------------------------------------------------------
+
+    async def create_token(
+        self, request: token_pb2.CreateTokenRequest, caller: Caller
+    ) -> token_pb2.CreateTokenResponse:
+        try:
+            token, secret = self.tokens.new(
+                request.user,
+                request.role,
+                expires_in=request.expires_in_seconds,
+                worker_ids=request.worker_ids,
+            )
+        except TokenError as error:
+            raise SpecError(str(error)) from None
+        await self._save_token(token)
+        logger.info(
+            "token {} created by {} for {} ({})",
+            token.id,
+            caller.user,
+            token.user,
+            token.role.value,
+        )
+        return token_pb2.CreateTokenResponse(info=token_info(token), token=secret)
+
+    async def list_tokens(
+        self, request: token_pb2.ListTokensRequest, caller: Caller
+    ) -> token_pb2.ListTokensResponse:
+        return token_pb2.ListTokensResponse(tokens=[token_info(t) for t in self.tokens.all()])
+
+    async def revoke_token(
+        self, request: token_pb2.RevokeTokenRequest, caller: Caller
+    ) -> token_pb2.RevokeTokenResponse:
+        token_id = admission.require(request.token_id, "token_id")
+        if self.tokens.get(token_id) is None:
+            raise transport.NotFound(f"token_id: no token {token_id!r}")
+        token = self.tokens.revoked(token_id)
+        await self._save_token(token)
+        logger.info("token {} of {} revoked by {}", token.id, token.user, caller.user)
+        return token_pb2.RevokeTokenResponse(info=token_info(token))
+
+    async def _save_token(self, token: Token) -> None:
+        """Store the token (in a thread: the commit may wait for the store process's), then
+        apply it: a revoked token is refused from the next call on, on every connection."""
+        try:
+            await trio.to_thread.run_sync(self.tokens.save, token)
+        except sqlite3.Error as error:
+            raise transport.Unavailable(f"the token could not be stored: {error}") from None
+        self.tokens.add(token)
+
     # -- registration with the transport -----------------------------------------------------
 
     def rpc_service(self) -> transport.Service:
-        service = transport.Service(wire.CONTROLLER_SERVICE)
-        unary: list[tuple[str, type[Any], Callable[[Any, Mapping[str, str]], Awaitable[Any]]]] = [
+        """The service, every call checked by the guard (``burstd.auth``) before it is decoded,
+        and against the worker its token is bound to once it is."""
+        service = transport.Service(wire.CONTROLLER_SERVICE, self.guard.authorize)
+        unary: list[tuple[str, type[Any], Callable[[Any, Caller], Awaitable[Any]]]] = [
             ("SubmitJob", job_pb2.SubmitJobRequest, self.submit_job),
             ("SubmitJobs", job_pb2.SubmitJobsRequest, self.submit_jobs),
             ("GetJobStatus", job_pb2.GetJobStatusRequest, self.get_job_status),
@@ -900,11 +958,18 @@ class ControllerService:
             ("ReportJobResults", job_pb2.ReportJobResultsRequest, self.report_job_results),
             ("Heartbeat", worker_pb2.HeartbeatRequest, self.heartbeat),
             ("TransferJobs", peer_pb2.TransferJobsRequest, self.transfer_jobs),
+            ("CreateToken", token_pb2.CreateTokenRequest, self.create_token),
+            ("ListTokens", token_pb2.ListTokensRequest, self.list_tokens),
+            ("RevokeToken", token_pb2.RevokeTokenRequest, self.revoke_token),
         ]
         for name, request_type, handler in unary:
-            service.unary(name, request_type, _invalid_argument(handler))
+            service.unary(
+                name, request_type, _checked(f"/{wire.CONTROLLER_SERVICE}/{name}", handler)
+            )
         service.server_stream(
-            "WaitJobs", job_pb2.WaitJobsRequest, _invalid_argument_stream(self.wait_jobs)
+            "WaitJobs",
+            job_pb2.WaitJobsRequest,
+            _checked_stream(f"/{wire.CONTROLLER_SERVICE}/WaitJobs", self.wait_jobs),
         )
         return service
 
@@ -917,26 +982,42 @@ def _is_job_id(text: str) -> bool:
     return True
 
 
-def _invalid_argument(
-    handler: Callable[[Req, Mapping[str, str]], Awaitable[Resp]],
-) -> Callable[[Req, Mapping[str, str]], Awaitable[Resp]]:
-    """Refused input reaches the client as INVALID_ARGUMENT naming the field."""
+def token_info(token: Token) -> token_pb2.TokenInfo:
+    return token_pb2.TokenInfo(
+        token_id=token.id,
+        user=token.user,
+        role=token.role.value,
+        created_at=token.created_at,
+        expires_at=token.expires_at,
+        revoked_at=token.revoked_at,
+        worker_ids=token.worker_ids,
+    )
 
-    async def handle(request: Req, metadata: Mapping[str, str]) -> Resp:
+
+def _checked(
+    path: str, handler: Callable[[Req, Caller], Awaitable[Resp]]
+) -> Callable[[Req, Caller], Awaitable[Resp]]:
+    """The handler, for a caller whose token may act as the worker the request names
+    (``Guard.check_worker``); refused input reaches the client as INVALID_ARGUMENT naming the
+    field."""
+
+    async def handle(request: Req, caller: Caller) -> Resp:
+        Guard.check_worker(path, caller, request)
         try:
-            return await handler(request, metadata)
+            return await handler(request, caller)
         except SpecError as error:
             raise transport.InvalidArgument(str(error)) from None
 
     return handle
 
 
-def _invalid_argument_stream(
-    handler: Callable[[Req, Mapping[str, str]], AsyncIterator[Resp]],
-) -> Callable[[Req, Mapping[str, str]], AsyncIterator[Resp]]:
-    async def handle(request: Req, metadata: Mapping[str, str]) -> AsyncIterator[Resp]:
+def _checked_stream(
+    path: str, handler: Callable[[Req, Caller], AsyncIterator[Resp]]
+) -> Callable[[Req, Caller], AsyncIterator[Resp]]:
+    async def handle(request: Req, caller: Caller) -> AsyncIterator[Resp]:
+        Guard.check_worker(path, caller, request)
         try:
-            async for item in handler(request, metadata):
+            async for item in handler(request, caller):
                 yield item
         except SpecError as error:
             raise transport.InvalidArgument(str(error)) from None

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from burstd import wire
 from burstd.controller.table import Job, JobState
+from burstd.credentials import private_dir, private_file
 
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
@@ -39,7 +40,7 @@ APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA applicatio
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
 CACHE_KIB = 32 * 1024
-LOCK_WAIT = 1.0  # seconds: see Store._take_lock
+LOCK_WAIT = 1.0  # seconds: see lock_state_dir
 
 _COLUMNS = (
     "num",
@@ -260,25 +261,40 @@ def _numbers(job_ids: Iterable[str]) -> str:
     return json.dumps(numbers)
 
 
+def lock_state_dir(state_dir: Path) -> int:
+    """Make the state directory (0700, see ``credentials.private_dir``) and lock it for one
+    controller; returns the lock's file descriptor (the lock lasts until it is closed).
+
+    The store process of a controller that was just killed holds the lock until its
+    transaction under way is done (milliseconds): a restart right after waits for that.
+    Raises ``StoreError`` naming the directory."""
+    try:
+        private_dir(state_dir)
+        lock = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StoreError(f"{state_dir}: cannot use as state directory: {error.strerror}") from None
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(lock)
+                raise StoreError(f"{state_dir}: in use by another controller") from None
+            time.sleep(0.02)
+
+
 class Store:
     """One open state directory. Not thread-safe: use it from one thread at a time."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / DB_NAME
+        self._lock = lock_state_dir(state_dir)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = os.open(
-                state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        except OSError as error:
-            raise StoreError(
-                f"{state_dir}: cannot use as state directory: {error.strerror}"
-            ) from None
-        if not self._take_lock():
-            os.close(self._lock)
-            raise StoreError(f"{state_dir}: in use by another controller") from None
-        try:
+            # SQLite gives the -wal and -shm files the database file's mode.
+            private_file(self.path)
             self._db = self._open()
             # Reads (status, list) come from the event loop while the store process writes:
             # they get their own connection, which WAL lets read beside the writer.
@@ -291,19 +307,6 @@ class Store:
         from burstd.controller.store_process import StoreProcess
 
         self._writes: StoreProcess = StoreProcess(self.path, self._lock)
-
-    def _take_lock(self) -> bool:
-        """The store process of a controller that was just killed holds the lock until its
-        transaction under way is done (milliseconds): a restart right after waits for that."""
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except OSError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.02)
 
     def _open(self) -> sqlite3.Connection:
         try:

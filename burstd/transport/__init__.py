@@ -52,7 +52,7 @@ section 4):
 from __future__ import annotations
 
 from burstd.transport.channel import Channel, open_channel
-from burstd.transport.connection import quiet_purerpc_logging
+from burstd.transport.connection import MAX_UNAUTHENTICATED, quiet_purerpc_logging
 from burstd.transport.errors import (
     Aborted,
     AlreadyExists,
@@ -73,15 +73,17 @@ from burstd.transport.errors import (
 )
 from burstd.transport.health import health_service
 from burstd.transport.messages import Metadata
-from burstd.transport.methods import Service
+from burstd.transport.methods import Authorize, Service
 from burstd.transport.server import serve
 from burstd.wire import HEALTH_SERVICE, MUX_SERVICE
 
 __all__ = [
     "HEALTH_SERVICE",
+    "MAX_UNAUTHENTICATED",
     "MUX_SERVICE",
     "Aborted",
     "AlreadyExists",
+    "Authorize",
     "Channel",
     "DeadlineExceeded",
     "FailedPrecondition",

@@ -48,6 +48,10 @@ from burstd.transport.wakeup import Wakeup
 
 # HTTP/2 error code sent with RST_STREAM when our side abandons a call.
 _H2_CANCEL = 0x8
+# HTTP/2 error code of the GOAWAY that disconnects a peer for its refused calls.
+_H2_ENHANCE_YOUR_CALM = 0xB
+MAX_UNAUTHENTICATED = 8
+"""Calls refused UNAUTHENTICATED on one connection after which the server closes it."""
 RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them
     0x7: StatusCode.UNAVAILABLE,  # REFUSED_STREAM: the server did not start the call
     0x8: StatusCode.CANCELLED,
@@ -211,6 +215,10 @@ class Stream:
         # Takes a message at once, in the connection's reader (True if it did), instead of
         # queueing it for the call's task: a Calls stream's (see mux.py).
         self.take_message: Callable[[bytes], bool] | None = None
+
+    @property
+    def connection(self) -> Connection:
+        return self._connection
 
     def put(self, event: object) -> None:
         """Hand an event from the connection's reader to the call."""
@@ -390,12 +398,13 @@ class Connection:
         self._outgoing: list[bytes] = []
         self._writer = Wakeup()  # for the writer task, when it has sent everything
         self._writing = True  # cleared to let the writer send what is left and return
-        self._reading = trio.CancelScope()  # around the client's reader task
+        self.reading = trio.CancelScope()  # around the reader (listen): close() cancels it
         self.finished = trio.Event()  # set when the connection must close
         self.goaway = False  # the peer takes no new streams here
         self.retired = False  # take no new calls here (stream ids used up, or dead peer)
         self.failure = "connection closed by peer"
         self.probe: trio.Event | None = None  # set on any data received while a ping is out
+        self.unauthenticated = 0  # calls refused UNAUTHENTICATED (server side): see refused()
         connection.initiate_connection()
         self.flush()
 
@@ -412,10 +421,26 @@ class Connection:
             self._writer.wake()
 
     def close(self) -> None:
-        """Stop the client's reader; let the writer send what is queued, then return."""
-        self._reading.cancel()
+        """Stop the reader; let the writer send what is queued, then return."""
+        self.reading.cancel()
         self._writing = False
         self._writer.wake()
+
+    def refused(self, code: StatusCode) -> None:
+        """Count a call answered ``code`` (server side): a peer that keeps sending unknown
+        tokens is sent GOAWAY and disconnected, and must connect again to try more, so one peer
+        guessing cannot take the server's time from the others."""
+        if code is not StatusCode.UNAUTHENTICATED:
+            return
+        self.unauthenticated += 1
+        if self.unauthenticated == MAX_UNAUTHENTICATED:
+            logger.debug(
+                "a peer sent {} calls with no valid token: disconnected", self.unauthenticated
+            )
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(error_code=_H2_ENHANCE_YOUR_CALM)
+            self.flush()
+            self.close()
 
     async def write(self) -> None:
         """The connection's writer task: runs until :meth:`close` (or cancelled)."""
@@ -543,7 +568,7 @@ class Connection:
         leave calls waiting forever: it fails them all, and the channel opens a new connection
         next time."""
         try:
-            with self._reading:
+            with self.reading:
                 async for _ in self.listen():
                     pass
         except Exception as error:

@@ -64,6 +64,7 @@ async def serve_mux(unary: Mapping[str, Method], stream: Stream, metadata: Metad
     the sender. A cancel message cancels that handler and no reply is sent. When the client
     ends its side, the calls in flight finish and are answered before the stream ends OK.
     """
+    connection = stream.connection
     replies: collections.deque[bytes] = collections.deque()
     replies_ready = Wakeup()
     scopes: dict[int, trio.CancelScope] = {}
@@ -97,7 +98,7 @@ async def serve_mux(unary: Mapping[str, Method], stream: Stream, metadata: Metad
         code, message, reply = StatusCode.OK, "", b""
         try:
             with scope:
-                reply = await run_unary(method, data, metadata)
+                reply = await run_unary(method, method_path, data, metadata)
         except Exception as error:
             code, message = status_of(error, method_path)
         finally:
@@ -110,6 +111,7 @@ async def serve_mux(unary: Mapping[str, Method], stream: Stream, metadata: Metad
                 return
             code, message = StatusCode.DEADLINE_EXCEEDED, f"{method_path}: deadline exceeded"
         answer(call_id, code, message, reply)
+        connection.refused(code)
 
     async def send() -> None:
         # A client that reset the stream already has cancelled us: h2 would refuse the headers.

@@ -127,8 +127,9 @@ async def _serve_connection(
             connection = Connection(False, sock)
             tasks.start_soon(connection.write)
             async with trio.open_nursery() as calls:
-                async for stream in connection.listen():
-                    calls.start_soon(_serve_stream, connection, stream, methods)
+                with connection.reading:  # until the peer closes, or refused() closes
+                    async for stream in connection.listen():
+                        calls.start_soon(_serve_stream, connection, stream, methods)
                 # The client closed the connection: nobody is left to read any reply.
                 calls.cancel_scope.cancel()
             connection.close()
@@ -164,6 +165,7 @@ async def _serve_stream(
             stream.end(Status(code.value, message))
         except h2.exceptions.H2Error as error:  # the stream or connection closed meanwhile
             logger.debug("could not send the status of a call: {!r}", error)
+        connection.refused(code)
     finally:
         connection.forget(stream)
 
@@ -186,11 +188,12 @@ async def _answer(
             return StatusCode.OK, ""
         data = await _read_request(stream)
         if method.streaming:
+            caller = method.authorize(path, metadata)
             await _send_stream(
-                stream, method.handler(decode_request(method.request_type, data), metadata)
+                stream, method.handler(decode_request(method.request_type, data), caller)
             )
         else:
-            payload = await run_unary(method, data, metadata)
+            payload = await run_unary(method, path, data, metadata)
             stream.start_response()
             await stream.send_bytes(payload)
         return StatusCode.OK, ""

@@ -80,12 +80,14 @@ class Worker:
         drain_grace: float = 30.0,
         steal: bool = True,
         static_peers: Mapping[str, str] | None = None,
+        token: str,
     ) -> None:
         """``steal``: take queued jobs from busier peers when idle. Peers can take this worker's
         queued jobs when ``config.peer_listen_addr`` is set. ``static_peers`` (worker id to
-        address, from the configuration file) are tried until the controller lists peers."""
+        address, from the configuration file) are tried until the controller lists peers.
+        ``token``: the worker's (see ``burstd.credentials``)."""
         capacity = max(config.local_queue_capacity, config.slots)
-        self.state = WorkerState(config, LocalQueue(capacity), steals=steal)
+        self.state = WorkerState(config, LocalQueue(capacity), token, steals=steal)
         self.link = ControllerLink(self.state, peer_addr)
         self.stealer = (
             StealClient(self.state, static_peers or {}, hand_back=self._hand_back, link=self.link)

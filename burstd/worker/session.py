@@ -24,7 +24,7 @@ from typing import Any
 import trio
 from loguru import logger
 
-from burstd import transport, wire
+from burstd import auth, transport, wire
 from burstd.config import parse_hostport
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import worker_pb2
@@ -70,7 +70,11 @@ class ControllerLink:
                 # Polls, reports and heartbeats are many small calls: one standing stream
                 # carries them all (see proto/burst/v1/mux.proto).
                 channel = transport.Channel(
-                    self.host, self.port, connect_timeout=5.0, multiplex=True
+                    self.host,
+                    self.port,
+                    connect_timeout=5.0,
+                    multiplex=True,
+                    metadata=auth.bearer(self.state.token),
                 )
                 async with channel:
                     await self._register(channel)

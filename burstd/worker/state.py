@@ -43,6 +43,8 @@ class WorkerState:
 
     config: WorkerConfig
     local: LocalQueue
+    # Sent with every call, to the controller and to peers (see burstd/auth.py).
+    token: str = ""
     # The jobs running here, by the job (not its id: two attempts of one job may both be here,
     # one stopping while the other starts).
     running: dict[LocalJob, Running] = field(default_factory=dict)

@@ -1,0 +1,212 @@
+"""Who may call what: roles, the caller of a call, and the one table of methods and roles.
+
+Every call to the controller or to a worker's peer port carries a bearer token (gRPC metadata
+``authorization: Bearer <token>``), except ``grpc.health.v1.Health/Check``. The rules:
+
+1. No token, or one the server does not know (or revoked, or expired): UNAUTHENTICATED, before
+   anything else is looked at, so a refusal never says whether a job or worker exists.
+2. A known token whose role :data:`RULES` does not list for the method: PERMISSION_DENIED.
+3. A worker token bound to worker ids acts only as those workers: the request field that names
+   the worker (``Rule.worker_field``) must be one of them, else PERMISSION_DENIED.
+
+Roles: ``client`` (its own jobs), ``worker`` (leases, reports, steals), ``admin`` (everything,
+every owner's jobs, workers and tokens). :class:`Guard` applies the rules to a call from its
+metadata; the table of tokens behind it is the caller's (``burstd.controller.tokens`` on the
+controller, the verifiers the controller hands to workers on a peer port). No trio here.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from burstd import transport, wire
+
+__all__ = [
+    "RULES",
+    "Caller",
+    "Guard",
+    "Role",
+    "Rule",
+    "bearer",
+    "digest",
+    "new_secret",
+]
+
+METADATA_KEY = "authorization"
+_SCHEME = "Bearer "
+# 32 random bytes (256 bits) as URL-safe text, after a prefix that says what it is.
+_PREFIX = "burst_"
+_SECRET_BYTES = 32
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    WORKER = "worker"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who makes a call: what its token says. Handlers get it as their second argument."""
+
+    user: str
+    role: Role
+    token_id: str
+    # The workers a worker token may act as; empty: any (an unbound token, or another role).
+    worker_ids: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    def may_act_as(self, worker_id: str) -> bool:
+        return not self.worker_ids or worker_id in self.worker_ids
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Who may call one method, and which request field names the worker it acts as."""
+
+    roles: frozenset[Role]
+    worker_field: str = ""
+
+
+_CLIENTS = frozenset({Role.CLIENT, Role.ADMIN})
+_WORKERS = frozenset({Role.WORKER, Role.ADMIN})
+_ANYONE = frozenset(Role)
+_ADMINS = frozenset({Role.ADMIN})
+
+_CONTROLLER = f"/{wire.CONTROLLER_SERVICE}/"
+_PEER = f"/{wire.PEER_SERVICE}/"
+
+RULES: Mapping[str, Rule] = {
+    # clients: their own jobs (admins: everyone's)
+    _CONTROLLER + "SubmitJob": Rule(_CLIENTS),
+    _CONTROLLER + "SubmitJobs": Rule(_CLIENTS),
+    _CONTROLLER + "GetJobStatus": Rule(_CLIENTS),
+    _CONTROLLER + "CancelJobs": Rule(_CLIENTS),
+    _CONTROLLER + "ListJobs": Rule(_CLIENTS),
+    _CONTROLLER + "WaitJobs": Rule(_CLIENTS),
+    _CONTROLLER + "ForgetJobs": Rule(_CLIENTS),
+    # `burst workers`, and an idle worker's steal client asking where the spare jobs are
+    _CONTROLLER + "ListWorkers": Rule(_ANYONE),
+    # workers: the leases they hold, as the worker their token is bound to
+    _CONTROLLER + "RegisterWorker": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "PollJob": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "ReportJobResult": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "ReportJobResults": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "Heartbeat": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "TransferJobs": Rule(_WORKERS, "victim_id"),
+    # tokens
+    _CONTROLLER + "CreateToken": Rule(_ADMINS),
+    _CONTROLLER + "ListTokens": Rule(_ADMINS),
+    _CONTROLLER + "RevokeToken": Rule(_ADMINS),
+    # a worker's peer port: only workers steal (the victim knows worker tokens alone)
+    _PEER + "StealJobs": Rule(frozenset({Role.WORKER}), "thief_worker_id"),
+}
+"""Every method of every guarded service and the roles allowed to call it; a method missing here
+is refused to everyone (tests check that every served method is listed)."""
+
+
+def new_secret() -> str:
+    """A new token: 256 random bits, as text."""
+    return _PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def digest(secret: str) -> bytes:
+    """What a store keeps of a token: its SHA-256 (a token is random, so no salt is needed)."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """The metadata that carries a token."""
+    return {METADATA_KEY: _SCHEME + secret}
+
+
+@dataclass(slots=True)
+class Grant:
+    """A token as a guard knows it: its digest, its caller, its end (0: none), revocation."""
+
+    sha256: bytes
+    caller: Caller
+    expires_at: float = 0.0
+    revoked: bool = False
+
+
+class TokenSource(Protocol):
+    def find(self, sha256: bytes) -> Grant | None:
+        """The grant of a token by its digest, or None."""
+        ...
+
+
+@dataclass
+class Guard:
+    """Applies :data:`RULES` to calls: ``authorize`` is a service's hook (see
+    ``transport.Service``), ``check_worker`` the binding check once the request is decoded.
+
+    Known tokens are remembered by their header (a dict lookup per call, no hashing); an unknown
+    one is hashed and looked up in ``source`` (a few microseconds), and never remembered, so
+    wrong tokens cannot fill memory. Revocation and expiry are read on every call.
+    """
+
+    source: TokenSource
+    clock: Callable[[], float]
+    _known: dict[str, Grant] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """Drop what is remembered (after a revocation: its grant says so anyway)."""
+        self._known.clear()
+
+    def authorize(self, path: str, metadata: Mapping[str, str]) -> Caller:
+        header = metadata.get(METADATA_KEY, "")
+        grant = self._known.get(header)
+        if grant is None:
+            grant = self._lookup(header)
+        if grant.revoked:
+            raise transport.Unauthenticated("token revoked")
+        if grant.expires_at and self.clock() >= grant.expires_at:
+            raise transport.Unauthenticated("token expired")
+        rule = RULES.get(path)
+        caller = grant.caller
+        if rule is None or caller.role not in rule.roles:
+            raise transport.PermissionDenied(f"a {caller.role.value} token may not call {path}")
+        return caller
+
+    def _lookup(self, header: str) -> Grant:
+        if not header:
+            raise transport.Unauthenticated(
+                f"no token: send metadata '{METADATA_KEY}: {_SCHEME}<token>'"
+            )
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != _SCHEME.strip().lower() or not secret:
+            raise transport.Unauthenticated(f"{METADATA_KEY} metadata: expected '{_SCHEME}<token>'")
+        wanted = digest(secret.strip())
+        grant = self.source.find(wanted)
+        # The lookup was by digest; the comparison that decides is constant-time all the same.
+        if grant is None or not secrets.compare_digest(grant.sha256, wanted):
+            raise transport.Unauthenticated("unknown token")
+        if len(self._known) < _MAX_KNOWN:
+            self._known[header] = grant
+        return grant
+
+    @staticmethod
+    def check_worker(path: str, caller: Caller, request: object) -> None:
+        """Refuse a worker token bound to other workers than the one the request names."""
+        rule = RULES.get(path)
+        if rule is None or not rule.worker_field or not caller.worker_ids:
+            return
+        worker_id = getattr(request, rule.worker_field)
+        if not caller.may_act_as(worker_id):
+            raise transport.PermissionDenied(
+                f"{rule.worker_field}: this token may act only as worker "
+                f"{', '.join(sorted(caller.worker_ids))}"
+            )
+
+
+# Headers of known tokens remembered (a token sent in odd spellings cannot grow it past this).
+_MAX_KNOWN = 4096
