@@ -25,7 +25,7 @@ import trio
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from burstd import transport, wire
+from burstd import auth, transport, wire
 from burstd.transport import Channel, RpcError, StatusCode
 from proto.burst.v1 import control_pb2, peer_pb2
 from proto.grpc.health.v1 import health_pb2
@@ -139,6 +139,9 @@ class Target:
     daemon: Daemon
     addr: str
     baseline_kb: int
+    # Which of the fleet's credentials is a valid token here (the others are refused, and a
+    # connection refused MAX_UNAUTHENTICATED times is closed: its other calls are UNAVAILABLE).
+    valid: int
     # How much of its log earlier tests checked.
     log_checked: int = 0
 
@@ -182,12 +185,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             worker = home.worker("fuzz-peer", "--peer-listen", peer, slots=1)
             home.wait_workers(1)
             targets = {
-                "controller": Target(controller, fuzzed.addr, 0),
-                "worker": Target(worker, peer, 0),
+                "controller": Target(controller, fuzzed.addr, 0, valid=2),
+                "worker": Target(worker, peer, 0, valid=3),
             }
             for target in targets.values():
                 target.baseline_kb = target.rss_kb()
-            yield Fleet(targets, [{}, {"authorization": "Bearer not-a-token"}])
+            credentials = [
+                {},
+                {"authorization": "Bearer not-a-token"},
+                auth.bearer(fuzzed.token("admin")),
+                auth.bearer(home.token("worker")),  # a thief's, at the peer port
+            ]
+            yield Fleet(targets, credentials)
         finally:
             fuzzed.close()
             home.close()
@@ -218,8 +227,9 @@ def _may_wait(method: Method, data: bytes) -> bool:
         return False
 
 
-async def _call(channel: Channel, method: Method, data: bytes) -> StatusCode:
-    """Send one request; the status it ended with (a wait given up on counts as OK)."""
+async def _call(channel: Channel, method: Method, data: bytes, refused: bool = False) -> StatusCode:
+    """Send one request; the status it ended with (a wait given up on counts as OK). With
+    ``refused`` (no valid token) the server may have closed the connection meanwhile."""
     waits = _may_wait(method, data)
     try:
         if method.streaming:
@@ -240,6 +250,8 @@ async def _call(channel: Channel, method: Method, data: bytes) -> StatusCode:
     except RpcError as error:
         if error.code is StatusCode.DEADLINE_EXCEEDED and waits and not method.streaming:
             return StatusCode.OK
+        if refused and error.code is StatusCode.UNAVAILABLE:
+            return error.code
         assert error.code in CLIENT_ERRORS, (
             f"{method.path} answered {error.code.name} ({error.message}) to {data!r}"
         )
@@ -257,9 +269,10 @@ def _check_alive(fleet: Fleet) -> None:
         assert grown_mb < MAX_GROWTH_MB, f"the {name} grew by {grown_mb:.0f} MB"
 
 
-async def _answers(target: Target, method: Method) -> None:
+async def _answers(target: Target, fleet: Fleet, method: Method) -> None:
     """The server still answers a well-formed call at once."""
-    async with transport.open_channel(target.addr) as channel:
+    credential = fleet.credentials[target.valid]
+    async with transport.open_channel(target.addr, metadata=credential) as channel:
         code = await _call(channel, method, method.request().SerializeToString())
     assert code in CLIENT_ERRORS
 
@@ -276,7 +289,8 @@ async def _send(target: Target, fleet: Fleet, method: Method, batch: list[Call])
                 )
         async with trio.open_nursery() as nursery:
             for data, credential, multiplex in batch:
-                nursery.start_soon(_call, channels[credential, multiplex], method, data)
+                refused = credential != target.valid
+                nursery.start_soon(_call, channels[credential, multiplex], method, data, refused)
 
 
 # One input: the encoded request, which of the fleet's credentials, multiplexed or not.
@@ -305,7 +319,7 @@ def test_random_requests_get_a_clear_answer(fleet: Fleet, method: Method) -> Non
 
     fuzz()
     _check_alive(fleet)
-    trio.run(_answers, target, method)
+    trio.run(_answers, target, fleet, method)
 
 
 def test_the_fuzzed_strings_are_protobuf_text() -> None:

@@ -710,3 +710,85 @@ def test_registration_mistakes() -> None:
         service.unary("Echo", Msg, echo_service(Calls()).methods["Echo"].handler)
     with pytest.raises(ValueError):
         Channel(HOST, 1, metadata={"grpc-timeout": "1"})
+
+
+# -- a guarded service: the authorize hook, and peers that keep sending bad tokens ---------------
+
+
+def guarded_service() -> Service:
+    """Calls need metadata x-key: "good" (its caller is "alice"), "other" is known but not
+    allowed; what the hook returns is the handler's second argument."""
+
+    def authorize(path: str, metadata: Mapping[str, str]) -> str:
+        key = metadata.get("x-key", "")
+        if key == "other":
+            raise transport.PermissionDenied(f"not {path}")
+        if key != "good":
+            raise transport.Unauthenticated("unknown key")
+        return "alice"
+
+    async def whoami(request: Msg, caller: str) -> Msg:
+        return Msg(service=f"{caller}:{request.service}")
+
+    service = Service("burst.test.Guarded", authorize)
+    service.unary("WhoAmI", Msg, whoami)
+    return service
+
+
+@asynccontextmanager
+async def guarded_server() -> AsyncIterator[int]:
+    async with trio.open_nursery() as nursery:
+        yield await nursery.start(transport.serve, HOST, 0, [guarded_service()])
+        nursery.cancel_scope.cancel()
+
+
+async def whoami(channel: Channel, text: str = "x") -> str:
+    reply = await channel.unary("burst.test.Guarded", "WhoAmI", Msg(service=text), Msg, timeout=5)
+    return reply.service
+
+
+async def test_the_guard_sees_every_call_before_its_request_is_decoded(mux: bool) -> None:
+    async with guarded_server() as port:
+        good = Channel(HOST, port, multiplex=mux, metadata={"x-key": "good"})
+        other = Channel(HOST, port, multiplex=mux, metadata={"x-key": "other"})
+        async with good, other, Channel(HOST, port, multiplex=mux) as none:
+            assert await whoami(good, "hi") == "alice:hi"
+            with pytest.raises(
+                transport.PermissionDenied, match=r"not /burst\.test\.Guarded/WhoAmI"
+            ):
+                await whoami(other)
+            with pytest.raises(transport.Unauthenticated):
+                await whoami(none)
+            # A malformed request is refused for its missing key, not decoded.
+            with pytest.raises(transport.Unauthenticated):
+                await none.unary_raw("burst.test.Guarded", "WhoAmI", b"\xff\xff", timeout=5)
+            with pytest.raises(transport.InvalidArgument):
+                await good.unary_raw("burst.test.Guarded", "WhoAmI", b"\xff\xff", timeout=5)
+
+
+async def test_a_connection_that_keeps_failing_authentication_is_closed(mux: bool) -> None:
+    """After MAX_UNAUTHENTICATED refused calls the server sends GOAWAY and hangs up: the next
+    call needs a new connection. A known but refused key (PERMISSION_DENIED) does not count, and
+    other connections keep being served."""
+    async with guarded_server() as port:
+        good = Channel(HOST, port, multiplex=mux, metadata={"x-key": "good"})
+        other = Channel(HOST, port, multiplex=mux, metadata={"x-key": "other"})
+        async with good, other, Channel(HOST, port, multiplex=mux) as bad:
+            first = bad._connection
+            for _ in range(transport.MAX_UNAUTHENTICATED - 1):
+                with pytest.raises(transport.Unauthenticated):
+                    await whoami(bad)
+            assert bad._connection is first and first is not None and first.usable
+            with pytest.raises((transport.Unauthenticated, transport.Unavailable)):
+                await whoami(bad)
+            with trio.fail_after(5):
+                while first.usable:
+                    await trio.sleep(0.01)
+            with pytest.raises(transport.Unauthenticated):
+                await whoami(bad)  # refused again, on a new connection
+            assert bad._connection is not first
+            for _ in range(2 * transport.MAX_UNAUTHENTICATED):
+                with pytest.raises(transport.PermissionDenied):
+                    await whoami(other)
+            assert other._connection is not None and other._connection.usable
+            assert await whoami(good) == "alice:x"

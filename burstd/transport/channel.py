@@ -324,13 +324,14 @@ class Channel:
         raise DeadlineExceeded(f"{path}: no reply from {self.peer} within {timeout:g} s")
 
     async def _mux_stream(self) -> MuxClient:
-        """The open Calls stream, opening one if there is none or the last one ended."""
+        """The open Calls stream, opening one if there is none, the last one ended, or its
+        connection takes nothing more (a GOAWAY: h2 then refuses to send on its streams)."""
         mux = self._mux
-        if mux is not None and mux.failure is None:
+        if mux is not None and mux.failure is None and mux.connection.usable:
             return mux
         async with self._mux_lock:
             mux = self._mux
-            if mux is not None and mux.failure is None:
+            if mux is not None and mux.failure is None and mux.connection.usable:
                 return mux
             connection, stream = await self._open(MUX_SERVICE, MUX_METHOD, None, None)
             mux = self._mux = MuxClient(connection, stream, self.peer, self.address)
