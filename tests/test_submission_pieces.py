@@ -43,7 +43,8 @@ async def controller(tmp_path: Path, store: str, **settings: Any) -> AsyncIterat
     )
     async with trio.open_nursery() as nursery:
         port = await nursery.start(run_controller, config)
-        async with Client.connect(f"127.0.0.1:{port}") as client:
+        token = (tmp_path / "state" / "admin.token").read_text().strip()
+        async with Client.connect(f"127.0.0.1:{port}", token=token) as client:
             yield client
         nursery.cancel_scope.cancel()
 
