@@ -526,10 +526,10 @@ def test_the_token_reaches_the_client(
 ) -> None:
     tokens: list[str] = fake.tokens  # type: ignore[attr-defined]
     (tmp_path / "t").write_text("from-file\n")
-    assert run(["--token-file", str(tmp_path / "t"), "status", "j"]) == 0
-    assert run(["status", "j"]) == 0
+    assert run(["--token-file", str(tmp_path / "t"), "list"]) == 0
+    assert run(["list"]) == 0
     monkeypatch.delenv("BURST_TOKEN")
-    assert run(["status", "j"]) == 2  # no token anywhere: a usage error, nothing sent
+    assert run(["list"]) == 2  # no token anywhere: a usage error, nothing sent
     assert tokens == ["from-file", "a-token"]
 
 
