@@ -67,7 +67,7 @@ def test_exit_codes_of_real_commands(cluster: Cluster, tmp_path: Path) -> None:
             text=True,
             timeout=60,
             cwd=tmp_path,
-            env=environment(),
+            env=cluster.env,
         )
         assert run.returncode == 3 and "cannot reach" in run.stderr, run
 
@@ -92,6 +92,7 @@ def test_the_prototypes_flags_and_burstd_errors_in_one_line(cluster: Cluster) ->
         ["worker", "--worker-id", "proto-w", "--controller", cluster.addr],
         cluster.tmp / "proto-w.log",
         cluster.tmp,
+        cluster.env,
     )
     cluster.daemons.append(worker)
     cluster.wait_workers(1)
@@ -150,7 +151,7 @@ def test_relative_paths_resolve_where_burst_submit_runs(cluster: Cluster) -> Non
 
     # a job without a working directory (the prototype's clients, the Python client's default)
     # runs in the worker's
-    with BlockingClient(cluster.addr) as client:
+    with BlockingClient(cluster.addr, token=cluster.token()) as client:
         (job_id,) = client.submit_many([process("pwd")])
         list(client.wait([job_id]))
         assert Path(client.status(job_id).stdout_path).read_text() == f"{cluster.tmp}\n"
