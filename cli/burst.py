@@ -483,10 +483,13 @@ def _iso(seconds: float) -> str | None:
 def _job_json(info: job_pb2.JobInfo) -> str:
     """One job as a JSON object with every key of every job: a value that does not apply (no exit
     code after a signal, a time not reached) is null; times are ISO 8601 UTC."""
-    data = _as_dict(info)
-    for field in info.DESCRIPTOR.fields:
-        if field.has_presence and not info.HasField(field.name):
-            data[field.name] = None
+    given = _as_dict(info)
+    data = {  # in the fields' order, the unset ones with the rest
+        field.name: None
+        if field.has_presence and not info.HasField(field.name)
+        else given[field.name]
+        for field in info.DESCRIPTOR.fields
+    }
     for name in _TIMES:
         data[name] = _iso(getattr(info, name))
     return _to_json(data)

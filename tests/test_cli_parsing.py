@@ -566,6 +566,7 @@ def test_status_json_has_every_key_and_iso_times(
     assert run(["status", "--json", "job-1", "job-2", "job-3"]) == ExitCode.NO_SUCH_JOB
     timed_out, succeeded, unknown = map(json.loads, capsys.readouterr().out.splitlines())
     assert timed_out.keys() == succeeded.keys() == unknown.keys()
+    assert list(timed_out) == [field.name for field in job_pb2.JobInfo.DESCRIPTOR.fields]
     assert (timed_out["exit_code"], succeeded["exit_code"], unknown["exit_code"]) == (None, 0, None)
     assert timed_out["submitted_at"] == "1970-01-01T00:00:01.500000Z"
     assert timed_out["started_at"] == "2027-01-15T08:00:00.250000Z"
