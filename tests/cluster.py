@@ -14,9 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,6 +28,22 @@ def free_port() -> int:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+PATIENCE = 60.0  # upper bound for anything that should happen "soon" on a loaded machine
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = PATIENCE) -> T:
+    """The first true value ``check()`` returns, polled until ``timeout`` (then it fails)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
 
 
 def environment(**extra: str) -> dict[str, str]:
@@ -49,14 +65,23 @@ def program(name: str) -> list[str]:
 
 class Daemon:
     def __init__(
-        self, name: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+        self,
+        name: str,
+        args: list[str],
+        log: Path,
+        cwd: Path,
+        env: dict[str, str] | None = None,
+        *,
+        wrap: Sequence[str] = (),
     ) -> None:
+        """``wrap``: a prefix that runs the daemon elsewhere, e.g. ``ip netns exec NS`` (which
+        execs it, so the process and its group are the daemon's own)."""
         self.name = name
         self.log_path = log
         self._log = log.open("wb")
         env = {**(env or environment()), "BURST_LOG": os.environ.get("BURST_LOG", "debug")}
         self.proc = subprocess.Popen(
-            [*program("burstd"), *args],
+            [*wrap, *program("burstd"), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=cwd,

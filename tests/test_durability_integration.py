@@ -15,9 +15,8 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
@@ -25,11 +24,9 @@ from burstd import transport, wire
 from burstd.client import BlockingClient, process
 from burstd.controller.store import DB_NAME
 from proto.burst.v1 import job_pb2
-from tests.cluster import Cluster, environment, free_port, program
+from tests.cluster import Cluster, environment, eventually, free_port, program
 
-T = TypeVar("T")
 
-PATIENCE = 60.0  # upper bound for anything that should happen "soon" on a loaded machine
 # Short leases, so unclaimed leases come back quickly after a restart; heartbeats well within.
 # Long enough that a controller restart (kill -9 to serving again, a few seconds on a loaded
 # machine) stays within the 80% of it after which workers stop their running jobs (a worker
@@ -45,17 +42,6 @@ def write_config(directory: Path, name: str = "burst.toml", **controller: object
     path = directory / name
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def eventually(check: Callable[[], T | None], what: str, timeout: float = PATIENCE) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @contextlib.contextmanager
