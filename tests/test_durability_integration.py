@@ -26,7 +26,6 @@ from burstd.controller.store import DB_NAME
 from proto.burst.v1 import job_pb2
 from tests.cluster import Cluster, environment, eventually, free_port, program
 
-
 # Short leases, so unclaimed leases come back quickly after a restart; heartbeats well within.
 # Long enough that a controller restart (kill -9 to serving again, a few seconds on a loaded
 # machine) stays within the 80% of it after which workers stop their running jobs (a worker
