@@ -137,7 +137,7 @@ def test_slurm_batch_script_runs_a_worker_that_takes_1000_jobs_and_drains(
     script = REPO / "deploy" / "slurm" / "burst-workers.sbatch"
     job = run(
         "sbatch", "--parsable", "--time=10", f"--chdir={cluster.tmp}", str(script), cluster.addr,
-        env=environment(BURSTD=str(burstd)),
+        env=environment(BURSTD=str(burstd), BURST_STATE_DIR=str(cluster.tmp / "state")),
     ).strip()  # fmt: skip
     try:
         cluster.wait_workers(1, timeout=120)

@@ -56,6 +56,8 @@ class NetCluster:
         self.config = tmp / "burst.toml"
         self.config.write_text(CONFIG)
         self.daemons: dict[str, Daemon] = {}
+        # every process finds the tokens the controller writes into its state directory
+        self.env = environment(BURST_STATE_DIR=str(tmp / "state"))
         net.host("ctl", 1)
         for name, number in WORKERS.items():
             net.host(name, number)
@@ -68,6 +70,7 @@ class NetCluster:
             ["controller", *args, "--state-dir", str(self.tmp / "state")],
             self.tmp / "controller.log",
             self.tmp,
+            self.env,
             wrap=self.net.exec("ctl"),
         )
         eventually(lambda: self.burst("workers", check=False).returncode == 0, "the controller")
@@ -80,6 +83,7 @@ class NetCluster:
                  "--output-dir", str(out), "--peer-listen", f"{SUBNET}.{number}:7000"],
                 self.tmp / f"{name}.log",
                 self.tmp,
+                self.env,
                 wrap=self.net.exec(name),
             )  # fmt: skip
         eventually(lambda: len(self.workers()) == len(WORKERS), "every worker to register")
@@ -94,7 +98,7 @@ class NetCluster:
             text=True,
             timeout=timeout,
             cwd=self.tmp,
-            env=environment(),
+            env=self.env,
             check=False,
         )
         if check and done.returncode != 0:
