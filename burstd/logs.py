@@ -11,17 +11,22 @@ client gone) as a warning.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+import traceback
+from typing import TYPE_CHECKING, Literal
 
 from loguru import logger
 
 if TYPE_CHECKING:
-    from loguru import Record
+    from loguru import Message, Record
 
-__all__ = ["InterceptHandler", "setup_logging"]
+__all__ = ["LOG_FORMATS", "InterceptHandler", "LogFormat", "setup_logging"]
+
+LogFormat = Literal["human", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("human", "json")
 
 LOG_ENV = "BURST_LOG"
 """Variable that overrides the level given to :func:`setup_logging` (e.g. ``BURST_LOG=debug``)."""
@@ -47,6 +52,32 @@ def _format(record: Record) -> str:
     )
 
 
+def _json_line(record: Record) -> str:
+    """One flat JSON object: ``time`` (ISO 8601 with offset), ``level``, ``component``,
+    ``message``, every bound extra (``job_id``, ``worker_id``...) as a field of its own, and
+    ``exception`` (the formatted traceback) when the record carries one."""
+    fields: dict[str, object] = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["name"],
+    }
+    fields.update(record["extra"])
+    exception = record["exception"]
+    if exception is not None and exception.type is not None:
+        fields["exception"] = "".join(
+            traceback.format_exception(exception.type, exception.value, exception.traceback)
+        )
+    # default=str: an extra bound by some library may be any object; the line must still parse
+    return json.dumps(fields, default=str, ensure_ascii=False)
+
+
+def _json_sink(message: Message) -> None:
+    # sys.stderr looked up at each write: a test's capture (or a reopened stderr) is honoured
+    sys.stderr.write(_json_line(message.record) + "\n")
+    sys.stderr.flush()
+
+
 class InterceptHandler(logging.Handler):
     """Hands standard-library log records to loguru, keeping level and caller."""
 
@@ -63,8 +94,9 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
 
 
-def setup_logging(level: str = "INFO", *, json: bool = False, component: str) -> None:
-    """Send loguru's output to stderr, one line per record (or one JSON object with ``json``).
+def setup_logging(level: str = "INFO", *, component: str, log_format: LogFormat = "human") -> None:
+    """Send loguru's output to stderr, one line per record: human-readable, or with
+    ``log_format="json"`` one flat JSON object per line (see :func:`_json_line`).
 
     ``component`` (``controller``, ``worker``, ``cli``...) is bound to every record. ``BURST_LOG``,
     if set, overrides ``level`` (case-insensitive); an unknown level name is a ValueError naming it.
@@ -82,8 +114,8 @@ def setup_logging(level: str = "INFO", *, json: bool = False, component: str) ->
 
     logger.remove()
     logger.configure(extra={"component": component})
-    if json:
-        logger.add(sys.stderr, level=name, serialize=True, backtrace=False, diagnose=False)
+    if log_format == "json":
+        logger.add(_json_sink, level=name, backtrace=False, diagnose=False)
     else:
         logger.add(sys.stderr, level=name, format=_format, backtrace=False, diagnose=False)
 

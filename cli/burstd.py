@@ -72,6 +72,13 @@ def _load(config: Path | None, section: str) -> Config:
     return loaded
 
 
+def _setup_logs(component: str, level: str, log_format: logs.LogFormat) -> None:
+    try:
+        logs.setup_logging(level, component=component, log_format=log_format)
+    except ValueError as error:
+        _fail(str(error))
+
+
 def _controller_config(
     config: Path | None, listen: str | None, state_dir: Path | None, router: str | None
 ) -> ControllerConfig:
@@ -94,6 +101,8 @@ def controller(
     listen: str | None = None,
     state_dir: Path | None = None,
     router: str | None = None,
+    log_level: str = "INFO",
+    log_format: logs.LogFormat = "human",
 ) -> None:
     """Run the controller: accepts jobs and leases them to workers.
 
@@ -107,12 +116,17 @@ def controller(
         Folder of the durable store.
     router
         roundrobin, power2 or biased.
+    log_level
+        TRACE, DEBUG, INFO, WARNING or ERROR (the BURST_LOG variable, if set, wins).
+    log_format
+        human (one readable line a record) or json (one JSON object a line, with job_id and
+        worker_id as fields where a record has them).
     """
     from burstd.controller import daemon
     from burstd.controller.store import StoreError
 
     settings = _controller_config(config, listen, state_dir, router)
-    logs.setup_logging(component="controller")
+    _setup_logs("controller", log_level, log_format)
     try:
         trio.run(daemon.run_until_signalled, settings)
     except* (OSError, StoreError) as group:
@@ -134,6 +148,8 @@ def worker(
     no_steal: bool = False,
     token_file: Path | None = None,
     state_dir: Path | None = None,
+    log_level: str = "INFO",
+    log_format: logs.LogFormat = "human",
 ) -> None:
     """Run a worker: leases jobs from the controller and runs them.
 
@@ -168,6 +184,11 @@ def worker(
         State directory of a controller on this machine, whose worker.token is used when no
         other token is given (default: BURST_STATE_DIR, else controller.state_dir, else
         ~/.local/state/burst).
+    log_level
+        TRACE, DEBUG, INFO, WARNING or ERROR (the BURST_LOG variable, if set, wins).
+    log_format
+        human (one readable line a record) or json (one JSON object a line, with job_id and
+        worker_id as fields where a record has them).
     """
     from burstd.worker import daemon
     from burstd.worker.steal import static_peers
@@ -190,7 +211,7 @@ def worker(
     token = _token(
         token_file, settings.token_file, state_dir or loaded.controller.state_dir, WORKER_TOKEN
     )
-    logs.setup_logging(component="worker")
+    _setup_logs("worker", log_level, log_format)
     peers = static_peers(loaded, settings.worker_id)
     try:
         trio.run(
@@ -246,6 +267,8 @@ def up(
     state_dir: Path | None = None,
     config: Path | None = None,
     output_dir: Path | None = None,
+    log_level: str = "INFO",
+    log_format: logs.LogFormat = "human",
 ) -> None:
     """Run a controller and N workers on this machine, in the foreground, until Ctrl-C.
 
@@ -272,6 +295,11 @@ def up(
         Configuration file, as for `burstd controller`.
     output_dir
         Folder for job output (default: the working directory).
+    log_level
+        TRACE, DEBUG, INFO, WARNING or ERROR, of every daemon (BURST_LOG, if set, wins).
+    log_format
+        human or json, of every daemon (json: one JSON object a line, with job_id and worker_id
+        as fields where a record has them).
     """
     if workers < 1:
         _fail("--workers: must be at least 1")
@@ -283,7 +311,8 @@ def up(
     per_worker = slots or up_slots(workers, os.cpu_count() or 1)
     base = [sys.executable, "-m", "cli.burstd"]
     common = ["--config", str(config)] if config else []
-    logs.setup_logging(component="up")
+    common += ["--log-level", log_level, "--log-format", log_format]
+    _setup_logs("up", log_level, log_format)
     from loguru import logger
 
     children: list[subprocess.Popen[bytes]] = []

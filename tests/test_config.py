@@ -677,3 +677,28 @@ def test_logging_level_from_environment(
     monkeypatch.setenv("BURST_LOG", "loud")
     with pytest.raises(ValueError, match="BURST_LOG: unknown level 'loud'"):
         setup_logging(component="controller")
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_logging_json_lines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("BURST_LOG", raising=False)
+    setup_logging("INFO", component="worker", log_format="json")
+    logger.bind(job_id="j-1", worker_id="w-1").info("with {}", "context")
+    logger.debug("hidden")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logger.bind(worker_id="w-1").exception("failed")
+    logging.getLogger("trio.test").warning("from stdlib %d", 7)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert len(lines) == 3, lines
+    assert lines[0]["message"] == "with context" and lines[0]["level"] == "INFO"
+    assert (lines[0]["job_id"], lines[0]["worker_id"], lines[0]["component"]) == (
+        "j-1",
+        "w-1",
+        "worker",
+    )
+    assert "RuntimeError: boom" in lines[1]["exception"] and "job_id" not in lines[1]
+    assert lines[2]["message"] == "from stdlib 7"
