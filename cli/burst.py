@@ -558,6 +558,9 @@ def submit(
     """
     if not tokens:
         raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
+    if tokens[0].startswith("-") and tokens[0] not in ("--", *submit_app.help_flags):
+        # (cyclopts would call it an unknown command: the kind's place is where it stands)
+        raise UsageError(f"submit: unknown option {tokens[0]}")
     job = submit_app(tokens)
     if not isinstance(job, JobCommand):  # help was printed
         return ExitCode.OK

@@ -386,6 +386,7 @@ def test_submit_each_line_file_and_stdin(
     [
         (["submit", "--env", "NOVALUE", "process", "ls"], "--env 'NOVALUE'"),
         (["submit", "--array", "9-1", "process", "ls"], "--array '9-1'"),
+        (["submit", "--bogus", "process", "ls"], "unknown option --bogus"),
         (["submit", "--array", "1-2", "--each-line", "f", "process", "ls"], "exclude"),
         (["submit", "--each-line", "missing.txt", "process", "ls"], "missing.txt"),
         (["wait"], "--all"),
