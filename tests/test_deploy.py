@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -124,9 +124,10 @@ def slurm_job_state(job: str) -> str:
     return run("squeue", "-h", "-j", job, "-o", "%T").strip()
 
 
-def test_slurm_batch_script_runs_a_worker_that_takes_1000_jobs_and_drains(
-    cluster: Cluster,
-) -> None:
+@pytest.fixture
+def sbatch(cluster: Cluster) -> Iterator[Callable[..., str]]:
+    """Submits deploy/slurm/burst-workers.sbatch (with sbatch's options given) against a running
+    controller of ``cluster``; returns the Slurm job id. Cancels every such job at the end."""
     require("sbatch", "squeue", "scancel", "sinfo")
     if subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode != 0:
         pytest.fail("Slurm does not answer (.ci/setup-slurm.sh starts it)")
@@ -135,31 +136,61 @@ def test_slurm_batch_script_runs_a_worker_that_takes_1000_jobs_and_drains(
     burstd.write_text(f'#!/bin/sh\nexec {" ".join(program("burstd"))} "$@"\n')
     burstd.chmod(0o755)
     script = REPO / "deploy" / "slurm" / "burst-workers.sbatch"
-    job = run(
-        "sbatch", "--parsable", "--time=10", f"--chdir={cluster.tmp}", str(script), cluster.addr,
-        env=environment(BURSTD=str(burstd), BURST_STATE_DIR=str(cluster.tmp / "state")),
-    ).strip()  # fmt: skip
-    try:
-        cluster.wait_workers(1, timeout=120)
-        worker = json.loads(cluster.burst("workers", "--json").stdout.splitlines()[0])
-        assert worker["worker_id"] == f"slurm-{job}-{os.uname().nodename.split('.')[0]}"
-        assert worker["slots"] == os.cpu_count()
-        cluster.burst("submit", "--wait", "--array", f"0-{JOBS - 1}", "process", "true",
-                      timeout=600)  # fmt: skip
+    jobs: list[str] = []
 
-        # a drain (the time limit's --signal, sent by hand) lets a running job finish
-        (slow,) = cluster.burst("submit", "process", "sleep", "4").stdout.split()
-        deadline = time.monotonic() + 60
-        while cluster.status(slow)["state"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
-        run("scancel", "--signal=TERM", "--batch", job)
-        deadline = time.monotonic() + 120
-        while slurm_job_state(job):
-            assert time.monotonic() < deadline, "the allocation did not end after the drain"
-            time.sleep(0.5)
-        assert cluster.status(slow)["state"] == "succeeded"
-        log = (cluster.tmp / f"burst-workers-{job}.log").read_text()
-        assert "draining the workers" in log
+    def submit(*options: str) -> str:
+        env = environment(BURSTD=str(burstd), BURST_STATE_DIR=str(cluster.tmp / "state"))
+        job = run("sbatch", "--parsable", f"--chdir={cluster.tmp}", *options, str(script),
+                  cluster.addr, env=env).strip()  # fmt: skip
+        jobs.append(job)
+        return job
+
+    try:
+        yield submit
     finally:
-        subprocess.run(["scancel", job], capture_output=True)
+        for job in jobs:
+            subprocess.run(["scancel", job], capture_output=True)
+
+
+def wait_slurm_job_gone(job: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while slurm_job_state(job):
+        assert time.monotonic() < deadline, f"Slurm job {job} did not end"
+        time.sleep(0.5)
+
+
+def test_slurm_batch_script_runs_a_worker_that_takes_1000_jobs_and_drains(
+    cluster: Cluster, sbatch: Callable[..., str]
+) -> None:
+    job = sbatch("--time=10")
+    cluster.wait_workers(1, timeout=120)
+    worker = json.loads(cluster.burst("workers", "--json").stdout.splitlines()[0])
+    assert worker["worker_id"] == f"slurm-{job}-{os.uname().nodename.split('.')[0]}"
+    assert worker["slots"] == os.cpu_count()
+    cluster.burst("submit", "--wait", "--array", f"0-{JOBS - 1}", "process", "true",
+                  timeout=600)  # fmt: skip
+
+    # a drain (the time limit's --signal, sent by hand) lets a running job finish
+    (slow,) = cluster.burst("submit", "process", "sleep", "4").stdout.split()
+    deadline = time.monotonic() + 60
+    while cluster.status(slow)["state"] != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    run("scancel", "--signal=TERM", "--batch", job)
+    wait_slurm_job_gone(job)
+    assert cluster.status(slow)["state"] == "succeeded"
+    log = (cluster.tmp / f"burst-workers-{job}.log").read_text()
+    assert "draining the workers" in log
+
+
+def test_slurm_time_limit_drains_the_workers_before_it(
+    cluster: Cluster, sbatch: Callable[..., str]
+) -> None:
+    """The script's own --signal (here 50 s ahead of a one-minute limit, which Slurm may send up
+    to a minute early): the workers drain and the allocation ends before its limit."""
+    job = sbatch("--time=1", "--signal=B:TERM@50")
+    wait_slurm_job_gone(job, timeout=150)
+    log = (cluster.tmp / f"burst-workers-{job}.log").read_text()
+    assert "draining the workers" in log
+    assert "draining: no new work" in log
+    assert "TIME LIMIT" not in log
