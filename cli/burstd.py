@@ -159,7 +159,8 @@ def worker(
         Configuration file; a [[workers]] entry with this worker's id is used if present.
     id
         Worker id (default: the host name); unique per worker, stable across restarts.
-        --worker-id is the prototype's name for it.
+        --worker-id is the prototype's name for it. A second process started with an id
+        replaces the first, which stops its jobs and exits (code 2).
     controller
         Controller address HOST:PORT.
     slots
@@ -191,6 +192,7 @@ def worker(
         worker_id as fields where a record has them).
     """
     from burstd.worker import daemon
+    from burstd.worker.session import Replaced
     from burstd.worker.steal import static_peers
 
     loaded = _load(config, "worker")
@@ -224,6 +226,8 @@ def worker(
             ),
         )
     except* OSError as group:  # the peer address is taken or cannot be bound
+        _fail(_first_leaf(group))
+    except* Replaced as group:  # another process took this worker id: it stopped its jobs
         _fail(_first_leaf(group))
 
 

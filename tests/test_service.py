@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 import trio
+import trio.testing
 
-from burstd import wire
+from burstd import transport, wire
 from burstd.controller import admission
 from burstd.controller import service as service_module
 from burstd.controller.admission import SpecError
@@ -167,3 +168,48 @@ async def test_listing_after_a_string_that_is_no_job_id_is_refused(after: str) -
     service = ControllerService(JobTable(track_changes=False))
     with pytest.raises(SpecError, match="after"):
         await service.list_jobs(job_pb2.ListJobsRequest(after=after), {})
+
+
+async def test_every_call_of_a_replaced_worker_process_is_refused_naming_the_id() -> None:
+    """Two processes of worker id w1: the second registration replaces the first, whose calls
+    (and a long-poll already waiting) are refused with FAILED_PRECONDITION from then on."""
+    service = ControllerService(JobTable(track_changes=False))
+
+    def register(instance: int) -> worker_pb2.RegisterWorkerRequest:
+        return worker_pb2.RegisterWorkerRequest(
+            worker_id="w1", slots=1, queue_capacity=1, instance=instance
+        )
+
+    await service.register_worker(register(1), {})
+    waiting = job_pb2.PollJobRequest(
+        worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True, instance=1
+    )
+    first: list[BaseException] = []
+
+    async def poll_first() -> None:
+        try:
+            await service.poll_job(waiting, {})
+        except transport.FailedPrecondition as error:
+            first.append(error)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll_first)
+        await trio.testing.wait_all_tasks_blocked()
+        await service.register_worker(register(2), {})
+        await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), {})
+    assert len(first) == 1 and "'w1'" in first[0].message  # woken by the job: not handed it
+    calls = [
+        service.poll_job(job_pb2.PollJobRequest(worker_id="w1", batch=True, instance=1), {}),
+        service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1", instance=1), {}),
+        service.report_job_results(job_pb2.ReportJobResultsRequest(worker_id="w1", instance=1), {}),
+        service.register_worker(register(1), {}),
+    ]
+    for call in calls:
+        with pytest.raises(transport.FailedPrecondition, match="worker id 'w1'"):
+            await call
+    # The new process gets the job; the prototype's workers (no instance) are not told apart.
+    reply = await service.poll_job(
+        job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, batch=True, instance=2), {}
+    )
+    assert len(reply.jobs) == 1
+    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1"), {})

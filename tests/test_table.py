@@ -33,6 +33,7 @@ from burstd.controller.table import (
     UnknownWorker,
     Worker,
     WorkerEvent,
+    WorkerReplaced,
     WorkerState,
     earlier_outputs,
 )
@@ -725,6 +726,38 @@ def test_reregister_keeps_held_leases_and_requeues_delivered_ones_not_held() -> 
     assert table.jobs[routed].attempt == 1 and table.jobs[routed].lease_seq == 0
     _, batch = deliver(table)
     assert {j.job_id for j in batch} == {lost, routed}
+
+
+def test_another_process_of_a_worker_id_replaces_it_and_fences_its_leases() -> None:
+    """Two processes with one worker id: the later one holds the id. The earlier one's calls
+    and registrations are refused, and its leases wait out its TTL before running elsewhere
+    (it may still be running them: it stops them by then, burstd/leases.py)."""
+    table = JobTable(lease_ttl=10.0)
+    table.register("w1", slots=2, capacity=4, now=0.0, instance=111)
+    running, queued, cancelled, routed = submit(table, 4)
+    table.lease("w1", 3, 1.0)  # `routed` waits in the outbox
+    table.started("w1", Held(running, 1), 2.0)
+    table.heartbeat("w1", [Held(running, 1, True), Held(queued, 1), Held(cancelled, 1)], 1, 3.0)
+    table.register("w1", slots=2, capacity=4, now=5.0, instance=222)
+    with pytest.raises(WorkerReplaced, match="'w1'"):
+        table.check_process("w1", 111)
+    with pytest.raises(WorkerReplaced, match="'w1'"):  # no flapping back
+        table.register("w1", slots=2, capacity=4, now=6.0, instance=111)
+    table.check_process("w1", 222)
+    table.check_process("w1", 0)  # the prototype's workers are not told apart
+    worker = table.workers["w1"]
+    assert set(worker.leases) == {routed}  # never reached the replaced process: the new one's
+    assert table.orphans == dict.fromkeys([running, queued, cancelled], 13.0)  # 3.0 + the TTL
+    assert table.jobs[running].state is R and table.jobs[queued].state is L
+    table.cancel(cancelled, 7.0)  # no worker holds it: nobody to tell
+    assert worker.cancel_notices == {}
+    table.forget([cancelled])
+    assert table.expire(12.9) == [] and table.jobs[running].state is R
+    table.heartbeat("w1", [], 0, 12.9)
+    table.expire(13.1)
+    assert table.jobs[running].state is Q or table.jobs[running].worker_id == "w1"
+    assert table.jobs[running].lost_count == 1 and table.jobs[running].attempt == 2
+    assert table.jobs[queued].attempt == 2 and not table.orphans
 
 
 def test_reregister_may_shrink_capacity_below_the_held_leases() -> None:

@@ -21,12 +21,13 @@ from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.guard import JobGuard
 from burstd.worker.queue import LocalQueue
-from burstd.worker.session import ControllerLink
+from burstd.worker.session import ControllerLink, Replaced
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2, worker_pb2
 
 JOB_SECONDS = 0.001  # how long a fake job runs (virtual time)
 LONG_JOB_SECONDS = 100.0  # how long a fake job whose id starts with "long" runs
+STOP_SECONDS = 0.5  # how long a stopped fake job takes to end
 
 
 class Events(list[tuple[str, Any]]):
@@ -132,7 +133,10 @@ def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> 
         try:
             await trio.sleep(LONG_JOB_SECONDS if job_id.startswith("long") else JOB_SECONDS)
         except trio.Cancelled:
-            events.append(("stopped", job_id))
+            events.append(("stopped", (job_id, attempt)))
+            with trio.CancelScope(shield=True):
+                await trio.sleep(STOP_SECONDS)  # its process takes a while to die
+            events.append(("dead", (job_id, attempt)))
             raise
         events.append(("end", job_id))
         return Outcome(0, 0, "exit", "", started, trio.current_time(), "", "")
@@ -280,7 +284,7 @@ async def test_a_worker_that_hears_nothing_stops_its_jobs_before_the_ttl_and_sta
         heard = lease.heard_at
         await trio.sleep(30)
         stopped = [(e, t) for e, t in zip(h.events, h.times, strict=True) if e[0] == "stopped"]
-        assert {e[1] for e, _ in stopped} == {"long-a", "long-b"}
+        assert {e[1] for e, _ in stopped} == {("long-a", 1), ("long-b", 1)}
         # SIGTERM at 80% of the TTL (the kill grace is 5 s: 10% of the TTL, 1 s, is less), so
         # that they are dead by 90% (the margin: 10%), before the controller may lease them
         # elsewhere (100%).
@@ -324,6 +328,84 @@ async def test_after_a_lapse_a_job_the_controller_dropped_is_never_started(
     assert sorted(reported(link)) == ["kept"]
 
 
+def lease(job_id: str, attempt: int) -> job_pb2.AssignedJob:
+    (job,) = assigned(job_id)
+    job.attempt = attempt
+    return job
+
+
+def held(job_id: str, attempt: int) -> worker_pb2.HeldJob:
+    return worker_pb2.HeldJob(job_id=job_id, attempt=attempt)
+
+
+async def test_a_newer_lease_of_a_running_job_stops_it_and_runs_after_it_ended(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two attempts of one job in one worker (the controller moved on while it ran, or two
+    processes share a worker id): never both at once, no crash, no report of the old one."""
+    link = harness.link
+    async with harness.running():
+        await link.send.send(job_pb2.PollJobResponse(jobs=[lease("long-x", 1)], lease_seq=1))
+        await trio.sleep(1)
+        stale_and_dup = [lease("long-x", 1), lease("long-x", 2), lease("long-x", 2)]
+        await link.send.send(job_pb2.PollJobResponse(jobs=stale_and_dup, lease_seq=2))
+        await trio.sleep(1)
+        # and after a drop of the running attempt, the next one waits for its end too
+        await link.send.send(job_pb2.PollJobResponse(jobs=[lease("long-y", 1)], lease_seq=3))
+        await trio.sleep(1)
+        harness.worker.state.drop([held("long-y", 1)])
+        await link.send.send(job_pb2.PollJobResponse(jobs=[lease("long-y", 2)], lease_seq=4))
+        await trio.sleep(1)
+    events = [e for e in harness.events if e[0] != "poll"]
+    at = {e: t for e, t in zip(harness.events, harness.times, strict=True)}
+    for job_id in ("long-x", "long-y"):
+        ran = [e for e in events if e[1] in (job_id, (job_id, 1))]
+        assert ran == [
+            ("start", job_id),
+            ("stopped", (job_id, 1)),
+            ("dead", (job_id, 1)),
+            ("start", job_id),
+        ]
+        starts = [t for e, t in zip(harness.events, harness.times, strict=True) if e == ran[0]]
+        assert starts[1] >= at[("dead", (job_id, 1))]  # not before the first one ended
+    assert reported(link) == []
+
+
+async def test_notices_for_attempts_and_jobs_not_held_are_ignored(
+    harness: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    link, state = harness.link, harness.worker.state
+    async with harness.running():
+        await link.send.send(job_pb2.PollJobResponse(jobs=[lease("long-z", 2)], lease_seq=1))
+        await trio.sleep(1)
+        strangers = [held("long-z", 1), held("long-z", 3), held("nobody", 1)]
+        state.apply_notices(cancel=strangers, drop=strangers)
+        link.heartbeat_replies = [worker_pb2.HeartbeatResponse(cancel=strangers, drop=strangers)]
+        await trio.sleep(2)
+        assert [e for e in harness.events if e[0] in ("stopped", "dead")] == []
+        assert set(state.local.jobs) == {"long-z"} and len(state.running) == 1
+
+
+async def test_answers_to_reports_that_refuse_results_or_repeat_leases_change_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    h = make_harness(monkeypatch, local_queue_capacity=2)  # full: its reports ask for work
+    link, state = h.link, h.worker.state
+    link.report_replies = [
+        job_pb2.ReportJobResultsResponse(
+            outcomes=[job_pb2.REPORT_OUTCOME_STALE, job_pb2.REPORT_OUTCOME_UNKNOWN_JOB],
+            jobs=[lease("c", 1), lease("c", 1)],  # twice in one answer
+            lease_seq=2,
+        )
+    ]
+    async with h.running():
+        await link.send.send(jobs("a", "b"))
+        await trio.sleep(2)
+    assert [e for e in h.events if e[0] == "start"] == [("start", i) for i in "abc"]
+    assert sorted(reported(link)) == ["a", "b", "c"]
+    assert state.local.jobs == {}
+
+
 async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:
     """Registration, heartbeats, polls and reports are many small calls: one multiplexed stream
     carries them all (real transport on loopback, a stand-in controller service)."""
@@ -354,3 +436,24 @@ async def test_the_controller_link_carries_its_calls_over_one_stream() -> None:
         assert channel._mux.last_id == 4  # the registration and 3 heartbeats, on one stream
         assert seen == ["RegisterWorker"] + ["Heartbeat"] * 3
         nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_registration_ends_the_session_for_good() -> None:
+    """Another process holds this worker id: registering again would take it back and the two
+    would flap, so the session ends (the worker then stops its jobs and exits)."""
+    tries: list[int] = []
+
+    async def register(request: Any, metadata: Any) -> worker_pb2.RegisterWorkerResponse:
+        tries.append(request.instance)
+        raise transport.FailedPrecondition("worker id 'w1' is held by another worker process")
+
+    service = transport.Service(wire.CONTROLLER_SERVICE)
+    service.unary("RegisterWorker", worker_pb2.RegisterWorkerRequest, register)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(transport.serve, "127.0.0.1", 0, [service])
+        config = WorkerConfig(worker_id="w1", controller_addr=f"127.0.0.1:{port}")
+        state = WorkerState(config, LocalQueue(4))
+        with pytest.raises(Replaced, match="worker id 'w1' is held by another"):
+            await ControllerLink(state).run()
+        nursery.cancel_scope.cancel()
+    assert tries == [state.instance]

@@ -849,3 +849,32 @@ def test_a_frozen_worker_stops_its_jobs_before_they_run_elsewhere(
     assert "w1" in {jobs(cluster)[i]["worker_id"] for i in more}
     assert "stopping 1 running jobs" in frozen.log() or "let its leases lapse" in frozen.log()
     assert "Traceback" not in frozen.log()
+
+
+def test_a_second_worker_with_the_same_id_replaces_the_first(
+    cluster: Cluster, strays: set[int]
+) -> None:
+    """A worker id is held by one process: the second registration replaces the first, whose
+    calls are refused; it stops its jobs and exits with an error naming the id (no flapping),
+    and no job runs twice at once (the first's jobs run elsewhere only once its lease TTL has
+    passed)."""
+    ttl = "[controller]\nlease_ttl_ms = 3000\nheartbeat_interval_ms = 300\n"
+    cluster.controller("--config", write_config(cluster, "ttl.toml", ttl))
+    first = cluster.worker("twin")
+    wait_workers(cluster, "twin")
+    # Long enough to still run when the second process has started and registered.
+    ids = submit(cluster, "--array", "0-1", *stamped(cluster, 25))
+    poll(lambda: all(jobs(cluster)[i]["state"] == "running" for i in ids), 30, "jobs running")
+    strays.update(descendants(first.pid))
+    second = cluster.worker("twin")
+    assert first.proc.wait(timeout=60) == 2
+    assert "worker id 'twin' is held by another worker process" in first.log()
+    assert second.proc.poll() is None
+    ids += submit(cluster, "--array", "0-5", *stamped(cluster, 0.5))
+    assert wait_jobs(cluster, ids) == 0
+    ran = attempts_ran(cluster)
+    assert all(set(ran[i]) == {1, 2} for i in ids[:2]), ran  # stopped, then run again
+    assert_no_job_ran_twice_at_once(cluster)
+    assert [w["worker_id"] for w in workers(cluster)] == ["twin"]
+    for daemon in (first, second):
+        assert "Traceback" not in daemon.log()

@@ -38,6 +38,7 @@ from burstd.controller.table import (
     Result,
     TransferRefused,
     UnknownWorker,
+    WorkerReplaced,
     earlier_outputs,
 )
 from burstd.controller.tokens import Token, TokenError, Tokens
@@ -644,19 +645,24 @@ class ControllerService:
             # top of uint64 would leave none to hand out.
             raise SpecError(f"lease_seq: {request.lease_seq} is no batch number of a controller")
         slots = max(request.slots, 1)
-        drop = self.table.register(
-            worker_id,
-            slots=slots,
-            # The prototype's first workers did not send a capacity: one job per slot.
-            capacity=request.queue_capacity or slots,
-            now=self.clock(),
-            peer_addr=request.peer_addr,
-            hostname=request.hostname,
-            held=_held(request.held),
-            lease_seq=request.lease_seq,
-            instance=request.instance,
-        )
-        self._after_change()
+        try:
+            drop = self.table.register(
+                worker_id,
+                slots=slots,
+                # The prototype's first workers did not send a capacity: one job per slot.
+                capacity=request.queue_capacity or slots,
+                now=self.clock(),
+                peer_addr=request.peer_addr,
+                hostname=request.hostname,
+                held=_held(request.held),
+                lease_seq=request.lease_seq,
+                instance=request.instance,
+            )
+        except WorkerReplaced as error:
+            logger.bind(worker_id=worker_id).warning("registration refused: {}", error)
+            raise transport.FailedPrecondition(str(error)) from None
+        finally:
+            self._after_change()
         logger.bind(worker_id=worker_id).info(
             "worker registered: {} slots, capacity {}, {} held jobs kept",
             slots,
@@ -686,9 +692,13 @@ class ControllerService:
         deadline = trio.current_time() + min(request.wait_ms, MAX_WAIT_MS) / 1000
         while True:
             try:
+                # At every wake-up: the jobs of a worker id never go to a replaced process.
+                self.table.check_process(worker_id, request.instance)
                 seq, jobs = self.table.lease(worker_id, max_jobs, self.clock())
             except UnknownWorker as error:
                 raise self._unknown_worker(error) from None
+            except WorkerReplaced as error:
+                raise transport.FailedPrecondition(str(error)) from None
             cancel = self.table.take_cancel_notices(worker_id)
             if jobs or cancel or trio.current_time() >= deadline:
                 break
@@ -768,6 +778,7 @@ class ControllerService:
         worker_id = request.worker_id
         now = self.clock()
         try:
+            self.table.check_process(worker_id, request.instance)
             for held in _held(request.started):
                 self.table.started(worker_id, held, now)
             results = [self._result(item) for item in request.results]
@@ -777,6 +788,8 @@ class ControllerService:
             seq, jobs = self.table.lease(worker_id, request.max_jobs, now)
         except UnknownWorker as error:
             raise self._unknown_worker(error) from None
+        except WorkerReplaced as error:
+            raise transport.FailedPrecondition(str(error)) from None
         finally:
             self._after_change()
         # A result is acknowledged only once it is stored: the worker forgets it afterwards.
@@ -796,6 +809,7 @@ class ControllerService:
         self, request: worker_pb2.HeartbeatRequest, caller: Caller
     ) -> worker_pb2.HeartbeatResponse:
         try:
+            self.table.check_process(request.worker_id, request.instance)
             cancel, drop = self.table.heartbeat(
                 request.worker_id,
                 _held(request.held),
@@ -805,6 +819,8 @@ class ControllerService:
             )
         except UnknownWorker:
             return worker_pb2.HeartbeatResponse(ok=False, reregister=True)
+        except WorkerReplaced as error:
+            raise transport.FailedPrecondition(str(error)) from None
         finally:
             self._after_change()
         return worker_pb2.HeartbeatResponse(
@@ -858,6 +874,7 @@ class ControllerService:
             raise SpecError(f"jobs: more than {MAX_STEAL} in one steal")
         log = logger.bind(worker_id=victim_id)
         try:
+            self.table.check_process(victim_id, request.victim_instance)
             moved = self.table.transfer(
                 victim_id,
                 thief_id,
@@ -868,6 +885,8 @@ class ControllerService:
             )
         except UnknownWorker as error:
             raise self._unknown_worker(error) from None
+        except WorkerReplaced as error:
+            raise transport.FailedPrecondition(str(error)) from None
         except TransferRefused as error:
             log.debug("steal by {} refused: {}", thief_id, error)
             return peer_pb2.TransferJobsResponse(refused=str(error))

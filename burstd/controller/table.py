@@ -8,7 +8,9 @@ sequence of calls.
 Rules (the promises of the design, section 5):
 
 1. No accepted job is lost. A job is always in exactly one place: the queue (QUEUED), the lease
-   set of exactly one registered worker (LEASED, RUNNING), or a terminal state.
+   set of exactly one registered worker (LEASED, RUNNING), an orphan lease waiting out a lease
+   TTL (``orphans``: restored after a restart, or held by a worker process that another of its
+   id replaced), or a terminal state.
 2. A terminal state is final. A result is accepted only for the job's current lease, named by the
    worker and the attempt number; the attempt grows by one at every lease, so a superseded attempt
    can never overwrite a newer one. A duplicate report is acknowledged and changes nothing.
@@ -43,6 +45,10 @@ The thief's heartbeats say up to which round its steals have ended (``steal_roun
 stolen lease of an ended round that the heartbeat does not list never arrived and goes back to the
 queue, and a transfer for an ended round, or for a thief process that is gone (``instance``), is
 refused. A transfer never gives the thief more leases than its capacity.
+A worker id is held by one process at a time (``Worker.instance``): a registration of another
+process replaces the one registered, whose calls are refused from then on (``check_process``,
+``WorkerReplaced``) and whose leases are fenced: orphans until its lease TTL has passed since it
+was last heard from, by when it has stopped their jobs (burstd/leases.py), then queued again.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ class Event(enum.Enum):
     LOSE = "lose"  # the lease was lost (worker gone, handed back, never claimed): queued again
     CRASH_LIMIT = "crash_limit"  # lost once too often
     CANCEL = "cancel"  # a user cancelled it
+    FENCE = "fence"  # its worker's process was replaced: it waits out that process's lease TTL
     WITHDRAW = "withdraw"  # its submission could not be stored: it leaves, as never submitted
     FORGET = "forget"  # past its retention (or forgotten by a user): it leaves
 
@@ -102,7 +109,7 @@ class Place(enum.Enum):
     FRONT = "front"  # at the front of the backlog, or the queue: it waited already (lost, retried)
     # At the back of the backlog: the queued jobs of a previous life, drawn before the queue.
     BACKLOG = "backlog"
-    ORPHAN = "orphan"  # its restored lease waits one lease TTL for its worker to claim it
+    ORPHAN = "orphan"  # its lease waits out a lease TTL (``orphans``), held by no worker
     OUT = "out"  # out of the table (and the queue): it no longer counts
 
 
@@ -158,6 +165,7 @@ TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
     # back to the queue
     **{(s, Event.RETRY): Step(_Q, Place.FRONT, retried=True, undelivered=True) for s in _IN_LEASE},
     **{(s, Event.LOSE): Step(_Q, Place.FRONT, undelivered=True) for s in _IN_LEASE},
+    **{(s, Event.FENCE): Step(s, Place.ORPHAN) for s in _IN_LEASE},
     # ended
     **{(s, Event.SUCCEED): Step(_S, ends=True) for s in _IN_LEASE},
     **{(s, Event.FAIL): Step(_F, ends=True) for s in _IN_LEASE},
@@ -269,6 +277,10 @@ class UnknownWorker(TableError):
     pass
 
 
+class WorkerReplaced(TableError):
+    """A call or registration of a worker process that another of its worker id replaced."""
+
+
 class TransferRefused(TableError):
     """A steal the table will not carry out (thief unknown, gone, or given up on it)."""
 
@@ -375,6 +387,8 @@ class Worker:
     # The worker process (RegisterWorkerRequest.instance) and the highest of its steal rounds
     # known to have ended: transfers to another process or for an ended round are refused.
     instance: int = 0
+    # Earlier processes of this worker id that a later one replaced: refused for good.
+    replaced: set[int] = field(default_factory=set)
     steal_done: int = 0
     state: WorkerState | None = None  # None: not registered yet (see WORKER_TRANSITIONS)
     # The factor by which the heartbeat interval last handed to this worker was stretched
@@ -454,7 +468,8 @@ class JobTable:
         self._leased: dict[str, Job] = {}
         # Queue room held for submissions not queued yet (``room``).
         self.held_room = 0
-        # Leases restored after a restart whose worker has not claimed them yet: job -> deadline.
+        # Leases held by no worker until a deadline (Place.ORPHAN): restored after a restart and
+        # not claimed yet, or fenced by a worker process's replacement: job -> deadline.
         self.orphans: dict[str, float] = {}
 
     # -- transitions -------------------------------------------------------------------------
@@ -469,8 +484,9 @@ class JobTable:
         counts[JobState.QUEUED] += self.unloaded
         return MappingProxyType(counts)
 
-    def _move(self, job: Job, event: Event, now: float = 0.0) -> None:
-        """Take the transition of ``event`` for a job in the table (not one in or out)."""
+    def _move(self, job: Job, event: Event, now: float = 0.0, until: float = 0.0) -> None:
+        """Take the transition of ``event`` for a job in the table (not one in or out);
+        ``until``: when an orphan lease (``Place.ORPHAN``) is due."""
         try:
             to, step, leased = _MOVES[job.state, event]
         except KeyError:
@@ -500,6 +516,8 @@ class JobTable:
                 _keep_outputs(job)
             if step.place is Place.FRONT:
                 (self._backlog or self._queue).appendleft(job)
+            elif step.place is Place.ORPHAN:
+                self.orphans[job.job_id] = until
         if self.track_changes:
             if leased:
                 self._leased[job.job_id] = job
@@ -712,6 +730,8 @@ class JobTable:
         if job is None or job.state in TERMINAL:
             return None if job is None else job.state
         leased_to = self.workers.get(job.worker_id) if job.state is not JobState.QUEUED else None
+        if leased_to is not None and leased_to.leases.get(job_id) is not job:
+            leased_to = None  # an orphan lease: no worker holds it
         self._move(job, Event.CANCEL, now)
         job.reason = StopReason.CANCELLED.value
         job.error_message = "cancelled by user"
@@ -762,9 +782,17 @@ class JobTable:
         Held jobs that are not its lease are returned: the worker stops and forgets them
         without reporting. ``lease_seq`` is the highest lease batch the worker has seen: new
         batches are numbered above it.
+
+        Another process (``instance``; 0, the prototype's workers, is never told apart) replaces
+        the registered one: the leases handed to that one and not held by this one are fenced
+        (orphans until the replaced process's lease TTL has passed since it was last heard
+        from: it may still be running them), and it is refused from now on (WorkerReplaced,
+        also raised for a registration of a replaced process).
         """
         held = list(held)
         worker = self.workers.get(worker_id)
+        if worker is not None and instance in worker.replaced:
+            raise WorkerReplaced(self._replaced_message(worker_id))
         if worker is None:
             worker = Worker(worker_id, slots, max(capacity, slots), peer_addr, hostname, now)
             worker.lease_seq = lease_seq
@@ -780,6 +808,9 @@ class JobTable:
                     job.lease_seq = lease_seq  # delivered: the worker has acknowledged it
                     self._hold(worker, job)
         else:
+            # The replaced process's leases are its own until its TTL, from when it was last
+            # heard from (its later calls are refused), has passed.
+            fenced_until = worker.last_seen + self.lease_ttl * worker.pace
             worker.lease_seq = max(worker.lease_seq, lease_seq)
             worker.slots, worker.capacity = slots, max(capacity, slots)
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
@@ -787,6 +818,9 @@ class JobTable:
             # Stolen leases still on their way to this same process are not lost (yet): its
             # heartbeats settle them once the steal has ended.
             fresh = worker.instance != instance
+            replacing = fresh and worker.instance != 0 and instance != 0
+            if replacing:
+                worker.replaced.add(worker.instance)
             for job in list(worker.leases.values()):
                 # Undelivered jobs wait in the outbox for the next poll.
                 if (
@@ -794,7 +828,11 @@ class JobTable:
                     and job.lease_seq != 0
                     and (fresh or not self._steal_in_flight(worker, job))
                 ):
-                    self._lose(worker, job, now, counted=True)
+                    if replacing and job.state not in TERMINAL:
+                        self._release(worker, job)
+                        self._move(job, Event.FENCE, now, until=fenced_until)
+                    else:
+                        self._lose(worker, job, now, counted=True)
         drop = [h for h in held if not self._holds(worker, h)]
         if worker.instance != instance:
             # A new process: steals addressed to the previous one are refused from now on.
@@ -805,6 +843,20 @@ class JobTable:
         self._worker_move(worker, WorkerEvent.REGISTER)
         self._dispatch()
         return drop
+
+    def check_process(self, worker_id: str, instance: int) -> None:
+        """Raise WorkerReplaced if ``instance`` is not the registered process of this worker id
+        (0 on either side: not told apart)."""
+        worker = self.workers.get(worker_id)
+        if worker is not None and instance and worker.instance and instance != worker.instance:
+            raise WorkerReplaced(self._replaced_message(worker_id))
+
+    @staticmethod
+    def _replaced_message(worker_id: str) -> str:
+        return (
+            f"worker id {worker_id!r} is held by another worker process, which registered"
+            " after this one: a worker id names one live process at a time"
+        )
 
     @staticmethod
     def _holds(worker: Worker, held: Held) -> bool:
@@ -1070,8 +1122,8 @@ class JobTable:
         unclaimed = [job_id for job_id, deadline in self.orphans.items() if deadline < now]
         for job_id in unclaimed:
             del self.orphans[job_id]
-            job = self.jobs[job_id]
-            if job.state not in TERMINAL:
+            job = self.jobs.get(job_id)  # a cancelled one may have left already
+            if job is not None and job.state not in TERMINAL:
                 self._lose_unleased(job, now)
         if lost or unclaimed:
             self._dispatch()

@@ -238,7 +238,7 @@ class Worker:
                 await trio.lowlevel.checkpoint()
 
     def _take_leases(self, jobs: Sequence[job_pb2.AssignedJob], lease_seq: int) -> None:
-        if self.state.local.add(jobs, lease_seq) and self.state.draining:
+        if self.state.take_leases(jobs, lease_seq) and self.state.draining:
             self._hand_back()  # a call that answered after the drain began
 
     async def _runner(self) -> None:
@@ -292,6 +292,7 @@ class Worker:
             done = done[:REPORT_BATCH]
             request = job_pb2.ReportJobResultsRequest(
                 worker_id=config.worker_id,
+                instance=state.instance,
                 started=started,
                 results=[j.result for j in done if j.result],
             )
@@ -328,6 +329,7 @@ class Worker:
             # stolen in a round that ended is listed, or was never received).
             request = worker_pb2.HeartbeatRequest(
                 worker_id=self.state.config.worker_id,
+                instance=self.state.instance,
                 held=local.held(),
                 lease_seq=local.lease_seq,
                 steal_round_done=self.state.steal_done,
@@ -382,7 +384,11 @@ class Worker:
     async def _poll(self, max_jobs: int, wait_ms: int) -> job_pb2.PollJobResponse | None:
         """One long-poll for up to ``max_jobs`` jobs; None (after a short pause) if it failed."""
         request = job_pb2.PollJobRequest(
-            worker_id=self.state.config.worker_id, max_jobs=max_jobs, wait_ms=wait_ms, batch=True
+            worker_id=self.state.config.worker_id,
+            max_jobs=max_jobs,
+            wait_ms=wait_ms,
+            batch=True,
+            instance=self.state.instance,
         )
         try:
             response: job_pb2.PollJobResponse = await self.link.call(

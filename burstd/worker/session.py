@@ -14,6 +14,11 @@ Promises:
    only if it registers within one lease TTL.
 4. Every answered call renews the worker's leases from the time it was sent, and a
    registration confirms what the worker holds (``WorkerState.lease``, burstd/leases.py).
+5. A worker id is held by one process at a time: once another process of this worker id has
+   registered, the controller refuses this one's calls, and its registration, with
+   FAILED_PRECONDITION. A refused registration ends the session for good: ``run`` raises
+   ``Replaced`` (the worker stops its jobs and exits) rather than registering again, which would
+   take the id back and make the two processes flap.
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from burstd.config import parse_hostport
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import worker_pb2
 
-__all__ = ["CALL_TIMEOUT", "ControllerLink"]
+__all__ = ["CALL_TIMEOUT", "ControllerLink", "Replaced"]
 
 CALL_TIMEOUT = 10.0
 MAX_BACKOFF = 5.0
 # Calls the controller answers without marking the worker as heard from: they renew no lease.
 NOT_HEARD = frozenset({"ListWorkers"})
+
+
+class Replaced(Exception):
+    """Another process of this worker id holds it now (promise 5): this one must stop."""
 
 
 class ControllerLink:
@@ -77,7 +86,13 @@ class ControllerLink:
                     metadata=auth.bearer(self.state.token),
                 )
                 async with channel:
-                    await self._register(channel)
+                    try:
+                        await self._register(channel)
+                    except transport.FailedPrecondition as error:
+                        raise Replaced(
+                            f"the controller at {self.host}:{self.port} refused this worker:"
+                            f" {error.message}"
+                        ) from None
                     if warned:
                         self.log.info("controller at {}:{} is back", self.host, self.port)
                     warned, delay = False, backoff

@@ -22,7 +22,7 @@ from burstd.config import WorkerConfig
 from burstd.leases import StopReason
 from burstd.worker.deadline import LeaseDeadline
 from burstd.worker.queue import LocalJob, LocalQueue
-from proto.burst.v1 import worker_pb2
+from proto.burst.v1 import job_pb2, worker_pb2
 
 __all__ = ["Running", "WorkerState"]
 
@@ -148,6 +148,22 @@ class WorkerState:
     def stop_all(self, why: StopReason) -> None:
         for job in list(self.running):
             self.stop(job, why)
+
+    def take_leases(self, jobs: Iterable[job_pb2.AssignedJob], lease_seq: int) -> int:
+        """Take leased jobs (see ``LocalQueue.add``); returns how many were new. A newer
+        attempt of a job running here supersedes it: the controller moved on (the lease was
+        lost, or the job stolen, meanwhile), so the running one is stopped with no report, and
+        the new one waits until it has ended."""
+        added = self.local.add(jobs, lease_seq)
+        if added:
+            for job, running in list(self.running.items()):
+                if running.why is None and self.local.jobs.get(job.job_id) is not job:
+                    self.log.bind(job_id=job.job_id).warning(
+                        "attempt {} is superseded by a newer lease while it runs: stopping it",
+                        job.attempt,
+                    )
+                    self.stop(job, StopReason.DROPPED)
+        return added
 
     def confirmed(self, sent: float) -> None:
         """The controller answered a heartbeat or registration sent at ``sent`` (monotonic

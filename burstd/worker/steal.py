@@ -24,7 +24,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -73,6 +73,8 @@ class _State(Protocol):
 
     @property
     def running(self) -> Mapping[Any, object]: ...
+
+    def take_leases(self, jobs: Iterable[job_pb2.AssignedJob], lease_seq: int) -> int: ...
 
     async def wait_until(self, ready: Callable[[], bool]) -> None: ...
 
@@ -168,6 +170,7 @@ class PeerServer:
             jobs=[worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in offered],
             thief_instance=request.thief_instance,
             steal_round=request.steal_round,
+            victim_instance=state.instance,
         )
         # Shielded: if the thief hangs up, the controller's answer still decides what this
         # worker holds (a job it moved must not be started here under the old attempt).
@@ -416,7 +419,7 @@ class StealClient:
         peer.wait = 0.0
         if reply.HasField("victim"):
             peer.load = _peer_load(reply.victim)
-        got = self.state.local.add(reply.jobs, 0)
+        got = self.state.take_leases(reply.jobs, 0)
         if not got:
             return False
         self.log.debug("stole {} jobs from {} (round {})", got, victim_id, self.round)

@@ -189,16 +189,18 @@ class GetJobStatusResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., info: _Optional[_Union[JobInfo, _Mapping]] = ...) -> None: ...
 
 class PollJobRequest(_message.Message):
-    __slots__ = ("worker_id", "max_jobs", "wait_ms", "batch")
+    __slots__ = ("worker_id", "max_jobs", "wait_ms", "batch", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     max_jobs: int
     wait_ms: int
     batch: bool
-    def __init__(self, worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., wait_ms: _Optional[int] = ..., batch: _Optional[bool] = ...) -> None: ...
+    instance: int
+    def __init__(self, worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., wait_ms: _Optional[int] = ..., batch: _Optional[bool] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class AssignedJob(_message.Message):
     __slots__ = ("job_id", "spec", "attempt")
@@ -259,16 +261,18 @@ class ReportJobResultResponse(_message.Message):
     def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
 
 class ReportJobResultsRequest(_message.Message):
-    __slots__ = ("worker_id", "results", "started", "max_jobs")
+    __slots__ = ("worker_id", "results", "started", "max_jobs", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     results: _containers.RepeatedCompositeFieldContainer[ReportJobResultRequest]
     started: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
     max_jobs: int
-    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ReportJobResultRequest, _Mapping]]] = ..., started: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., max_jobs: _Optional[int] = ...) -> None: ...
+    instance: int
+    def __init__(self, worker_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ReportJobResultRequest, _Mapping]]] = ..., started: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., max_jobs: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class ReportJobResultsResponse(_message.Message):
     __slots__ = ("outcomes", "jobs", "lease_seq")

@@ -29,18 +29,20 @@ class StealJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.AssignedJob, _Mapping]]] = ..., victim: _Optional[_Union[_worker_pb2.PeerInfo, _Mapping]] = ...) -> None: ...
 
 class TransferJobsRequest(_message.Message):
-    __slots__ = ("victim_id", "thief_id", "jobs", "thief_instance", "steal_round")
+    __slots__ = ("victim_id", "thief_id", "jobs", "thief_instance", "steal_round", "victim_instance")
     VICTIM_ID_FIELD_NUMBER: _ClassVar[int]
     THIEF_ID_FIELD_NUMBER: _ClassVar[int]
     JOBS_FIELD_NUMBER: _ClassVar[int]
     THIEF_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     STEAL_ROUND_FIELD_NUMBER: _ClassVar[int]
+    VICTIM_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     victim_id: str
     thief_id: str
     jobs: _containers.RepeatedCompositeFieldContainer[_worker_pb2.HeldJob]
     thief_instance: int
     steal_round: int
-    def __init__(self, victim_id: _Optional[str] = ..., thief_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., thief_instance: _Optional[int] = ..., steal_round: _Optional[int] = ...) -> None: ...
+    victim_instance: int
+    def __init__(self, victim_id: _Optional[str] = ..., thief_id: _Optional[str] = ..., jobs: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., thief_instance: _Optional[int] = ..., steal_round: _Optional[int] = ..., victim_instance: _Optional[int] = ...) -> None: ...
 
 class TransferJobsResponse(_message.Message):
     __slots__ = ("moved", "refused")

@@ -69,18 +69,20 @@ class PeerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., peer_addr: _Optional[str] = ..., slots: _Optional[int] = ..., capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "held", "lease_seq", "steal_round_done", "want_peers")
+    __slots__ = ("worker_id", "held", "lease_seq", "steal_round_done", "want_peers", "instance")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     STEAL_ROUND_DONE_FIELD_NUMBER: _ClassVar[int]
     WANT_PEERS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     held: _containers.RepeatedCompositeFieldContainer[HeldJob]
     lease_seq: int
     steal_round_done: int
     want_peers: bool
-    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ...) -> None: ...
+    instance: int
+    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("ok", "cancel", "drop", "reregister", "peers", "paced_heartbeat_ms")
