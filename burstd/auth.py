@@ -93,6 +93,7 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "ListJobs": Rule(_CLIENTS),
     _CONTROLLER + "WaitJobs": Rule(_CLIENTS),
     _CONTROLLER + "ForgetJobs": Rule(_CLIENTS),
+    _CONTROLLER + "ReadOutput": Rule(_CLIENTS),
     # `burst workers`, and an idle worker's steal client asking where the spare jobs are
     _CONTROLLER + "ListWorkers": Rule(_ANYONE),
     # workers: the leases they hold, as the worker their token is bound to
@@ -102,6 +103,9 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "ReportJobResults": Rule(_WORKERS, "worker_id"),
     _CONTROLLER + "Heartbeat": Rule(_WORKERS, "worker_id"),
     _CONTROLLER + "TransferJobs": Rule(_WORKERS, "victim_id"),
+    # workers: reads of their jobs' output (burstd/controller/output.py)
+    _CONTROLLER + "TakeOutputReads": Rule(_WORKERS, "worker_id"),
+    _CONTROLLER + "SendOutput": Rule(_WORKERS, "worker_id"),
     # tokens
     _CONTROLLER + "CreateToken": Rule(_ADMINS),
     _CONTROLLER + "ListTokens": Rule(_ADMINS),

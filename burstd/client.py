@@ -25,7 +25,7 @@ import trio
 
 from burstd import auth, credentials, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
-from proto.burst.v1 import job_pb2
+from proto.burst.v1 import job_pb2, output_pb2
 
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
@@ -196,6 +196,25 @@ class Client:
             wire.CONTROLLER_SERVICE, "WaitJobs", request, job_pb2.WaitJobsUpdate
         ):
             yield update
+
+    async def read_output(
+        self,
+        job_id: str,
+        *,
+        stderr: bool = False,
+        attempt: int = 0,
+        tail: int = 0,
+        follow: bool = False,
+    ) -> AsyncIterator[bytes]:
+        """A job's stdout (or stderr) wherever it ran, a chunk at a time: one attempt's (0: the
+        latest), its last ``tail`` lines only, and with ``follow`` until the job ends."""
+        request = output_pb2.ReadOutputRequest(
+            job_id=job_id, stderr=stderr, attempt=attempt, tail=tail, follow=follow
+        )
+        async for chunk in self._channel.server_stream(
+            wire.CONTROLLER_SERVICE, "ReadOutput", request, output_pb2.OutputChunk
+        ):
+            yield chunk.data
 
     async def cancel(self, job_ids: Iterable[str]) -> list[str]:
         """Cancel jobs that have not ended; returns each job's state afterwards."""

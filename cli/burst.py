@@ -52,6 +52,7 @@ __all__ = [
     "controller_addr",
     "job_dirs",
     "main",
+    "name_outputs",
     "parse_array",
     "parse_env",
     "prepare_argv",
@@ -264,6 +265,42 @@ def build_spec(
         retries=retries,
         name=name,
     )
+
+
+def name_outputs(
+    spec: job_pb2.JobSpec,
+    *,
+    stdout: str | None = None,
+    stderr: str | None = None,
+    stream: bool = False,
+    array: str | None = None,
+) -> None:
+    """Set the output patterns (``--stdout``, ``--stderr``) and mode of ``spec``, and name its
+    submission when a pattern or the stream mode needs it. Raises ``UsageError`` naming the
+    flag of a pattern that is invalid or would leave the output folder."""
+    from burstd import outputnames
+
+    patterns = {"--stdout": stdout, "--stderr": stderr}
+    for flag, pattern in patterns.items():
+        if pattern is None:
+            continue
+        try:
+            outputnames.check_pattern(pattern)
+        except ValueError as error:
+            raise UsageError(f"{flag}: {error}") from None
+        if array is None and outputnames.uses(pattern, "index"):
+            raise UsageError(f"{flag}: {{index}} needs --array")
+    if stdout is not None and stdout == stderr:
+        raise UsageError("--stderr: the same file as --stdout")
+    if stream and (stdout is not None or stderr is not None):
+        raise UsageError("--output stream: cannot be combined with --stdout or --stderr")
+    spec.stdout_pattern = stdout or ""
+    spec.stderr_pattern = stderr or ""
+    if stream:
+        spec.output_mode = "stream"
+    if stream or any(p and outputnames.uses(p, "submission") for p in patterns.values()):
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        spec.submission = f"{stamp}-{os.urandom(3).hex()}"
 
 
 # No argument of a command line can hold a NUL (argv strings are C strings): it joins the values
@@ -522,6 +559,9 @@ def submit(
     array: Annotated[str | None, Parameter(metavar="START-END")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
+    stdout: Annotated[str | None, Parameter(metavar="PATTERN")] = None,
+    stderr: Annotated[str | None, Parameter(metavar="PATTERN")] = None,
+    output: Literal["files", "stream"] = "files",
 ) -> int:
     """Submit jobs; prints one job id per line.
 
@@ -555,6 +595,14 @@ def submit(
         line without its LF or CRLF).
     then_wait
         Then wait until they have ended; exit 0 only if all succeeded.
+    stdout
+        Name of each job's stdout file inside the output folder, with placeholders {job_id},
+        {index} (arrays), {attempt}, {submission}; default `{job_id}.stdout`.
+    stderr
+        The same for stderr; default `{job_id}.stderr`.
+    output
+        files: two files per job; stream: the output of all jobs of this submission in a few
+        log files per worker (read back with `burst logs`).
     """
     if not tokens:
         raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
@@ -580,6 +628,7 @@ def submit(
         retries=retries,
         name=name,
     )
+    name_outputs(spec, stdout=stdout, stderr=stderr, stream=output == "stream", array=array)
     indices = parse_array(array) if array is not None else None
     entries = read_entries(each_line) if each_line is not None else None
     if entries == []:
@@ -986,6 +1035,52 @@ async def _follow(
         _error("the controller ended the wait early")
         return ExitCode.UNREACHABLE
     return ExitCode.OK if last.failed == 0 and last.cancelled == 0 else ExitCode.FAILED
+
+
+@app.command(usage="Usage: burst logs JOB [--stderr] [--attempt N] [--tail N] [--follow]")
+def logs(
+    job: str,
+    /,
+    *,
+    stderr: Annotated[bool, Parameter(name="--stderr", negative=())] = False,
+    attempt: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=1))]
+    | None = None,
+    tail: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=1))] | None = None,
+    follow: Annotated[bool, Parameter(name="--follow", negative=())] = False,
+) -> int:
+    """Print a job's output, wherever it ran, through the controller.
+
+    Exits 4 for an unknown job, 1 when the output cannot be read (the job has not started, the
+    worker that ran it is gone, the file is missing: the message says which).
+
+    Parameters
+    ----------
+    job
+        Job id.
+    stderr
+        Its stderr instead of its stdout.
+    attempt
+        That attempt's output (1 for the first run); default: the latest attempt's.
+    tail
+        Only the last N lines.
+    follow
+        Keep printing what the job writes until it ends (a queued job: from its start).
+    """
+
+    async def session(client: Client) -> int:
+        out = sys.stdout.buffer
+        chunks = _generator(
+            client.read_output(
+                job, stderr=stderr, attempt=attempt or 0, tail=tail or 0, follow=follow
+            )
+        )
+        async with aclosing(chunks):
+            async for data in chunks:
+                out.write(data)
+                out.flush()
+        return ExitCode.OK
+
+    return _run(session)
 
 
 # --------------------------------------------------------------------------------------------------

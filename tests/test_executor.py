@@ -124,6 +124,39 @@ async def test_each_attempt_keeps_its_output(config: ExecConfig) -> None:
     assert stolen.stdout_path == f"{folder}/k.stdout"
 
 
+async def test_output_patterns(config: ExecConfig) -> None:
+    spec = sh("echo out; echo err >&2")
+    spec.array_index = 7
+    spec.submission = "nightly"
+    spec.stdout_pattern = "{submission}/{index}-{attempt}.out"
+    spec.stderr_pattern = "logs/{job_id}.{attempt}.err"
+    out = await run_job("job-00000003", 2, spec, config)
+    assert out.stdout_path == str(config.output_dir / "nightly" / "7-2.out")
+    assert out.stderr_path == str(config.output_dir / "logs" / "job-00000003.2.err")
+    assert (read(out.stdout_path), read(out.stderr_path)) == ("out\n", "err\n")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("../{job_id}.out", "may not leave the output folder"),
+        ("a/../../x", "may not leave the output folder"),
+        ("/tmp/{job_id}.out", "must be relative"),
+        ("{jobid}.out", "unknown placeholder {jobid}"),
+        ("{index}.out", "uses {index}, but the job is not an array job"),
+    ],
+)
+async def test_output_patterns_that_would_escape_fail_the_job(
+    config: ExecConfig, tmp_path: Path, pattern: str, message: str
+) -> None:
+    spec = sh("echo out")
+    spec.stdout_pattern = pattern
+    out = await run_job("j", 1, spec, config)
+    assert out.reason == "spawn"
+    assert f"stdout_pattern {message}" in out.error_message
+    assert out.stdout_path == ""
+
+
 async def test_stdin_is_dev_null(config: ExecConfig) -> None:
     out = await run_job("j", 1, sh("readlink /proc/self/fd/0; cat"), config)
     assert out.exit_code == 0
@@ -378,7 +411,7 @@ async def test_absolute_and_blank_output_dir(config: ExecConfig, tmp_path: Path)
 async def test_relative_config_output_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = ExecConfig(worker_id="w1", output_dir=Path("rel"))
-    assert output_paths("j", proc("true"), cfg) == (
+    assert output_paths("j", 1, proc("true"), cfg) == (
         str(tmp_path / "rel" / "j.stdout"),
         str(tmp_path / "rel" / "j.stderr"),
     )

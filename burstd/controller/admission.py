@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from burstd import wire
+from burstd import outputnames, wire
 from burstd.controller.table import NewJob
 from proto.burst.v1 import job_pb2
 
@@ -67,6 +67,37 @@ def validate_spec(spec: job_pb2.JobSpec, path: str = "spec") -> None:
         raise SpecError(f"{path}.timeout_seconds: must be a finite number >= 0")
     if spec.retries > MAX_RETRIES:
         raise SpecError(f"{path}.retries: at most {MAX_RETRIES}")
+    _check_outputs(spec, path)
+
+
+def _check_outputs(spec: job_pb2.JobSpec, path: str) -> None:
+    """Output names stay inside the output folder (``burstd.outputnames``)."""
+    for field in ("stdout_pattern", "stderr_pattern"):
+        pattern = getattr(spec, field)
+        if not pattern:
+            continue
+        try:
+            outputnames.check_pattern(pattern)
+        except ValueError as error:
+            raise SpecError(f"{path}.{field}: {error}") from None
+        if outputnames.uses(pattern, "submission") and not spec.submission:
+            raise SpecError(f"{path}.{field}: uses {{submission}}, but the spec names none")
+    if spec.stdout_pattern and spec.stdout_pattern == spec.stderr_pattern:
+        raise SpecError(f"{path}.stderr_pattern: the same file as stdout_pattern")
+    if spec.submission and outputnames.SUBMISSION.fullmatch(spec.submission) is None:
+        raise SpecError(f"{path}.submission: not a plain name: {spec.submission!r}")
+    if spec.output_mode not in ("", "stream"):
+        raise SpecError(f"{path}.output_mode: unknown mode {spec.output_mode!r} (valid: stream)")
+    if spec.output_mode and not spec.submission:
+        raise SpecError(f"{path}.output_mode: stream needs the spec's submission")
+
+
+def _indexed(spec: job_pb2.JobSpec, path: str, array: bool) -> None:
+    """{index} names only the files of array jobs."""
+    if not array and not spec.HasField("array_index"):
+        for field in ("stdout_pattern", "stderr_pattern"):
+            if outputnames.uses(getattr(spec, field), "index"):
+                raise SpecError(f"{path}.{field}: uses {{index}}, but the job is not an array job")
 
 
 _SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
@@ -99,8 +130,9 @@ def _check_size(path: str, size: int, limits: Limits, what: str = "") -> None:
         )
 
 
-def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits) -> bytes:
+def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits, array: bool = False) -> bytes:
     validate_spec(spec, path)
+    _indexed(spec, path, array)
     encoded: bytes = spec.SerializeToString()
     _check_size(path, len(encoded), limits)
     return encoded
@@ -164,7 +196,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     if not request.HasField("template"):
         raise SpecError("template: required with array_count or entries")
     template = request.template
-    base = _checked(template, "template", limits)
+    base = _checked(template, "template", limits, array=bool(request.array_count))
     retries, name = template.retries, template.name
     if request.array_count:
         start = request.array_start

@@ -26,6 +26,7 @@ from burstd import transport, wire
 from burstd.auth import Caller, Guard
 from burstd.controller import admission
 from burstd.controller.admission import Limits, SpecError
+from burstd.controller.output import OutputRelay
 from burstd.controller.table import (
     TERMINAL,
     Held,
@@ -44,7 +45,7 @@ from burstd.controller.table import (
 from burstd.controller.tokens import Token, TokenError, Tokens
 from burstd.controller.writer import STAGE_SLICE, StoreUnavailable, StoreWriter
 from burstd.policies.steal import MAX_STEAL, spare
-from proto.burst.v1 import job_pb2, peer_pb2, token_pb2, worker_pb2
+from proto.burst.v1 import job_pb2, output_pb2, peer_pb2, token_pb2, worker_pb2
 
 MAX_WAIT_MS = 60_000
 MAX_LIST = 10_000
@@ -183,6 +184,7 @@ class ControllerService:
         self._peer_list: list[worker_pb2.PeerInfo] = []
         self._peer_list_until = -math.inf
         self._pieces: dict[str, _Pieces] = {}  # submissions being sent in pieces, by id
+        self.output = OutputRelay(self.lookup, table.workers)
 
     # -- wake-ups ----------------------------------------------------------------------------
 
@@ -980,6 +982,8 @@ class ControllerService:
             ("CreateToken", token_pb2.CreateTokenRequest, self.create_token),
             ("ListTokens", token_pb2.ListTokensRequest, self.list_tokens),
             ("RevokeToken", token_pb2.RevokeTokenRequest, self.revoke_token),
+            ("TakeOutputReads", output_pb2.TakeOutputReadsRequest, self.output.take_output_reads),
+            ("SendOutput", output_pb2.SendOutputRequest, self.output.send_output),
         ]
         for name, request_type, handler in unary:
             service.unary(
@@ -989,6 +993,11 @@ class ControllerService:
             "WaitJobs",
             job_pb2.WaitJobsRequest,
             _checked_stream(f"/{wire.CONTROLLER_SERVICE}/WaitJobs", self.wait_jobs),
+        )
+        service.server_stream(
+            "ReadOutput",
+            output_pb2.ReadOutputRequest,
+            _checked_stream(f"/{wire.CONTROLLER_SERVICE}/ReadOutput", self.output.read_output),
         )
         return service
 

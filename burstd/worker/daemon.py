@@ -4,7 +4,8 @@ Shape (after hypercorn's nested nurseries, the outer one holding what must outli
 
     Worker.run
     ├── outer nursery: session (worker/session.py), reporter, heartbeat, notice poll,
-    │                  StealJobs server (with a peer address), steal client (see worker/steal.py)
+    │                  StealJobs server (with a peer address), steal client (see worker/steal.py),
+    │                  output reads (worker/output.py)
     └── inner nursery: lease loop, one runner per slot (each job in its own cancel scope)
 
 The tasks share one ``WorkerState`` (worker/state.py) and wait on it; the local queue
@@ -33,10 +34,12 @@ from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.leases import StopReason
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
+from burstd.worker.output import OutputServer
 from burstd.worker.queue import LocalJob, LocalQueue, stopped_result
 from burstd.worker.session import CALL_TIMEOUT, ControllerLink
 from burstd.worker.state import WorkerState
 from burstd.worker.steal import PeerServer, StealClient, advertise_addr
+from burstd.worker.streamlog import StreamLogs
 from proto.burst.v1 import job_pb2, worker_pb2
 
 LONG_POLL_MS = 20_000
@@ -100,7 +103,9 @@ class Worker:
             python=config.python,
             docker=config.docker,
             kill_grace=config.kill_grace_s,
+            streams=StreamLogs(config.worker_id),
         )
+        self.output = OutputServer(self.link, self.exec_config, self.state.runs)
         self.drain_grace = drain_grace
         self._guard: JobGuard | None = None  # while ``run`` runs
         self.flush_timeout = 10.0
@@ -132,6 +137,7 @@ class Worker:
             outer.start_soon(self._reporter)
             outer.start_soon(self._notice_poll)
             outer.start_soon(self._watch_leases)
+            outer.start_soon(self.output.run)
             async with trio.open_nursery() as inner:
                 inner.start_soon(self._lease_loop)
                 for _ in range(self.state.config.slots):

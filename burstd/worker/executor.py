@@ -45,20 +45,23 @@ from typing import Final
 import trio
 from loguru import logger
 
-from burstd import wire
+from burstd import outputnames, wire
 from burstd.worker.guard import JobGuard
+from burstd.worker.streamlog import StreamLogs
 from proto.burst.v1 import job_pb2
 
 __all__ = [
     "ExecConfig",
     "Outcome",
     "SpecError",
+    "attempt_path",
     "build_argv",
     "burst_vars",
     "container_name",
     "job_environment",
     "output_paths",
     "run_job",
+    "stream_folder",
 ]
 
 
@@ -71,6 +74,7 @@ class ExecConfig:
     python: str = "python3"  # interpreter for python jobs
     docker: str = "docker"  # docker CLI
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    streams: StreamLogs | None = None  # stream-mode files (``--output stream``); None: refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,17 +249,33 @@ def _output_dir(spec: job_pb2.JobSpec, config: ExecConfig) -> str:
     return os.path.join(base, rel)
 
 
-def output_paths(job_id: str, spec: job_pb2.JobSpec, config: ExecConfig) -> tuple[str, str]:
-    """Absolute paths of a job's stdout and stderr files, ``<job_id>.stdout`` and ``.stderr``
-    (an attempt that finds an earlier one's there writes ``<job_id>.<attempt>.stdout`` and
-    ``.stderr`` instead: see ``run_job``). Raises ``SpecError``.
+def output_paths(
+    job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecConfig
+) -> tuple[str, str]:
+    """Absolute paths of one attempt's stdout and stderr files, as named: the spec's patterns
+    (``burstd.outputnames``, which stay inside the folder), else ``<job_id>.stdout`` and
+    ``.stderr``; an attempt that finds an earlier one's file there writes ``attempt_path`` of
+    them instead (see ``run_job``). Raises ``SpecError``.
 
     The folder is ``spec.output_dir`` when set and not blank (a relative one is taken inside
     ``config.output_dir`` and may not leave it), else ``config.output_dir``.
     """
     _check_job_id(job_id)
     folder = _output_dir(spec, config)
-    return os.path.join(folder, f"{job_id}.stdout"), os.path.join(folder, f"{job_id}.stderr")
+    index = spec.array_index if spec.HasField("array_index") else None
+    paths = []
+    for stream, pattern in (("stdout", spec.stdout_pattern), ("stderr", spec.stderr_pattern)):
+        if not pattern:
+            paths.append(os.path.join(folder, f"{job_id}.{stream}"))
+            continue
+        try:
+            name = outputnames.render(
+                pattern, job_id=job_id, index=index, attempt=attempt, submission=spec.submission
+            )
+        except ValueError as error:
+            raise SpecError(f"{stream}_pattern {error}") from None
+        paths.append(os.path.join(folder, os.path.normpath(name)))
+    return paths[0], paths[1]
 
 
 def _timeout(spec: job_pb2.JobSpec) -> float:
@@ -310,7 +330,7 @@ def _forget(path: str) -> None:
         del _WHICH[key]
 
 
-def _attempt_path(path: str, attempt: int) -> str:
+def attempt_path(path: str, attempt: int) -> str:
     """``/out/job-1.stdout`` of attempt 2 -> ``/out/job-1.2.stdout``."""
     stem, suffix = os.path.splitext(path)
     return f"{stem}.{attempt}{suffix}"
@@ -325,17 +345,11 @@ def _open_outputs(stdout_path: str, stderr_path: str, attempt: int) -> tuple[int
     except FileExistsError:
         if stat.S_ISLNK(os.lstat(stdout_path).st_mode):
             raise _open_error(stdout_path, OSError(errno.ELOOP, "symlink")) from None
-        stdout_path = _attempt_path(stdout_path, attempt)
-        stderr_path = _attempt_path(stderr_path, attempt)
+        stdout_path = attempt_path(stdout_path, attempt)
+        stderr_path = attempt_path(stderr_path, attempt)
         out_fd = _open_output(stdout_path)
     except (FileNotFoundError, NotADirectoryError):
-        # The folder is missing: create it only now, so the common case costs two open() calls.
-        folder = os.path.dirname(stdout_path)
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as exc:
-            raise SpecError(f"cannot create output folder {folder}: {exc.strerror}") from None
-        out_fd = _open_output(stdout_path)
+        out_fd = _open_output(stdout_path)  # creates the missing folder
     except OSError as exc:
         raise _open_error(stdout_path, exc) from None
     try:
@@ -388,6 +402,17 @@ def _create(path: str) -> int:
 def _open_output(path: str) -> int:
     try:
         return _create(path)
+    except (FileNotFoundError, NotADirectoryError):
+        # The folder is missing: create it only now, so the common case costs one open() call.
+        folder = os.path.dirname(path)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise SpecError(f"cannot create output folder {folder}: {exc.strerror}") from None
+        try:
+            return _create(path)
+        except OSError as exc:
+            raise _open_error(path, exc) from None
     except OSError as exc:
         raise _open_error(path, exc) from None
 
@@ -543,6 +568,45 @@ async def run_job(
     Never raises for a problem of the job; re-raises ``Cancelled`` after killing the job's
     process group when the surrounding scope is cancelled.
     """
+    with contextlib.ExitStack() as stream_part:
+        # Stream mode (``burstd.worker.streamlog``): the part is indexed once this returns,
+        # after the job's process group has ended.
+        return await _run_job(job_id, attempt, spec, config, guard, stream_part)
+
+
+def stream_folder(spec: job_pb2.JobSpec, config: ExecConfig) -> str:
+    """The folder of a stream-mode job's files (its submission's, in its output folder)."""
+    if outputnames.SUBMISSION.fullmatch(spec.submission) is None:
+        raise SpecError(f"output_mode stream: invalid submission name {spec.submission!r}")
+    return os.path.join(_output_dir(spec, config), spec.submission)
+
+
+def _stream_files(
+    job_id: str,
+    attempt: int,
+    spec: job_pb2.JobSpec,
+    config: ExecConfig,
+    stack: contextlib.ExitStack,
+) -> tuple[int, int, tuple[str, str]]:
+    """The descriptors and paths of a stream-mode job's part (raises ``SpecError``)."""
+    if config.streams is None:
+        raise SpecError("output_mode stream: this worker writes no stream files")
+    folder = stream_folder(spec, config)
+    try:
+        out_fd, err_fd, part = stack.enter_context(config.streams.part(job_id, attempt, folder))
+    except OSError as exc:
+        raise SpecError(f"cannot open stream output files in {folder}: {exc.strerror}") from None
+    return out_fd, err_fd, (part.stdout, part.stderr)
+
+
+async def _run_job(
+    job_id: str,
+    attempt: int,
+    spec: job_pb2.JobSpec,
+    config: ExecConfig,
+    guard: JobGuard | None,
+    stream_part: contextlib.ExitStack,
+) -> Outcome:
     await trio.lowlevel.checkpoint_if_cancelled()
     log = logger.bind(job_id=job_id, worker_id=config.worker_id)
     started_at = time.time()
@@ -556,7 +620,8 @@ async def run_job(
 
     # Validate everything before touching the file system.
     try:
-        paths = output_paths(job_id, spec, config)
+        stream = spec.output_mode == "stream"
+        paths = ("", "") if stream else output_paths(job_id, attempt, spec, config)
         argv = build_argv(job_id, attempt, spec, config)
         timeout = _timeout(spec)
         if kind == "docker":
@@ -569,7 +634,12 @@ async def run_job(
                 if not os.path.isdir(cwd):
                     raise SpecError(_cwd_error(cwd, config.worker_id))
         path, cached = _resolve(argv[0], env, cwd)
-        out_fd, err_fd, stdout_path, stderr_path = _open_outputs(*paths, attempt)
+        if stream:
+            out_fd, err_fd, (stdout_path, stderr_path) = _stream_files(
+                job_id, attempt, spec, config, stream_part
+            )
+        else:
+            out_fd, err_fd, stdout_path, stderr_path = _open_outputs(*paths, attempt)
     except SpecError as exc:
         return failed(str(exc))
 

@@ -39,7 +39,7 @@ __all__ = ["CALL_TIMEOUT", "ControllerLink", "Replaced"]
 CALL_TIMEOUT = 10.0
 MAX_BACKOFF = 5.0
 # Calls the controller answers without marking the worker as heard from: they renew no lease.
-NOT_HEARD = frozenset({"ListWorkers"})
+NOT_HEARD = frozenset({"ListWorkers", "TakeOutputReads", "SendOutput"})
 
 
 class Replaced(Exception):

@@ -74,6 +74,12 @@ class WorkerState:
         self.lease = LeaseDeadline(self.config.kill_grace_s)
         self.log = logger.bind(worker_id=self.config.worker_id)
 
+    def runs(self, job_id: str, attempt: int) -> bool:
+        """Whether that attempt of the job runs here now."""
+        return job_id in self.running_ids and any(
+            job.job_id == job_id and job.attempt == attempt for job in self.running
+        )
+
     def may_start(self) -> bool:
         """A runner may start the next queued job (cheap: runners ask at every change)."""
         return (

@@ -48,7 +48,7 @@ class DockerSpec(_message.Message):
     def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name")
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,10 @@ class JobSpec(_message.Message):
     ARRAY_INDEX_FIELD_NUMBER: _ClassVar[int]
     ENTRY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    STDERR_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_MODE_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     process: ProcessSpec
     python: PythonSpec
@@ -78,7 +82,11 @@ class JobSpec(_message.Message):
     array_index: int
     entry: str
     name: str
-    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    stdout_pattern: str
+    stderr_pattern: str
+    submission: str
+    output_mode: str
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
