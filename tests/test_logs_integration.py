@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.cluster import Cluster, environment, program
+from tests.cluster import Cluster, program
 
 
 def submit(cluster: Cluster, *argv: str) -> str:
@@ -26,7 +26,7 @@ def follow_logs(cluster: Cluster, job_id: str) -> subprocess.Popen[str]:
         [*program("burst"), "--controller", cluster.addr, "logs", "--follow", job_id],
         stdout=subprocess.PIPE,
         text=True,
-        env=environment(),
+        env=cluster.env,
     )
 
 
@@ -163,7 +163,7 @@ def test_a_200_mb_output_streams_with_bounded_memory(cluster: Cluster, tmp_path:
             [*program("burst"), "--controller", cluster.addr, "logs", job_id],
             stdout=out,
             stderr=subprocess.PIPE,
-            env=environment(),
+            env=cluster.env,
             timeout=600,
             check=False,
         )
