@@ -11,6 +11,8 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+# the stage's image is left behind untagged; this label finds it for `docker image prune`
+LABEL org.burst.stage=build
 RUN command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
     || (apt-get update && apt-get install -y --no-install-recommends python3 python3-venv \
         && rm -rf /var/lib/apt/lists/*)

@@ -93,6 +93,10 @@ def compose(build_context: Path) -> Iterator[list[str]]:
     finally:
         subprocess.run([*command, "down", "-v", "--rmi", "local"], capture_output=True, timeout=300)
         subprocess.run([docker, "rmi", os.environ["BURST_IMAGE"]], capture_output=True)
+        subprocess.run(
+            [docker, "image", "prune", "-f", "--filter", "label=org.burst.stage=build"],
+            capture_output=True,
+        )
 
 
 def test_compose_cluster_of_three_workers_runs_1000_jobs(compose: list[str]) -> None:
