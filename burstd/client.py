@@ -23,7 +23,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 
 import trio
 
-from burstd import auth, credentials, transport, wire
+from burstd import arrays, auth, credentials, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2, output_pb2
 
@@ -137,18 +137,41 @@ class Client:
         )
         return list(response.job_ids)
 
-    async def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
-        """One job per index (BURST_ARRAY_INDEX), copies of ``template``; ``indices`` has step 1.
-        All or none, at any size."""
-        if indices.step != 1:
-            raise ValueError("indices: step must be 1")
+    async def submit_array(
+        self, template: job_pb2.JobSpec, indices: range | str | Iterable[int]
+    ) -> list[str]:
+        """One job per index (BURST_ARRAY_INDEX), copies of ``template``, in order: a range (any
+        step), a spec as ``burst submit --array`` takes (``"1-10:3,20,30-32"``, see
+        :mod:`burstd.arrays`) or the indices themselves. All or none, at any size.
+
+        A range with a positive step travels as its bounds, however long; other indices are
+        listed on the wire. Raises ``ValueError`` for a malformed spec or an index listed twice.
+        """
+        if isinstance(indices, str):
+            ranges = arrays.parse(indices)
+        elif isinstance(indices, range):
+            ranges = [indices]
+        else:
+            ranges = [range(index, index + 1) for index in indices]
+        if len(ranges) == 1 and ranges[0].step > 0:
+            whole = ranges[0]
+            return await self._submit_pieces(
+                job_pb2.SubmitJobsRequest(
+                    template=template,
+                    array_start=whole[first],
+                    array_count=min(ARRAY_CHUNK, len(whole) - first),
+                    array_step=whole.step,
+                )
+                for first in range(0, len(whole), ARRAY_CHUNK)
+            )
+        listed = [index for part in ranges for index in part]
+        if len(set(listed)) != len(listed):
+            raise ValueError("indices: an index is listed twice")
         return await self._submit_pieces(
             job_pb2.SubmitJobsRequest(
-                template=template,
-                array_start=start,
-                array_count=min(ARRAY_CHUNK, indices.stop - start),
+                template=template, array_indices=listed[first : first + ARRAY_CHUNK]
             )
-            for start in range(indices.start, indices.stop, ARRAY_CHUNK)
+            for first in range(0, len(listed), ARRAY_CHUNK)
         )
 
     async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
@@ -319,7 +342,11 @@ class BlockingClient:
         specs = list(specs)
         return self._run(lambda c: c.submit_many(specs))
 
-    def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
+    def submit_array(
+        self, template: job_pb2.JobSpec, indices: range | str | Iterable[int]
+    ) -> list[str]:
+        if not isinstance(indices, range | str):
+            indices = list(indices)
         return self._run(lambda c: c.submit_array(template, indices))
 
     def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TextIO, Typ
 import cyclopts
 from cyclopts import Parameter, validators
 
-from burstd import __version__
+from burstd import __version__, arrays
 from cli.exitcodes import ExitCode, for_status
 
 if TYPE_CHECKING:
@@ -193,17 +193,12 @@ def parse_env(items: Iterable[str]) -> dict[str, str]:
     return env
 
 
-def parse_array(text: str) -> range:
-    """``A-B`` (inclusive, like Slurm) or a single ``N`` to the range of array indices."""
-    first, sep, last = text.strip().partition("-")
+def parse_array(text: str) -> list[range]:
+    """An ``--array`` spec (``1-100:2``, ``1,3,7-9``; see :mod:`burstd.arrays`) to its ranges."""
     try:
-        start = int(first)
-        stop = int(last) if sep else start
-    except ValueError:
-        raise UsageError(f"--array {text!r}: expected START-END, e.g. 0-999") from None
-    if start < 0 or stop < start:
-        raise UsageError(f"--array {text!r}: expected 0 <= START <= END")
-    return range(start, stop + 1)
+        return arrays.parse(text)
+    except arrays.ArraySpecError as error:
+        raise UsageError(f"--array {text!r}: {error}") from None
 
 
 def read_entries(path: str, stdin: TextIO | None = None) -> list[str]:
@@ -556,7 +551,7 @@ def submit(
     ] = None,
     retries: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=0))] = 0,
     name: Annotated[str, Parameter(metavar="NAME")] = "",
-    array: Annotated[str | None, Parameter(metavar="START-END")] = None,
+    array: Annotated[str | None, Parameter(metavar="SPEC")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
     stdout: Annotated[str | None, Parameter(metavar="PATTERN")] = None,
@@ -589,7 +584,8 @@ def submit(
     name
         Label shown by status --json and list.
     array
-        One job per index START..END (inclusive), each with BURST_ARRAY_INDEX.
+        One job per index, each with BURST_ARRAY_INDEX: comma-separated N, START-END
+        (inclusive) or START-END:STEP items, e.g. 0-999, 1-100:2, 1,3,7-9.
     each_line
         One job per non-blank line of FILE ("-": standard input), each with BURST_ENTRY (the
         line without its LF or CRLF).
@@ -628,16 +624,17 @@ def submit(
         retries=retries,
         name=name,
     )
+    if array is not None:
+        parse_array(array)  # refused here, before connecting
     name_outputs(spec, stdout=stdout, stderr=stderr, stream=output == "stream", array=array)
-    indices = parse_array(array) if array is not None else None
     entries = read_entries(each_line) if each_line is not None else None
     if entries == []:
         print(f"burst: {each_line}: no lines, nothing submitted", file=sys.stderr)
         return 0
 
     async def session(client: Client) -> int:
-        if indices is not None:
-            ids = await client.submit_array(spec, indices)
+        if array is not None:
+            ids = await client.submit_array(spec, array)
         elif entries is not None:
             ids = await client.submit_entries(spec, entries)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from burstd import transport, wire
+from burstd import arrays, transport, wire
 from burstd.config import DEFAULT_ADDR, ConfigError
 from cli import burst, burstd, exitcodes
 from cli.burst import (
@@ -59,9 +60,9 @@ class FakeClient:
         self.calls.append(("submit", spec))
         return self._ids(1)[0]
 
-    async def submit_array(self, template: job_pb2.JobSpec, indices: range) -> list[str]:
+    async def submit_array(self, template: job_pb2.JobSpec, indices: str) -> list[str]:
         self.calls.append(("submit_array", (template, indices)))
-        return self._ids(len(indices))
+        return self._ids(sum(map(len, arrays.parse(indices))))
 
     async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
         entries = list(entries)
@@ -186,12 +187,43 @@ def test_parse_env() -> None:
 
 
 def test_parse_array_is_inclusive() -> None:
-    assert parse_array("3-5") == range(3, 6)
-    assert parse_array("0-999") == range(0, 1000)
-    assert parse_array("7") == range(7, 8)
+    assert parse_array("3-5") == [range(3, 6)]
+    assert parse_array("0-999") == [range(0, 1000)]
+    assert parse_array("7") == [range(7, 8)]
     for bad in ["5-3", "a-b", "1-", "-1-3", ""]:
         with pytest.raises(UsageError, match="--array"):
             parse_array(bad)
+
+
+def test_parse_array_steps_and_lists() -> None:
+    assert parse_array("1-100:2") == [range(1, 101, 2)]
+    assert parse_array("1,3,7-9") == [range(1, 2), range(3, 4), range(7, 10)]
+    assert parse_array(" 1-10:3, 20,30-32") == [range(1, 11, 3), range(20, 21), range(30, 33)]
+    assert [i for r in parse_array("1-10:3,20,30-32") for i in r] == [1, 4, 7, 10, 20, 30, 31, 32]
+    # interleaved steps share no index
+    assert parse_array("0-9:2,1-9:2") == [range(0, 10, 2), range(1, 10, 2)]
+    assert parse_array("0-999999") == [range(1_000_000)]
+    for bad, why in [
+        ("1-10:0", "STEP must be at least 1"),
+        ("1-10:", "expected N, START-END or START-END:STEP"),
+        ("1,,3", "item '': expected"),
+        ("1,", "item '': expected"),
+        ("1:2", "item '1:2': expected"),
+        ("1-5,3", "index 3 is listed twice"),
+        ("0-100:10,5-25:5", "index 10 is listed twice"),
+        ("0-99,40-50:2,200", "index 40 is listed twice"),
+        ("10-1", "END is below START"),
+    ]:
+        with pytest.raises(UsageError, match=f"^--array '{re.escape(bad)}': .*{re.escape(why)}"):
+            parse_array(bad)
+
+
+def test_a_bad_array_spec_exits_2_naming_array(
+    fake: FakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["submit", "--array", "1-10:0", "process", "true"]) == ExitCode.USAGE
+    assert "--array '1-10:0': " in capsys.readouterr().err
+    assert fake.calls == []
 
 
 def test_read_entries(tmp_path: Path) -> None:
@@ -360,7 +392,7 @@ def test_submit_array_is_one_batch_call(
     assert run(["submit", "--array", "3-5", "process", "echo", "-n"]) == 0
     [(call, (template, indices))] = fake.calls
     assert call == "submit_array"
-    assert indices == range(3, 6)
+    assert indices == "3-5"
     assert list(template.process.args) == ["-n"]
     assert capsys.readouterr().out.split() == ["job-00000001", "job-00000002", "job-00000003"]
 

@@ -108,6 +108,39 @@ def test_an_array_is_made_a_slice_at_a_time_as_it_would_be_at_once() -> None:
     assert [job.spec for job in both] == [template.SerializeToString(), *(j.spec for j in made)]
 
 
+def _indices(jobs: Sequence[NewJob]) -> list[int]:
+    return [job_pb2.JobSpec.FromString(job.spec).array_index for job in jobs]
+
+
+def test_an_array_with_a_step_or_listed_indices_gives_each_job_its_own() -> None:
+    template = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
+    limits = admission.Limits()
+    stepped = job_pb2.SubmitJobsRequest(template=template, array_start=1, array_count=4)
+    stepped.array_step = 3
+    assert _indices(admission.admit_batch(stepped, limits)) == [1, 4, 7, 10]
+    assert _indices(admission.admit_batch(stepped, limits)[1:3]) == [4, 7]
+    listed = job_pb2.SubmitJobsRequest(template=template, array_indices=[5, 0, 300])
+    assert _indices(admission.admit_batch(listed, limits)) == [5, 0, 300]
+    for bad, message in [
+        (
+            job_pb2.SubmitJobsRequest(template=template, array_indices=[1, -2]),
+            r"array_indices\[1\]",
+        ),
+        (
+            job_pb2.SubmitJobsRequest(template=template, array_indices=[1], entries=["a"]),
+            "exclude each other",
+        ),
+        (
+            job_pb2.SubmitJobsRequest(
+                template=template, array_start=2**62, array_count=3, array_step=2**62
+            ),
+            "array_start: out of range",
+        ),
+    ]:
+        with pytest.raises(admission.SpecError, match=message):
+            admission.admit_batch(bad, limits)
+
+
 async def test_a_large_submission_is_built_in_slices_with_other_calls_served_between(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -138,6 +138,11 @@ def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits, array: bool = Fal
     return encoded
 
 
+def _check_array_size(base: bytes, last: int, limits: Limits) -> None:
+    size = len(base) + len(_ARRAY_INDEX_TAG) + len(varint(last))
+    _check_size("template", size, limits, f" with array index {last}")
+
+
 def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     if spec is None:
         raise SpecError("spec: missing job spec")
@@ -148,8 +153,10 @@ class ArrayJobs(Sequence[NewJob]):
     """The jobs of an array, each made when asked for: a caller builds a large array a slice
     at a time (``jobs[i:j]``), and until then it costs nothing."""
 
-    def __init__(self, prefix: bytes, start: int, count: int, retries: int, name: str) -> None:
-        self._prefix, self._start, self._count = prefix, start, count
+    def __init__(
+        self, prefix: bytes, start: int, count: int, retries: int, name: str, step: int = 1
+    ) -> None:
+        self._prefix, self._start, self._count, self._step = prefix, start, count, step
         self._retries, self._name = retries, name
 
     def __len__(self) -> int:
@@ -164,8 +171,9 @@ class ArrayJobs(Sequence[NewJob]):
     def __getitem__(self, index: int | slice) -> NewJob | list[NewJob]:
         if isinstance(index, slice):
             prefix, retries, name = self._prefix, self._retries, self._name
+            start, step = self._start, self._step
             return [
-                NewJob(prefix + varint(self._start + i), retries, name)
+                NewJob(prefix + varint(start + i * step), retries, name)
                 for i in range(*index.indices(self._count))
             ]
         if not -self._count <= index < self._count:
@@ -179,9 +187,9 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     Array and entry jobs share the template's encoding with one field appended (protobuf keeps
     the last value of a repeated scalar field), so a million-job array costs one validation.
     """
-    expanded = request.array_count or len(request.entries)
-    if request.array_count and request.entries:
-        raise SpecError("array_count: cannot be combined with entries")
+    expanded = request.array_count or len(request.array_indices) or len(request.entries)
+    if sum(map(bool, (request.array_count, request.array_indices, request.entries))) > 1:
+        raise SpecError("array_count: array_count, array_indices and entries exclude each other")
     total = len(request.specs) + expanded
     if total == 0:
         raise SpecError("specs: no jobs to submit")
@@ -194,22 +202,30 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     if not expanded:
         return jobs
     if not request.HasField("template"):
-        raise SpecError("template: required with array_count or entries")
+        raise SpecError("template: required with array_count, array_indices or entries")
     template = request.template
     base = _checked(template, "template", limits, array=bool(request.array_count))
     retries, name = template.retries, template.name
     if request.array_count:
-        start = request.array_start
-        if start < 0 or start + request.array_count > 2**63:
-            raise SpecError("array_start: out of range")
+        start, step = request.array_start, request.array_step or 1
         # The largest index has the longest varint: if its job fits, every job does.
-        last = start + request.array_count - 1
-        size = len(base) + len(_ARRAY_INDEX_TAG) + len(varint(last))
-        _check_size("template", size, limits, f" with array index {last}")
-        array = ArrayJobs(base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name)
+        last = start + (request.array_count - 1) * step
+        if start < 0 or last >= 2**63:
+            raise SpecError("array_start: out of range")
+        _check_array_size(base, last, limits)
+        array = ArrayJobs(base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name, step)
         if not jobs:
             return array
         jobs.extend(array[:])
+    elif request.array_indices:
+        for i, index in enumerate(request.array_indices, request.offset):
+            if index < 0:
+                raise SpecError(f"array_indices[{i}]: must be >= 0, got {index}")
+        _check_array_size(base, max(request.array_indices), limits)
+        prefix = base + _ARRAY_INDEX_TAG
+        jobs.extend(
+            NewJob(prefix + varint(index), retries, name) for index in request.array_indices
+        )
     else:
         room = limits.max_spec_bytes - len(base) - len(_ENTRY_TAG)
         for i, entry in enumerate(request.entries, request.offset):

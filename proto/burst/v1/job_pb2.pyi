@@ -101,7 +101,7 @@ class SubmitJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobsRequest(_message.Message):
-    __slots__ = ("specs", "template", "array_start", "array_count", "entries", "submission_id", "more", "offset")
+    __slots__ = ("specs", "template", "array_start", "array_count", "entries", "submission_id", "more", "offset", "array_step", "array_indices")
     SPECS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ARRAY_START_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,8 @@ class SubmitJobsRequest(_message.Message):
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_STEP_FIELD_NUMBER: _ClassVar[int]
+    ARRAY_INDICES_FIELD_NUMBER: _ClassVar[int]
     specs: _containers.RepeatedCompositeFieldContainer[JobSpec]
     template: JobSpec
     array_start: int
@@ -118,7 +120,9 @@ class SubmitJobsRequest(_message.Message):
     submission_id: str
     more: bool
     offset: int
-    def __init__(self, specs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., array_start: _Optional[int] = ..., array_count: _Optional[int] = ..., entries: _Optional[_Iterable[str]] = ..., submission_id: _Optional[str] = ..., more: _Optional[bool] = ..., offset: _Optional[int] = ...) -> None: ...
+    array_step: int
+    array_indices: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, specs: _Optional[_Iterable[_Union[JobSpec, _Mapping]]] = ..., template: _Optional[_Union[JobSpec, _Mapping]] = ..., array_start: _Optional[int] = ..., array_count: _Optional[int] = ..., entries: _Optional[_Iterable[str]] = ..., submission_id: _Optional[str] = ..., more: _Optional[bool] = ..., offset: _Optional[int] = ..., array_step: _Optional[int] = ..., array_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SubmitJobsResponse(_message.Message):
     __slots__ = ("job_ids", "submission_id")
