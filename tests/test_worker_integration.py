@@ -430,12 +430,23 @@ def test_sigterm_drains_a_worker(cluster: Cluster) -> None:
     w1 = cluster.worker("w1", slots=1)  # holds 2: one running, one waiting for the slot
     wait_workers(cluster, "w1")
     marker = cluster.tmp / "long.started"
-    (long,) = submit(cluster, "process", "sh", "-c", f"touch {marker}; sleep 4; echo done")
+    release = cluster.tmp / "long.release"
+    # The long job runs until the test releases it after the SIGTERM, so that a slow machine
+    # cannot let it end before the drain begins.
+    script = f"touch {marker}; while [ ! -e {release} ]; do sleep 0.05; done; echo done"
+    (long,) = submit(cluster, "process", "sh", "-c", script)
     rest = submit(cluster, "--array", "1-3", "process", "true")
     poll(marker.exists, 30, "the long job to start", interval=0.02)
-    time.sleep(0.3)  # the next lease reaches the worker
+    poll(
+        lambda: sum(jobs(cluster)[job_id]["worker_id"] == "w1" for job_id in rest) == 1,
+        30,
+        "a second job leased to w1",
+    )
+    time.sleep(0.3)  # the lease, stored, reaches the worker
     w1.signal(signal.SIGTERM)
     signalled = time.monotonic()
+    time.sleep(0.5)
+    release.touch()
 
     assert w1.proc.wait(timeout=60) == 0
     print(f"w1 exited {time.monotonic() - signalled:.2f} s after SIGTERM")
