@@ -175,10 +175,19 @@ def check_final(
     return jobs
 
 
-def test_jobs_run_on_every_worker_and_steal_across_the_bridge(netcluster: NetCluster) -> None:
+def test_jobs_run_on_every_worker_and_their_output_reads_from_the_client(
+    netcluster: NetCluster,
+) -> None:
+    """Jobs run on every worker (stealing across the bridge), and `burst logs` in the client's
+    namespace, which reaches the controller alone, prints the output of a job of each worker."""
     netcluster.submit(60, 0.2)
     jobs = check_final(netcluster, 60)
     assert {j["worker_id"] for j in jobs} == set(WORKERS)
+    for worker in WORKERS:
+        job = next(j for j in jobs if j["worker_id"] == worker)
+        printed = netcluster.burst("logs", job["job_id"]).stdout
+        assert printed == f"{job['job_id']} {job['attempt']} {worker}\n"
+        assert netcluster.burst("logs", "--stderr", job["job_id"]).stdout == ""
 
 
 def test_a_worker_cut_off_past_its_lease_stops_its_jobs_and_rejoins(
