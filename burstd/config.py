@@ -487,6 +487,12 @@ class ControllerConfig:
         "How long finished jobs are kept, in seconds.",
         default=86_400.0,
     )
+    metrics_listen_addr: str | None = key(
+        address(listen=True, optional=True),
+        "If set, serve Prometheus metrics over HTTP here (docs/operations.md). Unset by default.",
+        default=None,
+        example="127.0.0.1:9464",
+    )
 
 
 def _check_controller(values: Mapping[str, object], prefix: str) -> tuple[str, str] | None:
@@ -587,6 +593,12 @@ class WorkerConfig:
         "Unset: worker.token in the state directory (docs/security.md).",
         default=None,
         example="/etc/burst/worker.token",
+    )
+    metrics_listen_addr: str | None = key(
+        address(listen=True, optional=True),
+        "If set, serve Prometheus metrics over HTTP here (docs/operations.md). Unset by default.",
+        default=None,
+        example="127.0.0.1:9465",
     )
     queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
     """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""

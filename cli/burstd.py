@@ -80,7 +80,11 @@ def _setup_logs(component: str, level: str, log_format: logs.LogFormat) -> None:
 
 
 def _controller_config(
-    config: Path | None, listen: str | None, state_dir: Path | None, router: str | None
+    config: Path | None,
+    listen: str | None,
+    state_dir: Path | None,
+    router: str | None,
+    metrics_listen: str | None = None,
 ) -> ControllerConfig:
     try:
         return with_overrides(
@@ -88,6 +92,7 @@ def _controller_config(
             bind_addr=listen,
             state_dir=state_dir,
             router=router,
+            metrics_listen_addr=metrics_listen,
         )
     except ConfigError as error:
         _fail(str(error))
@@ -101,6 +106,7 @@ def controller(
     listen: str | None = None,
     state_dir: Path | None = None,
     router: str | None = None,
+    metrics_listen: str | None = None,
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
 ) -> None:
@@ -116,6 +122,8 @@ def controller(
         Folder of the durable store.
     router
         roundrobin, power2 or biased.
+    metrics_listen
+        HOST:PORT to serve Prometheus metrics on, over HTTP (off unless given).
     log_level
         TRACE, DEBUG, INFO, WARNING or ERROR (the BURST_LOG variable, if set, wins).
     log_format
@@ -125,7 +133,7 @@ def controller(
     from burstd.controller import daemon
     from burstd.controller.store import StoreError
 
-    settings = _controller_config(config, listen, state_dir, router)
+    settings = _controller_config(config, listen, state_dir, router, metrics_listen)
     _setup_logs("controller", log_level, log_format)
     try:
         trio.run(daemon.run_until_signalled, settings)
@@ -148,6 +156,7 @@ def worker(
     no_steal: bool = False,
     token_file: Path | None = None,
     state_dir: Path | None = None,
+    metrics_listen: str | None = None,
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
 ) -> None:
@@ -185,6 +194,8 @@ def worker(
         State directory of a controller on this machine, whose worker.token is used when no
         other token is given (default: BURST_STATE_DIR, else controller.state_dir, else
         ~/.local/state/burst).
+    metrics_listen
+        HOST:PORT to serve Prometheus metrics on, over HTTP (off unless given).
     log_level
         TRACE, DEBUG, INFO, WARNING or ERROR (the BURST_LOG variable, if set, wins).
     log_format
@@ -206,6 +217,7 @@ def worker(
             peer_listen_addr=peer_listen,
             peer_advertise_addr=peer_advertise,
             steal_interval_ms=steal_interval_ms,
+            metrics_listen_addr=metrics_listen,
         )
     except ConfigError as error:
         _fail(str(error))

@@ -1,13 +1,18 @@
-"""What an operator reads from real daemons: JSON log lines."""
+"""What an operator reads from real daemons: JSON log lines, Prometheus metrics."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cluster import Cluster, environment, program
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster import Cluster, environment, free_port, program
 
 
 def _records(text: str) -> list[dict[str, Any]]:
@@ -57,3 +62,86 @@ def test_bad_log_options_are_one_line_errors(tmp_path: Path) -> None:
         )
         assert run.returncode == 2 and "Traceback" not in run.stderr, run
         assert run.stderr.startswith("burstd: error:") and run.stderr.count("\n") == 1, run
+
+
+def scrape(addr: str) -> dict[str, float]:
+    """The samples of a metrics endpoint, keyed ``name{label="value",...}`` (labels sorted)."""
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
+    ctl_metrics, worker_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    cluster.controller("--metrics-listen", ctl_metrics)
+    cluster.worker("w1", "--metrics-listen", worker_metrics)
+    cluster.wait_workers(1)
+
+    def submit(*argv: str) -> str:
+        (job_id,) = cluster.burst("submit", *argv).stdout.split()
+        return job_id
+
+    ok = [submit("process", "true") for _ in range(5)]
+    failing = [submit("process", "false") for _ in range(3)]
+    retried = submit("--retries", "1", "process", "false")
+    sleeper = submit("process", "sleep", "60")
+    cluster.burst("wait", *ok, *failing, retried, check=False)
+    _until(lambda: cluster.status(sleeper)["state"] == "running", "the sleeper to start")
+    cluster.burst("cancel", sleeper)
+    cluster.burst("wait", sleeper, check=False)
+
+    ended = 10  # every job; one of them twice started (its retry)
+
+    def settled() -> bool:
+        samples = scrape(ctl_metrics)
+        return (
+            samples.get("burst_job_run_seconds_count") == ended
+            and samples.get("burst_event_loop_lag_seconds_count", 0) > 0
+        )
+
+    _until(settled, "the ended jobs to be observed")
+    ctl = scrape(ctl_metrics)
+    assert ctl['burst_jobs{state="succeeded"}'] == 5
+    assert ctl['burst_jobs{state="failed"}'] == 4
+    assert ctl['burst_jobs{state="cancelled"}'] == 1
+    assert ctl['burst_jobs{state="queued"}'] == ctl['burst_jobs{state="running"}'] == 0
+    assert ctl["burst_jobs_submitted_total"] == 10
+    assert ctl["burst_jobs_started_total"] == 11
+    assert ctl['burst_jobs_ended_total{outcome="succeeded"}'] == 5
+    assert ctl['burst_jobs_ended_total{outcome="failed"}'] == 4
+    assert ctl['burst_jobs_ended_total{outcome="cancelled"}'] == 1
+    assert ctl['burst_jobs_ended_total{outcome="worker_lost"}'] == 0
+    assert ctl["burst_job_retries_total"] == 1
+    assert ctl["burst_lease_expiries_total"] == ctl["burst_steals_total"] == 0
+    assert ctl["burst_workers_lost_total"] == 0
+    assert ctl['burst_workers{state="registered"}'] == 1
+    assert ctl["burst_job_queue_wait_seconds_count"] == ended
+    assert ctl["burst_store_commit_seconds_count"] > 0
+    assert ctl["burst_store_commit_rows_sum"] >= 10  # every job inserted once at least
+    assert ctl['burst_rpc_duration_seconds_count{method="SubmitJob"}'] == 10
+    assert ctl['burst_rpc_duration_seconds_count{method="PollJob"}'] > 0
+
+    _until(
+        lambda: scrape(worker_metrics).get("burst_event_loop_lag_seconds_count", 0) > 0,
+        "a worker loop-lag sample",
+    )
+    worker = scrape(worker_metrics)
+    assert worker['burst_worker_jobs_run_total{outcome="succeeded"}'] == 5
+    assert worker['burst_worker_jobs_run_total{outcome="failed"}'] == 5
+    assert worker['burst_worker_jobs_run_total{outcome="cancelled"}'] == 1
+    assert worker["burst_worker_slots"] == 2
+    assert worker["burst_worker_slots_in_use"] == 0

@@ -22,12 +22,14 @@ from loguru import logger
 from burstd import credentials, transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
+from burstd.controller.metrics import ControllerMetrics
 from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
 from burstd.controller.store import Snapshot, Store, lock_state_dir
 from burstd.controller.table import TERMINAL, JobState, JobTable
 from burstd.controller.tokens import Tokens
 from burstd.controller.writer import StoreUnavailable, StoreWriter
+from burstd.metrics import serve_metrics
 
 # Queued jobs read back from the store per pass of a restart's loader (``_load_queue``).
 LOAD_SLICE = 10_000
@@ -187,14 +189,19 @@ async def run_controller(
                 wire.job_id(table.next_id),
             )
         host, port = parse_hostport(config.bind_addr)
+        rpc = service.rpc_service()
         async with trio.open_nursery() as nursery:
+            if config.metrics_listen_addr:
+                metrics = ControllerMetrics(service.table)
+                rpc = metrics.rpc.instrument(rpc)
+                if service.writer is not None:
+                    service.writer.on_commit = metrics.committed
+                nursery.start_soon(metrics.run)
+                await nursery.start(serve_metrics, config.metrics_listen_addr, metrics.registry)
             if service.writer is not None:
                 nursery.start_soon(service.writer.run)
             bound = await nursery.start(
-                transport.serve,
-                host,
-                port,
-                [service.rpc_service(), transport.health_service(lambda: True)],
+                transport.serve, host, port, [rpc, transport.health_service(lambda: True)]
             )
             service.table.start_orphan_clock(time.time())
             if snapshot is not None:

@@ -439,6 +439,10 @@ class JobTable:
         self.lease_seq = 0
         # Jobs per state, also those only the store holds (finished ones evicted from memory).
         self._counts: dict[JobState, int] = dict.fromkeys(JobState, 0)
+        # Transitions taken in this process's life, by (state, event) as in TRANSITIONS, for the
+        # metrics (read at scrape time: a dict increment is all a transition pays).
+        self.moves: dict[tuple[JobState | None, Event], int] = dict.fromkeys(TRANSITIONS, 0)
+        self.worker_events: dict[WorkerEvent, int] = dict.fromkeys(WorkerEvent, 0)
         # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
         self._queue: deque[Job] = deque()
         # The queued jobs of a previous life (``restore``), routed before the queue: they were
@@ -487,8 +491,9 @@ class JobTable:
     def _move(self, job: Job, event: Event, now: float = 0.0, until: float = 0.0) -> None:
         """Take the transition of ``event`` for a job in the table (not one in or out);
         ``until``: when an orphan lease (``Place.ORPHAN``) is due."""
+        move = (job.state, event)
         try:
-            to, step, leased = _MOVES[job.state, event]
+            to, step, leased = _MOVES[move]
         except KeyError:
             raise InvariantError(
                 f"{job.job_id}: no transition {job.state} --{event.value}-->"
@@ -497,6 +502,7 @@ class JobTable:
         counts[job.state] -= 1
         counts[to] += 1
         job.state = to
+        self.moves[move] += 1
         # The hot path (a lease, a start, an end, once a job each) tests only what its step
         # may change: see _MOVES.
         if step.ends:
@@ -548,6 +554,7 @@ class JobTable:
             self._new.update(zip(ids, jobs, strict=True))
         (self._backlog if step.place is Place.BACKLOG else self._queue).extend(jobs)
         self._counts[JobState.QUEUED] += len(jobs)
+        self.moves[JobState.QUEUED if event is Event.RESTORE else None, event] += len(jobs)
         return ids
 
     def _leave(self, job: Job, event: Event) -> None:
@@ -556,6 +563,7 @@ class JobTable:
         step = _step(job.state, event, job.job_id)
         assert step.place is Place.OUT
         self._counts[job.state] -= 1
+        self.moves[job.state, event] += 1
         del self.jobs[job.job_id]
         if step.record is Record.DROPPED:
             self._new.pop(job.job_id, None)
@@ -577,6 +585,7 @@ class JobTable:
                 f"worker {worker.worker_id}: no transition {worker.state} --{event.value}-->"
             ) from None
         was_routed = worker.state is WorkerState.REGISTERED
+        self.worker_events[event] += 1
         if worker.state is None:
             self.workers[worker.worker_id] = worker
         worker.state = step.to

@@ -26,8 +26,9 @@ import collections
 import itertools
 import math
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import NamedTuple
 
 import trio
@@ -54,6 +55,8 @@ class _Sent(NamedTuple):
     # not when written: a job that ended while this commit was under way has its end in the
     # next commit, already sent by then, and must stay in memory until that one is written.
     finished: list[Job]
+    sent_at: float = 0.0  # time.perf_counter() when it was sent
+    rows: int = 0  # rows inserted or updated
 
 
 @dataclass(eq=False)
@@ -105,6 +108,8 @@ class StoreWriter:
         self._stopped = False
         # One write at a time: commits and deletions (forget) never interleave.
         self.lock = trio.Lock()
+        # Told of each commit written: its latency (sent to on disk, seconds) and rows.
+        self.on_commit: Callable[[float, int], None] | None = None
 
     def _bump(self) -> int:
         self._generation += 1
@@ -190,8 +195,10 @@ class StoreWriter:
 
     def _taken_ids(self) -> set[str]:
         if self._taking is None:
-            _, _, new, changed, leased, _, _ = self._sent
-            self._taking = {job.job_id for jobs in (new, changed, leased) for job in jobs}
+            sent = self._sent
+            self._taking = {
+                job.job_id for jobs in (sent.new, sent.changed, sent.leased) for job in jobs
+            }
         return self._taking
 
     async def run(self) -> None:
@@ -221,7 +228,8 @@ class StoreWriter:
                 # Everyone waiting hears of it, as no promise can be kept for them before the
                 # retry. Submissions not stored are refused: their jobs leave the table.
                 self._failed = (self._generation, message)
-                _, _, new, changed, leased, dropped, _ = self._sent
+                sent = self._sent
+                new, changed, leased, dropped = sent.new, sent.changed, sent.leased, sent.dropped
                 self._finished = self._sends
                 # Staged submissions are refused too; what they stored goes with a later commit.
                 self._dropped[:0] = dropped
@@ -270,7 +278,6 @@ class StoreWriter:
         self._sends += 1
         dropped, self._dropped = self._dropped, []
         finished = [job for job in changed if job.state in TERMINAL]
-        self._sent = _Sent(self._sends, generation, new, changed, leased, dropped, finished)
         # Rows are built before the first await, so the store never sees a job half-changed.
         begun, ended = [], []
         part: list[Job] = []
@@ -290,6 +297,10 @@ class StoreWriter:
         ended += self._accepting
         self._accepting = []
         rows, runs = inserts(itertools.chain(new, part))
+        count = len(new) + len(part) + len(changed) + len(leased)
+        self._sent = _Sent(
+            self._sends, generation, new, changed, leased, dropped, finished, perf_counter(), count
+        )
         await self.store.send(
             Commit(
                 rows,
@@ -304,6 +315,8 @@ class StoreWriter:
         )
 
     def _written(self, sent: _Sent) -> None:
+        if self.on_commit is not None:
+            self.on_commit(perf_counter() - sent.sent_at, sent.rows)
         self._failed = None
         self.outage.succeeded()
         self._committed = sent.generation

@@ -19,6 +19,7 @@ from the start of the drain. The reporter keeps running until every result is ac
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import signal
@@ -32,8 +33,10 @@ from loguru import logger
 from burstd import transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.leases import StopReason
+from burstd.metrics import serve_metrics
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
+from burstd.worker.metrics import WorkerMetrics, outcome_of
 from burstd.worker.output import OutputServer
 from burstd.worker.queue import LocalJob, LocalQueue, stopped_result
 from burstd.worker.session import CALL_TIMEOUT, ControllerLink
@@ -111,6 +114,8 @@ class Worker:
         self.flush_timeout = 10.0
         self.log = logger.bind(worker_id=config.worker_id)
         self._drain = trio.Event()
+        # Jobs run, by outcome (``burstd.worker.metrics.outcome_of``), for the metrics.
+        self.ended: collections.Counter[str] = collections.Counter()
 
     def drain(self) -> None:
         """Stop taking work, hand unstarted jobs back, let running ones finish, then stop."""
@@ -128,6 +133,12 @@ class Worker:
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as outer:
+            if self.state.config.metrics_listen_addr:
+                metrics = WorkerMetrics(self.state, self.ended)
+                outer.start_soon(metrics.loop_lag.run)
+                await outer.start(
+                    serve_metrics, self.state.config.metrics_listen_addr, metrics.registry
+                )
             if self.state.config.peer_listen_addr:
                 await self._serve_peers(outer)
             outer.start_soon(self.link.run)
@@ -275,6 +286,7 @@ class Worker:
             reason = running.why if running.why is StopReason.CANCELLED else StopReason.RETURNED
             result = stopped_result(job, reason, started, time.time())
         log.debug("finished: {} {}", result.reason, result.exit_code)
+        self.ended[outcome_of(result.reason, result.exit_code)] += 1
         self.state.local.finish(job, result)
 
     # -- outer nursery -----------------------------------------------------------------------

@@ -1,0 +1,157 @@
+"""Prometheus metrics shared by both daemons: the HTTP endpoint, RPC timing, event-loop lag.
+
+Each daemon builds its own ``CollectorRegistry`` (its collectors read the daemon's state at
+scrape time: nothing is updated per job on the hot path) and serves it with :func:`serve_metrics`
+on ``--metrics-listen``. The endpoint is a small trio HTTP/1.1 handler, not prometheus_client's
+threaded server: a scrape then reads the job table between two of the event loop's steps, never
+while a step changes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+from burstd import transport
+from burstd.config import format_hostport
+from burstd.transport.errors import sole_rpc_error
+from burstd.transport.methods import Method
+
+__all__ = ["LoopLag", "RpcMetrics", "serve_metrics"]
+
+# A scrape request is a few hundred bytes; anything longer, or slower, is not Prometheus.
+_MAX_REQUEST = 16 * 1024
+_REQUEST_TIMEOUT = 10.0
+# Event-loop lag is sampled this often (a sleep that overshoots by the lag).
+LAG_INTERVAL = 0.5
+_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# RPC latencies: a poll may long-poll for seconds, a report takes a commit (milliseconds).
+_RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+async def serve_metrics(
+    listen: str,
+    registry: CollectorRegistry,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``registry`` in Prometheus's text format on ``listen`` (HOST:PORT, port 0: any free
+    port) until cancelled; ``task_status.started`` gets the bound port. Every path answers the
+    metrics (``/metrics`` is the usual one); only GET and HEAD are accepted."""
+    from burstd.config import parse_hostport
+
+    host, port = parse_hostport(listen)
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = int(listeners[0].socket.getsockname()[1])
+    logger.info("metrics on http://{}/metrics", format_hostport(host or "*", bound))
+    task_status.started(bound)
+    await trio.serve_listeners(functools.partial(_answer, registry=registry), listeners)
+
+
+async def _answer(stream: trio.SocketStream, *, registry: CollectorRegistry) -> None:
+    async with stream:
+        request = b""
+        with trio.move_on_after(_REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                request += chunk
+        method = request.split(b" ", 1)[0]
+        if method in (b"GET", b"HEAD"):
+            body = generate_latest(registry)
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+        else:
+            body = b"only GET and HEAD\n"
+            head = "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain\r\n"
+        head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        with contextlib.suppress(trio.BrokenResourceError):  # the scraper went away
+            await stream.send_all(head.encode() + (b"" if method == b"HEAD" else body))
+
+
+class LoopLag:
+    """Event-loop lag: how late a sleep of LAG_INTERVAL wakes up (a busy loop answers late)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.histogram = Histogram(
+            "burst_event_loop_lag_seconds",
+            f"How late the event loop ran a task due to run (sampled every {LAG_INTERVAL} s).",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+
+    async def run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await trio.sleep(LAG_INTERVAL)
+            self.histogram.observe(max(0.0, time.perf_counter() - start - LAG_INTERVAL))
+
+
+class RpcMetrics:
+    """RPCs served, by method, with their latency; failures by method and status code."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "burst_rpc_duration_seconds",
+            "RPCs served, by method, and how long each took (long-polls included).",
+            ["method"],
+            buckets=_RPC_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "burst_rpc_errors",
+            "RPCs answered with an error, by method and gRPC status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+
+    def instrument(self, service: transport.Service) -> transport.Service:
+        """``service`` with every unary method timed (streaming ones are counted as errors
+        only): the same name, guard and request types."""
+        timed = transport.Service(service.name, service.authorize)
+        for name, method in service.methods.items():
+            if method.streaming:
+                timed.methods[name] = method
+            else:
+                timed.methods[name] = Method(
+                    method.request_type,
+                    self._timed(name, method.handler),
+                    False,
+                    method.authorize,
+                    method.mux,
+                )
+        return timed
+
+    def _timed(
+        self, name: str, handler: Callable[[Any, Any], Awaitable[Any]]
+    ) -> Callable[[Any, Any], Awaitable[Any]]:
+        observe = self.latency.labels(name).observe  # the child looked up once, not per call
+
+        async def timed(request: Any, caller: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await handler(request, caller)
+            except Exception as error:
+                status = sole_rpc_error(error)
+                code = status.code.name if status is not None else "INTERNAL"
+                self.errors.labels(name, code).inc()
+                raise
+            finally:
+                observe(time.perf_counter() - start)
+
+        return timed
+
+
+def gauge_of(registry: CollectorRegistry, name: str, doc: str, read: Callable[[], float]) -> Gauge:
+    """A gauge whose value is read at scrape time."""
+    gauge = Gauge(name, doc, registry=registry)
+    gauge.set_function(read)
+    return gauge
