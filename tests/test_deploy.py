@@ -117,6 +117,8 @@ def test_compose_cluster_of_three_workers_runs_1000_jobs(compose: list[str]) -> 
     # every job's output is in the shared volume, where the client (in the controller) reads it
     job = jobs[-1]
     assert run(*burst[:-1], "cat", job["stdout_path"]).split() == [job["job_id"], job["worker_id"]]
+    # and burst logs fetches it through the controller from the worker that ran it
+    assert run(*burst, "logs", job["job_id"]).split() == [job["job_id"], job["worker_id"]]
     # the daemons run as the unprivileged user of the image
     assert run(*burst[:-1], "id", "-un").strip() == "burst"
 
