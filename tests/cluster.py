@@ -232,3 +232,20 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.close()
+
+
+def health(addr: str) -> str:
+    """The ``grpc.health.v1.Health/Check`` answer of ``addr`` (``SERVING``, ``NOT_SERVING``),
+    asked with the official grpcio client, as an orchestrator's probe would."""
+    import grpc
+
+    from proto.grpc.health.v1 import health_pb2
+
+    with grpc.insecure_channel(addr) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        reply = check(health_pb2.HealthCheckRequest(), timeout=10)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

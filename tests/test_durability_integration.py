@@ -24,7 +24,7 @@ from burstd import transport, wire
 from burstd.client import BlockingClient, process
 from burstd.controller.store import DB_NAME
 from proto.burst.v1 import job_pb2
-from tests.cluster import Cluster, environment, eventually, free_port, program
+from tests.cluster import Cluster, environment, eventually, free_port, health, program
 
 # Short leases, so unclaimed leases come back quickly after a restart; heartbeats well within.
 # Long enough that a controller restart (kill -9 to serving again, a few seconds on a loaded
@@ -338,6 +338,7 @@ def test_full_disk_keeps_the_controller_alive_and_serving_reads(
     assert refused.returncode != 0 and "cannot reach" not in refused.stderr, refused
     time.sleep(5)  # many pruning rounds, each failing
     assert controller.proc.poll() is None, controller.log()[-3000:]
+    assert health(cluster.addr) == "NOT_SERVING"  # an orchestrator's probe sees the outage
     listing = cluster.burst("list", check=False)
     assert listing.returncode == 0, listing.stderr
     assert "cannot reach" not in listing.stderr
@@ -361,6 +362,7 @@ def test_full_disk_keeps_the_controller_alive_and_serving_reads(
     ended = ("writing the state store works again", "pruning finished jobs works again")
     eventually(lambda: all(line in controller.log() for line in ended), "the outages to end")
     assert controller.proc.poll() is None
+    assert health(cluster.addr) == "SERVING"
     assert controller.log().count("retrying with a back-off") == outages, controller.log()
     assert "state store is failing" not in cluster.burst("list").stderr
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster import Cluster, environment, free_port, program
+from tests.cluster import Cluster, environment, eventually, free_port, health, program
 
 
 def _records(text: str) -> list[dict[str, Any]]:
@@ -77,14 +75,6 @@ def scrape(addr: str) -> dict[str, float]:
     return samples
 
 
-def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     ctl_metrics, worker_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     cluster.controller("--metrics-listen", ctl_metrics)
@@ -100,7 +90,7 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     retried = submit("--retries", "1", "process", "false")
     sleeper = submit("process", "sleep", "60")
     cluster.burst("wait", *ok, *failing, retried, check=False)
-    _until(lambda: cluster.status(sleeper)["state"] == "running", "the sleeper to start")
+    eventually(lambda: cluster.status(sleeper)["state"] == "running", "the sleeper to start")
     cluster.burst("cancel", sleeper)
     cluster.burst("wait", sleeper, check=False)
 
@@ -113,7 +103,7 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
             and samples.get("burst_event_loop_lag_seconds_count", 0) > 0
         )
 
-    _until(settled, "the ended jobs to be observed")
+    eventually(settled, "the ended jobs to be observed")
     ctl = scrape(ctl_metrics)
     assert ctl['burst_jobs{state="succeeded"}'] == 5
     assert ctl['burst_jobs{state="failed"}'] == 4
@@ -135,7 +125,7 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     assert ctl['burst_rpc_duration_seconds_count{method="SubmitJob"}'] == 10
     assert ctl['burst_rpc_duration_seconds_count{method="PollJob"}'] > 0
 
-    _until(
+    eventually(
         lambda: scrape(worker_metrics).get("burst_event_loop_lag_seconds_count", 0) > 0,
         "a worker loop-lag sample",
     )
@@ -145,3 +135,16 @@ def test_metrics_count_a_known_workload(cluster: Cluster) -> None:
     assert worker['burst_worker_jobs_run_total{outcome="cancelled"}'] == 1
     assert worker["burst_worker_slots"] == 2
     assert worker["burst_worker_slots_in_use"] == 0
+
+
+def test_a_worker_answers_health_checks_on_its_peer_port(cluster: Cluster) -> None:
+    """SERVING while registered with the controller; NOT_SERVING once it has lost it."""
+    peer = f"127.0.0.1:{free_port()}"
+    controller = cluster.controller()
+    cluster.worker("w1", "--peer-listen", peer)
+    cluster.wait_workers(1)
+    assert eventually(lambda: health(peer) == "SERVING", "the worker to say SERVING")
+    controller.kill9()
+    eventually(lambda: health(peer) == "NOT_SERVING", "the worker to say NOT_SERVING")
+    cluster.controller()  # the same address and state: the worker registers again
+    eventually(lambda: health(peer) == "SERVING", "the worker to serve again")

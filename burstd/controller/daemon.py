@@ -201,7 +201,7 @@ async def run_controller(
             if service.writer is not None:
                 nursery.start_soon(service.writer.run)
             bound = await nursery.start(
-                transport.serve, host, port, [rpc, transport.health_service(lambda: True)]
+                transport.serve, host, port, [rpc, transport.health_service(service.serving)]
             )
             service.table.start_orphan_clock(time.time())
             if snapshot is not None:

@@ -961,6 +961,11 @@ class ControllerService:
 
     # -- registration with the transport -----------------------------------------------------
 
+    def serving(self) -> bool:
+        """The health check's answer (SERVING or NOT_SERVING): false while the store cannot be
+        written (``StoreWriter.failing``: submissions are refused then), true without a store."""
+        return self.writer is None or not self.writer.failing
+
     def rpc_service(self) -> transport.Service:
         """The service, every call checked by the guard (``burstd.auth``) before it is decoded,
         and against the worker its token is bound to once it is."""

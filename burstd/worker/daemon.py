@@ -204,13 +204,19 @@ class Worker:
         config = self.state.config
         host, port = parse_hostport(config.peer_listen_addr or "")
         server = PeerServer(self.state, self.link, self._hand_back)
-        bound = await nursery.start(transport.serve, host, port, [server.rpc_service()])
+        health = transport.health_service(self.serving)
+        bound = await nursery.start(transport.serve, host, port, [server.rpc_service(), health])
         self.link.peer_addr = advertise_addr(config, bound)
         self.log.info(
             "serving steals on {} (peers dial {})",
             format_hostport(host, bound),
             self.link.peer_addr,
         )
+
+    def serving(self) -> bool:
+        """The health check's answer on the peer port: SERVING while registered with the
+        controller and not draining (NOT_SERVING: it takes no new work)."""
+        return self.link.registered and not self.state.draining
 
     def _hand_back(self) -> None:
         """Report every job still waiting for a slot as handed back (the controller re-queues)."""

@@ -64,6 +64,11 @@ class ControllerLink:
         self._broken = trio.Event()
         self.log = logger.bind(worker_id=state.config.worker_id)
 
+    @property
+    def registered(self) -> bool:
+        """Registered with the controller, on a channel not known to be broken."""
+        return self._channel is not None and not self._broken.is_set()
+
     def broken(self, channel: transport.Channel | None = None) -> None:
         """Register again. With ``channel``: only if that is still the session's channel (a late
         failure of a call on an earlier session must not break the new one)."""
