@@ -32,12 +32,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from loguru import logger
 
 from bench._common import cpu_seconds
+from burstd.auth import Caller, Role
 from burstd.controller.daemon import tune_gc
 from burstd.controller.service import ControllerService
 from burstd.controller.store import Store
 from burstd.controller.table import JobTable
 from burstd.controller.writer import StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
+
+# The handlers are called as the transport calls them, after the guard: by an admin.
+ADMIN = Caller("bench", Role.ADMIN, "bench")
 
 
 class SimCost:
@@ -62,12 +66,12 @@ async def sim_worker(
         worker_id=worker_id, slots=capacity, queue_capacity=capacity, hostname="sim"
     ).SerializeToString()
     cost.stop()
-    await service.register_worker(worker_pb2.RegisterWorkerRequest.FromString(register), {})
+    await service.register_worker(worker_pb2.RegisterWorkerRequest.FromString(register), ADMIN)
     poll = job_pb2.PollJobRequest(
         worker_id=worker_id, max_jobs=capacity, wait_ms=20_000, batch=True
     ).SerializeToString()
     while True:
-        reply = await service.poll_job(job_pb2.PollJobRequest.FromString(poll), {})
+        reply = await service.poll_job(job_pb2.PollJobRequest.FromString(poll), ADMIN)
         data = reply.SerializeToString()
         cost.start()
         response = job_pb2.PollJobResponse.FromString(data)
@@ -83,7 +87,7 @@ async def sim_worker(
         if not response.jobs:
             continue
         answer = await service.report_job_results(
-            job_pb2.ReportJobResultsRequest.FromString(data), {}
+            job_pb2.ReportJobResultsRequest.FromString(data), ADMIN
         )
         answer.SerializeToString()
 
@@ -112,7 +116,9 @@ async def one_round(
                     array_count=min(args.array, args.jobs - first),
                 ).SerializeToString()
                 cost.stop()
-                reply = await service.submit_jobs(job_pb2.SubmitJobsRequest.FromString(submit), {})
+                reply = await service.submit_jobs(
+                    job_pb2.SubmitJobsRequest.FromString(submit), ADMIN
+                )
                 reply.SerializeToString()
             while table.finished_seq < args.jobs:
                 await trio.sleep(0.02)

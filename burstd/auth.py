@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,6 +30,7 @@ __all__ = [
     "RULES",
     "Caller",
     "Guard",
+    "PeerTokens",
     "Role",
     "Rule",
     "bearer",
@@ -214,3 +215,45 @@ class Guard:
 
 # Headers of known tokens remembered (a token sent in odd spellings cannot grow it past this).
 _MAX_KNOWN = 4096
+
+
+class Verifier(Protocol):
+    """A worker token as the controller sends it to workers (``worker_pb2.PeerVerifier``)."""
+
+    @property
+    def token_sha256(self) -> bytes: ...
+    @property
+    def worker_ids(self) -> Iterable[str]: ...
+    @property
+    def expires_at(self) -> float: ...
+
+
+class PeerTokens:
+    """The tokens a worker's peer port accepts: the valid worker tokens, as the controller last
+    listed them (at registration, then in a heartbeat reply when they changed). A thief shows
+    its own token; the victim checks it here, with no call to the controller. ``guard`` applies
+    :data:`RULES` with them (``auth.TokenSource``)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.version = 0
+        self._grants: dict[bytes, Grant] = {}
+        self.guard = Guard(self, clock)
+
+    def find(self, sha256: bytes) -> Grant | None:
+        return self._grants.get(sha256)
+
+    def update(self, version: int, verifiers: Iterable[Verifier]) -> None:
+        """Replace the list with the controller's ``version`` of it (0: none sent)."""
+        if not version or version == self.version:
+            return
+        self._grants = {
+            v.token_sha256: Grant(
+                v.token_sha256,
+                Caller("", Role.WORKER, "", frozenset(v.worker_ids)),
+                v.expires_at,
+            )
+            for v in verifiers
+        }
+        self.version = version
+        # A token remembered by its header may be gone from the new list (revoked).
+        self.guard.forget()

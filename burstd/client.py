@@ -25,7 +25,7 @@ import trio
 
 from burstd import arrays, auth, credentials, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
-from proto.burst.v1 import job_pb2, output_pb2
+from proto.burst.v1 import job_pb2, output_pb2, token_pb2
 
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
@@ -289,6 +289,44 @@ class Client:
             "ListWorkers", job_pb2.ListWorkersRequest(), job_pb2.ListWorkersResponse
         )
         return list(response.workers)
+
+    # -- tokens (an admin token only) --
+
+    async def create_token(
+        self,
+        user: str,
+        role: str,
+        *,
+        expires_in: float = 0.0,
+        worker_ids: Iterable[str] = (),
+    ) -> tuple[token_pb2.TokenInfo, str]:
+        """A new token for ``user`` with ``role`` (client, worker or admin): what the controller
+        keeps of it, and the token itself (shown this once)."""
+        response = await self._call(
+            "CreateToken",
+            token_pb2.CreateTokenRequest(
+                user=user, role=role, expires_in_seconds=expires_in, worker_ids=worker_ids
+            ),
+            token_pb2.CreateTokenResponse,
+        )
+        return response.info, str(response.token)
+
+    async def tokens(self) -> list[token_pb2.TokenInfo]:
+        """Every token the controller knows, revoked ones included, oldest first."""
+        response = await self._call(
+            "ListTokens", token_pb2.ListTokensRequest(), token_pb2.ListTokensResponse
+        )
+        return list(response.tokens)
+
+    async def revoke_token(self, token_id: str) -> token_pb2.TokenInfo:
+        """Revoke a token: refused from its next call on."""
+        response = await self._call(
+            "RevokeToken",
+            token_pb2.RevokeTokenRequest(token_id=token_id),
+            token_pb2.RevokeTokenResponse,
+        )
+        info: token_pb2.TokenInfo = response.info
+        return info
 
 
 class BlockingClient:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import cyclopts
 import trio
@@ -33,6 +33,8 @@ from burstd.config import (
     worker_for,
 )
 from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, find_token, read_token
+from cli.exitcodes import die
+from cli.tokens import token_app
 
 # Default queue capacity of the workers of `burstd up`: leasing short jobs in batches of dozens
 # saves a poll call per couple of jobs (work stealing rebalances what a worker holds too many of).
@@ -52,11 +54,11 @@ app = cyclopts.App(
     exit_on_error=False,
     print_error=False,
 )
+app.command(token_app)
 
 
-def _fail(message: str) -> None:
-    print(f"burstd: error: {message}", file=sys.stderr)
-    sys.exit(2)
+def _fail(message: str) -> NoReturn:
+    die("burstd", message)
 
 
 def _load(config: Path | None, section: str) -> Config:

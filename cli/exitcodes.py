@@ -5,9 +5,11 @@ The README and ``burst --help`` show :func:`table`; a test checks that they do.
 
 from __future__ import annotations
 
+import sys
 from enum import IntEnum
+from typing import NoReturn
 
-__all__ = ["ExitCode", "for_status", "table"]
+__all__ = ["ExitCode", "die", "for_status", "table"]
 
 
 class ExitCode(IntEnum):
@@ -55,3 +57,10 @@ def table() -> str:
     """The table as Markdown: the README's."""
     rows = [f"| {code.value} | {code.meaning} |" for code in ExitCode]
     return "\n".join(["| exit | meaning |", "|---|---|", *rows])
+
+
+def die(program: str, message: str, code: int = ExitCode.USAGE) -> NoReturn:
+    """End ``program`` with ``code`` after one line on stderr, the one error style:
+    ``burstd: error: <message>``."""
+    print(f"{program}: error: {message}", file=sys.stderr)
+    sys.exit(code)

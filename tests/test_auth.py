@@ -13,7 +13,7 @@ from burstd.auth import Guard, Role
 from burstd.controller.service import ControllerService
 from burstd.controller.table import JobTable
 from burstd.controller.tokens import TokenError, Tokens, parse_duration
-from proto.burst.v1 import control_pb2, job_pb2, worker_pb2
+from proto.burst.v1 import control_pb2, job_pb2, peer_pb2, worker_pb2
 
 SUBMIT = "/burst.v1.ControllerRpc/SubmitJob"
 REGISTER = "/burst.v1.ControllerRpc/RegisterWorker"
@@ -38,14 +38,16 @@ def tokens(clock: Clock) -> Tokens:
 
 
 def test_every_method_of_the_controller_has_a_rule() -> None:
-    """A method missing from the table would be refused to everyone: none is missing, and the
-    table names no method that does not exist."""
+    """A method missing from the table would be refused to everyone: none is missing (of the
+    controller's and the peer port's services), and the table names no method that does not
+    exist."""
     service = control_pb2.DESCRIPTOR.services_by_name["ControllerRpc"]
     paths = {f"/{service.full_name}/{m.name}" for m in service.methods}
     served = ControllerService(JobTable()).rpc_service()
     assert {f"/{served.name}/{name}" for name in served.methods} == paths
-    assert paths <= set(auth.RULES)
-    assert set(auth.RULES) == paths | {"/burst.v1.WorkerPeerRpc/StealJobs"}
+    peer = peer_pb2.DESCRIPTOR.services_by_name["WorkerPeerRpc"]
+    paths |= {f"/{peer.full_name}/{m.name}" for m in peer.methods}
+    assert set(auth.RULES) == paths
 
 
 def test_no_unknown_or_malformed_token_is_unauthenticated(tokens: Tokens, clock: Clock) -> None:
@@ -160,3 +162,31 @@ def test_bootstrap_writes_the_token_files_once(tmp_path: Path, clock: Clock) -> 
     assert tokens.bootstrap(tmp_path) == [tmp_path / "worker.token"]
     assert (tmp_path / "admin.token").read_text().strip() == admin
     tokens.close()
+
+
+def test_a_peer_port_accepts_the_worker_tokens_of_the_latest_list(clock: Clock) -> None:
+    steal = "/burst.v1.WorkerPeerRpc/StealJobs"
+    kept, gone = auth.new_secret(), auth.new_secret()
+    peer = auth.PeerTokens(clock)
+
+    def listed(*secrets: str) -> list[worker_pb2.PeerVerifier]:
+        return [worker_pb2.PeerVerifier(token_sha256=auth.digest(s)) for s in secrets]
+
+    with pytest.raises(transport.Unauthenticated):
+        peer.guard.authorize(steal, auth.bearer(kept))  # nothing listed yet
+    peer.update(7, listed(kept, gone))
+    assert peer.guard.authorize(steal, auth.bearer(gone)).role is Role.WORKER  # remembered
+    peer.update(7, listed(kept))  # the same version again: no news
+    peer.guard.authorize(steal, auth.bearer(gone))
+    peer.update(8, listed(kept))
+    with pytest.raises(transport.Unauthenticated):
+        peer.guard.authorize(steal, auth.bearer(gone))
+    peer.guard.authorize(steal, auth.bearer(kept))
+    peer.update(0, [])  # a reply that brings no list changes nothing
+    peer.guard.authorize(steal, auth.bearer(kept))
+    expiring = auth.new_secret()
+    peer.update(9, [worker_pb2.PeerVerifier(token_sha256=auth.digest(expiring), expires_at=1001)])
+    peer.guard.authorize(steal, auth.bearer(expiring))
+    clock.now = 1001
+    with pytest.raises(transport.Unauthenticated, match="expired"):
+        peer.guard.authorize(steal, auth.bearer(expiring))

@@ -173,6 +173,7 @@ class ControllerService:
         # Without tokens of its own, a service knows none: every call is refused.
         self.tokens = tokens if tokens is not None else Tokens(None)
         self.guard = Guard(self.tokens, clock)
+        self._verifier_list: tuple[int, list[worker_pb2.PeerVerifier]] = (0, [])
         self.settings = settings
         self.clock = clock
         # With a store, finished jobs leave memory once stored; lookups fall back to it.
@@ -672,6 +673,8 @@ class ControllerService:
             len(request.held) - len(drop),
         )
         return worker_pb2.RegisterWorkerResponse(
+            verifiers=self._verifiers(),
+            verifiers_version=self.tokens.version,
             accepted=True,
             lease_ttl_ms=int(self.table.lease_ttl * 1000),
             heartbeat_interval_ms=int(self.table.heartbeat_interval * 1000),
@@ -825,13 +828,32 @@ class ControllerService:
             raise transport.FailedPrecondition(str(error)) from None
         finally:
             self._after_change()
-        return worker_pb2.HeartbeatResponse(
+        response = worker_pb2.HeartbeatResponse(
             ok=True,
             cancel=_held_pb(cancel),
             drop=_held_pb(drop),
             peers=self._peers(request.worker_id) if request.want_peers else [],
             paced_heartbeat_ms=self._paced_heartbeat_ms(request.worker_id),
         )
+        if request.verifiers_version != self.tokens.version:
+            response.verifiers.extend(self._verifiers())
+            response.verifiers_version = self.tokens.version
+        return response
+
+    def _verifiers(self) -> list[worker_pb2.PeerVerifier]:
+        """The valid worker tokens, as workers check thieves against them (made once a
+        version: registrations and heartbeats share the list)."""
+        if self._verifier_list[0] != self.tokens.version:
+            self._verifier_list = (
+                self.tokens.version,
+                [
+                    worker_pb2.PeerVerifier(
+                        token_sha256=t.sha256, worker_ids=t.worker_ids, expires_at=t.expires_at
+                    )
+                    for t in self.tokens.workers()
+                ],
+            )
+        return self._verifier_list[1]
 
     def _peers(self, exclude: str) -> list[worker_pb2.PeerInfo]:
         """Workers that serve StealJobs, other than ``exclude``, most spare jobs first (at most

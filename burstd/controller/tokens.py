@@ -113,6 +113,10 @@ class Tokens:
 
     def __init__(self, db: Path | None, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
+        # Numbers the list of worker tokens (``workers``), which workers check thieves against:
+        # it changes with every worker token added or revoked. It starts at random, so that a
+        # worker that knew an earlier controller's list is not mistaken for up to date.
+        self.version = secrets.randbits(48) | 1
         self._by_id: dict[str, Token] = {}
         self._by_digest: dict[bytes, Token] = {}
         self._db: sqlite3.Connection | None = None
@@ -139,6 +143,11 @@ class Tokens:
     def all(self) -> list[Token]:
         """Every token, oldest first."""
         return sorted(self._by_id.values(), key=lambda t: (t.created_at, t.id))
+
+    def workers(self) -> list[Token]:
+        """The worker tokens valid now: what a peer port accepts (as of ``version``)."""
+        now = self.clock()
+        return [t for t in self._by_id.values() if t.role is Role.WORKER and t.valid(now)]
 
     def new(
         self, user: str, role: Role | str, **options: Unpack[TokenOptions]
@@ -218,6 +227,8 @@ class Tokens:
             old.grant.revoked = token.grant.revoked
         self._by_id[token.id] = token
         self._by_digest[token.sha256] = token
+        if token.role is Role.WORKER:
+            self.version += 1
 
     def bootstrap(self, state_dir: Path) -> list[Path]:
         """Make sure ``admin.token`` and ``worker.token`` in ``state_dir`` hold valid tokens of

@@ -6,10 +6,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from loguru import logger
 
-from burstd.transport.errors import StatusCode, sole_rpc_error
+from burstd.transport.errors import StatusCode, Unauthenticated, sole_rpc_error
 from burstd.transport.messages import Message, Metadata, RequestT, decode_request
+
+UNAUTHENTICATED_DELAY = 0.02
+"""Seconds a call refused UNAUTHENTICATED waits for its answer (see :func:`authorized`)."""
 
 Authorize = Callable[[str, Metadata], Any]
 """A service's guard: given a call's path (``/service/method``) and metadata, what its handler
@@ -88,10 +92,22 @@ class Service:
         self.methods[method_name] = method
 
 
+async def authorized(method: Method, path: str, metadata: Metadata) -> Any:
+    """What the service's guard makes of the call (its handler's second argument). A call it
+    refuses UNAUTHENTICATED is answered only after UNAUTHENTICATED_DELAY: one that guesses
+    tokens gets a few dozen answers a second per connection, and its connection is closed after
+    MAX_UNAUTHENTICATED of them (``Connection.refused``)."""
+    try:
+        return method.authorize(path, metadata)
+    except Unauthenticated:
+        await trio.sleep(UNAUTHENTICATED_DELAY)
+        raise
+
+
 async def run_unary(method: Method, path: str, data: bytes, metadata: Metadata) -> bytes:
     """A unary handler's reply to the encoded request, encoded; errors propagate. The service's
     guard sees the call before the request is decoded."""
-    caller = method.authorize(path, metadata)
+    caller = await authorized(method, path, metadata)
     reply = await method.handler(decode_request(method.request_type, data), caller)
     payload: bytes = reply.SerializeToString()
     return payload

@@ -33,7 +33,7 @@ from burstd.transport.connection import (
 )
 from burstd.transport.errors import InvalidArgument, StatusCode, TransportError, rpc_error
 from burstd.transport.messages import Message, decode_request
-from burstd.transport.methods import Method, Service, run_unary, status_of
+from burstd.transport.methods import Method, Service, authorized, run_unary, status_of
 from burstd.transport.mux import MUX_METHOD, serve_mux
 from burstd.wire import MUX_SERVICE
 from proto.burst.v1 import mux_pb2
@@ -188,7 +188,7 @@ async def _answer(
             return StatusCode.OK, ""
         data = await _read_request(stream)
         if method.streaming:
-            caller = method.authorize(path, metadata)
+            caller = await authorized(method, path, metadata)
             await _send_stream(
                 stream, method.handler(decode_request(method.request_type, data), caller)
             )

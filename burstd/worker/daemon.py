@@ -360,6 +360,7 @@ class Worker:
                 # Only a worker with a free slot may steal soon: the busy ones spare the
                 # controller the work of listing peers.
                 want_peers=self.state.steals and len(self.state.running) < config_slots,
+                verifiers_version=self.state.peer_tokens.version,
             )
             sent = self.state.clock()
             try:
@@ -372,6 +373,7 @@ class Worker:
                 self.link.broken()
                 continue
             self.link.pace(response.paced_heartbeat_ms)
+            self.state.peer_tokens.update(response.verifiers_version, response.verifiers)
             if request.want_peers:  # (without it, the reply lists none: that is no news)
                 self.state.peers = list(response.peers)
             self.state.apply_notices(response.cancel, response.drop)

@@ -146,6 +146,7 @@ class ControllerLink:
         self.state.drop(response.drop)
         self.state.confirmed(sent)
         self.state.peers = list(response.peers)
+        self.state.peer_tokens.update(response.verifiers_version, response.verifiers)
         self.log.info("registered with controller {}:{}", self.host, self.port)
 
     def pace(self, paced_heartbeat_ms: int) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import trio
 from loguru import logger
 
+from burstd.auth import PeerTokens
 from burstd.config import WorkerConfig
 from burstd.leases import StopReason
 from burstd.worker.deadline import LeaseDeadline
@@ -45,6 +46,8 @@ class WorkerState:
     local: LocalQueue
     # Sent with every call, to the controller and to peers (see burstd/auth.py).
     token: str = ""
+    # The worker tokens a thief may show on this worker's peer port (from the controller).
+    peer_tokens: PeerTokens = field(default_factory=lambda: PeerTokens(time.time))
     # The jobs running here, by the job (not its id: two attempts of one job may both be here,
     # one stopping while the other starts).
     running: dict[LocalJob, Running] = field(default_factory=dict)

@@ -30,7 +30,8 @@ from typing import Any, Protocol
 import trio
 from loguru import logger
 
-from burstd import transport, wire
+from burstd import auth, transport, wire
+from burstd.auth import Caller, Guard
 from burstd.config import Config, WorkerConfig, format_hostport, parse_hostport
 from burstd.policies.steal import (
     MAX_STEAL,
@@ -62,6 +63,8 @@ class _State(Protocol):
     """What the steal pieces read from the worker daemon's WorkerState."""
 
     config: WorkerConfig
+    token: str
+    peer_tokens: auth.PeerTokens
     instance: int
     poll_since: float | None
     steal_done: int
@@ -131,12 +134,14 @@ class PeerServer:
         self.log = logger.bind(worker_id=state.config.worker_id)
 
     def rpc_service(self) -> transport.Service:
-        service = transport.Service(wire.PEER_SERVICE)
+        """StealJobs, for worker tokens only (the thief's own), checked against the list the
+        controller hands this worker (``auth.PeerTokens``): no call to the controller a steal."""
+        service = transport.Service(wire.PEER_SERVICE, self.state.peer_tokens.guard.authorize)
         service.unary("StealJobs", peer_pb2.StealJobsRequest, self.steal_jobs)
         return service
 
     async def steal_jobs(
-        self, request: peer_pb2.StealJobsRequest, metadata: Mapping[str, str]
+        self, request: peer_pb2.StealJobsRequest, caller: Caller
     ) -> peer_pb2.StealJobsResponse:
         """Give a thief up to ``max_jobs`` queued jobs (at most the fair share of the spare ones).
 
@@ -146,6 +151,7 @@ class PeerServer:
         """
         state, local = self.state, self.state.local
         thief = request.thief_worker_id
+        Guard.check_worker(f"/{wire.PEER_SERVICE}/StealJobs", caller, request)
         if not thief.strip():
             raise transport.InvalidArgument("thief_worker_id: cannot be empty")
         if (
@@ -440,7 +446,9 @@ class StealClient:
         if peer.channel is not None:
             return peer.channel
         assert self._nursery is not None
-        channel, scope = await self._nursery.start(_hold_channel, worker_id, peer.addr)
+        channel, scope = await self._nursery.start(
+            _hold_channel, worker_id, peer.addr, self.state.token
+        )
         peer.channel, peer.scope = channel, scope
         return channel  # type: ignore[no-any-return]
 
@@ -454,14 +462,19 @@ class StealClient:
 async def _hold_channel(
     worker_id: str,
     addr: str,
+    token: str,
     task_status: trio.TaskStatus[tuple[transport.Channel, trio.CancelScope]],
 ) -> None:
     """Keep one connection to a peer open until its scope is cancelled (the transport re-opens
-    the connection by itself after a failure)."""
+    the connection by itself after a failure). Steals show this worker's own token."""
     host, port = parse_hostport(addr)
     with trio.CancelScope() as scope:
         async with transport.Channel(
-            host, port, connect_timeout=CONNECT_TIMEOUT, peer=f"peer {worker_id}"
+            host,
+            port,
+            connect_timeout=CONNECT_TIMEOUT,
+            peer=f"peer {worker_id}",
+            metadata=auth.bearer(token),
         ) as channel:
             task_status.started((channel, scope))
             await trio.sleep_forever()

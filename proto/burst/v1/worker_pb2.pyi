@@ -37,20 +37,34 @@ class RegisterWorkerRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
-    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers", "paced_heartbeat_ms")
+    __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers", "paced_heartbeat_ms", "verifiers", "verifiers_version")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     PACED_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_VERSION_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     lease_ttl_ms: int
     heartbeat_interval_ms: int
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
     paced_heartbeat_ms: int
-    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ...) -> None: ...
+    verifiers: _containers.RepeatedCompositeFieldContainer[PeerVerifier]
+    verifiers_version: int
+    def __init__(self, accepted: _Optional[bool] = ..., lease_ttl_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ..., verifiers: _Optional[_Iterable[_Union[PeerVerifier, _Mapping]]] = ..., verifiers_version: _Optional[int] = ...) -> None: ...
+
+class PeerVerifier(_message.Message):
+    __slots__ = ("token_sha256", "worker_ids", "expires_at")
+    TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    WORKER_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    token_sha256: bytes
+    worker_ids: _containers.RepeatedScalarFieldContainer[str]
+    expires_at: float
+    def __init__(self, token_sha256: _Optional[bytes] = ..., worker_ids: _Optional[_Iterable[str]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class PeerInfo(_message.Message):
     __slots__ = ("worker_id", "peer_addr", "slots", "capacity", "leased", "running")
@@ -69,36 +83,42 @@ class PeerInfo(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., peer_addr: _Optional[str] = ..., slots: _Optional[int] = ..., capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("worker_id", "held", "lease_seq", "steal_round_done", "want_peers", "instance")
+    __slots__ = ("worker_id", "held", "lease_seq", "steal_round_done", "want_peers", "instance", "verifiers_version")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     STEAL_ROUND_DONE_FIELD_NUMBER: _ClassVar[int]
     WANT_PEERS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_VERSION_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     held: _containers.RepeatedCompositeFieldContainer[HeldJob]
     lease_seq: int
     steal_round_done: int
     want_peers: bool
     instance: int
-    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ..., instance: _Optional[int] = ...) -> None: ...
+    verifiers_version: int
+    def __init__(self, worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., steal_round_done: _Optional[int] = ..., want_peers: _Optional[bool] = ..., instance: _Optional[int] = ..., verifiers_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("ok", "cancel", "drop", "reregister", "peers", "paced_heartbeat_ms")
+    __slots__ = ("ok", "cancel", "drop", "reregister", "peers", "paced_heartbeat_ms", "verifiers", "verifiers_version")
     OK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DROP_FIELD_NUMBER: _ClassVar[int]
     REREGISTER_FIELD_NUMBER: _ClassVar[int]
     PEERS_FIELD_NUMBER: _ClassVar[int]
     PACED_HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_FIELD_NUMBER: _ClassVar[int]
+    VERIFIERS_VERSION_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     cancel: _containers.RepeatedCompositeFieldContainer[HeldJob]
     drop: _containers.RepeatedCompositeFieldContainer[HeldJob]
     reregister: bool
     peers: _containers.RepeatedCompositeFieldContainer[PeerInfo]
     paced_heartbeat_ms: int
-    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ...) -> None: ...
+    verifiers: _containers.RepeatedCompositeFieldContainer[PeerVerifier]
+    verifiers_version: int
+    def __init__(self, ok: _Optional[bool] = ..., cancel: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., reregister: _Optional[bool] = ..., peers: _Optional[_Iterable[_Union[PeerInfo, _Mapping]]] = ..., paced_heartbeat_ms: _Optional[int] = ..., verifiers: _Optional[_Iterable[_Union[PeerVerifier, _Mapping]]] = ..., verifiers_version: _Optional[int] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()
