@@ -564,7 +564,8 @@ def submit(
     cancelled job on stdout, its exit code).
 
     Everything after CMD, ENTRY or IMAGE is the job's argv, passed verbatim (never through a
-    shell). Options go before the kind.
+    shell), but for its placeholders, filled per job: {index} (--array), {entry} (--each-line),
+    {job_id}; {{ and }} are literal braces. Options go before the kind.
 
     Parameters
     ----------

@@ -33,3 +33,30 @@ def test_steps_and_lists_give_each_job_its_index(cluster: Cluster) -> None:
         ]
         list(client.wait(ids))
     assert _printed(cluster, ids) == ["2", "4", "6", "1", "9", "5", "1", "11", "3"]
+
+
+def test_placeholders_are_filled_per_job_never_through_a_shell(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1")
+    printf = ("process", "printf", "%s|%s|%s\\n")
+    array = cluster.burst(
+        "submit", "--wait", "--array", "3,5", *printf, "{index}", "{job_id}", "{{x}}"
+    )
+    ids = array.stdout.split()
+    assert _printed(cluster, ids) == [f"3|{ids[0]}|{{x}}", f"5|{ids[1]}|{{x}}"]
+
+    (cluster.tmp / "lines.txt").write_text("a b; echo no\n$(id)\n")
+    each = cluster.burst(
+        "submit", "--wait", "--each-line", "lines.txt", *printf, "<{entry}>", "", ""
+    )
+    assert _printed(cluster, each.stdout.split()) == ["<a b; echo no>||", "<$(id)>||"]
+
+    for argv, message in [
+        (("--array", "1-2", "process", "echo", "{nope}"), "unknown placeholder {nope}"),
+        (("process", "awk", "{print $1}"), "unknown placeholder {print $1}"),
+        (("process", "echo", "{index}"), "{index} needs --array"),
+    ]:
+        refused = cluster.burst("submit", *argv, check=False)
+        assert refused.returncode == 2, refused.stderr
+        assert message in refused.stderr and "argv[1]" in refused.stderr
+    assert cluster.burst("list").stdout.count("\n") == 4

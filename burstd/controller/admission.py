@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from burstd import outputnames, wire
+from burstd import outputnames, placeholders, wire
 from burstd.controller.table import NewJob
 from proto.burst.v1 import job_pb2
 
@@ -37,7 +37,11 @@ def _no_nul(path: str, value: str) -> None:
         raise SpecError(f"{path}: contains a NUL character")
 
 
-def validate_spec(spec: job_pb2.JobSpec, path: str = "spec") -> None:
+def validate_spec(
+    spec: job_pb2.JobSpec, path: str = "spec", given: frozenset[str] = frozenset()
+) -> None:
+    """Refuse ``spec`` naming its bad field. ``given``: the per-job values its jobs get besides
+    the spec's own (``index`` for the template of an array, ``entry`` for one of entries)."""
     kind = spec.WhichOneof("type")
     if kind is None:
         raise SpecError(f"{path}: missing job type (process, python or docker)")
@@ -55,6 +59,13 @@ def validate_spec(spec: job_pb2.JobSpec, path: str = "spec") -> None:
         argv = [spec.docker.image, *spec.docker.command, *spec.docker.args]
     for i, arg in enumerate(argv):
         _no_nul(f"{path}.{kind}.argv[{i}]", arg)
+    given = given | _own_values(spec)
+    first = 1 if kind == "docker" else 0  # placeholders go in the arguments, not the image
+    for i, arg in enumerate(argv[first:], first):
+        try:
+            placeholders.check(arg, given)
+        except ValueError as error:
+            raise SpecError(f"{path}.{kind}.argv[{i}]: {error}") from None
     for key, value in spec.env.items():
         if not key or "=" in key:
             raise SpecError(f"{path}.env: invalid variable name {key!r}")
@@ -92,9 +103,15 @@ def _check_outputs(spec: job_pb2.JobSpec, path: str) -> None:
         raise SpecError(f"{path}.output_mode: stream needs the spec's submission")
 
 
-def _indexed(spec: job_pb2.JobSpec, path: str, array: bool) -> None:
+def _own_values(spec: job_pb2.JobSpec) -> frozenset[str]:
+    """The placeholders a spec's own fields fill (every job has its id)."""
+    fields = (("index", "array_index"), ("entry", "entry"))
+    return frozenset(("job_id", *(name for name, field in fields if spec.HasField(field))))
+
+
+def _indexed(spec: job_pb2.JobSpec, path: str, given: frozenset[str]) -> None:
     """{index} names only the files of array jobs."""
-    if not array and not spec.HasField("array_index"):
+    if "index" not in given and not spec.HasField("array_index"):
         for field in ("stdout_pattern", "stderr_pattern"):
             if outputnames.uses(getattr(spec, field), "index"):
                 raise SpecError(f"{path}.{field}: uses {{index}}, but the job is not an array job")
@@ -130,9 +147,11 @@ def _check_size(path: str, size: int, limits: Limits, what: str = "") -> None:
         )
 
 
-def _checked(spec: job_pb2.JobSpec, path: str, limits: Limits, array: bool = False) -> bytes:
-    validate_spec(spec, path)
-    _indexed(spec, path, array)
+def _checked(
+    spec: job_pb2.JobSpec, path: str, limits: Limits, given: frozenset[str] = frozenset()
+) -> bytes:
+    validate_spec(spec, path, given)
+    _indexed(spec, path, given)
     encoded: bytes = spec.SerializeToString()
     _check_size(path, len(encoded), limits)
     return encoded
@@ -204,7 +223,8 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     if not request.HasField("template"):
         raise SpecError("template: required with array_count, array_indices or entries")
     template = request.template
-    base = _checked(template, "template", limits, array=bool(request.array_count))
+    given = frozenset(("entry",) if request.entries else ("index",))
+    base = _checked(template, "template", limits, given)
     retries, name = template.retries, template.name
     if request.array_count:
         start, step = request.array_start, request.array_step or 1

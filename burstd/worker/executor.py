@@ -45,7 +45,7 @@ from typing import Final
 import trio
 from loguru import logger
 
-from burstd import outputnames, wire
+from burstd import outputnames, placeholders, wire
 from burstd.worker.guard import JobGuard
 from burstd.worker.streamlog import StreamLogs
 from proto.burst.v1 import job_pb2
@@ -193,6 +193,23 @@ def job_environment(
     return {os.fsdecode(key): os.fsdecode(value) for key, value in env.items()}
 
 
+def command_args(job_id: str, spec: job_pb2.JobSpec, args: list[str]) -> list[str]:
+    """``args`` with the job's own values in their placeholders (``burstd.placeholders``)."""
+    values = {"job_id": job_id}
+    if spec.HasField("array_index"):
+        values["index"] = str(spec.array_index)
+    if spec.HasField("entry"):
+        values["entry"] = spec.entry
+    filled = []
+    for i, arg in enumerate(args):
+        try:
+            placeholders.check(arg, values)
+        except ValueError as error:
+            raise SpecError(f"argument {i}: {error}") from None
+        filled.append(placeholders.fill(arg, values))
+    return filled
+
+
 def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecConfig) -> list[str]:
     """The argv of a job (argv[0] not yet resolved through PATH). Raises ``SpecError``.
 
@@ -207,11 +224,12 @@ def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecCon
     if kind == "process":
         if not spec.process.command.strip():
             raise SpecError("process.command is empty")
-        argv = [spec.process.command, *spec.process.args]
+        argv = command_args(job_id, spec, [spec.process.command, *spec.process.args])
     elif kind == "python":
         if not spec.python.entry_point.strip():
             raise SpecError("python.entry_point is empty")
-        argv = [config.python, spec.python.entry_point, *spec.python.args]
+        command = [spec.python.entry_point, *spec.python.args]
+        argv = [config.python, *command_args(job_id, spec, command)]
     elif kind == "docker":
         image = spec.docker.image
         if not image.strip():
@@ -227,7 +245,7 @@ def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecCon
         env.update(burst_vars(job_id, attempt, spec, config))
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
-        argv += [image, *spec.docker.command, *spec.docker.args]
+        argv += [image, *command_args(job_id, spec, [*spec.docker.command, *spec.docker.args])]
     else:
         raise SpecError("spec has no job type (process, python or docker)")
     for i, arg in enumerate(argv):
