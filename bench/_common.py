@@ -115,6 +115,9 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
         f"submission_buffer_capacity = {capacity}\n"
     )
     command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
+    # Before the controller starts: a BURST_STATE_DIR left by an earlier point would override
+    # the file's state_dir.
+    os.environ["BURST_STATE_DIR"] = f"{tmp}/state"
     ctl = subprocess.Popen(
         [sys.executable, "-m", "cli.burstd", *command], cwd=REPO, env=burst_env()
     )
@@ -124,7 +127,6 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
         ctl.kill()
         ctl.wait()
         raise
-    os.environ["BURST_STATE_DIR"] = f"{tmp}/state"
     return ctl, port
 
 

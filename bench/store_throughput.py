@@ -73,6 +73,9 @@ def controller(store: str, work: Path) -> Iterator[str]:
         "submission_buffer_capacity = 100000000\n"
     )
     addr = f"127.0.0.1:{free_port()}"
+    # Before the controller starts (a BURST_STATE_DIR left by another scenario would override
+    # the file's state_dir); the clients then send its admin token.
+    os.environ["BURST_STATE_DIR"] = str(state)
     env = {**os.environ, "PYTHONPATH": str(REPO), "BURST_LOG": "warning"}
     log = (work / f"controller-{store}.log").open("wb")
     proc = subprocess.Popen(
@@ -93,7 +96,6 @@ def controller(store: str, work: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"controller ({store}) did not listen") from None
                 time.sleep(0.05)
-        os.environ["BURST_STATE_DIR"] = str(state)  # the clients send its admin token
         yield addr
     finally:
         proc.terminate()
