@@ -111,6 +111,8 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "CreateToken": Rule(_ADMINS),
     _CONTROLLER + "ListTokens": Rule(_ADMINS),
     _CONTROLLER + "RevokeToken": Rule(_ADMINS),
+    # `burst drain WORKER`
+    _CONTROLLER + "DrainWorker": Rule(_ADMINS),
     # a worker's peer port: only workers steal (the victim knows worker tokens alone)
     _PEER + "StealJobs": Rule(frozenset({Role.WORKER}), "thief_worker_id"),
 }

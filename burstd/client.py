@@ -290,6 +290,16 @@ class Client:
         )
         return list(response.workers)
 
+    async def drain(self, worker_id: str) -> job_pb2.WorkerInfo:
+        """Give a worker no new work; the jobs it holds run to their end (admin only).
+        Raises NotFound for a worker not registered."""
+        response: job_pb2.DrainWorkerResponse = await self._call(
+            "DrainWorker",
+            job_pb2.DrainWorkerRequest(worker_id=worker_id),
+            job_pb2.DrainWorkerResponse,
+        )
+        return response.worker
+
     # -- tokens (an admin token only) --
 
     async def create_token(
@@ -407,6 +417,9 @@ class BlockingClient:
 
     def workers(self) -> list[job_pb2.WorkerInfo]:
         return self._run(lambda c: c.workers())
+
+    def drain(self, worker_id: str) -> job_pb2.WorkerInfo:
+        return self._run(lambda c: c.drain(worker_id))
 
     def list_jobs(self, state: str = "") -> list[job_pb2.JobInfo]:
         async def collect(client: Client) -> list[job_pb2.JobInfo]:

@@ -851,7 +851,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
         if as_json:
             _write_lines(_to_json(_as_dict(w)) for w in found)
             return 0
-        rows = [("ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST SEEN")]
+        rows = [("ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST SEEN", "STATE")]
         rows += [
             (
                 w.worker_id,
@@ -860,6 +860,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
                 str(w.leased),
                 str(w.running),
                 f"{w.last_seen_ago:.1f}s ago",
+                w.state,
             )
             for w in found
         ]
@@ -868,6 +869,27 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             for row in rows
         )
+        return 0
+
+    return _run(session)
+
+
+@app.command(usage="Usage: burst drain WORKER")
+def drain(worker: str, /) -> int:
+    """Give a worker no new work (admin): the jobs it holds run to their end there.
+
+    The worker stays registered and shows as draining in `burst workers` until it stops or
+    registers again (a restarted worker takes work again).
+
+    Parameters
+    ----------
+    worker
+        The worker's id, as `burst workers` shows it.
+    """
+
+    async def session(client: Client) -> int:
+        info = await client.drain(worker)
+        print(f"{info.worker_id}: draining, {info.leased} jobs held ({info.running} running)")
         return 0
 
     return _run(session)

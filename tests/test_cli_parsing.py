@@ -100,7 +100,13 @@ class FakeClient:
         self.calls.append(("workers", None))
         return [
             job_pb2.WorkerInfo(
-                worker_id="w1", hostname="host-a", slots=8, leased=3, running=2, last_seen_ago=0.25
+                worker_id="w1",
+                hostname="host-a",
+                slots=8,
+                leased=3,
+                running=2,
+                last_seen_ago=0.25,
+                state="draining",
             )
         ]
 
@@ -660,8 +666,8 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
 def test_workers(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["workers"]) == 0
     header, row = capsys.readouterr().out.splitlines()
-    assert header.split() == ["ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST", "SEEN"]
-    assert row.split() == ["w1", "host-a", "8", "3", "2", "0.2s", "ago"]
+    assert header.split() == ["ID", "HOST", "SLOTS", "LEASED", "RUNNING", "LAST", "SEEN", "STATE"]
+    assert row.split() == ["w1", "host-a", "8", "3", "2", "0.2s", "ago", "draining"]
     assert run(["workers", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["hostname"] == "host-a"
 

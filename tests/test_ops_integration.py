@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,32 @@ def test_a_worker_answers_health_checks_on_its_peer_port(cluster: Cluster) -> No
     eventually(lambda: health(peer) == "NOT_SERVING", "the worker to say NOT_SERVING")
     cluster.controller()  # the same address and state: the worker registers again
     eventually(lambda: health(peer) == "SERVING", "the worker to serve again")
+
+
+def test_drain_a_worker_no_new_work_running_jobs_finish(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1", slots=1)
+    cluster.wait_workers(1)
+    (running,) = cluster.burst("submit", "process", "sleep", "4").stdout.split()
+    eventually(lambda: cluster.status(running)["state"] == "running", "the job to start", 3.5)
+
+    as_worker = {**cluster.env, "BURST_TOKEN": cluster.token("worker")}
+    refused = cluster.burst("drain", "w1", check=False, env=as_worker)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused
+    unknown = cluster.burst("drain", "nobody", check=False)
+    assert unknown.returncode == 4 and "nobody" in unknown.stderr, unknown
+
+    drained = cluster.burst("drain", "w1")
+    assert drained.stdout.startswith("w1: draining"), drained
+    (workers,) = [
+        json.loads(line) for line in cluster.burst("workers", "--json").stdout.split("\n") if line
+    ]
+    assert workers["state"] == "draining", workers
+    (waiting,) = cluster.burst("submit", "process", "true").stdout.split()
+    assert cluster.burst("wait", running, check=False).returncode == 0  # it ran to its end
+    time.sleep(1.5)  # w1 has a free slot now, and polls: it gets nothing
+    assert cluster.status(waiting)["state"] == "queued"
+
+    cluster.worker("w2", slots=1)  # another worker takes the job
+    assert cluster.burst("wait", waiting, "--timeout", "30", check=False).returncode == 0
+    assert cluster.status(waiting)["worker_id"] == "w2"

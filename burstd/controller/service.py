@@ -39,6 +39,7 @@ from burstd.controller.table import (
     Result,
     TransferRefused,
     UnknownWorker,
+    Worker,
     WorkerReplaced,
     earlier_outputs,
 )
@@ -156,6 +157,21 @@ def _held(items: object) -> list[Held]:
 
 def _held_pb(items: list[Held]) -> list[worker_pb2.HeldJob]:
     return [worker_pb2.HeldJob(job_id=h.job_id, attempt=h.attempt) for h in items]
+
+
+def worker_info(worker: Worker, now: float) -> job_pb2.WorkerInfo:
+    """A registered worker as ``burst workers`` shows it."""
+    return job_pb2.WorkerInfo(
+        worker_id=worker.worker_id,
+        hostname=worker.hostname,
+        slots=worker.slots,
+        queue_capacity=worker.capacity,
+        leased=len(worker.leases),
+        running=worker.running,
+        peer_addr=worker.peer_addr,
+        last_seen_ago=max(0.0, now - worker.last_seen),
+        state="draining" if worker.draining else "alive",
+    )
 
 
 class ControllerService:
@@ -500,25 +516,27 @@ class ControllerService:
         next_after = jobs[-1].job_id if len(jobs) == limit else ""
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
 
+    async def drain_worker(
+        self, request: job_pb2.DrainWorkerRequest, caller: Caller
+    ) -> job_pb2.DrainWorkerResponse:
+        try:
+            worker = self.table.drain(request.worker_id)
+        except UnknownWorker:
+            raise transport.NotFound(
+                f"worker_id: no registered worker {request.worker_id!r}"
+            ) from None
+        self._after_change()
+        logger.bind(worker_id=worker.worker_id).info(
+            "drained by {}: no new work, {} jobs held", caller.user, len(worker.leases)
+        )
+        return job_pb2.DrainWorkerResponse(worker=worker_info(worker, self.clock()))
+
     async def list_workers(
         self, request: job_pb2.ListWorkersRequest, caller: Caller
     ) -> job_pb2.ListWorkersResponse:
         now = self.clock()
         return job_pb2.ListWorkersResponse(
-            workers=[
-                job_pb2.WorkerInfo(
-                    worker_id=w.worker_id,
-                    hostname=w.hostname,
-                    slots=w.slots,
-                    queue_capacity=w.capacity,
-                    leased=len(w.leases),
-                    running=w.running,
-                    peer_addr=w.peer_addr,
-                    last_seen_ago=max(0.0, now - w.last_seen),
-                    state="alive",
-                )
-                for w in self.table.workers.values()
-            ]
+            workers=[worker_info(w, now) for w in self.table.workers.values()]
         )
 
     async def wait_jobs(
@@ -1009,6 +1027,7 @@ class ControllerService:
             ("CreateToken", token_pb2.CreateTokenRequest, self.create_token),
             ("ListTokens", token_pb2.ListTokensRequest, self.list_tokens),
             ("RevokeToken", token_pb2.RevokeTokenRequest, self.revoke_token),
+            ("DrainWorker", job_pb2.DrainWorkerRequest, self.drain_worker),
             ("TakeOutputReads", output_pb2.TakeOutputReadsRequest, self.output.take_output_reads),
             ("SendOutput", output_pb2.SendOutputRequest, self.output.send_output),
         ]

@@ -186,7 +186,7 @@ class WorkerState(enum.StrEnum):
 
 class WorkerEvent(enum.Enum):
     REGISTER = "register"  # a worker registers (a known one: again, perhaps a new process)
-    DRAIN = "drain"  # it handed a job back: it is shutting down
+    DRAIN = "drain"  # it handed a job back (it is shutting down), or an admin drains it
     EXPIRE = "expire"  # silent for longer than its lease TTL
     REMOVE = "remove"  # removed from the cluster
 
@@ -871,6 +871,17 @@ class JobTable:
     def _holds(worker: Worker, held: Held) -> bool:
         job = worker.leases.get(held.job_id)
         return job is not None and job.attempt == held.attempt
+
+    def drain(self, worker_id: str) -> Worker:
+        """An admin drains a registered worker: no new work is routed to it, the jobs routed
+        to it but not handed over go back to the queue, and those it holds stay its own.
+        Raises UnknownWorker if no such worker is registered; draining twice changes nothing."""
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            raise UnknownWorker(worker_id)
+        if worker.state is WorkerState.REGISTERED:
+            self._worker_move(worker, WorkerEvent.DRAIN)
+        return worker
 
     def lease(self, worker_id: str, max_jobs: int, now: float) -> tuple[int, list[Job]]:
         """Hand over up to ``max_jobs`` jobs already routed to this worker.
