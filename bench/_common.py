@@ -113,6 +113,8 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
     config.write_text(
         f'[controller]\nstore = "{store}"\nstate_dir = "{tmp}/state"\n'
         f"submission_buffer_capacity = {capacity}\n"
+        # Every simulated worker connects from 127.0.0.1, above the default limit per address.
+        "max_connections_per_peer = 4096\n"
     )
     command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     # Before the controller starts: a BURST_STATE_DIR left by an earlier point would override

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from burstd.limits import ConnectionLimits
 from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
 
 __all__ = [
@@ -417,6 +418,9 @@ def keys(section: type[Any]) -> dict[str, Key]:
 # the sections: every key, declared once
 
 
+_LIMITS = ConnectionLimits()
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """``[controller]``: the controller daemon."""
@@ -493,6 +497,40 @@ class ControllerConfig:
         default=None,
         example="127.0.0.1:9464",
     )
+    max_streams_per_connection: int = key(
+        integer(1),
+        "Calls open at once on one client connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; "
+        "calls multiplexed over one stream count as one).",
+        default=_LIMITS.max_streams_per_connection,
+    )
+    max_connections_per_peer: int = key(
+        integer(1),
+        "Connections open at once from one IP address; more are closed when accepted.",
+        default=_LIMITS.max_connections_per_peer,
+    )
+    max_pending_requests_per_peer: int = key(
+        integer(1),
+        "Calls of one IP address whose request has not arrived in full; a connection that opens "
+        "more is closed.",
+        default=_LIMITS.max_pending_requests_per_peer,
+    )
+    request_timeout_s: float = key(
+        number(0.001),
+        "Seconds a call's request may take to arrive after its headers (then DEADLINE_EXCEEDED).",
+        default=_LIMITS.request_timeout_s,
+    )
+    idle_timeout_s: float = key(
+        number(0.001),
+        "Seconds after which a client connection with no call open is closed.",
+        default=_LIMITS.idle_timeout_s,
+    )
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        """The limits the controller holds each client to."""
+        return ConnectionLimits(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(ConnectionLimits)}
+        )
 
 
 def _check_controller(values: Mapping[str, object], prefix: str) -> tuple[str, str] | None:

@@ -8,12 +8,16 @@ long-lived connection, and the Wakeup primitive every waiting task uses.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import math
+import os
 import struct
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
+from typing import Any
 
 import h2.config  # type: ignore[import-untyped]
 import h2.connection  # type: ignore[import-untyped]
@@ -23,13 +27,15 @@ import pytest
 import trio
 
 from burstd import transport
+from burstd.limits import ConnectionLimits
 from burstd.transport import Channel
 from burstd.transport.connection import CLIENT_CONFIG, SERVER_CONFIG
 from burstd.transport.mux import MuxClient
 from burstd.transport.wakeup import Wakeup
-from tests.test_transport import HOST, SVC, Calls, Msg, echo, server
+from tests.test_transport import HOST, SVC, Calls, Msg, echo, echo_service, server
 
 ECHO = f"/{SVC}/Echo"
+IDLE_CONNECTIONS = int(os.environ.get("BURST_IDLE_CONNECTIONS", "200"))
 
 
 def framed(payload: bytes, length: int | None = None) -> bytes:
@@ -200,13 +206,15 @@ async def test_a_request_with_malformed_headers_is_refused_alone(path: str, why:
 
 
 async def test_data_for_a_finished_stream_is_dropped_and_its_credit_returned() -> None:
-    """A client that goes on sending after the server answered (here UNIMPLEMENTED at once):
-    the server no longer knows the stream; it drops the data, and gives the flow-control credit
-    back, so the connection is not starved. More than the connection's whole window is sent."""
+    """A client that goes on sending after the server answered (here RESOURCE_EXHAUSTED for an
+    oversized message): the server no longer knows the stream; it drops the data, and gives the
+    flow-control credit back, so the connection is not starved. More than the connection's
+    whole initial window (64 KiB) is sent."""
+    limit = SERVER_CONFIG.max_message_length
     async with server(Calls()) as port, raw_client(port) as client:
-        stream_id = client.request(f"/{SVC}/Missing")
-        await client.flush()
-        assert (await client.status(stream_id))[0] == transport.StatusCode.UNIMPLEMENTED
+        stream_id = client.request(ECHO)
+        await client.send(stream_id, framed(b"", length=limit + 1))
+        assert (await client.status(stream_id))[0] == transport.StatusCode.RESOURCE_EXHAUSTED
         await client.send(stream_id, b"x" * 300_000, end=True)
         await check_still_serving(client)
 
@@ -249,9 +257,14 @@ class RawServer:
     def __init__(self) -> None:
         self.connections = 0
         self.goaway_due = False
+        self.refused = 0
 
     async def handle(self, sock: trio.SocketStream) -> None:
         self.connections += 1
+        with contextlib.suppress(trio.BrokenResourceError):  # a client closing with data unread
+            await self.serve(sock)
+
+    async def serve(self, sock: trio.SocketStream) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
         conn = h2.connection.H2Connection(config)
         conn.initiate_connection()
@@ -290,7 +303,8 @@ class RawServer:
         grpc = grpc_headers()
         reply = framed(Msg(service=f"{method} {self.connections}").SerializeToString())
         limit = CLIENT_CONFIG.max_message_length
-        if method == "Refuse":
+        if method == "Refuse" or (method == "RefuseTwice" and self.refused < 2):
+            self.refused += 1
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
         elif method == "Calm":
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
@@ -330,11 +344,27 @@ async def raw_call(channel: Channel, method: str, timeout: float = 5.0) -> str:
 
 async def test_a_reset_from_the_server_fails_that_call_with_its_status() -> None:
     async with raw_server() as (_, port), Channel(HOST, port) as channel:
-        with pytest.raises(transport.Unavailable, match=r"reset the call \(HTTP/2 code 7\)"):
-            await raw_call(channel, "Refuse")
         with pytest.raises(transport.ResourceExhausted, match=r"HTTP/2 code 11"):
             await raw_call(channel, "Calm")
         assert await raw_call(channel, "Echo") == "Echo 1"  # same connection
+
+
+async def test_a_refused_call_is_made_again_until_its_timeout() -> None:
+    """REFUSED_STREAM: the server did not start the call (over one of its limits), so the
+    client makes it again, as gRPC clients do."""
+    async with raw_server() as (raw, port), Channel(HOST, port) as channel:
+        assert await raw_call(channel, "RefuseTwice") == "RefuseTwice 1"
+        assert raw.refused == 2
+        with trio.fail_after(2):
+            with pytest.raises(transport.DeadlineExceeded):
+                await raw_call(channel, "Refuse", timeout=0.5)
+        assert raw.refused > 3
+        with pytest.raises(transport.DeadlineExceeded):  # a server stream alike
+            async with aclosing(
+                channel.server_stream("t.Raw", "Refuse", Msg(), Msg, timeout=0.3)
+            ) as replies:
+                async for _ in replies:
+                    pass
 
 
 async def test_a_malformed_reply_fails_that_call_alone() -> None:
@@ -407,3 +437,148 @@ async def test_a_connection_out_of_stream_ids_is_replaced() -> None:
         assert channel._connection is not old
         with trio.fail_after(5):
             await old.finished.wait()
+
+
+# -- limits: what one client may make the server hold ----------------------------------------------
+
+
+@asynccontextmanager
+async def limited_server(**limits: Any) -> AsyncIterator[int]:
+    services = [echo_service(Calls())]
+    serve = functools.partial(transport.serve, limits=ConnectionLimits(**limits))
+    async with trio.open_nursery() as nursery:
+        yield await nursery.start(serve, HOST, 0, services)
+        nursery.cancel_scope.cancel()
+
+
+async def tcp_from(source: str, port: int) -> trio.SocketStream:
+    """A TCP connection to the server from the loopback address ``source`` (its peer address)."""
+    sock = trio.socket.socket()
+    await sock.bind((source, 0))
+    await sock.connect((HOST, port))
+    return trio.SocketStream(sock)
+
+
+async def closed_by_server(stream: trio.SocketStream, within: float = 5.0) -> bool:
+    """Whether the server closes the connection within ``within`` seconds (what it sent first,
+    SETTINGS or GOAWAY, is read and dropped)."""
+    with trio.move_on_after(within):
+        with contextlib.suppress(trio.BrokenResourceError):
+            while await stream.receive_some():
+                pass
+        return True
+    return False
+
+
+async def test_the_limit_of_calls_per_connection_is_advertised() -> None:
+    async with limited_server(max_streams_per_connection=7) as port, raw_client(port) as client:
+        settings: list[h2.events.RemoteSettingsChanged] = []
+        with trio.fail_after(5):
+            while not settings:
+                chunk = await client.sock.receive_some()
+                events = client.h2.receive_data(chunk)
+                settings += [e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)]
+        assert client.h2.remote_settings.max_concurrent_streams == 7
+
+
+async def test_a_request_that_does_not_arrive_in_time_ends_its_call() -> None:
+    async with limited_server(request_timeout_s=0.3) as port, raw_client(port) as client:
+        stream_id = client.request(ECHO)  # headers only: the request never comes
+        await client.flush()
+        code, message = await client.status(stream_id)
+        assert code == transport.StatusCode.DEADLINE_EXCEEDED
+        assert message == "the request did not arrive within 0.3 s"
+        await client.receive(lambda: stream_id in client.resets)  # and the stream is reset
+        await check_still_serving(client)
+
+
+async def test_a_peer_over_its_pending_requests_loses_the_connection() -> None:
+    """Calls whose request never ends are held without a task, at most a few per peer: the
+    connection that opens one more is closed, and so are the peer's new connections while it
+    holds them and for a second after; another peer is served meanwhile, and the peer again
+    after that second."""
+    async with limited_server(max_pending_requests_per_peer=3) as port:
+        async with raw_client(port) as client:
+            for _ in range(3):
+                client.request(ECHO)
+            await client.flush()
+            await trio.sleep(0.2)
+            refused = await tcp_from(HOST, port)
+            assert await closed_by_server(refused)
+            other = RawClient(await tcp_from("127.0.0.2", port))  # another address is served
+            other.h2.initiate_connection()
+            await check_still_serving(other)
+            await other.sock.aclose()
+            client.request(ECHO)
+            await client.flush()
+            assert await closed_by_server(client.sock)
+        with pytest.raises(transport.Unavailable):  # for a second, its new connections too
+            async with Channel(HOST, port) as channel:
+                await echo(channel, "at once", timeout=2)
+        await trio.sleep(1.1)
+        async with Channel(HOST, port) as channel:
+            assert await echo(channel, "again") == "again"
+
+
+async def test_a_peer_over_its_connections_has_new_ones_closed() -> None:
+    async with limited_server(max_connections_per_peer=5) as port:
+        held = [await tcp_from(HOST, port) for _ in range(5)]
+        extra = await tcp_from(HOST, port)
+        assert await closed_by_server(extra)
+        assert not await closed_by_server(held[0], within=0.2)
+        async with Channel(HOST, port) as channel:  # a sixth: refused
+            pass
+        other = await tcp_from("127.0.0.3", port)  # another address is served
+        assert not await closed_by_server(other, within=0.2)
+        await held.pop().aclose()
+        await trio.sleep(0.1)
+        async with Channel(HOST, port) as channel:
+            assert await echo(channel, "fifth") == "fifth"
+        for stream in [*held, extra, other]:
+            await stream.aclose()
+
+
+async def test_idle_connections_are_closed() -> None:
+    """TCP connections that never send a byte (BURST_IDLE_CONNECTIONS, 2,000 in ``tox -e
+    stress``, spread over 16 loopback addresses, under the limit per address) are all closed
+    after the idle timeout; a channel whose connection idled out opens a new one at its next
+    call."""
+    async with limited_server(idle_timeout_s=1.0) as port, Channel(HOST, port) as channel:
+        assert await echo(channel, "before") == "before"
+        first = channel._connection
+        idle = [await tcp_from(f"127.0.1.{i % 16 + 1}", port) for i in range(2000)]
+        closed = 0
+
+        async def watch(stream: trio.SocketStream) -> None:
+            nonlocal closed
+            done = await closed_by_server(stream, within=60)
+            closed += done
+            await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            for stream in idle:
+                nursery.start_soon(watch, stream)
+        assert closed == 2000
+        assert first is not None and first.finished.is_set()  # idled out too
+        assert await echo(channel, "after") == "after"
+        assert channel._connection is not first
+
+
+async def test_a_closed_connection_leaves_no_cyclic_garbage() -> None:
+    """What a connection held is freed when it closes, not at the next collection of cyclic
+    garbage (which the controller runs rarely): h2's own reference cycles are broken."""
+    async with server(Calls()) as port:
+        async with Channel(HOST, port) as channel:  # warm up (imports, caches)
+            assert await echo(channel, "x") == "x"
+        await trio.sleep(0.2)
+        gc.collect()
+        gc.disable()
+        try:
+            async with Channel(HOST, port) as channel, Channel(HOST, port, multiplex=True) as mux:
+                for _ in range(20):
+                    assert await echo(channel, "x") == "x"
+                    assert await echo(mux, "x") == "x"
+            await trio.sleep(0.2)  # the server's ends close too
+            assert gc.collect() == 0
+        finally:
+            gc.enable()

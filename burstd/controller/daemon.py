@@ -201,7 +201,10 @@ async def run_controller(
             if service.writer is not None:
                 nursery.start_soon(service.writer.run)
             bound = await nursery.start(
-                transport.serve, host, port, [rpc, transport.health_service(service.serving)]
+                partial(transport.serve, limits=config.connection_limits),
+                host,
+                port,
+                [rpc, transport.health_service(service.serving)],
             )
             service.table.start_orphan_clock(time.time())
             if snapshot is not None:

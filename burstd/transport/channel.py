@@ -22,6 +22,7 @@ from burstd.transport.connection import (
     Connection,
     ConnectionLost,
     Stream,
+    StreamRefused,
     end_quietly,
     format_addr,
     reason,
@@ -33,6 +34,8 @@ from burstd.wire import MUX_SERVICE
 
 # 8 opaque bytes carried by our liveness PINGs.
 _PING_PAYLOAD = b"burst-pg"
+# Seconds between two attempts of a call the server refused again (see Channel._call).
+_REFUSED_PAUSE = 0.05
 _METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
 _RESERVED_KEYS = frozenset({"content-type", "te", "user-agent", "host", "connection"})
 
@@ -186,6 +189,7 @@ class Channel:
         self, sock: anyio.abc.SocketStream, task_status: trio.TaskStatus[Connection]
     ) -> None:
         started = False
+        conn: Connection | None = None
         try:
             async with sock, trio.open_nursery() as tasks:
                 conn = Connection(True, sock)
@@ -203,6 +207,9 @@ class Channel:
             if not started:
                 raise
             end_quietly(error, f"connection to {self.address}")
+        finally:
+            if conn is not None:
+                conn.dispose()
 
     async def _watch(self, connection: Connection) -> None:
         """Drop the connection unless the peer answers a PING within ping_timeout."""
@@ -242,7 +249,8 @@ class Channel:
         if metadata:
             _check_metadata(metadata)
             headers = {**self._metadata, **metadata}
-        for attempt in (1, 2):
+        fresh = False
+        while True:
             connection = await self._connect()
             try:
                 stream = connection.start_request(
@@ -252,17 +260,22 @@ class Channel:
                     None if timeout is None else _grpc_timeout(timeout),
                     tuple(headers.items()),
                 )
+            except h2.exceptions.TooManyStreamsError:
+                # As many calls as the server allows on one connection are open: wait for one
+                # to end (the caller's timeout bounds the wait), as gRPC clients do.
+                await connection.stream_freed()
+                continue
             except h2.exceptions.H2Error as error:
                 # Stream ids used up, or the peer sent GOAWAY: this connection takes no more
                 # calls; try once on a fresh one.
                 connection.retired = True
                 if not connection._streams:
                     connection.finished.set()
-                if attempt == 2:
+                if fresh:
                     raise Unavailable(f"cannot start a call to {self.address}: {error}") from None
+                fresh = True
                 continue
             return connection, stream
-        raise AssertionError("unreachable")
 
     @staticmethod
     async def _send_request(stream: Stream, data: bytes) -> None:
@@ -294,12 +307,12 @@ class Channel:
             reply = await self._mux_call(path, data, timeout)
             if reply is not None:
                 return reply
-        connection: Connection | None = None
+        used: list[Connection] = []
         with trio.move_on_after(timeout):
-            connection, stream = await self._open(service, method, metadata, timeout)
+            connection, stream, reply = await self._call(
+                service, method, data, metadata, timeout, used
+            )
             try:
-                await self._send_request(stream, data)
-                reply = await stream.next_reply(path, self._where)
                 if reply is None:
                     raise Internal(f"{path}: the server ended the call without a reply")
                 if await stream.next_reply(path, self._where) is not None:
@@ -307,8 +320,37 @@ class Channel:
                 return reply
             finally:
                 connection.finish(stream)
-        self._suspect(connection)
+        self._suspect(used[-1] if used else None)
         raise DeadlineExceeded(f"{path}: no reply from {self.peer} within {timeout:g} s")
+
+    async def _call(
+        self,
+        service: str,
+        method: str,
+        data: bytes,
+        metadata: Mapping[str, str] | None,
+        timeout: float | None,
+        used: list[Connection],
+    ) -> tuple[Connection, Stream, bytes | None]:
+        """Start a call and wait for its first reply (None: it ended OK without one); a call the
+        server refused before starting it (over one of its limits) is made again, at once the
+        first time, then after a short pause, until the caller's timeout. The caller finishes
+        the stream; ``used`` gets each connection tried (to check after a deadline)."""
+        path = f"/{service}/{method}"
+        pause = 0.0
+        while True:
+            connection, stream = await self._open(service, method, metadata, timeout)
+            used.append(connection)
+            try:
+                await self._send_request(stream, data)
+                return connection, stream, await stream.next_reply(path, self._where)
+            except StreamRefused:
+                connection.finish(stream)
+            except BaseException:
+                connection.finish(stream)
+                raise
+            await trio.sleep(pause)
+            pause = _REFUSED_PAUSE
 
     async def _mux_call(self, path: str, data: bytes, timeout: float) -> bytes | None:
         """A unary call over the Calls stream: its reply, or None if the server has no Mux
@@ -393,19 +435,16 @@ class Channel:
         try:
             # The deadline is applied around each wait, never around the yield: a cancel scope
             # must not span a yield in an async generator.
+            data: bytes | None = None
+            used: list[Connection] = []
             with trio.move_on_at(deadline) as scope:
-                connection, stream = await self._open(service, method, metadata, timeout)
-                await self._send_request(stream, request.SerializeToString())
+                connection, stream, data = await self._call(
+                    service, method, request.SerializeToString(), metadata, timeout, used
+                )
             if scope.cancelled_caught or connection is None or stream is None:
-                self._suspect(connection)
+                self._suspect(used[-1] if used else None)
                 raise late
             while True:
-                data: bytes | None = None
-                with trio.move_on_at(deadline) as scope:
-                    data = await stream.next_reply(path, self._where)
-                if scope.cancelled_caught:
-                    self._suspect(connection)
-                    raise late
                 if data is None:
                     return
                 try:
@@ -415,6 +454,11 @@ class Channel:
                         f"{path}: malformed {type_name(response_type)} in the reply"
                     ) from None
                 yield reply
+                with trio.move_on_at(deadline) as scope:
+                    data = await stream.next_reply(path, self._where)
+                if scope.cancelled_caught:
+                    self._suspect(connection)
+                    raise late
         finally:
             if connection is not None and stream is not None:
                 connection.finish(stream)

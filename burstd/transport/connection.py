@@ -19,10 +19,11 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
+from h2.settings import SettingCodes  # type: ignore[import-untyped]
 from loguru import logger
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
@@ -43,17 +45,20 @@ from purerpc.grpclib.events import (
 from purerpc.grpclib.exceptions import ProtocolError
 from purerpc.grpclib.status import Status
 
+from burstd.limits import ConnectionLimits
 from burstd.transport.errors import ResourceExhausted, StatusCode, Unavailable, rpc_error
 from burstd.transport.wakeup import Wakeup
 
-# HTTP/2 error code sent with RST_STREAM when our side abandons a call.
+# HTTP/2 error codes sent with RST_STREAM: our side abandons a call; a call is refused before
+# it started (a client may retry it).
 _H2_CANCEL = 0x8
-# HTTP/2 error code of the GOAWAY that disconnects a peer for its refused calls.
+_H2_REFUSED_STREAM = 0x7
+# HTTP/2 error code of the GOAWAY that disconnects a peer over its limits, or for its refused
+# calls.
 _H2_ENHANCE_YOUR_CALM = 0xB
 MAX_UNAUTHENTICATED = 8
 """Calls refused UNAUTHENTICATED on one connection after which the server closes it."""
-RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them
-    0x7: StatusCode.UNAVAILABLE,  # REFUSED_STREAM: the server did not start the call
+RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them (REFUSED_STREAM: below)
     0x8: StatusCode.CANCELLED,
     0xB: StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
     0xC: StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
@@ -149,6 +154,11 @@ class Framer(GRPCConnection):  # type: ignore[misc]
         return events
 
 
+class StreamRefused(Unavailable):
+    """The server refused the call before starting it (RST_STREAM REFUSED_STREAM): a client may
+    make it again at once, as gRPC clients do."""
+
+
 class ConnectionLost(Exception):
     """The connection under a call is gone (or, when sending, the peer reset the stream)."""
 
@@ -193,6 +203,8 @@ class Stream:
         "_window",
         "cancel_scope",
         "ended",
+        "long_lived",
+        "pending",
         "request",
         "reset",
         "response_started",
@@ -212,6 +224,10 @@ class Stream:
         self.response_started = False  # server side: the reply's headers are out
         self.cancel_scope: trio.CancelScope | None = None  # server side: the handler's scope
         self.request: RequestReceived | None = None  # server side: the call's headers
+        # Server side: the request has not arrived in full yet (the call has no task yet).
+        self.pending = False
+        # Server side: a Calls stream, whose request is complete with its first message.
+        self.long_lived = False
         # Takes a message at once, in the connection's reader (True if it did), instead of
         # queueing it for the call's task: a Calls stream's (see mux.py).
         self.take_message: Callable[[bytes], bool] | None = None
@@ -286,10 +302,11 @@ class Stream:
                     return None
                 raise rpc_error(StatusCode.of(event.status.int_value), event.status.status_message)
             if isinstance(event, StreamReset):
+                message = f"{path}: the server reset the call (HTTP/2 code {event.error_code})"
+                if event.error_code == _H2_REFUSED_STREAM:
+                    raise StreamRefused(message)
                 code = RESET_CODES.get(event.error_code, StatusCode.INTERNAL)
-                raise rpc_error(
-                    code, f"{path}: the server reset the call (HTTP/2 code {event.error_code})"
-                )
+                raise rpc_error(code, message)
             if isinstance(event, StreamFailed):
                 raise rpc_error(event.code, f"{path}: {event.message}")
             # ResponseReceived (the reply's headers): nothing to do
@@ -363,18 +380,45 @@ class Stream:
         self._connection.flush()
 
 
+class Peer:
+    """What the connections of one client address hold on a server (see ConnectionLimits)."""
+
+    __slots__ = ("connections", "penalty_until", "pending", "refusing")
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.pending = 0  # calls whose request has not arrived in full
+        self.refusing = False  # at its connection limit (logged once each time it gets there)
+        # A connection of this peer went over its limits: its new ones are closed until then.
+        self.penalty_until = -math.inf
+
+
 class Connection:
     """One HTTP/2 connection, either side: the frame reader and the socket writer.
 
     Whoever changes the HTTP/2 state calls :meth:`flush`, which moves the bytes h2 queued to the
     writer and wakes it only when there are some; the writer sends everything queued meanwhile
     in one ``send``, so the replies of one scheduling round go out together.
+
+    A server's connection (``limits`` and ``peer`` given) holds a call without a task until its
+    request has arrived in full (a Calls stream, named in ``long_lived``: its first message),
+    at most ``max_pending_requests_per_peer`` such calls for the peer and each for at most
+    ``request_timeout_s`` (:meth:`expire_requests`); and its :attr:`idle` scope's deadline is
+    ``idle_timeout_s`` after its last call ended.
     """
 
-    def __init__(self, client_side: bool, sock: anyio.abc.SocketStream) -> None:
+    def __init__(
+        self,
+        client_side: bool,
+        sock: anyio.abc.SocketStream,
+        *,
+        limits: ConnectionLimits | None = None,
+        peer: Peer | None = None,
+        long_lived: Container[tuple[str, str]] = (),
+    ) -> None:
         self.client_side = client_side
         config = CLIENT_CONFIG if client_side else SERVER_CONFIG
-        connection = Framer(config=config)
+        connection = Framer(config)
         # The headers we send are purerpc's own, well formed: checking each one again on every
         # call costs CPU for nothing (h2 in pure Python). Inbound headers stay checked on the
         # server, which must not trust its clients.
@@ -405,7 +449,27 @@ class Connection:
         self.failure = "connection closed by peer"
         self.probe: trio.Event | None = None  # set on any data received while a ping is out
         self.unauthenticated = 0  # calls refused UNAUTHENTICATED (server side): see refused()
+        self._limits = limits or ConnectionLimits()
+        self._peer = peer or Peer()
+        self._long_lived = long_lived
+        # Server side: calls whose request has not arrived, by stream id, with their deadline
+        # (in the order they came, which is the order of their deadlines).
+        self._pending: collections.OrderedDict[int, float] = collections.OrderedDict()
+        self._pending_added = Wakeup()  # for expire_requests, when nothing is pending
+        self._refused = 0  # calls refused for the connection's limit of calls
+        self.over_limits = False  # server side: closed for going over its limits
+        self.idle = trio.CancelScope()  # server side: around the reader, see _idle_from_now
+        if not client_side:
+            self._idle_from_now()
+        self._slots = trio.lowlevel.ParkingLot()  # client side: calls waiting for a stream
         connection.initiate_connection()
+        if not client_side:
+            # A setting of its own after the first SETTINGS frame: h2 enforces it (a client that
+            # opens more loses the connection) only once the client acknowledged it; calls
+            # opened before that, beyond the limit, are refused one by one (see _admit).
+            self.h2.update_settings(
+                {SettingCodes.MAX_CONCURRENT_STREAMS: self._limits.max_streams_per_connection}
+            )
         self.flush()
 
     @property
@@ -474,12 +538,94 @@ class Connection:
         stream = self._streams[stream_id] = Stream(self, stream_id)
         return stream
 
+    async def stream_freed(self) -> None:
+        """Wait until a call on this connection ends, or the connection (client side): for a
+        call that found the server's limit of streams reached."""
+        await self._slots.park()
+
     def forget(self, stream: Stream) -> None:
         """Drop a finished call's state; later frames for it are acknowledged and ignored."""
-        self._streams.pop(stream.stream_id, None)
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
         self.grpc.message_read_buffers.pop(stream.stream_id, None)
-        if not self.usable and not self._streams:
-            self.finished.set()
+        if stream.pending:
+            self._started(stream)
+        if self.client_side:
+            self._slots.unpark()
+        if not self._streams:
+            if not self.usable:
+                self.finished.set()
+            if not self.client_side:
+                self._idle_from_now()
+
+    def _idle_from_now(self) -> None:
+        self.idle.deadline = trio.current_time() + self._limits.idle_timeout_s
+
+    def _admit(self, request: RequestReceived) -> bool:
+        """A new call (server side): held without a task until its request is complete. Over
+        the connection's limit of calls (a client that has not seen the limit yet), it is
+        refused alone (REFUSED_STREAM: the client may make it again), up to as many as the
+        limit. Over its peer's limit of pending calls, or refused too often, False: the
+        connection must close (GOAWAY ENHANCE_YOUR_CALM), which frees what it held at once
+        (legitimate requests arrive whole, and are not pending long)."""
+        stream_id = request.stream_id
+        if self._peer.pending >= self._limits.max_pending_requests_per_peer:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.h2.close_connection(_H2_ENHANCE_YOUR_CALM)
+            return False
+        if len(self._streams) >= self._limits.max_streams_per_connection:
+            # A client may open more before it has seen the limit, but not twice as many.
+            self._refused += 1
+            if self._refused > self._limits.max_streams_per_connection:
+                with contextlib.suppress(h2.exceptions.H2Error):
+                    self.h2.close_connection(_H2_ENHANCE_YOUR_CALM)
+                return False
+            self.grpc.message_read_buffers.pop(stream_id, None)
+            with contextlib.suppress(h2.exceptions.H2Error):
+                self.grpc.reset_stream(stream_id, _H2_REFUSED_STREAM)
+            return True
+        stream = self._streams[stream_id] = Stream(self, stream_id)
+        stream.request = request
+        stream.long_lived = (request.service_name, request.method_name) in self._long_lived
+        stream.pending = True
+        self._peer.pending += 1
+        self._pending[stream_id] = trio.current_time() + self._limits.request_timeout_s
+        self._pending_added.wake()
+        self.idle.deadline = math.inf
+        return True
+
+    def _started(self, stream: Stream) -> None:
+        """The call's request is complete (or the call is gone): it holds no pending place."""
+        stream.pending = False
+        self._peer.pending -= 1
+        del self._pending[stream.stream_id]
+
+    async def expire_requests(self) -> None:
+        """End the calls whose request did not arrive in time (server side; a task of the
+        connection's): DEADLINE_EXCEEDED, then a reset, so the client stops sending."""
+        timeout = self._limits.request_timeout_s
+        while True:
+            if not self._pending:
+                await self._pending_added.wait()
+                continue
+            stream_id, deadline = next(iter(self._pending.items()))
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
+                continue
+            stream = self._streams[stream_id]
+            logger.debug("request of stream {} not received within {:g} s", stream_id, timeout)
+            with contextlib.suppress(h2.exceptions.H2Error):
+                message = f"the request did not arrive within {timeout:g} s"
+                stream.end(Status(StatusCode.DEADLINE_EXCEEDED.value, message))
+                self.grpc.reset_stream(stream_id, _H2_CANCEL)
+            self.forget(stream)
+            self.flush()
+
+    def go_away(self) -> None:
+        """Tell the client this connection takes no more calls (GOAWAY), before closing it."""
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.close_connection()
+        self.flush()
 
     def finish(self, stream: Stream) -> None:
         """End a call on our side (client side): reset it if the server has not ended it (the
@@ -500,9 +646,27 @@ class Connection:
         self.finished.set()
         for stream in self._streams.values():
             stream.lose()
+        self._slots.unpark_all()
+
+    def dispose(self) -> None:
+        """Break the HTTP/2 state's reference cycles once the connection is over: h2's frame
+        dispatch table holds bound methods of its connection, and our encoder override a partial
+        of the encoder. Without them the state is freed when the connection closes, not at the
+        next collection of cyclic garbage (which the controller runs rarely)."""
+        self.h2._frame_dispatch_table = {}
+        vars(self.h2.encoder).pop("encode", None)
+        self._streams.clear()  # calls still listed refer back to the connection
+
+    def release(self) -> None:
+        """Give back the pending places the connection's calls held (server side, when it
+        closes)."""
+        for stream in list(self._streams.values()):
+            if stream.pending:
+                self._started(stream)
 
     async def listen(self) -> AsyncIterator[Stream]:
-        """Read frames until the peer closes; yield each new call (server side)."""
+        """Read frames until the peer closes; yield each new call once its request has arrived
+        (server side)."""
         # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
         # track instead of raising KeyError.
         while True:
@@ -536,9 +700,11 @@ class Connection:
                 if isinstance(event, RequestReceived):
                     if self.client_side:
                         raise ProtocolError("the server opened a stream")
-                    new = self._streams[event.stream_id] = Stream(self, event.stream_id)
-                    new.request = event
-                    yield new
+                    if not self._admit(event):
+                        logger.debug("a client over its limits of calls: closing")
+                        self.flush()
+                        self.over_limits = True
+                        return
                     continue
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
@@ -556,11 +722,20 @@ class Connection:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                     continue
                 if isinstance(event, StreamReset):
+                    if stream.pending:  # abandoned before it started: nothing to stop
+                        self.forget(stream)
+                        continue
                     stream.reset = True
                     stream.window_updated()
                     if stream.cancel_scope is not None:
                         stream.cancel_scope.cancel()
                 stream.put(event)
+                if stream.pending and (
+                    isinstance(event, RequestEnded | StreamFailed)
+                    or (stream.long_lived and isinstance(event, MessageReceived))
+                ):
+                    self._started(stream)
+                    yield stream
             self.flush()  # h2's answers (SETTINGS and PING acks, window updates, refusals)
 
     async def read(self) -> None:

@@ -23,8 +23,10 @@ from loguru import logger
 from purerpc.grpclib.events import MessageReceived, RequestEnded, RequestReceived
 from purerpc.grpclib.status import Status
 
+from burstd.limits import ConnectionLimits
 from burstd.transport.connection import (
     Connection,
+    Peer,
     Stream,
     StreamFailed,
     end_quietly,
@@ -52,6 +54,7 @@ async def serve(
     port: int,
     services: Sequence[Service],
     *,
+    limits: ConnectionLimits | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``services`` on ``host``:``port`` until cancelled.
@@ -62,7 +65,8 @@ async def serve(
     the bound one, so ``port = await nursery.start(serve, host, 0, services)`` works.
 
     Cancelling it closes the listener and every connection (calls in flight are cancelled) and
-    prints nothing. A misbehaving client ends only its own connection (logged at DEBUG).
+    prints nothing. A misbehaving client ends only its own connection (logged at DEBUG). Every
+    client is held to ``limits`` (default: :class:`ConnectionLimits`'s defaults).
     """
     methods: dict[tuple[str, str], Method] = {}
     for service in services:
@@ -91,16 +95,68 @@ async def serve(
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         logger.debug("gRPC server listening on {}", format_addr(host or "*", bound))
         async with trio.open_nursery() as nursery:
+            clients = _Clients(limits or ConnectionLimits())
             for one in listener.listeners:
                 nursery.start_soon(
-                    _accept_loop, cast(anyio.abc.SocketListener, one), methods, nursery
+                    _accept_loop, cast(anyio.abc.SocketListener, one), methods, clients, nursery
                 )
             task_status.started(bound)
+
+
+class _Clients:
+    """The client addresses of one server, and the limits they are held to."""
+
+    def __init__(self, limits: ConnectionLimits) -> None:
+        self.limits = limits
+        self._peers: dict[str, Peer] = {}
+
+    def admit(self, host: str) -> Peer | None:
+        """Count a new connection from ``host``; None if it is over its connection limit, or
+        holds as many pending requests as it may (a connection from it would be closed at its
+        first call anyway, after its frames were parsed: refusing it costs nothing)."""
+        peer = self._peers.get(host)
+        if peer is None:
+            peer = self._peers[host] = Peer()
+        elif not peer.connections and trio.current_time() >= peer.penalty_until:
+            peer.penalty_until = -math.inf  # served its penalty
+        limits = self.limits
+        if (
+            peer.connections >= limits.max_connections_per_peer
+            or peer.pending >= limits.max_pending_requests_per_peer
+            or trio.current_time() < peer.penalty_until
+        ):
+            if not peer.refusing:
+                peer.refusing = True
+                logger.warning(
+                    "{} holds {} connections and {} pending requests (max_connections_per_peer "
+                    "{}, max_pending_requests_per_peer {}): closing its new connections",
+                    host,
+                    peer.connections,
+                    peer.pending,
+                    limits.max_connections_per_peer,
+                    limits.max_pending_requests_per_peer,
+                )
+            return None
+        peer.connections += 1
+        return peer
+
+    def leave(self, host: str, peer: Peer, over_limits: bool) -> None:
+        """A connection from ``host`` closed; ``over_limits``: closed for going over them, so
+        that the peer's new connections are closed for a while (each costs its first chunk of
+        frames, parsed whole, before it can be closed)."""
+        peer.connections -= 1
+        peer.refusing = False
+        now = trio.current_time()
+        if over_limits:
+            peer.penalty_until = now + _PENALTY
+        if not peer.connections and now >= peer.penalty_until:
+            del self._peers[host]
 
 
 async def _accept_loop(
     listener: anyio.abc.SocketListener,
     methods: Mapping[tuple[str, str], Method],
+    clients: _Clients,
     nursery: trio.Nursery,
 ) -> None:
     while True:
@@ -112,29 +168,67 @@ async def _accept_loop(
             logger.warning("accept failed ({}); retrying in 0.1 s", reason(error))
             await trio.sleep(0.1)
             continue
-        nursery.start_soon(_serve_connection, sock, methods)
+        try:
+            remote = sock.extra(anyio.abc.SocketAttribute.remote_address)
+        except OSError:  # the peer is gone already
+            await anyio.aclose_forcefully(sock)
+            continue
+        host, port = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else (remote, 0)
+        peer = clients.admit(host)
+        if peer is None:
+            await anyio.aclose_forcefully(sock)
+            continue
+        nursery.start_soon(_serve_connection, sock, methods, clients, host, port, peer)
+
+
+# Seconds during which a peer whose connection went over its limits has new ones closed.
+_PENALTY = 1.0
+# Seconds a closing connection's writer may take to send what is left.
+_CLOSE_GRACE = 1.0
+# A Calls stream's request is complete with its first message (the stream lasts).
+_LONG_LIVED = frozenset({(MUX_SERVICE, MUX_METHOD)})
 
 
 async def _serve_connection(
-    sock: anyio.abc.SocketStream, methods: Mapping[tuple[str, str], Method]
+    sock: anyio.abc.SocketStream,
+    methods: Mapping[tuple[str, str], Method],
+    clients: _Clients,
+    host: str,
+    port: int,
+    peer: Peer,
 ) -> None:
-    try:
-        peer = format_addr(*sock.extra(anyio.abc.SocketAttribute.remote_address)[:2])
-    except (OSError, TypeError):  # the peer may be gone already
-        peer = "?"
+    where = format_addr(host, port)
+    connection: Connection | None = None
     try:
         async with sock, trio.open_nursery() as tasks:
-            connection = Connection(False, sock)
+            connection = Connection(
+                False, sock, limits=clients.limits, peer=peer, long_lived=_LONG_LIVED
+            )
             tasks.start_soon(connection.write)
-            async with trio.open_nursery() as calls:
-                with connection.reading:  # until the peer closes, or refused() closes
-                    async for stream in connection.listen():
-                        calls.start_soon(_serve_stream, connection, stream, methods)
-                # The client closed the connection: nobody is left to read any reply.
-                calls.cancel_scope.cancel()
+            try:
+                async with trio.open_nursery() as calls:
+                    calls.start_soon(connection.expire_requests)
+                    # Until the peer closes, refused() closes, or the connection idles.
+                    with connection.reading, connection.idle:
+                        async for stream in connection.listen():
+                            calls.start_soon(_serve_stream, connection, stream, methods)
+                    if connection.idle.cancelled_caught:
+                        logger.debug("closing the idle connection from {}", where)
+                        connection.go_away()
+                    # The client closed the connection (or it idled): nobody is left to read
+                    # any reply.
+                    calls.cancel_scope.cancel()
+            finally:
+                connection.release()
+            # A client that stops reading must not hold the connection open for long.
+            tasks.cancel_scope.deadline = trio.current_time() + _CLOSE_GRACE
             connection.close()
     except BaseException as error:
-        end_quietly(error, f"connection from {peer}")
+        end_quietly(error, f"connection from {where}")
+    finally:
+        if connection is not None:
+            connection.dispose()
+        clients.leave(host, peer, connection is not None and connection.over_limits)
 
 
 async def _serve_stream(
