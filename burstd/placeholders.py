@@ -6,13 +6,15 @@ the arguments after IMAGE) may hold:
 - ``{index}``: the job's array index (array jobs only), as BURST_ARRAY_INDEX;
 - ``{entry}``: the job's entry (``--each-line`` jobs only), as BURST_ENTRY;
 - ``{job_id}``: the job's id (``job-00000042``), as BURST_JOB_ID;
-- ``{{`` and ``}}``: a literal ``{`` and ``}`` (``awk '{{print $1}}'``).
+- ``{{index}}``, ``{{entry}}``, ``{{job_id}}``: the literal text ``{index}`` and so on.
 
-A shell's ``${...}`` (``sh -c 'echo ${HOME}'``) is left as it is. Any other ``{...}``, or a lone
-brace, is refused at submission naming it. The controller checks
-the template once (a million-job array stays one template); the worker fills each job's own
-values at spawn, into the argv itself: never through a shell, so an entry is one argument
-whatever it holds. Pure: no I/O, no protobuf.
+Nothing else is touched: ``awk '{print $1}'``, a shell's ``${HOME}`` or ``{a,b}``, JSON and
+template languages' ``{{ }}`` pass as they are, so that commands written for the prototype (which
+had no placeholders) and for shells keep working. A known placeholder the job has no value for
+(``{index}`` without an array) is refused at submission, naming it. The controller checks the
+template once (a million-job array stays one template); the worker fills each job's own values at
+spawn, into the argv itself: never through a shell, so an entry is one argument whatever it holds.
+Pure: no I/O, no protobuf.
 """
 
 from __future__ import annotations
@@ -24,41 +26,32 @@ from typing import Final
 __all__ = ["PLACEHOLDERS", "check", "fill"]
 
 PLACEHOLDERS: Final = ("index", "entry", "job_id")
-# A shell's ${...} first (kept), then doubled braces, then placeholders, then lone braces.
-_TOKEN: Final = re.compile(r"(?P<shell>\$\{[^{}]*\})|\{\{|\}\}|\{(?P<name>[^{}]*)\}|[{}]")
-_KNOWN: Final = ", ".join(f"{{{name}}}" for name in PLACEHOLDERS)
+_NAMES: Final = "|".join(PLACEHOLDERS)
+# The doubled form first, so that {{index}} is taken whole as a literal rather than as {index}
+# inside braces.
+_TOKEN: Final = re.compile(rf"\{{\{{(?P<literal>{_NAMES})\}}\}}|\{{(?P<name>{_NAMES})\}}")
 
 
 def check(arg: str, given: Collection[str]) -> None:
-    """Raise ``ValueError`` naming what ``arg`` holds that cannot be filled from ``given`` (the
-    placeholders this job has values for)."""
-    if "{" not in arg and "}" not in arg:
+    """Raise ``ValueError`` naming a placeholder of ``arg`` that cannot be filled from ``given``
+    (the placeholders this job has values for)."""
+    if "{" not in arg:
         return
     for match in _TOKEN.finditer(arg):
-        token, name = match.group(0), match["name"]
-        if match["shell"] or token in ("{{", "}}"):
-            continue
-        if name is None:
-            raise ValueError(f"a lone {token!r} (write {token * 2} for a literal one)")
-        if name not in PLACEHOLDERS:
-            raise ValueError(
-                f"unknown placeholder {token} (known: {_KNOWN}; {{{{ and }}}} for literal braces)"
-            )
-        if name not in given:
+        name = match["name"]
+        if name is not None and name not in given:
             needs = "--array" if name == "index" else "--each-line"
-            raise ValueError(f"{token} needs {needs}: this job has no {name}")
+            raise ValueError(f"{{{name}}} needs {needs}: this job has no {name}")
 
 
 def fill(arg: str, values: Mapping[str, str]) -> str:
-    """``arg`` with its placeholders replaced by ``values`` and ``{{``/``}}`` by one brace
+    """``arg`` with its placeholders replaced by ``values`` and ``{{name}}`` by ``{name}``
     (``arg`` as :func:`check` passed it)."""
-    if "{" not in arg and "}" not in arg:
+    if "{" not in arg:
         return arg
 
     def one(match: re.Match[str]) -> str:
-        token, name = match.group(0), match["name"]
-        if match["shell"]:
-            return token
-        return token[0] if name is None else values[name]
+        literal = match["literal"]
+        return f"{{{literal}}}" if literal is not None else values[match["name"]]
 
     return _TOKEN.sub(one, arg)

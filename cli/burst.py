@@ -565,7 +565,8 @@ def submit(
 
     Everything after CMD, ENTRY or IMAGE is the job's argv, passed verbatim (never through a
     shell), but for its placeholders, filled per job: {index} (--array), {entry} (--each-line),
-    {job_id}; {{ and }} are literal braces. Options go before the kind.
+    {job_id} (other braces pass as they are; {{index}} is a literal {index}). Options go before
+    the kind.
 
     Parameters
     ----------

@@ -40,10 +40,10 @@ def test_placeholders_are_filled_per_job_never_through_a_shell(cluster: Cluster)
     cluster.worker("w1")
     printf = ("process", "printf", "%s|%s|%s\\n")
     array = cluster.burst(
-        "submit", "--wait", "--array", "3,5", *printf, "{index}", "{job_id}", "{{x}}"
+        "submit", "--wait", "--array", "3,5", *printf, "{index}", "{job_id}", "{{index}} {x}"
     )
     ids = array.stdout.split()
-    assert _printed(cluster, ids) == [f"3|{ids[0]}|{{x}}", f"5|{ids[1]}|{{x}}"]
+    assert _printed(cluster, ids) == [f"3|{ids[0]}|{{index}} {{x}}", f"5|{ids[1]}|{{index}} {{x}}"]
 
     (cluster.tmp / "lines.txt").write_text("a b; echo no\n$(id)\n")
     each = cluster.burst(
@@ -52,11 +52,14 @@ def test_placeholders_are_filled_per_job_never_through_a_shell(cluster: Cluster)
     assert _printed(cluster, each.stdout.split()) == ["<a b; echo no>||", "<$(id)>||"]
 
     for argv, message in [
-        (("--array", "1-2", "process", "echo", "{nope}"), "unknown placeholder {nope}"),
-        (("process", "awk", "{print $1}"), "unknown placeholder {print $1}"),
         (("process", "echo", "{index}"), "{index} needs --array"),
+        (("--array", "1-2", "process", "echo", "{entry}"), "{entry} needs --each-line"),
     ]:
         refused = cluster.burst("submit", *argv, check=False)
         assert refused.returncode == 2, refused.stderr
         assert message in refused.stderr and "argv[1]" in refused.stderr
     assert cluster.burst("list").stdout.count("\n") == 4
+
+    # Other braces are the command's own (awk, JSON): passed as they are.
+    (awk,) = cluster.burst("submit", "--wait", "process", "awk", "BEGIN {print 1+1}").stdout.split()
+    assert _printed(cluster, [awk]) == ["2"]
