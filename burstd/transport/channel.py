@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import ssl
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -14,6 +15,7 @@ import anyio
 import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
+from anyio.streams.tls import TLSStream
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from loguru import logger
 
@@ -103,6 +105,8 @@ class Channel:
         metadata: Mapping[str, str] | None = None,
         peer: str = "controller",
         multiplex: bool = False,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port must be from 1 to 65535, not {port}")
@@ -124,6 +128,8 @@ class Channel:
         self._exit_stack: AsyncExitStack | None = None
         self._closed = False
         self._multiplex = multiplex
+        self._tls = tls
+        self._server_hostname = server_hostname or host
         self._mux: MuxClient | None = None
         self._mux_lock = trio.Lock()
 
@@ -170,8 +176,12 @@ class Channel:
                 raise Unavailable(f"the channel to {self.peer} at {self.address} is closed")
             with trio.move_on_after(self._connect_timeout) as scope:
                 try:
-                    sock = await anyio.connect_tcp(self.host, self.port)
-                except OSError as error:
+                    sock = await self._dial()
+                except ssl.SSLError as error:
+                    raise Unavailable(
+                        f"cannot reach {self._where}: TLS: {error.reason or error}"
+                    ) from None
+                except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as error:
                     raise Unavailable(f"cannot reach {self._where}: {reason(error)}") from None
             if scope.cancelled_caught:
                 raise Unavailable(
@@ -185,8 +195,20 @@ class Channel:
             self._connection = connection
             return connection
 
+    async def _dial(self) -> anyio.abc.SocketStream | TLSStream:
+        """A new TCP connection to the server, over TLS (handshake done) with a context."""
+        if self._tls is None:
+            return await anyio.connect_tcp(self.host, self.port)
+        return await anyio.connect_tcp(
+            self.host,
+            self.port,
+            ssl_context=self._tls,
+            tls_standard_compatible=False,
+            tls_hostname=self._server_hostname,
+        )
+
     async def _run_connection(
-        self, sock: anyio.abc.SocketStream, task_status: trio.TaskStatus[Connection]
+        self, sock: anyio.abc.SocketStream | TLSStream, task_status: trio.TaskStatus[Connection]
     ) -> None:
         started = False
         conn: Connection | None = None

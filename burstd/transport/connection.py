@@ -22,15 +22,18 @@ import logging
 import math
 import os
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable, Container, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
+from anyio.streams.tls import TLSStream
 from h2.settings import SettingCodes  # type: ignore[import-untyped]
 from loguru import logger
 from purerpc.grpclib.config import GRPCConfiguration
@@ -410,7 +413,7 @@ class Connection:
     def __init__(
         self,
         client_side: bool,
-        sock: anyio.abc.SocketStream,
+        sock: anyio.abc.SocketStream | TLSStream,
         *,
         limits: ConnectionLimits | None = None,
         peer: Peer | None = None,
@@ -434,8 +437,10 @@ class Connection:
         for level, option, value in _KEEPALIVE_OPTIONS:
             raw.setsockopt(level, option, value)
         # Reads and writes go to the (non-blocking) socket itself: anyio's and trio's stream
-        # wrappers cost a schedule point per send and a failed recv per read.
+        # wrappers cost a schedule point per send and a failed recv per read. Over TLS they go
+        # through the TLS stream.
         self._raw: socket.socket = raw
+        self._tls = sock if isinstance(sock, TLSStream) else None
         self.grpc = connection
         self.h2 = connection.h2_connection
         self._streams: dict[int, Stream] = {}
@@ -510,8 +515,12 @@ class Connection:
         """The connection's writer task: runs until :meth:`close` (or cancelled)."""
         while True:
             if self._outgoing:
-                data = memoryview(b"".join(self._outgoing))
+                joined = b"".join(self._outgoing)
                 self._outgoing.clear()
+                if self._tls is not None:
+                    await self._tls.send(joined)
+                    continue
+                data = memoryview(joined)
                 while data:
                     try:
                         data = data[self._raw.send(data) :]
@@ -670,13 +679,19 @@ class Connection:
         # purerpc's loop, with the per-stream events above, and ignoring streams we no longer
         # track instead of raising KeyError.
         while True:
-            await trio.lowlevel.wait_readable(self._raw)
-            try:
-                data = self._raw.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:  # reset by the peer
-                return
+            if self._tls is not None:
+                try:
+                    data = await self._tls.receive(_RECEIVE_SIZE)
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError):
+                    return
+            else:
+                await trio.lowlevel.wait_readable(self._raw)
+                try:
+                    data = self._raw.recv(_RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                except OSError:  # reset by the peer
+                    return
             if not data:
                 return
             if self.probe is not None:

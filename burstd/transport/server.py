@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import math
+import ssl
 import types
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import cast
@@ -19,6 +20,7 @@ import anyio
 import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
+from anyio.streams.tls import TLSStream
 from loguru import logger
 from purerpc.grpclib.events import MessageReceived, RequestEnded, RequestReceived
 from purerpc.grpclib.status import Status
@@ -55,6 +57,7 @@ async def serve(
     services: Sequence[Service],
     *,
     limits: ConnectionLimits | None = None,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``services`` on ``host``:``port`` until cancelled.
@@ -66,7 +69,9 @@ async def serve(
 
     Cancelling it closes the listener and every connection (calls in flight are cancelled) and
     prints nothing. A misbehaving client ends only its own connection (logged at DEBUG). Every
-    client is held to ``limits`` (default: :class:`ConnectionLimits`'s defaults).
+    client is held to ``limits`` (default: :class:`ConnectionLimits`'s defaults). With ``tls``
+    (see ``burstd.transport.tls.server_context``) every connection is TLS, HTTP/2 by ALPN; a
+    handshake that fails or takes longer than the request timeout closes the connection.
     """
     methods: dict[tuple[str, str], Method] = {}
     for service in services:
@@ -95,7 +100,7 @@ async def serve(
         bound = int(listener.extra(anyio.abc.SocketAttribute.local_port))
         logger.debug("gRPC server listening on {}", format_addr(host or "*", bound))
         async with trio.open_nursery() as nursery:
-            clients = _Clients(limits or ConnectionLimits())
+            clients = _Clients(limits or ConnectionLimits(), tls)
             for one in listener.listeners:
                 nursery.start_soon(
                     _accept_loop, cast(anyio.abc.SocketListener, one), methods, clients, nursery
@@ -106,8 +111,9 @@ async def serve(
 class _Clients:
     """The client addresses of one server, and the limits they are held to."""
 
-    def __init__(self, limits: ConnectionLimits) -> None:
+    def __init__(self, limits: ConnectionLimits, tls: ssl.SSLContext | None) -> None:
         self.limits = limits
+        self.tls = tls
         self._peers: dict[str, Peer] = {}
 
     def admit(self, host: str) -> Peer | None:
@@ -200,9 +206,12 @@ async def _serve_connection(
     where = format_addr(host, port)
     connection: Connection | None = None
     try:
-        async with sock, trio.open_nursery() as tasks:
+        transport = sock if clients.tls is None else await _handshake(sock, clients, where)
+        if transport is None:
+            return
+        async with transport, trio.open_nursery() as tasks:
             connection = Connection(
-                False, sock, limits=clients.limits, peer=peer, long_lived=_LONG_LIVED
+                False, transport, limits=clients.limits, peer=peer, long_lived=_LONG_LIVED
             )
             tasks.start_soon(connection.write)
             try:
@@ -229,6 +238,25 @@ async def _serve_connection(
         if connection is not None:
             connection.dispose()
         clients.leave(host, peer, connection is not None and connection.over_limits)
+
+
+async def _handshake(
+    sock: anyio.abc.SocketStream, clients: _Clients, where: str
+) -> TLSStream | None:
+    """The TLS stream over ``sock``, or None (the socket closed) if the client did not finish
+    its handshake within the request timeout."""
+    timeout = clients.limits.request_timeout_s
+    with trio.move_on_after(timeout):
+        try:
+            return await TLSStream.wrap(
+                sock, server_side=True, ssl_context=clients.tls, standard_compatible=False
+            )
+        except BaseException:
+            await anyio.aclose_forcefully(sock)
+            raise
+    logger.debug("TLS handshake from {} not finished within {:g} s", where, timeout)
+    await anyio.aclose_forcefully(sock)
+    return None
 
 
 async def _serve_stream(

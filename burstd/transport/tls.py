@@ -1,0 +1,52 @@
+"""TLS contexts for servers and clients: HTTP/2 negotiated by ALPN ``h2``, as gRPC requires.
+
+A server with a client CA asks every client for a certificate signed by it (mutual TLS) and
+refuses one without. Errors (a missing file, a key that does not match its certificate) are
+:class:`TransportError` naming the file.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from burstd.transport.errors import TransportError
+
+ALPN = "h2"
+
+
+def _load(what: str, path: Path, load: Callable[[], object]) -> None:
+    try:
+        load()
+    except (OSError, ssl.SSLError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "reason", None) or error
+        raise TransportError(f"cannot load the TLS {what} {path}: {reason}") from None
+
+
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """The context of a server presenting ``cert`` (with ``key``); with ``client_ca``, clients
+    must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols([ALPN])
+    _load("certificate or key", cert, lambda: context.load_cert_chain(cert, key))
+    if client_ca is not None:
+        _load("client CA", client_ca, lambda: context.load_verify_locations(client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """The context of a client trusting ``ca`` (default: the system's CAs) that presents
+    ``cert`` (with ``key``) if given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols([ALPN])
+    if ca is not None:
+        _load("CA", ca, lambda: context.load_verify_locations(ca))
+    if cert is not None:
+        _load("certificate or key", cert, lambda: context.load_cert_chain(cert, key))
+    return context

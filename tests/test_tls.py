@@ -1,0 +1,92 @@
+"""TLS on the transport: certificates from burstd.certs, our channel and grpcio as clients."""
+
+from __future__ import annotations
+
+import functools
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from burstd import certs, transport
+from burstd.transport import Channel
+from burstd.transport.tls import client_context, server_context
+from tests.test_transport import HOST, SVC, Calls, Msg, echo, echo_service
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pki")
+    certs.init(folder, ["localhost", HOST])
+    return folder
+
+
+@asynccontextmanager
+async def tls_server(context: ssl.SSLContext) -> AsyncIterator[int]:
+    serve = functools.partial(transport.serve, tls=context)
+    async with trio.open_nursery() as nursery:
+        yield await nursery.start(serve, HOST, 0, [echo_service(Calls())])
+        nursery.cancel_scope.cancel()
+
+
+def test_tls_init_writes_the_five_files_with_private_keys_0600(pki: Path) -> None:
+    assert sorted(p.name for p in pki.iterdir()) == sorted(certs.FILES)
+    for name in certs.FILES:
+        mode = stat.S_IMODE((pki / name).stat().st_mode)
+        assert mode == 0o600 if name.endswith("-key.pem") else mode & 0o077 != 0o077
+    with pytest.raises(ValueError, match="--host"):
+        certs.init(pki / "none", [])
+
+
+@pytest.mark.parametrize("multiplex", [False, True], ids=["plain", "mux"])
+async def test_calls_over_tls(pki: Path, multiplex: bool) -> None:
+    async with tls_server(server_context(pki / "server.pem", pki / "server-key.pem")) as port:
+        context = client_context(pki / "ca.pem")
+        async with Channel(HOST, port, tls=context, multiplex=multiplex) as channel:
+            assert await echo(channel, "secret") == "secret"
+        with pytest.raises(transport.Unavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            async with Channel(HOST, port, tls=client_context()) as channel:  # system CAs
+                pass
+        with pytest.raises(transport.Unavailable):  # a plain HTTP/2 client gets nowhere
+            async with Channel(HOST, port, connect_timeout=2) as channel:
+                await echo(channel, "plain", timeout=2)
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Path) -> None:
+    context = server_context(pki / "server.pem", pki / "server-key.pem", pki / "ca.pem")
+    async with tls_server(context) as port:
+        with pytest.raises(transport.RpcError):
+            async with Channel(HOST, port, tls=client_context(pki / "ca.pem")) as channel:
+                await echo(channel, "anonymous", timeout=5)
+        mine = client_context(pki / "ca.pem", pki / "client.pem", pki / "client-key.pem")
+        async with Channel(HOST, port, tls=mine) as channel:
+            assert await echo(channel, "known") == "known"
+
+
+async def test_grpcio_client_with_ssl_channel_credentials(pki: Path) -> None:
+    grpc = pytest.importorskip("grpc")
+
+    def call(port: int) -> str:
+        credentials = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes())
+        with grpc.secure_channel(f"localhost:{port}", credentials) as channel:
+            method = channel.unary_unary(
+                f"/{SVC}/Echo",
+                request_serializer=Msg.SerializeToString,
+                response_deserializer=Msg.FromString,
+            )
+            reply: str = method(Msg(service="grpcio"), timeout=10).service
+            return reply
+
+    async with tls_server(server_context(pki / "server.pem", pki / "server-key.pem")) as port:
+        assert await trio.to_thread.run_sync(call, port) == "grpcio"
+
+
+def test_a_missing_or_wrong_file_is_named(pki: Path, tmp_path: Path) -> None:
+    with pytest.raises(transport.TransportError, match=r"missing\.pem"):
+        server_context(tmp_path / "missing.pem", pki / "server-key.pem")
+    with pytest.raises(transport.TransportError, match=r"server\.pem"):
+        server_context(pki / "server.pem", pki / "client-key.pem")  # not its key
