@@ -108,7 +108,15 @@ def echo_service(calls: Calls) -> Service:
             calls.handler_cancelled.set()
             raise
 
+    async def finish_anyway(request: Msg, metadata: Mapping[str, str]) -> Msg:
+        # Ends once released, even if the client gave up meanwhile (as a poll that leased
+        # jobs in the pass that saw the client's reset).
+        with trio.CancelScope(shield=True):
+            await calls.release.wait()
+        return Msg(service=request.service)
+
     for name, handler in [
+        ("FinishAnyway", finish_anyway),
         ("Echo", echo),
         ("SlowEcho", slow_echo),
         ("Hang", hang),
@@ -231,6 +239,23 @@ async def test_leaving_a_stream_early_stops_the_handler(calls: Calls) -> None:
         with trio.fail_after(5):
             while calls.cancelled < 2:
                 await trio.sleep(0.01)
+
+
+async def test_a_reply_to_a_call_the_client_gave_up_on_is_dropped_quietly(calls: Calls) -> None:
+    """Found by tests/test_fuzz.py: a handler that returned after the client reset its call
+    raised h2's StreamClosedError from the reply's headers, logged as an unexpected error."""
+    records: list[str] = []
+    sink = logger.add(records.append, level="ERROR", format="{message}\n{exception}")
+    try:
+        async with server(calls) as port, Channel(HOST, port) as channel:
+            with pytest.raises(transport.DeadlineExceeded):
+                await channel.unary(SVC, "FinishAnyway", Msg(service="x"), Msg, timeout=0.2)
+            await trio.sleep(0.1)  # the server reads the reset
+            calls.release.set()
+            assert await echo(channel, "still fine") == "still fine"
+    finally:
+        logger.remove(sink)
+    assert records == []
 
 
 # -- errors ---------------------------------------------------------------------------------------

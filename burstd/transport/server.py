@@ -319,6 +319,11 @@ async def _answer(
             stream.start_response()
             await stream.send_bytes(payload)
         return StatusCode.OK, ""
+    except h2.exceptions.StreamClosedError:
+        # The client reset the call while its reply was being made: nobody is left to answer
+        # (``_serve_stream`` sends nothing to a reset stream).
+        logger.debug("{}: the client gave up on the call before its reply", path)
+        return StatusCode.CANCELLED, "the client cancelled the call"
     except Exception as error:
         return status_of(error, path)
 
