@@ -184,6 +184,10 @@ CLIENT_CONFIG = GRPCConfiguration(client_side=True)
 # Bytes asked of the socket per read (purerpc asked for 1 MiB, which CPython allocates on every
 # read before it shrinks the buffer to what came).
 _RECEIVE_SIZE = 65536
+# Bytes queued for a connection's socket past which a sender waits for the writer: HTTP/2 flow
+# control alone lets a peer with a large window (and a slow socket) make us queue its whole
+# window in memory, e.g. a large output relayed to a slow reader.
+OUTGOING_HIGH = 1 << 20
 
 
 _END_EVENTS = (RequestEnded, ResponseEnded, StreamReset, StreamFailed)
@@ -351,6 +355,7 @@ class Stream:
             if last:
                 break
         self._connection.flush()
+        await self._connection.drain()
 
     def send_now(self, data: bytes) -> bool:
         """Send one message at once if the flow-control window takes it whole; False (nothing
@@ -445,6 +450,8 @@ class Connection:
         self.h2 = connection.h2_connection
         self._streams: dict[int, Stream] = {}
         self._outgoing: list[bytes] = []
+        self._queued = 0  # bytes in _outgoing and the writer's hands, not yet on the socket
+        self._drained: trio.Event | None = None  # set when _queued falls to OUTGOING_HIGH
         self._writer = Wakeup()  # for the writer task, when it has sent everything
         self._writing = True  # cleared to let the writer send what is left and return
         self.reading = trio.CancelScope()  # around the reader (listen): close() cancels it
@@ -487,13 +494,29 @@ class Connection:
         data = self.h2.data_to_send()
         if data:
             self._outgoing.append(data)
+            self._queued += len(data)
             self._writer.wake()
+
+    async def drain(self) -> None:
+        """Wait while more than OUTGOING_HIGH bytes wait for the socket (or until the writer
+        stops): a sender's memory is bounded by the socket's pace, not only the peer's window."""
+        while self._queued > OUTGOING_HIGH and self._writing:
+            if self._drained is None:
+                self._drained = trio.Event()
+            await self._drained.wait()
+
+    def _sent(self, size: int) -> None:
+        self._queued -= size
+        if self._drained is not None and (self._queued <= OUTGOING_HIGH or not self._writing):
+            self._drained.set()
+            self._drained = None
 
     def close(self) -> None:
         """Stop the reader; let the writer send what is queued, then return."""
         self.reading.cancel()
         self._writing = False
         self._writer.wake()
+        self._sent(0)  # senders waiting in drain() stop waiting
 
     def refused(self, code: StatusCode) -> None:
         """Count a call answered ``code`` (server side): a peer that keeps sending unknown
@@ -519,6 +542,7 @@ class Connection:
                 self._outgoing.clear()
                 if self._tls is not None:
                     await self._tls.send(joined)
+                    self._sent(len(joined))
                     continue
                 data = memoryview(joined)
                 while data:
@@ -526,6 +550,7 @@ class Connection:
                         data = data[self._raw.send(data) :]
                     except BlockingIOError:
                         await trio.lowlevel.wait_writable(self._raw)
+                self._sent(len(joined))
             elif not self._writing:
                 return
             else:
