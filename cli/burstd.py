@@ -287,6 +287,7 @@ def up(
     output_dir: Path | None = None,
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
+    metrics_listen: str | None = None,
 ) -> None:
     """Run a controller and N workers on this machine, in the foreground, until Ctrl-C.
 
@@ -318,10 +319,14 @@ def up(
     log_format
         human or json, of every daemon (json: one JSON object a line, with job_id and worker_id
         as fields where a record has them).
+    metrics_listen
+        HOST:PORT of the controller's Prometheus metrics (off unless given); worker N serves
+        its own on HOST:PORT+N (docs/operations.md).
     """
     if workers < 1:
         _fail("--workers: must be at least 1")
-    settings = _controller_config(config, listen, state_dir, None)
+    settings = _controller_config(config, listen, state_dir, None, metrics_listen)
+    worker_metrics = _worker_metrics_addrs(metrics_listen, workers)
     host, port = parse_hostport(settings.bind_addr)
     if port == 0:
         port = _free_port(host)
@@ -339,6 +344,8 @@ def up(
         signal.signal(signum, _exit_on_signal)
     try:
         controller_cmd = [*base, "controller", *common, "--listen", addr]
+        if metrics_listen:
+            controller_cmd += ["--metrics-listen", metrics_listen]
         if state_dir:
             controller_cmd += ["--state-dir", str(state_dir)]
         # The daemons get process groups of their own, so a Ctrl-C in the terminal reaches only
@@ -371,6 +378,8 @@ def up(
                 cmd += ["--queue-capacity", str(capacity)]
             if output_dir:
                 cmd += ["--output-dir", str(output_dir)]
+            if worker_metrics:
+                cmd += ["--metrics-listen", worker_metrics[i - 1]]
             # Idle workers steal queued jobs from busy ones (any free loopback port each).
             cmd += ["--peer-listen", "127.0.0.1:0"]
             # Killed at once (their job guards stop their jobs): a worker's drain would finish
@@ -396,6 +405,23 @@ def up(
         _supervise(children)
     finally:
         _stop_all(children)
+
+
+def _worker_metrics_addrs(metrics_listen: str | None, workers: int) -> list[str]:
+    """The metrics addresses of ``burstd up``'s workers: worker N's is the controller's port
+    plus N, on the same host (none without ``--metrics-listen``)."""
+    if not metrics_listen:
+        return []
+    try:
+        host, port = parse_hostport(metrics_listen)
+    except ValueError as error:
+        _fail(f"--metrics-listen: {error}")
+    if port == 0 or port + workers > 65535:
+        _fail(
+            f"--metrics-listen: {metrics_listen}: worker N serves on PORT+N,"
+            f" so PORT must be from 1 to {65535 - workers}"
+        )
+    return [format_hostport(host, port + n) for n in range(1, workers + 1)]
 
 
 def up_slots(workers: int, cpus: int) -> int:

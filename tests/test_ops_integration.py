@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import socket
 import subprocess
 import time
 import urllib.request
@@ -11,7 +14,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.cluster import Cluster, environment, eventually, free_port, health, program
+from tests.cluster import REPO, Cluster, environment, eventually, free_port, health, program
+from tests.test_worker_integration import kill_up, start_up
+from tests.test_worker_integration import workers as up_workers
 
 
 def _records(text: str) -> list[dict[str, Any]]:
@@ -178,3 +183,71 @@ def test_drain_a_worker_no_new_work_running_jobs_finish(cluster: Cluster) -> Non
     cluster.worker("w2", slots=1)  # another worker takes the job
     assert cluster.burst("wait", waiting, "--timeout", "30", check=False).returncode == 0
     assert cluster.status(waiting)["worker_id"] == "w2"
+
+
+def _free_ports(count: int) -> int:
+    """A loopback port free with the ``count - 1`` ports above it."""
+    while True:
+        first = free_port()
+        try:
+            with contextlib.ExitStack() as held:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+
+
+DASHBOARD = REPO / "deploy" / "grafana" / "burst.json"
+SCRAPE_CONFIG = REPO / "deploy" / "prometheus" / "prometheus.yml"
+
+
+def _queried_names(dashboard: dict[str, Any]) -> set[str]:
+    """The metric names in every query of the dashboard's panels."""
+    names = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names |= set(re.findall(r"\bburst_[a-z_]+\b", target["expr"]))
+    return names
+
+
+def test_burstd_up_serves_the_metrics_the_dashboard_queries(cluster: Cluster) -> None:
+    """`burstd up --metrics-listen` gives the controller that address and worker N the port
+    above it by N; after a workload, every name deploy/grafana/burst.json queries is one the
+    daemons export, and deploy/prometheus/prometheus.yml scrapes those addresses."""
+    port = _free_ports(3)
+    addrs = [f"127.0.0.1:{port + n}" for n in range(3)]
+    proc = start_up(cluster, options=["--metrics-listen", addrs[0]])
+    try:
+        eventually(lambda: len(up_workers(cluster)) == 2, "`burstd up` to be ready")
+        ok = cluster.burst("submit", "--array", "1-6", "process", "true").stdout.split()
+        (bad,) = cluster.burst("submit", "--retries", "1", "process", "false").stdout.split()
+        cluster.burst("wait", *ok, bad, check=False)
+        cluster.burst("drain", "nobody", check=False)  # an RPC error (NOT_FOUND), counted
+        samples: dict[str, float] = {}
+        for addr in addrs:
+            eventually(
+                lambda addr=addr: scrape(addr).get("burst_event_loop_lag_seconds_count", 0) > 0,
+                f"a loop-lag sample of {addr}",
+            )
+            samples |= scrape(addr)
+    finally:
+        kill_up(proc)
+    exported = {name.partition("{")[0] for name in samples}
+    queried = _queried_names(json.loads(DASHBOARD.read_text()))
+    assert len(queried) > 20, queried
+    assert queried <= exported, sorted(queried - exported)
+    assert samples['burst_jobs_ended_total{outcome="succeeded"}'] == 6
+
+    scrape_config = SCRAPE_CONFIG.read_text()
+    targets = re.findall(r'"(127\.0\.0\.1:\d+)"', scrape_config)
+    ports = [int(target.rpartition(":")[2]) for target in targets]
+    assert ports == [ports[0], ports[0] + 1, ports[0] + 2], targets
+    job_names = set(re.findall(r"job_name: (\S+)", scrape_config))
+    defaults = {
+        v["name"]: v["query"]
+        for v in json.loads(DASHBOARD.read_text())["templating"]["list"]
+        if v["type"] == "custom"
+    }
+    assert job_names == {defaults["controller"], defaults["workers"]}, (job_names, defaults)

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import datetime
 from pathlib import Path
@@ -505,11 +505,14 @@ def up_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def start_up(cluster: Cluster, *command: str) -> subprocess.Popen[bytes]:
+def start_up(
+    cluster: Cluster, *command: str, options: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """`burstd up` with two workers on the cluster's address, its output folder, and the state
-    folder of ``cluster.controller()`` (not the user's own store)."""
+    folder of ``cluster.controller()`` (not the user's own store); ``options``: more of its
+    options."""
     args = ["up", "--workers", "2", "--listen", cluster.addr, "--output-dir", str(cluster.output)]
-    args += ["--state-dir", str(cluster.tmp / "state")]
+    args += ["--state-dir", str(cluster.tmp / "state"), *options]
     if command:
         args += ["--", *command]
     log = (cluster.tmp / "up.log").open("wb")
