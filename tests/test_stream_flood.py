@@ -3,8 +3,12 @@
 Attackers on 127.0.0.2 open connections that each open many streams (headers only: no request
 ever arrives) and keep them open; a client on 127.0.0.1 makes calls meanwhile. The controller's
 memory (RSS, from /proc) is measured before, during and after; the client's latency during the
-flood is printed beside its latency idle. Asserted: every call of the client is answered, and
-the controller's RSS is back within 20% of its baseline once the attackers are gone.
+flood is printed beside its latency idle. Asserted: every call of the client is answered; once
+the attackers are gone the controller's RSS is back within 20% of its baseline, or within
+ALLOCATOR_SLACK_MB of it (a fresh controller's baseline is ~45 MB, and CPython's allocator keeps
+arenas it has freed objects in: 20% of 45 MB is below that granularity, unlike the issue's 260 MB
+controller); and a second flood of the same size leaves RSS where the first left it, so what a
+connection held is freed, not leaked.
 
 The normal suite floods with BURST_FLOOD_CONNECTIONS = 40 connections of BURST_FLOOD_STREAMS =
 100 streams; ``tox -e stress`` with 400 of 100 (as many as the controller lets one connection
@@ -32,6 +36,8 @@ from tests.cluster import Cluster
 CONNECTIONS = int(os.environ.get("BURST_FLOOD_CONNECTIONS", "40"))
 STREAMS = [int(n) for n in os.environ.get("BURST_FLOOD_STREAMS", "100").split(",")]
 ATTACKER = "127.0.0.2"
+ALLOCATOR_SLACK_MB = 16.0
+LEAK_SLACK_MB = 4.0
 
 
 def rss_mb(pid: int) -> float:
@@ -121,18 +127,24 @@ def test_unfinished_streams_do_not_eat_memory(cluster: Cluster) -> None:
     p50 = statistics.median(idle) * 1e3
     print(f"\ncontroller RSS at rest: {baseline:.1f} MB; ListJobs p50 {p50:.2f} ms idle")
     for streams in STREAMS:
-        with flood(port, CONNECTIONS, streams):
-            busy = trio.run(latencies, port, token, 50)
-            during = rss_mb(pid)
-        settle(pid, files)
-        time.sleep(1.0)
-        after = rss_mb(pid)
-        ratio = statistics.median(busy) / statistics.median(idle)
-        print(
-            f"{CONNECTIONS} connections x {streams} unfinished streams: RSS {during:.1f} MB "
-            f"during, {after:.1f} MB after ({after / baseline - 1:+.0%}); ListJobs p50 "
-            f"{statistics.median(busy) * 1e3:.2f} ms during ({ratio:.1f} x idle), max "
-            f"{max(busy) * 1e3:.0f} ms"
-        )
-        assert after <= baseline * 1.2, f"RSS {after:.1f} MB after, {baseline:.1f} MB before"
+        left = []
+        for round_ in (1, 2):
+            with flood(port, CONNECTIONS, streams):
+                busy = trio.run(latencies, port, token, 50)
+                during = rss_mb(pid)
+            settle(pid, files)
+            time.sleep(1.0)
+            after = rss_mb(pid)
+            left.append(after)
+            ratio = statistics.median(busy) / statistics.median(idle)
+            print(
+                f"{CONNECTIONS} connections x {streams} unfinished streams, round {round_}: RSS "
+                f"{during:.1f} MB during, {after:.1f} MB after ({after / baseline - 1:+.0%}); "
+                f"ListJobs p50 {statistics.median(busy) * 1e3:.2f} ms during ({ratio:.1f} x "
+                f"idle), max {max(busy) * 1e3:.0f} ms"
+            )
+            allowed = max(baseline * 1.2, baseline + ALLOCATOR_SLACK_MB)
+            assert after <= allowed, f"RSS {after:.1f} MB after, {baseline:.1f} MB before"
+        grew = f"RSS grew from {left[0]:.1f} to {left[1]:.1f} MB"
+        assert left[1] <= left[0] + LEAK_SLACK_MB, grew
     assert controller.proc.poll() is None
