@@ -111,7 +111,7 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "CreateToken": Rule(_ADMINS),
     _CONTROLLER + "ListTokens": Rule(_ADMINS),
     _CONTROLLER + "RevokeToken": Rule(_ADMINS),
-    # `burst drain WORKER`
+    # `burst drain WORKER`, `burst undrain WORKER`
     _CONTROLLER + "DrainWorker": Rule(_ADMINS),
     # a worker's peer port: only workers steal (the victim knows worker tokens alone)
     _PEER + "StealJobs": Rule(frozenset({Role.WORKER}), "thief_worker_id"),

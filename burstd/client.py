@@ -290,15 +290,16 @@ class Client:
         )
         return list(response.workers)
 
-    async def drain(self, worker_id: str) -> job_pb2.WorkerInfo:
-        """Give a worker no new work; the jobs it holds run to their end (admin only).
-        Raises NotFound for a worker not registered."""
+    async def drain(self, worker_id: str, *, undrain: bool = False) -> job_pb2.WorkerInfo | None:
+        """Give a worker no new work, also once it registers again; the jobs it holds run to
+        their end (admin only). Raises NotFound for a worker not registered. ``undrain``: end
+        its drain instead (NotFound if it is not drained); None if it is not registered."""
         response: job_pb2.DrainWorkerResponse = await self._call(
             "DrainWorker",
-            job_pb2.DrainWorkerRequest(worker_id=worker_id),
+            job_pb2.DrainWorkerRequest(worker_id=worker_id, undrain=undrain),
             job_pb2.DrainWorkerResponse,
         )
-        return response.worker
+        return response.worker if response.HasField("worker") else None
 
     # -- tokens (an admin token only) --
 
@@ -418,8 +419,8 @@ class BlockingClient:
     def workers(self) -> list[job_pb2.WorkerInfo]:
         return self._run(lambda c: c.workers())
 
-    def drain(self, worker_id: str) -> job_pb2.WorkerInfo:
-        return self._run(lambda c: c.drain(worker_id))
+    def drain(self, worker_id: str, *, undrain: bool = False) -> job_pb2.WorkerInfo | None:
+        return self._run(lambda c: c.drain(worker_id, undrain=undrain))
 
     def list_jobs(self, state: str = "") -> list[job_pb2.JobInfo]:
         async def collect(client: Client) -> list[job_pb2.JobInfo]:

@@ -879,8 +879,9 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
 def drain(worker: str, /) -> int:
     """Give a worker no new work (admin): the jobs it holds run to their end there.
 
-    The worker stays registered and shows as draining in `burst workers` until it stops or
-    registers again (a restarted worker takes work again).
+    It shows as draining in `burst workers`. The drain is stored: the worker id stays drained
+    when it registers again (a restarted worker, or after a controller restart) until
+    `burst undrain WORKER`.
 
     Parameters
     ----------
@@ -890,7 +891,26 @@ def drain(worker: str, /) -> int:
 
     async def session(client: Client) -> int:
         info = await client.drain(worker)
+        assert info is not None  # a drained worker is a registered one
         print(f"{info.worker_id}: draining, {info.leased} jobs held ({info.running} running)")
+        return 0
+
+    return _run(session)
+
+
+@app.command(usage="Usage: burst undrain WORKER")
+def undrain(worker: str, /) -> int:
+    """End a worker's drain (admin): it gets work again.
+
+    Parameters
+    ----------
+    worker
+        The id of a worker that `burst drain` drained.
+    """
+
+    async def session(client: Client) -> int:
+        info = await client.drain(worker, undrain=True)
+        print(f"{worker}: {'taking work' if info is not None else 'undrained (not registered)'}")
         return 0
 
     return _run(session)

@@ -251,3 +251,40 @@ def test_burstd_up_serves_the_metrics_the_dashboard_queries(cluster: Cluster) ->
         if v["type"] == "custom"
     }
     assert job_names == {defaults["controller"], defaults["workers"]}, (job_names, defaults)
+
+
+def test_a_drained_worker_stays_drained_across_restarts_until_undrained(cluster: Cluster) -> None:
+    """The drain is stored: a restarted worker, and a restarted controller, keep it; `burst
+    undrain` ends it."""
+    controller = cluster.controller()
+    worker = cluster.worker("w1", slots=1)
+    cluster.wait_workers(1)
+    assert cluster.burst("drain", "w1").stdout.startswith("w1: draining")
+
+    def state() -> str:
+        lines = cluster.burst("workers", "--json").stdout.splitlines()
+        (info,) = [json.loads(line) for line in lines]
+        return str(info["state"])
+
+    assert worker.stop() == 0
+    worker = cluster.worker("w1", slots=1)
+    cluster.wait_workers(1)
+    (job_id,) = cluster.burst("submit", "process", "true").stdout.split()
+    time.sleep(1.5)  # w1 registered and polls: it gets nothing
+    assert state() == "draining"
+    assert cluster.status(job_id)["state"] == "queued"
+
+    assert controller.stop() == 0
+    cluster.controller()
+    eventually(lambda: state() == "draining", "w1 to register again, drained")
+    time.sleep(1.5)
+    assert cluster.status(job_id)["state"] == "queued"
+
+    as_worker = {**cluster.env, "BURST_TOKEN": cluster.token("worker")}
+    refused = cluster.burst("undrain", "w1", check=False, env=as_worker)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused
+    assert cluster.burst("undrain", "w1").stdout.startswith("w1: taking work")
+    assert cluster.burst("wait", job_id, "--timeout", "30", check=False).returncode == 0
+    assert state() == "alive"
+    again = cluster.burst("undrain", "w1", check=False)
+    assert again.returncode == 4 and "no drained worker 'w1'" in again.stderr, again

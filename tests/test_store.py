@@ -386,15 +386,17 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
-    """1 had no staged table, 2 no jobs.earlier_outputs."""
+    """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table."""
     store = Store(state_dir)
     table = JobTable()
     (job_id,) = submit(store, table, 1)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN earlier_outputs")
+        db.execute("DROP TABLE drained")
+        if old <= 2:
+            db.execute("ALTER TABLE jobs DROP COLUMN earlier_outputs")
         if old == 1:
             db.execute("DROP TABLE staged")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (old,))
@@ -404,13 +406,15 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
         assert [(job.job_id, job.earlier_outputs) for job in store.live_jobs()] == [(job_id, "")]
         writes = Writes.open(store.path)
         writes.write([], [], [], 2, begun=[(2, 5)])  # the staged table is there
+        writes.write([], [], [], 2, drains=[("w1", True)])  # and the drained one
         writes.close()
+        assert store.drained() == {"w1"}
     finally:
         store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

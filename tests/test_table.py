@@ -1549,3 +1549,46 @@ def test_room_held_for_a_submission_being_stored_counts_until_released() -> None
     assert table.held_room == 0
     table.submit([NewJob(b"d")] * 4, 0.0)
     assert table.counts[JobState.QUEUED] == 5
+
+
+def test_an_admin_drain_outlives_the_workers_registrations_until_undrained() -> None:
+    table = JobTable()
+    register(table, "w1")
+    table.drain("w1")
+    (job_id,) = submit(table)
+    assert table.workers["w1"].state is WorkerState.DRAINING
+    assert table.jobs[job_id].state is JobState.QUEUED
+
+    register(table, "w1", now=1.0)  # the same process again, or a restarted one
+    register(table, "w1", now=2.0)
+    assert table.workers["w1"].state is WorkerState.DRAINING
+    assert table.jobs[job_id].state is JobState.QUEUED
+    table.expire(now=100.0)  # lost, then back: still drained
+    assert "w1" not in table.workers
+    register(table, "w1", now=100.0)
+    assert table.workers["w1"].state is WorkerState.DRAINING
+    assert table.jobs[job_id].state is JobState.QUEUED
+    assert table.take_drains() == [("w1", True)]
+
+    table.undrain("w1")
+    assert table.workers["w1"].state is WorkerState.REGISTERED
+    assert table.jobs[job_id].state is JobState.LEASED
+    assert table.take_drains() == [("w1", False)]
+    register(table, "w1", now=101.0)
+    assert table.workers["w1"].state is WorkerState.REGISTERED
+    with pytest.raises(UnknownWorker):
+        table.undrain("w1")  # not drained
+    assert table.take_drains() == []
+
+
+def test_a_shutdown_drain_ends_when_the_worker_registers_again() -> None:
+    """A worker handing a job back drains itself (it is stopping): its next process is not."""
+    table = JobTable()
+    register(table, "w1")
+    (job_id,) = submit(table)
+    deliver(table)
+    table.report("w1", exited(job_id, table, None, reason="returned"), 1.0)
+    assert table.workers["w1"].state is WorkerState.DRAINING
+    register(table, "w1", now=2.0)
+    assert table.workers["w1"].state is WorkerState.REGISTERED
+    assert table.take_drains() == []

@@ -82,6 +82,7 @@ def build_service(
     if store is not None and snapshot is not None:
         leased = snapshot.jobs((JobState.LEASED.value, JobState.RUNNING.value))
         table.restore(leased, store.next_id(), time.time(), snapshot.total - len(leased))
+        table.drained = store.drained()
         writer = StoreWriter(store, table)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),

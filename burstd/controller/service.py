@@ -519,16 +519,31 @@ class ControllerService:
     async def drain_worker(
         self, request: job_pb2.DrainWorkerRequest, caller: Caller
     ) -> job_pb2.DrainWorkerResponse:
+        """Drain a worker, or end its drain; answered once the store holds the change."""
+        log = logger.bind(worker_id=request.worker_id)
+        worker: Worker | None
         try:
-            worker = self.table.drain(request.worker_id)
+            if request.undrain:
+                worker = self.table.undrain(request.worker_id)
+            else:
+                worker = self.table.drain(request.worker_id)
         except UnknownWorker:
-            raise transport.NotFound(
-                f"worker_id: no registered worker {request.worker_id!r}"
-            ) from None
+            what = "drained" if request.undrain else "registered"
+            raise transport.NotFound(f"worker_id: no {what} worker {request.worker_id!r}") from None
         self._after_change()
-        logger.bind(worker_id=worker.worker_id).info(
-            "drained by {}: no new work, {} jobs held", caller.user, len(worker.leases)
-        )
+        if self.writer is not None:
+            try:
+                await self.writer.durable()
+            except StoreUnavailable as error:
+                # In memory it holds: the writer stores it with its next commit.
+                raise transport.ResourceExhausted(str(error)) from None
+        if request.undrain:
+            log.info("undrained by {}: it gets work again", caller.user)
+        else:
+            assert worker is not None
+            log.info("drained by {}: no new work, {} jobs held", caller.user, len(worker.leases))
+        if worker is None:
+            return job_pb2.DrainWorkerResponse()
         return job_pb2.DrainWorkerResponse(worker=worker_info(worker, self.clock()))
 
     async def list_workers(

@@ -34,8 +34,9 @@ from burstd.credentials import private_dir, private_file
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
-# 2: the staged table; 3: jobs.earlier_outputs (older versions are migrated when opened)
-SCHEMA_VERSION = 3
+# 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table (older versions are
+# migrated when opened)
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -69,6 +70,8 @@ _MUTABLE = _COLUMNS[5:]
 # ``first`` to ``stop`` (excluded) are not accepted yet, and a start deletes them.
 _STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL);"
 _ADD_EARLIER_OUTPUTS = "ALTER TABLE jobs ADD COLUMN earlier_outputs TEXT NOT NULL DEFAULT ''"
+# The worker ids an admin drained (``JobTable.drained``).
+_DRAINED = "CREATE TABLE drained (worker_id TEXT PRIMARY KEY);"
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -96,6 +99,7 @@ CREATE TABLE jobs (
     earlier_outputs TEXT NOT NULL DEFAULT ''
 );
 {_STAGED}
+{_DRAINED}
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
 PRAGMA application_id = {APPLICATION_ID};
@@ -159,6 +163,8 @@ class Commit(NamedTuple):
     # New jobs as they were submitted, in runs (see ``inserts``): with ``new_rows``, every job
     # the commit inserts.
     new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = ()
+    # Worker ids drained (True) or undrained by an admin (``JobTable.take_drains``).
+    drains: Sequence[tuple[str, bool]] = ()
 
     @property
     def inserted(self) -> int:
@@ -347,11 +353,13 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2):
+        if version in (1, 2, 3):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
-                db.execute(_ADD_EARLIER_OUTPUTS)
+                if version <= 2:
+                    db.execute(_ADD_EARLIER_OUTPUTS)
+                db.execute(_DRAINED)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )
@@ -424,6 +432,10 @@ class Store:
         """Jobs per state."""
         with closing(self.snapshot()) as snapshot:
             return snapshot.counts()
+
+    def drained(self) -> set[str]:
+        """The worker ids an admin drained."""
+        return {worker_id for (worker_id,) in self._db.execute("SELECT worker_id FROM drained")}
 
     # -- writes: in the store process (``burstd.controller.store_child``) -------------------
 
@@ -513,11 +525,13 @@ class Writes:
         ended: Sequence[tuple[int, int]] = (),
         dropped: Sequence[tuple[int, int]] = (),
         new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = (),
+        drains: Sequence[tuple[str, bool]] = (),
     ) -> None:
         """One transaction: insert new jobs (``inserts``), update changed ones
-        (``changed_row``) and leased ones (``leased_row``), advance the id counter, and mark
-        staged submissions begun, ended or dropped (see ``Commit``). The rows come built: the
-        writer reads them off the jobs before it sends them, so none is read half-changed."""
+        (``changed_row``) and leased ones (``leased_row``), advance the id counter, mark
+        staged submissions begun, ended or dropped, and workers drained or not (see
+        ``Commit``). The rows come built: the writer reads them off the jobs before it sends
+        them, so none is read half-changed."""
         with self._transaction() as db:
             for first, stop in dropped:
                 _drop_stage(db, first, stop)
@@ -530,6 +544,11 @@ class Writes:
             db.executemany(_UPDATE_LEASED, leased_rows)
             db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)
             db.execute("UPDATE meta SET value = max(value, ?) WHERE key = 'next_id'", (next_id,))
+            for worker_id, drained in drains:
+                if drained:
+                    db.execute("INSERT OR IGNORE INTO drained VALUES (?)", (worker_id,))
+                else:
+                    db.execute("DELETE FROM drained WHERE worker_id = ?", (worker_id,))
 
     def forget(self, nums: str) -> dict[str, int]:
         """Delete finished jobs by number (``_numbers``: live ones never are); returns how

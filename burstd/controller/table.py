@@ -45,6 +45,8 @@ The thief's heartbeats say up to which round its steals have ended (``steal_roun
 stolen lease of an ended round that the heartbeat does not list never arrived and goes back to the
 queue, and a transfer for an ended round, or for a thief process that is gone (``instance``), is
 refused. A transfer never gives the thief more leases than its capacity.
+An admin's drain (``drain``) outlives the worker's process: its id stays drained (``drained``,
+stored with the jobs) and a registration of it is drained at once, until an admin undrains it.
 A worker id is held by one process at a time (``Worker.instance``): a registration of another
 process replaces the one registered, whose calls are refused from then on (``check_process``,
 ``WorkerReplaced``) and whose leases are fenced: orphans until its lease TTL has passed since it
@@ -189,6 +191,7 @@ class WorkerEvent(enum.Enum):
     DRAIN = "drain"  # it handed a job back (it is shutting down), or an admin drains it
     EXPIRE = "expire"  # silent for longer than its lease TTL
     REMOVE = "remove"  # removed from the cluster
+    RESUME = "resume"  # an admin undrains it: it gets work again
 
     __hash__ = object.__hash__
 
@@ -212,6 +215,7 @@ _WR, _WD = WorkerState.REGISTERED, WorkerState.DRAINING
 WORKER_TRANSITIONS: dict[tuple[WorkerState | None, WorkerEvent], WorkerStep] = {
     **{(s, WorkerEvent.REGISTER): WorkerStep(_WR, routed=True) for s in (None, _WR, _WD)},
     (_WR, WorkerEvent.DRAIN): WorkerStep(_WD, routed=False),
+    (_WD, WorkerEvent.RESUME): WorkerStep(_WR, routed=True),
     **{
         (s, WorkerEvent.EXPIRE): WorkerStep(WorkerState.LOST, False, leaves=True)
         for s in (_WR, _WD)
@@ -475,6 +479,11 @@ class JobTable:
         # Leases held by no worker until a deadline (Place.ORPHAN): restored after a restart and
         # not claimed yet, or fenced by a worker process's replacement: job -> deadline.
         self.orphans: dict[str, float] = {}
+        # Worker ids an admin drained (``drain``): registered again, they are drained at once,
+        # until ``undrain``. The changes not handed to the store yet (``take_drains``): id ->
+        # drained.
+        self.drained: set[str] = set()
+        self._drains: dict[str, bool] = {}
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -850,6 +859,8 @@ class JobTable:
             if h.running and self._holds(worker, h):
                 self._mark_started(worker.leases[h.job_id], now)
         self._worker_move(worker, WorkerEvent.REGISTER)
+        if worker_id in self.drained:
+            self._worker_move(worker, WorkerEvent.DRAIN)
         self._dispatch()
         return drop
 
@@ -874,14 +885,46 @@ class JobTable:
 
     def drain(self, worker_id: str) -> Worker:
         """An admin drains a registered worker: no new work is routed to it, the jobs routed
-        to it but not handed over go back to the queue, and those it holds stay its own.
+        to it but not handed over go back to the queue, and those it holds stay its own. Its
+        id stays drained (also when it registers again) until ``undrain``.
         Raises UnknownWorker if no such worker is registered; draining twice changes nothing."""
         worker = self.workers.get(worker_id)
         if worker is None:
             raise UnknownWorker(worker_id)
         if worker.state is WorkerState.REGISTERED:
             self._worker_move(worker, WorkerEvent.DRAIN)
+        if worker_id not in self.drained:
+            self.drained.add(worker_id)
+            self._drain_changed(worker_id, True)
         return worker
+
+    def undrain(self, worker_id: str) -> Worker | None:
+        """An admin ends the drain of a worker id: registered, it gets work again. Returns the
+        worker if it is registered. Raises UnknownWorker if the id is not drained."""
+        if worker_id not in self.drained:
+            raise UnknownWorker(worker_id)
+        self.drained.remove(worker_id)
+        self._drain_changed(worker_id, False)
+        worker = self.workers.get(worker_id)
+        if worker is not None and worker.state is WorkerState.DRAINING:
+            self._worker_move(worker, WorkerEvent.RESUME)
+            self._dispatch()
+        return worker
+
+    def _drain_changed(self, worker_id: str, drained: bool) -> None:
+        if self.track_changes:
+            self._drains[worker_id] = drained
+
+    def take_drains(self) -> list[tuple[str, bool]]:
+        """The worker ids drained (True) or undrained since the last call, for the store."""
+        drains, self._drains = self._drains, {}
+        return list(drains.items())
+
+    def drains_not_stored(self, drains: Iterable[tuple[str, bool]]) -> None:
+        """Drains from ``take_drains`` that the store failed to write: they go with the next
+        commit, unless changed since."""
+        for worker_id, drained in drains:
+            self._drains.setdefault(worker_id, drained)
 
     def lease(self, worker_id: str, max_jobs: int, now: float) -> tuple[int, list[Job]]:
         """Hand over up to ``max_jobs`` jobs already routed to this worker.

@@ -57,6 +57,7 @@ class _Sent(NamedTuple):
     finished: list[Job]
     sent_at: float = 0.0  # time.perf_counter() when it was sent
     rows: int = 0  # rows inserted or updated
+    drains: Sequence[tuple[str, bool]] = ()
 
 
 @dataclass(eq=False)
@@ -241,6 +242,7 @@ class StoreWriter:
                 self._stages.clear()
                 self._accepting.clear()  # their callers are refused, and drop them
                 self.table.not_stored((*changed, *leased))
+                self.table.drains_not_stored(sent.drains)
                 # After the line above: a withdrawn job (new, perhaps changed too) is not dirty.
                 self.table.withdraw_unstored(new)
                 self._signal()
@@ -297,9 +299,19 @@ class StoreWriter:
         ended += self._accepting
         self._accepting = []
         rows, runs = inserts(itertools.chain(new, part))
-        count = len(new) + len(part) + len(changed) + len(leased)
+        drains = self.table.take_drains()
+        count = len(new) + len(part) + len(changed) + len(leased) + len(drains)
         self._sent = _Sent(
-            self._sends, generation, new, changed, leased, dropped, finished, perf_counter(), count
+            self._sends,
+            generation,
+            new,
+            changed,
+            leased,
+            dropped,
+            finished,
+            perf_counter(),
+            count,
+            drains,
         )
         await self.store.send(
             Commit(
@@ -311,6 +323,7 @@ class StoreWriter:
                 ended,
                 dropped,
                 runs,
+                drains,
             )
         )
 
