@@ -103,8 +103,11 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError("controller did not listen")
 
 
-def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Popen[bytes], int]:
-    """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port.
+def start_controller(
+    tmp: str, store: str, capacity: int, metrics_listen: str = ""
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port;
+    ``metrics_listen``: where it serves its Prometheus metrics (none if empty).
 
     BURST_STATE_DIR then names its state directory: clients of this process (and of its
     children) send the admin token the controller wrote there."""
@@ -115,6 +118,7 @@ def start_controller(tmp: str, store: str, capacity: int) -> tuple[subprocess.Po
         f"submission_buffer_capacity = {capacity}\n"
         # Every simulated worker connects from 127.0.0.1, above the default limit per address.
         "max_connections_per_peer = 4096\n"
+        + (f'metrics_listen_addr = "{metrics_listen}"\n' if metrics_listen else "")
     )
     command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     # Before the controller starts: a BURST_STATE_DIR left by an earlier point would override

@@ -5,7 +5,7 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 
 Usage::
 
-    python bench/run_all.py [--quick] [--skip e2e,capacity,latency,memory,rpc,restart,steal]
+    python bench/run_all.py [--quick] [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -84,6 +84,23 @@ def main() -> None:
                     runs = f" {m[3]}" if m[3] else ""
                     figure = f"{m[2]} jobs/s{runs}, {cpu} us CPU/job"
                     rows.append((f"controller ({store}), {m[1]} workers", figure, ">= 20000"))
+    if "metrics" not in skip:
+        # The capacity point of 100 workers with the controller's metrics off and on,
+        # interleaved (the median of each): what serving and scraping them costs.
+        out = run(
+            "controller_capacity.py",
+            "--metrics", "both",
+            "--workers", "100",
+            "--jobs", "5000" if q else "100000",
+            "--repeat", "1" if q else "5",
+        )  # fmt: skip
+        rows.append(
+            (
+                "metrics on vs off, 100 workers (jobs/s)",
+                grab(r"metrics cost ([+-][0-9.]+% jobs/s)", out),
+                "<= 2%",
+            )
+        )
     if "latency" not in skip:
         out = run("latency.py", "--jobs", "100" if q else "300", "--peers", args.peers)
         rows.append(
