@@ -5,7 +5,8 @@ Writes, with the ``cryptography`` package:
 * ``ca.pem``: a self-signed certificate authority (its key is not kept: nothing else is ever
   signed with it, so there is no key to steal);
 * ``server.pem`` / ``server-key.pem``: for the controller's port and the workers' peer ports,
-  valid for every ``--host`` (DNS names and IP addresses) and for serving and for connecting;
+  valid for every ``--host`` (DNS names and IP addresses) and for :data:`LOOPBACK` (programs on a
+  server's own host may dial it there), for serving and for connecting;
 * ``client.pem`` / ``client-key.pem``: a client certificate, for servers that ask for one
   (``--tls-client-ca``, mutual TLS).
 
@@ -30,6 +31,9 @@ FILES = ("ca.pem", "server.pem", "server-key.pem", "client.pem", "client-key.pem
 """What :func:`init` writes into its folder."""
 
 DEFAULT_DAYS = 825
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+"""Names the server certificate is valid for besides the given hosts."""
 
 
 def _name(common_name: str) -> x509.Name:
@@ -68,7 +72,7 @@ def init(folder: Path, hosts: Sequence[str], *, days: int = DEFAULT_DAYS) -> lis
     """
     if not hosts:
         raise ValueError("name at least one --host (a DNS name or an IP address)")
-    names = [_alt_name(host) for host in hosts]
+    names = [_alt_name(host) for host in dict.fromkeys([*hosts, *LOOPBACK])]
     folder.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)

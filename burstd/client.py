@@ -15,10 +15,12 @@ Both keep one connection open for all calls. Errors from the controller raise
 
 from __future__ import annotations
 
+import functools
 import queue
+import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import trio
@@ -98,11 +100,17 @@ class Client:
     @classmethod
     @asynccontextmanager
     async def connect(
-        cls, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0, token: str | None = None
+        cls,
+        addr: str = DEFAULT_ADDR,
+        *,
+        connect_timeout: float = 5.0,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> AsyncIterator[Client]:
         """Connect to the controller at ``addr``, sending ``token`` with every call (default:
         ``BURST_TOKEN``, else the ``admin.token`` of the local state directory, see
-        ``burstd.credentials``; ``credentials.TokenNotFound`` if there is none)."""
+        ``burstd.credentials``; ``credentials.TokenNotFound`` if there is none). With ``tls``
+        (``burstd.transport.tls.client_context(ca)``), over TLS."""
         host, port = parse_hostport(addr)
         if token is None:
             token = credentials.local_token()
@@ -114,6 +122,7 @@ class Client:
             connect_timeout=connect_timeout,
             multiplex=True,
             metadata=auth.bearer(token),
+            tls=tls,
         )
         async with channel:
             yield cls(channel)
@@ -348,24 +357,30 @@ class BlockingClient:
     """
 
     def __init__(
-        self, addr: str = DEFAULT_ADDR, *, connect_timeout: float = 5.0, token: str | None = None
+        self,
+        addr: str = DEFAULT_ADDR,
+        *,
+        connect_timeout: float = 5.0,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._ready: queue.Queue[BaseException | None] = queue.Queue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._client: Client | None = None
         self._stop: trio.Event | None = None
-        self._thread = threading.Thread(
-            target=trio.run, args=(self._main, addr, connect_timeout, token), daemon=True
+        connect = functools.partial(
+            Client.connect, addr, connect_timeout=connect_timeout, token=token, tls=tls
         )
+        self._thread = threading.Thread(target=trio.run, args=(self._main, connect), daemon=True)
         self._thread.start()
         error = self._ready.get()
         if error is not None:
             self._thread.join()
             raise error
 
-    async def _main(self, addr: str, connect_timeout: float, token: str | None) -> None:
+    async def _main(self, connect: Callable[[], AbstractAsyncContextManager[Client]]) -> None:
         try:
-            async with Client.connect(addr, connect_timeout=connect_timeout, token=token) as client:
+            async with connect() as client:
                 self._client, self._token, self._stop = (
                     client,
                     trio.lowlevel.current_trio_token(),

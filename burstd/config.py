@@ -421,6 +421,17 @@ def keys(section: type[Any]) -> dict[str, Key]:
 _LIMITS = ConnectionLimits()
 
 
+def _tls_key(example: str) -> Any:
+    """``tls_key``, declared alike in every section that has a ``tls_cert``."""
+    return key(
+        OPTIONAL_PATH,
+        "The private key of tls_cert (PEM).",
+        default=None,
+        env="BURST_TLS_KEY",
+        example=example,
+    )
+
+
 @dataclass(frozen=True)
 class ControllerConfig:
     """``[controller]``: the controller daemon."""
@@ -523,6 +534,25 @@ class ControllerConfig:
         number(0.001),
         "Seconds after which a client connection with no call open is closed.",
         default=_LIMITS.idle_timeout_s,
+    )
+
+    tls_cert: Path | None = key(
+        OPTIONAL_PATH,
+        "Certificate (PEM, with any intermediates) the controller's port presents: with tls_key, "
+        "it serves gRPC over TLS only (HTTP/2, ALPN h2). `burstd tls init` makes one. Unset: no "
+        "TLS.",
+        default=None,
+        env="BURST_TLS_CERT",
+        example="/etc/burst/tls/server.pem",
+    )
+    tls_key: Path | None = _tls_key("/etc/burst/tls/server-key.pem")
+    tls_client_ca: Path | None = key(
+        OPTIONAL_PATH,
+        "Mutual TLS: if set, only clients and workers presenting a certificate signed by this CA "
+        "(PEM) are served. Needs tls_cert.",
+        default=None,
+        env="BURST_TLS_CLIENT_CA",
+        example="/etc/burst/tls/ca.pem",
     )
 
     @property
@@ -638,6 +668,32 @@ class WorkerConfig:
         default=None,
         example="127.0.0.1:9465",
     )
+    tls_ca: Path | None = key(
+        OPTIONAL_PATH,
+        "If set, the worker connects to the controller and to its peers over TLS, trusting the "
+        "certificates this CA (PEM) signed. Unset: no TLS.",
+        default=None,
+        env="BURST_TLS_CA",
+        example="/etc/burst/tls/ca.pem",
+    )
+    tls_cert: Path | None = key(
+        OPTIONAL_PATH,
+        "Certificate (PEM) the peer port presents (then it serves over TLS only, and needs "
+        "tls_ca), and that the worker shows the controller and its peers when they ask for a "
+        "client certificate. Needed with tls_ca and peer_listen_addr.",
+        default=None,
+        env="BURST_TLS_CERT",
+        example="/etc/burst/tls/server.pem",
+    )
+    tls_key: Path | None = _tls_key("/etc/burst/tls/server-key.pem")
+    tls_client_ca: Path | None = key(
+        OPTIONAL_PATH,
+        "Mutual TLS on the peer port: if set, only peers presenting a certificate signed by "
+        "this CA (PEM) may steal. Needs tls_cert.",
+        default=None,
+        env="BURST_TLS_CLIENT_CA",
+        example="/etc/burst/tls/ca.pem",
+    )
     queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
     """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""
 
@@ -665,6 +721,23 @@ class CliConfig:
         default=None,
         example="~/.config/burst/token",
     )
+    tls_ca: Path | None = key(
+        OPTIONAL_PATH,
+        "If set, `burst` and `burstd token` connect over TLS, trusting the certificates this CA "
+        "(PEM) signed (--tls-ca). Unset: no TLS.",
+        default=None,
+        env="BURST_TLS_CA",
+        example="~/.config/burst/ca.pem",
+    )
+    tls_cert: Path | None = key(
+        OPTIONAL_PATH,
+        "Client certificate (PEM) shown to a controller that asks for one (mutual TLS; "
+        "--tls-cert). Needs tls_ca.",
+        default=None,
+        env="BURST_TLS_CERT",
+        example="~/.config/burst/client.pem",
+    )
+    tls_key: Path | None = _tls_key("~/.config/burst/client-key.pem")
 
 
 SECTIONS: dict[str, tuple[type[Any], str]] = {

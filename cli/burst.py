@@ -39,6 +39,8 @@ from burstd import __version__, arrays
 from cli.exitcodes import ExitCode, for_status
 
 if TYPE_CHECKING:
+    import ssl
+
     from burstd.client import Client
     from proto.burst.v1 import job_pb2
 
@@ -48,6 +50,7 @@ __all__ = [
     "UsageError",
     "app",
     "build_spec",
+    "client_tls",
     "client_token",
     "controller_addr",
     "job_dirs",
@@ -90,6 +93,9 @@ class _Globals:
     config: Path | None = None
     token_file: Path | None = None
     state_dir: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
 
 _globals = _Globals()
@@ -111,12 +117,13 @@ app = cyclopts.App(
         "Submit jobs to a burst controller and follow them.\n\n"
         "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of the "
         "configuration file, else 127.0.0.1:50051. The token sent is --token-file, else "
-        "BURST_TOKEN, else cli.token_file, else the state directory's admin.token.\n\n"
+        "BURST_TOKEN, else cli.token_file, else the state directory's admin.token. TLS is on "
+        "with --tls-ca, else BURST_TLS_CA, else cli.tls_ca.\n\n"
         "Exit codes:\n\n" + "\n".join(f"- {code.value}: {code.meaning}" for code in ExitCode)
     ),
     usage=(
         "Usage: burst [--controller HOST:PORT] [--config FILE] [--token-file FILE] "
-        "[--state-dir DIR] COMMAND [ARGS...]"
+        "[--state-dir DIR] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] COMMAND [ARGS...]"
     ),
     version=f"burst {__version__}",
     version_flags=[],
@@ -145,6 +152,9 @@ def _launcher(
     config: Annotated[Path | None, Parameter(metavar="FILE")] = None,
     token_file: Annotated[Path | None, Parameter(metavar="FILE")] = None,
     state_dir: Annotated[Path | None, Parameter(metavar="DIR")] = None,
+    tls_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    tls_cert: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    tls_key: Annotated[Path | None, Parameter(metavar="FILE")] = None,
 ) -> Any:
     """Global options.
 
@@ -161,11 +171,20 @@ def _launcher(
         State directory of the local controller, whose admin.token is sent when no other token
         is given (default: BURST_STATE_DIR, else controller.state_dir, else
         ~/.local/state/burst).
+    tls_ca
+        Connect over TLS, trusting the certificates this CA (PEM) signed (default: BURST_TLS_CA,
+        else cli.tls_ca; neither: no TLS).
+    tls_cert
+        Client certificate (PEM) for a controller that requires one (mutual TLS; default:
+        BURST_TLS_CERT, else cli.tls_cert).
+    tls_key
+        The private key of --tls-cert (default: BURST_TLS_KEY, else cli.tls_key).
     """
     _globals.controller = controller
     _globals.config = config
     _globals.token_file = token_file
     _globals.state_dir = state_dir
+    _globals.tls_ca, _globals.tls_cert, _globals.tls_key = tls_ca, tls_cert, tls_key
     return app(tokens)
 
 
@@ -404,11 +423,32 @@ def client_token(
         raise UsageError(str(error)) from None
 
 
+def client_tls(
+    ca: Path | None = None,
+    cert: Path | None = None,
+    key: Path | None = None,
+    config: Path | str | None = None,
+    env: Mapping[str, str] = os.environ,
+) -> ssl.SSLContext | None:
+    """The TLS context ``burst`` connects with (None: no TLS): each file is the flag, else its
+    BURST_TLS_* variable in ``env``, else its ``cli`` key (burstd/tlsconfig.py). Raises
+    ConfigError or UsageError naming what cannot be used."""
+    from burstd import tlsconfig
+    from burstd.config import load_config, with_overrides
+
+    cli_config = load_config(config, env=env).cli
+    settings = with_overrides(cli_config, tls_ca=ca, tls_cert=cert, tls_key=key, env=env)
+    try:
+        return tlsconfig.client_context(settings, "cli")
+    except tlsconfig.TlsSetupError as error:
+        raise UsageError(str(error)) from None
+
+
 @asynccontextmanager
-async def _open_client(addr: str, token: str) -> AsyncIterator[Client]:
+async def _open_client(addr: str, token: str, tls: ssl.SSLContext | None) -> AsyncIterator[Client]:
     from burstd.client import Client
 
-    async with Client.connect(addr, token=token) as client:
+    async with Client.connect(addr, token=token, tls=tls) as client:
         yield client
 
 
@@ -434,6 +474,7 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
     (:func:`cli.exitcodes.for_status`), a controller out of reach ``UNREACHABLE``."""
     addr = controller_addr(_globals.controller, _globals.config)
     token = client_token(_globals.token_file, _globals.state_dir, _globals.config)
+    tls = client_tls(_globals.tls_ca, _globals.tls_cert, _globals.tls_key, _globals.config)
     import trio
 
     from burstd import logs, transport
@@ -444,7 +485,7 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
         raise UsageError(str(error)) from None
 
     async def connected() -> int:
-        async with _open_client(addr, token) as client:
+        async with _open_client(addr, token, tls) as client:
             return await session(client)
 
     try:

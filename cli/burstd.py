@@ -7,9 +7,12 @@ configuration error; never a traceback.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,11 +24,12 @@ import cyclopts
 import trio
 from cyclopts import Parameter
 
-from burstd import __version__, logs
+from burstd import __version__, logs, tlsconfig
 from burstd.config import (
     Config,
     ConfigError,
     ControllerConfig,
+    WorkerConfig,
     format_hostport,
     load_config,
     parse_hostport,
@@ -34,6 +38,7 @@ from burstd.config import (
 )
 from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, find_token, read_token
 from cli.exitcodes import die
+from cli.tls import tls_app
 from cli.tokens import token_app
 
 # Default queue capacity of the workers of `burstd up`: leasing short jobs in batches of dozens
@@ -55,6 +60,7 @@ app = cyclopts.App(
     print_error=False,
 )
 app.command(token_app)
+app.command(tls_app)
 
 
 def _fail(message: str) -> NoReturn:
@@ -87,7 +93,9 @@ def _controller_config(
     state_dir: Path | None,
     router: str | None,
     metrics_listen: str | None = None,
+    tls: Tls | None = None,
 ) -> ControllerConfig:
+    tls = tls or Tls()
     try:
         return with_overrides(
             _load(config, "controller").controller,
@@ -95,10 +103,27 @@ def _controller_config(
             state_dir=state_dir,
             router=router,
             metrics_listen_addr=metrics_listen,
+            tls_cert=tls.tls_cert,
+            tls_key=tls.tls_key,
+            tls_client_ca=tls.tls_client_ca,
         )
     except ConfigError as error:
         _fail(str(error))
         raise
+
+
+@Parameter(name="*")
+@dataclasses.dataclass
+class Tls:
+    """TLS flags of the daemons (docs/security.md; the config keys of the same names)."""
+
+    tls_cert: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """Certificate (PEM) the server presents: the controller's port, a worker's peer port (a
+    worker also shows it when asked for a client certificate). Needs --tls-key."""
+    tls_key: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """The private key of --tls-cert (PEM)."""
+    tls_client_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """Mutual TLS: serve only clients presenting a certificate this CA signed."""
 
 
 @app.command
@@ -111,6 +136,7 @@ def controller(
     metrics_listen: str | None = None,
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
+    tls: Tls | None = None,
 ) -> None:
     """Run the controller: accepts jobs and leases them to workers.
 
@@ -135,11 +161,11 @@ def controller(
     from burstd.controller import daemon
     from burstd.controller.store import StoreError
 
-    settings = _controller_config(config, listen, state_dir, router, metrics_listen)
+    settings = _controller_config(config, listen, state_dir, router, metrics_listen, tls)
     _setup_logs("controller", log_level, log_format)
     try:
         trio.run(daemon.run_until_signalled, settings)
-    except* (OSError, StoreError) as group:
+    except* (OSError, StoreError, tlsconfig.TlsSetupError) as group:
         _fail(_first_leaf(group))
 
 
@@ -161,6 +187,8 @@ def worker(
     metrics_listen: str | None = None,
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
+    tls_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    tls: Tls | None = None,
 ) -> None:
     """Run a worker: leases jobs from the controller and runs them.
 
@@ -203,15 +231,23 @@ def worker(
     log_format
         human (one readable line a record) or json (one JSON object a line, with job_id and
         worker_id as fields where a record has them).
+    tls_ca
+        Connect to the controller and to peers over TLS, trusting the certificates this CA
+        (PEM) signed; with it, a peer port serves TLS (--tls-cert, --tls-key).
     """
     from burstd.worker import daemon
     from burstd.worker.session import Replaced
     from burstd.worker.steal import static_peers
 
     loaded = _load(config, "worker")
+    tls = tls or Tls()
     try:
         settings = with_overrides(
             worker_for(loaded, id),
+            tls_ca=tls_ca,
+            tls_cert=tls.tls_cert,
+            tls_key=tls.tls_key,
+            tls_client_ca=tls.tls_client_ca,
             controller_addr=controller,
             slots=slots,
             local_queue_capacity=queue_capacity,
@@ -230,15 +266,13 @@ def worker(
     _setup_logs("worker", log_level, log_format)
     peers = static_peers(loaded, settings.worker_id)
     try:
-        trio.run(
-            daemon.run_until_signalled,
-            daemon.Worker(
-                settings,
-                steal=settings.steal and not no_steal,
-                static_peers=peers,
-                token=token,
-            ),
+        running = daemon.Worker(
+            settings, steal=settings.steal and not no_steal, static_peers=peers, token=token
         )
+    except tlsconfig.TlsSetupError as error:
+        _fail(str(error))
+    try:
+        trio.run(daemon.run_until_signalled, running)
     except* OSError as group:  # the peer address is taken or cannot be bound
         _fail(_first_leaf(group))
     except* Replaced as group:  # another process took this worker id: it stopped its jobs
@@ -288,12 +322,16 @@ def up(
     log_level: str = "INFO",
     log_format: logs.LogFormat = "human",
     metrics_listen: str | None = None,
+    tls_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None,
+    tls: Tls | None = None,
 ) -> None:
     """Run a controller and N workers on this machine, in the foreground, until Ctrl-C.
 
     With a COMMAND after `--`, run it once the cluster is ready (BURST_CONTROLLER points at the
-    cluster and BURST_TOKEN holds its admin token), then stop the cluster and exit with the
-    command's exit code. The workers use the worker.token of the controller's state directory.
+    cluster and BURST_TOKEN holds its admin token; with TLS, BURST_TLS_CA names the CA), then
+    stop the cluster and exit with the command's exit code. The workers use the worker.token of
+    the controller's state directory. With --tls-cert and --tls-key the controller and the
+    workers' peer ports serve TLS, and the workers (given --tls-ca) connect over it.
 
     Parameters
     ----------
@@ -322,15 +360,35 @@ def up(
     metrics_listen
         HOST:PORT of the controller's Prometheus metrics (off unless given); worker N serves
         its own on HOST:PORT+N (docs/operations.md).
+    tls_ca
+        The CA the workers (and the command) trust the controller's certificate with.
     """
     if workers < 1:
         _fail("--workers: must be at least 1")
-    settings = _controller_config(config, listen, state_dir, None, metrics_listen)
+    tls = tls or Tls()
+    settings = _controller_config(config, listen, state_dir, None, metrics_listen, tls)
     worker_metrics = _worker_metrics_addrs(metrics_listen, workers)
     host, port = parse_hostport(settings.bind_addr)
     if port == 0:
         port = _free_port(host)
     addr = format_hostport(host, port)
+    # The workers and the command dial it here: a wildcard listen address is this machine.
+    dial = format_hostport(_dialable(host), port)
+    try:
+        client = with_overrides(
+            worker_for(_load(config, "worker")),
+            tls_ca=tls_ca,
+            tls_cert=tls.tls_cert,
+            tls_key=tls.tls_key,
+        )
+        client_tls = tlsconfig.client_context(client, "worker")
+    except (ConfigError, tlsconfig.TlsSetupError) as error:
+        _fail(str(error))
+    tls_flags = [
+        *(["--tls-cert", str(tls.tls_cert)] if tls.tls_cert else []),
+        *(["--tls-key", str(tls.tls_key)] if tls.tls_key else []),
+        *(["--tls-client-ca", str(tls.tls_client_ca)] if tls.tls_client_ca else []),
+    ]
     per_worker = slots or up_slots(workers, os.cpu_count() or 1)
     base = [sys.executable, "-m", "cli.burstd"]
     common = ["--config", str(config)] if config else []
@@ -343,7 +401,7 @@ def up(
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _exit_on_signal)
     try:
-        controller_cmd = [*base, "controller", *common, "--listen", addr]
+        controller_cmd = [*base, "controller", *common, "--listen", addr, *tls_flags]
         if metrics_listen:
             controller_cmd += ["--metrics-listen", metrics_listen]
         if state_dir:
@@ -370,8 +428,10 @@ def up(
             _fail(f"cannot read the controller's admin token: {error}")
         prefix = socket.gethostname()
         for i in range(1, workers + 1):
-            cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", addr]
-            cmd += ["--token-file", str(worker_token)]
+            cmd = [*base, "worker", *common, "--id", f"{prefix}-{i}", "--controller", dial]
+            cmd += ["--token-file", str(worker_token), *tls_flags]
+            if tls_ca:
+                cmd += ["--tls-ca", str(tls_ca)]
             cmd += ["--slots", str(per_worker)]
             if queue_capacity or not config:
                 capacity = queue_capacity or max(UP_QUEUE_CAPACITY, 2 * per_worker)
@@ -394,8 +454,9 @@ def up(
             per_worker,
         )
         if command:
-            _wait_ready(addr, workers, admin_token)
-            env = {**os.environ, "BURST_CONTROLLER": addr, "BURST_TOKEN": admin_token}
+            _wait_ready(dial, workers, admin_token, client_tls)
+            env = {**os.environ, "BURST_CONTROLLER": dial, "BURST_TOKEN": admin_token}
+            env.update(_tls_variables(client))
             try:
                 code = subprocess.call(list(command), env=env)
             except KeyboardInterrupt:
@@ -445,7 +506,29 @@ def _wait_listening(
     _fail(f"the controller did not listen on {format_hostport(host, port)} within {timeout:.0f} s")
 
 
-def _wait_ready(addr: str, workers: int, token: str, timeout: float = 30.0) -> None:
+def _dialable(host: str) -> str:
+    """The address that reaches a server listening on ``host`` from this machine: the loopback
+    address for a wildcard one."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if not address.is_unspecified:
+        return host
+    return "::1" if address.version == 6 else "127.0.0.1"
+
+
+def _tls_variables(client: WorkerConfig) -> dict[str, str]:
+    """The BURST_TLS_* variables that make `burst` connect as ``client`` does."""
+    files = {"BURST_TLS_CA": client.tls_ca}
+    if client.tls_ca is not None:
+        files |= {"BURST_TLS_CERT": client.tls_cert, "BURST_TLS_KEY": client.tls_key}
+    return {name: str(path.resolve()) for name, path in files.items() if path is not None}
+
+
+def _wait_ready(
+    addr: str, workers: int, token: str, tls: ssl.SSLContext | None, timeout: float = 30.0
+) -> None:
     """Block until the controller answers and every worker has registered."""
     from burstd.client import BlockingClient
     from burstd.transport import RpcError
@@ -453,7 +536,7 @@ def _wait_ready(addr: str, workers: int, token: str, timeout: float = 30.0) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with BlockingClient(addr, connect_timeout=1.0, token=token) as client:
+            with BlockingClient(addr, connect_timeout=1.0, token=token, tls=tls) as client:
                 while time.monotonic() < deadline:
                     if len(client.workers()) >= workers:
                         return

@@ -58,6 +58,12 @@ class Where:
     state_dir: Annotated[Path | None, Parameter(metavar="DIR")] = None
     """The controller's state directory (default: BURST_STATE_DIR, else controller.state_dir,
     else ~/.local/state/burst): its admin.token, and its store when no controller runs."""
+    tls_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """Connect over TLS, trusting this CA (default: BURST_TLS_CA, else cli.tls_ca), as `burst`."""
+    tls_cert: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """Client certificate for mutual TLS (default: BURST_TLS_CERT, else cli.tls_cert)."""
+    tls_key: Annotated[Path | None, Parameter(metavar="FILE")] = None
+    """The private key of --tls-cert (default: BURST_TLS_KEY, else cli.tls_key)."""
 
 
 def _fail(message: str) -> NoReturn:
@@ -110,8 +116,9 @@ def _online(
 ) -> T:
     import trio
 
-    from burstd import credentials, transport
+    from burstd import credentials, tlsconfig, transport
     from burstd.client import Client
+    from burstd.config import ConfigError, with_overrides
     from cli.exitcodes import for_status
 
     try:
@@ -121,11 +128,15 @@ def _online(
             state_dir=state_dir,
             default_name=credentials.ADMIN_TOKEN,
         )
-    except credentials.TokenNotFound as error:
+        tls_settings = with_overrides(
+            loaded.cli, tls_ca=where.tls_ca, tls_cert=where.tls_cert, tls_key=where.tls_key
+        )
+        tls = tlsconfig.client_context(tls_settings, "cli")
+    except (credentials.TokenNotFound, ConfigError, tlsconfig.TlsSetupError) as error:
         _fail(str(error))
 
     async def session() -> T:
-        async with Client.connect(addr, token=token) as client:
+        async with Client.connect(addr, token=token, tls=tls) as client:
             return await online(client)
 
     try:

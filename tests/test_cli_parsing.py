@@ -23,6 +23,7 @@ from cli.burst import (
     Progress,
     UsageError,
     build_spec,
+    client_tls,
     client_token,
     controller_addr,
     job_dirs,
@@ -135,11 +136,13 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
     client = FakeClient()
     client.addrs = []  # type: ignore[attr-defined]
     client.tokens = []  # type: ignore[attr-defined]
+    client.tls = []  # type: ignore[attr-defined]
 
     @asynccontextmanager
-    async def open_client(addr: str, token: str) -> AsyncIterator[FakeClient]:
+    async def open_client(addr: str, token: str, tls: object) -> AsyncIterator[FakeClient]:
         client.addrs.append(addr)  # type: ignore[attr-defined]
         client.tokens.append(token)  # type: ignore[attr-defined]
+        client.tls.append(tls)  # type: ignore[attr-defined]
         yield client
 
     monkeypatch.setattr(burst, "_open_client", open_client)
@@ -558,6 +561,28 @@ def test_token_precedence(tmp_path: Path) -> None:
     (state / "admin.token").write_text("\n")
     with pytest.raises(UsageError, match="empty token file"):
         client_token(None, None, bare, {})
+
+
+def test_tls_precedence(tmp_path: Path) -> None:
+    """--tls-ca, then BURST_TLS_CA, then cli.tls_ca (each missing file is named: the one used);
+    none: no TLS; a client certificate without a CA is refused naming cli.tls_ca."""
+    from burstd import certs
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[cli]\ntls_ca = "{tmp_path / "config.pem"}"\n')
+    env = {"BURST_TLS_CA": str(tmp_path / "env.pem")}
+    with pytest.raises(UsageError, match=r"cli\.tls_ca: .*flag\.pem"):
+        client_tls(tmp_path / "flag.pem", None, None, config, env)
+    with pytest.raises(UsageError, match=r"env\.pem"):
+        client_tls(None, None, None, config, env)
+    with pytest.raises(UsageError, match=r"config\.pem"):
+        client_tls(None, None, None, config, {})
+    assert client_tls(None, None, None, None, {}) is None
+    with pytest.raises(UsageError, match=r"cli\.tls_ca: a client certificate"):
+        client_tls(None, tmp_path / "c.pem", tmp_path / "k.pem", None, {})
+    certs.init(tmp_path / "pki", ["localhost"])
+    context = client_tls(tmp_path / "pki" / "ca.pem", None, None, None, {})
+    assert context is not None and context.get_ca_certs()
 
 
 def test_the_token_reaches_the_client(

@@ -19,7 +19,7 @@ from functools import partial
 import trio
 from loguru import logger
 
-from burstd import credentials, transport, wire
+from burstd import credentials, tlsconfig, transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
 from burstd.controller.metrics import ControllerMetrics
@@ -158,9 +158,11 @@ async def run_controller(
 ) -> None:
     """Serve until cancelled; ``task_status.started`` gets the bound port.
 
-    Raises ``StoreError`` (a damaged, foreign or busy state directory) or ``TransportError``
-    (address in use) before serving.
+    Raises ``TlsSetupError`` (no TLS off loopback, a TLS file that cannot be loaded: see
+    ``burstd.tlsconfig``), ``StoreError`` (a damaged, foreign or busy state directory) or
+    ``TransportError`` (address in use) before serving.
     """
+    tls = tlsconfig.server_context(config, config.bind_addr, "controller")
     with ExitStack() as stack:
         store = snapshot = None
         if config.store == "sqlite":
@@ -202,7 +204,7 @@ async def run_controller(
             if service.writer is not None:
                 nursery.start_soon(service.writer.run)
             bound = await nursery.start(
-                partial(transport.serve, limits=config.connection_limits),
+                partial(transport.serve, limits=config.connection_limits, tls=tls),
                 host,
                 port,
                 [rpc, transport.health_service(service.serving)],
@@ -216,8 +218,9 @@ async def run_controller(
             prune = partial(_prune, service, config.retention_s)
             nursery.start_soon(_every, prune_every, "pruning finished jobs", prune)
             logger.info(
-                "controller listening on {} (router {}, lease TTL {:.1f} s, store {})",
+                "controller listening on {}{} (router {}, lease TTL {:.1f} s, store {})",
                 format_hostport(host, bound),
+                "" if tls is None else " over TLS",
                 config.router,
                 service.table.lease_ttl,
                 config.store,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 import trio
 from loguru import logger
 
-from burstd import transport
+from burstd import tlsconfig, transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.leases import StopReason
 from burstd.metrics import serve_metrics
@@ -91,9 +92,17 @@ class Worker:
         """``steal``: take queued jobs from busier peers when idle. Peers can take this worker's
         queued jobs when ``config.peer_listen_addr`` is set. ``static_peers`` (worker id to
         address, from the configuration file) are tried until the controller lists peers.
-        ``token``: the worker's (see ``burstd.credentials``)."""
+        ``token``: the worker's (see ``burstd.credentials``). TLS follows ``config``
+        (``burstd.tlsconfig``): a setting that cannot work raises ``TlsSetupError`` here."""
+        self.log = logger.bind(worker_id=config.worker_id)
+        tls = tlsconfig.worker_client(config)
+        self.peer_tls = (
+            tlsconfig.server_context(config, config.peer_listen_addr, "worker")
+            if config.peer_listen_addr
+            else None
+        )
         capacity = max(config.local_queue_capacity, config.slots)
-        self.state = WorkerState(config, LocalQueue(capacity), token, steals=steal)
+        self.state = WorkerState(config, LocalQueue(capacity), token, tls=tls, steals=steal)
         self.link = ControllerLink(self.state, peer_addr)
         self.stealer = (
             StealClient(self.state, static_peers or {}, hand_back=self._hand_back, link=self.link)
@@ -112,7 +121,6 @@ class Worker:
         self.drain_grace = drain_grace
         self._guard: JobGuard | None = None  # while ``run`` runs
         self.flush_timeout = 10.0
-        self.log = logger.bind(worker_id=config.worker_id)
         self._drain = trio.Event()
         # Jobs run, by outcome (``burstd.worker.metrics.outcome_of``), for the metrics.
         self.ended: collections.Counter[str] = collections.Counter()
@@ -205,11 +213,13 @@ class Worker:
         host, port = parse_hostport(config.peer_listen_addr or "")
         server = PeerServer(self.state, self.link, self._hand_back)
         health = transport.health_service(self.serving)
-        bound = await nursery.start(transport.serve, host, port, [server.rpc_service(), health])
+        serve = functools.partial(transport.serve, tls=self.peer_tls)
+        bound = await nursery.start(serve, host, port, [server.rpc_service(), health])
         self.link.peer_addr = advertise_addr(config, bound)
         self.log.info(
-            "serving steals on {} (peers dial {})",
+            "serving steals on {}{} (peers dial {})",
             format_hostport(host, bound),
+            "" if self.peer_tls is None else " over TLS",
             self.link.peer_addr,
         )
 

@@ -89,6 +89,7 @@ class ControllerLink:
                     connect_timeout=5.0,
                     multiplex=True,
                     metadata=auth.bearer(self.state.token),
+                    tls=self.state.tls,
                 )
                 async with channel:
                     try:

@@ -10,6 +10,7 @@ No caller announces a change by hand.
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ class WorkerState:
     local: LocalQueue
     # Sent with every call, to the controller and to peers (see burstd/auth.py).
     token: str = ""
+    # Connections to the controller and to peers are TLS with this context (burstd/tlsconfig.py).
+    tls: ssl.SSLContext | None = None
     # The worker tokens a thief may show on this worker's peer port (from the controller).
     peer_tokens: PeerTokens = field(default_factory=lambda: PeerTokens(time.time))
     # The jobs running here, by the job (not its id: two attempts of one job may both be here,

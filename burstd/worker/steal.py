@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -64,6 +65,7 @@ class _State(Protocol):
 
     config: WorkerConfig
     token: str
+    tls: ssl.SSLContext | None
     peer_tokens: auth.PeerTokens
     instance: int
     poll_since: float | None
@@ -447,7 +449,7 @@ class StealClient:
             return peer.channel
         assert self._nursery is not None
         channel, scope = await self._nursery.start(
-            _hold_channel, worker_id, peer.addr, self.state.token
+            _hold_channel, worker_id, peer.addr, self.state.token, self.state.tls
         )
         peer.channel, peer.scope = channel, scope
         return channel  # type: ignore[no-any-return]
@@ -463,10 +465,12 @@ async def _hold_channel(
     worker_id: str,
     addr: str,
     token: str,
+    tls: ssl.SSLContext | None,
     task_status: trio.TaskStatus[tuple[transport.Channel, trio.CancelScope]],
 ) -> None:
     """Keep one connection to a peer open until its scope is cancelled (the transport re-opens
-    the connection by itself after a failure). Steals show this worker's own token."""
+    the connection by itself after a failure). Steals show this worker's own token, over TLS
+    with ``tls`` (the peer's certificate must be valid for the address it advertises)."""
     host, port = parse_hostport(addr)
     with trio.CancelScope() as scope:
         async with transport.Channel(
@@ -475,6 +479,7 @@ async def _hold_channel(
             connect_timeout=CONNECT_TIMEOUT,
             peer=f"peer {worker_id}",
             metadata=auth.bearer(token),
+            tls=tls,
         ) as channel:
             task_status.started((channel, scope))
             await trio.sleep_forever()

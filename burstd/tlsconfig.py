@@ -1,0 +1,99 @@
+"""Which TLS each program speaks, read from its configuration section (docs/security.md).
+
+Rules:
+
+1. A server (the controller's port, a worker's peer port) serves TLS, and only TLS, when its
+   section sets ``tls_cert`` and ``tls_key`` (both or neither); ``tls_client_ca`` (mutual TLS:
+   clients must present a certificate it signed) needs them.
+2. A client (``burst``, ``burstd token``, a worker towards the controller and its peers) connects
+   over TLS when its section sets ``tls_ca`` and verifies the server's certificate against it;
+   ``tls_cert`` and ``tls_key`` are then the certificate it shows a server that asks for one. A
+   client certificate without ``tls_ca`` is an error: it would never be sent.
+3. A worker with ``tls_ca`` dials its peers over TLS, so its own peer port must serve TLS: with a
+   ``peer_listen_addr`` it needs ``tls_cert``.
+
+Every error names the key (``controller.tls_cert``) and, for a file that cannot be loaded, the
+file.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+from burstd.config import CliConfig, ControllerConfig, WorkerConfig
+from burstd.transport import TransportError, tls
+
+__all__ = ["TlsSetupError", "client_context", "server_context", "worker_client"]
+
+
+class TlsSetupError(Exception):
+    """A TLS setting that cannot work; ``str()`` reads ``<section>.<key>: <message>``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _pair(cert: Path | None, key: Path | None, section: str) -> tuple[Path, Path] | None:
+    if cert is None and key is None:
+        return None
+    if cert is None:
+        raise TlsSetupError(f"{section}.tls_cert", "tls_key is set: give its certificate too")
+    if key is None:
+        raise TlsSetupError(f"{section}.tls_key", f"needed with tls_cert ({cert})")
+    return cert, key
+
+
+def _loaded(key: str, make: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    try:
+        return make()
+    except TransportError as error:
+        raise TlsSetupError(key, str(error)) from None
+
+
+def server_context(
+    config: ControllerConfig | WorkerConfig,
+    listen: str,
+    section: str,
+) -> ssl.SSLContext | None:
+    """The context of the server ``config`` configures, listening on ``listen``; None for clear
+    text (rule 1). Raises :class:`TlsSetupError`."""
+    pair = _pair(config.tls_cert, config.tls_key, section)
+    if pair is None:
+        if config.tls_client_ca is not None:
+            raise TlsSetupError(f"{section}.tls_cert", "tls_client_ca needs tls_cert and tls_key")
+        return None
+    cert, key = pair
+    return _loaded(
+        f"{section}.tls_cert", lambda: tls.server_context(cert, key, config.tls_client_ca)
+    )
+
+
+def client_context(config: CliConfig | WorkerConfig, section: str) -> ssl.SSLContext | None:
+    """The context of a client ``config`` configures, or None for clear text (rule 2). Raises
+    :class:`TlsSetupError`."""
+    pair = _pair(config.tls_cert, config.tls_key, section)
+    ca = config.tls_ca
+    if ca is None:
+        if pair is not None:
+            raise TlsSetupError(
+                f"{section}.tls_ca",
+                "a client certificate is set (tls_cert), but TLS is not: give the CA that "
+                "signed the server's certificate",
+            )
+        return None
+    cert, key = pair or (None, None)
+    return _loaded(f"{section}.tls_ca", lambda: tls.client_context(ca, cert, key))
+
+
+def worker_client(config: WorkerConfig) -> ssl.SSLContext | None:
+    """A worker's client context, towards the controller and its peers (rules 2 and 3)."""
+    context = client_context(config, "worker")
+    if context is not None and config.peer_listen_addr and config.tls_cert is None:
+        raise TlsSetupError(
+            "worker.tls_cert",
+            "peers dial the peer port over TLS (tls_ca is set): give it a certificate and key",
+        )
+    return context
