@@ -113,6 +113,8 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "RevokeToken": Rule(_ADMINS),
     # `burst drain WORKER`, `burst undrain WORKER`
     _CONTROLLER + "DrainWorker": Rule(_ADMINS),
+    # `burst top`: every user's jobs and every worker
+    _CONTROLLER + "GetOverview": Rule(_ADMINS),
     # a worker's peer port: only workers steal (the victim knows worker tokens alone)
     _PEER + "StealJobs": Rule(frozenset({Role.WORKER}), "thief_worker_id"),
 }

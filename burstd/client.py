@@ -299,6 +299,16 @@ class Client:
         )
         return list(response.workers)
 
+    async def overview(self, failures: int = 0) -> job_pb2.GetOverviewResponse:
+        """Jobs by state, the workers, the jobs ended so far and the latest ``failures`` failed
+        jobs (0: the controller's default), as ``burst top`` shows them (admin only)."""
+        response: job_pb2.GetOverviewResponse = await self._call(
+            "GetOverview",
+            job_pb2.GetOverviewRequest(failures=failures),
+            job_pb2.GetOverviewResponse,
+        )
+        return response
+
     async def drain(self, worker_id: str, *, undrain: bool = False) -> job_pb2.WorkerInfo | None:
         """Give a worker no new work, also once it registers again; the jobs it holds run to
         their end (admin only). Raises NotFound for a worker not registered. ``undrain``: end

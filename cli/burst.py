@@ -939,6 +939,19 @@ def drain(worker: str, /) -> int:
     return _run(session)
 
 
+@app.command(usage="Usage: burst top")
+def top() -> int:
+    """A live view of the cluster (admin), refreshed every second: the workers (running jobs,
+    slots, jobs/s, last heartbeat), the jobs by state, the throughput, the latest failures.
+
+    Keys: i, r, j, h sort the workers by id, running jobs, jobs/s, last heartbeat; q quits.
+    """
+    from cli.top import run_top
+
+    addr = controller_addr(_globals.controller, _globals.config)
+    return _run(lambda client: run_top(client, addr))
+
+
 @app.command(usage="Usage: burst undrain WORKER")
 def undrain(worker: str, /) -> int:
     """End a worker's drain (admin): it gets work again.

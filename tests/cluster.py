@@ -214,8 +214,8 @@ class Cluster:
     def wait_workers(self, count: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            workers = json.loads(self.burst("workers", "--json").stdout or "[]")
-            if len(workers) >= count:
+            lines = self.burst("workers", "--json").stdout.splitlines()
+            if len(lines) >= count:  # one JSON object a worker and line
                 return
             time.sleep(0.1)
         raise AssertionError(f"fewer than {count} workers registered")

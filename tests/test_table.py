@@ -1592,3 +1592,21 @@ def test_a_shutdown_drain_ends_when_the_worker_registers_again() -> None:
     register(table, "w1", now=2.0)
     assert table.workers["w1"].state is WorkerState.REGISTERED
     assert table.take_drains() == []
+
+
+def test_a_worker_counts_the_results_that_ended_an_attempt() -> None:
+    """``burst top``'s jobs/s: a job's end or a retry counts, a handed-back job does not."""
+    table = JobTable()
+    register(table, "w1")
+    ok, retried, returned = submit(table, 3, retries=1)
+    deliver(table)
+    table.report_many(
+        "w1",
+        [
+            exited(ok, table),
+            exited(retried, table, 1),
+            exited(returned, table, None, reason="returned"),
+        ],
+        1.0,
+    )
+    assert table.workers["w1"].ended == 2

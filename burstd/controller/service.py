@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import heapq
+import itertools
 import math
 import operator
 import secrets
@@ -67,6 +68,9 @@ SUBMIT_SLICE = 2_000
 # A submission sent in pieces is discarded when its next piece does not come within this many
 # seconds: its client went away (a piece takes well under a second to send).
 SUBMISSION_IDLE = 60.0
+# `burst top`'s latest failures: how many by default, among how many of the newest ended jobs.
+OVERVIEW_FAILURES = 10
+OVERVIEW_SCAN = 10_000
 # A result's fields, read in one C call: protobuf's attribute access is most of what reading
 # them one by one costs (docs/benchmarks.md).
 _RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
@@ -171,6 +175,7 @@ def worker_info(worker: Worker, now: float) -> job_pb2.WorkerInfo:
         peer_addr=worker.peer_addr,
         last_seen_ago=max(0.0, now - worker.last_seen),
         state="draining" if worker.draining else "alive",
+        jobs_ended=worker.ended,
     )
 
 
@@ -552,6 +557,28 @@ class ControllerService:
         now = self.clock()
         return job_pb2.ListWorkersResponse(
             workers=[worker_info(w, now) for w in self.table.workers.values()]
+        )
+
+    async def get_overview(
+        self, request: job_pb2.GetOverviewRequest, caller: Caller
+    ) -> job_pb2.GetOverviewResponse:
+        """``burst top``: jobs by state, the workers, the jobs ended so far, the latest failures
+        (among the newest OVERVIEW_SCAN jobs that ended: a second's refresh reads no more)."""
+        now = self.clock()
+        table = self.table
+        wanted = request.failures or OVERVIEW_FAILURES
+        failures = []
+        for job in itertools.islice(reversed(table.finished_log), OVERVIEW_SCAN):
+            if job.state is JobState.FAILED:
+                failures.append(job_info(job))
+                if len(failures) == wanted:
+                    break
+        return job_pb2.GetOverviewResponse(
+            jobs={state.value: count for state, count in table.counts.items()},
+            workers=[worker_info(w, now) for w in table.workers.values()],
+            jobs_ended=table.finished_seq,
+            failures=failures,
+            now=now,
         )
 
     async def wait_jobs(
@@ -1032,6 +1059,7 @@ class ControllerService:
             ("CancelJobs", job_pb2.CancelJobsRequest, self.cancel_jobs),
             ("ListJobs", job_pb2.ListJobsRequest, self.list_jobs),
             ("ListWorkers", job_pb2.ListWorkersRequest, self.list_workers),
+            ("GetOverview", job_pb2.GetOverviewRequest, self.get_overview),
             ("ForgetJobs", job_pb2.ForgetJobsRequest, self.forget_jobs),
             ("RegisterWorker", worker_pb2.RegisterWorkerRequest, self.register_worker),
             ("PollJob", job_pb2.PollJobRequest, self.poll_job),

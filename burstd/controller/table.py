@@ -398,6 +398,8 @@ class Worker:
     # The factor by which the heartbeat interval last handed to this worker was stretched
     # (JobTable.pace): the worker is declared lost only after the lease TTL times as much.
     pace: float = 1.0
+    # Its results that ended an attempt (a job's end or a retry): ``burst top``'s jobs/s.
+    ended: int = 0
 
     @property
     def running(self) -> int:
@@ -1021,6 +1023,7 @@ class JobTable:
             if worker.state is WorkerState.REGISTERED:
                 self._worker_move(worker, WorkerEvent.DRAIN)
         else:
+            worker.ended += 1
             self._record(job, result)
             if result.succeeded:
                 self._move(job, Event.SUCCEED, now)

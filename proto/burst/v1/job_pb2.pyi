@@ -357,7 +357,7 @@ class WaitJobsUpdate(_message.Message):
     def __init__(self, total: _Optional[int] = ..., pending: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., finished: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., sent_at: _Optional[float] = ..., first_submitted_at: _Optional[float] = ...) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "hostname", "slots", "queue_capacity", "leased", "running", "peer_addr", "last_seen_ago", "state")
+    __slots__ = ("worker_id", "hostname", "slots", "queue_capacity", "leased", "running", "peer_addr", "last_seen_ago", "state", "jobs_ended")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +367,7 @@ class WorkerInfo(_message.Message):
     PEER_ADDR_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AGO_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    JOBS_ENDED_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     hostname: str
     slots: int
@@ -376,7 +377,8 @@ class WorkerInfo(_message.Message):
     peer_addr: str
     last_seen_ago: float
     state: str
-    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., peer_addr: _Optional[str] = ..., last_seen_ago: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+    jobs_ended: int
+    def __init__(self, worker_id: _Optional[str] = ..., hostname: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., peer_addr: _Optional[str] = ..., last_seen_ago: _Optional[float] = ..., state: _Optional[str] = ..., jobs_ended: _Optional[int] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()
@@ -401,6 +403,33 @@ class ListWorkersResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
     def __init__(self, workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ...) -> None: ...
+
+class GetOverviewRequest(_message.Message):
+    __slots__ = ("failures",)
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    failures: int
+    def __init__(self, failures: _Optional[int] = ...) -> None: ...
+
+class GetOverviewResponse(_message.Message):
+    __slots__ = ("jobs", "workers", "jobs_ended", "failures", "now")
+    class JobsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    JOBS_ENDED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    NOW_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.ScalarMap[str, int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    jobs_ended: int
+    failures: _containers.RepeatedCompositeFieldContainer[JobInfo]
+    now: float
+    def __init__(self, jobs: _Optional[_Mapping[str, int]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_ended: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...
 
 class ForgetJobsRequest(_message.Message):
     __slots__ = ("job_ids", "all_finished", "older_than_seconds")
