@@ -5,7 +5,8 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 
 Usage::
 
-    python bench/run_all.py [--quick] [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal]
+    python bench/run_all.py [--quick]
+        [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal,cli]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -145,6 +146,12 @@ def main() -> None:
         )
         loaded = grab(r"queue loaded after ([0-9.]+ s)", out)
         rows.append(("  its queue read back after", loaded, "-"))
+    if "cli" not in skip:
+        out = run("cli_start.py", "--runs", "5" if q else "20")
+        for name, target in (("status", "<= 150 ms"), ("submit", "<= 200 ms")):
+            wall = grab(rf"burst {name}: wall median (\d+ ms)", out)
+            cpu = grab(rf"burst {name}: .* CPU median (\d+ ms)", out)
+            rows.append((f"burst {name} start to end, wall (CPU)", f"{wall} ({cpu})", target))
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 

@@ -21,13 +21,16 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import trio
 
 from burstd import arrays, auth, credentials, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
-from proto.burst.v1 import job_pb2, output_pb2, token_pb2
+from proto.burst.v1 import job_pb2
+
+if TYPE_CHECKING:  # imported by the methods that use them: each costs a command's start-up
+    from proto.burst.v1 import token_pb2
 
 T = TypeVar("T")
 CALL_TIMEOUT = 30.0
@@ -240,6 +243,8 @@ class Client:
     ) -> AsyncIterator[bytes]:
         """A job's stdout (or stderr) wherever it ran, a chunk at a time: one attempt's (0: the
         latest), its last ``tail`` lines only, and with ``follow`` until the job ends."""
+        from proto.burst.v1 import output_pb2
+
         request = output_pb2.ReadOutputRequest(
             job_id=job_id, stderr=stderr, attempt=attempt, tail=tail, follow=follow
         )
@@ -332,6 +337,8 @@ class Client:
     ) -> tuple[token_pb2.TokenInfo, str]:
         """A new token for ``user`` with ``role`` (client, worker or admin): what the controller
         keeps of it, and the token itself (shown this once)."""
+        from proto.burst.v1 import token_pb2
+
         response = await self._call(
             "CreateToken",
             token_pb2.CreateTokenRequest(
@@ -343,6 +350,8 @@ class Client:
 
     async def tokens(self) -> list[token_pb2.TokenInfo]:
         """Every token the controller knows, revoked ones included, oldest first."""
+        from proto.burst.v1 import token_pb2
+
         response = await self._call(
             "ListTokens", token_pb2.ListTokensRequest(), token_pb2.ListTokensResponse
         )
@@ -350,6 +359,8 @@ class Client:
 
     async def revoke_token(self, token_id: str) -> token_pb2.TokenInfo:
         """Revoke a token: refused from its next call on."""
+        from proto.burst.v1 import token_pb2
+
         response = await self._call(
             "RevokeToken",
             token_pb2.RevokeTokenRequest(token_id=token_id),

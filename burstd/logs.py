@@ -3,9 +3,11 @@
 Call :func:`setup_logging` once at start-up. Code logs with ``from loguru import logger`` and
 binds context where it has it: ``logger.bind(job_id=..., worker_id=...)`` or
 ``logger.contextualize(...)``; the line shows those extras when present and nothing when
-absent. Records of the standard ``logging`` module (purerpc, trio, h2) are routed through loguru;
-purerpc's own logger is raised to ERROR because it reports a normal cancellation (shutdown,
-client gone) as a warning.
+absent. Code that the ``burst`` CLI imports (the transport) logs with this module's
+:data:`logger` instead: the same logger, imported at its first use, so that a command that logs
+nothing does not pay for loguru's import (docs/benchmarks.md). Records of the standard
+``logging`` module (purerpc, trio, h2) are routed through loguru; purerpc's own logger is raised
+to ERROR because it reports a normal cancellation (shutdown, client gone) as a warning.
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ import logging
 import os
 import sys
 import traceback
-from typing import TYPE_CHECKING, Literal
-
-from loguru import logger
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
-    from loguru import Message, Record
+    from loguru import Logger, Message, Record
 
-__all__ = ["LOG_FORMATS", "InterceptHandler", "LogFormat", "setup_logging"]
+__all__ = ["LOG_FORMATS", "InterceptHandler", "LogFormat", "logger", "setup_logging"]
 
 LogFormat = Literal["human", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("human", "json")
@@ -38,6 +38,36 @@ _QUIET_LOGGERS: dict[str, int] = {
 }
 
 _CONTEXT_KEYS = ("worker_id", "job_id")
+
+# loguru's levels (the names setup_logging accepts), known without importing it
+_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+
+# A set-up that setup_logging(defer=True) left for loguru's first use: (level, component, format)
+_deferred: tuple[str, str, LogFormat] | None = None
+
+
+def _loguru() -> Logger:
+    """loguru's logger, imported now if it was not, with a deferred set-up applied first."""
+    global _deferred
+    from loguru import logger as real
+
+    if _deferred is not None:
+        pending, _deferred = _deferred, None
+        _configure(real, *pending)
+    return real
+
+
+class _LazyLogger:
+    """Stands for loguru's logger and imports it at its first use (see the module's doc)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_loguru(), name)
+
+
+logger = cast("Logger", _LazyLogger())
+"""loguru's logger, imported at its first use."""
 
 
 def _format(record: Record) -> str:
@@ -94,7 +124,9 @@ class InterceptHandler(logging.Handler):
         logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
 
 
-def setup_logging(level: str = "INFO", *, component: str, log_format: LogFormat = "human") -> None:
+def setup_logging(
+    level: str = "INFO", *, component: str, log_format: LogFormat = "human", defer: bool = False
+) -> None:
     """Send loguru's output to stderr, one line per record: human-readable, or with
     ``log_format="json"`` one flat JSON object per line (see :func:`_json_line`).
 
@@ -102,24 +134,32 @@ def setup_logging(level: str = "INFO", *, component: str, log_format: LogFormat 
     if set, overrides ``level`` (case-insensitive); an unknown level name is a ValueError naming it.
     At TRACE the quietened third-party loggers are left at full volume. Calling again replaces the
     previous set-up.
+
+    With ``defer``, loguru is set up at the first use of :data:`logger` instead (for a program
+    whose only logging goes through it: the ``burst`` CLI).
     """
+    global _deferred
     chosen = os.environ.get(LOG_ENV, "").strip() or level
     name = chosen.upper()
-    try:
-        logger.level(name)
-    except ValueError:
+    if name not in _LEVELS:
         source = LOG_ENV if os.environ.get(LOG_ENV, "").strip() else "log level"
-        valid = "TRACE, DEBUG, INFO, SUCCESS, WARNING, ERROR, CRITICAL"
-        raise ValueError(f"{source}: unknown level {chosen!r} (valid: {valid})") from None
-
-    logger.remove()
-    logger.configure(extra={"component": component})
-    if log_format == "json":
-        logger.add(_json_sink, level=name, backtrace=False, diagnose=False)
+        raise ValueError(f"{source}: unknown level {chosen!r} (valid: {', '.join(_LEVELS)})")
+    if defer and "loguru" not in sys.modules:
+        _deferred = (name, component, log_format)
     else:
-        logger.add(sys.stderr, level=name, format=_format, backtrace=False, diagnose=False)
-
+        _deferred = None
+        _configure(_loguru(), name, component, log_format)
     logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
     for logger_name, floor in _QUIET_LOGGERS.items():
         # TRACE shows everything, purerpc's warnings included (for debugging the transport)
         logging.getLogger(logger_name).setLevel(logging.NOTSET if name == "TRACE" else floor)
+
+
+def _configure(real: Logger, name: str, component: str, log_format: LogFormat) -> None:
+    """Replace loguru's sinks with one to stderr at level ``name``."""
+    real.remove()
+    real.configure(extra={"component": component})
+    if log_format == "json":
+        real.add(_json_sink, level=name, backtrace=False, diagnose=False)
+    else:
+        real.add(sys.stderr, level=name, format=_format, backtrace=False, diagnose=False)

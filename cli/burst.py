@@ -360,6 +360,8 @@ def prepare_argv(tokens: Sequence[str]) -> list[str]:
     each option it binds. A line the scan does not follow is returned as it is.
     """
     tokens = list(tokens)
+    if "submit" not in tokens:  # (the only line changed; the arities cost a parse of the app)
+        return tokens
     found = _scan_options(tokens, 0, _arities(app.meta))
     if found is None or found[0] >= len(tokens) or tokens[found[0]] != "submit":
         return tokens
@@ -480,7 +482,7 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
     from burstd import logs, transport
 
     try:
-        logs.setup_logging("WARNING", component="cli")
+        logs.setup_logging("WARNING", component="cli", defer=True)
     except ValueError as error:  # a bad BURST_LOG
         raise UsageError(str(error)) from None
 

@@ -17,9 +17,9 @@ import h2.exceptions  # type: ignore[import-untyped]
 import trio
 from anyio.streams.tls import TLSStream
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from loguru import logger
 
 from burstd.config import parse_hostport
+from burstd.logs import logger
 from burstd.transport.connection import (
     Connection,
     ConnectionLost,

@@ -35,7 +35,6 @@ import h2.exceptions  # type: ignore[import-untyped]
 import trio
 from anyio.streams.tls import TLSStream
 from h2.settings import SettingCodes  # type: ignore[import-untyped]
-from loguru import logger
 from purerpc.grpclib.config import GRPCConfiguration
 from purerpc.grpclib.connection import GRPCConnection
 from purerpc.grpclib.events import (
@@ -49,6 +48,7 @@ from purerpc.grpclib.exceptions import ProtocolError
 from purerpc.grpclib.status import Status
 
 from burstd.limits import ConnectionLimits
+from burstd.logs import logger
 from burstd.transport.errors import ResourceExhausted, StatusCode, Unavailable, rpc_error
 from burstd.transport.wakeup import Wakeup
 

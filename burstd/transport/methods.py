@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from loguru import logger
 
+from burstd.logs import logger
 from burstd.transport.errors import StatusCode, Unauthenticated, sole_rpc_error
 from burstd.transport.messages import Message, Metadata, RequestT, decode_request
 

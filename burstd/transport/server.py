@@ -21,11 +21,11 @@ import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
 from anyio.streams.tls import TLSStream
-from loguru import logger
 from purerpc.grpclib.events import MessageReceived, RequestEnded, RequestReceived
 from purerpc.grpclib.status import Status
 
 from burstd.limits import ConnectionLimits
+from burstd.logs import logger
 from burstd.transport.connection import (
     Connection,
     Peer,

@@ -1,0 +1,63 @@
+"""What `burst` imports to start: the commands users run most load only what they use (their
+start-up time is printed by bench/cli_start.py), and logging still works when it is needed."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.cluster import REPO, Cluster, environment
+
+# Modules `burst status` and a one-job `burst submit` must not import: loguru (their calls log
+# nothing), the protobuf modules of other commands, and the heavy libraries of the daemons.
+UNUSED = (
+    "loguru",
+    "proto.burst.v1.output_pb2",
+    "proto.burst.v1.token_pb2",
+    "rich",
+    "cryptography",
+    "hypothesis",
+    "prometheus_client",
+)
+
+
+def _imported(stderr: str) -> set[str]:
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \| *(\S+)$", stderr, re.MULTILINE))
+
+
+def test_status_and_submit_import_only_what_they_use(cluster: Cluster) -> None:
+    cluster.controller()
+    env = {**cluster.env, "PYTHONPROFILEIMPORTTIME": "1"}
+    submitted = cluster.burst("submit", "process", "true", env=env)
+    (job_id,) = submitted.stdout.split()
+    status = cluster.burst("status", job_id, env=env)
+    assert status.stdout == f"{job_id} queued\n"
+    for run in (submitted, status):
+        imported = _imported(run.stderr)
+        assert "trio" in imported  # (the import list was read)
+        assert not [name for name in UNUSED if name in imported]
+
+
+def test_a_deferred_set_up_applies_at_the_first_record() -> None:
+    """`burst` sets logging up without importing loguru; the first record imports it, set up."""
+    code = (
+        "import sys\n"
+        "from burstd import logs\n"
+        "logs.setup_logging('INFO', component='cli', defer=True)\n"
+        "assert 'loguru' not in sys.modules\n"
+        "logs.logger.debug('hidden')\n"
+        "logs.logger.warning('shown')\n"
+        "assert 'loguru' in sys.modules\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert "hidden" not in run.stderr
+    assert re.search(r"WARNING +cli shown$", run.stderr, re.MULTILINE), run.stderr
