@@ -16,8 +16,11 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import venv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,6 +137,22 @@ def start_controller(
         ctl.wait()
         raise
     return ctl, port
+
+
+@contextmanager
+def running_controller(
+    store: str, capacity: int, prefix: str
+) -> Iterator[tuple[subprocess.Popen[bytes], int, str]]:
+    """:func:`start_controller` in a new temporary directory: the controller, its port and the
+    directory; stopped (and BURST_STATE_DIR unset) on leaving."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        ctl, port = start_controller(tmp, store, capacity)
+        try:
+            yield ctl, port, tmp
+        finally:
+            ctl.terminate()
+            ctl.wait()
+            os.environ.pop("BURST_STATE_DIR", None)
 
 
 def cpu_seconds(pid: int, descendants: bool = True) -> float:

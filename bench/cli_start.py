@@ -15,18 +15,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, burst_env, machine, median, start_controller
+from bench._common import REPO, burst_env, machine, median, running_controller
 
 TARGETS = {"status": 0.150, "submit": 0.200}
 """Wall time of each command, seconds (issue 24)."""
@@ -86,37 +84,31 @@ def main() -> None:
     print(f"CLI start-up; {machine()}")
     env = _env()
     burst = [sys.executable, "-m", "cli.burst"]
-    with tempfile.TemporaryDirectory(prefix="burst-cli-start-") as tmp:
-        ctl, port = start_controller(tmp, "sqlite", 1_000_000)
-        try:
-            env["BURST_CONTROLLER"] = f"127.0.0.1:{port}"
-            env["BURST_STATE_DIR"] = f"{tmp}/state"
-            submit = [*burst, "submit", "process", "true"]
-            _, _, out = _timed(submit, env)  # compiles and caches every module on the path
-            status = [*burst, "status", out.split()[0]]
-            _timed(status, env)
-            for name, command in (("status", status), ("submit", submit)):
-                walls, cpus = [], []
-                for _ in range(args.runs):
-                    wall, cpu, _ = _timed(command, env)
-                    walls.append(wall)
-                    cpus.append(cpu)
-                print(
-                    f"burst {name}: wall median {median(walls) * 1000:.0f} ms"
-                    f" (min {min(walls) * 1000:.0f}) [target <= {TARGETS[name] * 1000:.0f} ms],"
-                    f" CPU median {median(cpus) * 1000:.0f} ms, {args.runs} runs",
-                    flush=True,
-                )
-            python = [sys.executable, "-c", "pass"]
-            walls = [_timed(python, env)[0] for _ in range(args.runs)]
-            print(f"python -c pass: wall median {median(walls) * 1000:.0f} ms (the floor)")
-            print("imports of `burst status`, cumulative (least of 5 runs):")
-            for line in top_imports(status, env, args.top):
-                print(line)
-        finally:
-            ctl.terminate()
-            ctl.wait()
-            os.environ.pop("BURST_STATE_DIR", None)
+    with running_controller("sqlite", 1_000_000, "burst-cli-start-") as (_ctl, port, tmp):
+        env["BURST_CONTROLLER"] = f"127.0.0.1:{port}"
+        env["BURST_STATE_DIR"] = f"{tmp}/state"
+        submit = [*burst, "submit", "process", "true"]
+        _, _, out = _timed(submit, env)  # compiles and caches every module on the path
+        status = [*burst, "status", out.split()[0]]
+        _timed(status, env)
+        for name, command in (("status", status), ("submit", submit)):
+            walls, cpus = [], []
+            for _ in range(args.runs):
+                wall, cpu, _ = _timed(command, env)
+                walls.append(wall)
+                cpus.append(cpu)
+            print(
+                f"burst {name}: wall median {median(walls) * 1000:.0f} ms"
+                f" (min {min(walls) * 1000:.0f}) [target <= {TARGETS[name] * 1000:.0f} ms],"
+                f" CPU median {median(cpus) * 1000:.0f} ms, {args.runs} runs",
+                flush=True,
+            )
+        python = [sys.executable, "-c", "pass"]
+        walls = [_timed(python, env)[0] for _ in range(args.runs)]
+        print(f"python -c pass: wall median {median(walls) * 1000:.0f} ms (the floor)")
+        print("imports of `burst status`, cumulative (least of 5 runs):")
+        for line in top_imports(status, env, args.top):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 Usage::
 
     python bench/run_all.py [--quick]
-        [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal,cli]
+        [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal,cli,list]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -152,6 +152,17 @@ def main() -> None:
             wall = grab(rf"burst {name}: wall median (\d+ ms)", out)
             cpu = grab(rf"burst {name}: .* CPU median (\d+ ms)", out)
             rows.append((f"burst {name} start to end, wall (CPU)", f"{wall} ({cpu})", target))
+    if "list" not in skip:
+        # 1,000,000 jobs is the target's size; a quick run lists 100,000.
+        out = run("list_speed.py", "--jobs", "100000" if q else "1000000")
+        rows.append(
+            (
+                "burst list: first line after",
+                grab(r"first line after ([0-9.]+ s)", out),
+                "<= 1 s",
+            )
+        )
+        rows.append(("burst list: lines/s", grab(r"([0-9,]+) lines/s", out), ">= 100,000"))
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 

@@ -19,7 +19,15 @@ import functools
 import queue
 import ssl
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
@@ -286,17 +294,25 @@ class Client:
         """Every job (or every job in ``state``) in submission order, fetched a page at a time."""
         after = ""
         while True:
-            response = await self._call(
-                "ListJobs",
-                job_pb2.ListJobsRequest(state=state, after=after, limit=page),
-                job_pb2.ListJobsResponse,
-            )
-            self.store_error = response.store_error
-            for info in response.jobs:
+            jobs, after = await self.list_page(state, after, page)
+            for info in jobs:
                 yield info
-            after = response.next_after
             if not after:
                 return
+
+    async def list_page(
+        self, state: str = "", after: str = "", limit: int = 1000
+    ) -> tuple[Sequence[job_pb2.JobInfo], str]:
+        """At most ``limit`` jobs (or jobs in ``state``) after the job ``after`` (empty: from the
+        first), in submission order, and what to pass as ``after`` for the next page (empty:
+        there is none)."""
+        response = await self._call(
+            "ListJobs",
+            job_pb2.ListJobsRequest(state=state, after=after, limit=limit),
+            job_pb2.ListJobsResponse,
+        )
+        self.store_error = response.store_error
+        return response.jobs, str(response.next_after)
 
     async def workers(self) -> list[job_pb2.WorkerInfo]:
         response = await self._call(

@@ -832,6 +832,10 @@ def forget(
     return _run(session)
 
 
+LIST_PAGE = 1000
+"""Jobs per ListJobs call of ``burst list``."""
+
+
 @app.command(name="list", usage="Usage: burst list [--state STATE] [--limit N] [--json]")
 def list_jobs(
     *,
@@ -853,21 +857,32 @@ def list_jobs(
     as_json = json
 
     async def session(client: Client) -> int:
-        page = min(limit, 1000) if limit is not None else 1000
-        count = 0
+        import trio
+
+        # The next page is asked for while this one is written (a channel of one page).
+        send, receive = trio.open_memory_channel[Sequence["job_pb2.JobInfo"]](1)
+
+        async def fetch() -> None:
+            after, left = "", limit
+            async with send:
+                while left is None or left > 0:
+                    page = LIST_PAGE if left is None else min(left, LIST_PAGE)
+                    jobs, after = await client.list_page(state or "", after, page)
+                    await send.send(jobs)
+                    left = None if left is None else left - len(jobs)
+                    if not after:
+                        return
+
         out = sys.stdout
-        infos = _generator(client.list_jobs(state or "", page=page))
-        async with aclosing(infos):
-            async for info in infos:
-                if limit is not None and count >= limit:
-                    break
-                count += 1
-                if as_json:
-                    out.write(_job_json(info) + "\n")
-                else:
-                    worker = info.worker_id or "-"
-                    out.write(f"{info.job_id} {info.state} {worker} {_outcome(info)}\n")
-        out.flush()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            async with receive:
+                async for jobs in receive:
+                    if as_json:
+                        out.write("".join([_job_json(info) + "\n" for info in jobs]))
+                    else:
+                        out.write("".join([_list_line(info) for info in jobs]))
+                    out.flush()
         if client.store_error:
             _error(
                 f"the controller's state store is failing ({client.store_error}): jobs are"
@@ -877,6 +892,11 @@ def list_jobs(
         return 0
 
     return _run(session)
+
+
+def _list_line(info: job_pb2.JobInfo) -> str:
+    """``<job_id> <state> <worker> <exit/reason>`` (``burst list``)."""
+    return f"{info.job_id} {info.state} {info.worker_id or '-'} {_outcome(info)}\n"
 
 
 @app.command(usage="Usage: burst workers [--json]")

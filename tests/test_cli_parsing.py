@@ -89,13 +89,18 @@ class FakeClient:
         self.calls.append(("forget_finished", older_than))
         return 1
 
-    async def list_jobs(
-        self, state: str = "", *, page: int = 1000
-    ) -> AsyncIterator[job_pb2.JobInfo]:
-        self.calls.append(("list_jobs", (state, page)))
-        for info in self.infos.values():
-            if not state or info.state == state:
-                yield info
+    async def list_page(
+        self, state: str = "", after: str = "", limit: int = 1000
+    ) -> tuple[list[job_pb2.JobInfo], str]:
+        self.calls.append(("list_page", (state, after, limit)))
+        ids = list(self.infos)
+        matching = [
+            info
+            for info in list(self.infos.values())[ids.index(after) + 1 if after else 0 :]
+            if not state or info.state == state
+        ]
+        page = matching[:limit]
+        return page, page[-1].job_id if len(matching) > limit else ""
 
     async def workers(self) -> list[job_pb2.WorkerInfo]:
         self.calls.append(("workers", None))
@@ -681,7 +686,7 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert run(["list", "--state", "failed", "--limit", "1"]) == 0
     assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9"]
-    assert fake.calls[-1] == ("list_jobs", ("failed", 1))
+    assert fake.calls[-1] == ("list_page", ("failed", "", 1))
     assert run(["list", "--json"]) == 0
     assert [json.loads(line)["job_id"] for line in capsys.readouterr().out.splitlines()] == [
         "job-1", "job-2", "job-3", "job-4",
