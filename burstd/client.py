@@ -138,9 +138,13 @@ class Client:
         async with channel:
             yield cls(channel)
 
-    async def _call(self, method: str, request: Any, response_type: Any) -> Any:
+    async def _call(
+        self, method: str, request: Any, response_type: Any, *, waits: float = 0.0
+    ) -> Any:
+        """One unary call; ``waits``: seconds the controller may hold it (a long poll) on top of
+        CALL_TIMEOUT."""
         return await self._channel.unary(
-            wire.CONTROLLER_SERVICE, method, request, response_type, timeout=CALL_TIMEOUT
+            wire.CONTROLLER_SERVICE, method, request, response_type, timeout=CALL_TIMEOUT + waits
         )
 
     async def submit(self, spec: job_pb2.JobSpec) -> str:
@@ -319,6 +323,21 @@ class Client:
             "ListWorkers", job_pb2.ListWorkersRequest(), job_pb2.ListWorkersResponse
         )
         return list(response.workers)
+
+    async def events(
+        self, after: int = 0, *, job_id: str = "", worker_id: str = "", wait_ms: int = 0
+    ) -> job_pb2.ListEventsResponse:
+        """Stored events numbered above ``after``, of this job and worker (empty: any), waiting
+        up to ``wait_ms`` for one when there is none; pass ``next_after`` as ``after`` next."""
+        response: job_pb2.ListEventsResponse = await self._call(
+            "ListEvents",
+            job_pb2.ListEventsRequest(
+                after=after, job_id=job_id, worker_id=worker_id, wait_ms=wait_ms
+            ),
+            job_pb2.ListEventsResponse,
+            waits=wait_ms / 1000,
+        )
+        return response
 
     async def overview(self, failures: int = 0) -> job_pb2.GetOverviewResponse:
         """Jobs by state, the workers, the jobs ended so far and the latest ``failures`` failed

@@ -502,6 +502,12 @@ class ControllerConfig:
         "How long finished jobs are kept, in seconds.",
         default=86_400.0,
     )
+    events_max: int = key(
+        integer(0),
+        "Events kept in the stored event log (burst events), the oldest deleted beyond; 0 turns"
+        " the log off. Needs the durable store.",
+        default=100_000,
+    )
     metrics_listen_addr: str | None = key(
         address(listen=True, optional=True),
         "If set, serve Prometheus metrics over HTTP here (docs/operations.md). Unset by default.",

@@ -961,6 +961,58 @@ def drain(worker: str, /) -> int:
     return _run(session)
 
 
+# A follower's long poll for new events, in ms.
+EVENTS_WAIT_MS = 30_000
+
+
+@app.command(usage="Usage: burst events [--follow] [--job ID] [--worker ID] [--json]")
+def events(
+    *,
+    follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
+    job: Annotated[str, Parameter(name="--job", metavar="ID")] = "",
+    worker: Annotated[str, Parameter(name="--worker", metavar="ID")] = "",
+    json: Annotated[bool, Parameter(name="--json")] = False,
+) -> int:
+    """Show the stored event log, oldest first: jobs submitted, leased, stolen, started,
+    retried, lost, fenced and ended; workers registered, drained, undrained, lost and removed
+    (an admin's token sees the workers' events, a client's only jobs').
+
+    Parameters
+    ----------
+    follow
+        Then keep printing new events as they happen, until Ctrl-C.
+    job
+        Only this job's events.
+    worker
+        Only the events naming this worker (its own, and its jobs').
+    json
+        One JSON object per event and line (seq, time in ISO 8601 UTC, kind, job_id,
+        worker_id, attempt, detail).
+    """
+    as_json = json
+
+    def line(event: job_pb2.ClusterEvent) -> str:
+        if as_json:
+            return _to_json({**_as_dict(event), "seq": event.seq, "time": _iso(event.time)})
+        attempt = f"attempt {event.attempt}" if event.attempt else ""
+        cells = (event.job_id or "-", event.kind, event.worker_id or "-", attempt, event.detail)
+        return f"{_iso(event.time)}  " + "  ".join(f"{cell:<12}" for cell in cells).rstrip()
+
+    async def session(client: Client) -> int:
+        after, caught_up = 0, False
+        while True:
+            reply = await client.events(
+                after, job_id=job, worker_id=worker, wait_ms=EVENTS_WAIT_MS if caught_up else 0
+            )
+            _write_lines(line(event) for event in reply.events)
+            caught_up = reply.next_after == after or not reply.events
+            if caught_up and not follow:
+                return 0
+            after = reply.next_after
+
+    return _run(session)
+
+
 @app.command(usage="Usage: burst top")
 def top() -> int:
     """A live view of the cluster (admin), refreshed every second: the workers (running jobs,

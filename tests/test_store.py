@@ -33,6 +33,7 @@ from burstd.controller.store import (
     SCHEMA_VERSION,
     Commit,
     Store,
+    StoredEvent,
     StoreError,
     Writes,
     changed_row,
@@ -386,15 +387,18 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3])
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
-    """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table."""
+    """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events
+    table."""
     store = Store(state_dir)
     table = JobTable()
     (job_id,) = submit(store, table, 1)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("DROP TABLE drained")
+        db.execute("DROP TABLE events")
+        if old <= 3:
+            db.execute("DROP TABLE drained")
         if old <= 2:
             db.execute("ALTER TABLE jobs DROP COLUMN earlier_outputs")
         if old == 1:
@@ -407,14 +411,17 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
         writes = Writes.open(store.path)
         writes.write([], [], [], 2, begun=[(2, 5)])  # the staged table is there
         writes.write([], [], [], 2, drains=[("w1", True)])  # and the drained one
+        event = StoredEvent(1, 5.0, "registered", "", "w1", 0, "")
+        writes.write([], [], [], 2, events=[event])  # and the events one
         writes.close()
         assert store.drained() == {"w1"}
+        assert store.events(0, "", "w1", 10) == [event]
     finally:
         store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 4
+    assert version == SCHEMA_VERSION == 5
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

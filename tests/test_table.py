@@ -1610,3 +1610,38 @@ def test_a_worker_counts_the_results_that_ended_an_attempt() -> None:
         1.0,
     )
     assert table.workers["w1"].ended == 2
+
+
+def test_events_record_each_job_and_worker_transition_in_order() -> None:
+    table = JobTable(track_events=True)
+    register(table, "w1")
+    register(table, "w2", capacity=4)
+    ok, retried = submit(table, 2, retries=1)
+    deliver(table, "w1")
+    deliver(table, "w2")
+    table.started("w1", Held(ok, 1), 1.0)
+    table.report("w1", exited(ok, table), 2.0)
+    worker_of_retried = table.jobs[retried].worker_id
+    table.report(worker_of_retried, exited(retried, table, 1), 3.0)
+    table.drain("w1")
+    events = table.take_events()
+    assert [e for e in events if e[1] == ""] == [
+        ("registered", "", "w1", 0, ""),
+        ("registered", "", "w2", 0, ""),
+        ("drained", "", "w1", 0, ""),
+    ]
+    assert [e for e in events if e[1] == ok] == [
+        ("submitted", ok, "", 0, ""),
+        ("leased", ok, "w1", 1, ""),
+        ("started", ok, "w1", 1, ""),
+        ("ended", ok, "w1", 1, "succeeded"),
+    ]
+    kinds = [(e[0], e[2], e[3]) for e in events if e[1] == retried]
+    assert kinds[:3] == [
+        ("submitted", "", 0),
+        ("leased", worker_of_retried, 1),
+        ("retried", worker_of_retried, 1),
+    ]
+    assert kinds[3][0] == "leased" and kinds[3][2] == 2  # routed again at once
+    assert table.take_events() == []
+    assert JobTable().take_events() == []  # without track_events, none

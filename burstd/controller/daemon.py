@@ -22,6 +22,7 @@ from loguru import logger
 from burstd import credentials, tlsconfig, transport, wire
 from burstd.config import ControllerConfig, format_hostport, parse_hostport
 from burstd.controller.admission import Limits
+from burstd.controller.events import EventLog
 from burstd.controller.metrics import ControllerMetrics
 from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
@@ -63,6 +64,7 @@ def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
         lease_ttl=config.lease_ttl_ms / 1000,
         crash_limit=config.crash_limit,
         track_changes=durable,
+        track_events=durable and config.events_max > 0,
         heartbeat_interval=config.heartbeat_interval_ms / 1000,
         heartbeat_budget=config.heartbeat_budget,
     )
@@ -83,7 +85,8 @@ def build_service(
         leased = snapshot.jobs((JobState.LEASED.value, JobState.RUNNING.value))
         table.restore(leased, store.next_id(), time.time(), snapshot.total - len(leased))
         table.drained = store.drained()
-        writer = StoreWriter(store, table)
+        events = EventLog(store, config.events_max) if config.events_max > 0 else None
+        writer = StoreWriter(store, table, events)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
     )

@@ -28,6 +28,7 @@ from burstd.auth import Caller, Guard
 from burstd.controller import admission
 from burstd.controller.admission import Limits, SpecError
 from burstd.controller.output import OutputRelay
+from burstd.controller.store import StoredEvent
 from burstd.controller.table import (
     TERMINAL,
     Held,
@@ -71,6 +72,7 @@ SUBMISSION_IDLE = 60.0
 # `burst top`'s latest failures: how many by default, among how many of the newest ended jobs.
 OVERVIEW_FAILURES = 10
 OVERVIEW_SCAN = 10_000
+MAX_EVENTS = 10_000  # events in one ListEvents answer
 # A result's fields, read in one C call: protobuf's attribute access is most of what reading
 # them one by one costs (docs/benchmarks.md).
 _RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
@@ -557,6 +559,41 @@ class ControllerService:
         now = self.clock()
         return job_pb2.ListWorkersResponse(
             workers=[worker_info(w, now) for w in self.table.workers.values()]
+        )
+
+    async def list_events(
+        self, request: job_pb2.ListEventsRequest, caller: Caller
+    ) -> job_pb2.ListEventsResponse:
+        """The stored events after ``after`` (a client sees jobs' events, an admin workers'
+        too), waiting up to ``wait_ms`` for one when there is none yet."""
+        events = self.writer.events if self.writer is not None else None
+        if events is None:
+            raise transport.FailedPrecondition(
+                "the event log is off: it needs the durable store and events_max above 0"
+            )
+        limit = min(request.limit or MAX_EVENTS, MAX_EVENTS)
+
+        def visible(event: StoredEvent) -> bool:
+            return caller.is_admin or bool(event.job_id)
+
+        async def read(after: int) -> tuple[list[StoredEvent], int]:
+            return await events.read(
+                after,
+                limit,
+                job_id=request.job_id,
+                worker_id=request.worker_id,
+                visible=visible,
+            )
+
+        found, through = await read(request.after)
+        if not found and request.wait_ms:
+            with trio.move_on_after(min(request.wait_ms, MAX_WAIT_MS) / 1000):
+                while not found:
+                    await events.wait()
+                    found, through = await read(through)
+        return job_pb2.ListEventsResponse(
+            events=[job_pb2.ClusterEvent(**event._asdict()) for event in found],
+            next_after=through,
         )
 
     async def get_overview(
@@ -1060,6 +1097,7 @@ class ControllerService:
             ("ListJobs", job_pb2.ListJobsRequest, self.list_jobs),
             ("ListWorkers", job_pb2.ListWorkersRequest, self.list_workers),
             ("GetOverview", job_pb2.GetOverviewRequest, self.get_overview),
+            ("ListEvents", job_pb2.ListEventsRequest, self.list_events),
             ("ForgetJobs", job_pb2.ForgetJobsRequest, self.forget_jobs),
             ("RegisterWorker", worker_pb2.RegisterWorkerRequest, self.register_worker),
             ("PollJob", job_pb2.PollJobRequest, self.poll_job),

@@ -34,9 +34,9 @@ from burstd.credentials import private_dir, private_file
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
-# 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table (older versions are
-# migrated when opened)
-SCHEMA_VERSION = 4
+# 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table
+# (older versions are migrated when opened)
+SCHEMA_VERSION = 5
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -72,6 +72,18 @@ _STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL
 _ADD_EARLIER_OUTPUTS = "ALTER TABLE jobs ADD COLUMN earlier_outputs TEXT NOT NULL DEFAULT ''"
 # The worker ids an admin drained (``JobTable.drained``).
 _DRAINED = "CREATE TABLE drained (worker_id TEXT PRIMARY KEY);"
+# The event log (``JobTable.take_events``), numbered from 1 in order; the oldest are deleted
+# beyond the configured bound (``events_max``).
+_EVENTS = """CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    worker_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);"""
+_EVENT_COLUMNS = "seq, time, kind, job_id, worker_id, attempt, detail"
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -100,6 +112,7 @@ CREATE TABLE jobs (
 );
 {_STAGED}
 {_DRAINED}
+{_EVENTS}
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('next_id', 1);
 PRAGMA application_id = {APPLICATION_ID};
@@ -165,11 +178,27 @@ class Commit(NamedTuple):
     new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = ()
     # Worker ids drained (True) or undrained by an admin (``JobTable.take_drains``).
     drains: Sequence[tuple[str, bool]] = ()
+    # Events to insert (``StoredEvent``'s fields), and the number below which the stored ones
+    # are deleted (0: none).
+    events: Sequence[tuple[object, ...]] = ()
+    events_before: int = 0
 
     @property
     def inserted(self) -> int:
         """How many jobs the commit inserts."""
         return len(self.new_rows) + sum(len(run[-1]) for run in self.new_runs)
+
+
+class StoredEvent(NamedTuple):
+    """One event of the log, as stored."""
+
+    seq: int
+    time: float
+    kind: str
+    job_id: str
+    worker_id: str
+    attempt: int
+    detail: str
 
 
 class StoreError(Exception):
@@ -353,13 +382,15 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3):
+        if version in (1, 2, 3, 4):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
                 if version <= 2:
                     db.execute(_ADD_EARLIER_OUTPUTS)
-                db.execute(_DRAINED)
+                if version <= 3:
+                    db.execute(_DRAINED)
+                db.execute(_EVENTS)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )
@@ -436,6 +467,21 @@ class Store:
     def drained(self) -> set[str]:
         """The worker ids an admin drained."""
         return {worker_id for (worker_id,) in self._db.execute("SELECT worker_id FROM drained")}
+
+    def last_event(self) -> int:
+        """The number of the newest stored event (0: none)."""
+        (seq,) = self._db.execute("SELECT ifnull(max(seq), 0) FROM events").fetchone()
+        return int(seq)
+
+    def events(self, after: int, job_id: str, worker_id: str, limit: int) -> Sequence[StoredEvent]:
+        """Up to ``limit`` stored events numbered above ``after``, in order, of this job and
+        worker (empty: any)."""
+        rows = self._read.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ?"
+            " AND (? = '' OR job_id = ?) AND (? = '' OR worker_id = ?) ORDER BY seq LIMIT ?",
+            (after, job_id, job_id, worker_id, worker_id, limit),
+        )
+        return [StoredEvent(*row) for row in rows]
 
     # -- writes: in the store process (``burstd.controller.store_child``) -------------------
 
@@ -526,12 +572,14 @@ class Writes:
         dropped: Sequence[tuple[int, int]] = (),
         new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = (),
         drains: Sequence[tuple[str, bool]] = (),
+        events: Sequence[tuple[object, ...]] = (),
+        events_before: int = 0,
     ) -> None:
         """One transaction: insert new jobs (``inserts``), update changed ones
         (``changed_row``) and leased ones (``leased_row``), advance the id counter, mark
-        staged submissions begun, ended or dropped, and workers drained or not (see
-        ``Commit``). The rows come built: the writer reads them off the jobs before it sends
-        them, so none is read half-changed."""
+        staged submissions begun, ended or dropped, workers drained or not, and store events
+        and delete the oldest (see ``Commit``). The rows come built: the writer reads them off
+        the jobs before it sends them, so none is read half-changed."""
         with self._transaction() as db:
             for first, stop in dropped:
                 _drop_stage(db, first, stop)
@@ -549,6 +597,11 @@ class Writes:
                     db.execute("INSERT OR IGNORE INTO drained VALUES (?)", (worker_id,))
                 else:
                     db.execute("DELETE FROM drained WHERE worker_id = ?", (worker_id,))
+            db.executemany(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", events
+            )
+            if events_before:
+                db.execute("DELETE FROM events WHERE seq < ?", (events_before,))
 
     def forget(self, nums: str) -> dict[str, int]:
         """Delete finished jobs by number (``_numbers``: live ones never are); returns how

@@ -38,6 +38,10 @@ Rules (the promises of the design, section 5):
    each event does beside the state (``Step``); the counts per state, the queue and the
    records of changes for the store are private and change only there. Likewise a worker
    changes state only through ``WORKER_TRANSITIONS``.
+9. With ``track_events``, every job transition a user sees (submitted, leased, stolen, started,
+   retried, lost, fenced, ended) and every worker transition is recorded as an event
+   (``take_events``: kind, job, worker, attempt, detail), in the order taken, for the stored
+   event log; each names the worker as it is after the transition (the thief of a steal).
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -101,6 +105,24 @@ class Event(enum.Enum):
     # Members are singletons: identity hashing is C code, where Enum's own hash runs Python on
     # every TRANSITIONS lookup (two per job).
     __hash__ = object.__hash__
+
+
+# The events of the log (rule 9): a job event's kind and detail (ended: the outcome, as the
+# metrics' label), and a worker event's kind. A transition missing here records none.
+JOB_EVENTS: dict[Event, tuple[str, str]] = {
+    Event.ENQUEUE: ("submitted", ""),
+    Event.ADMIT: ("submitted", ""),
+    Event.LEASE: ("leased", ""),
+    Event.STEAL: ("stolen", ""),
+    Event.START: ("started", ""),
+    Event.RETRY: ("retried", ""),
+    Event.LOSE: ("lost", ""),
+    Event.FENCE: ("fenced", ""),
+    Event.SUCCEED: ("ended", "succeeded"),
+    Event.FAIL: ("ended", "failed"),
+    Event.CRASH_LIMIT: ("ended", "worker_lost"),
+    Event.CANCEL: ("ended", "cancelled"),
+}
 
 
 class Place(enum.Enum):
@@ -209,6 +231,14 @@ class WorkerStep:
 
 
 _WR, _WD = WorkerState.REGISTERED, WorkerState.DRAINING
+
+WORKER_EVENTS: dict[WorkerEvent, str] = {
+    WorkerEvent.REGISTER: "registered",
+    WorkerEvent.DRAIN: "drained",
+    WorkerEvent.EXPIRE: "lost",
+    WorkerEvent.REMOVE: "removed",
+    WorkerEvent.RESUME: "undrained",
+}
 
 #: Every legal worker transition, keyed by (state, event); None: not registered. A worker that
 #: left (LOST, GONE) is never seen again: registering again makes a new one.
@@ -327,6 +357,10 @@ class Job:
     steal_round: int = 0
 
 
+# An event of the log (rule 9): kind, job id ("" for a worker's), worker id, attempt, detail.
+EventRecord = tuple[str, str, str, int, str]
+
+
 class Changes(NamedTuple):
     """The jobs to persist, from ``JobTable.take_changes``."""
 
@@ -428,6 +462,7 @@ class JobTable:
         crash_limit: int = 5,
         first_id: int = 1,
         track_changes: bool = True,
+        track_events: bool = False,
         heartbeat_interval: float = 1.0,
         heartbeat_budget: float = 100.0,
     ) -> None:
@@ -486,6 +521,9 @@ class JobTable:
         # drained.
         self.drained: set[str] = set()
         self._drains: dict[str, bool] = {}
+        # For the event log (rule 9; see take_events); without one, nothing is recorded.
+        self.track_events = track_events
+        self._events: list[EventRecord] = []
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -535,6 +573,9 @@ class JobTable:
                 (self._backlog or self._queue).appendleft(job)
             elif step.place is Place.ORPHAN:
                 self.orphans[job.job_id] = until
+        if self.track_events:
+            kind, detail = JOB_EVENTS[event]
+            self._events.append((kind, job.job_id, job.worker_id, job.attempt, detail))
         if self.track_changes:
             if leased:
                 self._leased[job.job_id] = job
@@ -566,6 +607,9 @@ class JobTable:
         (self._backlog if step.place is Place.BACKLOG else self._queue).extend(jobs)
         self._counts[JobState.QUEUED] += len(jobs)
         self.moves[JobState.QUEUED if event is Event.RESTORE else None, event] += len(jobs)
+        if self.track_events and event in JOB_EVENTS:
+            kind, detail = JOB_EVENTS[event]
+            self._events.extend((kind, job_id, "", 0, detail) for job_id in ids)
         return ids
 
     def _leave(self, job: Job, event: Event) -> None:
@@ -597,6 +641,8 @@ class JobTable:
             ) from None
         was_routed = worker.state is WorkerState.REGISTERED
         self.worker_events[event] += 1
+        if self.track_events:
+            self._events.append((WORKER_EVENTS[event], "", worker.worker_id, 0, ""))
         if worker.state is None:
             self.workers[worker.worker_id] = worker
         worker.state = step.to
@@ -650,6 +696,11 @@ class JobTable:
     def withdraw_unstored(self, jobs: Iterable[Job] = ()) -> None:
         """``withdraw`` these jobs and every submitted job not handed to the store yet."""
         self.withdraw([*jobs, *self._new.values()])
+
+    def take_events(self) -> list[EventRecord]:
+        """The events since the last call, in order (rule 9)."""
+        events, self._events = self._events, []
+        return events
 
     def take_wakeups(self) -> set[str]:
         """Workers with new jobs in their outbox or new cancel notices since the last call."""
@@ -1150,6 +1201,7 @@ class JobTable:
         self.lease_seq += 1
         for job in moved.values():
             self._release(victim, job, route=False)
+            job.worker_id = thief.worker_id  # its event names the thief
             self._move(job, Event.STEAL)
             job.stolen = True
             job.lease_seq = self.lease_seq
@@ -1384,8 +1436,8 @@ class JobTable:
                 if job.state is not JobState.QUEUED:
                     continue
                 take -= 1
+                job.worker_id = worker_id  # _hold, inline on the hot path (before the event)
                 self._move(job, Event.LEASE)
-                job.worker_id = worker_id  # _hold, inline on the hot path
                 worker.leases[job.job_id] = job
                 worker.outbox.append(job)
             self.router.update(worker_id, len(worker.leases), worker.capacity)

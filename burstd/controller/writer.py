@@ -26,6 +26,7 @@ import collections
 import itertools
 import math
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
@@ -33,8 +34,9 @@ from typing import NamedTuple
 
 import trio
 
+from burstd.controller.events import EventLog
 from burstd.controller.outage import Outage
-from burstd.controller.store import Commit, Store, changed_row, inserts, leased_row
+from burstd.controller.store import Commit, Store, StoredEvent, changed_row, inserts, leased_row
 from burstd.controller.table import TERMINAL, Job, JobTable
 
 # Jobs of a staged submission stored per commit, a commit short enough for the reports waiting
@@ -58,6 +60,7 @@ class _Sent(NamedTuple):
     sent_at: float = 0.0  # time.perf_counter() when it was sent
     rows: int = 0  # rows inserted or updated
     drains: Sequence[tuple[str, bool]] = ()
+    events: Sequence[StoredEvent] = ()
 
 
 @dataclass(eq=False)
@@ -80,9 +83,12 @@ class StoreUnavailable(Exception):
 
 
 class StoreWriter:
-    def __init__(self, store: Store, table: JobTable) -> None:
+    def __init__(self, store: Store, table: JobTable, events: EventLog | None = None) -> None:
         self.store = store
         self.table = table
+        # The event log: the table's events go with the commit of its changes.
+        self.events = events
+        self._unsent_events: list[StoredEvent] = []  # those of a commit that failed
         self._wake = trio.Event()
         # Generation of changes: a caller waits until `committed` reaches the generation that
         # was current when it made its change.
@@ -243,6 +249,7 @@ class StoreWriter:
                 self._accepting.clear()  # their callers are refused, and drop them
                 self.table.not_stored((*changed, *leased))
                 self.table.drains_not_stored(sent.drains)
+                self._unsent_events[:0] = sent.events
                 # After the line above: a withdrawn job (new, perhaps changed too) is not dirty.
                 self.table.withdraw_unstored(new)
                 self._signal()
@@ -300,7 +307,12 @@ class StoreWriter:
         self._accepting = []
         rows, runs = inserts(itertools.chain(new, part))
         drains = self.table.take_drains()
-        count = len(new) + len(part) + len(changed) + len(leased) + len(drains)
+        events, delete_below = self._unsent_events, 0
+        if self.events is not None:
+            events += self.events.number(self.table.take_events(), time.time())
+            delete_below = self.events.delete_below
+        self._unsent_events = []
+        count = len(new) + len(part) + len(changed) + len(leased) + len(drains) + len(events)
         self._sent = _Sent(
             self._sends,
             generation,
@@ -312,6 +324,7 @@ class StoreWriter:
             perf_counter(),
             count,
             drains,
+            events,
         )
         await self.store.send(
             Commit(
@@ -324,6 +337,9 @@ class StoreWriter:
                 dropped,
                 runs,
                 drains,
+                # Plain tuples: the store process is sent marshal data.
+                [tuple(event) for event in events],
+                delete_below,
             )
         )
 
@@ -336,6 +352,8 @@ class StoreWriter:
         self._finished = sent.number
         self._ending = [stage for stage in self._ending if stage.last_commit > sent.number]
         self._signal()
+        if self.events is not None:
+            self.events.written(sent.events)
         # A new job that ended before its first commit is among the changed ones too.
         self.table.evict(sent.finished)
 
