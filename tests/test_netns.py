@@ -6,7 +6,8 @@ the client in a namespace with a route to the controller alone.
 Each scenario is checked from the final state (:func:`check_final`): every job succeeded once,
 no superseded attempt's result was accepted (each job's output file names the attempt and worker
 the controller accepted), no job ran in two places at once (every run logs its start and its end
-or stop, on the one clock of this machine), and every worker's counts are back to zero.
+or stop, on the one clock of this machine), and every worker's counts are back to zero. Every
+connection is TLS, with tokens, as docs/security.md's multi-host set-up has it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from burstd import certs
 from tests.cluster import Daemon, environment, eventually, program
 from tests.netns import SUBNET, Net, require
 
@@ -56,8 +58,17 @@ class NetCluster:
         self.config = tmp / "burst.toml"
         self.config.write_text(CONFIG)
         self.daemons: dict[str, Daemon] = {}
-        # every process finds the tokens the controller writes into its state directory
-        self.env = environment(BURST_STATE_DIR=str(tmp / "state"))
+        # Every process finds the tokens the controller writes into its state directory, and
+        # speaks TLS (a listen address off loopback refuses clear text): the controller's port
+        # and the peer ports serve one certificate, valid for every host's address.
+        pki = tmp / "pki"
+        certs.init(pki, [CONTROLLER.split(":")[0], *(f"{SUBNET}.{n}" for n in WORKERS.values())])
+        self.env = environment(
+            BURST_STATE_DIR=str(tmp / "state"),
+            BURST_TLS_CA=str(pki / "ca.pem"),
+            BURST_TLS_CERT=str(pki / "server.pem"),
+            BURST_TLS_KEY=str(pki / "server-key.pem"),
+        )
         net.host("ctl", 1)
         for name, number in WORKERS.items():
             net.host(name, number)
