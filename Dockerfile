@@ -39,4 +39,7 @@ USER burst
 WORKDIR /output
 EXPOSE 50051 51051
 ENTRYPOINT ["burstd"]
+# Every interface is off loopback: the controller refuses to start there without TLS (give it
+# --tls-cert and --tls-key, or the BURST_TLS_* variables; `burstd tls init` makes them, as
+# compose.yaml does) unless --insecure is given.
 CMD ["controller", "--listen", "0.0.0.0:50051"]

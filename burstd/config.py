@@ -546,7 +546,7 @@ class ControllerConfig:
         OPTIONAL_PATH,
         "Certificate (PEM, with any intermediates) the controller's port presents: with tls_key, "
         "it serves gRPC over TLS only (HTTP/2, ALPN h2). `burstd tls init` makes one. Unset: no "
-        "TLS.",
+        "TLS, which a listen address off loopback refuses unless insecure is set.",
         default=None,
         env="BURST_TLS_CERT",
         example="/etc/burst/tls/server.pem",
@@ -559,6 +559,12 @@ class ControllerConfig:
         default=None,
         env="BURST_TLS_CLIENT_CA",
         example="/etc/burst/tls/ca.pem",
+    )
+    insecure: bool = key(
+        BOOL,
+        "Listen on an address off loopback without TLS (tokens and jobs then cross the network "
+        "in clear text; logged as a warning at every start). Otherwise that refuses to start.",
+        default=False,
     )
 
     @property
@@ -699,6 +705,12 @@ class WorkerConfig:
         default=None,
         env="BURST_TLS_CLIENT_CA",
         example="/etc/burst/tls/ca.pem",
+    )
+    insecure: bool = key(
+        BOOL,
+        "Serve the peer port on an address off loopback without TLS (logged as a warning at "
+        "every start). Otherwise that refuses to start.",
+        default=False,
     )
     queue_capacity_derived: bool = field(default=False, init=False, repr=False, compare=False)
     """True when ``local_queue_capacity`` was derived from ``slots`` (set by ``__post_init__``)."""

@@ -5,11 +5,14 @@ Rules:
 1. A server (the controller's port, a worker's peer port) serves TLS, and only TLS, when its
    section sets ``tls_cert`` and ``tls_key`` (both or neither); ``tls_client_ca`` (mutual TLS:
    clients must present a certificate it signed) needs them.
-2. A client (``burst``, ``burstd token``, a worker towards the controller and its peers) connects
+2. A server whose listen address is not a loopback address and that has no TLS refuses to start
+   (:class:`TlsSetupError` naming ``tls_cert``; the programs exit 2), unless ``insecure`` is set:
+   it then starts, with a warning at every start.
+3. A client (``burst``, ``burstd token``, a worker towards the controller and its peers) connects
    over TLS when its section sets ``tls_ca`` and verifies the server's certificate against it;
    ``tls_cert`` and ``tls_key`` are then the certificate it shows a server that asks for one. A
    client certificate without ``tls_ca`` is an error: it would never be sent.
-3. A worker with ``tls_ca`` dials its peers over TLS, so its own peer port must serve TLS: with a
+4. A worker with ``tls_ca`` dials its peers over TLS, so its own peer port must serve TLS: with a
    ``peer_listen_addr`` it needs ``tls_cert``.
 
 Every error names the key (``controller.tls_cert``) and, for a file that cannot be loaded, the
@@ -18,14 +21,16 @@ file.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-from burstd.config import CliConfig, ControllerConfig, WorkerConfig
+from burstd.config import CliConfig, ControllerConfig, WorkerConfig, parse_hostport
 from burstd.transport import TransportError, tls
 
-__all__ = ["TlsSetupError", "client_context", "server_context", "worker_client"]
+__all__ = ["TlsSetupError", "client_context", "loopback", "server_context", "worker_client"]
 
 
 class TlsSetupError(Exception):
@@ -34,6 +39,22 @@ class TlsSetupError(Exception):
     def __init__(self, key: str, message: str) -> None:
         super().__init__(f"{key}: {message}")
         self.key = key
+
+
+def loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) reaches this machine alone: a loopback address, or
+    a name all of whose addresses are. A name that does not resolve is not."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return False
+    return bool(found) and all(
+        ipaddress.ip_address(str(info[4][0]).partition("%")[0]).is_loopback for info in found
+    )
 
 
 def _pair(cert: Path | None, key: Path | None, section: str) -> tuple[Path, Path] | None:
@@ -57,13 +78,29 @@ def server_context(
     config: ControllerConfig | WorkerConfig,
     listen: str,
     section: str,
+    warn: Callable[[str], None],
 ) -> ssl.SSLContext | None:
     """The context of the server ``config`` configures, listening on ``listen``; None for clear
-    text (rule 1). Raises :class:`TlsSetupError`."""
+    text (rules 1 and 2; ``warn`` gets the warning of an insecure one). Raises
+    :class:`TlsSetupError`."""
     pair = _pair(config.tls_cert, config.tls_key, section)
     if pair is None:
         if config.tls_client_ca is not None:
             raise TlsSetupError(f"{section}.tls_cert", "tls_client_ca needs tls_cert and tls_key")
+        host, _ = parse_hostport(listen)
+        if loopback(host):
+            return None
+        if not config.insecure:
+            raise TlsSetupError(
+                f"{section}.tls_cert",
+                f"{listen} is not a loopback address: serving it without TLS would send tokens "
+                "and jobs in clear text; give --tls-cert and --tls-key (`burstd tls init` makes "
+                "them), or --insecure to serve it in clear text anyway",
+            )
+        warn(
+            f"serving {listen} without TLS (insecure): tokens and jobs cross the network in "
+            "clear text"
+        )
         return None
     cert, key = pair
     return _loaded(
@@ -72,7 +109,7 @@ def server_context(
 
 
 def client_context(config: CliConfig | WorkerConfig, section: str) -> ssl.SSLContext | None:
-    """The context of a client ``config`` configures, or None for clear text (rule 2). Raises
+    """The context of a client ``config`` configures, or None for clear text (rule 3). Raises
     :class:`TlsSetupError`."""
     pair = _pair(config.tls_cert, config.tls_key, section)
     ca = config.tls_ca
@@ -89,7 +126,7 @@ def client_context(config: CliConfig | WorkerConfig, section: str) -> ssl.SSLCon
 
 
 def worker_client(config: WorkerConfig) -> ssl.SSLContext | None:
-    """A worker's client context, towards the controller and its peers (rules 2 and 3)."""
+    """A worker's client context, towards the controller and its peers (rules 3 and 4)."""
     context = client_context(config, "worker")
     if context is not None and config.peer_listen_addr and config.tls_cert is None:
         raise TlsSetupError(

@@ -106,6 +106,7 @@ def _controller_config(
             tls_cert=tls.tls_cert,
             tls_key=tls.tls_key,
             tls_client_ca=tls.tls_client_ca,
+            insecure=tls.insecure or None,
         )
     except ConfigError as error:
         _fail(str(error))
@@ -124,6 +125,8 @@ class Tls:
     """The private key of --tls-cert (PEM)."""
     tls_client_ca: Annotated[Path | None, Parameter(metavar="FILE")] = None
     """Mutual TLS: serve only clients presenting a certificate this CA signed."""
+    insecure: bool = False
+    """Allow a listen address off loopback without TLS (clear text; warned at every start)."""
 
 
 @app.command
@@ -248,6 +251,7 @@ def worker(
             tls_cert=tls.tls_cert,
             tls_key=tls.tls_key,
             tls_client_ca=tls.tls_client_ca,
+            insecure=tls.insecure or None,
             controller_addr=controller,
             slots=slots,
             local_queue_capacity=queue_capacity,
@@ -402,6 +406,8 @@ def up(
         signal.signal(signum, _exit_on_signal)
     try:
         controller_cmd = [*base, "controller", *common, "--listen", addr, *tls_flags]
+        if tls.insecure:
+            controller_cmd.append("--insecure")
         if metrics_listen:
             controller_cmd += ["--metrics-listen", metrics_listen]
         if state_dir:

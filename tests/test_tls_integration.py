@@ -1,6 +1,7 @@
 """TLS end to end, with real `burstd` and `burst` processes (docs/security.md, "TLS"): the
 daemons' and the CLI's flags and config keys, `burstd tls init`, mutual TLS, a grpcio client of
-the prototype's stubs over TLS, steals between workers over TLS."""
+the prototype's stubs over TLS, steals between workers over TLS, and the refusal to listen off
+loopback in clear text unless --insecure."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from burstd import certs
-from tests.cluster import Cluster, environment, program
+from burstd import certs, tlsconfig
+from burstd.client import BlockingClient
+from tests.cluster import Cluster, Daemon, environment, eventually, free_port, program
 from tests.test_wire_compat import seed_stubs  # noqa: F401 (a fixture)
 
 
@@ -190,3 +192,62 @@ def test_burstd_up_with_tls_runs_its_command_against_the_cluster(pki: Path, tmp_
         capture_output=True, text=True, timeout=120, env=environment(), cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
+
+
+# -- no clear text off loopback ----------------------------------------------------------------
+
+
+def test_loopback_addresses_and_names() -> None:
+    assert all(map(tlsconfig.loopback, ["127.0.0.1", "127.0.0.2", "::1", "localhost"]))
+    assert not any(map(tlsconfig.loopback, ["0.0.0.0", "::", "10.1.2.3", "nowhere.invalid"]))
+
+
+def start(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*program("burstd"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=environment(BURST_STATE_DIR=str(tmp_path / "state"), BURST_TOKEN="a-token"),
+    )
+
+
+def test_listening_off_loopback_without_tls_exits_2_naming_the_key(tmp_path: Path) -> None:
+    port = free_port()
+    for args, key in [
+        (["controller", "--listen", f"0.0.0.0:{port}"], "controller.tls_cert"),
+        (["worker", "--peer-listen", f"0.0.0.0:{port}"], "worker.tls_cert"),
+    ]:
+        done = start(*args, tmp_path=tmp_path)
+        assert done.returncode == 2, done
+        (line,) = done.stderr.splitlines()  # one line, no traceback
+        assert line.startswith(f"burstd: error: {key}: 0.0.0.0:{port} is not a loopback")
+        assert "--insecure" in line
+    # the key in the file is refused alike (a tls_client_ca without a certificate too)
+    config = tmp_path / "burst.toml"
+    config.write_text(f'[controller]\nbind_addr = "[::]:{port}"\n')
+    done = start("controller", "--config", str(config), tmp_path=tmp_path)
+    assert done.returncode == 2 and "controller.tls_cert" in done.stderr, done
+    done = start("controller", "--tls-client-ca", "ca.pem", tmp_path=tmp_path)
+    assert done.returncode == 2 and "controller.tls_cert" in done.stderr, done
+
+
+def test_insecure_serves_off_loopback_in_clear_text_with_a_warning(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    controller = Daemon(
+        "controller",
+        ["controller", "--listen", f"0.0.0.0:{port}", "--insecure", "--state-dir", str(state)],
+        tmp_path / "controller.log",
+        tmp_path,
+    )
+    try:
+        eventually(lambda: "controller listening" in controller.log(), "the controller to listen")
+        assert "WARNING" in controller.log()
+        assert f"serving 0.0.0.0:{port} without TLS (insecure)" in controller.log()
+        token = (state / "admin.token").read_text().strip()
+        with BlockingClient(f"127.0.0.1:{port}", token=token) as client:
+            assert client.workers() == []
+    finally:
+        controller.kill_group()

@@ -165,7 +165,7 @@ async def run_controller(
     ``burstd.tlsconfig``), ``StoreError`` (a damaged, foreign or busy state directory) or
     ``TransportError`` (address in use) before serving.
     """
-    tls = tlsconfig.server_context(config, config.bind_addr, "controller")
+    tls = tlsconfig.server_context(config, config.bind_addr, "controller", logger.warning)
     with ExitStack() as stack:
         store = snapshot = None
         if config.store == "sqlite":

@@ -97,7 +97,7 @@ class Worker:
         self.log = logger.bind(worker_id=config.worker_id)
         tls = tlsconfig.worker_client(config)
         self.peer_tls = (
-            tlsconfig.server_context(config, config.peer_listen_addr, "worker")
+            tlsconfig.server_context(config, config.peer_listen_addr, "worker", self.log.warning)
             if config.peer_listen_addr
             else None
         )
