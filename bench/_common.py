@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -106,27 +107,53 @@ def wait_listening(port: int, timeout: float = 30.0) -> None:
     raise RuntimeError("controller did not listen")
 
 
+def make_pki(tmp: str) -> Path:
+    """`burstd tls init`'s files in ``tmp``/pki, valid for 127.0.0.1 (a loopback address)."""
+    from burstd import certs
+
+    folder = Path(tmp, "pki")
+    certs.init(folder, ["127.0.0.1"])
+    return folder
+
+
+def client_tls() -> ssl.SSLContext | None:
+    """The TLS context of this process's clients: BURST_TLS_CA's (set by :func:`start_controller`
+    with ``tls``, or by ``burstd up --tls-ca``), None without it."""
+    from burstd.transport.tls import client_context
+
+    ca = os.environ.get("BURST_TLS_CA")
+    return client_context(Path(ca)) if ca else None
+
+
 def start_controller(
-    tmp: str, store: str, capacity: int, metrics_listen: str = ""
+    tmp: str, store: str, capacity: int, metrics_listen: str = "", tls: bool = False
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port;
-    ``metrics_listen``: where it serves its Prometheus metrics (none if empty).
+    ``metrics_listen``: where it serves its Prometheus metrics (none if empty); ``tls``: over
+    TLS, with certificates made in ``tmp``.
 
     BURST_STATE_DIR then names its state directory: clients of this process (and of its
-    children) send the admin token the controller wrote there."""
+    children) send the admin token the controller wrote there; BURST_TLS_CA names the CA with
+    ``tls`` (:func:`client_tls`), and is unset without."""
     port = free_port()
     config = Path(tmp, "c.toml")
+    pki = make_pki(tmp) if tls else None
     config.write_text(
         f'[controller]\nstore = "{store}"\nstate_dir = "{tmp}/state"\n'
         f"submission_buffer_capacity = {capacity}\n"
         # Every simulated worker connects from 127.0.0.1, above the default limit per address.
         "max_connections_per_peer = 4096\n"
         + (f'metrics_listen_addr = "{metrics_listen}"\n' if metrics_listen else "")
+        + (f'tls_cert = "{pki}/server.pem"\ntls_key = "{pki}/server-key.pem"\n' if pki else "")
     )
     command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     # Before the controller starts: a BURST_STATE_DIR left by an earlier point would override
     # the file's state_dir.
     os.environ["BURST_STATE_DIR"] = f"{tmp}/state"
+    if pki:
+        os.environ["BURST_TLS_CA"] = str(pki / "ca.pem")
+    else:
+        os.environ.pop("BURST_TLS_CA", None)
     ctl = subprocess.Popen(
         [sys.executable, "-m", "cli.burstd", *command], cwd=REPO, env=burst_env()
     )

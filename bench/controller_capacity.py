@@ -13,6 +13,9 @@ worker registered) add over that time; then how busy the controller and the simu
 processes were (share of one core), which tells whether the machine or the controller set the
 pace.
 
+``--tls`` runs every point over TLS (the controller's certificates from ``burstd tls init``;
+the simulated workers and the client verify them), as a cluster across machines runs.
+
 ``--metrics on`` serves the controller's Prometheus metrics and scrapes them every
 SCRAPE_INTERVAL seconds meanwhile; ``--metrics both`` runs each point with metrics off and on,
 alternately (off, on, on, off, ...: a machine whose load drifts favours neither), and prints the
@@ -22,6 +25,7 @@ Usage::
 
     python bench/controller_capacity.py [--workers 1,10,100,1000] [--jobs 20000] [--repeat 3]
     python bench/controller_capacity.py --metrics both --workers 100 --repeat 5
+    python bench/controller_capacity.py --tls --workers 10,1000
 """
 
 from __future__ import annotations
@@ -44,7 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from bench._common import REPO, burst_env, cpu_seconds, free_port, load, machine, start_controller
+from bench._common import (
+    REPO,
+    burst_env,
+    client_tls,
+    cpu_seconds,
+    free_port,
+    load,
+    machine,
+    start_controller,
+)
 
 T = TypeVar("T")
 
@@ -76,7 +89,7 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
     # The controller's admin token (see start_controller), allowed every worker call.
     token = auth.bearer(credentials.local_token())
     async with transport.Channel(
-        host, port, connect_timeout=10.0, multiplex=True, metadata=token
+        host, port, connect_timeout=10.0, multiplex=True, metadata=token, tls=client_tls()
     ) as channel:
 
         async def call(method: str, request: Any, reply: type[T]) -> T:
@@ -154,7 +167,7 @@ async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:
 async def wait_registered(addr: str, workers: int, timeout: float) -> None:
     from burstd.client import Client
 
-    async with Client.connect(addr) as client:
+    async with Client.connect(addr, tls=client_tls()) as client:
         with trio.fail_after(timeout):
             while len(await client.workers()) < workers:
                 await trio.sleep(0.5)
@@ -170,7 +183,7 @@ async def drive(addr: str, jobs: int, array: int) -> Run:
     from burstd.client import Client, process
 
     spec = process("/bin/true")
-    async with Client.connect(addr) as client:
+    async with Client.connect(addr, tls=client_tls()) as client:
         start = time.perf_counter()
         ids: list[str] = []
         for first in range(0, jobs, array):
@@ -191,7 +204,7 @@ def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tupl
     with tempfile.TemporaryDirectory(prefix="burst-cap-") as tmp:
         sims: list[subprocess.Popen[bytes]] = []
         metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
-        ctl, port = start_controller(tmp, args.store, 100_000_000, metrics_addr)
+        ctl, port = start_controller(tmp, args.store, 100_000_000, metrics_addr, args.tls)
         addr = f"127.0.0.1:{port}"
         stop_scraping = threading.Event()
         try:
@@ -248,6 +261,7 @@ def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tupl
         print(
             f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
             + (" metrics on," if metrics else "")
+            + (" TLS," if args.tls else "")
             + f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core; controller busy"
             f" {cpu / elapsed * 100:3.0f}% (store process {store_cpu / elapsed * 100:.0f}%),"
             f" simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
@@ -294,6 +308,11 @@ def main() -> dict[int, tuple[float, float]]:
         choices=["off", "on", "both"],
         help="the controller's metrics served and scraped (both: off and on, interleaved)",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="the controller serves TLS (certificates of burstd tls init), the clients use it",
+    )
     parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sim:
@@ -303,7 +322,8 @@ def main() -> dict[int, tuple[float, float]]:
         return {}
     print(
         f"controller capacity: {args.jobs} jobs per point, store {args.store}, capacity "
-        f"{args.capacity} per worker, {args.procs} simulator processes, metrics {args.metrics};"
+        f"{args.capacity} per worker, {args.procs} simulator processes, metrics {args.metrics},"
+        f" TLS {'on' if args.tls else 'off'};"
         f" {machine()}"
     )
     if args.metrics == "both":

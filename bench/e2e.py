@@ -11,7 +11,10 @@ Each round runs, one after the other on the same machine:
 
 Usage::
 
-    python bench/e2e.py [--jobs 10000] [--rounds 3] [--peers hyperqueue,dask] [--slots N]
+    python bench/e2e.py [--jobs 10000] [--rounds 3] [--peers hyperqueue,dask] [--slots N] [--tls]
+
+``--tls``: burst's controller and peer ports serve TLS (``burstd up --tls-cert ...``), its
+workers and the client use it.
 
 Prints each run and the median jobs/s per system.
 """
@@ -32,9 +35,11 @@ from bench._common import (
     PEERS,
     REPO,
     burst_env,
+    client_tls,
     free_port,
     load,
     machine,
+    make_pki,
     median,
     peer_python,
     rate_of,
@@ -63,7 +68,7 @@ async def _submit_and_wait(addr: str, jobs: int) -> tuple[float, int]:
     """Submit the array and wait for it; returns seconds and failed jobs."""
     from burstd.client import Client, process
 
-    async with Client.connect(addr) as client:
+    async with Client.connect(addr, tls=client_tls()) as client:
         start = time.perf_counter()
         ids = await client.submit_array(process("/bin/true"), range(jobs))
         async for _ in client.wait(ids):
@@ -93,11 +98,15 @@ def client_main(jobs: int) -> None:
     )
 
 
-def run_burst(jobs: int, slots: int | None) -> float | None:
+def run_burst(jobs: int, slots: int | None, tls: bool) -> float | None:
     with tempfile.TemporaryDirectory(prefix="burst-e2e-") as tmp:
         cmd = [sys.executable, "-m", "cli.burstd", "up", "--workers", "2"]
         cmd += ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", f"{tmp}/state"]
         cmd += ["--output-dir", f"{tmp}/out"]
+        if tls:
+            pki = make_pki(tmp)
+            cmd += ["--tls-ca", f"{pki}/ca.pem", "--tls-cert", f"{pki}/server.pem"]
+            cmd += ["--tls-key", f"{pki}/server-key.pem"]
         if slots:
             cmd += ["--slots", str(slots)]
         cmd += ["--", sys.executable, str(Path(__file__).resolve()), "--client", str(jobs)]
@@ -150,19 +159,25 @@ def main() -> dict[str, float]:
     parser.add_argument(
         "--slots", type=int, default=2, help="slots per burst worker (2 x 2, as Dask's 2 x 2)"
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="burst over TLS: the controller and the workers' peer ports serve it, all use it",
+    )
     parser.add_argument("--client", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client is not None:
         client_main(args.client)
         return {}
     peers = [p for p in args.peers.split(",") if p]
-    print(f"end to end: {args.jobs} /bin/true jobs, {args.rounds} rounds; {machine()}")
+    tls = ", burst over TLS" if args.tls else ""
+    print(f"end to end: {args.jobs} /bin/true jobs, {args.rounds} rounds{tls}; {machine()}")
     rates: dict[str, list[float]] = {}
     for round_no in range(1, args.rounds + 1):
         print(f"round {round_no} ({load()})")
         for name in ["burst", "xargs -P 2", *peers]:
             if name == "burst":
-                rate = run_burst(args.jobs, args.slots)
+                rate = run_burst(args.jobs, args.slots, args.tls)
             elif name == "xargs -P 2":
                 rate = run_xargs(args.jobs)
             else:
