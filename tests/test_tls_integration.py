@@ -80,7 +80,7 @@ def test_a_cluster_over_tls_runs_jobs_and_workers_steal_over_it(
         assert time.monotonic() < deadline, "w1 did not register over TLS"
         time.sleep(0.2)
     # w1 holds a long job and the short ones behind it; w2, started late, can only steal them.
-    long_job = cluster.burst(*ca, "submit", "process", "sleep", "6").stdout.strip()
+    long_job = cluster.burst(*ca, "submit", "process", "sleep", "15").stdout.strip()
     short = cluster.burst(*ca, "submit", "--array", "1-3", "process", "true").stdout.split()
     deadline = time.monotonic() + 60
     while json.loads(cluster.burst(*ca, "workers", "--json").stdout)["leased"] < 4:
