@@ -6,7 +6,7 @@ pass/fail test. The summary at the end puts the figures next to the targets of t
 Usage::
 
     python bench/run_all.py [--quick]
-        [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal,cli,list]
+        [--skip e2e,capacity,metrics,latency,memory,rpc,restart,steal,cli,list,million]
 
 ``--quick`` runs smaller sizes (for a smoke run); the figures in docs/benchmarks.md come from a
 full run. Peers (HyperQueue, Dask) are installed into cached venvs on first use (see _common.py).
@@ -163,6 +163,25 @@ def main() -> None:
             )
         )
         rows.append(("burst list: lines/s", grab(r"([0-9,]+) lines/s", out), ">= 100,000"))
+    if "million" not in skip:
+        count, sample_at = (100_000, 10_000) if q else (1_000_000, 100_000)
+        out = run("million.py", "--jobs", str(count), "--sample-at", str(sample_at))
+        rows.append(
+            (
+                f"{count:,} jobs end to end: rate / 10,000-job rate",
+                grab(r"jobs/s: ([0-9.]+) x the reference", out),
+                ">= 0.9",
+            )
+        )
+        for role in ("controller", "worker 1", "worker 2"):
+            rows.append(
+                (
+                    f"  {role} RSS at the end / after {sample_at:,}",
+                    grab(rf"RSS {role}: .*: ([0-9.]+|n/a) \[", out),
+                    "<= 1.2",
+                )
+            )
+        rows.append(("  burst wait RSS, largest", grab(r"at most (\d+ MiB)", out), "bounded"))
     if "steal" not in skip and (HERE / "steal_makespan.py").exists():
         run("steal_makespan.py")
 
