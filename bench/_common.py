@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 import statistics
 import subprocess
 import sys
@@ -116,15 +115,6 @@ def make_pki(tmp: str) -> Path:
     return folder
 
 
-def client_tls() -> ssl.SSLContext | None:
-    """The TLS context of this process's clients: BURST_TLS_CA's (set by :func:`start_controller`
-    with ``tls``, or by ``burstd up --tls-ca``), None without it."""
-    from burstd.transport.tls import client_context
-
-    ca = os.environ.get("BURST_TLS_CA")
-    return client_context(Path(ca)) if ca else None
-
-
 def start_controller(
     tmp: str, store: str, capacity: int, metrics_listen: str = "", tls: bool = False
 ) -> tuple[subprocess.Popen[bytes], int]:
@@ -134,7 +124,7 @@ def start_controller(
 
     BURST_STATE_DIR then names its state directory: clients of this process (and of its
     children) send the admin token the controller wrote there; BURST_TLS_CA names the CA with
-    ``tls`` (:func:`client_tls`), and is unset without."""
+    ``tls`` (their clients then use TLS), and is unset without."""
     port = free_port()
     config = Path(tmp, "c.toml")
     pki = make_pki(tmp) if tls else None

@@ -51,7 +51,6 @@ import contextlib
 from bench._common import (
     REPO,
     burst_env,
-    client_tls,
     cpu_seconds,
     free_port,
     load,
@@ -79,7 +78,7 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
     """One simulated worker with a real worker's timing: reports that ask for the room they
     free, long polls of LONG_POLL_MS for work when they bring none, one of NOTICE_POLL_MS for
     notices, heartbeats at the interval the controller asks for."""
-    from burstd import auth, credentials, transport, wire
+    from burstd import auth, credentials, tlsconfig, transport, wire
     from burstd.config import parse_hostport
     from burstd.worker.daemon import LONG_POLL_MS, NOTICE_POLL_MS
     from proto.burst.v1 import job_pb2, worker_pb2
@@ -88,8 +87,9 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
     host, port = parse_hostport(addr)
     # The controller's admin token (see start_controller), allowed every worker call.
     token = auth.bearer(credentials.local_token())
+    tls = tlsconfig.environment_client_context()  # BURST_TLS_CA, from start_controller
     async with transport.Channel(
-        host, port, connect_timeout=10.0, multiplex=True, metadata=token, tls=client_tls()
+        host, port, connect_timeout=10.0, multiplex=True, metadata=token, tls=tls
     ) as channel:
 
         async def call(method: str, request: Any, reply: type[T]) -> T:
@@ -167,7 +167,7 @@ async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:
 async def wait_registered(addr: str, workers: int, timeout: float) -> None:
     from burstd.client import Client
 
-    async with Client.connect(addr, tls=client_tls()) as client:
+    async with Client.connect(addr) as client:
         with trio.fail_after(timeout):
             while len(await client.workers()) < workers:
                 await trio.sleep(0.5)
@@ -183,7 +183,7 @@ async def drive(addr: str, jobs: int, array: int) -> Run:
     from burstd.client import Client, process
 
     spec = process("/bin/true")
-    async with Client.connect(addr, tls=client_tls()) as client:
+    async with Client.connect(addr) as client:
         start = time.perf_counter()
         ids: list[str] = []
         for first in range(0, jobs, array):

@@ -35,7 +35,6 @@ from bench._common import (
     PEERS,
     REPO,
     burst_env,
-    client_tls,
     free_port,
     load,
     machine,
@@ -68,7 +67,7 @@ async def _submit_and_wait(addr: str, jobs: int) -> tuple[float, int]:
     """Submit the array and wait for it; returns seconds and failed jobs."""
     from burstd.client import Client, process
 
-    async with Client.connect(addr, tls=client_tls()) as client:
+    async with Client.connect(addr) as client:
         start = time.perf_counter()
         ids = await client.submit_array(process("/bin/true"), range(jobs))
         async for _ in client.wait(ids):

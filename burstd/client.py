@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import trio
 
-from burstd import arrays, auth, credentials, transport, wire
+from burstd import arrays, auth, credentials, tlsconfig, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2
 
@@ -120,11 +120,15 @@ class Client:
     ) -> AsyncIterator[Client]:
         """Connect to the controller at ``addr``, sending ``token`` with every call (default:
         ``BURST_TOKEN``, else the ``admin.token`` of the local state directory, see
-        ``burstd.credentials``; ``credentials.TokenNotFound`` if there is none). With ``tls``
-        (``burstd.transport.tls.client_context(ca)``), over TLS."""
+        ``burstd.credentials``; ``credentials.TokenNotFound`` if there is none). Over TLS with
+        ``tls`` (``burstd.transport.tls.client_context(ca)``), else with the CA that
+        ``BURST_TLS_CA`` names (and the client certificate of ``BURST_TLS_CERT`` and
+        ``BURST_TLS_KEY``) if it is set, as ``burst`` and ``burstd up``'s commands do."""
         host, port = parse_hostport(addr)
         if token is None:
             token = credentials.local_token()
+        if tls is None:
+            tls = tlsconfig.environment_client_context()
         # Unary calls travel over one standing stream (proto/burst/v1/mux.proto): a call costs
         # both sides a fraction of an HTTP/2 stream's CPU, and answers sooner.
         channel = transport.Channel(

@@ -22,15 +22,30 @@ file.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from burstd.config import CliConfig, ControllerConfig, WorkerConfig, parse_hostport
+from burstd.config import (
+    CliConfig,
+    ControllerConfig,
+    WorkerConfig,
+    parse_hostport,
+    variables,
+    with_overrides,
+)
 from burstd.transport import TransportError, tls
 
-__all__ = ["TlsSetupError", "client_context", "loopback", "server_context", "worker_client"]
+__all__ = [
+    "TlsSetupError",
+    "client_context",
+    "environment_client_context",
+    "loopback",
+    "server_context",
+    "worker_client",
+]
 
 
 class TlsSetupError(Exception):
@@ -134,3 +149,17 @@ def worker_client(config: WorkerConfig) -> ssl.SSLContext | None:
             "peers dial the peer port over TLS (tls_ca is set): give it a certificate and key",
         )
     return context
+
+
+def environment_client_context(env: Mapping[str, str] = os.environ) -> ssl.SSLContext | None:
+    """The client context of a program that takes no flags or file (``burstd.client``): the
+    ``cli`` TLS keys from their ``BURST_TLS_*`` variables alone (rule 3), as ``local_token`` reads
+    ``BURST_TOKEN``. Raises :class:`TlsSetupError` or ``ConfigError``."""
+    given = {
+        target.removeprefix("cli."): value
+        for var, targets in variables().items()
+        if (value := env.get(var, "").strip())
+        for target in targets
+        if target.startswith("cli.tls_")
+    }
+    return client_context(with_overrides(CliConfig(), env=env, **given), "cli")

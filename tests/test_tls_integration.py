@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from burstd import certs, tlsconfig
+from burstd import certs, tlsconfig, transport
 from burstd.client import BlockingClient
 from tests.cluster import Cluster, Daemon, environment, eventually, free_port, program
 from tests.test_wire_compat import seed_stubs  # noqa: F401 (a fixture)
@@ -135,6 +135,21 @@ def test_mutual_tls_serves_clients_with_a_certificate_only(cluster: Cluster, pki
         env=cluster.env,
     )
     assert listed.returncode == 0 and "admin" in listed.stdout, listed.stderr
+
+
+def test_the_python_client_takes_the_ca_from_the_environment(
+    cluster: Cluster, pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster.controller(*server_flags(pki))
+    monkeypatch.setenv("BURST_TLS_CA", str(pki / "ca.pem"))
+    with BlockingClient(cluster.addr, token=cluster.token()) as client:
+        assert client.workers() == []
+    monkeypatch.delenv("BURST_TLS_CA")
+    with (
+        pytest.raises(transport.Unavailable),
+        BlockingClient(cluster.addr, token=cluster.token(), connect_timeout=2) as client,
+    ):
+        client.workers()
 
 
 GRPCIO_CLIENT = textwrap.dedent(
