@@ -48,10 +48,15 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = PATIEN
 
 def environment(**extra: str) -> dict[str, str]:
     """os.environ with the source tree importable, so `python -m cli.<name>` works from any cwd
-    (without a BURST_TOKEN of the environment's: each test's programs find their cluster's)."""
+    (without a BURST_TOKEN or BURST_TLS_* of the environment's: each test's programs find their
+    cluster's token, and speak TLS only where the test asks)."""
     path = os.environ.get("PYTHONPATH", "")
     return {
-        **{k: v for k, v in os.environ.items() if k != "BURST_TOKEN"},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k != "BURST_TOKEN" and not k.startswith("BURST_TLS_")
+        },
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), path) if p),
         **extra,
     }
