@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from burstd.limits import ConnectionLimits
+from burstd.policies.quotas import Quota, Quotas
 from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "ConfigWarning",
     "ControllerConfig",
     "Key",
+    "QuotasConfig",
     "WorkerConfig",
     "address",
     "choice",
@@ -541,6 +543,8 @@ class ControllerConfig:
         "Seconds after which a client connection with no call open is closed.",
         default=_LIMITS.idle_timeout_s,
     )
+    quotas: Quotas = field(default_factory=Quotas)
+    """The per-user limits: the ``[quotas]`` section (:class:`QuotasConfig`)."""
 
     tls_cert: Path | None = key(
         OPTIONAL_PATH,
@@ -723,6 +727,45 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class QuotasConfig:
+    """``[quotas]``: per-user limits on the controller (``burstd.policies.quotas``), and
+    ``[quotas.users.NAME]`` tables that override them for one user, key by key."""
+
+    max_queued: int = key(
+        integer(0),
+        "Max queued jobs of one user (0: no limit); a submission past it fails with "
+        "RESOURCE_EXHAUSTED naming max_queued.",
+        default=0,
+    )
+    max_running: int = key(
+        integer(0),
+        "Max jobs of one user on workers, leased or running (0: no limit). The user's other "
+        "jobs wait in the queue while other users' jobs start.",
+        default=0,
+    )
+    submit_rate: float = key(
+        number(0),
+        "Jobs one user may submit per second (0: no limit): a token bucket holding one second "
+        "of them (at least one job); a submission larger than that is accepted on a full bucket "
+        "and later ones wait for it. Past it, RESOURCE_EXHAUSTED says when to retry.",
+        default=0.0,
+    )
+    users: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    """Per user, the keys its ``[quotas.users.NAME]`` table sets (checked as the ones above)."""
+
+    def quotas(self) -> Quotas:
+        """The limits for the job table."""
+        return Quotas(
+            Quota(self.max_queued, self.max_running, self.submit_rate),
+            {user: dict(table) for user, table in self.users.items()},
+        )
+
+
+USERS = "users"
+"""The table of ``[quotas]`` that holds one table per user (``[quotas.users.NAME]``)."""
+
+
+@dataclass(frozen=True)
 class CliConfig:
     """``[cli]``: the ``burst`` command."""
 
@@ -766,6 +809,12 @@ SECTIONS: dict[str, tuple[type[Any], str]] = {
         "(except worker_id).",
     ),
     "cli": (CliConfig, "The `burst` command."),
+    "quotas": (
+        QuotasConfig,
+        "Per-user limits of the controller. A [quotas.users.NAME] table overrides them for user "
+        "NAME (the user of its tokens), key by key:\n"
+        "[quotas.users.alice]\nmax_running = 100",
+    ),
 }
 """The tables of the file, with what they configure; ``[[workers]]`` entries are ``worker``'s."""
 
@@ -975,11 +1024,22 @@ def load_config(
         if name not in top:
             raise _unknown(shown, name, top)
     retired: dict[str, list[str]] = {}
+    tables = {section: dict(_table(shown, section, doc.get(section, {}))) for section in SECTIONS}
+    users = _table(shown, f"quotas.{USERS}", tables["quotas"].pop(USERS, {}))
     values = {
-        section: _section(
-            shown, section, section, _table(shown, section, doc.get(section, {})), ctx, retired
-        )
+        section: _section(shown, section, section, tables[section], ctx, retired)
         for section in SECTIONS
+    }
+    values["quotas"][USERS] = {
+        user: _section(
+            shown,
+            "quotas",
+            f"quotas.{USERS}.{user}",
+            _table(shown, f"quotas.{USERS}.{user}", table),
+            ctx,
+            retired,
+        )
+        for user, table in users.items()
     }
     items = doc.get("workers", [])
     if not isinstance(items, list):
@@ -1009,8 +1069,9 @@ def load_config(
     values["controller"].setdefault("state_dir", default_state_dir(env))
     for_all = {k: v for k, v in overrides["worker"].items() if k != "worker_id"}
     base = {k: v for k, v in values["worker"].items() if k != "worker_id"}
+    quotas = QuotasConfig(**values.pop("quotas")).quotas()  # type: ignore[arg-type]
     return Config(
-        controller=ControllerConfig(**values["controller"]),  # type: ignore[arg-type]
+        controller=ControllerConfig(**values["controller"], quotas=quotas),  # type: ignore[arg-type]
         workers=tuple(
             WorkerConfig(**{**base, **entry, **for_all})  # type: ignore[arg-type]
             for entry in entries

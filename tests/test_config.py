@@ -33,6 +33,7 @@ from burstd.config import (
     worker_for,
 )
 from burstd.logs import setup_logging
+from burstd.policies.quotas import Quota
 from tests.cluster import Cluster, environment, program
 
 REPO = Path(__file__).resolve().parent.parent
@@ -307,6 +308,40 @@ def test_unknown_keys_at_every_level() -> None:
         == "c.json: workers[1].slot: unknown key (did you mean 'slots'?)"
     )
     assert error(write("d.toml", "[cli]\nfoo = 1\n")) == "d.toml: cli.foo: unknown key"
+
+
+def test_quotas_and_their_overrides_per_user() -> None:
+    path = write(
+        "q.toml",
+        "[quotas]\nmax_queued = 100\nsubmit_rate = 5\n"
+        "[quotas.users.alice]\nmax_running = 2\n"
+        "[quotas.users.bob]\nmax_queued = 0\nsubmit_rate = 0.5\n",
+    )
+    quotas = load_config(path, env=ENV).controller.quotas
+    assert quotas.of("carol") == Quota(max_queued=100, max_running=0, submit_rate=5.0)
+    assert quotas.of("alice") == Quota(max_queued=100, max_running=2, submit_rate=5.0)
+    assert quotas.of("bob") == Quota(max_queued=0, max_running=0, submit_rate=0.5)
+    assert load_config(None, env=ENV).controller.quotas.of("carol") == Quota()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[quotas]\nmax_running = -1\n", "q.toml: quotas.max_running: expected an integer >= 0"),
+        (
+            "[quotas.users.bob]\nsubmit_rate = 'fast'\n",
+            "q.toml: quotas.users.bob.submit_rate: expected a number >= 0",
+        ),
+        (
+            "[quotas.users.bob]\nmax_runing = 1\n",
+            "q.toml: quotas.users.bob.max_runing: unknown key (did you mean 'max_running'?)",
+        ),
+        ("[quotas]\nusers = 3\n", "q.toml: quotas.users: expected a table, got 3"),
+        ("[quotas.users]\nbob = 3\n", "q.toml: quotas.users.bob: expected a table, got 3"),
+    ],
+)
+def test_bad_quotas_name_the_key(text: str, message: str) -> None:
+    assert error(write("q.toml", text)).startswith(message)
 
 
 def test_old_scheduler_key_is_explained() -> None:

@@ -158,7 +158,7 @@ def test_reopen_keeps_jobs_and_the_id_counter(state_dir: Path) -> None:
         )  # fmt: skip
         assert (failed.spec, failed.name, failed.submitted_at) == (SPEC, "j0", 10.0)
         assert failed.finished_at == 12.0
-        assert store.counts() == {"failed": 1, "leased": 1, "queued": 1}
+        assert store.counts() == {("", "failed"): 1, ("", "leased"): 1, ("", "queued"): 1}
         assert [job.job_id for job in store.list(None, "", 10)] == ids
         assert [job.job_id for job in store.list("queued", "", 10)] == [ids[2]]
         assert [job.job_id for job in store.list(None, ids[0], 1)] == [ids[1]]
@@ -273,25 +273,28 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     specs = [SPEC + bytes([i]) for i in range(6)]
     first = table.submit([NewJob(spec, 1, "array") for spec in specs], 5.0)
     second = table.submit([NewJob(SPEC, 0, "x"), NewJob(SPEC, 0, "y")], 6.0)
+    third = table.submit([NewJob(SPEC, 0, "y"), NewJob(SPEC, 0, "y")], 6.0, "bob")
     table.cancel(first[3], 6.0)
     table.register("w1", slots=1, capacity=1, now=6.0)  # leases the first job
     changes = table.take_changes()
     rows, runs = inserts(changes.new)
     assert [r[0] for r in rows] == [table.jobs[first[0]].num, table.jobs[first[3]].num]
-    nums = [table.jobs[job_id].num for job_id in [*first, *second]]
+    nums = [table.jobs[job_id].num for job_id in [*first, *second, *third]]
     assert runs == [
-        (nums[1], 5.0, 1, "array", specs[1:3]),
-        (nums[4], 5.0, 1, "array", specs[4:]),
-        (nums[6], 6.0, 0, "x", [SPEC]),
-        (nums[7], 6.0, 0, "y", [SPEC]),
+        (nums[1], 5.0, 1, "array", "", specs[1:3]),
+        (nums[4], 5.0, 1, "array", "", specs[4:]),
+        (nums[6], 6.0, 0, "x", "", [SPEC]),
+        (nums[7], 6.0, 0, "y", "", [SPEC]),
+        (nums[8], 6.0, 0, "y", "bob", [SPEC, SPEC]),  # another owner: another run
     ]
     persist(store, table, changes)
     try:
         columns = operator.attrgetter(*store_module._COLUMNS)
-        stored = store.get_many([*first, *second])
+        stored = store.get_many([*first, *second, *third])
         assert [columns(job) for job in stored] == [
-            columns(table.jobs[job_id]) for job_id in [*first, *second]
+            columns(table.jobs[job_id]) for job_id in [*first, *second, *third]
         ]
+        assert [job.owner for job in stored[-3:]] == ["", "bob", "bob"]
         assert [job.spec for job in stored[:6]] == specs
     finally:
         store.close()
@@ -387,16 +390,21 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
-    """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events
-    table."""
+    """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events table,
+    5 no owners: the jobs of such a store become the owner's the controller names (its admin
+    user)."""
     store = Store(state_dir)
     table = JobTable()
-    (job_id,) = submit(store, table, 1)
+    ids = submit(store, table, 2)
+    table.cancel(ids[1], 3.0)
+    persist(store, table)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("DROP TABLE events")
+        db.execute("ALTER TABLE jobs DROP COLUMN owner")
+        if old <= 4:
+            db.execute("DROP TABLE events")
         if old <= 3:
             db.execute("DROP TABLE drained")
         if old <= 2:
@@ -405,14 +413,17 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
             db.execute("DROP TABLE staged")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (old,))
     db.close()
-    store = Store(state_dir)
+    store = Store(state_dir, first_owner="admin")
     try:
-        assert [(job.job_id, job.earlier_outputs) for job in store.live_jobs()] == [(job_id, "")]
+        assert [(job.job_id, job.owner, job.earlier_outputs) for job in store.live_jobs()] == [
+            (ids[0], "admin", "")
+        ]
+        assert store.counts() == {("admin", "queued"): 1, ("admin", "cancelled"): 1}
         writes = Writes.open(store.path)
-        writes.write([], [], [], 2, begun=[(2, 5)])  # the staged table is there
-        writes.write([], [], [], 2, drains=[("w1", True)])  # and the drained one
+        writes.write([], [], [], 3, begun=[(3, 5)])  # the staged table is there
+        writes.write([], [], [], 3, drains=[("w1", True)])  # and the drained one
         event = StoredEvent(1, 5.0, "registered", "", "w1", 0, "")
-        writes.write([], [], [], 2, events=[event])  # and the events one
+        writes.write([], [], [], 3, events=[event])  # and the events one
         writes.close()
         assert store.drained() == {"w1"}
         assert store.events(0, "", "w1", 10) == [event]
@@ -421,7 +432,7 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 5
+    assert version == SCHEMA_VERSION == 6
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:
@@ -501,11 +512,11 @@ async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) 
     }  # fmt: skip
 
     # forget_finished: only what ended before the time given
-    assert await store.forget_finished(5.5) == Counter({"succeeded": 1})
+    assert await store.forget_finished(5.5) == Counter({("", "succeeded"): 1})
     assert store.get(done) is None
     # forget by id: the live ones named are kept
     forgotten = await store.forget([*ids, "job-99999999"])
-    assert forgotten == Counter({"failed": 1, "cancelled": 2})
+    assert forgotten == Counter({("", "failed"): 1, ("", "cancelled"): 2})
     assert await store.forget(ids) == Counter()
     left = {job.job_id: job.state.value for job in store.list(None, "", 100)}
     assert left == {
@@ -531,7 +542,7 @@ async def test_strings_that_are_no_job_id_name_no_job(store: Store) -> None:
         assert store.get(not_id) is None
     assert [job.job_id for job in store.get_many([*NOT_IDS, job_id])] == [job_id]
     assert await store.forget(NOT_IDS) == Counter()
-    assert await store.forget([*NOT_IDS, job_id]) == Counter({"cancelled": 1})
+    assert await store.forget([*NOT_IDS, job_id]) == Counter({("", "cancelled"): 1})
 
 
 async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store) -> None:
@@ -550,10 +561,10 @@ async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store
     table.lease("w2", 3, 7.0)
     assert report(table, newest, now=8.0) is ReportOutcome.ACCEPTED
     persist(store, table)
-    assert await store.forget_finished(7.5) == Counter({"succeeded": 2})
+    assert await store.forget_finished(7.5) == Counter({("", "succeeded"): 2})
     left = {job.job_id for job in store.list(None, "", 100)}
     assert left == {running, leased, newest}
-    assert await store.forget_finished(100.0) == Counter({"succeeded": 1})
+    assert await store.forget_finished(100.0) == Counter({("", "succeeded"): 1})
 
 
 # -- restart: restore and orphans -------------------------------------------------------------
@@ -1318,8 +1329,8 @@ async def test_a_state_filter_lists_the_jobs_in_that_state_when_the_listing_was_
         reading, leased = threading.Event(), threading.Event()
         read = store.list
 
-        def slow_read(state: str | None, after: str, limit: int) -> list[Job]:
-            found = read(state, after, limit)
+        def slow_read(state: str | None, after: str, limit: int, owner: str | None) -> list[Job]:
+            found = read(state, after, limit, owner)
             reading.set()
             leased.wait(10)
             return found

@@ -27,6 +27,7 @@ from burstd.controller.table import (
     JobState,
     JobTable,
     NewJob,
+    OverQuota,
     QueueFull,
     ReportOutcome,
     Result,
@@ -37,6 +38,7 @@ from burstd.controller.table import (
     WorkerState,
     earlier_outputs,
 )
+from burstd.policies.quotas import Quotas
 from burstd.policies.routers import Router, make_router
 
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
@@ -101,7 +103,7 @@ def fingerprint(table: JobTable) -> tuple[Any, ...]:
         )
         for w in table.workers.values()
     )
-    queue = tuple(j.job_id for j in table._queue)
+    queue = tuple(queued_in_order(table))
     return (
         jobs,
         workers,
@@ -110,6 +112,11 @@ def fingerprint(table: JobTable) -> tuple[Any, ...]:
         table.next_id,
         queue,
     )
+
+
+def queued_in_order(table: JobTable) -> list[str]:
+    """The queued jobs' ids, each owner's queue in turn (entries that left QUEUED skipped)."""
+    return [j.job_id for o in table._owners.values() for j in o.queue if j.state is Q]
 
 
 def finished_ids(table: JobTable) -> list[str]:
@@ -894,7 +901,7 @@ def test_a_transition_outside_the_table_is_an_invariant_error() -> None:
 
 def test_moves_that_start_or_end_a_job_change_nothing_else() -> None:
     """``JobTable._move`` relies on it to test little on the hot path."""
-    for _, step, _ in _MOVES.values():
+    for _, step, _, _ in _MOVES.values():
         if step.ends or step.starts:
             assert not (step.attempt or step.undelivered or step.retried)
             assert step.place.value == "stays"
@@ -968,6 +975,11 @@ class SimWorker:
 
 
 WORKER_IDS = ("w1", "w2", "w3")
+# "" has no quota; alice may run 2 at once, bob queue 4, carol submit 2 jobs a second.
+OWNERS = ("", "alice", "bob", "carol")
+QUOTAS = Quotas(
+    users={"alice": {"max_running": 2}, "bob": {"max_queued": 4}, "carol": {"submit_rate": 2.0}}
+)
 STORED_COLUMNS = operator.attrgetter(*store_module._FIELDS)
 UNKNOWN_ID = "job-99999999"
 
@@ -979,7 +991,9 @@ class TableMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = 0.0
         self.router = RecordingRouter(make_router(self.router_name, rng=random.Random(0)))
-        self.table = JobTable(router=self.router, max_queued=12, lease_ttl=10.0, crash_limit=3)
+        self.table = JobTable(
+            router=self.router, max_queued=12, lease_ttl=10.0, crash_limit=3, quotas=QUOTAS
+        )
         self.sims = {w: SimWorker() for w in WORKER_IDS}
         self.submitted: list[str] = []
         self.final: dict[str, tuple[Any, ...]] = {}
@@ -1030,12 +1044,21 @@ class TableMachine(RuleBasedStateMachine):
 
     # -- clients --
 
-    @rule(data=st.data(), n=st.integers(1, 5))
-    def submit(self, data: st.DataObject, n: int) -> None:
+    @rule(data=st.data(), n=st.integers(1, 5), owner=st.sampled_from(OWNERS))
+    def submit(self, data: st.DataObject, n: int, owner: str) -> None:
         retries = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
         before, first = fingerprint(self.table), self.table.next_id
         try:
-            ids = self.table.submit([NewJob(b"s", r) for r in retries], self.now)
+            ids = self.table.submit([NewJob(b"s", r) for r in retries], self.now, owner)
+        except OverQuota as refused:
+            quota = QUOTAS.of(owner)
+            if refused.limit == "max_queued":
+                assert self.table.owner_counts(owner)[Q] + n > quota.max_queued
+            else:
+                assert refused.limit == "submit_rate" and quota.submit_rate
+                assert refused.retry_after is not None and refused.retry_after > 0
+            assert fingerprint(self.table) == before
+            return
         except QueueFull:
             assert self.table.counts[Q] + n > self.table.max_queued
             assert fingerprint(self.table) == before
@@ -1378,7 +1401,7 @@ class TableMachine(RuleBasedStateMachine):
             waiting = [j for j in w.leases.values() if j.lease_seq == 0]
             assert len({j.job_id for j in live}) == len(live), "a job twice in an outbox"
             assert {j.job_id for j in live} == {j.job_id for j in waiting}
-        queued = [j.job_id for j in table._queue if j.state is Q]
+        queued = queued_in_order(table)
         assert len(queued) == len(set(queued)) == table.counts[Q]
         for job_id, job in table.jobs.items():
             holders = where.get(job_id, [])
@@ -1474,8 +1497,29 @@ class TableMachine(RuleBasedStateMachine):
         registered = {k for k, w in table.workers.items() if w.state is WorkerState.REGISTERED}
         assert set(self.router.seen) == registered
         self.load = {k: len(w.leases) for k, w in table.workers.items()}
-        if table.counts[Q]:
+        if table._rotation:
             assert self.router.pick() is None, "a job waits in the queue while a worker has room"
+
+    @invariant()
+    def owners_count_their_jobs_and_take_turns_within_their_quotas(self) -> None:
+        """Rule 9: each owner's queue holds its queued jobs; the rotation holds exactly the
+        owners with queued jobs below max_running, so one at its limit holds no one back."""
+        table = self.table
+        for name, owner in table._owners.items():
+            mine = [j for j in table.jobs.values() if j.owner == name]
+            real = dict.fromkeys(JobState, 0)
+            for job in mine:
+                real[job.state] += 1
+            assert owner.counts == real
+            assert {j.job_id for j in owner.queue if j.state is Q} == {
+                j.job_id for j in mine if j.state is Q
+            }
+            assert all(j.owner == name for j in owner.queue)
+            quota = QUOTAS.of(name)
+            if quota.max_running:
+                assert owner.active <= quota.max_running
+            ready = real[Q] > 0 and quota.may_lease(owner.active)
+            assert (name in table._rotation) is ready is owner.ready
 
 
 SETTINGS = settings(

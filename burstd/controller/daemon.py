@@ -28,7 +28,7 @@ from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
 from burstd.controller.store import Snapshot, Store, lock_state_dir
 from burstd.controller.table import TERMINAL, JobState, JobTable
-from burstd.controller.tokens import Tokens
+from burstd.controller.tokens import Tokens, local_user
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from burstd.metrics import serve_metrics
 
@@ -67,6 +67,7 @@ def build_table(config: ControllerConfig, durable: bool = False) -> JobTable:
         track_events=durable and config.events_max > 0,
         heartbeat_interval=config.heartbeat_interval_ms / 1000,
         heartbeat_budget=config.heartbeat_budget,
+        quotas=config.quotas,
     )
 
 
@@ -123,7 +124,11 @@ async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
     try:
         counts = await trio.to_thread.run_sync(snapshot.counts)
         table.restore_counts(
-            {JobState(state): n for state, n in counts.items() if JobState(state) in TERMINAL}
+            {
+                (owner, JobState(state)): n
+                for (owner, state), n in counts.items()
+                if JobState(state) in TERMINAL
+            }
         )
         while table.unloaded:
             jobs = await trio.to_thread.run_sync(snapshot.queued, after, LOAD_SLICE)
@@ -137,7 +142,7 @@ async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
     freeze_gc()
     logger.info(
         "queue loaded: {} queued jobs in {:.1f} s",
-        counts.get(JobState.QUEUED.value, 0),
+        sum(n for (_, state), n in counts.items() if state == JobState.QUEUED.value),
         time.monotonic() - started,
     )
 
@@ -169,7 +174,8 @@ async def run_controller(
     with ExitStack() as stack:
         store = snapshot = None
         if config.store == "sqlite":
-            store = Store(config.state_dir)
+            # The jobs of a store made before jobs had owners become the admin's.
+            store = Store(config.state_dir, first_owner=local_user())
             stack.callback(store.close)
             snapshot = store.snapshot()
             stack.callback(snapshot.close)

@@ -85,11 +85,28 @@ class _Pieces:
     """A submission being sent in pieces (``ControllerService._submit_piece``)."""
 
     submission_id: str
+    owner: str  # the user sending it: to anyone else it does not exist
     room: contextlib.ExitStack  # the room in the queue each piece holds
     jobs: list[Job] = field(default_factory=list)
     stages: list[tuple[int, int]] = field(default_factory=list)  # its pieces' kept stages
     busy: bool = False  # a piece is under way
     deadline: float = math.inf  # discarded if no piece comes by then (its client went away)
+
+
+def _owner_filter(caller: Caller, all_users: bool) -> str | None:
+    """Whose jobs a listing, a wait or a forget of every job covers: the caller's own, or with
+    ``all_users`` (admins only) everyone's (None)."""
+    if not all_users:
+        return caller.user
+    if not caller.is_admin:
+        raise transport.PermissionDenied("all_users: only an admin acts on every user's jobs")
+    return None
+
+
+def _sees(caller: Caller, job: Job) -> bool:
+    """Whether the caller may see (wait for, cancel, forget) the job: to a client another
+    user's job does not exist."""
+    return caller.is_admin or job.owner == caller.user
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +132,7 @@ def job_info(job: Job) -> job_pb2.JobInfo:
         name=job.name,
         lost_count=job.lost_count,
         retried=job.retried,
+        owner=job.owner,
     )
     if job.exit_code is not None:
         info.exit_code = job.exit_code
@@ -262,34 +280,43 @@ class ControllerService:
         new = admission.admit_one(
             request.spec if request.HasField("spec") else None, self.settings.limits
         )
-        (job_id,) = await self._submit([new])
+        (job_id,) = await self._submit([new], caller.user)
         return job_pb2.SubmitJobResponse(job_id=job_id)
 
     async def submit_jobs(
         self, request: job_pb2.SubmitJobsRequest, caller: Caller
     ) -> job_pb2.SubmitJobsResponse:
+        owner = caller.user
         if request.submission_id or request.more:
-            return await self._submit_piece(request)
+            return await self._submit_piece(request, owner)
         new = admission.admit_batch(request, self.settings.limits)
-        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new))
+        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new, owner))
 
-    async def _new_jobs(self, new: Sequence[NewJob]) -> list[Job]:
+    def _room(self, count: int, owner: str) -> contextlib.AbstractContextManager[None]:
+        """``JobTable.room``, refusals as RESOURCE_EXHAUSTED naming the limit (and for the
+        rate, when to retry)."""
+        try:
+            return self.table.room(count, owner, self.clock())
+        except QueueFull as error:
+            raise transport.ResourceExhausted(str(error)) from None
+
+    async def _new_jobs(self, new: Sequence[NewJob], owner: str) -> list[Job]:
         """Number and build the jobs, a slice at a time, other calls served in between (built
         at once, a large array is one long pass that every worker waits behind)."""
         table, now = self.table, self.clock()
         first = table.number(len(new))
-        jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now)
+        jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now, owner)
         for start in range(SUBMIT_SLICE, len(new), SUBMIT_SLICE):
             # Not a cancellation point: a stopping controller answers "stopping".
             await trio.lowlevel.cancel_shielded_checkpoint()
-            jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now)
+            jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now, owner)
         return jobs
 
-    async def _submit(self, new: Sequence[NewJob]) -> list[str]:
+    async def _submit(self, new: Sequence[NewJob], owner: str) -> list[str]:
         table = self.table
         try:
-            with table.room(len(new)):
-                jobs = await self._new_jobs(new)
+            with self._room(len(new), owner):
+                jobs = await self._new_jobs(new, owner)
                 staged = self.writer is not None and len(jobs) > STAGE_SLICE
                 if staged:
                     await self._stage(jobs)
@@ -322,13 +349,15 @@ class ControllerService:
         except StoreUnavailable as error:
             raise transport.ResourceExhausted(str(error)) from None
 
-    async def _submit_piece(self, request: job_pb2.SubmitJobsRequest) -> job_pb2.SubmitJobsResponse:
+    async def _submit_piece(
+        self, request: job_pb2.SubmitJobsRequest, owner: str
+    ) -> job_pb2.SubmitJobsResponse:
         """A piece of a submission sent in pieces: held (numbered, stored as a kept stage, its
         room in the queue held) until the last piece accepts them all at once, or refused with
         every piece before it (see SubmitJobsRequest)."""
         if request.submission_id:
             held = self._pieces.get(request.submission_id)
-            if held is None:
+            if held is None or held.owner != owner:
                 raise transport.NotFound(
                     f"submission_id: no submission {request.submission_id!r} is being sent in"
                     " pieces here (refused, discarded after"
@@ -341,7 +370,7 @@ class ControllerService:
                     " next one once it is answered"
                 )
         else:
-            held = _Pieces(f"sub-{secrets.token_hex(8)}", contextlib.ExitStack())
+            held = _Pieces(f"sub-{secrets.token_hex(8)}", owner, contextlib.ExitStack())
             self._pieces[held.submission_id] = held
         held.busy = True
         accepted = False
@@ -352,8 +381,8 @@ class ControllerService:
                 raise SpecError(
                     f"specs: {total} jobs, more than the limit of {limit} per submission"
                 )
-            held.room.enter_context(self.table.room(len(new)))
-            jobs = await self._new_jobs(new)
+            held.room.enter_context(self._room(len(new), owner))
+            jobs = await self._new_jobs(new, owner)
             if self.writer is not None:
                 await self._stage(jobs, keep=True)
                 held.stages.append((jobs[0].num, jobs[-1].num + 1))
@@ -459,7 +488,7 @@ class ControllerService:
         self, request: job_pb2.GetJobStatusRequest, caller: Caller
     ) -> job_pb2.GetJobStatusResponse:
         job = await self.lookup(request.job_id)
-        if job is None:
+        if job is None or not _sees(caller, job):
             # The prototype's answer for an unknown id, which its scripts rely on.
             return job_pb2.GetJobStatusResponse(
                 job_id=request.job_id,
@@ -478,10 +507,13 @@ class ControllerService:
         now = self.clock()
         states = []
         for job_id in ids:
-            state = self.table.cancel(job_id, now)
-            if state is None and (stored := await self.lookup(job_id)) is not None:
-                state = stored.state
-            states.append("unknown" if state is None else state.value)
+            job = await self.lookup(job_id)
+            if job is None or not _sees(caller, job):
+                states.append("unknown")
+                continue
+            # None: it left memory meanwhile, ended.
+            state = self.table.cancel(job_id, now) or job.state
+            states.append(state.value)
         self._after_change()
         await self._durable(refuse=transport.ResourceExhausted)
         return job_pb2.CancelJobsResponse(states=states)
@@ -500,13 +532,14 @@ class ControllerService:
                 ) from None
         if request.after and not _is_job_id(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
+        owner = _owner_filter(caller, request.all_users)
         limit = min(request.limit or 100, MAX_LIST)
         jobs = []
         store_error = ""
         if self.store is not None:
             store_error = await self._settled()
             stored = await trio.to_thread.run_sync(
-                self.store.list, state and state.value, request.after, limit
+                self.store.list, state and state.value, request.after, limit, owner
             )
             if state is None:
                 # Live jobs may have moved on since the commit: memory has the newest word.
@@ -517,6 +550,8 @@ class ControllerService:
                 jobs = [job_info(job) for job in stored]
         else:
             for job in self.table.iter_jobs(state, request.after):
+                if owner is not None and job.owner != owner:
+                    continue
                 jobs.append(job_info(job))
                 if len(jobs) == limit:
                     break
@@ -623,7 +658,7 @@ class ControllerService:
     ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
         """Progress until every waited job has ended; the first update comes at once."""
         if request.all:
-            async for update in self._wait_all():
+            async for update in self._wait_all(_owner_filter(caller, request.all_users)):
                 yield update
             return
         ids = admission.job_ids(request.job_ids)
@@ -631,7 +666,7 @@ class ControllerService:
             raise SpecError("job_ids: name at least one job, or set all")
         known = await self._lookup_many(ids)
         for job_id in ids:
-            if job_id not in known:
+            if job_id not in known or not _sees(caller, known[job_id]):
                 raise transport.NotFound(f"job_ids: unknown job {job_id!r}")
         pending = set(ids)
         first_submitted_at = min(job.submitted_at for job in known.values())
@@ -683,10 +718,11 @@ class ControllerService:
             ):
                 await trio.sleep_until(looked + WAIT_UPDATE_INTERVAL)
 
-    async def _wait_all(self) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+    async def _wait_all(self, owner: str | None) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        """Progress of every job of ``owner`` (None: of everyone) until none is pending."""
         while True:
             finished_event = self._finished
-            counts = self.table.counts
+            counts = self.table.counts if owner is None else self.table.owner_counts(owner)
             pending = sum(n for state, n in counts.items() if state not in TERMINAL)
             yield job_pb2.WaitJobsUpdate(
                 total=sum(counts.values()),
@@ -709,29 +745,38 @@ class ControllerService:
                 raise SpecError("job_ids: cannot be combined with all_finished")
             if not request.older_than_seconds >= 0:
                 raise SpecError("older_than_seconds: must be a number >= 0")
-            forget = functools.partial(self.prune, self.clock() - request.older_than_seconds)
+            owner = _owner_filter(caller, request.all_users)
+            forget = functools.partial(self.prune, self.clock() - request.older_than_seconds, owner)
         else:
             ids = admission.job_ids(request.job_ids)
             if not ids:
                 raise SpecError("job_ids: name at least one job, or set all_finished")
-            forget = functools.partial(self._forget, ids, None)
+            known = await self._lookup_many(ids)
+            mine = [job_id for job_id, job in known.items() if _sees(caller, job)]
+            forget = functools.partial(self._forget, mine, None)
         try:
             forgotten = await forget()
         except StoreUnavailable as error:
             raise transport.ResourceExhausted(str(error)) from None
         return job_pb2.ForgetJobsResponse(forgotten=forgotten)
 
-    async def prune(self, finished_before: float) -> int:
-        """Forget every job that finished before the given time (the retention period).
-        Raises ``StoreUnavailable`` when the store cannot be written."""
-        return await self._forget(self.table.finished_before(finished_before), finished_before)
+    async def prune(self, finished_before: float, owner: str | None = None) -> int:
+        """Forget every job (of ``owner``; None: of everyone) that finished before the given
+        time (the retention period). Raises ``StoreUnavailable`` when the store cannot be
+        written."""
+        ids = self.table.finished_before(finished_before, owner)
+        return await self._forget(ids, finished_before, owner)
 
-    async def _forget(self, ids: list[str], finished_before: float | None) -> int:
+    async def _forget(
+        self, ids: list[str], finished_before: float | None, owner: str | None = None
+    ) -> int:
         if self.writer is None:
             return len(self.table.forget(ids))
-        by_state = await self.writer.forget(ids, finished_before=finished_before)
+        by_state = await self.writer.forget(ids, finished_before=finished_before, owner=owner)
         # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
-        self.table.forgotten({JobState(state): n for state, n in by_state.items()}, ids)
+        self.table.forgotten(
+            {(user, JobState(state)): n for (user, state), n in by_state.items()}, ids
+        )
         return sum(by_state.values())
 
     # -- workers -----------------------------------------------------------------------------

@@ -34,9 +34,9 @@ from burstd.credentials import private_dir, private_file
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
-# 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table
-# (older versions are migrated when opened)
-SCHEMA_VERSION = 5
+# 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table; 6: the
+# jobs' owners (older versions are migrated when opened)
+SCHEMA_VERSION = 6
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -49,6 +49,7 @@ _COLUMNS = (
     "retries",
     "name",
     "submitted_at",
+    "owner",
     "state",
     "attempt",
     "worker_id",
@@ -65,7 +66,11 @@ _COLUMNS = (
     "stolen",
     "earlier_outputs",
 )
-_MUTABLE = _COLUMNS[5:]
+# Set at submission and never changed: those before it.
+_FIRST_MUTABLE = _COLUMNS.index("state")
+_MUTABLE = _COLUMNS[_FIRST_MUTABLE:]
+# What a store made before jobs had owners gets (see ``Store._check``).
+_OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 # Large submissions being stored a slice per commit (``StoreWriter.stage``): the numbers from
 # ``first`` to ``stop`` (excluded) are not accepted yet, and a start deletes them.
 _STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL);"
@@ -94,6 +99,7 @@ CREATE TABLE jobs (
     retries INTEGER NOT NULL,
     name TEXT NOT NULL,
     submitted_at REAL NOT NULL,
+    owner TEXT NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
@@ -121,7 +127,7 @@ COMMIT;
 # A new job has only been submitted, and perhaps leased: its other columns are as in any new
 # Job, and go into the statement as constants rather than as parameters bound row by row (which
 # halves the insert's cost). A new job changed otherwise before its commit is updated after it.
-_NEW = _COLUMNS[:8]
+_NEW = _COLUMNS[: _FIRST_MUTABLE + 3]
 _FRESH = Job(job_id="", num=0, spec=b"", retries=0, name="", submitted_at=0.0)
 
 
@@ -149,8 +155,8 @@ _INSERT = (
 # spares the event loop building a tuple a job (``inserts``).
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, "
-    f"{_literals(_COLUMNS[5:])} FROM n"
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, "
+    f"{_literals(_COLUMNS[_FIRST_MUTABLE:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
 _LEASED = ("state", "attempt", "worker_id")
@@ -159,6 +165,11 @@ _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 # Reads leave out the rows of a submission still being staged: it is not accepted yet.
 _ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)"
 _LIVE = ("queued", "leased", "running")
+
+
+Run = tuple[int, float, int, str, str, list[bytes]]
+"""New jobs as they were submitted, one after the other: (first number, submitted_at, retries,
+name, owner, specs); see ``inserts``."""
 
 
 class Commit(NamedTuple):
@@ -175,7 +186,7 @@ class Commit(NamedTuple):
     dropped: Sequence[tuple[int, int]] = ()
     # New jobs as they were submitted, in runs (see ``inserts``): with ``new_rows``, every job
     # the commit inserts.
-    new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = ()
+    new_runs: Sequence[Run] = ()
     # Worker ids drained (True) or undrained by an admin (``JobTable.take_drains``).
     drains: Sequence[tuple[str, bool]] = ()
     # Events to insert (``StoredEvent``'s fields), and the number below which the stored ones
@@ -218,24 +229,24 @@ sqlite3.register_adapter(bool, int)
 sqlite3.register_adapter(bytes, bytes)
 row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS[: len(_NEW)])
 """A new job's parameters for ``_INSERT``: what its submission and a first lease set."""
-changed_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(*_FIELDS[5:], "num")
+changed_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
+    *_FIELDS[_FIRST_MUTABLE:], "num"
+)
 """A changed job's parameters for ``_UPDATE``: its mutable columns, then its number."""
 leased_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
-    *_FIELDS[5 : 5 + len(_LEASED)], "num"
+    *_FIELDS[_FIRST_MUTABLE : _FIRST_MUTABLE + len(_LEASED)], "num"
 )
 """A job's parameters for ``_UPDATE_LEASED``, when a lease is its only change (``Changes``)."""
 
 
-def inserts(
-    jobs: Iterable[Job],
-) -> tuple[list[tuple[object, ...]], list[tuple[int, float, int, str, list[bytes]]]]:
+def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
     """How ``Writes.write`` inserts these new jobs: a ``row`` each for those leased (or changed
-    otherwise) since their submission, and runs ``(first number, submitted_at, retries, name,
-    specs)`` of those still as submitted that follow each other in one submission."""
+    otherwise) since their submission, and runs (``Run``) of those still as submitted that
+    follow each other in one submission."""
     rows: list[tuple[object, ...]] = []
-    runs: list[tuple[int, float, int, str, list[bytes]]] = []
+    runs: list[Run] = []
     specs: list[bytes] = []
-    stop, submitted_at, retries, name = -1, 0.0, 0, ""
+    stop, submitted_at, retries, name, owner = -1, 0.0, 0, "", ""
     for job in jobs:
         # A lease is what sets the attempt first, and it never goes back to 0.
         if job.attempt or job.state is not JobState.QUEUED:
@@ -245,18 +256,20 @@ def inserts(
             and job.submitted_at == submitted_at
             and job.retries == retries
             and job.name == name
+            and job.owner == owner
         ):
             specs.append(job.spec)
             stop += 1
         else:
             specs = [job.spec]
-            stop, submitted_at, retries, name = job.num + 1, job.submitted_at, job.retries, job.name
-            runs.append((job.num, submitted_at, retries, name, specs))
+            stop, submitted_at, retries = job.num + 1, job.submitted_at, job.retries
+            name, owner = job.name, job.owner
+            runs.append((job.num, submitted_at, retries, name, owner, specs))
     return rows, runs
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    (num, spec, retries, name, submitted_at, state, attempt, worker_id, started_at,
+    (num, spec, retries, name, submitted_at, owner, state, attempt, worker_id, started_at,
      finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path,
      lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
     return Job(
@@ -281,6 +294,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         retried=retried,
         stolen=bool(stolen),
         earlier_outputs=earlier_outputs,
+        owner=owner,
     )
 
 
@@ -323,8 +337,11 @@ def lock_state_dir(state_dir: Path) -> int:
 class Store:
     """One open state directory. Not thread-safe: use it from one thread at a time."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, first_owner: str = "") -> None:
+        """Open (or create) the store in ``state_dir``. ``first_owner``: the owner given to
+        the jobs of a store made before jobs had owners (the controller's admin user)."""
         self.state_dir = state_dir
+        self._first_owner = first_owner
         self.path = state_dir / DB_NAME
         self._lock = lock_state_dir(state_dir)
         try:
@@ -382,7 +399,7 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3, 4):
+        if version in (1, 2, 3, 4, 5):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
@@ -390,7 +407,10 @@ class Store:
                     db.execute(_ADD_EARLIER_OUTPUTS)
                 if version <= 3:
                     db.execute(_DRAINED)
-                db.execute(_EVENTS)
+                if version <= 4:
+                    db.execute(_EVENTS)
+                db.execute(_OWNER_COLUMN)
+                db.execute("UPDATE jobs SET owner = ?", (self._first_owner,))
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )
@@ -445,22 +465,25 @@ class Store:
         )
         return [_job(row) for row in rows]
 
-    def list(self, state: str | None, after: str, limit: int) -> list[Job]:
-        """Jobs after the one named ``after`` (a job id, or empty: from the first)."""
-        start = wire.job_number(after) if after else 0
-        if state is None:
-            rows = self._read.execute(
-                f"{_SELECT} WHERE num > ? AND {_ACCEPTED} ORDER BY num LIMIT ?", (start, limit)
-            )
-        else:
-            rows = self._read.execute(
-                f"{_SELECT} WHERE num > ? AND state = ? AND {_ACCEPTED} ORDER BY num LIMIT ?",
-                (start, state, limit),
-            )
+    def list(
+        self, state: str | None, after: str, limit: int, owner: str | None = None
+    ) -> list[Job]:
+        """Jobs after the one named ``after`` (a job id, or empty: from the first), of one
+        state and of one owner (None: any)."""
+        where = ["num > ?"]
+        params: list[object] = [wire.job_number(after) if after else 0]
+        for column, value in (("state", state), ("owner", owner)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self._read.execute(
+            f"{_SELECT} WHERE {' AND '.join(where)} AND {_ACCEPTED} ORDER BY num LIMIT ?",
+            (*params, limit),
+        )
         return [_job(row) for row in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per state."""
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (owner, state)."""
         with closing(self.snapshot()) as snapshot:
             return snapshot.counts()
 
@@ -502,13 +525,17 @@ class Store:
         """Return once the commit sent last is on disk; raises ``sqlite3.Error`` if it failed."""
         await self._writes.receive()
 
-    async def forget(self, job_ids: Iterable[str]) -> Counter[str]:
-        """Delete finished jobs by id (live ones never are); returns how many, by state."""
+    async def forget(self, job_ids: Iterable[str]) -> Counter[tuple[str, str]]:
+        """Delete finished jobs by id (live ones never are); returns how many, by owner and
+        state."""
         return Counter(await self._writes.call("forget", _numbers(job_ids)))
 
-    async def forget_finished(self, finished_before: float) -> Counter[str]:
-        """Delete every finished job that ended before the given time; counts by state."""
-        return Counter(await self._writes.call("forget_finished", finished_before))
+    async def forget_finished(
+        self, finished_before: float, owner: str | None = None
+    ) -> Counter[tuple[str, str]]:
+        """Delete every finished job (of ``owner``; None: of everyone) that ended before the
+        given time; counts by owner and state."""
+        return Counter(await self._writes.call("forget_finished", finished_before, owner))
 
 
 class Snapshot:
@@ -528,9 +555,10 @@ class Snapshot:
         rows = self._db.execute(f"{_SELECT} WHERE state IN ({placeholders}) ORDER BY num", states)
         return [_job(row) for row in rows]
 
-    def counts(self) -> dict[str, int]:
-        """Jobs per state (a read of every row: about a second a million)."""
-        return dict(self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state"))
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Jobs per (owner, state) (a read of every row: about a second a million)."""
+        query = "SELECT owner, state, count(*) FROM jobs GROUP BY owner, state"
+        return {(owner, state): n for owner, state, n in self._db.execute(query)}
 
     def queued(self, after: int, limit: int) -> list[Job]:
         """Up to ``limit`` queued jobs numbered above ``after``, in id order."""
@@ -570,7 +598,7 @@ class Writes:
         begun: Sequence[tuple[int, int]] = (),
         ended: Sequence[tuple[int, int]] = (),
         dropped: Sequence[tuple[int, int]] = (),
-        new_runs: Sequence[tuple[int, float, int, str, list[bytes]]] = (),
+        new_runs: Sequence[Run] = (),
         drains: Sequence[tuple[str, bool]] = (),
         events: Sequence[tuple[object, ...]] = (),
         events_before: int = 0,
@@ -585,9 +613,9 @@ class Writes:
                 _drop_stage(db, first, stop)
             db.executemany("INSERT INTO staged VALUES (?, ?)", begun)
             db.executemany(_INSERT, new_rows)
-            for first, submitted_at, retries, name, specs in new_runs:
+            for first, submitted_at, retries, name, owner, specs in new_runs:
                 db.create_function("run_spec", 1, specs.__getitem__)
-                db.execute(_INSERT_RUN, (len(specs) - 1, first, retries, name, submitted_at))
+                db.execute(_INSERT_RUN, (len(specs) - 1, first, retries, name, submitted_at, owner))
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
             db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)
@@ -603,13 +631,16 @@ class Writes:
             if events_before:
                 db.execute("DELETE FROM events WHERE seq < ?", (events_before,))
 
-    def forget(self, nums: str) -> dict[str, int]:
+    def forget(self, nums: str) -> dict[tuple[str, str], int]:
         """Delete finished jobs by number (``_numbers``: live ones never are); returns how
-        many, by state."""
+        many, by owner and state."""
         return self._delete("num IN (SELECT value FROM json_each(?))", (nums,))
 
-    def forget_finished(self, finished_before: float) -> dict[str, int]:
-        """Delete every finished job that ended before the given time; counts by state.
+    def forget_finished(
+        self, finished_before: float, owner: str | None = None
+    ) -> dict[tuple[str, str], int]:
+        """Delete every finished job (of ``owner``; None: of everyone) that ended before the
+        given time; counts by owner and state.
 
         Jobs are numbered in the order they were submitted, and none ends before it was
         submitted: only the numbers below the first one submitted at that time or later can
@@ -619,14 +650,15 @@ class Writes:
         its submission waits for the time to pass its submission."""
         return self._delete(
             f"num < ifnull((SELECT num FROM jobs WHERE submitted_at >= ? ORDER BY num LIMIT 1),"
-            f" {2**63 - 1}) AND finished_at > 0 AND finished_at < ?",
-            (finished_before, finished_before),
+            f" {2**63 - 1}) AND finished_at > 0 AND finished_at < ?"
+            + ("" if owner is None else " AND owner = ?"),
+            (finished_before, finished_before, *(() if owner is None else (owner,))),
         )
 
-    def _delete(self, where: str, params: tuple[object, ...]) -> dict[str, int]:
-        query = f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where} RETURNING state"
+    def _delete(self, where: str, params: tuple[object, ...]) -> dict[tuple[str, str], int]:
+        query = f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where} RETURNING owner, state"
         with self._transaction() as db:
-            return dict(Counter(state for (state,) in db.execute(query, params)))
+            return dict(Counter(db.execute(query, params)))
 
     def _transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         return _transaction(self._db)

@@ -42,6 +42,12 @@ Rules (the promises of the design, section 5):
    retried, lost, fenced, ended) and every worker transition is recorded as an event
    (``take_events``: kind, job, worker, attempt, detail), in the order taken, for the stored
    event log; each names the worker as it is after the transition (the thief of a steal).
+10. Every job has an owner (the user that submitted it), and the queue is one FIFO per owner.
+    Submissions past the owner's quota (``burstd.policies.quotas``: ``max_queued``,
+    ``submit_rate``) are refused whole, as a full queue is. An owner with ``max_running`` jobs
+    leased or running is out of the rotation of owners that free slots go to until one of them
+    ends, so it holds no other owner's jobs back, at no cost per queued job. Free slots go round
+    the owners with queued jobs, one worker's batch at a time (with one owner: plain FIFO).
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -70,6 +76,7 @@ from typing import NamedTuple
 
 from burstd import wire
 from burstd.leases import StopReason
+from burstd.policies.quotas import Quota, QuotaExceeded, Quotas, TokenBucket, check_submission
 from burstd.policies.routers import Router, make_router
 
 
@@ -168,6 +175,8 @@ class Step:
 _Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 _S, _F, _C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 _IN_LEASE = (_L, _R)
+# What an owner's place in the rotation depends on: its queued jobs and its jobs on workers.
+_ROTATION_GROUP = {_Q: 0, _L: 1, _R: 1, _S: 2, _F: 2, _C: 2}
 
 #: Every legal job transition, keyed by (state, event), with what it changes. ENQUEUE and ADMIT
 #: enter from None (no state yet); RESTORE is keyed by the state the job was stored in, which
@@ -257,10 +266,16 @@ WORKER_TRANSITIONS: dict[tuple[WorkerState | None, WorkerEvent], WorkerStep] = {
 }
 
 # The transitions of jobs in the table (neither in nor out) for ``JobTable._move``: the new
-# state (typed), the step, and whether it records a lease only. A step that ends a job or
-# starts it changes nothing else in the job, so that the hot path tests little.
-_MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool]] = {
-    (state, event): (step.to, step, step.record is Record.LEASED)
+# state (typed), the step, whether it records a lease only, and whether it may change the
+# owner's place in the rotation (rule 10). A step that ends a job or starts it changes nothing
+# else in the job, so that the hot path tests little.
+_MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool, bool]] = {
+    (state, event): (
+        step.to,
+        step,
+        step.record is Record.LEASED,
+        _ROTATION_GROUP[state] != _ROTATION_GROUP[step.to],
+    )
     for (state, event), step in TRANSITIONS.items()
     if state is not None and step.to is not None and event is not Event.RESTORE
 }
@@ -307,6 +322,16 @@ class QueueFull(TableError):
     pass
 
 
+class OverQuota(QueueFull):
+    """A submission past one of its owner's limits (``limit``: the key; ``retry_after``: the
+    seconds after which it would be accepted, for ``submit_rate``)."""
+
+    def __init__(self, exceeded: QuotaExceeded) -> None:
+        super().__init__(str(exceeded))
+        self.limit = exceeded.limit
+        self.retry_after = exceeded.retry_after
+
+
 class UnknownWorker(TableError):
     pass
 
@@ -320,6 +345,7 @@ class TransferRefused(TableError):
 
 
 FINISHED_LOG_SIZE = 100_000
+NO_QUOTAS = Quotas()
 
 
 class InvariantError(AssertionError):
@@ -355,6 +381,33 @@ class Job:
     earlier_outputs: str = ""
     # Non-zero: the lease reached worker_id through this steal round of it, not through a poll.
     steal_round: int = 0
+    # The user that submitted it (its token's user); the store keeps it, it never changes.
+    owner: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class Owner:
+    """One user's jobs in the table (rule 10): its queue, its counts per state (those only the
+    store holds included) and the state of its quota."""
+
+    name: str
+    quota: Quota
+    # Its queued jobs in the order they lease: those of a previous life (``JobTable.restore``)
+    # first, as they were submitted before any since. Entries that left QUEUED are skipped when
+    # popped.
+    backlog: deque[Job] = field(default_factory=deque)
+    queue: deque[Job] = field(default_factory=deque)
+    counts: dict[JobState, int] = field(default_factory=lambda: dict.fromkeys(JobState, 0))
+    # Room held for its submissions not queued yet (``JobTable.room``).
+    held_room: int = 0
+    bucket: TokenBucket | None = None
+    # In the rotation: it has queued jobs and may be leased one more.
+    ready: bool = False
+
+    @property
+    def active(self) -> int:
+        """Its jobs on workers (leased or running): what ``max_running`` bounds."""
+        return self.counts[JobState.LEASED] + self.counts[JobState.RUNNING]
 
 
 # An event of the log (rule 9): kind, job id ("" for a worker's), worker id, attempt, detail.
@@ -465,8 +518,10 @@ class JobTable:
         track_events: bool = False,
         heartbeat_interval: float = 1.0,
         heartbeat_budget: float = 100.0,
+        quotas: Quotas = NO_QUOTAS,
     ) -> None:
         self.router = make_router(router) if isinstance(router, str) else router
+        self.quotas = quotas
         self.max_queued = max_queued
         self.lease_ttl = lease_ttl
         self.heartbeat_interval = heartbeat_interval
@@ -484,11 +539,10 @@ class JobTable:
         # metrics (read at scrape time: a dict increment is all a transition pays).
         self.moves: dict[tuple[JobState | None, Event], int] = dict.fromkeys(TRANSITIONS, 0)
         self.worker_events: dict[WorkerEvent, int] = dict.fromkeys(WorkerEvent, 0)
-        # FIFO of queued jobs; entries that left QUEUED (cancelled) are skipped when popped.
-        self._queue: deque[Job] = deque()
-        # The queued jobs of a previous life (``restore``), routed before the queue: they were
-        # submitted before anything queued since the restart.
-        self._backlog: deque[Job] = deque()
+        # Every owner seen, and those in the rotation (queued jobs, room to lease), in the
+        # order free slots go to them (rule 10).
+        self._owners: dict[str, Owner] = {}
+        self._rotation: dict[str, Owner] = {}
         # Queued jobs of a previous life still only in the store, and the number up to which
         # every one of them is in memory: a restart serves before its whole queue is read back
         # (``restore_queued``).
@@ -537,12 +591,40 @@ class JobTable:
         counts[JobState.QUEUED] += self.unloaded
         return MappingProxyType(counts)
 
+    def owner_counts(self, owner: str) -> Mapping[JobState, int]:
+        """An owner's jobs per state, as ``counts`` (all 0 for a user with no job)."""
+        known = self._owners.get(owner)
+        return MappingProxyType(known.counts if known else dict.fromkeys(JobState, 0))
+
+    def _owner(self, name: str) -> Owner:
+        owner = self._owners.get(name)
+        if owner is None:
+            owner = self._owners[name] = Owner(name, self.quotas.of(name))
+        return owner
+
+    def _count(self, job: Job, state: JobState, by: int) -> Owner:
+        """Count ``by`` more (or fewer) of the job's owner's jobs in ``state``."""
+        owner = self._owner(job.owner)
+        owner.counts[state] += by
+        self._counts[state] += by
+        return owner
+
+    def _rotate(self, owner: Owner) -> None:
+        """Put the owner in the rotation, or take it out, as its counts now say (rule 10)."""
+        ready = owner.counts[JobState.QUEUED] > 0 and owner.quota.may_lease(owner.active)
+        if ready is not owner.ready:
+            owner.ready = ready
+            if ready:
+                self._rotation[owner.name] = owner
+            else:
+                del self._rotation[owner.name]
+
     def _move(self, job: Job, event: Event, now: float = 0.0, until: float = 0.0) -> None:
         """Take the transition of ``event`` for a job in the table (not one in or out);
         ``until``: when an orphan lease (``Place.ORPHAN``) is due."""
         move = (job.state, event)
         try:
-            to, step, leased = _MOVES[move]
+            to, step, leased, rotates = _MOVES[move]
         except KeyError:
             raise InvariantError(
                 f"{job.job_id}: no transition {job.state} --{event.value}-->"
@@ -550,8 +632,14 @@ class JobTable:
         counts = self._counts
         counts[job.state] -= 1
         counts[to] += 1
+        owner = self._owners[job.owner]
+        owner_counts = owner.counts
+        owner_counts[job.state] -= 1
+        owner_counts[to] += 1
         job.state = to
         self.moves[move] += 1
+        if rotates:
+            self._rotate(owner)
         # The hot path (a lease, a start, an end, once a job each) tests only what its step
         # may change: see _MOVES.
         if step.ends:
@@ -570,7 +658,7 @@ class JobTable:
                 job.retried += 1
                 _keep_outputs(job)
             if step.place is Place.FRONT:
-                (self._backlog or self._queue).appendleft(job)
+                (owner.backlog or owner.queue).appendleft(job)
             elif step.place is Place.ORPHAN:
                 self.orphans[job.job_id] = until
         if self.track_events:
@@ -586,12 +674,13 @@ class JobTable:
         """A job of a previous life enters the table again, in the state the store holds."""
         step = _step(job.state, Event.RESTORE, job.job_id)
         self.jobs[job.job_id] = job
-        self._counts[job.state] += 1
+        owner = self._count(job, job.state, 1)
         if step.undelivered:
             job.lease_seq = 0
             job.steal_round = 0
         if step.place is Place.BACKLOG:
-            self._backlog.append(job)
+            owner.backlog.append(job)
+            self._rotate(owner)
         elif step.place is Place.ORPHAN:
             self.orphans[job.job_id] = now + self.lease_ttl
 
@@ -604,8 +693,15 @@ class JobTable:
         self.jobs.update(zip(ids, jobs, strict=True))
         if self.track_changes and step.record is Record.NEW:
             self._new.update(zip(ids, jobs, strict=True))
-        (self._backlog if step.place is Place.BACKLOG else self._queue).extend(jobs)
-        self._counts[JobState.QUEUED] += len(jobs)
+        owners = {job.owner for job in jobs}
+        for name in owners:
+            # One submission's jobs have one owner: its queue takes them in one C call.
+            owned = jobs if len(owners) == 1 else [job for job in jobs if job.owner == name]
+            owner = self._owner(name)
+            (owner.backlog if step.place is Place.BACKLOG else owner.queue).extend(owned)
+            owner.counts[JobState.QUEUED] += len(owned)
+            self._counts[JobState.QUEUED] += len(owned)
+            self._rotate(owner)
         self.moves[JobState.QUEUED if event is Event.RESTORE else None, event] += len(jobs)
         if self.track_events and event in JOB_EVENTS:
             kind, detail = JOB_EVENTS[event]
@@ -617,7 +713,7 @@ class JobTable:
         A queued one stays in the queue's deque until the caller rebuilds it."""
         step = _step(job.state, event, job.job_id)
         assert step.place is Place.OUT
-        self._counts[job.state] -= 1
+        self._rotate(self._count(job, job.state, -1))
         self.moves[job.state, event] += 1
         del self.jobs[job.job_id]
         if step.record is Record.DROPPED:
@@ -709,13 +805,15 @@ class JobTable:
 
     # -- clients -----------------------------------------------------------------------------
 
-    def submit(self, new_jobs: Sequence[NewJob], now: float) -> list[str]:
-        """Queue every job or none (QueueFull when they do not all fit); returns their ids.
+    def submit(self, new_jobs: Sequence[NewJob], now: float, owner: str = "") -> list[str]:
+        """Queue every job or none (QueueFull when they do not all fit, OverQuota past the
+        owner's quota); returns their ids.
 
         With a store, the jobs are accepted once stored (see rule 7 and ``withdraw``).
         """
-        self.check_room(len(new_jobs))
-        return self.enqueue(self.new_jobs(self.number(len(new_jobs)), new_jobs, now))
+        with self.room(len(new_jobs), owner, now):
+            jobs = self.new_jobs(self.number(len(new_jobs)), new_jobs, now, owner)
+        return self.enqueue(jobs)
 
     def check_room(self, count: int) -> None:
         """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
@@ -728,15 +826,35 @@ class JobTable:
             )
 
     @contextmanager
-    def room(self, count: int) -> Iterator[None]:
-        """Hold room in the queue for ``count`` jobs (QueueFull if there is none) until the
-        block ends: a submission being stored before it is queued (a staged one) keeps it."""
+    def room(self, count: int, owner: str = "", now: float = 0.0) -> Iterator[None]:
+        """Hold room in the queue for ``count`` jobs of ``owner`` until the block ends: a
+        submission being stored before it is queued (a staged one) keeps it.
+
+        Raises QueueFull if the queue has no room, OverQuota past the owner's ``max_queued``
+        (its queued jobs and its room held count) or ``submit_rate`` (whose tokens are taken
+        here, once the rest fits)."""
         self.check_room(count)
+        user = self._owner(owner)
+        if user.bucket is None and user.quota.submit_rate:
+            user.bucket = TokenBucket.full(user.quota, now)
+        try:
+            check_submission(
+                owner,
+                user.quota,
+                count,
+                user.counts[JobState.QUEUED] + user.held_room,
+                user.bucket,
+                now,
+            )
+        except QuotaExceeded as exceeded:
+            raise OverQuota(exceeded) from None
         self.held_room += count
+        user.held_room += count
         try:
             yield
         finally:
             self.held_room -= count
+            user.held_room -= count
 
     def number(self, count: int) -> int:
         """Take the numbers of ``count`` new jobs; returns the first. A number is never used
@@ -746,12 +864,13 @@ class JobTable:
         return first
 
     @staticmethod
-    def new_jobs(first: int, new_jobs: Sequence[NewJob], now: float) -> list[Job]:
-        """The jobs numbered from ``first`` (see ``number``) for these submissions. Nothing
-        changes until ``enqueue`` takes them: a large submission may be built in slices."""
+    def new_jobs(first: int, new_jobs: Sequence[NewJob], now: float, owner: str = "") -> list[Job]:
+        """The jobs of ``owner`` numbered from ``first`` (see ``number``) for these
+        submissions. Nothing changes until ``enqueue`` takes them: a large submission may be
+        built in slices."""
         stop = first + len(new_jobs)
         return [
-            Job(job_id, num, new.spec, new.retries, new.name, now)
+            Job(job_id, num, new.spec, new.retries, new.name, now, owner=owner)
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
             )
@@ -764,6 +883,7 @@ class JobTable:
         as a refusal would leave them stored, and back after a restart. (Jobs going back to
         the queue, lost or retried, do not ask for room, so the queue may have filled.)"""
         if not stored:
+            # The owner's quota was checked when its room was (``room``).
             self.check_room(len(jobs))
         ids = self._enter_queued(jobs, Event.ADMIT if stored else Event.ENQUEUE)
         self._dispatch()
@@ -776,6 +896,7 @@ class JobTable:
         stores it), so a lease they got is simply released.
         """
         gone = set()
+        owners = set()
         for job in jobs:
             if self.jobs.get(job.job_id) is not job:
                 continue
@@ -784,8 +905,11 @@ class JobTable:
             if worker is not None and worker.leases.get(job.job_id) is job:
                 self._release(worker, job)  # its outbox entry is skipped when popped
             gone.add(job.job_id)
+            owners.add(job.owner)
+        for name in owners:
+            owner = self._owners[name]
+            owner.queue = deque(job for job in owner.queue if job.job_id not in gone)
         if gone:
-            self._queue = deque(job for job in self._queue if job.job_id not in gone)
             self._dispatch()
 
     def get(self, job_id: str) -> Job | None:
@@ -1271,11 +1395,12 @@ class JobTable:
         self.unloaded = unloaded
         self._dispatch()
 
-    def restore_counts(self, finished: Mapping[JobState, int]) -> None:
-        """Count the finished jobs of the previous life (per state), which stay in the store;
-        ``restore`` counted them as queued ones not read back yet."""
-        for state, count in finished.items():
+    def restore_counts(self, finished: Mapping[tuple[str, JobState], int]) -> None:
+        """Count the finished jobs of the previous life (per owner and state), which stay in
+        the store; ``restore`` counted them as queued ones not read back yet."""
+        for (owner, state), count in finished.items():
             _step(state, Event.RESTORE, f"{count} stored jobs")
+            self._owner(owner).counts[state] += count
             self._counts[state] += count
             self.unloaded -= count
 
@@ -1350,20 +1475,27 @@ class JobTable:
                 removed.append(job_id)
         return removed
 
-    def forgotten(self, by_state: Mapping[JobState, int], job_ids: Iterable[str]) -> None:
-        """The store deleted finished jobs (``by_state`` counts them, ``job_ids`` names those
-        that may be in memory): they no longer count, and leave memory as ``evict`` allows."""
-        for state, count in by_state.items():
+    def forgotten(
+        self, by_state: Mapping[tuple[str, JobState], int], job_ids: Iterable[str]
+    ) -> None:
+        """The store deleted finished jobs (``by_state`` counts them per owner and state,
+        ``job_ids`` names those that may be in memory): they no longer count, and leave memory
+        as ``evict`` allows."""
+        for (owner, state), count in by_state.items():
             _step(state, Event.FORGET, f"{count} stored jobs")
+            self._owner(owner).counts[state] -= count
             self._counts[state] -= count
         self.evict(job for job_id in job_ids if (job := self.jobs.get(job_id)) is not None)
 
-    def finished_before(self, when: float) -> list[str]:
-        """Ids of finished jobs in memory that ended before ``when``."""
+    def finished_before(self, when: float, owner: str | None = None) -> list[str]:
+        """Ids of finished jobs in memory (of ``owner``; None: of anyone) that ended before
+        ``when``."""
         return [
             job.job_id
             for job in self.jobs.values()
-            if job.state in TERMINAL and 0 < job.finished_at < when
+            if job.state in TERMINAL
+            and 0 < job.finished_at < when
+            and (owner is None or job.owner == owner)
         ]
 
     def remove_worker(self, worker_id: str, now: float) -> None:
@@ -1424,21 +1556,28 @@ class JobTable:
         beyond its capacity): they start there at once, as they would on any other idle slot,
         and one poll and one report carry them all instead of one each per worker.
         """
-        counts = self._counts
-        while counts[JobState.QUEUED]:
+        rotation = self._rotation
+        while rotation:
             worker_id = self.router.pick()
             if worker_id is None:
                 return
             worker = self.workers[worker_id]
             take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
-            while take and counts[JobState.QUEUED]:
-                job = (self._backlog or self._queue).popleft()
-                if job.state is not JobState.QUEUED:
-                    continue
-                take -= 1
-                job.worker_id = worker_id  # _hold, inline on the hot path (before the event)
-                self._move(job, Event.LEASE)
-                worker.leases[job.job_id] = job
-                worker.outbox.append(job)
+            while take and rotation:
+                # The first owner in the rotation fills the batch, as far as it may, then
+                # waits for the others' turns.
+                owner = next(iter(rotation.values()))
+                while take and owner.ready:
+                    job = (owner.backlog or owner.queue).popleft()
+                    if job.state is not JobState.QUEUED:
+                        continue
+                    take -= 1
+                    job.worker_id = worker_id  # _hold, inline on the hot path (before the event)
+                    self._move(job, Event.LEASE)
+                    worker.leases[job.job_id] = job
+                    worker.outbox.append(job)
+                if owner.ready and len(rotation) > 1:
+                    del rotation[owner.name]
+                    rotation[owner.name] = owner
             self.router.update(worker_id, len(worker.leases), worker.capacity)
             self._wakeups.add(worker_id)

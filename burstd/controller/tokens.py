@@ -234,7 +234,7 @@ class Tokens:
         """Make sure ``admin.token`` and ``worker.token`` in ``state_dir`` hold valid tokens of
         their roles, writing new ones where they do not; returns the files written."""
         written = []
-        user = _local_user()
+        user = local_user()
         for role, name in (
             (Role.ADMIN, credentials.ADMIN_TOKEN),
             (Role.WORKER, credentials.WORKER_TOKEN),
@@ -255,7 +255,9 @@ class Tokens:
         return written
 
 
-def _local_user() -> str:
+def local_user() -> str:
+    """The user of the tokens a controller's first start writes (and the owner of the jobs of a
+    store made before jobs had owners): the user running it, if a valid token user name."""
     try:
         name = getpass.getuser()
     except (KeyError, OSError):

@@ -175,18 +175,23 @@ class StoreWriter:
         return self.outage.error
 
     async def forget(
-        self, job_ids: Sequence[str] = (), *, finished_before: float | None = None
-    ) -> collections.Counter[str]:
-        """Delete finished jobs from the store, by id or those that ended before
-        ``finished_before``, once every change made so far is stored; returns how many, by
-        state. Raises ``StoreUnavailable`` if the store cannot be written."""
+        self,
+        job_ids: Sequence[str] = (),
+        *,
+        finished_before: float | None = None,
+        owner: str | None = None,
+    ) -> collections.Counter[tuple[str, str]]:
+        """Delete finished jobs from the store, by id or those (of ``owner``; None: of
+        everyone) that ended before ``finished_before``, once every change made so far is
+        stored; returns how many, by owner and state. Raises ``StoreUnavailable`` if the store
+        cannot be written."""
         await self.durable()
         async with self.lock:
             try:
                 if finished_before is None:
                     deleted = await self.store.forget(job_ids)
                 else:
-                    deleted = await self.store.forget_finished(finished_before)
+                    deleted = await self.store.forget_finished(finished_before, owner)
             except sqlite3.Error as error:
                 self.outage.failed(error)
                 raise StoreUnavailable(

@@ -139,7 +139,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class JobInfo(_message.Message):
     LOST_COUNT_FIELD_NUMBER: _ClassVar[int]
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -176,7 +177,8 @@ class JobInfo(_message.Message):
     lost_count: int
     retried: int
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptOutput]
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ...) -> None: ...
+    owner: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class AttemptOutput(_message.Message):
     __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path")
@@ -309,14 +311,16 @@ class CancelJobsResponse(_message.Message):
     def __init__(self, states: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "after", "limit")
+    __slots__ = ("state", "after", "limit", "all_users")
     STATE_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
     state: str
     after: str
     limit: int
-    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    all_users: bool
+    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_after", "store_error")
@@ -329,12 +333,14 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ..., store_error: _Optional[str] = ...) -> None: ...
 
 class WaitJobsRequest(_message.Message):
-    __slots__ = ("job_ids", "all")
+    __slots__ = ("job_ids", "all", "all_users")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     all: bool
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+    all_users: bool
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., all_users: _Optional[bool] = ...) -> None: ...
 
 class WaitJobsUpdate(_message.Message):
     __slots__ = ("total", "pending", "succeeded", "failed", "cancelled", "finished", "sent_at", "first_submitted_at")
@@ -472,14 +478,16 @@ class GetOverviewResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Mapping[str, int]] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., jobs_ended: _Optional[int] = ..., failures: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...
 
 class ForgetJobsRequest(_message.Message):
-    __slots__ = ("job_ids", "all_finished", "older_than_seconds")
+    __slots__ = ("job_ids", "all_finished", "older_than_seconds", "all_users")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FINISHED_FIELD_NUMBER: _ClassVar[int]
     OLDER_THAN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_USERS_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     all_finished: bool
     older_than_seconds: float
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all_finished: _Optional[bool] = ..., older_than_seconds: _Optional[float] = ...) -> None: ...
+    all_users: bool
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all_finished: _Optional[bool] = ..., older_than_seconds: _Optional[float] = ..., all_users: _Optional[bool] = ...) -> None: ...
 
 class ForgetJobsResponse(_message.Message):
     __slots__ = ("forgotten",)
