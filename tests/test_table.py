@@ -38,7 +38,7 @@ from burstd.controller.table import (
     WorkerState,
     earlier_outputs,
 )
-from burstd.policies.quotas import Quotas
+from burstd.policies.quotas import Quota, Quotas
 from burstd.policies.routers import Router, make_router
 
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
@@ -46,8 +46,10 @@ Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def submit(table: JobTable, n: int = 1, *, retries: int = 0, now: float = 0.0) -> list[str]:
-    return table.submit([NewJob(b"spec", retries, f"j{i}") for i in range(n)], now)
+def submit(
+    table: JobTable, n: int = 1, *, retries: int = 0, now: float = 0.0, owner: str = ""
+) -> list[str]:
+    return table.submit([NewJob(b"spec", retries, f"j{i}") for i in range(n)], now, owner)
 
 
 def register(
@@ -147,6 +149,73 @@ def test_a_worker_takes_a_job_per_idle_slot_then_the_queue_is_shared_in_turn() -
     # Beyond the idle slots, one job per pick, in turn: the queues stay even.
     assert loads(10) == [5, 5]
     assert loads(15) == [7, 8]
+
+
+# -- owners and quotas (rule 9) ---------------------------------------------------------------
+
+
+def owners_of(table: JobTable, worker_id: str) -> list[str]:
+    return sorted(job.owner for job in table.workers[worker_id].leases.values())
+
+
+def test_an_owner_at_max_running_holds_no_other_owners_jobs_back() -> None:
+    table = JobTable(quotas=Quotas(users={"alice": {"max_running": 1}}))
+    table.register("w1", slots=4, capacity=4, now=0.0)
+    alice = submit(table, 3, owner="alice")
+    bob = submit(table, 2, owner="bob")
+    # alice's first job runs; her other two wait while bob's jobs take the free slots
+    assert owners_of(table, "w1") == ["alice", "bob", "bob"]
+    assert [table.jobs[j].state for j in alice] == [L, Q, Q]
+    assert table.owner_counts("alice")[Q] == 2 and table.owner_counts("bob")[L] == 2
+    # one of alice's ends: the next of hers starts, in her own order
+    deliver(table)
+    table.report("w1", exited(alice[0], table), 1.0)
+    assert [table.jobs[j].state for j in alice] == [JobState.SUCCEEDED, L, Q]
+    assert [table.jobs[j].state for j in bob] == [L, L]
+
+
+def test_free_slots_go_round_the_owners_with_queued_jobs() -> None:
+    """One owner's long queue does not keep another's later job waiting behind all of it."""
+    table = JobTable()
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    alice = submit(table, 5, owner="alice")
+    (bob,) = submit(table, 1, owner="bob")
+    started = [alice[0]]
+    for now in range(1, 4):
+        deliver(table)
+        table.report("w1", exited(started[-1], table), float(now))
+        (job,) = table.workers["w1"].leases.values()
+        started.append(job.job_id)
+    assert started == [alice[0], bob, alice[1], alice[2]]
+
+
+def test_max_queued_of_an_owner_refuses_its_submission_whole_and_no_one_elses() -> None:
+    table = JobTable(quotas=Quotas(users={"bob": {"max_queued": 3}}))
+    submit(table, 2, owner="bob")
+    before = fingerprint(table)
+    with pytest.raises(OverQuota) as refused:
+        submit(table, 2, owner="bob")
+    assert refused.value.limit == "max_queued" and "max_queued" in str(refused.value)
+    assert fingerprint(table) == before
+    submit(table, 1, owner="bob")
+    submit(table, 10, owner="alice")
+    # room held for a submission being stored counts as queued
+    with pytest.raises(OverQuota), table.room(1, "bob"):
+        pass
+    table.register("w1", slots=1, capacity=1, now=0.0)  # leases one of bob's: room again
+    with table.room(1, "bob"), pytest.raises(OverQuota):
+        submit(table, 1, owner="bob")
+
+
+def test_submit_rate_of_an_owner_says_when_to_retry() -> None:
+    table = JobTable(quotas=Quotas(Quota(submit_rate=2.0)))
+    submit(table, 2, owner="carol", now=10.0)
+    with pytest.raises(OverQuota) as refused:
+        submit(table, 1, owner="carol", now=10.25)
+    assert refused.value.limit == "submit_rate"
+    assert refused.value.retry_after == pytest.approx(0.25)
+    submit(table, 1, owner="dave", now=10.25)  # a bucket of one's own
+    submit(table, 1, owner="carol", now=10.5)
 
 
 def test_submit_lease_start_report_success() -> None:

@@ -266,15 +266,17 @@ WORKER_TRANSITIONS: dict[tuple[WorkerState | None, WorkerEvent], WorkerStep] = {
 }
 
 # The transitions of jobs in the table (neither in nor out) for ``JobTable._move``: the new
-# state (typed), the step, whether it records a lease only, and whether it may change the
-# owner's place in the rotation (rule 10). A step that ends a job or starts it changes nothing
-# else in the job, so that the hot path tests little.
-_MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool, bool]] = {
+# state (typed), the step, whether it records a lease only, and when it may change the owner's
+# place in the rotation (rule 10): a job leaving the queue may take an owner in the rotation out
+# (True: look if it is in), one leaving a worker may bring one back (False), others neither
+# (None). A step that ends a job or starts it changes nothing else in the job, so that the hot
+# path tests little.
+_MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool, bool | None]] = {
     (state, event): (
         step.to,
         step,
         step.record is Record.LEASED,
-        _ROTATION_GROUP[state] != _ROTATION_GROUP[step.to],
+        None if _ROTATION_GROUP[state] == _ROTATION_GROUP[step.to] else state is _Q,
     )
     for (state, event), step in TRANSITIONS.items()
     if state is not None and step.to is not None and event is not Event.RESTORE
@@ -543,6 +545,7 @@ class JobTable:
         # order free slots go to them (rule 10).
         self._owners: dict[str, Owner] = {}
         self._rotation: dict[str, Owner] = {}
+        self._served: Owner | None = None  # the owner that had the last batch
         # Queued jobs of a previous life still only in the store, and the number up to which
         # every one of them is in memory: a restart serves before its whole queue is read back
         # (``restore_queued``).
@@ -611,7 +614,9 @@ class JobTable:
 
     def _rotate(self, owner: Owner) -> None:
         """Put the owner in the rotation, or take it out, as its counts now say (rule 10)."""
-        ready = owner.counts[JobState.QUEUED] > 0 and owner.quota.may_lease(owner.active)
+        counts, limit = owner.counts, owner.quota.max_running
+        # Owner.active and Quota.may_lease, inline: this runs at every lease and end.
+        ready = counts[_Q] > 0 and (not limit or counts[_L] + counts[_R] < limit)
         if ready is not owner.ready:
             owner.ready = ready
             if ready:
@@ -624,7 +629,7 @@ class JobTable:
         ``until``: when an orphan lease (``Place.ORPHAN``) is due."""
         move = (job.state, event)
         try:
-            to, step, leased, rotates = _MOVES[move]
+            to, step, leased, rotate_if = _MOVES[move]
         except KeyError:
             raise InvariantError(
                 f"{job.job_id}: no transition {job.state} --{event.value}-->"
@@ -638,7 +643,7 @@ class JobTable:
         owner_counts[to] += 1
         job.state = to
         self.moves[move] += 1
-        if rotates:
+        if rotate_if is owner.ready:
             self._rotate(owner)
         # The hot path (a lease, a start, an end, once a job each) tests only what its step
         # may change: see _MOVES.
@@ -1564,9 +1569,14 @@ class JobTable:
             worker = self.workers[worker_id]
             take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
             while take and rotation:
-                # The first owner in the rotation fills the batch, as far as it may, then
-                # waits for the others' turns.
+                # The first owner in the rotation fills the batch, as far as it may; the one
+                # that had the last batch waits for the others' turns first.
                 owner = next(iter(rotation.values()))
+                if owner is self._served and len(rotation) > 1:
+                    del rotation[owner.name]
+                    rotation[owner.name] = owner
+                    owner = next(iter(rotation.values()))
+                self._served = owner
                 while take and owner.ready:
                     job = (owner.backlog or owner.queue).popleft()
                     if job.state is not JobState.QUEUED:
@@ -1576,8 +1586,5 @@ class JobTable:
                     self._move(job, Event.LEASE)
                     worker.leases[job.job_id] = job
                     worker.outbox.append(job)
-                if owner.ready and len(rotation) > 1:
-                    del rotation[owner.name]
-                    rotation[owner.name] = owner
             self.router.update(worker_id, len(worker.leases), worker.capacity)
             self._wakeups.add(worker_id)
