@@ -9,12 +9,16 @@ import trio
 import trio.testing
 
 from burstd import transport, wire
+from burstd.auth import Caller, Role
 from burstd.controller import admission
 from burstd.controller import service as service_module
 from burstd.controller.admission import SpecError
 from burstd.controller.service import ControllerService
 from burstd.controller.table import Job, JobTable, NewJob
 from proto.burst.v1 import job_pb2, worker_pb2
+
+# The caller of the client calls here: an admin sees every job.
+ADMIN = Caller("admin", Role.ADMIN, "token-admin")
 
 
 def _spec(command: str, **env: str) -> job_pb2.JobSpec:
@@ -28,9 +32,9 @@ SPECS = [_spec("true"), _spec("x" * 200), _spec("true", BIG="y" * 20_000)]
 async def _service_with_jobs() -> tuple[ControllerService, list[str]]:
     service = ControllerService(JobTable(track_changes=False))
     await service.register_worker(
-        worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=4, queue_capacity=4), {}
+        worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=4, queue_capacity=4), ADMIN
     )
-    reply = await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS), {})
+    reply = await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS), ADMIN)
     ids = list(reply.job_ids)
     # An attempt that takes two varint bytes, as after many lost leases.
     service.table.jobs[ids[1]].attempt = 300
@@ -40,7 +44,7 @@ async def _service_with_jobs() -> tuple[ControllerService, list[str]]:
 async def test_a_batch_poll_carries_each_spec_as_submitted() -> None:
     service, ids = await _service_with_jobs()
     poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=4, batch=True)
-    response = await service.poll_job(poll, {})
+    response = await service.poll_job(poll, ADMIN)
     got = [(job.job_id, job.spec, job.attempt) for job in response.jobs]
     assert got == list(zip(ids, SPECS, [1, 300, 1], strict=True))
     assert response.WhichOneof("result") is None
@@ -52,9 +56,9 @@ async def test_a_batch_poll_carries_each_spec_as_submitted() -> None:
 @pytest.mark.parametrize("batch", [False, True])
 async def test_a_poll_with_nothing_to_lease_says_so(batch: bool) -> None:
     service = ControllerService(JobTable(track_changes=False))
-    await service.register_worker(worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1), {})
+    await service.register_worker(worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1), ADMIN)
     poll = job_pb2.PollJobRequest(worker_id="w1", batch=batch)
-    response = await service.poll_job(poll, {})
+    response = await service.poll_job(poll, ADMIN)
     assert list(response.jobs) == []
     assert response.WhichOneof("result") == (None if batch else "empty")
 
@@ -62,7 +66,7 @@ async def test_a_poll_with_nothing_to_lease_says_so(batch: bool) -> None:
 async def test_a_single_poll_carries_one_job_in_its_own_field() -> None:
     service, ids = await _service_with_jobs()
     for job_id, spec, attempt in zip(ids, SPECS, [1, 300, 1], strict=True):
-        response = await service.poll_job(job_pb2.PollJobRequest(worker_id="w1"), {})
+        response = await service.poll_job(job_pb2.PollJobRequest(worker_id="w1"), ADMIN)
         assert response.WhichOneof("result") == "job"
         assert (response.job.job_id, response.job.spec, response.job.attempt) == (
             job_id,
@@ -168,7 +172,7 @@ async def test_a_large_submission_is_built_in_slices_with_other_calls_served_bet
             await trio.lowlevel.checkpoint()
 
     async def submit() -> None:
-        submitted.extend((await service.submit_jobs(request, {})).job_ids)
+        submitted.extend((await service.submit_jobs(request, ADMIN)).job_ids)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(submit)
@@ -186,13 +190,13 @@ async def test_a_registration_with_a_batch_number_near_the_top_of_uint64_is_refu
     service = ControllerService(JobTable(track_changes=False))
     huge = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, lease_seq=2**64 - 1)
     with pytest.raises(SpecError, match="lease_seq"):
-        await service.register_worker(huge, {})
+        await service.register_worker(huge, ADMIN)
     assert "w1" not in service.table.workers
     await service.register_worker(
-        worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, lease_seq=2**40), {}
+        worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, lease_seq=2**40), ADMIN
     )
-    await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), {})
-    poll = await service.poll_job(job_pb2.PollJobRequest(worker_id="w1", max_jobs=1), {})
+    await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), ADMIN)
+    poll = await service.poll_job(job_pb2.PollJobRequest(worker_id="w1", max_jobs=1), ADMIN)
     assert poll.lease_seq == 2**40 + 1
 
 
@@ -200,7 +204,7 @@ async def test_a_registration_with_a_batch_number_near_the_top_of_uint64_is_refu
 async def test_listing_after_a_string_that_is_no_job_id_is_refused(after: str) -> None:
     service = ControllerService(JobTable(track_changes=False))
     with pytest.raises(SpecError, match="after"):
-        await service.list_jobs(job_pb2.ListJobsRequest(after=after), {})
+        await service.list_jobs(job_pb2.ListJobsRequest(after=after), ADMIN)
 
 
 async def test_every_call_of_a_replaced_worker_process_is_refused_naming_the_id() -> None:
@@ -213,7 +217,7 @@ async def test_every_call_of_a_replaced_worker_process_is_refused_naming_the_id(
             worker_id="w1", slots=1, queue_capacity=1, instance=instance
         )
 
-    await service.register_worker(register(1), {})
+    await service.register_worker(register(1), ADMIN)
     waiting = job_pb2.PollJobRequest(
         worker_id="w1", max_jobs=1, wait_ms=10_000, batch=True, instance=1
     )
@@ -221,28 +225,30 @@ async def test_every_call_of_a_replaced_worker_process_is_refused_naming_the_id(
 
     async def poll_first() -> None:
         try:
-            await service.poll_job(waiting, {})
+            await service.poll_job(waiting, ADMIN)
         except transport.FailedPrecondition as error:
             first.append(error)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(poll_first)
         await trio.testing.wait_all_tasks_blocked()
-        await service.register_worker(register(2), {})
-        await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), {})
+        await service.register_worker(register(2), ADMIN)
+        await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=SPECS[:1]), ADMIN)
     assert len(first) == 1 and "'w1'" in first[0].message  # woken by the job: not handed it
     calls = [
-        service.poll_job(job_pb2.PollJobRequest(worker_id="w1", batch=True, instance=1), {}),
-        service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1", instance=1), {}),
-        service.report_job_results(job_pb2.ReportJobResultsRequest(worker_id="w1", instance=1), {}),
-        service.register_worker(register(1), {}),
+        service.poll_job(job_pb2.PollJobRequest(worker_id="w1", batch=True, instance=1), ADMIN),
+        service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1", instance=1), ADMIN),
+        service.report_job_results(
+            job_pb2.ReportJobResultsRequest(worker_id="w1", instance=1), ADMIN
+        ),
+        service.register_worker(register(1), ADMIN),
     ]
     for call in calls:
         with pytest.raises(transport.FailedPrecondition, match="worker id 'w1'"):
             await call
     # The new process gets the job; the prototype's workers (no instance) are not told apart.
     reply = await service.poll_job(
-        job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, batch=True, instance=2), {}
+        job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, batch=True, instance=2), ADMIN
     )
     assert len(reply.jobs) == 1
-    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1"), {})
+    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1"), ADMIN)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from burstd import transport
+from burstd.auth import Caller, Role
 from burstd.config import Config, WorkerConfig
 from burstd.controller.admission import SpecError
 from burstd.controller.service import PEER_LIST_AGE, ControllerService
@@ -51,6 +52,9 @@ from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 Q, L, R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 
 # -- the policy -------------------------------------------------------------------------------
+
+# The caller of the client calls here: an admin sees every job.
+ADMIN = Caller("admin", Role.ADMIN, "token-admin")
 
 
 def test_spare_is_what_free_slots_will_not_start() -> None:
@@ -382,18 +386,20 @@ async def test_service_transfers_and_tells_thieves_about_peers() -> None:
             peer_addr=f"127.0.0.1:{instance}",
             instance=instance,
         )
-        await service.register_worker(request, {})
+        await service.register_worker(request, ADMIN)
 
     await register("w1", 1, 8)
     service.table.submit([NewJob(job_pb2.JobSpec().SerializeToString()) for _ in range(4)], 0.0)
     poll = await service.poll_job(
-        job_pb2.PollJobRequest(worker_id="w1", max_jobs=8, batch=True), {}
+        job_pb2.PollJobRequest(worker_id="w1", max_jobs=8, batch=True), ADMIN
     )
     await register("w2", 7, 4)
     # w2 learns that w1 has 3 spare jobs (1 slot, 4 queued), and where it listens, once the
     # list made at w1's registration is old enough to be made again.
     await trio.sleep(PEER_LIST_AGE)
-    beat = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", want_peers=True), {})
+    beat = await service.heartbeat(
+        worker_pb2.HeartbeatRequest(worker_id="w2", want_peers=True), ADMIN
+    )
     [peer] = beat.peers
     assert (peer.worker_id, peer.peer_addr, peer.leased, peer.running) == (
         "w1",
@@ -401,25 +407,29 @@ async def test_service_transfers_and_tells_thieves_about_peers() -> None:
         4,
         0,
     )
-    quiet = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2"), {})
+    quiet = await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2"), ADMIN)
     assert not quiet.peers
     offered = [worker_pb2.HeldJob(job_id=j.job_id, attempt=j.attempt) for j in poll.jobs[2:]]
     request = peer_pb2.TransferJobsRequest(
         victim_id="w1", thief_id="w2", jobs=offered, thief_instance=7, steal_round=1
     )
-    reply = await service.transfer_jobs(request, {})
+    reply = await service.transfer_jobs(request, ADMIN)
     assert [(h.job_id, h.attempt) for h in reply.moved] == [(h.job_id, 2) for h in offered]
     assert not reply.refused
-    info = await service.get_job_status(job_pb2.GetJobStatusRequest(job_id=offered[0].job_id), {})
+    info = await service.get_job_status(
+        job_pb2.GetJobStatusRequest(job_id=offered[0].job_id), ADMIN
+    )
     assert (info.info.worker_id, info.info.stolen, info.info.attempt) == ("w2", True, 2)
     # The same round again: the thief's heartbeat said it ended.
-    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", steal_round_done=1), {})
-    again = await service.transfer_jobs(request, {})
+    await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w2", steal_round_done=1), ADMIN)
+    again = await service.transfer_jobs(request, ADMIN)
     assert not again.moved and "gave up" in again.refused
     with pytest.raises(transport.FailedPrecondition):
-        await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w9", thief_id="w2"), {})
+        await service.transfer_jobs(
+            peer_pb2.TransferJobsRequest(victim_id="w9", thief_id="w2"), ADMIN
+        )
     with pytest.raises(SpecError, match="thief_id"):
-        await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w1"), {})
+        await service.transfer_jobs(peer_pb2.TransferJobsRequest(victim_id="w1"), ADMIN)
 
 
 async def test_one_peer_list_serves_every_reply_for_a_while() -> None:
@@ -431,13 +441,13 @@ async def test_one_peer_list_serves_every_reply_for_a_while() -> None:
             worker_pb2.RegisterWorkerRequest(
                 worker_id=f"w{n}", slots=1, queue_capacity=4, peer_addr=f"127.0.0.1:{n}"
             ),
-            {},
+            ADMIN,
         )
     service.table.submit([NewJob(job_pb2.JobSpec().SerializeToString())], 0.0)
 
     async def peers(worker_id: str) -> dict[str, int]:
         request = worker_pb2.HeartbeatRequest(worker_id=worker_id, want_peers=True)
-        beat = await service.heartbeat(request, {})
+        beat = await service.heartbeat(request, ADMIN)
         return {p.worker_id: p.leased for p in beat.peers}
 
     # The list made at w1's registration, before the others registered and w1 had a job.

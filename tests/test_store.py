@@ -22,6 +22,7 @@ import pytest
 import trio
 
 from burstd import transport, wire
+from burstd.auth import Caller, Role
 from burstd.config import ControllerConfig
 from burstd.controller import daemon as daemon_module
 from burstd.controller import service as service_module
@@ -58,6 +59,9 @@ from proto.burst.v1 import job_pb2, worker_pb2
 T = TypeVar("T")
 
 SPEC = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true")).SerializeToString()
+
+# The caller of the client calls here: an admin sees every job.
+ADMIN = Caller("admin", Role.ADMIN, "token-admin")
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -682,11 +686,15 @@ async def test_a_restart_serves_before_its_queue_is_read_back(
         assert table.counts[JobState.QUEUED] == 13
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service.writer.run)
-            status = await service.get_job_status(job_pb2.GetJobStatusRequest(job_id=old[-1]), {})
+            status = await service.get_job_status(
+                job_pb2.GetJobStatusRequest(job_id=old[-1]), ADMIN
+            )
             assert status.state == "queued"
-            listing = await service.list_jobs(job_pb2.ListJobsRequest(), {})
+            listing = await service.list_jobs(job_pb2.ListJobsRequest(all_users=True), ADMIN)
             assert [info.job_id for info in listing.jobs] == [done, *old]
-            cancelled = await service.cancel_jobs(job_pb2.CancelJobsRequest(job_ids=[old[5]]), {})
+            cancelled = await service.cancel_jobs(
+                job_pb2.CancelJobsRequest(job_ids=[old[5]]), ADMIN
+            )
             assert list(cancelled.states) == ["cancelled"] and table.unloaded == 12
             (new,) = table.submit([NewJob(SPEC)], 1.0)
             with pytest.raises(QueueFull):
@@ -883,7 +891,7 @@ def _submit_request() -> job_pb2.SubmitJobRequest:
 
 
 async def _submit(service: ControllerService) -> str:
-    response = await service.submit_job(_submit_request(), {})
+    response = await service.submit_job(_submit_request(), ADMIN)
     return str(response.job_id)
 
 
@@ -916,12 +924,12 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
         assert "disk is full" in error.value.message
         with pytest.raises(transport.ResourceExhausted):
             await service.submit_jobs(
-                job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 9), {}
+                job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 9), ADMIN
             )
         # the refused jobs were withdrawn: they hold no room in the queue and are nowhere
         assert table.counts[JobState.QUEUED] == 1 and list(table.jobs) == [first]
         status = await service.get_job_status(
-            job_pb2.GetJobStatusRequest(job_id="job-00000002"), {}
+            job_pb2.GetJobStatusRequest(job_id="job-00000002"), ADMIN
         )
         assert status.state == "unknown"
 
@@ -929,7 +937,9 @@ async def test_service_refuses_submissions_while_the_disk_is_full_and_recovers(
         later = await _submit_once_writable(service)
         # ids are never reused, and the queue has room for 9 more
         assert wire.job_number(later) >= 12
-        await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), {})
+        await service.submit_jobs(
+            job_pb2.SubmitJobsRequest(specs=[_submit_request().spec] * 8), ADMIN
+        )
         assert table.counts[JobState.QUEUED] == 10
     assert store.next_id() == wire.job_number(later) + 9
     assert {job.job_id for job in store.live_jobs()} == set(table.jobs)
@@ -953,7 +963,7 @@ def _record_commits(
 async def _one_worker(service: ControllerService, slots: int = 1) -> job_pb2.PollJobRequest:
     """Register worker w1 (``slots`` slots, as many jobs held); its long poll for that many."""
     register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=slots, queue_capacity=slots)
-    await service.register_worker(register, {})
+    await service.register_worker(register, ADMIN)
     return job_pb2.PollJobRequest(worker_id="w1", max_jobs=slots, wait_ms=10_000, batch=True)
 
 
@@ -986,7 +996,7 @@ async def test_a_job_submitted_and_leased_before_its_commit_is_written_once(stor
         submitted: list[str] = []
 
         async def poll_once() -> None:
-            polled.append(await service.poll_job(poll, {}))
+            polled.append(await service.poll_job(poll, ADMIN))
 
         async def submit_once() -> None:
             submitted.append(await _submit(service))
@@ -1018,7 +1028,7 @@ async def test_on_an_idle_controller_a_job_is_stored_with_its_lease_and_the_work
         answered: list[str] = []
 
         async def poll_once() -> None:
-            response = await service.poll_job(poll, {})
+            response = await service.poll_job(poll, ADMIN)
             answered.append("worker")
             table.report("w1", Result(response.jobs[0].job_id, 1, 0), 0.0)
 
@@ -1048,13 +1058,13 @@ async def test_a_poll_waits_for_the_commit_that_took_its_leases_not_for_the_next
     another commit, even with other changes pending: nothing of its job is left to store."""
     async with _recorded_service(store) as (table, writer, service, poll, commits):
         first, second = await _submit(service), await _submit(service)
-        (job,) = (await service.poll_job(poll, {})).jobs
+        (job,) = (await service.poll_job(poll, ADMIN)).jobs
         assert job.job_id == first
-        await service.report_job_results(_success(first), {})  # stored with `second`'s lease
+        await service.report_job_results(_success(first), ADMIN)  # stored with `second`'s lease
         assert table.jobs[second].state is JobState.LEASED
         commits.clear()
         table.submit([NewJob(SPEC)], 0.0)  # somebody else's change, not stored yet
-        (job,) = (await service.poll_job(poll, {})).jobs
+        (job,) = (await service.poll_job(poll, ADMIN)).jobs
         assert job.job_id == second
         assert commits == []
         table.cancel(second, 1.0)  # a change of its own does wait for a commit
@@ -1072,8 +1082,8 @@ async def test_a_poll_for_leases_a_finished_commit_stored_does_not_wait_for_the_
         service = ControllerService(table, writer=writer)
         poll = await _one_worker(service)
         first, second = await _submit(service), await _submit(service)
-        (job,) = (await service.poll_job(poll, {})).jobs
-        await service.report_job_results(_success(first), {})  # stored with `second`'s lease
+        (job,) = (await service.poll_job(poll, ADMIN)).jobs
+        await service.report_job_results(_success(first), ADMIN)  # stored with `second`'s lease
         release = trio.Event()
 
         async def held(commit: Commit) -> None:
@@ -1085,7 +1095,7 @@ async def test_a_poll_for_leases_a_finished_commit_stored_does_not_wait_for_the_
                 table.submit([NewJob(SPEC)], 0.0)  # somebody else's change...
                 nursery.start_soon(writer.durable)  # ...in a commit that waits
                 await trio.sleep(0.05)
-                (job,) = (await service.poll_job(poll, {})).jobs
+                (job,) = (await service.poll_job(poll, ADMIN)).jobs
                 assert job.job_id == second
                 release.set()
 
@@ -1098,21 +1108,21 @@ async def test_a_report_that_asks_for_work_gets_it_stored_in_the_commit_of_its_r
     would take two calls and two commits), and no poll hands them over again."""
     async with _recorded_service(store, slots=2) as (_, writer, service, poll, commits):
         ids = [await _submit(service) for _ in range(4)]
-        polled = await service.poll_job(poll, {})
+        polled = await service.poll_job(poll, ADMIN)
         assert [job.job_id for job in polled.jobs] == ids[:2]
         await writer.durable()
         commits.clear()
         request = _success(ids[0])
         request.results.add(job_id=ids[1], attempt=1)
         request.max_jobs = 2
-        response = await service.report_job_results(request, {})
+        response = await service.report_job_results(request, ADMIN)
         assert list(response.outcomes) == [job_pb2.REPORT_OUTCOME_ACCEPTED] * 2
         assert [(job.job_id, job.attempt) for job in response.jobs] == [(ids[2], 1), (ids[3], 1)]
         assert response.jobs[0].spec == _submit_request().spec
         assert response.lease_seq > polled.lease_seq
         assert len(commits) == 1
         now = job_pb2.PollJobRequest(worker_id="w1", max_jobs=2, batch=True)
-        assert not (await service.poll_job(now, {})).jobs
+        assert not (await service.poll_job(now, ADMIN)).jobs
     for job_id in ids[2:]:
         stored = store.get(job_id)
         assert stored is not None and stored.state is JobState.LEASED
@@ -1127,16 +1137,16 @@ async def test_a_report_whose_commit_fails_hands_over_no_jobs(store: Store) -> N
         service = ControllerService(table, writer=writer)
         poll = await _one_worker(service, slots=2)
         first, second = await _submit(service), await _submit(service)
-        assert [job.job_id for job in (await service.poll_job(poll, {})).jobs] == [first, second]
+        assert [job.job_id for job in (await service.poll_job(poll, ADMIN)).jobs] == [first, second]
         third = await _submit(service)
         request = _success(first)
         request.max_jobs = 1
         flaky.full = True
         with pytest.raises(transport.Unavailable, match="disk is full"):
-            await service.report_job_results(request, {})
+            await service.report_job_results(request, ADMIN)
         assert table.jobs[third].lease_seq == 0  # not handed over
         flaky.full = False
-        response = await _once_writable(lambda: service.report_job_results(request, {}))
+        response = await _once_writable(lambda: service.report_job_results(request, ADMIN))
         assert [(job.job_id, job.attempt) for job in response.jobs] == [(third, 1)]
 
 
@@ -1146,9 +1156,9 @@ async def test_a_plain_report_echoes_no_lease_batch(store: Store) -> None:
     async with _recorded_service(store, slots=2) as (_, _, service, poll, _):
         first = await _submit(service)
         await _submit(service)
-        polled = await service.poll_job(poll, {})
+        polled = await service.poll_job(poll, ADMIN)
         assert polled.lease_seq > 0 and len(polled.jobs) == 2
-        response = await service.report_job_results(_success(first), {})
+        response = await service.report_job_results(_success(first), ADMIN)
         assert response.lease_seq == 0 and not response.jobs
 
 
@@ -1169,7 +1179,7 @@ async def test_a_large_submission_is_stored_a_slice_per_commit_beside_the_report
         service = ControllerService(table, writer=writer)
         poll = await _one_worker(service)
         first = await _submit(service)
-        assert [job.job_id for job in (await service.poll_job(poll, {})).jobs] == [first]
+        assert [job.job_id for job in (await service.poll_job(poll, ADMIN)).jobs] == [first]
         commits: list[tuple[int, int]] = []
         _record_commits(flaky, commits)
 
@@ -1181,13 +1191,13 @@ async def test_a_large_submission_is_stored_a_slice_per_commit_beside_the_report
         ids: list[str] = []
 
         async def submit_array() -> None:
-            ids.extend((await service.submit_jobs(_array(7), {})).job_ids)
+            ids.extend((await service.submit_jobs(_array(7), ADMIN)).job_ids)
             answered.append("submission")
 
         async def report_meanwhile() -> None:
             await trio.sleep(0.02)  # while the first slice is being written
             assert list(table.jobs) == [first]  # nothing of the submission is queued yet
-            await service.report_job_results(_success(first), {})
+            await service.report_job_results(_success(first), ADMIN)
             answered.append("report")
 
         async with trio.open_nursery() as nursery:
@@ -1215,7 +1225,7 @@ async def test_a_submission_staged_when_the_writer_stops_is_refused_and_gone_aft
 
     async def submit(service: ControllerService) -> None:
         with pytest.raises(transport.ResourceExhausted) as error:
-            await service.submit_jobs(_array(7), {})
+            await service.submit_jobs(_array(7), ADMIN)
         refused.append(error.value.message)
 
     async with trio.open_nursery() as clients, running_writer(store, table) as (writer, flaky):
@@ -1258,13 +1268,13 @@ async def test_a_staged_submission_whose_commit_fails_is_refused_whole(
 
         flaky.after = full_after_the_first
         with pytest.raises(transport.ResourceExhausted, match="disk is full"):
-            await service.submit_jobs(_array(7), {})
+            await service.submit_jobs(_array(7), ADMIN)
         assert slices == [3]
         assert not table.jobs and table.counts[JobState.QUEUED] == 0
         flaky.full, flaky.after = False, lambda commit: None
         later = await _submit_once_writable(service)
         # the room it held is free again: the queue takes 9 more
-        await service.submit_jobs(_array(9), {})
+        await service.submit_jobs(_array(9), ADMIN)
     live = [job.job_id for job in store.live_jobs()]
     assert live[0] == later and len(live) == 10  # none of the refused submission's jobs
     with sqlite3.connect(store.path) as db:
@@ -1283,18 +1293,18 @@ async def test_a_submission_in_pieces_whose_accepting_commit_fails_is_refused_wh
         service = ControllerService(table, writer=writer)
         first = _array(4)
         first.more = True
-        reply = await service.submit_jobs(first, {})
+        reply = await service.submit_jobs(first, ADMIN)
         assert store.get(reply.job_ids[0]) is None  # stored, but not accepted
         flaky.full = True
         last = _array(3)
         last.submission_id = reply.submission_id
         with pytest.raises(transport.ResourceExhausted, match="disk is full"):
-            await service.submit_jobs(last, {})
+            await service.submit_jobs(last, ADMIN)
         assert not table.jobs and table.counts[JobState.QUEUED] == 0
         flaky.full = False
         # The room both pieces held is free again: the queue takes 10.
         later = await _submit_once_writable(service)
-        await service.submit_jobs(_array(9), {})
+        await service.submit_jobs(_array(9), ADMIN)
     live = [job.job_id for job in store.live_jobs()]
     assert live[0] == later and len(live) == 10
     with sqlite3.connect(store.path) as db:
@@ -1308,7 +1318,7 @@ async def test_a_restart_between_pieces_deletes_them(store: Store, state_dir: Pa
     async with running_writer(store, table) as (writer, _):
         first = _array(4)
         first.more = True
-        await ControllerService(table, writer=writer).submit_jobs(first, {})
+        await ControllerService(table, writer=writer).submit_jobs(first, ADMIN)
     store.close()
     store.__init__(state_dir)  # type: ignore[misc]
     assert list(store.live_jobs()) == []
@@ -1339,7 +1349,11 @@ async def test_a_state_filter_lists_the_jobs_in_that_state_when_the_listing_was_
         listings: list[job_pb2.ListJobsResponse] = []
 
         async def list_queued() -> None:
-            listings.append(await service.list_jobs(job_pb2.ListJobsRequest(state="queued"), {}))
+            listings.append(
+                await service.list_jobs(
+                    job_pb2.ListJobsRequest(state="queued", all_users=True), ADMIN
+                )
+            )
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -1378,16 +1392,16 @@ async def test_a_waiter_hears_of_jobs_that_left_memory_without_reading_them_back
         finished: list[str] = []
 
         async def waiter() -> None:
-            async for update in service.wait_jobs(job_pb2.WaitJobsRequest(job_ids=ids), {}):
+            async for update in service.wait_jobs(job_pb2.WaitJobsRequest(job_ids=ids), ADMIN):
                 finished.extend(info.job_id for info in update.finished)
 
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(waiter)
                 for job_id in ids:
-                    (job,) = (await service.poll_job(poll, {})).jobs
+                    (job,) = (await service.poll_job(poll, ADMIN)).jobs
                     assert job.job_id == job_id
-                    await service.report_job_results(_success(job_id), {})
+                    await service.report_job_results(_success(job_id), ADMIN)
                     await writer.durable()
                     assert table.get(job_id) is None  # stored, so out of memory
                     await trio.sleep(2 * WAIT_UPDATE_INTERVAL)  # the waiter looks meanwhile
@@ -1417,24 +1431,24 @@ async def test_waiters_hear_every_end_while_jobs_end_during_the_commits_of_their
         template = job_pb2.JobSpec(process=job_pb2.ProcessSpec(command="true"))
         for round_number in range(rounds):
             request = job_pb2.SubmitJobsRequest(template=template, array_count=per_round)
-            ids = list((await service.submit_jobs(request, {})).job_ids)
+            ids = list((await service.submit_jobs(request, ADMIN)).job_ids)
             groups = [ids, ids[: per_round // 2], ids[per_round // 2 :], *([i] for i in ids[::7])]
             silent: list[list[str]] = list(groups)
 
             async def waiter(group: list[str], silent: list[list[str]]) -> None:
                 wait = job_pb2.WaitJobsRequest(job_ids=group)
-                async for update in service.wait_jobs(wait, {}):
+                async for update in service.wait_jobs(wait, ADMIN):
                     if update.pending == 0:
                         silent.remove(group)
 
             async def report(request: job_pb2.ReportJobResultsRequest) -> None:
-                await service.report_job_results(request, {})
+                await service.report_job_results(request, ADMIN)
 
             with trio.move_on_after(3):
                 async with trio.open_nursery() as nursery:
                     for group in groups:
                         nursery.start_soon(waiter, group, silent)
-                    jobs = list((await service.poll_job(poll, {})).jobs)
+                    jobs = list((await service.poll_job(poll, ADMIN)).jobs)
                     rng.shuffle(jobs)
                     while jobs:
                         size = rng.randint(1, 10)
@@ -1470,7 +1484,7 @@ async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) ->
 
         async def poll_once() -> None:
             try:
-                outcomes.append(await service.poll_job(poll, {}))
+                outcomes.append(await service.poll_job(poll, ADMIN))
             except transport.RpcError as error:
                 outcomes.append(error)
 
@@ -1485,7 +1499,7 @@ async def test_a_failed_commit_withdraws_a_job_leased_before_it(store: Store) ->
         assert table.counts == dict.fromkeys(JobState, 0)
         flaky.full = False
         later = await _submit_once_writable(service)
-        response = await service.poll_job(poll, {})
+        response = await service.poll_job(poll, ADMIN)
     assert [job.job_id for job in response.jobs] == [later]
     assert store.get("job-00000001") is None
 
@@ -1572,18 +1586,18 @@ async def test_a_full_disk_does_not_cost_queued_jobs_their_attempts(store: Store
         service = ControllerService(table, writer=writer)
         job_id = await _submit(service)
         register = worker_pb2.RegisterWorkerRequest(worker_id="w1", slots=1, queue_capacity=1)
-        await service.register_worker(register, {})
+        await service.register_worker(register, ADMIN)
         flaky.full = True
         poll = job_pb2.PollJobRequest(worker_id="w1", max_jobs=1, wait_ms=0, batch=True)
         for _ in range(5):
             with pytest.raises(transport.Unavailable):
-                await service.poll_job(poll, {})
-            await service.register_worker(register, {})
+                await service.poll_job(poll, ADMIN)
+            await service.register_worker(register, ADMIN)
         job = table.jobs[job_id]
         assert job.state is not JobState.FAILED, (job.reason, job.error_message)
         assert job.lost_count == 0
         flaky.full = False
-        response = await _once_writable(lambda: service.poll_job(poll, {}))
+        response = await _once_writable(lambda: service.poll_job(poll, ADMIN))
         assert [j.job_id for j in response.jobs] == [job_id]
 
 
