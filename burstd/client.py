@@ -297,26 +297,28 @@ class Client:
         return int(response.forgotten)
 
     async def list_jobs(
-        self, state: str = "", *, page: int = 1000
+        self, state: str = "", *, page: int = 1000, all_users: bool = False
     ) -> AsyncIterator[job_pb2.JobInfo]:
-        """Every job (or every job in ``state``) in submission order, fetched a page at a time."""
+        """Every job of the caller (or every job in ``state``) in submission order, fetched a
+        page at a time; ``all_users`` (admins only): every user's."""
         after = ""
         while True:
-            jobs, after = await self.list_page(state, after, page)
+            jobs, after = await self.list_page(state, after, page, all_users=all_users)
             for info in jobs:
                 yield info
             if not after:
                 return
 
     async def list_page(
-        self, state: str = "", after: str = "", limit: int = 1000
+        self, state: str = "", after: str = "", limit: int = 1000, *, all_users: bool = False
     ) -> tuple[Sequence[job_pb2.JobInfo], str]:
-        """At most ``limit`` jobs (or jobs in ``state``) after the job ``after`` (empty: from the
-        first), in submission order, and what to pass as ``after`` for the next page (empty:
-        there is none)."""
+        """At most ``limit`` of the caller's jobs (or of its jobs in ``state``; ``all_users``,
+        admins only: of every user's) after the job ``after`` (empty: from the first), in
+        submission order, and what to pass as ``after`` for the next page (empty: there is
+        none)."""
         response = await self._call(
             "ListJobs",
-            job_pb2.ListJobsRequest(state=state, after=after, limit=limit),
+            job_pb2.ListJobsRequest(state=state, after=after, limit=limit, all_users=all_users),
             job_pb2.ListJobsResponse,
         )
         self.store_error = response.store_error
@@ -497,9 +499,9 @@ class BlockingClient:
     def drain(self, worker_id: str, *, undrain: bool = False) -> job_pb2.WorkerInfo | None:
         return self._run(lambda c: c.drain(worker_id, undrain=undrain))
 
-    def list_jobs(self, state: str = "") -> list[job_pb2.JobInfo]:
+    def list_jobs(self, state: str = "", *, all_users: bool = False) -> list[job_pb2.JobInfo]:
         async def collect(client: Client) -> list[job_pb2.JobInfo]:
-            return [info async for info in client.list_jobs(state)]
+            return [info async for info in client.list_jobs(state, all_users=all_users)]
 
         return self._run(collect)
 

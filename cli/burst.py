@@ -836,14 +836,18 @@ LIST_PAGE = 1000
 """Jobs per ListJobs call of ``burst list``."""
 
 
-@app.command(name="list", usage="Usage: burst list [--state STATE] [--limit N] [--json]")
+@app.command(
+    name="list",
+    usage="Usage: burst list [--state STATE] [--limit N] [--all-users] [--json]",
+)
 def list_jobs(
     *,
     state: State | None = None,
     limit: Annotated[int | None, Parameter(metavar="N", validator=validators.Number(gte=1))] = None,
+    all_users: Annotated[bool, Parameter(name="--all-users", negative=())] = False,
     json: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """List jobs in submission order: `<job_id> <state> <worker> <exit/reason>` per line.
+    """List your jobs in submission order: `<job_id> <state> <worker> <exit/reason>` per line.
 
     Parameters
     ----------
@@ -851,6 +855,8 @@ def list_jobs(
         Only jobs in this state.
     limit
         At most this many jobs.
+    all_users
+        Every user's jobs, with an owner column after the id (admins only).
     json
         One JSON object per line with everything known about each job instead.
     """
@@ -867,7 +873,9 @@ def list_jobs(
             async with send:
                 while left is None or left > 0:
                     page = LIST_PAGE if left is None else min(left, LIST_PAGE)
-                    jobs, after = await client.list_page(state or "", after, page)
+                    jobs, after = await client.list_page(
+                        state or "", after, page, all_users=all_users
+                    )
                     await send.send(jobs)
                     left = None if left is None else left - len(jobs)
                     if not after:
@@ -881,7 +889,7 @@ def list_jobs(
                     if as_json:
                         out.write("".join([_job_json(info) + "\n" for info in jobs]))
                     else:
-                        out.write("".join([_list_line(info) for info in jobs]))
+                        out.write("".join([_list_line(info, all_users) for info in jobs]))
                     out.flush()
         if client.store_error:
             _error(
@@ -894,9 +902,11 @@ def list_jobs(
     return _run(session)
 
 
-def _list_line(info: job_pb2.JobInfo) -> str:
-    """``<job_id> <state> <worker> <exit/reason>`` (``burst list``)."""
-    return f"{info.job_id} {info.state} {info.worker_id or '-'} {_outcome(info)}\n"
+def _list_line(info: job_pb2.JobInfo, owner: bool = False) -> str:
+    """``<job_id> <state> <worker> <exit/reason>`` (``burst list``); with ``owner``, the job's
+    owner after its id (``--all-users``)."""
+    shown = f" {info.owner or '-'}" if owner else ""
+    return f"{info.job_id}{shown} {info.state} {info.worker_id or '-'} {_outcome(info)}\n"
 
 
 @app.command(usage="Usage: burst workers [--json]")
