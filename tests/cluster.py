@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import trio
+
+from burstd import auth, transport, wire
+from proto.burst.v1 import token_pb2
 
 
 def free_port() -> int:
@@ -145,6 +149,23 @@ class Cluster:
     def token(self, name: str = "admin") -> str:
         """A token the controller wrote into its state directory (``admin`` or ``worker``)."""
         return (self.state / f"{name}.token").read_text().strip()
+
+    def client_token(self, user: str) -> str:
+        """A new client token of ``user``, made by the admin (CreateToken)."""
+
+        async def create() -> str:
+            admin = auth.bearer(self.token("admin"))
+            async with transport.open_channel(self.addr, metadata=admin) as channel:
+                reply = await channel.unary(
+                    wire.CONTROLLER_SERVICE,
+                    "CreateToken",
+                    token_pb2.CreateTokenRequest(user=user, role="client"),
+                    token_pb2.CreateTokenResponse,
+                    timeout=10,
+                )
+            return str(reply.token)
+
+        return trio.run(create)
 
     def controller(self, *args: str) -> Daemon:
         daemon = Daemon(

@@ -163,6 +163,11 @@ def _config(path: Path) -> Path:
             f"""\
             [controller]
             submission_buffer_capacity = {MAX_QUEUED}
+            [quotas.users.alice]
+            max_running = 2
+            submit_rate = 50
+            [quotas.users.bob]
+            max_queued = 100
             """
         )
     )
@@ -195,6 +200,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 {"authorization": "Bearer not-a-token"},
                 auth.bearer(fuzzed.token("admin")),
                 auth.bearer(home.token("worker")),  # a thief's, at the peer port
+                # two users with quotas, and the controller's workers
+                auth.bearer(fuzzed.client_token("alice")),
+                auth.bearer(fuzzed.client_token("bob")),
+                auth.bearer(fuzzed.token("worker")),
             ]
             yield Fleet(targets, credentials)
         finally:

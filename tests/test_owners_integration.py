@@ -7,32 +7,9 @@ import json
 import subprocess
 import time
 
-import trio
-
-from burstd import auth, transport, wire
-from proto.burst.v1 import token_pb2
 from tests.cluster import Cluster
 
 UNKNOWN = "job-99999999"
-
-
-def client_token(cluster: Cluster, user: str) -> str:
-    """A new client token of ``user``, made by the admin."""
-
-    async def create() -> str:
-        async with transport.open_channel(
-            cluster.addr, metadata=auth.bearer(cluster.token("admin"))
-        ) as channel:
-            reply = await channel.unary(
-                wire.CONTROLLER_SERVICE,
-                "CreateToken",
-                token_pb2.CreateTokenRequest(user=user, role="client"),
-                token_pb2.CreateTokenResponse,
-                timeout=10,
-            )
-        return str(reply.token)
-
-    return trio.run(create)
 
 
 class User:
@@ -50,7 +27,7 @@ class User:
 
 
 def users(cluster: Cluster, *names: str) -> list[User]:
-    return [User(cluster, client_token(cluster, name)) for name in names]
+    return [User(cluster, cluster.client_token(name)) for name in names]
 
 
 def config(cluster: Cluster, text: str) -> str:
