@@ -65,6 +65,11 @@ class Caller:
     def is_admin(self) -> bool:
         return self.role is Role.ADMIN
 
+    def sees(self, owner: str) -> bool:
+        """Whether the caller may see (wait for, cancel, forget, read the output of) a job of
+        ``owner``: its own, or any as an admin. To a client another user's job does not exist."""
+        return self.is_admin or owner == self.user
+
     def may_act_as(self, worker_id: str) -> bool:
         return not self.worker_ids or worker_id in self.worker_ids
 

@@ -42,12 +42,8 @@ START_POLL = 0.2
 
 
 def may_read_output(caller: Caller, job: Job) -> bool:
-    """Whether the caller may read the job's output: its owner or an admin.
-
-    The one place this is decided. Jobs record no owner yet (issue 19's owners): until they do,
-    a client may read every job's, as it sees every job's status.
-    """
-    return caller.is_admin or caller.role is Role.CLIENT
+    """Whether the caller may read the job's output: its owner (a client) or an admin."""
+    return caller.is_admin or (caller.role is Role.CLIENT and caller.sees(job.owner))
 
 
 @dataclass(eq=False)

@@ -103,12 +103,6 @@ def _owner_filter(caller: Caller, all_users: bool) -> str | None:
     return None
 
 
-def _sees(caller: Caller, job: Job) -> bool:
-    """Whether the caller may see (wait for, cancel, forget) the job: to a client another
-    user's job does not exist."""
-    return caller.is_admin or job.owner == caller.user
-
-
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
@@ -488,7 +482,7 @@ class ControllerService:
         self, request: job_pb2.GetJobStatusRequest, caller: Caller
     ) -> job_pb2.GetJobStatusResponse:
         job = await self.lookup(request.job_id)
-        if job is None or not _sees(caller, job):
+        if job is None or not caller.sees(job.owner):
             # The prototype's answer for an unknown id, which its scripts rely on.
             return job_pb2.GetJobStatusResponse(
                 job_id=request.job_id,
@@ -508,7 +502,7 @@ class ControllerService:
         states = []
         for job_id in ids:
             job = await self.lookup(job_id)
-            if job is None or not _sees(caller, job):
+            if job is None or not caller.sees(job.owner):
                 states.append("unknown")
                 continue
             # None: it left memory meanwhile, ended.
@@ -666,7 +660,7 @@ class ControllerService:
             raise SpecError("job_ids: name at least one job, or set all")
         known = await self._lookup_many(ids)
         for job_id in ids:
-            if job_id not in known or not _sees(caller, known[job_id]):
+            if job_id not in known or not caller.sees(known[job_id].owner):
                 raise transport.NotFound(f"job_ids: unknown job {job_id!r}")
         pending = set(ids)
         first_submitted_at = min(job.submitted_at for job in known.values())
@@ -752,7 +746,7 @@ class ControllerService:
             if not ids:
                 raise SpecError("job_ids: name at least one job, or set all_finished")
             known = await self._lookup_many(ids)
-            mine = [job_id for job_id, job in known.items() if _sees(caller, job)]
+            mine = [job_id for job_id, job in known.items() if caller.sees(job.owner)]
             forget = functools.partial(self._forget, mine, None)
         try:
             forgotten = await forget()
