@@ -938,10 +938,11 @@ class JobTable:
         if leased_to is not None:
             if job.lease_seq == 0:
                 self._release(leased_to, job)  # never handed over: nothing to stop
-                self._dispatch()  # its slot is free for the next queued job
             else:
                 leased_to.cancel_notices[job_id] = job.attempt
                 self._wakeups.add(leased_to.worker_id)
+        # Its slot may be free for the next queued job, or its owner below max_running again.
+        self._dispatch()
         return job.state
 
     def iter_jobs(self, state: JobState | None = None, after: str = "") -> Iterator[Job]:
