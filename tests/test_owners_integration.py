@@ -81,6 +81,24 @@ def test_a_user_sees_only_its_own_jobs_and_the_admin_every_one(cluster: Cluster)
     assert alice.burst("wait", "--all", "--timeout", "1", check=False).returncode == 5
 
 
+def test_another_users_job_output_is_refused_as_an_unknown_jobs(cluster: Cluster) -> None:
+    """`burst logs` reads a job's output only for its owner or an admin (issue 20): to another
+    client the job does not exist, whatever the options."""
+    cluster.controller()
+    cluster.worker("w1")
+    cluster.wait_workers(1)
+    alice, bob = users(cluster, "alice", "bob")
+    (theirs,) = bob.submit("process", "echo", "secret")
+    bob.burst("wait", "--timeout", "20", theirs)
+    assert bob.burst("logs", theirs).stdout == "secret\n"
+    assert cluster.burst("logs", theirs).stdout == "secret\n"
+    for options in ([], ["--stderr"], ["--attempt", "1"], ["--tail", "1"], ["--follow"]):
+        unknown = answer(alice.burst("logs", *options, UNKNOWN, check=False), UNKNOWN)
+        refused = answer(alice.burst("logs", *options, theirs, check=False), theirs)
+        assert refused == unknown and refused[0] != 0, options
+        assert "secret" not in refused[1] + refused[2]
+
+
 def test_max_queued_refuses_a_submission_past_it_naming_it(cluster: Cluster) -> None:
     cluster.controller("--config", config(cluster, "[quotas]\nmax_queued = 3\n"))
     alice, bob = users(cluster, "alice", "bob")
