@@ -90,9 +90,9 @@ class FakeClient:
         return 1
 
     async def list_page(
-        self, state: str = "", after: str = "", limit: int = 1000
+        self, state: str = "", after: str = "", limit: int = 1000, *, all_users: bool = False
     ) -> tuple[list[job_pb2.JobInfo], str]:
-        self.calls.append(("list_page", (state, after, limit)))
+        self.calls.append(("list_page", (state, after, limit, all_users)))
         ids = list(self.infos)
         matching = [
             info
@@ -686,7 +686,11 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert run(["list", "--state", "failed", "--limit", "1"]) == 0
     assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9"]
-    assert fake.calls[-1] == ("list_page", ("failed", "", 1))
+    assert fake.calls[-1] == ("list_page", ("failed", "", 1, False))
+    fake.infos["job-1"].owner = "alice"
+    assert run(["list", "--all-users", "--limit", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["job-1 alice succeeded w1 exit 0"]
+    assert fake.calls[-1] == ("list_page", ("", "", 1, True))
     assert run(["list", "--json"]) == 0
     assert [json.loads(line)["job_id"] for line in capsys.readouterr().out.splitlines()] == [
         "job-1", "job-2", "job-3", "job-4",
