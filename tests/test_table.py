@@ -151,7 +151,7 @@ def test_a_worker_takes_a_job_per_idle_slot_then_the_queue_is_shared_in_turn() -
     assert loads(15) == [7, 8]
 
 
-# -- owners and quotas (rule 9) ---------------------------------------------------------------
+# -- owners and quotas (rule 10) ---------------------------------------------------------------
 
 
 def owners_of(table: JobTable, worker_id: str) -> list[str]:
