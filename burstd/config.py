@@ -51,9 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from burstd import resources
 from burstd.limits import ConnectionLimits
 from burstd.policies.quotas import Quota, Quotas
 from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
+from burstd.worker.detect import gpu_list
 
 __all__ = [
     "BOOL",
@@ -230,7 +232,9 @@ def _home(env: Mapping[str, str]) -> Path:
 
 
 def _cpu_count() -> int:
-    return os.cpu_count() or 1
+    from burstd.worker.detect import default_cpus
+
+    return default_cpus()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,6 +362,40 @@ PATH = Check(_check_path)
 
 OPTIONAL_PATH = Check(lambda value, ctx: None if value is None else _check_path(value, ctx))
 """A path as :data:`PATH`, or null (unset)."""
+
+
+def _check_size(value: object, ctx: _Ctx) -> object:
+    if value == "":
+        return value
+    try:
+        resources.parse_size(value if isinstance(value, str) else str(value))
+    except ValueError:
+        raise _Bad(f'expected a size such as 64G, or "", got {_show(value)}') from None
+    return str(value)
+
+
+SIZE = Check(_check_size)
+"""A size (``64G``, ``512M``, bytes), as text; "" for the default."""
+
+
+def _check_gpus(value: object, ctx: _Ctx) -> object:
+    if value == "":
+        return value
+    try:
+        gpu_list(value if isinstance(value, str) else str(value))
+    except ValueError as error:
+        raise _Bad(str(error)) from None
+    return str(value)
+
+
+def _check_named(value: object, ctx: _Ctx) -> object:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f'expected a list of "NAME=AMOUNT" strings, got {_show(value)}')
+    try:
+        resources.parse_named(value)
+    except ValueError as error:
+        raise _Bad(str(error)) from None
+    return tuple(value)
 
 
 def choice(what: str, names: Callable[[_Ctx], Collection[str]]) -> Check:
@@ -499,6 +537,13 @@ class ControllerConfig:
         "Max encoded size of one job spec, in bytes.",
         default=65_536,
     )
+    fixed_cluster: bool = key(
+        BOOL,
+        "The workers registered are all the cluster has: a job asking for more CPUs, memory, "
+        "GPUs or named resources than any of them has is refused at submission. False: it "
+        "stays queued, `burst status` saying why, until a worker that can hold it registers.",
+        default=False,
+    )
     retention_s: float = key(
         number(0),
         "How long finished jobs are kept, in seconds.",
@@ -614,10 +659,37 @@ class WorkerConfig:
     )
     slots: int = key(
         integer(1),
-        "Jobs run at once. Default: the number of CPUs.",
+        "CPUs jobs run on (--cpus, or --slots): a job takes one unless it asks for more. "
+        "Default: the CPUs of the worker's affinity mask, within its cgroup's CPU quota.",
         factory=_cpu_count,
         env="BURST_SLOTS",
         example=4,
+    )
+    mem: str = key(
+        SIZE,
+        'Memory jobs may claim (--mem), such as 64G; "": the physical memory, within the '
+        "cgroup's memory.max. A job's --mem is enforced (docs/architecture.md).",
+        default="",
+        example="64G",
+    )
+    gpus: str = key(
+        Check(_check_gpus),
+        "GPUs (--gpus): a count (ids 0 to N-1) or a list of ids with a comma (0,2 or 3,); "
+        '"": those CUDA_VISIBLE_DEVICES names, else those `nvidia-smi -L` lists, else none.',
+        default="",
+        example="0,1",
+    )
+    resources: tuple[str, ...] = key(
+        Check(_check_named),
+        "Named resources jobs may claim (--resource), as NAME=AMOUNT: a count or a size.",
+        default=(),
+        example=["scratch=100G", "licence=2"],
+    )
+    bind_cpus: bool = key(
+        BOOL,
+        "Pin each job to CPUs of its own (sched_setaffinity; --bind-cpus). False: jobs run on "
+        "any of the worker's CPUs, BURST_CPUS telling them how many they have.",
+        default=False,
     )
     local_queue_capacity: int = key(
         integer(0),
@@ -1176,6 +1248,8 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml, value)) + "]"
     return json.dumps(str(value), ensure_ascii=False)
 
 

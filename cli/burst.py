@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import ssl
 
     from burstd.client import Client
-    from proto.burst.v1 import job_pb2
+    from proto.burst.v1 import job_pb2, worker_pb2
 
 __all__ = [
     "KINDS",
@@ -210,6 +210,26 @@ def parse_env(items: Iterable[str]) -> dict[str, str]:
             raise UsageError(f"--env {item!r}: expected KEY=VALUE")
         env[key] = value
     return env
+
+
+def parse_request(
+    cpus: int | None = None, mem: str | None = None, gpus: int = 0, named: Iterable[str] = ()
+) -> worker_pb2.Resources | None:
+    """What ``--cpus``, ``--mem``, ``--gpus`` and ``--resource`` ask for; None: one CPU and
+    nothing else. Raises ``UsageError`` naming the flag."""
+    from burstd import resources
+    from burstd.resources_proto import to_message
+
+    try:
+        amount = resources.parse_amount(resources.MEM, mem) if mem is not None else 0
+    except ValueError as error:
+        raise UsageError(f"--mem: {error}") from None
+    try:
+        extra = resources.parse_named(named)
+    except ValueError as error:
+        raise UsageError(f"--resource: {error}") from None
+    request = resources.make_request(cpus or 1, amount, gpus, extra)
+    return None if request is None else to_message(request)
 
 
 def parse_array(text: str) -> list[range]:
@@ -600,6 +620,10 @@ def submit(
     stdout: Annotated[str | None, Parameter(metavar="PATTERN")] = None,
     stderr: Annotated[str | None, Parameter(metavar="PATTERN")] = None,
     output: Literal["files", "stream"] = "files",
+    cpus: Annotated[int | None, Parameter(metavar="N", validator=validators.Number(gte=1))] = None,
+    mem: Annotated[str | None, Parameter(metavar="SIZE")] = None,
+    gpus: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=0))] = 0,
+    resource: Annotated[tuple[str, ...], Parameter(metavar="NAME=AMOUNT", negative=())] = (),
 ) -> int:
     """Submit jobs; prints one job id per line.
 
@@ -644,6 +668,18 @@ def submit(
     output
         files: two files per job; stream: the output of all jobs of this submission in a few
         log files per worker (read back with `burst logs`).
+    cpus
+        CPUs each job needs (default 1): it runs on a worker with that many free, with
+        BURST_CPUS set (and pinned to them on a worker run with --bind-cpus).
+    mem
+        Memory each job may use, such as 4G (default: no claim): it runs where that much is
+        free, and is stopped with reason `memory` if it uses more.
+    gpus
+        GPUs each job needs (default 0), its own ones: CUDA_VISIBLE_DEVICES and BURST_GPUS
+        name them.
+    resource
+        NAME=AMOUNT of a named resource the workers offer (--resource licence=1,
+        --resource scratch=100G); repeatable.
     """
     if not tokens:
         raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
@@ -669,6 +705,9 @@ def submit(
         retries=retries,
         name=name,
     )
+    asked = parse_request(cpus, mem, gpus, resource)
+    if asked is not None:
+        spec.resources.CopyFrom(asked)
     if array is not None:
         parse_array(array)  # refused here, before connecting
     name_outputs(spec, stdout=stdout, stderr=stderr, stream=output == "stream", array=array)
@@ -747,7 +786,8 @@ def status(
     job_id: Annotated[tuple[str, ...], Parameter(name="--job-id", metavar="JOB")] = (),
     json: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """Print `<job_id> <state>` per job (unknown for an id never submitted: exit 4).
+    """Print `<job_id> <state>` per job (unknown for an id never submitted: exit 4), and for a
+    queued job that waits beyond its turn why, in parentheses (no worker has what it asks for).
 
     Parameters
     ----------
@@ -768,7 +808,9 @@ def status(
         for one in jobs:
             info = await client.status(one)
             states.append(info.state or "unknown")
-            _write_lines([_job_json(info) if as_json else f"{one} {states[-1]}"])
+            # A queued job that waits beyond its turn says why (JobInfo.waiting).
+            text = f"{one} {states[-1]}" + (f" ({info.waiting})" if info.waiting else "")
+            _write_lines([_job_json(info) if as_json else text])
         return _known(states)
 
     return _run(session)

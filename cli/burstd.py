@@ -178,7 +178,12 @@ def worker(
     config: Path | None = None,
     id: Annotated[str | None, Parameter(name=["--id", "--worker-id"])] = None,
     controller: str | None = None,
+    cpus: int | None = None,
     slots: int | None = None,
+    mem: str | None = None,
+    gpus: str | None = None,
+    resource: Annotated[tuple[str, ...], Parameter(negative=())] = (),
+    bind_cpus: bool = False,
     queue_capacity: int | None = None,
     output_dir: Path | None = None,
     peer_listen: str | None = None,
@@ -205,10 +210,23 @@ def worker(
         replaces the first, which stops its jobs and exits (code 2).
     controller
         Controller address HOST:PORT.
+    cpus
+        CPUs jobs run on; a job takes one unless it asks for more (default: the CPUs of the
+        worker's affinity mask, within its cgroup's CPU quota).
     slots
-        Jobs run at once (default: the number of CPUs).
+        The same as --cpus (the prototype's name).
+    mem
+        Memory jobs may claim, such as 64G (default: the physical memory, within the
+        cgroup's memory.max).
+    gpus
+        GPUs: a count (ids 0 to N-1) or ids with a comma, 0,2 or 3, (default: those
+        CUDA_VISIBLE_DEVICES names, else those nvidia-smi -L lists, else none).
+    resource
+        NAME=AMOUNT of a named resource jobs may claim (scratch=100G, licence=2); repeatable.
+    bind_cpus
+        Pin each job to CPUs of its own (sched_setaffinity).
     queue_capacity
-        Jobs held at once, running or waiting for a slot (default: 2 x slots).
+        CPUs of the jobs held at once, running or waiting for CPUs (default: 2 x cpus).
     output_dir
         Folder for <job_id>.stdout and <job_id>.stderr of jobs that name none.
     peer_listen
@@ -244,6 +262,8 @@ def worker(
 
     loaded = _load(config, "worker")
     tls = tls or Tls()
+    if cpus is not None and slots is not None and cpus != slots:
+        _fail(f"--cpus {cpus} and --slots {slots}: the same setting, given twice")
     try:
         settings = with_overrides(
             worker_for(loaded, id),
@@ -253,7 +273,11 @@ def worker(
             tls_client_ca=tls.tls_client_ca,
             insecure=tls.insecure or None,
             controller_addr=controller,
-            slots=slots,
+            slots=cpus if cpus is not None else slots,
+            mem=mem,
+            gpus=gpus,
+            resources=resource or None,
+            bind_cpus=bind_cpus or None,
             local_queue_capacity=queue_capacity,
             output_dir=output_dir,
             peer_listen_addr=peer_listen,

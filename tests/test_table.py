@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from burstd import wire
+from burstd import resources, wire
 from burstd.controller import store as store_module
 from burstd.controller.table import (
     _MOVES,
@@ -118,7 +118,8 @@ def fingerprint(table: JobTable) -> tuple[Any, ...]:
 
 def queued_in_order(table: JobTable) -> list[str]:
     """The queued jobs' ids, each owner's queue in turn (entries that left QUEUED skipped)."""
-    return [j.job_id for o in table._owners.values() for j in o.queue if j.state is Q]
+    in_queues = [j.job_id for o in table._owners.values() for j in o.queue if j.state is Q]
+    return in_queues + [j.job_id for j in table._unfit.values() if j.state is Q]
 
 
 def finished_ids(table: JobTable) -> list[str]:
@@ -1049,6 +1050,17 @@ OWNERS = ("", "alice", "bob", "carol")
 QUOTAS = Quotas(
     users={"alice": {"max_running": 2}, "bob": {"max_queued": 4}, "carol": {"submit_rate": 2.0}}
 )
+# Requests of the machine's jobs (None: one CPU), and the offers its workers draw from.
+REQUESTS = st.one_of(
+    st.none(),
+    st.builds(
+        resources.make_request,
+        cpus=st.integers(1, 3),
+        gpus=st.integers(0, 2),
+        named=st.fixed_dictionaries({"lic": st.integers(0, 1)}),
+    ),
+)
+OFFERS = st.fixed_dictionaries({resources.GPUS: st.integers(0, 2), "lic": st.integers(0, 1)})
 STORED_COLUMNS = operator.attrgetter(*store_module._FIELDS)
 UNKNOWN_ID = "job-99999999"
 
@@ -1104,11 +1116,23 @@ class TableMachine(RuleBasedStateMachine):
         w = self.table.workers[worker_id]
         return {(j.job_id, j.attempt) for j in w.leases.values() if j.lease_seq}
 
-    @initialize(capacities=st.lists(st.integers(1, 4), min_size=3, max_size=3), n=st.integers(0, 8))
-    def fleet(self, capacities: list[int], n: int) -> None:
+    @initialize(
+        capacities=st.lists(st.integers(1, 4), min_size=3, max_size=3),
+        offers=st.lists(OFFERS, min_size=3, max_size=3),
+        n=st.integers(0, 8),
+    )
+    def fleet(self, capacities: list[int], offers: list[dict[str, int]], n: int) -> None:
+        # Each worker offers the same resources beside its CPUs in every session.
+        self.offers = dict(zip(WORKER_IDS, offers, strict=True))
         for worker_id, capacity in zip(WORKER_IDS, capacities, strict=True):
             # As many slots as capacity: the router's pick takes a job per idle slot at once.
-            self.table.register(worker_id, slots=capacity, capacity=capacity, now=self.now)
+            self.table.register(
+                worker_id,
+                slots=capacity,
+                capacity=capacity,
+                now=self.now,
+                offer=self.offers[worker_id],
+            )
         self.submitted += submit(self.table, n, retries=1)
 
     # -- clients --
@@ -1116,9 +1140,11 @@ class TableMachine(RuleBasedStateMachine):
     @rule(data=st.data(), n=st.integers(1, 5), owner=st.sampled_from(OWNERS))
     def submit(self, data: st.DataObject, n: int, owner: str) -> None:
         retries = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+        requests = data.draw(st.lists(REQUESTS, min_size=n, max_size=n))
         before, first = fingerprint(self.table), self.table.next_id
+        new = [NewJob(b"s", r, request=q) for r, q in zip(retries, requests, strict=True)]
         try:
-            ids = self.table.submit([NewJob(b"s", r) for r in retries], self.now, owner)
+            ids = self.table.submit(new, self.now, owner)
         except OverQuota as refused:
             quota = QUOTAS.of(owner)
             if refused.limit == "max_queued":
@@ -1184,7 +1210,12 @@ class TableMachine(RuleBasedStateMachine):
         old_state = {j.job_id: (j.lease_seq, j.lost_count) for j in old_leases.values()}
         slots = data.draw(st.integers(1, capacity))
         drop = self.table.register(
-            worker_id, slots=slots, capacity=capacity, now=self.now, held=held
+            worker_id,
+            slots=slots,
+            capacity=capacity,
+            now=self.now,
+            held=held,
+            offer=self.offers[worker_id],
         )
         w = self.table.workers[worker_id]
         assert w.capacity == capacity
@@ -1557,17 +1588,55 @@ class TableMachine(RuleBasedStateMachine):
         for worker_id, w in table.workers.items():
             # Only a re-registration that lowered the capacity may leave a worker above it,
             # and such a worker gets nothing more until it is back under.
-            assert len(w.leases) <= max(w.capacity, self.load.get(worker_id, 0))
-            if not w.draining:
-                assert self.router.seen.get(worker_id) == (len(w.leases), w.capacity)
-            else:
+            assert w.load <= max(w.capacity, self.load.get(worker_id, 0))
+            if w.draining:
                 assert not w.outbox or all(j.lease_seq for j in w.outbox if j.job_id in w.leases)
-        # A draining worker (it handed a job back) is out of the rotation until it registers.
+            elif worker_id not in table._reserved:
+                assert self.router.seen.get(worker_id) == (w.load, w.capacity)
+        # A draining worker (it handed a job back) is out of the rotation until it registers,
+        # and a reserved one until its job fits it.
         registered = {k for k, w in table.workers.items() if w.state is WorkerState.REGISTERED}
-        assert set(self.router.seen) == registered
-        self.load = {k: len(w.leases) for k, w in table.workers.items()}
-        if table._rotation:
-            assert self.router.pick() is None, "a job waits in the queue while a worker has room"
+        assert set(self.router.seen) == registered - set(table._reserved)
+        self.load = {k: w.load for k, w in table.workers.items()}
+        for name in table._rotation:
+            owner = table._owners[name]
+            head = next((j for j in (*owner.backlog, *owner.queue) if j.state is Q), None)
+            if head is None:
+                assert all(j.owner != name for j in table._unfit.values() if j.state is not Q)
+                continue
+            if head.request is None:
+                assert self.router.pick() is None, "a job waits while a worker has room"
+            else:
+                assert not any(
+                    table._fits(w, head.request)
+                    for k, w in table.workers.items()
+                    if w.state is WorkerState.REGISTERED and k not in table._reserved
+                ), "a job waits while a worker has room for it"
+
+    @invariant()
+    def resources_are_never_over_committed_and_counted_exactly(self) -> None:
+        """Rules 5 and 11: what a worker's leases use is what ``extra`` counts (back to zero
+        with no lease), never beyond its offer; a reserved worker waits for a queued job that
+        does not fit it yet but fits its totals; a job set aside fits no registered worker."""
+        table = self.table
+        for w in table.workers.values():
+            extra: dict[str, int] = {}
+            for job in w.leases.values():
+                if job.request is not None:
+                    resources.charge(extra, job.request, 1)
+            assert {k: v for k, v in w.extra.items() if v} == {k: v for k, v in extra.items() if v}
+            for name, amount in w.offer.items():
+                assert w.extra.get(name, 0) <= amount, f"{w.worker_id} over-committed {name}"
+            assert all(v == 0 for v in w.extra.values()) or w.leases
+        for worker_id, job in table._reserved.items():
+            w = table.workers[worker_id]
+            assert job.state is Q and job.request is not None
+            assert w.state is WorkerState.REGISTERED
+            assert resources.fits(job.request, w.totals())
+            assert not table._fits(w, job.request)
+        for job in table._unfit.values():
+            if job.state is Q:
+                assert job.request is not None and not table.could_fit(job.request)
 
     @invariant()
     def owners_count_their_jobs_and_take_turns_within_their_quotas(self) -> None:
@@ -1580,7 +1649,8 @@ class TableMachine(RuleBasedStateMachine):
             for job in mine:
                 real[job.state] += 1
             assert owner.counts == real
-            assert {j.job_id for j in owner.queue if j.state is Q} == {
+            unfit = [j for j in table._unfit.values() if j.owner == name]
+            assert {j.job_id for j in [*owner.queue, *unfit] if j.state is Q} == {
                 j.job_id for j in mine if j.state is Q
             }
             assert all(j.owner == name for j in owner.queue)

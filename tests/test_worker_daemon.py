@@ -17,6 +17,7 @@ import trio.testing
 
 from burstd import transport, wire
 from burstd.config import WorkerConfig
+from burstd.resources import Grant
 from burstd.worker import daemon
 from burstd.worker.executor import ExecConfig, Outcome
 from burstd.worker.guard import JobGuard
@@ -125,7 +126,12 @@ def make_harness(monkeypatch: pytest.MonkeyPatch, local_queue_capacity: int) -> 
     events = Events()
 
     async def fake_run_job(
-        job_id: str, attempt: int, spec: Any, config: ExecConfig, guard: JobGuard | None
+        job_id: str,
+        attempt: int,
+        spec: Any,
+        config: ExecConfig,
+        guard: JobGuard | None,
+        grant: Grant | None = None,
     ) -> Outcome:
         assert guard is not None  # every job of a running worker is guarded
         events.append(("start", job_id))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
 
-from burstd import outputnames, placeholders, wire
+from burstd import outputnames, placeholders, resources, resources_proto, wire
 from burstd.controller.table import NewJob
 from proto.burst.v1 import job_pb2
 
@@ -162,10 +162,26 @@ def _check_array_size(base: bytes, last: int, limits: Limits) -> None:
     _check_size("template", size, limits, f" with array index {last}")
 
 
+def _request(spec: job_pb2.JobSpec, path: str) -> resources.Request | None:
+    """What the job asks for (None: one CPU), its names and amounts checked."""
+    if not spec.HasField("resources"):
+        return None
+    asked = spec.resources
+    for name in asked.named:
+        try:
+            resources.parse_named([f"{name}=0"])
+        except ValueError as error:
+            raise SpecError(f"{path}.resources.named: {error}") from None
+    try:
+        return resources_proto.request_of(asked)
+    except ValueError as error:
+        raise SpecError(f"{path}.resources: {error}") from None
+
+
 def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     if spec is None:
         raise SpecError("spec: missing job spec")
-    return NewJob(_checked(spec, "spec", limits), spec.retries, spec.name)
+    return NewJob(_checked(spec, "spec", limits), spec.retries, spec.name, _request(spec, "spec"))
 
 
 class ArrayJobs(Sequence[NewJob]):
@@ -173,13 +189,25 @@ class ArrayJobs(Sequence[NewJob]):
     at a time (``jobs[i:j]``), and until then it costs nothing."""
 
     def __init__(
-        self, prefix: bytes, start: int, count: int, retries: int, name: str, step: int = 1
+        self,
+        prefix: bytes,
+        start: int,
+        count: int,
+        retries: int,
+        name: str,
+        step: int = 1,
+        request: resources.Request | None = None,
     ) -> None:
         self._prefix, self._start, self._count, self._step = prefix, start, count, step
-        self._retries, self._name = retries, name
+        self._retries, self._name, self._request = retries, name, request
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def request(self) -> resources.Request | None:
+        """What each of its jobs asks for."""
+        return self._request
 
     @overload
     def __getitem__(self, index: int) -> NewJob: ...
@@ -190,9 +218,9 @@ class ArrayJobs(Sequence[NewJob]):
     def __getitem__(self, index: int | slice) -> NewJob | list[NewJob]:
         if isinstance(index, slice):
             prefix, retries, name = self._prefix, self._retries, self._name
-            start, step = self._start, self._step
+            start, step, request = self._start, self._step, self._request
             return [
-                NewJob(prefix + varint(start + i * step), retries, name)
+                NewJob(prefix + varint(start + i * step), retries, name, request)
                 for i in range(*index.indices(self._count))
             ]
         if not -self._count <= index < self._count:
@@ -215,7 +243,12 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     if total > limits.max_batch:
         raise SpecError(f"specs: {total} jobs, more than the limit of {limits.max_batch} per call")
     jobs = [
-        NewJob(_checked(spec, f"specs[{i}]", limits), spec.retries, spec.name)
+        NewJob(
+            _checked(spec, f"specs[{i}]", limits),
+            spec.retries,
+            spec.name,
+            _request(spec, f"specs[{i}]"),
+        )
         for i, spec in enumerate(request.specs, request.offset)
     ]
     if not expanded:
@@ -226,6 +259,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     given = frozenset(("entry",) if request.entries else ("index",))
     base = _checked(template, "template", limits, given)
     retries, name = template.retries, template.name
+    asked = _request(template, "template")
     if request.array_count:
         start, step = request.array_start, request.array_step or 1
         # The largest index has the longest varint: if its job fits, every job does.
@@ -233,7 +267,9 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         if start < 0 or last >= 2**63:
             raise SpecError("array_start: out of range")
         _check_array_size(base, last, limits)
-        array = ArrayJobs(base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name, step)
+        array = ArrayJobs(
+            base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name, step, asked
+        )
         if not jobs:
             return array
         jobs.extend(array[:])
@@ -244,7 +280,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         _check_array_size(base, max(request.array_indices), limits)
         prefix = base + _ARRAY_INDEX_TAG
         jobs.extend(
-            NewJob(prefix + varint(index), retries, name) for index in request.array_indices
+            NewJob(prefix + varint(index), retries, name, asked) for index in request.array_indices
         )
     else:
         room = limits.max_spec_bytes - len(base) - len(_ENTRY_TAG)
@@ -255,8 +291,19 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
             if len(length) + len(raw) > room:
                 size = len(base) + len(_ENTRY_TAG) + len(length) + len(raw)
                 _check_size(f"entries[{i}]", size, limits, " with the template")
-            jobs.append(NewJob(base + _ENTRY_TAG + length + raw, retries, name))
+            jobs.append(NewJob(base + _ENTRY_TAG + length + raw, retries, name, asked))
     return jobs
+
+
+def requests(new: Sequence[NewJob]) -> list[resources.Request]:
+    """The distinct requests of jobs beside the plain one, in the order they come."""
+    if isinstance(new, ArrayJobs):
+        return [] if new.request is None else [new.request]
+    seen: dict[int, resources.Request] = {}
+    for job in new:
+        if job.request is not None:
+            seen.setdefault(id(job.request), job.request)
+    return list(seen.values())
 
 
 def require(value: str, path: str) -> str:

@@ -90,6 +90,7 @@ def build_service(
         writer = StoreWriter(store, table, events)
     settings = ServiceSettings(
         limits=Limits(max_batch=config.max_batch, max_spec_bytes=config.max_spec_bytes),
+        fixed_cluster=config.fixed_cluster,
     )
     return ControllerService(table, settings, writer=writer, tokens=tokens)
 

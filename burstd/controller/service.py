@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import trio
 from loguru import logger
 
-from burstd import transport, wire
+from burstd import resources, resources_proto, transport, wire
 from burstd.auth import Caller, Guard
 from burstd.controller import admission
 from burstd.controller.admission import Limits, SpecError
@@ -106,9 +106,13 @@ def _owner_filter(caller: Caller, all_users: bool) -> str | None:
 @dataclass(frozen=True, slots=True)
 class ServiceSettings:
     limits: Limits = field(default_factory=Limits)
+    # A request no registered worker could hold is refused (config: fixed_cluster).
+    fixed_cluster: bool = False
 
 
-def job_info(job: Job) -> job_pb2.JobInfo:
+def job_info(job: Job, waiting: str = "") -> job_pb2.JobInfo:
+    """What status shows of a job; ``waiting``: why it waits beyond its turn
+    (``JobTable.waiting``)."""
     info = job_pb2.JobInfo(
         job_id=job.job_id,
         state=job.state.value,
@@ -127,7 +131,10 @@ def job_info(job: Job) -> job_pb2.JobInfo:
         lost_count=job.lost_count,
         retried=job.retried,
         owner=job.owner,
+        waiting=waiting,
     )
+    if job.request is not None:
+        info.resources.CopyFrom(resources_proto.to_message(job.request))
     if job.exit_code is not None:
         info.exit_code = job.exit_code
     outputs = earlier_outputs(job) if job.earlier_outputs else []
@@ -306,8 +313,20 @@ class ControllerService:
             jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now, owner)
         return jobs
 
+    def _check_fits(self, new: Sequence[NewJob]) -> None:
+        """With a fixed cluster, refuse a request no registered worker could ever hold."""
+        if not self.settings.fixed_cluster:
+            return
+        for request in admission.requests(new):
+            if not self.table.could_fit(request):
+                raise transport.FailedPrecondition(
+                    f"resources: no registered worker has {resources.describe(request)}"
+                    " (the cluster is fixed: controller.fixed_cluster)"
+                )
+
     async def _submit(self, new: Sequence[NewJob], owner: str) -> list[str]:
         table = self.table
+        self._check_fits(new)
         try:
             with self._room(len(new), owner):
                 jobs = await self._new_jobs(new, owner)
@@ -370,6 +389,7 @@ class ControllerService:
         accepted = False
         try:
             new = admission.admit_batch(request, self.settings.limits)
+            self._check_fits(new)
             total, limit = len(held.jobs) + len(new), self.settings.limits.max_batch
             if total > limit:  # a call's limit, whether the submission comes in one or pieces
                 raise SpecError(
@@ -490,7 +510,7 @@ class ControllerService:
                 info=job_pb2.JobInfo(job_id=request.job_id, state="unknown"),
             )
         return job_pb2.GetJobStatusResponse(
-            job_id=job.job_id, state=job.state.value, info=job_info(job)
+            job_id=job.job_id, state=job.state.value, info=job_info(job, self.table.waiting(job))
         )
 
     async def cancel_jobs(
@@ -783,7 +803,9 @@ class ControllerService:
             # The controller numbers the worker's next batches above it: a number near the
             # top of uint64 would leave none to hand out.
             raise SpecError(f"lease_seq: {request.lease_seq} is no batch number of a controller")
-        slots = max(request.slots, 1)
+        offer = resources_proto.offer_of(request.resources)
+        # The CPUs it offers are its slots (older workers send slots alone).
+        slots = max(offer.get(resources.CPUS, 0) or request.slots, 1)
         try:
             drop = self.table.register(
                 worker_id,
@@ -796,6 +818,7 @@ class ControllerService:
                 held=_held(request.held),
                 lease_seq=request.lease_seq,
                 instance=request.instance,
+                offer=offer,
             )
         except WorkerReplaced as error:
             logger.bind(worker_id=worker_id).warning("registration refused: {}", error)
@@ -803,8 +826,8 @@ class ControllerService:
         finally:
             self._after_change()
         logger.bind(worker_id=worker_id).info(
-            "worker registered: {} slots, capacity {}, {} held jobs kept",
-            slots,
+            "worker registered: {}, capacity {}, {} held jobs kept",
+            resources.describe({**offer, resources.CPUS: slots}),
             request.queue_capacity or slots,
             len(request.held) - len(drop),
         )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from burstd import wire
 from burstd.controller.table import Job, JobState
 from burstd.credentials import private_dir, private_file
+from burstd.resources_proto import request_of_spec
 
 if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
@@ -295,6 +296,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         stolen=bool(stolen),
         earlier_outputs=earlier_outputs,
         owner=owner,
+        request=request_of_spec(spec),
     )
 
 

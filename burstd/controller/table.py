@@ -20,8 +20,13 @@ Rules (the promises of the design, section 5):
 4. A job runs again only when its lease was lost (worker expired, re-registered without it, or
    told us it no longer has it) or when it failed and asked for retries. A job whose workers were
    lost ``crash_limit`` times fails with reason ``worker_lost``.
-5. Capacity cannot drift: a worker's load is ``len(worker.leases)``, the jobs it holds, never a
-   counter kept beside them.
+5. Capacity cannot drift: a worker's load is counted in CPUs, one per lease it holds plus what
+   the leases of jobs asking for more (``Job.request``, burstd/resources.py) add in
+   ``Worker.extra``, which changes only beside its lease set (``_hold``, ``_release``). A job is
+   leased only to a worker whose CPU load stays within its capacity (CPUs of leases held,
+   running or waiting for CPUs there), whose CPUs (``slots``) are as many as it asks for, and
+   whose other resources (``Worker.offer``) cover it beside every lease the worker holds: never
+   over-committed.
 6. Bad input changes nothing: every operation validates before it mutates.
 7. With a store (``track_changes``), every submitted job and every change to a job is
    recorded (``take_changes``), so the store can persist exactly what changed. A submitted job
@@ -48,13 +53,21 @@ Rules (the promises of the design, section 5):
     leased or running is out of the rotation of owners that free slots go to until one of them
     ends, so it holds no other owner's jobs back, at no cost per queued job. Free slots go round
     the owners with queued jobs, one worker's batch at a time (with one owner: plain FIFO).
+11. Resources (rule 5) keep each owner's queue FIFO: a job that fits no worker now stays at the
+   head of its owner's queue, and that owner waits while the others are served. The worker
+   that could hold it with the least load is then reserved for it (``_reserved``): it leaves
+   the router and takes no other job until that one fits it, so a stream of small jobs never
+   starves a large one, and the other workers keep taking small jobs meanwhile (backfill). A
+   job no registered worker could ever hold (its request beyond their totals) leaves its queue
+   for ``_unfit`` (still queued and counted, ``waiting`` says why) until a worker registers.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
 The thief's heartbeats say up to which round its steals have ended (``steal_round_done``): a
 stolen lease of an ended round that the heartbeat does not list never arrived and goes back to the
 queue, and a transfer for an ended round, or for a thief process that is gone (``instance``), is
-refused. A transfer never gives the thief more leases than its capacity.
+refused. A transfer never gives the thief more than it has room for (rule 5), nor anything to a
+reserved thief (rule 11).
 An admin's drain (``drain``) outlives the worker's process: its id stays drained (``drained``,
 stored with the jobs) and a registration of it is drained at once, until an admin undrains it.
 A worker id is held by one process at a time (``Worker.instance``): a registration of another
@@ -74,7 +87,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple
 
-from burstd import wire
+from burstd import resources, wire
 from burstd.leases import StopReason
 from burstd.policies.quotas import Quota, QuotaExceeded, Quotas, TokenBucket, check_submission
 from burstd.policies.routers import Router, make_router
@@ -385,6 +398,8 @@ class Job:
     steal_round: int = 0
     # The user that submitted it (its token's user); the store keeps it, it never changes.
     owner: str = ""
+    # What it asks for; None: one CPU and nothing else (burstd/resources.py).
+    request: resources.Request | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -433,6 +448,7 @@ class NewJob:
     spec: bytes
     retries: int = 0
     name: str = ""
+    request: resources.Request | None = None
 
 
 @dataclass(slots=True)
@@ -489,6 +505,26 @@ class Worker:
     pace: float = 1.0
     # Its results that ended an attempt (a job's end or a retry): ``burst top``'s jobs/s.
     ended: int = 0
+    # Its resources beside CPUs (mem, gpus, named), and what its leases use beyond one CPU
+    # each (rule 5).
+    offer: Mapping[str, int] = field(default_factory=dict)
+    extra: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def load(self) -> int:
+        """The CPUs of the leases it holds (running or waiting for CPUs there)."""
+        return len(self.leases) + self.extra.get(resources.CPUS, 0)
+
+    def totals(self) -> dict[str, int]:
+        """Everything it has: its CPUs and its offer."""
+        return {**self.offer, resources.CPUS: self.slots}
+
+    def free(self) -> dict[str, int]:
+        """What jobs may still take here: CPUs within its capacity, and what its offer has
+        left beside its leases (a job asking for more CPUs than ``slots`` never fits)."""
+        free = {name: amount - self.extra.get(name, 0) for name, amount in self.offer.items()}
+        free[resources.CPUS] = self.capacity - self.load
+        return free
 
     @property
     def running(self) -> int:
@@ -581,6 +617,10 @@ class JobTable:
         # For the event log (rule 9; see take_events); without one, nothing is recorded.
         self.track_events = track_events
         self._events: list[EventRecord] = []
+        # Rule 11: workers reserved for the job that fits no worker now (worker id -> job), and
+        # queued jobs that fit no registered worker, out of their owners' queues.
+        self._reserved: dict[str, Job] = {}
+        self._unfit: dict[str, Job] = {}
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -747,8 +787,11 @@ class JobTable:
         if worker.state is None:
             self.workers[worker.worker_id] = worker
         worker.state = step.to
+        if not step.routed:
+            self._unreserve(worker.worker_id)
         if step.routed:
-            self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
+            self._route(worker)
+            self._unpark()  # a job that fit no worker may fit this one
         elif was_routed:
             self.router.remove(worker.worker_id)
         if step.leaves:
@@ -875,7 +918,7 @@ class JobTable:
         built in slices."""
         stop = first + len(new_jobs)
         return [
-            Job(job_id, num, new.spec, new.retries, new.name, now, owner=owner)
+            Job(job_id, num, new.spec, new.retries, new.name, now, owner=owner, request=new.request)
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
             )
@@ -911,6 +954,7 @@ class JobTable:
                 self._release(worker, job)  # its outbox entry is skipped when popped
             gone.add(job.job_id)
             owners.add(job.owner)
+            self._unfit.pop(job.job_id, None)
         for name in owners:
             owner = self._owners[name]
             owner.queue = deque(job for job in owner.queue if job.job_id not in gone)
@@ -933,6 +977,7 @@ class JobTable:
         if leased_to is not None and leased_to.leases.get(job_id) is not job:
             leased_to = None  # an orphan lease: no worker holds it
         self._move(job, Event.CANCEL, now)
+        self._unfit.pop(job_id, None)
         job.reason = StopReason.CANCELLED.value
         job.error_message = "cancelled by user"
         if leased_to is not None:
@@ -974,6 +1019,7 @@ class JobTable:
         held: Iterable[Held] = (),
         instance: int = 0,
         lease_seq: int = 0,
+        offer: Mapping[str, int] | None = None,
     ) -> list[Held]:
         """Add a worker, or refresh one that registers again; returns held jobs it must drop.
 
@@ -982,7 +1028,8 @@ class JobTable:
         held job whose restored lease names this worker and attempt (an orphan) is its again.
         Held jobs that are not its lease are returned: the worker stops and forgets them
         without reporting. ``lease_seq`` is the highest lease batch the worker has seen: new
-        batches are numbered above it.
+        batches are numbered above it. ``offer``: its resources beside its ``slots`` CPUs (mem,
+        gpus, named ones; rule 5).
 
         Another process (``instance``; 0, the prototype's workers, is never told apart) replaces
         the registered one: the leases handed to that one and not held by this one are fenced
@@ -996,6 +1043,7 @@ class JobTable:
             raise WorkerReplaced(self._replaced_message(worker_id))
         if worker is None:
             worker = Worker(worker_id, slots, max(capacity, slots), peer_addr, hostname, now)
+            worker.offer = self._offer(offer)
             worker.lease_seq = lease_seq
             for h in held:
                 job = self.jobs.get(h.job_id)
@@ -1014,6 +1062,7 @@ class JobTable:
             fenced_until = worker.last_seen + self.lease_ttl * worker.pace
             worker.lease_seq = max(worker.lease_seq, lease_seq)
             worker.slots, worker.capacity = slots, max(capacity, slots)
+            worker.offer = self._offer(offer)
             worker.peer_addr, worker.hostname, worker.last_seen = peer_addr, hostname, now
             kept = {h.job_id for h in held if self._holds(worker, h)}
             # Stolen leases still on their way to this same process are not lost (yet): its
@@ -1046,6 +1095,10 @@ class JobTable:
             self._worker_move(worker, WorkerEvent.DRAIN)
         self._dispatch()
         return drop
+
+    @staticmethod
+    def _offer(offer: Mapping[str, int] | None) -> dict[str, int]:
+        return {k: v for k, v in (offer or {}).items() if k != resources.CPUS and v > 0}
 
     def check_process(self, worker_id: str, instance: int) -> None:
         """Raise WorkerReplaced if ``instance`` is not the registered process of this worker id
@@ -1311,11 +1364,9 @@ class JobTable:
             raise TransferRefused(f"thief {thief_id!r} has restarted since it asked")
         if steal_round <= 0 or steal_round <= thief.steal_done:
             raise TransferRefused(f"thief {thief_id!r} gave up on steal round {steal_round}")
-        room = thief.capacity - len(thief.leases)
+        free = {} if thief_id in self._reserved else thief.free()
         moved: dict[str, Job] = {}
         for h in jobs:
-            if len(moved) >= room:
-                break
             job = victim.leases.get(h.job_id)
             if (
                 job is not None
@@ -1323,6 +1374,13 @@ class JobTable:
                 and job.state is JobState.LEASED
                 and job.lease_seq != 0
             ):
+                request = job.request or resources.PLAIN
+                if request.get(resources.CPUS, 1) > thief.slots or not resources.fits(
+                    request, free
+                ):
+                    continue
+                for name, amount in request.items():
+                    free[name] -= amount
                 moved[job.job_id] = job
         if not moved:
             return []
@@ -1518,20 +1576,25 @@ class JobTable:
         """The worker no longer holds the job; ``route=False``: the caller tells the router of
         the worker's load itself (``_route``), before anything is routed."""
         del worker.leases[job.job_id]
+        if job.request is not None:
+            resources.charge(worker.extra, job.request, -1)
         worker.cancel_notices.pop(job.job_id, None)
         if route:
             self._route(worker)
 
     def _route(self, worker: Worker) -> None:
-        """Tell the router the worker's load, unless it is out of routing (draining, gone)."""
-        if worker.state is WorkerState.REGISTERED:
-            self.router.update(worker.worker_id, len(worker.leases), worker.capacity)
+        """Tell the router the worker's load, unless it is out of routing (draining, gone,
+        reserved: rule 11)."""
+        if worker.state is WorkerState.REGISTERED and worker.worker_id not in self._reserved:
+            self.router.update(worker.worker_id, worker.load, worker.capacity)
 
     @staticmethod
     def _hold(worker: Worker, job: Job) -> None:
         """The worker holds the job's lease (the job entered or stayed LEASED or RUNNING)."""
         job.worker_id = worker.worker_id
         worker.leases[job.job_id] = job
+        if job.request is not None:
+            resources.charge(worker.extra, job.request, 1)
 
     def _lose(self, worker: Worker, job: Job, now: float, *, counted: bool) -> None:
         """The worker no longer has this job: re-queue it (or fail it past the crash limit)."""
@@ -1560,16 +1623,22 @@ class JobTable:
 
         The worker the router picks takes one job per idle slot it has (at least one job, never
         beyond its capacity): they start there at once, as they would on any other idle slot,
-        and one poll and one report carry them all instead of one each per worker.
+        and one poll and one report carry them all instead of one each per worker. A job asking
+        for resources goes where it fits (``_place``, rule 11).
         """
         rotation = self._rotation
+        if self._reserved:
+            self._serve_reservations()
+        stuck: set[str] = set()  # owners whose next job fits no worker now
         while rotation:
             worker_id = self.router.pick()
             if worker_id is None:
+                if self._place_heads(stuck):
+                    continue  # a reservation changes what the router may pick
                 return
             worker = self.workers[worker_id]
-            take = max(1, min(worker.slots, worker.capacity) - len(worker.leases))
-            while take and rotation:
+            take = max(1, min(worker.slots, worker.capacity) - worker.load)
+            while take > 0 and rotation:
                 # The first owner in the rotation fills the batch, as far as it may; the one
                 # that had the last batch waits for the others' turns first.
                 owner = next(iter(rotation.values()))
@@ -1577,15 +1646,179 @@ class JobTable:
                     del rotation[owner.name]
                     rotation[owner.name] = owner
                     owner = next(iter(rotation.values()))
+                if stuck and owner.name in stuck:
+                    ready = (o for o in rotation.values() if o.name not in stuck)
+                    if (free_owner := next(ready, None)) is None:
+                        break
+                    owner = free_owner
                 self._served = owner
-                while take and owner.ready:
-                    job = (owner.backlog or owner.queue).popleft()
+                while take > 0 and owner.ready:
+                    queue = owner.backlog or owner.queue
+                    if not queue:  # its queued jobs fit no worker (``_unfit``)
+                        stuck.add(owner.name)
+                        break
+                    job = queue.popleft()
                     if job.state is not JobState.QUEUED:
+                        continue
+                    if job.request is not None:
+                        placed = self._place(job, worker, queue)
+                        if placed is None and job.job_id in self._unfit:
+                            continue
+                        if placed is None:
+                            stuck.add(owner.name)
+                            break
+                        if placed is worker:
+                            take -= job.request.get(resources.CPUS, 1)
+                        if worker_id in self._reserved:
+                            take = 0
                         continue
                     take -= 1
                     job.worker_id = worker_id  # _hold, inline on the hot path (before the event)
                     self._move(job, Event.LEASE)
                     worker.leases[job.job_id] = job
                     worker.outbox.append(job)
-            self.router.update(worker_id, len(worker.leases), worker.capacity)
+                if stuck and len(stuck) == len(rotation):
+                    break
+            self._route(worker)
             self._wakeups.add(worker_id)
+            if stuck and all(name in stuck for name in rotation):
+                return
+
+    def _place_heads(self, stuck: set[str]) -> bool:
+        """No worker the router would pick has room: the jobs asking for resources at the head
+        of their owners' queues may still fit another (the router counts CPUs only). Returns
+        whether one was leased or a worker reserved: what the router may pick changed."""
+        changed = False
+        for owner in list(self._rotation.values()):
+            while owner.ready and owner.name not in stuck:
+                queue = owner.backlog or owner.queue
+                if not queue:
+                    break
+                job = queue[0]
+                if job.state is not JobState.QUEUED:
+                    queue.popleft()
+                    continue
+                if job.request is None:
+                    break
+                queue.popleft()
+                reserved = len(self._reserved)
+                if self._place(job, None, queue) is not None:
+                    changed = True
+                elif job.job_id not in self._unfit:
+                    changed = changed or len(self._reserved) > reserved
+                    break
+        return changed
+
+    def _fits(self, worker: Worker, request: resources.Request) -> bool:
+        """Whether the worker has room for the request now (rule 5)."""
+        return request.get(resources.CPUS, 1) <= worker.slots and resources.fits(
+            request, worker.free()
+        )
+
+    def _place(self, job: Job, worker: Worker | None, queue: deque[Job]) -> Worker | None:
+        """Lease a job that asks for resources to the worker the router picked, or else to
+        another with room for it; returns the worker. None: it fits none now and is back at the
+        head of ``queue``, with a worker reserved for it if one is free to be, or it fits no
+        registered worker at all and waits in ``_unfit`` (rule 11)."""
+        request = job.request
+        assert request is not None
+        target = worker if worker is not None and self._fits(worker, request) else None
+        if target is None:
+            target = next(
+                (
+                    w
+                    for w in self.workers.values()
+                    if w.state is WorkerState.REGISTERED
+                    and w.worker_id not in self._reserved
+                    and self._fits(w, request)
+                ),
+                None,
+            )
+        if target is not None:
+            for reserved_by, reserved in list(self._reserved.items()):
+                if reserved is job:  # it fits elsewhere first
+                    self._unreserve(reserved_by)
+            self._lease(job, target)
+            if target is not worker:
+                self._route(target)
+            return target
+        could = [
+            w
+            for w in self.workers.values()
+            if w.state is WorkerState.REGISTERED and resources.fits(request, w.totals())
+        ]
+        if not could:
+            self._unfit[job.job_id] = job
+            return None
+        queue.appendleft(job)
+        if all(held is not job for held in self._reserved.values()):
+            free = [w for w in could if w.worker_id not in self._reserved]
+            if free:
+                chosen = min(free, key=lambda w: w.load)
+                self._reserved[chosen.worker_id] = job
+                self.router.remove(chosen.worker_id)
+        return None
+
+    def _lease(self, job: Job, worker: Worker) -> None:
+        job.worker_id = worker.worker_id  # the lease's event names it
+        self._move(job, Event.LEASE)
+        self._hold(worker, job)
+        worker.outbox.append(job)
+        self._wakeups.add(worker.worker_id)
+
+    def _serve_reservations(self) -> None:
+        """Lease each reserved worker its job once it fits there; a reservation whose job left
+        the queue otherwise ends (rule 11)."""
+        for worker_id, job in list(self._reserved.items()):
+            worker = self.workers[worker_id]
+            request = job.request
+            if (
+                job.state is not JobState.QUEUED
+                or self.jobs.get(job.job_id) is not job
+                or request is None
+                or not resources.fits(request, worker.totals())
+            ):
+                self._unreserve(worker_id)
+            elif self._fits(worker, request):
+                owner = self._owners[job.owner]
+                # It waits at the head of its queue (rule 11), unless a job lost or retried
+                # went back in front of it meanwhile.
+                for queue in (owner.backlog, owner.queue):
+                    if queue and queue[0] is job:
+                        queue.popleft()
+                        break
+                else:
+                    (owner.backlog if job in owner.backlog else owner.queue).remove(job)
+                self._lease(job, worker)
+                self._unreserve(worker_id)
+
+    def _unreserve(self, worker_id: str) -> None:
+        """The worker is no longer reserved: back in the router if it is routed."""
+        if self._reserved.pop(worker_id, None) is not None:
+            self._route(self.workers[worker_id])
+
+    def _unpark(self) -> None:
+        """Jobs that fit no worker go back to the head of their queues, to be tried again."""
+        for job in reversed(list(self._unfit.values())):
+            if job.state is JobState.QUEUED and self.jobs.get(job.job_id) is job:
+                owner = self._owners[job.owner]
+                (owner.backlog or owner.queue).appendleft(job)
+        self._unfit.clear()
+
+    def waiting(self, job: Job) -> str:
+        """Why a queued job waits beyond its turn, as status shows it; "" when it does not."""
+        if job.state is not JobState.QUEUED or job.request is None:
+            return ""
+        if job.job_id in self._unfit:
+            return f"no registered worker has {resources.describe(job.request)}"
+        for worker_id, reserved in self._reserved.items():
+            if reserved is job:
+                return f"waiting for {resources.describe(job.request)} on {worker_id} (reserved)"
+        return ""
+
+    def could_fit(self, request: resources.Request) -> bool:
+        """Whether a registered worker has as much as ``request`` in all (free or not)."""
+        return any(
+            w.state is WorkerState.REGISTERED and resources.fits(request, w.totals())
+            for w in self.workers.values()
+        )

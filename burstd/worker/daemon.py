@@ -35,6 +35,7 @@ from burstd import tlsconfig, transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
 from burstd.leases import StopReason
 from burstd.metrics import serve_metrics
+from burstd.worker.detect import cpu_ids, offer_of
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
 from burstd.worker.metrics import WorkerMetrics, outcome_of
@@ -102,7 +103,10 @@ class Worker:
             else None
         )
         capacity = max(config.local_queue_capacity, config.slots)
-        self.state = WorkerState(config, LocalQueue(capacity), token, tls=tls, steals=steal)
+        offer, gpus = offer_of(config)
+        self.state = WorkerState(
+            config, LocalQueue(capacity), token, tls=tls, steals=steal, offer=offer, gpus=gpus
+        )
         self.link = ControllerLink(self.state, peer_addr)
         self.stealer = (
             StealClient(self.state, static_peers or {}, hand_back=self._hand_back, link=self.link)
@@ -116,6 +120,9 @@ class Worker:
             docker=config.docker,
             kill_grace=config.kill_grace_s,
             streams=StreamLogs(config.worker_id),
+            bind_cpus=config.bind_cpus,
+            cpu_ids=tuple(cpu_ids()),
+            has_gpus=bool(gpus),
         )
         self.output = OutputServer(self.link, self.exec_config, self.state.runs)
         self.drain_grace = drain_grace
@@ -291,7 +298,7 @@ class Worker:
             if job.cancelled:
                 self.state.stop(job, StopReason.CANCELLED)
             outcome = await run_job(
-                job.job_id, job.attempt, job.spec, self.exec_config, self._guard
+                job.job_id, job.attempt, job.spec, self.exec_config, self._guard, job.grant
             )
         if outcome is not None:
             result = _outcome_result(job, outcome)

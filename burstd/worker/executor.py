@@ -46,6 +46,7 @@ import trio
 from loguru import logger
 
 from burstd import outputnames, placeholders, wire
+from burstd.resources import Grant
 from burstd.worker.guard import JobGuard
 from burstd.worker.streamlog import StreamLogs
 from proto.burst.v1 import job_pb2
@@ -75,6 +76,12 @@ class ExecConfig:
     docker: str = "docker"  # docker CLI
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     streams: StreamLogs | None = None  # stream-mode files (``--output stream``); None: refused
+    # Pin each job to the CPUs of its grant (``resources.Grant``: CPU i of the grant is the i-th
+    # of ``cpu_ids``, the worker's affinity mask, round the mask if it has fewer).
+    bind_cpus: bool = False
+    cpu_ids: tuple[int, ...] = ()
+    # The worker has GPUs: a job that asked for none sees none (CUDA_VISIBLE_DEVICES empty).
+    has_gpus: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,26 @@ def burst_vars(
     if spec.HasField("entry"):
         out["BURST_ENTRY"] = spec.entry
     return out
+
+
+def resource_vars(grant: Grant | None, config: ExecConfig) -> dict[str, str]:
+    """BURST_CPUS (how many CPUs the job has), and for GPU jobs BURST_GPUS and
+    CUDA_VISIBLE_DEVICES (the ids of its own GPUs)."""
+    out = {"BURST_CPUS": str(len(grant.cpus)) if grant is not None else "1"}
+    gpus = ",".join(grant.gpus) if grant is not None else ""
+    if gpus:
+        out["BURST_GPUS"] = out["CUDA_VISIBLE_DEVICES"] = gpus
+    elif config.has_gpus:
+        out["CUDA_VISIBLE_DEVICES"] = ""
+    return out
+
+
+def bound_cpus(grant: Grant | None, config: ExecConfig) -> list[int] | None:
+    """The CPUs a job is pinned to (``bind_cpus``), None: not pinned."""
+    if not config.bind_cpus or grant is None or not config.cpu_ids:
+        return None
+    ids = config.cpu_ids
+    return sorted({ids[cpu % len(ids)] for cpu in grant.cpus})
 
 
 def _spec_env(spec: job_pb2.JobSpec) -> dict[str, str]:
@@ -493,24 +520,37 @@ class _Child:
 # cwd costs the worker three times the CPU). Nothing else of the worker runs meanwhile: the spawn
 # is one synchronous call, and the worker has no thread that uses a relative path.
 def _spawn(
-    argv: list[str], path: str, env: Mapping[bytes, bytes], out_fd: int, err_fd: int, cwd: str
+    argv: list[str],
+    path: str,
+    env: Mapping[bytes, bytes],
+    out_fd: int,
+    err_fd: int,
+    cwd: str,
+    cpus: list[int] | None = None,
 ) -> _Child:
+    """Start a job's process. ``cpus``: pin it to them; like the working directory, the
+    worker's own thread takes them around the spawn (the child inherits them) and back."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out_fd, 1),
         (os.POSIX_SPAWN_DUP2, err_fd, 2),
     ]
     home = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if cwd else -1
+    mask = os.sched_getaffinity(0) if cpus else None
     try:
         if cwd:
             os.chdir(cwd)
         try:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
             pid = os.posix_spawn(
                 path, argv, env, file_actions=actions, setpgroup=0, setsigdef=_SIGDEF, setsigmask=()
             )
         finally:
             if cwd:
                 os.fchdir(home)
+            if mask is not None:
+                os.sched_setaffinity(0, mask)
     finally:
         if cwd:
             os.close(home)
@@ -579,9 +619,11 @@ async def run_job(
     spec: job_pb2.JobSpec,
     config: ExecConfig,
     guard: JobGuard | None = None,
+    grant: Grant | None = None,
 ) -> Outcome:
     """Run one attempt of a job and say how it ended (see the module docstring). With a
-    ``guard``, the job's process group is listed with it while the job runs.
+    ``guard``, the job's process group is listed with it while the job runs. ``grant``: the
+    CPUs and GPUs it has (``resource_vars``, ``bound_cpus``).
 
     Never raises for a problem of the job; re-raises ``Cancelled`` after killing the job's
     process group when the surrounding scope is cancelled.
@@ -589,7 +631,7 @@ async def run_job(
     with contextlib.ExitStack() as stream_part:
         # Stream mode (``burstd.worker.streamlog``): the part is indexed once this returns,
         # after the job's process group has ended.
-        return await _run_job(job_id, attempt, spec, config, guard, stream_part)
+        return await _run_job(job_id, attempt, spec, config, guard, stream_part, grant)
 
 
 def stream_folder(spec: job_pb2.JobSpec, config: ExecConfig) -> str:
@@ -624,6 +666,7 @@ async def _run_job(
     config: ExecConfig,
     guard: JobGuard | None,
     stream_part: contextlib.ExitStack,
+    grant: Grant | None = None,
 ) -> Outcome:
     await trio.lowlevel.checkpoint_if_cancelled()
     log = logger.bind(job_id=job_id, worker_id=config.worker_id)
@@ -647,6 +690,8 @@ async def _run_job(
             cwd = ""  # --workdir in the container
         else:
             env = _job_env(job_id, attempt, spec, config)
+            for key, value in resource_vars(grant, config).items():
+                env[os.fsencode(key)] = os.fsencode(value)
             if cwd:
                 _check_text("cwd", cwd)
                 if not os.path.isdir(cwd):
@@ -664,7 +709,7 @@ async def _run_job(
     try:
         while True:
             try:
-                child = _spawn(argv, path, env, out_fd, err_fd, cwd)
+                child = _spawn(argv, path, env, out_fd, err_fd, cwd, bound_cpus(grant, config))
                 break
             except (FileNotFoundError, PermissionError) as exc:
                 if not cached or (cwd and exc.filename == cwd):

@@ -24,7 +24,9 @@ from collections import deque
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 
+from burstd import resources
 from burstd.leases import StopReason
+from burstd.resources_proto import request_of
 from proto.burst.v1 import job_pb2, worker_pb2
 
 
@@ -45,6 +47,9 @@ class LocalJob:
     cancelled: bool = False
     # Offered to a thief; the controller has not answered yet: not startable.
     leaving: bool = False
+    # What it asks for (None: one CPU), and what it holds of the worker while it runs.
+    request: resources.Request | None = None
+    grant: resources.Grant | None = None
 
 
 def stopped_result(
@@ -73,12 +78,24 @@ def _nothing() -> None:
     pass
 
 
+def _always(job: LocalJob) -> bool:
+    return True
+
+
 class LocalQueue:
     """Jobs held by one worker. ``on_change`` is called after every change (rule 6)."""
 
-    def __init__(self, capacity: int, on_change: Callable[[], None] = _nothing) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        on_change: Callable[[], None] = _nothing,
+        fits: Callable[[LocalJob], bool] = _always,
+    ) -> None:
         self.capacity = capacity
         self.on_change = on_change
+        # Whether the worker has what a job asks for free now: the oldest job waits for it,
+        # and the others behind it (FIFO, so a large job is never passed over).
+        self.fits = fits
         self.jobs: dict[str, LocalJob] = {}
         self._queued: deque[LocalJob] = deque()
         self._started: list[LocalJob] = []
@@ -105,6 +122,8 @@ class LocalQueue:
             if current is not None and current.attempt >= assigned.attempt:
                 continue
             job = LocalJob(assigned.job_id, assigned.attempt, assigned.spec)
+            if assigned.spec.HasField("resources"):
+                job.request = request_of(assigned.spec.resources)
             if current is not None:
                 self._done.pop(job.job_id, None)  # a newer attempt replaces the old one
             self.jobs[job.job_id] = job
@@ -179,7 +198,9 @@ class LocalQueue:
     def can_start(self, busy: Container[str] = ()) -> bool:
         """Whether ``next_queued(busy)`` would return a job."""
         self._skip_gone()
-        return bool(self._queued) and self._queued[0].job_id not in busy
+        return (
+            bool(self._queued) and self._queued[0].job_id not in busy and self.fits(self._queued[0])
+        )
 
     def next_queued(self, busy: Container[str] = ()) -> LocalJob | None:
         """The oldest job waiting for a slot, now RUNNING; None when there is none, or when its
@@ -198,9 +219,11 @@ class LocalQueue:
         ):
             queued.popleft()
 
-    def _next_queued(self, busy: Container[str] = ()) -> LocalJob | None:
+    def _next_queued(self, busy: Container[str] = (), *, fitting: bool = True) -> LocalJob | None:
         self._skip_gone()
         if not self._queued or self._queued[0].job_id in busy:
+            return None
+        if fitting and not self.fits(self._queued[0]):
             return None
         job = self._queued.popleft()
         job.state = LocalState.RUNNING
@@ -231,7 +254,7 @@ class LocalQueue:
     def return_unstarted(self) -> list[LocalJob]:
         """For a shutdown: every queued job ends as handed back (re-queued by the controller)."""
         returned = []
-        while (job := self._next_queued()) is not None:
+        while (job := self._next_queued(fitting=False)) is not None:
             job.state = LocalState.DONE
             job.result = stopped_result(job, StopReason.RETURNED, 0.0, 0.0)
             self._done[job.job_id] = job

@@ -31,6 +31,7 @@ from loguru import logger
 
 from burstd import auth, transport, wire
 from burstd.config import parse_hostport
+from burstd.resources_proto import to_message
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import worker_pb2
 
@@ -131,6 +132,7 @@ class ControllerLink:
             hostname=socket.gethostname(),
             lease_seq=local.lease_seq,
             instance=self.state.instance,
+            resources=to_message(self.state.offer),
         )
         sent = self.state.clock()
         response = await channel.unary(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import trio
 from loguru import logger
 
+from burstd import resources
 from burstd.auth import PeerTokens
 from burstd.config import WorkerConfig
 from burstd.leases import StopReason
@@ -72,11 +73,20 @@ class WorkerState:
     # The clock of the leases (``LeaseDeadline``): the system's monotonic one, which the job
     # guard reads too.
     clock: Callable[[], float] = time.monotonic
+    # What the worker offers the controller (burstd/worker/detect.py: ``offer_of``) and its
+    # GPUs' ids; unset: its slots as CPUs and nothing else. Its jobs take them from ``pool``.
+    offer: dict[str, int] = field(default_factory=dict)
+    gpus: list[str] = field(default_factory=list)
     # Tasks blocked in wait_until, with the condition each waits for.
     _waiters: dict[trio.Event, Callable[[], bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.offer:
+            self.offer = {resources.CPUS: self.config.slots}
+        others = {k: v for k, v in self.offer.items() if k not in (resources.CPUS, resources.GPUS)}
+        self.pool = resources.Pool(range(self.offer[resources.CPUS]), self.gpus, others)
         self.local.on_change = self._wake
+        self.local.fits = self._fits
         self.lease = LeaseDeadline(self.config.kill_grace_s)
         self.log = logger.bind(worker_id=self.config.worker_id)
 
@@ -141,6 +151,10 @@ class WorkerState:
     @contextmanager
     def run(self, job: LocalJob) -> Iterator[Running]:
         """Around a job's run: it is listed in ``running`` meanwhile."""
+        grant = self.pool.grant(job.request)
+        if grant is None:  # the queue starts only a job that fits (``_fits``)
+            raise AssertionError(f"{job.job_id} started without its resources free")
+        job.grant = grant
         running = self.running[job] = Running(trio.CancelScope())
         self.running_ids.add(job.job_id)
         try:
@@ -148,7 +162,12 @@ class WorkerState:
         finally:
             del self.running[job]
             self.running_ids.discard(job.job_id)
+            self.pool.release(grant)
+            job.grant = None
             self._wake()
+
+    def _fits(self, job: LocalJob) -> bool:
+        return self.pool.fits(job.request)
 
     def stop(self, job: LocalJob, why: StopReason) -> None:
         """Stop a job's run, if it runs here and was not stopped already."""

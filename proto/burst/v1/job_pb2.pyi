@@ -48,7 +48,7 @@ class DockerSpec(_message.Message):
     def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode")
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class JobSpec(_message.Message):
     STDERR_PATTERN_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_MODE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     process: ProcessSpec
     python: PythonSpec
@@ -86,7 +87,8 @@ class JobSpec(_message.Message):
     stderr_pattern: str
     submission: str
     output_mode: str
-    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ...) -> None: ...
+    resources: _worker_pb2.Resources
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
@@ -139,7 +141,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +161,8 @@ class JobInfo(_message.Message):
     RETRIED_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -178,7 +182,9 @@ class JobInfo(_message.Message):
     retried: int
     attempts: _containers.RepeatedCompositeFieldContainer[AttemptOutput]
     owner: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ...) -> None: ...
+    resources: _worker_pb2.Resources
+    waiting: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ...) -> None: ...
 
 class AttemptOutput(_message.Message):
     __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path")

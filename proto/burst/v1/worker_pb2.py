@@ -24,27 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/burst/v1/worker.proto\x12\x08\x62urst.v1\";\n\x07HeldJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\x08\"\xbc\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x11\n\tpeer_addr\x18\x04 \x01(\t\x12\x1f\n\x04held\x18\x05 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x11\n\tlease_seq\x18\x07 \x01(\x04\x12\x10\n\x08instance\x18\x08 \x01(\x04\"\x85\x02\n\x16RegisterWorkerResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1f\n\x04\x64rop\x18\x04 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\x12)\n\tverifiers\x18\x07 \x03(\x0b\x32\x16.burst.v1.PeerVerifier\x12\x19\n\x11verifiers_version\x18\x08 \x01(\x04\"L\n\x0cPeerVerifier\x12\x14\n\x0ctoken_sha256\x18\x01 \x01(\x0c\x12\x12\n\nworker_ids\x18\x02 \x03(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"r\n\x08PeerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\"\xb4\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1f\n\x04held\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x11\n\tlease_seq\x18\x03 \x01(\x04\x12\x18\n\x10steal_round_done\x18\x04 \x01(\x04\x12\x12\n\nwant_peers\x18\x05 \x01(\x08\x12\x10\n\x08instance\x18\x06 \x01(\x04\x12\x19\n\x11verifiers_version\x18\x07 \x01(\x04\"\xfc\x01\n\x11HeartbeatResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12!\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x1f\n\x04\x64rop\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x12\n\nreregister\x18\x04 \x01(\x08\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\x12)\n\tverifiers\x18\x07 \x03(\x0b\x32\x16.burst.v1.PeerVerifier\x12\x19\n\x11verifiers_version\x18\x08 \x01(\x04\"\x07\n\x05\x45mptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bproto/burst/v1/worker.proto\x12\x08\x62urst.v1\";\n\x07HeldJob\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0f\n\x07running\x18\x03 \x01(\x08\"\x91\x01\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\r\x12\x0b\n\x03mem\x18\x02 \x01(\x04\x12\x0c\n\x04gpus\x18\x03 \x01(\r\x12-\n\x05named\x18\x04 \x03(\x0b\x32\x1e.burst.v1.Resources.NamedEntry\x1a,\n\nNamedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xe4\x01\n\x15RegisterWorkerRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12\x16\n\x0equeue_capacity\x18\x03 \x01(\r\x12\x11\n\tpeer_addr\x18\x04 \x01(\t\x12\x1f\n\x04held\x18\x05 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x10\n\x08hostname\x18\x06 \x01(\t\x12\x11\n\tlease_seq\x18\x07 \x01(\x04\x12\x10\n\x08instance\x18\x08 \x01(\x04\x12&\n\tresources\x18( \x01(\x0b\x32\x13.burst.v1.Resources\"\x85\x02\n\x16RegisterWorkerResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x14\n\x0clease_ttl_ms\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1f\n\x04\x64rop\x18\x04 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\x12)\n\tverifiers\x18\x07 \x03(\x0b\x32\x16.burst.v1.PeerVerifier\x12\x19\n\x11verifiers_version\x18\x08 \x01(\x04\"L\n\x0cPeerVerifier\x12\x14\n\x0ctoken_sha256\x18\x01 \x01(\x0c\x12\x12\n\nworker_ids\x18\x02 \x03(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\"r\n\x08PeerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x11\n\tpeer_addr\x18\x02 \x01(\t\x12\r\n\x05slots\x18\x03 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x04 \x01(\r\x12\x0e\n\x06leased\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\"\xb4\x01\n\x10HeartbeatRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x1f\n\x04held\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x11\n\tlease_seq\x18\x03 \x01(\x04\x12\x18\n\x10steal_round_done\x18\x04 \x01(\x04\x12\x12\n\nwant_peers\x18\x05 \x01(\x08\x12\x10\n\x08instance\x18\x06 \x01(\x04\x12\x19\n\x11verifiers_version\x18\x07 \x01(\x04\"\xfc\x01\n\x11HeartbeatResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12!\n\x06\x63\x61ncel\x18\x02 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x1f\n\x04\x64rop\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x12\n\nreregister\x18\x04 \x01(\x08\x12!\n\x05peers\x18\x05 \x03(\x0b\x32\x12.burst.v1.PeerInfo\x12\x1a\n\x12paced_heartbeat_ms\x18\x06 \x01(\r\x12)\n\tverifiers\x18\x07 \x03(\x0b\x32\x16.burst.v1.PeerVerifier\x12\x19\n\x11verifiers_version\x18\x08 \x01(\x04\"\x07\n\x05\x45mptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.burst.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_RESOURCES_NAMEDENTRY']._loaded_options = None
+  _globals['_RESOURCES_NAMEDENTRY']._serialized_options = b'8\001'
   _globals['_HELDJOB']._serialized_start=41
   _globals['_HELDJOB']._serialized_end=100
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=103
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=291
-  _globals['_REGISTERWORKERRESPONSE']._serialized_start=294
-  _globals['_REGISTERWORKERRESPONSE']._serialized_end=555
-  _globals['_PEERVERIFIER']._serialized_start=557
-  _globals['_PEERVERIFIER']._serialized_end=633
-  _globals['_PEERINFO']._serialized_start=635
-  _globals['_PEERINFO']._serialized_end=749
-  _globals['_HEARTBEATREQUEST']._serialized_start=752
-  _globals['_HEARTBEATREQUEST']._serialized_end=932
-  _globals['_HEARTBEATRESPONSE']._serialized_start=935
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1187
-  _globals['_EMPTY']._serialized_start=1189
-  _globals['_EMPTY']._serialized_end=1196
+  _globals['_RESOURCES']._serialized_start=103
+  _globals['_RESOURCES']._serialized_end=248
+  _globals['_RESOURCES_NAMEDENTRY']._serialized_start=204
+  _globals['_RESOURCES_NAMEDENTRY']._serialized_end=248
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=251
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=479
+  _globals['_REGISTERWORKERRESPONSE']._serialized_start=482
+  _globals['_REGISTERWORKERRESPONSE']._serialized_end=743
+  _globals['_PEERVERIFIER']._serialized_start=745
+  _globals['_PEERVERIFIER']._serialized_end=821
+  _globals['_PEERINFO']._serialized_start=823
+  _globals['_PEERINFO']._serialized_end=937
+  _globals['_HEARTBEATREQUEST']._serialized_start=940
+  _globals['_HEARTBEATREQUEST']._serialized_end=1120
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1123
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1375
+  _globals['_EMPTY']._serialized_start=1377
+  _globals['_EMPTY']._serialized_end=1384
 # @@protoc_insertion_point(module_scope)

@@ -16,8 +16,27 @@ class HeldJob(_message.Message):
     running: bool
     def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., running: _Optional[bool] = ...) -> None: ...
 
+class Resources(_message.Message):
+    __slots__ = ("cpus", "mem", "gpus", "named")
+    class NamedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEM_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    NAMED_FIELD_NUMBER: _ClassVar[int]
+    cpus: int
+    mem: int
+    gpus: int
+    named: _containers.ScalarMap[str, int]
+    def __init__(self, cpus: _Optional[int] = ..., mem: _Optional[int] = ..., gpus: _Optional[int] = ..., named: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class RegisterWorkerRequest(_message.Message):
-    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname", "lease_seq", "instance")
+    __slots__ = ("worker_id", "slots", "queue_capacity", "peer_addr", "held", "hostname", "lease_seq", "instance", "resources")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +45,7 @@ class RegisterWorkerRequest(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     LEASE_SEQ_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     slots: int
     queue_capacity: int
@@ -34,7 +54,8 @@ class RegisterWorkerRequest(_message.Message):
     hostname: str
     lease_seq: int
     instance: int
-    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ..., instance: _Optional[int] = ...) -> None: ...
+    resources: Resources
+    def __init__(self, worker_id: _Optional[str] = ..., slots: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., peer_addr: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ..., hostname: _Optional[str] = ..., lease_seq: _Optional[int] = ..., instance: _Optional[int] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class RegisterWorkerResponse(_message.Message):
     __slots__ = ("accepted", "lease_ttl_ms", "heartbeat_interval_ms", "drop", "peers", "paced_heartbeat_ms", "verifiers", "verifiers_version")
