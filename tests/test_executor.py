@@ -14,6 +14,7 @@ import pytest
 import trio
 from loguru import logger
 
+from burstd.resources import Grant
 from burstd.worker import executor
 from burstd.worker.executor import (
     ExecConfig,
@@ -528,6 +529,16 @@ def test_build_argv_process_and_python(config: ExecConfig) -> None:
     assert build_argv("j", 1, spec, config) == ["python3", "main.py", "--x"]
 
 
+def test_a_docker_job_gets_its_cpus_and_gpus_in_its_container(config: ExecConfig) -> None:
+    """As a process job does (``resource_vars``), through ``-e``: the container sees only
+    the variables given to it."""
+    spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine:3"))
+    grant = Grant(cpus=(2, 3), gpus=("5",))
+    argv = build_argv("job-00000001", 1, spec, config, grant)
+    env = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-e"]
+    assert env[-3:] == ["BURST_CPUS=2", "BURST_GPUS=5", "CUDA_VISIBLE_DEVICES=5"]
+
+
 def test_build_argv_docker(config: ExecConfig) -> None:
     spec = job_pb2.JobSpec(
         docker=job_pb2.DockerSpec(image="alpine:3", command=["sh", "-c"], args=["echo hi"]),
@@ -554,6 +565,8 @@ def test_build_argv_docker(config: ExecConfig) -> None:
         "BURST_ATTEMPT=2",
         "-e",
         "BURST_ARRAY_INDEX=4",
+        "-e",
+        "BURST_CPUS=1",
         "alpine:3",
         "sh",
         "-c",
@@ -568,6 +581,7 @@ def test_build_argv_docker_minimal_and_invalid(config: ExecConfig) -> None:
         "/usr/bin/podman",
         *("run", "--rm", "--init", "--name", container_name("j", 1)),
         *("-e", "BURST_JOB_ID=j", "-e", "BURST_WORKER_ID=w", "-e", "BURST_ATTEMPT=1"),
+        *("-e", "BURST_CPUS=1"),
         "busybox",
     ]
     with pytest.raises(SpecError, match=r"docker\.image is invalid"):

@@ -237,7 +237,13 @@ def command_args(job_id: str, spec: job_pb2.JobSpec, args: list[str]) -> list[st
     return filled
 
 
-def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecConfig) -> list[str]:
+def build_argv(
+    job_id: str,
+    attempt: int,
+    spec: job_pb2.JobSpec,
+    config: ExecConfig,
+    grant: Grant | None = None,
+) -> list[str]:
     """The argv of a job (argv[0] not yet resolved through PATH). Raises ``SpecError``.
 
     process: ``[command, *args]``; python: ``[config.python, entry_point, *args]``;
@@ -270,6 +276,7 @@ def build_argv(job_id: str, attempt: int, spec: job_pb2.JobSpec, config: ExecCon
         for key in (*wire.JOB_OPTIONAL_VARIABLES, *wire.JOB_VARIABLES):
             env.pop(key, None)
         env.update(burst_vars(job_id, attempt, spec, config))
+        env.update(resource_vars(grant, config))
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
         argv += [image, *command_args(job_id, spec, [*spec.docker.command, *spec.docker.args])]
@@ -683,7 +690,7 @@ async def _run_job(
     try:
         stream = spec.output_mode == "stream"
         paths = ("", "") if stream else output_paths(job_id, attempt, spec, config)
-        argv = build_argv(job_id, attempt, spec, config)
+        argv = build_argv(job_id, attempt, spec, config, grant)
         timeout = _timeout(spec)
         if kind == "docker":
             env = _worker_env()  # the client's; the container's is in argv
