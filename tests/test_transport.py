@@ -823,3 +823,37 @@ async def test_a_connection_that_keeps_failing_authentication_is_closed(mux: boo
                     await whoami(other)
             assert other._connection is not None and other._connection.usable
             assert await whoami(good) == "alice:x"
+
+
+async def test_an_address_that_guessed_has_its_new_connections_held(
+    mux: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a connection was closed for guessing (MAX_UNAUTHENTICATED refusals), the address's
+    new connections wait HOLD before they are read, whatever their token: a guesser that
+    reconnects gets MAX_UNAUTHENTICATED answers per HOLD. The connections open already keep
+    being served at once, and after the hold a new connection is served again."""
+    monkeypatch.setattr(transport.server, "HOLD", 2.0)
+    async with guarded_server() as port:
+        good = Channel(HOST, port, multiplex=mux, metadata={"x-key": "good"})
+        async with good, Channel(HOST, port, multiplex=mux) as bad:
+            first = bad._connection
+            for _ in range(transport.MAX_UNAUTHENTICATED - 1):
+                with pytest.raises(transport.Unauthenticated):
+                    await whoami(bad)
+            with pytest.raises((transport.Unauthenticated, transport.Unavailable)):
+                await whoami(bad)
+            with trio.fail_after(5):
+                while first is not None and first.usable:
+                    await trio.sleep(0.01)
+            began = trio.current_time()
+            assert await whoami(good) == "alice:x"  # open already: not held
+            served_at_once = trio.current_time() - began
+            late = Channel(HOST, port, multiplex=mux, metadata={"x-key": "good"})
+            async with late:
+                began = trio.current_time()
+                assert await whoami(late) == "alice:x"
+                held = trio.current_time() - began
+            with pytest.raises(transport.Unauthenticated):
+                await whoami(bad)  # the hold is over: a new connection is read again
+    print(f"\nopen connection {served_at_once:.3f} s, new one held {held:.3f} s")
+    assert held >= 1.9 and served_at_once < held

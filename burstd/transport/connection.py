@@ -391,7 +391,7 @@ class Stream:
 class Peer:
     """What the connections of one client address hold on a server (see ConnectionLimits)."""
 
-    __slots__ = ("connections", "penalty_until", "pending", "refusing")
+    __slots__ = ("connections", "hold_until", "penalty_until", "pending", "refusing")
 
     def __init__(self) -> None:
         self.connections = 0
@@ -399,6 +399,9 @@ class Peer:
         self.refusing = False  # at its connection limit (logged once each time it gets there)
         # A connection of this peer went over its limits: its new ones are closed until then.
         self.penalty_until = -math.inf
+        # A connection of this peer was closed for guessing tokens (``Connection.guessing``):
+        # its new ones are held unread until then.
+        self.hold_until = -math.inf
 
 
 class Connection:
@@ -461,6 +464,7 @@ class Connection:
         self.failure = "connection closed by peer"
         self.probe: trio.Event | None = None  # set on any data received while a ping is out
         self.unauthenticated = 0  # calls refused UNAUTHENTICATED (server side): see refused()
+        self.guessing = False  # server side: closed for MAX_UNAUTHENTICATED refusals
         self._limits = limits or ConnectionLimits()
         self._peer = peer or Peer()
         self._long_lived = long_lived
@@ -520,8 +524,9 @@ class Connection:
 
     def refused(self, code: StatusCode) -> None:
         """Count a call answered ``code`` (server side): a peer that keeps sending unknown
-        tokens is sent GOAWAY and disconnected, and must connect again to try more, so one peer
-        guessing cannot take the server's time from the others."""
+        tokens is sent GOAWAY and disconnected, and its address's next connections are held
+        before they are read (see ``server.HOLD``), so one peer guessing cannot take the
+        server's time from the others."""
         if code is not StatusCode.UNAUTHENTICATED:
             return
         self.unauthenticated += 1
@@ -529,6 +534,7 @@ class Connection:
             logger.debug(
                 "a peer sent {} calls with no valid token: disconnected", self.unauthenticated
             )
+            self.guessing = True
             with contextlib.suppress(h2.exceptions.H2Error):
                 self.h2.close_connection(error_code=_H2_ENHANCE_YOUR_CALM)
             self.flush()

@@ -146,16 +146,18 @@ class _Clients:
         peer.connections += 1
         return peer
 
-    def leave(self, host: str, peer: Peer, over_limits: bool) -> None:
-        """A connection from ``host`` closed; ``over_limits``: closed for going over them, so
-        that the peer's new connections are closed for a while (each costs its first chunk of
-        frames, parsed whole, before it can be closed)."""
+    def leave(self, host: str, peer: Peer, connection: Connection | None) -> None:
+        """A connection from ``host`` closed. One closed for going over its limits has the
+        peer's new connections closed for a while (each costs its first chunk of frames, parsed
+        whole, before it can be closed); one closed for guessing tokens has them held (HOLD)."""
         peer.connections -= 1
         peer.refusing = False
         now = trio.current_time()
-        if over_limits:
+        if connection is not None and connection.over_limits:
             peer.penalty_until = now + _PENALTY
-        if not peer.connections and now >= peer.penalty_until:
+        if connection is not None and connection.guessing:
+            peer.hold_until = now + HOLD
+        if not peer.connections and now >= max(peer.penalty_until, peer.hold_until):
             del self._peers[host]
 
 
@@ -189,6 +191,12 @@ async def _accept_loop(
 
 # Seconds during which a peer whose connection went over its limits has new ones closed.
 _PENALTY = 1.0
+HOLD = 1.0
+"""Seconds during which the new connections of an address one of whose connections was closed
+for guessing tokens (MAX_UNAUTHENTICATED refusals) are held before they are read: they cost
+a socket and a sleeping task, no CPU, and are served after it (no TLS handshake, no frame
+parsed before). A client that reconnects to guess more gets MAX_UNAUTHENTICATED answers per
+connection and HOLD; valid calls on the address's open connections are not touched."""
 # Seconds a closing connection's writer may take to send what is left.
 _CLOSE_GRACE = 1.0
 # A Calls stream's request is complete with its first message (the stream lasts).
@@ -206,6 +214,7 @@ async def _serve_connection(
     where = format_addr(host, port)
     connection: Connection | None = None
     try:
+        await trio.sleep_until(peer.hold_until)
         transport = sock if clients.tls is None else await _handshake(sock, clients, where)
         if transport is None:
             return
@@ -237,7 +246,7 @@ async def _serve_connection(
     finally:
         if connection is not None:
             connection.dispose()
-        clients.leave(host, peer, connection is not None and connection.over_limits)
+        clients.leave(host, peer, connection)
 
 
 async def _handshake(
