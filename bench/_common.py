@@ -116,11 +116,17 @@ def make_pki(tmp: str) -> Path:
 
 
 def start_controller(
-    tmp: str, store: str, capacity: int, metrics_listen: str = "", tls: bool = False
+    tmp: str,
+    store: str,
+    capacity: int,
+    metrics_listen: str = "",
+    tls: bool = False,
+    events_max: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """A real `burstd controller` (state in ``tmp``) listening on a free port, and that port;
     ``metrics_listen``: where it serves its Prometheus metrics (none if empty); ``tls``: over
-    TLS, with certificates made in ``tmp``.
+    TLS, with certificates made in ``tmp``; ``events_max``: the bound of its event log (None:
+    the default; 0: off).
 
     BURST_STATE_DIR then names its state directory: clients of this process (and of its
     children) send the admin token the controller wrote there; BURST_TLS_CA names the CA with
@@ -135,6 +141,7 @@ def start_controller(
         "max_connections_per_peer = 4096\n"
         + (f'metrics_listen_addr = "{metrics_listen}"\n' if metrics_listen else "")
         + (f'tls_cert = "{pki}/server.pem"\ntls_key = "{pki}/server-key.pem"\n' if pki else "")
+        + (f"events_max = {events_max}\n" if events_max is not None else "")
     )
     command = ["controller", "--config", str(config), "--listen", f"127.0.0.1:{port}"]
     # Before the controller starts: a BURST_STATE_DIR left by an earlier point would override

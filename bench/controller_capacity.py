@@ -204,7 +204,9 @@ def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tupl
     with tempfile.TemporaryDirectory(prefix="burst-cap-") as tmp:
         sims: list[subprocess.Popen[bytes]] = []
         metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
-        ctl, port = start_controller(tmp, args.store, 100_000_000, metrics_addr, args.tls)
+        ctl, port = start_controller(
+            tmp, args.store, 100_000_000, metrics_addr, args.tls, args.events_max
+        )
         addr = f"127.0.0.1:{port}"
         stop_scraping = threading.Event()
         try:
@@ -313,6 +315,12 @@ def main() -> dict[int, tuple[float, float]]:
         action="store_true",
         help="the controller serves TLS (certificates of burstd tls init), the clients use it",
     )
+    parser.add_argument(
+        "--events-max",
+        type=int,
+        default=None,
+        help="the controller's events_max (0: no event log; default: the controller's)",
+    )
     parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sim:
@@ -323,8 +331,8 @@ def main() -> dict[int, tuple[float, float]]:
     print(
         f"controller capacity: {args.jobs} jobs per point, store {args.store}, capacity "
         f"{args.capacity} per worker, {args.procs} simulator processes, metrics {args.metrics},"
-        f" TLS {'on' if args.tls else 'off'};"
-        f" {machine()}"
+        f" TLS {'on' if args.tls else 'off'},"
+        f" events_max {'default' if args.events_max is None else args.events_max}; {machine()}"
     )
     if args.metrics == "both":
         for w in map(int, args.workers.split(",")):

@@ -8,13 +8,19 @@ import re
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
-from tests.cluster import REPO, Cluster, environment, eventually, free_port, health, program
+from tests.cluster import (
+    REPO,
+    Cluster,
+    environment,
+    eventually,
+    free_port,
+    health,
+    program,
+    scrape,
+)
 from tests.test_worker_integration import kill_up, start_up
 from tests.test_worker_integration import workers as up_workers
 
@@ -66,19 +72,6 @@ def test_bad_log_options_are_one_line_errors(tmp_path: Path) -> None:
         )
         assert run.returncode == 2 and "Traceback" not in run.stderr, run
         assert run.stderr.startswith("burstd: error:") and run.stderr.count("\n") == 1, run
-
-
-def scrape(addr: str) -> dict[str, float]:
-    """The samples of a metrics endpoint, keyed ``name{label="value",...}`` (labels sorted)."""
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def test_metrics_count_a_known_workload(cluster: Cluster) -> None:

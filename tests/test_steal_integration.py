@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from burstd.client import BlockingClient, process
-from tests.cluster import Cluster
+from tests.cluster import Cluster, free_port, scrape
 
 T = TypeVar("T")
 LONG = 8.0  # the prototype's; workers 2 and 3 start within it even on a loaded machine
@@ -48,7 +48,8 @@ def leased(client: BlockingClient, worker_id: str) -> int:
 
 
 def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cluster) -> None:
-    cluster.controller()  # roundrobin
+    metrics = f"127.0.0.1:{free_port()}"
+    cluster.controller("--metrics-listen", metrics)  # roundrobin
     peer = ("--peer-listen", "127.0.0.1:0")
     cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
     with BlockingClient(cluster.addr, token=cluster.token()) as client:
@@ -81,6 +82,12 @@ def test_idle_late_workers_steal_short_jobs_queued_behind_a_long_one(cluster: Cl
     )
     # Capacity counts stay exact: nothing is left leased anywhere once all ended.
     assert all(w.get("leased", 0) == 0 for w in workers(cluster).values())
+    # The metrics count each steal: every attempt after a job's first lease was one.
+    counted = scrape(metrics)
+    assert counted["burst_steals_total"] == sum(i["attempt"] - 1 for i in infos.values())
+    assert counted["burst_steals_total"] >= len(elsewhere)
+    assert counted['burst_jobs_ended_total{outcome="succeeded"}'] == 4
+    assert counted["burst_lease_expiries_total"] == counted["burst_workers_lost_total"] == 0
 
 
 def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster) -> None:
@@ -92,7 +99,8 @@ def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster)
     # worker 2 would get them without ever trying the dead peer.
     ttl = cluster.tmp / "short-ttl.toml"
     ttl.write_text("[controller]\nlease_ttl_ms = 4000\nheartbeat_interval_ms = 300\n")
-    cluster.controller("--config", str(ttl))
+    metrics = f"127.0.0.1:{free_port()}"
+    cluster.controller("--config", str(ttl), "--metrics-listen", metrics)
     peer = ("--peer-listen", "127.0.0.1:0")
     w1 = cluster.worker("worker-1", *peer, "--queue-capacity", "64", slots=1)
     with BlockingClient(cluster.addr, token=cluster.token()) as client:
@@ -109,6 +117,12 @@ def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster)
     assert all(i["state"] == "succeeded" for i in infos), infos
     assert all(i["worker_id"] == "worker-2" for i in infos[1:]), infos
     assert "steal from worker-1 failed" in w2.log()
+    # The metrics count the lost worker and each of the six leases it held.
+    counted = scrape(metrics)
+    assert counted["burst_workers_lost_total"] == 1
+    assert counted["burst_lease_expiries_total"] == 6
+    assert counted["burst_steals_total"] == 0
+    assert counted['burst_jobs_ended_total{outcome="succeeded"}'] == 6
     # The lease TTL, a second of sleep, start-up: not the dead peer's connect timeouts.
     print(f"all done {elapsed:.1f} s after worker-1 was killed")
     assert elapsed < 30
