@@ -56,6 +56,8 @@ class SpecOptions(TypedDict, total=False):
     timeout: float | None  # wall-clock limit in seconds
     retries: int  # how often a failed run is run again
     name: str  # a label shown by `burst status` and `burst list`
+    retry_on_exit: Iterable[int]  # retry (within retries) only failures with these exit codes
+    crash_limit: int  # its workers may be lost this many times (0: the controller's limit)
 
 
 def _spec(options: SpecOptions) -> job_pb2.JobSpec:
@@ -65,6 +67,8 @@ def _spec(options: SpecOptions) -> job_pb2.JobSpec:
         timeout_seconds=options.get("timeout") or 0.0,
         retries=options.get("retries", 0),
         name=options.get("name", ""),
+        retry_on_exit=list(options.get("retry_on_exit", ())),
+        crash_limit=options.get("crash_limit", 0),
     )
     output_dir = options.get("output_dir")
     if output_dir is not None:

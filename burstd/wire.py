@@ -23,6 +23,9 @@ MUX_SERVICE: Final = "burst.v1.Mux"
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 """The standard health service (``Check`` only)."""
 
+MAX_CRASH_LIMIT: Final = 100
+"""The highest crash limit a job may ask for (``JobSpec.crash_limit``)."""
+
 JOB_ID_PREFIX: Final = "job-"
 JOB_ID_DIGITS: Final = 8
 """A job id is the prefix and the job's number, zero-padded to at least this many digits

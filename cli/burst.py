@@ -36,6 +36,7 @@ import cyclopts
 from cyclopts import Parameter, validators
 
 from burstd import __version__, arrays
+from burstd.wire import MAX_CRASH_LIMIT
 from cli.exitcodes import ExitCode, for_status
 
 if TYPE_CHECKING:
@@ -284,6 +285,8 @@ def build_spec(
     timeout: float | None = None,
     retries: int = 0,
     name: str = "",
+    retry_on_exit: Iterable[int] = (),
+    crash_limit: int = 0,
 ) -> job_pb2.JobSpec:
     """The JobSpec for ``job`` and the options of ``burst submit`` (``env`` as ``K=V`` strings)."""
     from burstd import client
@@ -298,7 +301,20 @@ def build_spec(
         timeout=timeout,
         retries=retries,
         name=name,
+        retry_on_exit=retry_on_exit,
+        crash_limit=crash_limit,
     )
+
+
+def _exit_codes(value: str) -> list[int]:
+    """The codes of ``--retry-on-exit`` (comma-separated, 0-255)."""
+    try:
+        codes = [int(code) for code in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--retry-on-exit: not a list of exit codes: {value!r}") from None
+    if not all(0 <= code <= 255 for code in codes):
+        raise UsageError(f"--retry-on-exit: exit codes are 0-255: {value!r}")
+    return codes
 
 
 def name_outputs(
@@ -614,6 +630,10 @@ def submit(
     ] = None,
     retries: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=0))] = 0,
     name: Annotated[str, Parameter(metavar="NAME")] = "",
+    retry_on_exit: Annotated[str | None, Parameter(metavar="CODES")] = None,
+    crash_limit: Annotated[
+        int, Parameter(metavar="N", validator=validators.Number(gte=0, lte=MAX_CRASH_LIMIT))
+    ] = 0,
     array: Annotated[str | None, Parameter(metavar="SPEC")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
@@ -652,6 +672,12 @@ def submit(
         How many times a non-zero exit is run again (default 0).
     name
         Label shown by status --json and list.
+    retry_on_exit
+        Comma-separated exit codes (0-255): a failure is retried (--retries) only if it exited
+        with one of them; default: any failure.
+    crash_limit
+        How many times the jobs' workers may be lost before they fail (reason worker_lost);
+        default (0): the controller's crash limit.
     array
         One job per index, each with BURST_ARRAY_INDEX: comma-separated N, START-END
         (inclusive) or START-END:STEP items, e.g. 0-999, 1-100:2, 1,3,7-9.
@@ -704,6 +730,8 @@ def submit(
         timeout=timeout,
         retries=retries,
         name=name,
+        retry_on_exit=_exit_codes(retry_on_exit) if retry_on_exit is not None else (),
+        crash_limit=crash_limit,
     )
     asked = parse_request(cpus, mem, gpus, resource)
     if asked is not None:

@@ -278,27 +278,29 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     first = table.submit([NewJob(spec, 1, "array") for spec in specs], 5.0)
     second = table.submit([NewJob(SPEC, 0, "x"), NewJob(SPEC, 0, "y")], 6.0)
     third = table.submit([NewJob(SPEC, 0, "y"), NewJob(SPEC, 0, "y")], 6.0, "bob")
+    fourth = table.submit([NewJob(SPEC, 0, "y", retry_on_exit="3,4", crash_limit=2)], 6.0, "bob")
     table.cancel(first[3], 6.0)
     table.register("w1", slots=1, capacity=1, now=6.0)  # leases the first job
     changes = table.take_changes()
     rows, runs = inserts(changes.new)
     assert [r[0] for r in rows] == [table.jobs[first[0]].num, table.jobs[first[3]].num]
-    nums = [table.jobs[job_id].num for job_id in [*first, *second, *third]]
+    every = [*first, *second, *third, *fourth]
+    nums = [table.jobs[job_id].num for job_id in every]
     assert runs == [
-        (nums[1], 5.0, 1, "array", "", specs[1:3]),
-        (nums[4], 5.0, 1, "array", "", specs[4:]),
-        (nums[6], 6.0, 0, "x", "", [SPEC]),
-        (nums[7], 6.0, 0, "y", "", [SPEC]),
-        (nums[8], 6.0, 0, "y", "bob", [SPEC, SPEC]),  # another owner: another run
+        (nums[1], 5.0, 1, "array", "", "", 0, specs[1:3]),
+        (nums[4], 5.0, 1, "array", "", "", 0, specs[4:]),
+        (nums[6], 6.0, 0, "x", "", "", 0, [SPEC]),
+        (nums[7], 6.0, 0, "y", "", "", 0, [SPEC]),
+        (nums[8], 6.0, 0, "y", "bob", "", 0, [SPEC, SPEC]),  # another owner: another run
+        (nums[10], 6.0, 0, "y", "bob", "3,4", 2, [SPEC]),  # another failure policy: another
     ]
     persist(store, table, changes)
     try:
         columns = operator.attrgetter(*store_module._COLUMNS)
-        stored = store.get_many([*first, *second, *third])
-        assert [columns(job) for job in stored] == [
-            columns(table.jobs[job_id]) for job_id in [*first, *second, *third]
-        ]
-        assert [job.owner for job in stored[-3:]] == ["", "bob", "bob"]
+        stored = store.get_many(every)
+        assert [columns(job) for job in stored] == [columns(table.jobs[job_id]) for job_id in every]
+        assert [job.owner for job in stored[-4:-1]] == ["", "bob", "bob"]
+        assert (stored[-1].retry_on_exit, stored[-1].crash_limit) == ("3,4", 2)
         assert [job.spec for job in stored[:6]] == specs
     finally:
         store.close()
@@ -394,11 +396,11 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
     """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events table,
     5 no owners: the jobs of such a store become the owner's the controller names (its admin
-    user)."""
+    user); 6 no failure policy (none)."""
     store = Store(state_dir)
     table = JobTable()
     ids = submit(store, table, 2)
@@ -406,7 +408,10 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     persist(store, table)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN owner")
+        db.execute("ALTER TABLE jobs DROP COLUMN retry_on_exit")
+        db.execute("ALTER TABLE jobs DROP COLUMN crash_limit")
+        if old <= 5:
+            db.execute("ALTER TABLE jobs DROP COLUMN owner")
         if old <= 4:
             db.execute("DROP TABLE events")
         if old <= 3:
@@ -417,12 +422,14 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
             db.execute("DROP TABLE staged")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (old,))
     db.close()
+    owner = "admin" if old <= 5 else ""
     store = Store(state_dir, first_owner="admin")
     try:
-        assert [(job.job_id, job.owner, job.earlier_outputs) for job in store.live_jobs()] == [
-            (ids[0], "admin", "")
-        ]
-        assert store.counts() == {("admin", "queued"): 1, ("admin", "cancelled"): 1}
+        assert [
+            (job.job_id, job.owner, job.earlier_outputs, job.retry_on_exit, job.crash_limit)
+            for job in store.live_jobs()
+        ] == [(ids[0], owner, "", "", 0)]
+        assert store.counts() == {(owner, "queued"): 1, (owner, "cancelled"): 1}
         writes = Writes.open(store.path)
         writes.write([], [], [], 3, begun=[(3, 5)])  # the staged table is there
         writes.write([], [], [], 3, drains=[("w1", True)])  # and the drained one
@@ -436,7 +443,7 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 6
+    assert version == SCHEMA_VERSION == 7
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

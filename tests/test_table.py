@@ -562,6 +562,30 @@ def test_crash_limit_fails_a_job_that_loses_every_worker() -> None:
     assert fingerprint(table) == before
 
 
+def test_a_jobs_own_crash_limit_overrides_the_tables() -> None:
+    table = JobTable(lease_ttl=10.0, crash_limit=5)
+    (once,) = table.submit([NewJob(b"x", crash_limit=1)], 0.0)
+    (default,) = submit(table)
+    register(table, "w1", now=0.0)
+    deliver(table, "w1")
+    table.expire(11.0)
+    assert table.jobs[once].state is JobState.FAILED and table.jobs[once].reason == "worker_lost"
+    assert "crash limit 1" in table.jobs[once].error_message
+    assert table.jobs[default].state is Q and table.jobs[default].lost_count == 1
+
+
+def test_retry_on_exit_retries_only_the_codes_it_names() -> None:
+    table = JobTable()
+    jobs = table.submit([NewJob(b"x", retries=3, retry_on_exit="3,75")] * 3, 0.0)
+    register(table, capacity=3)
+    deliver(table)
+    table.report("w1", exited(jobs[0], table, code=75), 1.0)
+    table.report("w1", exited(jobs[1], table, code=1), 1.0)
+    table.report("w1", exited(jobs[2], table, code=None, reason="signal", signal=9), 1.0)
+    states = [(table.jobs[j].state, table.jobs[j].retried) for j in jobs]
+    assert states == [(L, 1), (JobState.FAILED, 0), (JobState.FAILED, 0)]
+
+
 def test_late_report_from_a_lost_worker_is_refused_then_stale() -> None:
     table = JobTable(lease_ttl=10.0)
     [job_id] = submit(table)
@@ -1107,6 +1131,11 @@ class TableMachine(RuleBasedStateMachine):
             out.append(Held(job_id, attempt, data.draw(st.booleans())))
         return out
 
+    @staticmethod
+    def retried_for(job: Job, code: int | None) -> bool:
+        """Whether a failure with this exit code is one the job's retry_on_exit retries."""
+        return not job.retry_on_exit or str(code) in job.retry_on_exit.split(",")
+
     def holds(self, worker_id: str, h: Held) -> bool:
         w = self.table.workers.get(worker_id)
         job = None if w is None else w.leases.get(h.job_id)
@@ -1142,7 +1171,9 @@ class TableMachine(RuleBasedStateMachine):
         retries = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
         requests = data.draw(st.lists(REQUESTS, min_size=n, max_size=n))
         before, first = fingerprint(self.table), self.table.next_id
-        new = [NewJob(b"s", r, request=q) for r, q in zip(retries, requests, strict=True)]
+        # retry_on_exit, crash_limit
+        policy = data.draw(st.sampled_from([("", 0), ("", 0), ("1", 0), ("", 1), ("2,3", 2)]))
+        new = [NewJob(b"s", r, "", q, *policy) for r, q in zip(retries, requests, strict=True)]
         try:
             ids = self.table.submit(new, self.now, owner)
         except OverQuota as refused:
@@ -1393,7 +1424,7 @@ class TableMachine(RuleBasedStateMachine):
                 assert job.state is JobState.SUCCEEDED and job.exit_code == 0
             elif kind == "returned":
                 assert job.state in (Q, L) and job.retried == retried
-            elif kind != "cancelled" and retried < job.retries:
+            elif kind != "cancelled" and retried < job.retries and self.retried_for(job, code):
                 assert job.state in (Q, L) and job.retried == retried + 1
             else:
                 assert job.state is JobState.FAILED

@@ -78,6 +78,11 @@ def validate_spec(
         raise SpecError(f"{path}.timeout_seconds: must be a finite number >= 0")
     if spec.retries > MAX_RETRIES:
         raise SpecError(f"{path}.retries: at most {MAX_RETRIES}")
+    for i, code in enumerate(spec.retry_on_exit):
+        if not 0 <= code <= 255:
+            raise SpecError(f"{path}.retry_on_exit[{i}]: {code} is not an exit code (0-255)")
+    if spec.crash_limit > wire.MAX_CRASH_LIMIT:
+        raise SpecError(f"{path}.crash_limit: at most {wire.MAX_CRASH_LIMIT}")
     _check_outputs(spec, path)
 
 
@@ -181,7 +186,18 @@ def _request(spec: job_pb2.JobSpec, path: str) -> resources.Request | None:
 def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     if spec is None:
         raise SpecError("spec: missing job spec")
-    return NewJob(_checked(spec, "spec", limits), spec.retries, spec.name, _request(spec, "spec"))
+    return NewJob(
+        _checked(spec, "spec", limits),
+        spec.retries,
+        spec.name,
+        _request(spec, "spec"),
+        *_policy(spec),
+    )
+
+
+def _policy(spec: job_pb2.JobSpec) -> tuple[str, int]:
+    """A spec's failure policy as the table keeps it (``NewJob.retry_on_exit``, ``crash_limit``)."""
+    return ",".join(map(str, spec.retry_on_exit)), spec.crash_limit
 
 
 class ArrayJobs(Sequence[NewJob]):
@@ -197,9 +213,11 @@ class ArrayJobs(Sequence[NewJob]):
         name: str,
         step: int = 1,
         request: resources.Request | None = None,
+        policy: tuple[str, int] = ("", 0),
     ) -> None:
         self._prefix, self._start, self._count, self._step = prefix, start, count, step
         self._retries, self._name, self._request = retries, name, request
+        self._policy = policy
 
     def __len__(self) -> int:
         return self._count
@@ -217,10 +235,10 @@ class ArrayJobs(Sequence[NewJob]):
 
     def __getitem__(self, index: int | slice) -> NewJob | list[NewJob]:
         if isinstance(index, slice):
-            prefix, retries, name = self._prefix, self._retries, self._name
+            prefix, retries, name, policy = self._prefix, self._retries, self._name, self._policy
             start, step, request = self._start, self._step, self._request
             return [
-                NewJob(prefix + varint(start + i * step), retries, name, request)
+                NewJob(prefix + varint(start + i * step), retries, name, request, *policy)
                 for i in range(*index.indices(self._count))
             ]
         if not -self._count <= index < self._count:
@@ -248,6 +266,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
             spec.retries,
             spec.name,
             _request(spec, f"specs[{i}]"),
+            *_policy(spec),
         )
         for i, spec in enumerate(request.specs, request.offset)
     ]
@@ -260,6 +279,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
     base = _checked(template, "template", limits, given)
     retries, name = template.retries, template.name
     asked = _request(template, "template")
+    policy = _policy(template)
     if request.array_count:
         start, step = request.array_start, request.array_step or 1
         # The largest index has the longest varint: if its job fits, every job does.
@@ -268,7 +288,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
             raise SpecError("array_start: out of range")
         _check_array_size(base, last, limits)
         array = ArrayJobs(
-            base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name, step, asked
+            base + _ARRAY_INDEX_TAG, start, request.array_count, retries, name, step, asked, policy
         )
         if not jobs:
             return array
@@ -280,7 +300,8 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
         _check_array_size(base, max(request.array_indices), limits)
         prefix = base + _ARRAY_INDEX_TAG
         jobs.extend(
-            NewJob(prefix + varint(index), retries, name, asked) for index in request.array_indices
+            NewJob(prefix + varint(index), retries, name, asked, *policy)
+            for index in request.array_indices
         )
     else:
         room = limits.max_spec_bytes - len(base) - len(_ENTRY_TAG)
@@ -291,7 +312,7 @@ def admit_batch(request: job_pb2.SubmitJobsRequest, limits: Limits) -> Sequence[
             if len(length) + len(raw) > room:
                 size = len(base) + len(_ENTRY_TAG) + len(length) + len(raw)
                 _check_size(f"entries[{i}]", size, limits, " with the template")
-            jobs.append(NewJob(base + _ENTRY_TAG + length + raw, retries, name, asked))
+            jobs.append(NewJob(base + _ENTRY_TAG + length + raw, retries, name, asked, *policy))
     return jobs
 
 

@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
 # 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table; 6: the
-# jobs' owners (older versions are migrated when opened)
-SCHEMA_VERSION = 6
+# jobs' owners; 7: their failure policy (older versions are migrated when opened)
+SCHEMA_VERSION = 7
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -51,6 +51,8 @@ _COLUMNS = (
     "name",
     "submitted_at",
     "owner",
+    "retry_on_exit",
+    "crash_limit",
     "state",
     "attempt",
     "worker_id",
@@ -76,6 +78,10 @@ _OWNER_COLUMN = "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
 # ``first`` to ``stop`` (excluded) are not accepted yet, and a start deletes them.
 _STAGED = "CREATE TABLE staged (first INTEGER PRIMARY KEY, stop INTEGER NOT NULL);"
 _ADD_EARLIER_OUTPUTS = "ALTER TABLE jobs ADD COLUMN earlier_outputs TEXT NOT NULL DEFAULT ''"
+_ADD_POLICY = (
+    "ALTER TABLE jobs ADD COLUMN retry_on_exit TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN crash_limit INTEGER NOT NULL DEFAULT 0",
+)
 # The worker ids an admin drained (``JobTable.drained``).
 _DRAINED = "CREATE TABLE drained (worker_id TEXT PRIMARY KEY);"
 # The event log (``JobTable.take_events``), numbered from 1 in order; the oldest are deleted
@@ -101,6 +107,8 @@ CREATE TABLE jobs (
     name TEXT NOT NULL,
     submitted_at REAL NOT NULL,
     owner TEXT NOT NULL,
+    retry_on_exit TEXT NOT NULL,
+    crash_limit INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
@@ -156,7 +164,7 @@ _INSERT = (
 # spares the event loop building a tuple a job (``inserts``).
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, "
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, "
     f"{_literals(_COLUMNS[_FIRST_MUTABLE:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
@@ -168,9 +176,9 @@ _ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)
 _LIVE = ("queued", "leased", "running")
 
 
-Run = tuple[int, float, int, str, str, list[bytes]]
+Run = tuple[int, float, int, str, str, str, int, list[bytes]]
 """New jobs as they were submitted, one after the other: (first number, submitted_at, retries,
-name, owner, specs); see ``inserts``."""
+name, owner, retry_on_exit, crash_limit, specs); see ``inserts``."""
 
 
 class Commit(NamedTuple):
@@ -247,7 +255,7 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
     rows: list[tuple[object, ...]] = []
     runs: list[Run] = []
     specs: list[bytes] = []
-    stop, submitted_at, retries, name, owner = -1, 0.0, 0, "", ""
+    stop, submitted_at, retries, name, owner, on_exit, crashes = -1, 0.0, 0, "", "", "", 0
     for job in jobs:
         # A lease is what sets the attempt first, and it never goes back to 0.
         if job.attempt or job.state is not JobState.QUEUED:
@@ -258,6 +266,8 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             and job.retries == retries
             and job.name == name
             and job.owner == owner
+            and job.retry_on_exit == on_exit
+            and job.crash_limit == crashes
         ):
             specs.append(job.spec)
             stop += 1
@@ -265,14 +275,15 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             specs = [job.spec]
             stop, submitted_at, retries = job.num + 1, job.submitted_at, job.retries
             name, owner = job.name, job.owner
-            runs.append((job.num, submitted_at, retries, name, owner, specs))
+            on_exit, crashes = job.retry_on_exit, job.crash_limit
+            runs.append((job.num, submitted_at, retries, name, owner, on_exit, crashes, specs))
     return rows, runs
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    (num, spec, retries, name, submitted_at, owner, state, attempt, worker_id, started_at,
-     finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path,
-     lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
+    (num, spec, retries, name, submitted_at, owner, retry_on_exit, crash_limit, state, attempt,
+     worker_id, started_at, finished_at, exit_code, signal, reason, error_message, stdout_path,
+     stderr_path, lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
     return Job(
         job_id=wire.job_id(num),
         num=num,
@@ -296,6 +307,8 @@ def _job(row: tuple[Any, ...]) -> Job:
         stolen=bool(stolen),
         earlier_outputs=earlier_outputs,
         owner=owner,
+        retry_on_exit=retry_on_exit,
+        crash_limit=crash_limit,
         request=request_of_spec(spec),
     )
 
@@ -401,7 +414,7 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3, 4, 5):
+        if version in (1, 2, 3, 4, 5, 6):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
@@ -411,8 +424,11 @@ class Store:
                     db.execute(_DRAINED)
                 if version <= 4:
                     db.execute(_EVENTS)
-                db.execute(_OWNER_COLUMN)
-                db.execute("UPDATE jobs SET owner = ?", (self._first_owner,))
+                if version <= 5:
+                    db.execute(_OWNER_COLUMN)
+                    db.execute("UPDATE jobs SET owner = ?", (self._first_owner,))
+                for statement in _ADD_POLICY:
+                    db.execute(statement)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )
@@ -615,9 +631,12 @@ class Writes:
                 _drop_stage(db, first, stop)
             db.executemany("INSERT INTO staged VALUES (?, ?)", begun)
             db.executemany(_INSERT, new_rows)
-            for first, submitted_at, retries, name, owner, specs in new_runs:
+            for first, submitted_at, retries, name, owner, *policy, specs in new_runs:
                 db.create_function("run_spec", 1, specs.__getitem__)
-                db.execute(_INSERT_RUN, (len(specs) - 1, first, retries, name, submitted_at, owner))
+                db.execute(
+                    _INSERT_RUN,
+                    (len(specs) - 1, first, retries, name, submitted_at, owner, *policy),
+                )
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
             db.executemany("DELETE FROM staged WHERE first = ? AND stop = ?", ended)

@@ -19,7 +19,9 @@ Rules (the promises of the design, section 5):
    ``_release``).
 4. A job runs again only when its lease was lost (worker expired, re-registered without it, or
    told us it no longer has it) or when it failed and asked for retries. A job whose workers were
-   lost ``crash_limit`` times fails with reason ``worker_lost``.
+   lost ``crash_limit`` times (its own ``Job.crash_limit``, else the table's) fails with reason
+   ``worker_lost``. A failed job is retried only for the exit codes of its ``retry_on_exit``
+   (when it names any).
 5. Capacity cannot drift: a worker's load is counted in CPUs, one per lease it holds plus what
    the leases of jobs asking for more (``Job.request``, burstd/resources.py) add in
    ``Worker.extra``, which changes only beside its lease set (``_hold``, ``_release``). A job is
@@ -400,6 +402,11 @@ class Job:
     owner: str = ""
     # What it asks for; None: one CPU and nothing else (burstd/resources.py).
     request: resources.Request | None = None
+    # Failure policy, set at submission and never changed: the exit codes a failure is
+    # retried for, comma-separated ("": any failure but a cancel), and the times its workers
+    # may be lost before it fails (0: the table's crash limit).
+    retry_on_exit: str = ""
+    crash_limit: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -449,6 +456,8 @@ class NewJob:
     retries: int = 0
     name: str = ""
     request: resources.Request | None = None
+    retry_on_exit: str = ""  # see Job.retry_on_exit
+    crash_limit: int = 0
 
 
 @dataclass(slots=True)
@@ -918,7 +927,18 @@ class JobTable:
         built in slices."""
         stop = first + len(new_jobs)
         return [
-            Job(job_id, num, new.spec, new.retries, new.name, now, owner=owner, request=new.request)
+            Job(
+                job_id,
+                num,
+                new.spec,
+                new.retries,
+                new.name,
+                now,
+                owner=owner,
+                request=new.request,
+                retry_on_exit=new.retry_on_exit,
+                crash_limit=new.crash_limit,
+            )
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
             )
@@ -1261,11 +1281,20 @@ class JobTable:
             self._record(job, result)
             if result.succeeded:
                 self._move(job, Event.SUCCEED, now)
-            elif job.retried < job.retries and result.reason != StopReason.CANCELLED:
+            elif job.retried < job.retries and self._retryable(job, result):
                 self._move(job, Event.RETRY)
             else:
                 self._move(job, Event.FAIL, now)
         return ReportOutcome.ACCEPTED
+
+    @staticmethod
+    def _retryable(job: Job, result: Result) -> bool:
+        """Whether a failed attempt is one its job is retried for (it has retries left)."""
+        if result.reason == StopReason.CANCELLED:
+            return False
+        if not job.retry_on_exit:
+            return True
+        return result.reason == "exit" and str(result.exit_code) in job.retry_on_exit.split(",")
 
     @staticmethod
     def ended_outcome(job: Job, worker_id: str, attempt: int) -> ReportOutcome:
@@ -1609,11 +1638,10 @@ class JobTable:
     def _lose_unleased(self, job: Job, now: float) -> None:
         """A started attempt was lost with its worker: re-queue, or fail past the crash limit."""
         job.lost_count += 1
-        if job.lost_count >= self.crash_limit:
+        limit = job.crash_limit or self.crash_limit
+        if job.lost_count >= limit:
             job.reason = StopReason.WORKER_LOST.value
-            job.error_message = (
-                f"its worker was lost {job.lost_count} times (crash limit {self.crash_limit})"
-            )
+            job.error_message = f"its worker was lost {job.lost_count} times (crash limit {limit})"
             self._move(job, Event.CRASH_LIMIT, now)
         else:
             self._move(job, Event.LOSE)

@@ -1,0 +1,46 @@
+"""Failure policy with real processes: `burst submit --retry-on-exit` and `--crash-limit`."""
+
+from __future__ import annotations
+
+from tests.cluster import Cluster, eventually
+from tests.test_controller_integration import FAST_LEASES, start_controller
+
+
+def submit(cluster: Cluster, *args: str) -> str:
+    (job_id,) = cluster.burst("submit", *args).stdout.split()
+    return job_id
+
+
+def test_retry_on_exit_retries_only_the_codes_it_names(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1")
+    options = ("--retries", "2", "--retry-on-exit", "3,75")
+    again = submit(cluster, *options, "process", "sh", "-c", "exit 75")
+    final = submit(cluster, *options, "process", "sh", "-c", "exit 4")
+    plain = submit(cluster, "--retries", "2", "process", "sh", "-c", "exit 4")
+    cluster.burst("wait", "--timeout", "30", again, final, plain, check=False)
+    assert [(cluster.status(j)["retried"], cluster.status(j)["exit_code"]) for j in
+            (again, final, plain)] == [(2, 75), (0, 4), (2, 4)]  # fmt: skip
+    for value in ("3,x", "256"):
+        refused = cluster.burst(
+            "submit", "--retries", "1", "--retry-on-exit", value, "process", "true", check=False
+        )
+        assert refused.returncode == 2 and "--retry-on-exit" in refused.stderr
+
+
+def test_a_submissions_crash_limit_overrides_the_controllers(cluster: Cluster) -> None:
+    start_controller(cluster, crash_limit=5, **FAST_LEASES)
+    worker = cluster.worker("w1")
+    cluster.wait_workers(1)
+    once = submit(cluster, "--crash-limit", "1", "process", "sleep", "60")
+    default = submit(cluster, "process", "sleep", "60")
+    eventually(
+        lambda: all(cluster.status(j)["state"] == "running" for j in (once, default)) or None,
+        "both jobs running",
+    )
+    worker.kill9()
+    eventually(lambda: cluster.status(once)["state"] == "failed" or None, "once failed")
+    info = cluster.status(once)
+    assert info["reason"] == "worker_lost" and "crash limit 1" in info["error_message"]
+    other = cluster.status(default)
+    assert other["state"] == "queued" and other["lost_count"] == 1
