@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,8 @@ class Terminal:
         # COLUMNS and LINES of the test's own environment would override the pane's size.
         command = ["env", "-u", "COLUMNS", "-u", "LINES", *settings, *command]
         self.tmux("new-session", "-d", "-s", "top", "-x", "160", "-y", "50", shlex.join(command))
+        # The server's socket file outlives it: close() removes it.
+        self.socket_path = self.tmux("display-message", "-p", "#{socket_path}").stdout.strip()
 
     def tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -48,6 +51,8 @@ class Terminal:
 
     def close(self) -> None:
         self.tmux("kill-server")
+        if self.socket_path:
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 @pytest.fixture
