@@ -37,7 +37,7 @@ from cyclopts import Parameter, validators
 
 from burstd import __version__, arrays
 from burstd.wire import MAX_CRASH_LIMIT
-from cli.exitcodes import ExitCode, for_status
+from cli.exitcodes import ExitCode, for_status, reader_gone
 
 if TYPE_CHECKING:
     import ssl
@@ -1350,10 +1350,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _error(str(failure))
         sys.exit(failure.code)
     except BrokenPipeError:
-        # stdout closed early (`burst list | head`): not an error of ours
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        sys.exit(ExitCode.FAILED)
+        reader_gone()
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else ExitCode.OK)
 
 

@@ -37,7 +37,7 @@ from burstd.config import (
     worker_for,
 )
 from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, find_token, read_token
-from cli.exitcodes import die
+from cli.exitcodes import die, reader_gone
 from cli.tls import tls_app
 from cli.tokens import token_app
 
@@ -641,6 +641,8 @@ def main() -> None:
         app()
     except cyclopts.CycloptsError as error:
         _fail(" ".join(str(error).split()))
+    except BrokenPipeError:
+        reader_gone()  # `burstd token list | head -1`
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ The README and ``burst --help`` show :func:`table`; a test checks that they do.
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import IntEnum
 from typing import NoReturn
 
-__all__ = ["ExitCode", "die", "for_status", "table"]
+__all__ = ["ExitCode", "die", "for_status", "reader_gone", "table"]
 
 
 class ExitCode(IntEnum):
@@ -64,3 +65,12 @@ def die(program: str, message: str, code: int = ExitCode.USAGE) -> NoReturn:
     ``burstd: error: <message>``."""
     print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def reader_gone() -> NoReturn:
+    """End quietly when stdout's reader closed it early (``burst list | head``): not an error
+    of ours. Later writes, and Python's flush at exit, go to /dev/null instead of raising
+    BrokenPipeError again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(ExitCode.FAILED)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ import trio
 from burstd import auth, transport
 from burstd.auth import Role
 from proto.burst.v1 import control_pb2, token_pb2
-from tests.cluster import Cluster, free_port
+from tests.cluster import Cluster, free_port, program
 
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["ControllerRpc"]
 TIMEOUT = 20.0
@@ -248,10 +249,6 @@ async def test_steal_jobs_needs_a_worker_token(cluster: Cluster) -> None:
 
 
 def burstd_token(cluster: Cluster, *args: str, check: bool = True) -> Any:
-    import subprocess
-
-    from tests.cluster import program
-
     run = subprocess.run(
         [*program("burstd"), "token", *args, "--controller", cluster.addr],
         capture_output=True,
@@ -311,6 +308,31 @@ def test_token_create_list_revoke(cluster: Cluster) -> None:
     assert denied.returncode == 1 and "PERMISSION_DENIED" in denied.stderr
 
 
+def test_token_list_into_a_closed_pipe_ends_quietly(cluster: Cluster) -> None:
+    """`burstd token list --json | head -1`: a reader gone early is no error of burstd's (no
+    BrokenPipeError traceback), whether a controller answers or the state directory does."""
+    burstd_token(cluster, "create", "--role", "client", "--user", "bob")  # a line to list
+    for running in (False, True):
+        if running:
+            cluster.controller()
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before the first line
+        try:
+            run = subprocess.run(
+                [*program("burstd"), "token", "list", "--json", "--controller", cluster.addr],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=60,
+                cwd=cluster.tmp,
+                env=cluster.env,
+            )
+        finally:
+            os.close(write)
+        assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+        assert "BrokenPipe" not in run.stderr and "Broken pipe" not in run.stderr
+
+
 def test_a_bound_worker_token_cannot_register_as_another_worker(cluster: Cluster) -> None:
     cluster.controller()
     made = burstd_token(cluster, "create", "--role", "worker", "--user", "n1", "--worker-id", "n1")
@@ -341,7 +363,6 @@ async def test_wrong_tokens_in_bulk_close_their_connections_and_others_keep_work
     Prints that client's latency during the guessing against before it (a figure; the
     benchmark measures it with 10,000)."""
     import statistics
-    import subprocess
 
     from burstd.transport import server
     from tests.cluster import environment
