@@ -122,7 +122,7 @@ def test_follow_events_while_jobs_run(cluster: Cluster) -> None:
         "succeeded",
     ]
 
-    # a client sees the jobs' events, not the workers'
+    # a client sees its own jobs' events only: not the workers', not another user's jobs'
     created = subprocess.run(
         [*program("burstd"), "token", "create", "--role", "client", "--user", "alice",
          "--state-dir", str(cluster.state), "--controller", cluster.addr],
@@ -130,12 +130,21 @@ def test_follow_events_while_jobs_run(cluster: Cluster) -> None:
     )  # fmt: skip
     assert created.returncode == 0, created
     as_client = {**cluster.env, "BURST_TOKEN": created.stdout.splitlines()[-1]}
-    seen = cluster.burst("events", "--json", env=as_client).stdout.splitlines()
-    assert [json.loads(line) for line in seen][: len(jobs_of(events))] == jobs_of(events)
-
-
-def jobs_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [event for event in events if event["job_id"]]
+    assert cluster.burst("events", "--json", env=as_client).stdout == ""
+    (mine,) = cluster.burst("submit", "process", "true", env=as_client).stdout.split()
+    cluster.burst("wait", "--timeout", "30", mine, env=as_client)
+    seen = [
+        json.loads(line)
+        for line in cluster.burst("events", "--json", env=as_client).stdout.splitlines()
+    ]
+    assert {event["job_id"] for event in seen} == {mine}
+    assert seen[0]["kind"] == "submitted"
+    assert seen[-1]["kind"] == "ended"
+    # the admin sees them too
+    everything = [
+        json.loads(line) for line in cluster.burst("events", "--json").stdout.splitlines()
+    ]
+    assert [event for event in everything if event["job_id"] == mine] == seen
 
 
 def test_events_survive_a_restart(cluster: Cluster) -> None:

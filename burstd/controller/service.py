@@ -613,8 +613,8 @@ class ControllerService:
     async def list_events(
         self, request: job_pb2.ListEventsRequest, caller: Caller
     ) -> job_pb2.ListEventsResponse:
-        """The stored events after ``after`` (a client sees jobs' events, an admin workers'
-        too), waiting up to ``wait_ms`` for one when there is none yet."""
+        """The stored events after ``after`` (a client sees its own jobs' events, an admin every
+        job's and the workers' too), waiting up to ``wait_ms`` for one when there is none yet."""
         events = self.writer.events if self.writer is not None else None
         if events is None:
             raise transport.FailedPrecondition(
@@ -626,13 +626,28 @@ class ControllerService:
             return caller.is_admin or bool(event.job_id)
 
         async def read(after: int) -> tuple[list[StoredEvent], int]:
-            return await events.read(
-                after,
-                limit,
-                job_id=request.job_id,
-                worker_id=request.worker_id,
-                visible=visible,
-            )
+            while True:
+                found, through = await events.read(
+                    after,
+                    limit,
+                    job_id=request.job_id,
+                    worker_id=request.worker_id,
+                    visible=visible,
+                )
+                if caller.is_admin or not found:
+                    return found, through
+                # Events carry no owner: the jobs' owners decide (one lookup a page). A page
+                # of other users' events is read past, not answered empty, so that an empty
+                # answer still means "nothing more yet".
+                jobs = await self._lookup_many({event.job_id for event in found})
+                found = [
+                    event
+                    for event in found
+                    if event.job_id in jobs and caller.sees(jobs[event.job_id].owner)
+                ]
+                if found:
+                    return found, through
+                after = through
 
         found, through = await read(request.after)
         if not found and request.wait_ms:
