@@ -545,6 +545,8 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
         code, message = _code_name(found.code), found.message
         if code == "UNAVAILABLE" and "cannot reach controller" not in message:
             message = f"cannot reach controller at {addr}: {message}"
+        if code == "UNAVAILABLE" and tls is None and "closed by peer" in message:
+            message += " (a controller that serves TLS closes clear-text connections: --tls-ca)"
         raise Failure(for_status(code), f"{code}: {message}") from None
 
 

@@ -103,6 +103,7 @@ def test_a_client_without_the_ca_or_with_another_is_refused(
     cluster.controller(*server_flags(pki))
     plain = cluster.burst("list", check=False, timeout=60)
     assert plain.returncode == 3, plain.stderr  # unreachable: it speaks no TLS
+    assert "--tls-ca" in plain.stderr
     other = tmp_path / "other"
     certs.init(other, ["localhost"])
     wrong = cluster.burst("--tls-ca", str(other / "ca.pem"), "list", check=False)
