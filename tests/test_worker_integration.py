@@ -283,7 +283,9 @@ def test_worker_killed_mid_run_loses_no_job(cluster: Cluster, strays: set[int]) 
     w1 = cluster.worker("w1")
     cluster.worker("w2")
     wait_workers(cluster, "w1", "w2")
-    ids = submit(cluster, "--array", "0-7", "process", "sh", "-c", "sleep 3")
+    # Long enough that a job seen running on w1 still runs when w1 is killed, on a loaded
+    # machine too (with 3 s, one listed as running had ended before the kill: lost_count 0).
+    ids = submit(cluster, "--array", "0-7", "process", "sh", "-c", "sleep 6")
 
     def running_on_w1() -> list[str]:
         return [
