@@ -30,6 +30,7 @@ __all__ = [
     "WORKER_TOKEN",
     "TokenNotFound",
     "find_token",
+    "found_token",
     "local_token",
     "private_dir",
     "private_file",
@@ -93,17 +94,36 @@ def find_token(
 ) -> str:
     """The token a program sends, in the order of the module's docstring. Raises
     :class:`TokenNotFound` naming the file it could not read."""
+    return found_token(
+        token_file=token_file,
+        config_token_file=config_token_file,
+        state_dir=state_dir,
+        default_name=default_name,
+        env=env,
+    )[0]
+
+
+def found_token(
+    *,
+    token_file: Path | None,
+    config_token_file: Path | None,
+    state_dir: Path,
+    default_name: str,
+    env: Mapping[str, str] = os.environ,
+) -> tuple[str, str]:
+    """:func:`find_token`'s token, and where it came from in words (``--token-file PATH``,
+    ``BURST_TOKEN``, ``token_file PATH``, ``PATH``), for an error about the token itself."""
     if token_file is not None:
-        return _read(token_file, "--token-file")
+        return _read(token_file, "--token-file"), f"--token-file {token_file}"
     from_env = env.get(ENV_TOKEN, "").strip()
     if from_env:
-        return from_env
+        return from_env, ENV_TOKEN
     if config_token_file is not None:
-        return _read(config_token_file, "token_file")
+        return _read(config_token_file, "token_file"), f"token_file {config_token_file}"
+    path = state_dir / default_name
     return _read(
-        state_dir / default_name,
-        f"no --token-file, {ENV_TOKEN} or token_file given, and the state directory's",
-    )
+        path, f"no --token-file, {ENV_TOKEN} or token_file given, and the state directory's"
+    ), str(path)
 
 
 def local_token(env: Mapping[str, str] = os.environ) -> str:

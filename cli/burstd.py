@@ -36,7 +36,7 @@ from burstd.config import (
     with_overrides,
     worker_for,
 )
-from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, find_token, read_token
+from burstd.credentials import ADMIN_TOKEN, WORKER_TOKEN, TokenNotFound, found_token, read_token
 from cli.exitcodes import die, reader_gone
 from cli.tls import tls_app
 from cli.tokens import token_app
@@ -257,7 +257,7 @@ def worker(
         (PEM) signed; with it, a peer port serves TLS (--tls-cert, --tls-key).
     """
     from burstd.worker import daemon
-    from burstd.worker.session import Replaced
+    from burstd.worker.session import Replaced, TokenRefused
     from burstd.worker.steal import static_peers
 
     loaded = _load(config, "worker")
@@ -288,7 +288,7 @@ def worker(
     except ConfigError as error:
         _fail(str(error))
         raise
-    token = _token(
+    token, source = _token(
         token_file, settings.token_file, state_dir or loaded.controller.state_dir, WORKER_TOKEN
     )
     _setup_logs("worker", log_level, log_format)
@@ -305,14 +305,17 @@ def worker(
         _fail(_first_leaf(group))
     except* Replaced as group:  # another process took this worker id: it stopped its jobs
         _fail(_first_leaf(group))
+    except* TokenRefused as group:  # asking again with the same token cannot succeed
+        _fail(f"{_first_leaf(group)}; the token came from {source}")
 
 
 def _token(
     flag: Path | None, config_token_file: Path | None, state_dir: Path, default_name: str
-) -> str:
-    """The token this program sends (``burstd.credentials``); exit 2 if there is none."""
+) -> tuple[str, str]:
+    """The token this program sends and where it came from (``burstd.credentials``); exit 2
+    if there is none."""
     try:
-        return find_token(
+        return found_token(
             token_file=flag,
             config_token_file=config_token_file,
             state_dir=state_dir,

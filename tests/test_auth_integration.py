@@ -341,12 +341,27 @@ def test_a_bound_worker_token_cannot_register_as_another_worker(cluster: Cluster
     other = cluster.worker("n2", "--token-file", str(token_file))
     cluster.worker("n1", "--token-file", str(token_file))
     cluster.wait_workers(1)
-    deadline = time.monotonic() + TIMEOUT
-    while "PERMISSION_DENIED" not in other.log() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "worker_id: this token may act only as worker n1" in other.log()
+    # refused at registration: it exits 2 at once, naming the refusal and the token's source
+    assert other.proc.wait(timeout=TIMEOUT) == 2
+    (error,) = [line for line in other.log().splitlines() if line.startswith("burstd: error:")]
+    assert "PERMISSION_DENIED: worker_id: this token may act only as worker n1" in error
+    assert error.endswith(f"the token came from --token-file {token_file}")
     workers = cluster.burst("workers", "--json").stdout.splitlines()
     assert [json.loads(w)["worker_id"] for w in workers] == ["n1"]
+
+
+def test_a_worker_whose_token_is_unknown_exits_2_naming_its_source(cluster: Cluster) -> None:
+    """A wrong token (or a revoked or expired one) can never register: the worker does not
+    retry forever, it exits 2 with one line that says where its token came from."""
+    cluster.controller()
+    token_file = cluster.tmp / "wrong.token"
+    token_file.write_text("burst_wrong\n")
+    wrong = cluster.worker("w1", "--token-file", str(token_file))
+    assert wrong.proc.wait(timeout=TIMEOUT) == 2
+    (error,) = [line for line in wrong.log().splitlines() if line.startswith("burstd: error:")]
+    assert "refused this worker's token (UNAUTHENTICATED: unknown token)" in error
+    assert error.endswith(f"the token came from --token-file {token_file}")
+    assert "Traceback" not in wrong.log()
 
 
 # -- wrong tokens in bulk --------------------------------------------------------------------------

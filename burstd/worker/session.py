@@ -19,6 +19,10 @@ Promises:
    FAILED_PRECONDITION. A refused registration ends the session for good: ``run`` raises
    ``Replaced`` (the worker stops its jobs and exits) rather than registering again, which would
    take the id back and make the two processes flap.
+6. A registration refused for the worker's token (UNAUTHENTICATED: unknown, revoked or expired;
+   PERMISSION_DENIED: not a worker token, or bound to other worker ids) ends the session for
+   good too: ``run`` raises ``TokenRefused``, since asking again with the same token cannot
+   succeed.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from burstd.resources_proto import to_message
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import worker_pb2
 
-__all__ = ["CALL_TIMEOUT", "ControllerLink", "Replaced"]
+__all__ = ["CALL_TIMEOUT", "ControllerLink", "Replaced", "TokenRefused"]
 
 CALL_TIMEOUT = 10.0
 MAX_BACKOFF = 5.0
@@ -45,6 +49,10 @@ NOT_HEARD = frozenset({"ListWorkers", "TakeOutputReads", "SendOutput"})
 
 class Replaced(Exception):
     """Another process of this worker id holds it now (promise 5): this one must stop."""
+
+
+class TokenRefused(Exception):
+    """The controller refused this worker's token at registration (promise 6): it must stop."""
 
 
 class ControllerLink:
@@ -99,6 +107,11 @@ class ControllerLink:
                         raise Replaced(
                             f"the controller at {self.host}:{self.port} refused this worker:"
                             f" {error.message}"
+                        ) from None
+                    except (transport.Unauthenticated, transport.PermissionDenied) as error:
+                        raise TokenRefused(
+                            f"the controller at {self.host}:{self.port} refused this worker's"
+                            f" token ({error})"
                         ) from None
                     if warned:
                         self.log.info("controller at {}:{} is back", self.host, self.port)
