@@ -58,6 +58,8 @@ class SpecOptions(TypedDict, total=False):
     name: str  # a label shown by `burst status` and `burst list`
     retry_on_exit: Iterable[int]  # retry (within retries) only failures with these exit codes
     crash_limit: int  # its workers may be lost this many times (0: the controller's limit)
+    after: Iterable[str]  # job ids: it starts once every one succeeded, fails if one did not
+    after_any: bool  # with after: it starts once they ended, however they did
 
 
 def _spec(options: SpecOptions) -> job_pb2.JobSpec:
@@ -69,6 +71,8 @@ def _spec(options: SpecOptions) -> job_pb2.JobSpec:
         name=options.get("name", ""),
         retry_on_exit=list(options.get("retry_on_exit", ())),
         crash_limit=options.get("crash_limit", 0),
+        after=list(options.get("after", ())),
+        after_any=options.get("after_any", False),
     )
     output_dir = options.get("output_dir")
     if output_dir is not None:

@@ -43,6 +43,8 @@ class StopReason(enum.StrEnum):
     CANCELLED = "cancelled"
     #: Set by the controller alone: the workers holding the job were lost ``crash_limit`` times.
     WORKER_LOST = "worker_lost"
+    #: Set by the controller alone: a job it waited for failed or was cancelled (``--after``).
+    DEPENDENCY_FAILED = "dependency_failed"
     #: Set by the worker alone, never reported: the lease is no longer the worker's (the
     #: controller gave the job to another attempt), so it stops the job and forgets it.
     DROPPED = "dropped"

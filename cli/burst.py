@@ -68,7 +68,7 @@ T = TypeVar("T")
 KINDS = ("process", "python", "docker")
 """The job kinds of ``burst submit``, each a subcommand."""
 
-State = Literal["queued", "leased", "running", "succeeded", "failed", "cancelled"]
+State = Literal["waiting", "queued", "leased", "running", "succeeded", "failed", "cancelled"]
 
 _RAW = Parameter(allow_leading_hyphen=True)
 _TOKENS = Parameter(allow_leading_hyphen=True, show=False)
@@ -287,6 +287,8 @@ def build_spec(
     name: str = "",
     retry_on_exit: Iterable[int] = (),
     crash_limit: int = 0,
+    after: Iterable[str] = (),
+    after_any: bool = False,
 ) -> job_pb2.JobSpec:
     """The JobSpec for ``job`` and the options of ``burst submit`` (``env`` as ``K=V`` strings)."""
     from burstd import client
@@ -303,7 +305,17 @@ def build_spec(
         name=name,
         retry_on_exit=retry_on_exit,
         crash_limit=crash_limit,
+        after=after,
+        after_any=after_any,
     )
+
+
+def _job_ids(values: Iterable[str]) -> list[str]:
+    """The ids of ``--after`` or ``--after-any`` (each comma-separated, repeatable)."""
+    ids = [job_id.strip() for value in values for job_id in value.split(",")]
+    if not all(ids):
+        raise UsageError("--after: an empty job id")
+    return list(dict.fromkeys(ids))
 
 
 def _exit_codes(value: str) -> list[int]:
@@ -636,6 +648,8 @@ def submit(
     crash_limit: Annotated[
         int, Parameter(metavar="N", validator=validators.Number(gte=0, lte=MAX_CRASH_LIMIT))
     ] = 0,
+    after: Annotated[tuple[str, ...], Parameter(metavar="ID[,ID...]", negative=())] = (),
+    after_any: Annotated[tuple[str, ...], Parameter(metavar="ID[,ID...]", negative=())] = (),
     array: Annotated[str | None, Parameter(metavar="SPEC")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
@@ -680,6 +694,11 @@ def submit(
     crash_limit
         How many times the jobs' workers may be lost before they fail (reason worker_lost);
         default (0): the controller's crash limit.
+    after
+        Job ids: the jobs wait (state waiting) until every one succeeded, and fail (reason
+        dependency_failed) as soon as one fails or is cancelled; repeatable.
+    after_any
+        Job ids: the jobs wait until every one ended, whatever the outcome; repeatable.
     array
         One job per index, each with BURST_ARRAY_INDEX: comma-separated N, START-END
         (inclusive) or START-END:STEP items, e.g. 0-999, 1-100:2, 1,3,7-9.
@@ -719,6 +738,8 @@ def submit(
         return ExitCode.OK
     if array is not None and each_line is not None:
         raise UsageError("--array and --each-line exclude each other")
+    if after and after_any:
+        raise UsageError("--after and --after-any exclude each other")
     try:
         here = os.getcwd()
     except OSError as error:
@@ -734,6 +755,8 @@ def submit(
         name=name,
         retry_on_exit=_exit_codes(retry_on_exit) if retry_on_exit is not None else (),
         crash_limit=crash_limit,
+        after=_job_ids(after_any or after),
+        after_any=bool(after_any),
     )
     asked = parse_request(cpus, mem, gpus, resource)
     if asked is not None:

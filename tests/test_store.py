@@ -396,11 +396,11 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6, 7])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
     """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events table,
     5 no owners: the jobs of such a store become the owner's the controller names (its admin
-    user); 6 no failure policy (none)."""
+    user); 6 no failure policy (none), 7 no dependencies (none)."""
     store = Store(state_dir)
     table = JobTable()
     ids = submit(store, table, 2)
@@ -408,8 +408,11 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     persist(store, table)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN retry_on_exit")
-        db.execute("ALTER TABLE jobs DROP COLUMN crash_limit")
+        db.execute("ALTER TABLE jobs DROP COLUMN after")
+        db.execute("ALTER TABLE jobs DROP COLUMN after_any")
+        if old <= 6:
+            db.execute("ALTER TABLE jobs DROP COLUMN retry_on_exit")
+            db.execute("ALTER TABLE jobs DROP COLUMN crash_limit")
         if old <= 5:
             db.execute("ALTER TABLE jobs DROP COLUMN owner")
         if old <= 4:
@@ -426,9 +429,9 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     store = Store(state_dir, first_owner="admin")
     try:
         assert [
-            (job.job_id, job.owner, job.earlier_outputs, job.retry_on_exit, job.crash_limit)
+            (job.job_id, job.owner, job.earlier_outputs, job.retry_on_exit, job.after)
             for job in store.live_jobs()
-        ] == [(ids[0], owner, "", "", 0)]
+        ] == [(ids[0], owner, "", "", "")]
         assert store.counts() == {(owner, "queued"): 1, (owner, "cancelled"): 1}
         writes = Writes.open(store.path)
         writes.write([], [], [], 3, begun=[(3, 5)])  # the staged table is there
@@ -443,7 +446,7 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 7
+    assert version == SCHEMA_VERSION == 8
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

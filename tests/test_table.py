@@ -31,6 +31,7 @@ from burstd.controller.table import (
     QueueFull,
     ReportOutcome,
     Result,
+    UnknownDependency,
     UnknownWorker,
     Worker,
     WorkerEvent,
@@ -150,6 +151,61 @@ def test_a_worker_takes_a_job_per_idle_slot_then_the_queue_is_shared_in_turn() -
     # Beyond the idle slots, one job per pick, in turn: the queues stay even.
     assert loads(10) == [5, 5]
     assert loads(15) == [7, 8]
+
+
+# -- dependencies (rule 12) --------------------------------------------------------------------
+
+
+W, F, S = JobState.WAITING, JobState.FAILED, JobState.SUCCEEDED
+
+
+def test_a_job_waits_for_its_dependencies_to_succeed_then_is_queued() -> None:
+    table = JobTable()
+    first = submit(table, 2)
+    (after,) = table.submit([NewJob(b"r", after=",".join(first))], 0.0)
+    (anyway,) = table.submit([NewJob(b"a", after=first[0], after_any=True)], 0.0)
+    assert table.jobs[after].state is W and table.counts[W] == 2
+    register(table)
+    deliver(table)
+    table.report("w1", exited(first[0], table, code=3), 1.0)
+    # after-any: queued (and leased) at its dependency's end, whatever it was
+    assert table.jobs[anyway].state is L
+    # the other: failed at once, naming the dependency
+    assert table.jobs[after].state is F and table.jobs[after].reason == "dependency_failed"
+    assert first[0] in table.jobs[after].error_message and table.counts[W] == 0
+    (late,) = table.submit([NewJob(b"l", after=first[1])], 1.0)
+    table.report("w1", exited(first[1], table), 2.0)
+    assert table.jobs[late].state is L
+    assert table._dependents == {}
+
+
+def test_a_failure_ends_a_chain_of_100000_dependents_at_once() -> None:
+    """Settled in a loop, not a recursion as deep as the chain."""
+    table = JobTable(max_queued=200_000)
+    (previous,) = submit(table)
+    chain = []
+    for _ in range(100_000):
+        (previous,) = table.submit([NewJob(b"c", after=previous)], 0.0)
+        chain.append(previous)
+    assert table.counts[W] == 100_000
+    assert table.cancel(table.jobs[chain[0]].after, 1.0) is JobState.CANCELLED
+    assert table.counts[W] == 0 and table.counts[F] == 100_000
+    assert table.jobs[chain[-1]].error_message == f"its dependency {chain[-2]} failed"
+    assert table._dependents == {}
+
+
+def test_a_dependency_only_the_store_holds_is_known_or_refused() -> None:
+    table = JobTable()
+    before = fingerprint(table)
+    with pytest.raises(UnknownDependency, match="job-00000042"):
+        table.submit([NewJob(b"x", after="job-00000042")], 0.0)
+    assert fingerprint(table) == before
+    jobs = table.new_jobs(table.number(2), [NewJob(b"x", after="job-00000042")] * 2, 0.0)
+    table.enqueue(jobs, known={"job-00000042": S})
+    assert [job.state for job in jobs] == [Q, Q]
+    jobs = table.new_jobs(table.number(1), [NewJob(b"x", after="job-00000042")], 0.0)
+    table.enqueue(jobs, known={"job-00000042": JobState.CANCELLED})
+    assert jobs[0].state is F and jobs[0].reason == "dependency_failed"
 
 
 # -- owners and quotas (rule 10) ---------------------------------------------------------------
@@ -1173,7 +1229,22 @@ class TableMachine(RuleBasedStateMachine):
         before, first = fingerprint(self.table), self.table.next_id
         # retry_on_exit, crash_limit
         policy = data.draw(st.sampled_from([("", 0), ("", 0), ("1", 0), ("", 1), ("2,3", 2)]))
-        new = [NewJob(b"s", r, "", q, *policy) for r, q in zip(retries, requests, strict=True)]
+        deps: list[str] = []
+        live = [j for j in self.submitted if self.table.jobs[j].state not in TERMINAL]
+        if self.submitted and data.draw(st.booleans()):
+            # Mostly jobs that have not ended, whose ends the new ones then wait for.
+            among = live if live and data.draw(st.integers(0, 3)) else self.submitted
+            deps = data.draw(st.lists(st.sampled_from(among), max_size=3, unique=True))
+        after, after_any = ",".join(deps), data.draw(st.booleans())
+        new = [
+            NewJob(b"s", r, "", q, *policy, after, after_any)
+            for r, q in zip(retries, requests, strict=True)
+        ]
+        if data.draw(st.integers(0, 9)) == 0:  # now and then one that names no job
+            before = fingerprint(self.table)
+            with pytest.raises(UnknownDependency):
+                self.table.submit([NewJob(b"s", after="job-99999999")], self.now, owner)
+            assert fingerprint(self.table) == before
         try:
             ids = self.table.submit(new, self.now, owner)
         except OverQuota as refused:
@@ -1207,7 +1278,7 @@ class TableMachine(RuleBasedStateMachine):
             assert result is state and fingerprint(self.table) == before
             return
         assert result is JobState.CANCELLED and job.state is JobState.CANCELLED
-        if state is not Q:
+        if state not in (Q, JobState.WAITING):
             w = self.table.workers[worker_id]
             if seq == 0:
                 assert job_id not in w.leases
@@ -1555,6 +1626,30 @@ class TableMachine(RuleBasedStateMachine):
         log = [job.job_id for job in table.finished_log]
         assert len(log) == len(set(log))
         assert set(log) == {j.job_id for j in table.jobs.values() if j.state in TERMINAL}
+
+    @invariant()
+    def jobs_wait_for_their_dependencies_and_no_longer(self) -> None:
+        """Rule 12: a waiting job waits for the dependencies that have not ended (and none of
+        those that ended failed it); a job past waiting had every dependency end as it needs,
+        or ended failed for one; the index lists only jobs that have not ended."""
+        jobs = self.table.jobs
+        for job in jobs.values():
+            if not job.after:
+                continue
+            deps = [jobs[d] for d in job.after.split(",")]
+            live = sum(d.state not in TERMINAL for d in deps)
+            bad = [d for d in deps if d.state in TERMINAL and d.state is not JobState.SUCCEEDED]
+            if job.reason == "dependency_failed":
+                assert job.state is JobState.FAILED and bad and not job.after_any
+            elif job.state is JobState.WAITING:
+                assert job.unmet == live > 0
+                assert job.after_any or not bad
+                for d in deps:
+                    if d.state not in TERMINAL:
+                        assert job in self.table._dependents[d.job_id]
+            elif job.state is not JobState.CANCELLED:
+                assert live == 0 and (job.after_any or not bad), job
+        assert all(jobs[d].state not in TERMINAL for d in self.table._dependents)
 
     @invariant()
     def terminal_is_final_and_attempts_only_grow(self) -> None:

@@ -7,7 +7,7 @@ Every refusal is a ``SpecError`` whose message starts with the path of the bad f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import overload
 
@@ -78,6 +78,9 @@ def validate_spec(
         raise SpecError(f"{path}.timeout_seconds: must be a finite number >= 0")
     if spec.retries > MAX_RETRIES:
         raise SpecError(f"{path}.retries: at most {MAX_RETRIES}")
+    for i, job_id in enumerate(spec.after):
+        if "," in job_id or not job_id.strip():
+            raise SpecError(f"{path}.after[{i}]: not a job id: {job_id!r}")
     for i, code in enumerate(spec.retry_on_exit):
         if not 0 <= code <= 255:
             raise SpecError(f"{path}.retry_on_exit[{i}]: {code} is not an exit code (0-255)")
@@ -195,9 +198,19 @@ def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     )
 
 
-def _policy(spec: job_pb2.JobSpec) -> tuple[str, int]:
-    """A spec's failure policy as the table keeps it (``NewJob.retry_on_exit``, ``crash_limit``)."""
-    return ",".join(map(str, spec.retry_on_exit)), spec.crash_limit
+_Policy = tuple[str, int, str, bool]
+
+
+def _policy(spec: job_pb2.JobSpec) -> _Policy:
+    """A spec's failure policy and dependencies as the table keeps them (``NewJob``'s fields
+    after ``request``)."""
+    on_exit = ",".join(map(str, spec.retry_on_exit))
+    return on_exit, spec.crash_limit, ",".join(spec.after), spec.after_any
+
+
+def dependencies(specs: Iterable[job_pb2.JobSpec]) -> set[str]:
+    """The job ids these specs wait for."""
+    return {job_id for spec in specs for job_id in spec.after}
 
 
 class ArrayJobs(Sequence[NewJob]):
@@ -213,7 +226,7 @@ class ArrayJobs(Sequence[NewJob]):
         name: str,
         step: int = 1,
         request: resources.Request | None = None,
-        policy: tuple[str, int] = ("", 0),
+        policy: _Policy = ("", 0, "", False),
     ) -> None:
         self._prefix, self._start, self._count, self._step = prefix, start, count, step
         self._retries, self._name, self._request = retries, name, request

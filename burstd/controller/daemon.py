@@ -83,8 +83,14 @@ def build_service(
     table = build_table(config, durable=store is not None)
     writer = None
     if store is not None and snapshot is not None:
-        leased = snapshot.jobs((JobState.LEASED.value, JobState.RUNNING.value))
-        table.restore(leased, store.next_id(), time.time(), snapshot.total - len(leased))
+        live = snapshot.jobs(
+            (JobState.WAITING.value, JobState.LEASED.value, JobState.RUNNING.value)
+        )
+        # What the waiting ones wait for that is not among them (queued or finished: stored).
+        ids = {job.job_id for job in live}
+        after = {dep for job in live if job.after for dep in job.after.split(",")} - ids
+        known = snapshot.states(after) if after else {}
+        table.restore(live, store.next_id(), time.time(), snapshot.total - len(live), known)
         table.drained = store.drained()
         events = EventLog(store, config.events_max) if config.events_max > 0 else None
         writer = StoreWriter(store, table, events)

@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
 
@@ -90,6 +91,9 @@ class _Pieces:
     jobs: list[Job] = field(default_factory=list)
     stages: list[tuple[int, int]] = field(default_factory=list)  # its pieces' kept stages
     busy: bool = False  # a piece is under way
+    # The jobs its pieces wait for, and the states of those only the store holds.
+    after: set[str] = field(default_factory=set)
+    known: dict[str, JobState] = field(default_factory=dict)
     deadline: float = math.inf  # discarded if no piece comes by then (its client went away)
 
 
@@ -281,17 +285,43 @@ class ControllerService:
         new = admission.admit_one(
             request.spec if request.HasField("spec") else None, self.settings.limits
         )
-        (job_id,) = await self._submit([new], caller.user)
+        after = admission.dependencies([request.spec])
+        (job_id,) = await self._submit([new], caller, after)
         return job_pb2.SubmitJobResponse(job_id=job_id)
 
     async def submit_jobs(
         self, request: job_pb2.SubmitJobsRequest, caller: Caller
     ) -> job_pb2.SubmitJobsResponse:
-        owner = caller.user
         if request.submission_id or request.more:
-            return await self._submit_piece(request, owner)
+            return await self._submit_piece(request, caller)
         new = admission.admit_batch(request, self.settings.limits)
-        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new, owner))
+        after = admission.dependencies([*request.specs, request.template])
+        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new, caller, after))
+
+    def _dependencies(
+        self, after: AbstractSet[str], caller: Caller, known: dict[str, JobState] | None = None
+    ) -> dict[str, JobState]:
+        """The states of the jobs in ``after`` that only the store holds (finished ones, or
+        queued ones of a previous life not read back yet), added to ``known``; NotFound names
+        one that is no job the caller sees. Reads the store in the event loop, and only for
+        ids not in memory (a few, once): its answer and the table's agree when the jobs are
+        queued right after, with no checkpoint between."""
+        known = {} if known is None else known
+        missing = []
+        for job_id in sorted(after):
+            job = self.table.jobs.get(job_id)
+            if job is None:
+                if job_id not in known:
+                    missing.append(job_id)
+            elif not caller.sees(job.owner):
+                missing.append(job_id)
+        stored = self.store.get_many(missing) if missing and self.store is not None else []
+        found = {job.job_id: job for job in stored if caller.sees(job.owner)}
+        for job_id in missing:
+            if job_id not in found:
+                raise transport.NotFound(f"after: no job {job_id!r}")
+            known[job_id] = found[job_id].state
+        return known
 
     def _room(self, count: int, owner: str) -> contextlib.AbstractContextManager[None]:
         """``JobTable.room``, refusals as RESOURCE_EXHAUSTED naming the limit (and for the
@@ -324,16 +354,21 @@ class ControllerService:
                     " (the cluster is fixed: controller.fixed_cluster)"
                 )
 
-    async def _submit(self, new: Sequence[NewJob], owner: str) -> list[str]:
-        table = self.table
+    async def _submit(
+        self, new: Sequence[NewJob], caller: Caller, after: AbstractSet[str] = frozenset()
+    ) -> list[str]:
+        table, owner = self.table, caller.user
         self._check_fits(new)
+        known = self._dependencies(after, caller) if after else {}
         try:
             with self._room(len(new), owner):
                 jobs = await self._new_jobs(new, owner)
                 staged = self.writer is not None and len(jobs) > STAGE_SLICE
                 if staged:
                     await self._stage(jobs)
-            ids = table.enqueue(jobs, stored=staged)
+            if after:  # those that ended and left memory meanwhile
+                self._dependencies(after, caller, known)
+            ids = table.enqueue(jobs, stored=staged, known=known, now=self.clock())
         except QueueFull as error:
             raise transport.ResourceExhausted(str(error)) from None
         self._after_change()
@@ -363,11 +398,12 @@ class ControllerService:
             raise transport.ResourceExhausted(str(error)) from None
 
     async def _submit_piece(
-        self, request: job_pb2.SubmitJobsRequest, owner: str
+        self, request: job_pb2.SubmitJobsRequest, caller: Caller
     ) -> job_pb2.SubmitJobsResponse:
         """A piece of a submission sent in pieces: held (numbered, stored as a kept stage, its
         room in the queue held) until the last piece accepts them all at once, or refused with
         every piece before it (see SubmitJobsRequest)."""
+        owner = caller.user
         if request.submission_id:
             held = self._pieces.get(request.submission_id)
             if held is None or held.owner != owner:
@@ -389,6 +425,9 @@ class ControllerService:
         accepted = False
         try:
             new = admission.admit_batch(request, self.settings.limits)
+            after = admission.dependencies([*request.specs, request.template])
+            held.after |= after
+            known = self._dependencies(after, caller, held.known) if after else held.known
             self._check_fits(new)
             total, limit = len(held.jobs) + len(new), self.settings.limits.max_batch
             if total > limit:  # a call's limit, whether the submission comes in one or pieces
@@ -409,7 +448,9 @@ class ControllerService:
                     except StoreUnavailable as error:
                         raise transport.ResourceExhausted(str(error)) from None
                 held.room.close()
-                self.table.enqueue(held.jobs, stored=True)
+                if held.after:  # those that ended and left memory meanwhile
+                    self._dependencies(held.after, caller, known)
+                self.table.enqueue(held.jobs, stored=True, known=known, now=self.clock())
                 self._after_change()
             accepted = True
         except QueueFull as error:

@@ -36,8 +36,9 @@ if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
 # 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table; 6: the
-# jobs' owners; 7: their failure policy (older versions are migrated when opened)
-SCHEMA_VERSION = 7
+# jobs' owners; 7: their failure policy; 8: their dependencies (older versions are migrated when
+# opened)
+SCHEMA_VERSION = 8
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -53,6 +54,8 @@ _COLUMNS = (
     "owner",
     "retry_on_exit",
     "crash_limit",
+    "after",
+    "after_any",
     "state",
     "attempt",
     "worker_id",
@@ -82,6 +85,10 @@ _ADD_POLICY = (
     "ALTER TABLE jobs ADD COLUMN retry_on_exit TEXT NOT NULL DEFAULT ''",
     "ALTER TABLE jobs ADD COLUMN crash_limit INTEGER NOT NULL DEFAULT 0",
 )
+_ADD_AFTER = (
+    "ALTER TABLE jobs ADD COLUMN after TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE jobs ADD COLUMN after_any INTEGER NOT NULL DEFAULT 0",
+)
 # The worker ids an admin drained (``JobTable.drained``).
 _DRAINED = "CREATE TABLE drained (worker_id TEXT PRIMARY KEY);"
 # The event log (``JobTable.take_events``), numbered from 1 in order; the oldest are deleted
@@ -109,6 +116,8 @@ CREATE TABLE jobs (
     owner TEXT NOT NULL,
     retry_on_exit TEXT NOT NULL,
     crash_limit INTEGER NOT NULL,
+    after TEXT NOT NULL,
+    after_any INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
@@ -164,7 +173,7 @@ _INSERT = (
 # spares the event loop building a tuple a job (``inserts``).
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, "
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, '', 0, "
     f"{_literals(_COLUMNS[_FIRST_MUTABLE:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
@@ -173,7 +182,7 @@ _UPDATE_LEASED = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _LEASED)} WHER
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 # Reads leave out the rows of a submission still being staged: it is not accepted yet.
 _ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)"
-_LIVE = ("queued", "leased", "running")
+_LIVE = ("waiting", "queued", "leased", "running")
 
 
 Run = tuple[int, float, int, str, str, str, int, list[bytes]]
@@ -251,14 +260,14 @@ leased_row: Callable[[Job], tuple[object, ...]] = operator.attrgetter(
 def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
     """How ``Writes.write`` inserts these new jobs: a ``row`` each for those leased (or changed
     otherwise) since their submission, and runs (``Run``) of those still as submitted that
-    follow each other in one submission."""
+    follow each other in one submission (those with dependencies go as rows)."""
     rows: list[tuple[object, ...]] = []
     runs: list[Run] = []
     specs: list[bytes] = []
     stop, submitted_at, retries, name, owner, on_exit, crashes = -1, 0.0, 0, "", "", "", 0
     for job in jobs:
         # A lease is what sets the attempt first, and it never goes back to 0.
-        if job.attempt or job.state is not JobState.QUEUED:
+        if job.attempt or job.state is not JobState.QUEUED or job.after:
             rows.append(row(job))
         elif (
             job.num == stop
@@ -281,7 +290,8 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
 
 
 def _job(row: tuple[Any, ...]) -> Job:
-    (num, spec, retries, name, submitted_at, owner, retry_on_exit, crash_limit, state, attempt,
+    (num, spec, retries, name, submitted_at, owner, retry_on_exit, crash_limit, after, after_any,
+     state, attempt,
      worker_id, started_at, finished_at, exit_code, signal, reason, error_message, stdout_path,
      stderr_path, lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
     return Job(
@@ -309,6 +319,8 @@ def _job(row: tuple[Any, ...]) -> Job:
         owner=owner,
         retry_on_exit=retry_on_exit,
         crash_limit=crash_limit,
+        after=after,
+        after_any=bool(after_any),
         request=request_of_spec(spec),
     )
 
@@ -414,7 +426,7 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3, 4, 5, 6):
+        if version in (1, 2, 3, 4, 5, 6, 7):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
@@ -427,7 +439,10 @@ class Store:
                 if version <= 5:
                     db.execute(_OWNER_COLUMN)
                     db.execute("UPDATE jobs SET owner = ?", (self._first_owner,))
-                for statement in _ADD_POLICY:
+                if version <= 6:
+                    for statement in _ADD_POLICY:
+                        db.execute(statement)
+                for statement in _ADD_AFTER:
                     db.execute(statement)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
@@ -572,6 +587,14 @@ class Snapshot:
         placeholders = ", ".join("?" * len(states))
         rows = self._db.execute(f"{_SELECT} WHERE state IN ({placeholders}) ORDER BY num", states)
         return [_job(row) for row in rows]
+
+    def states(self, job_ids: Iterable[str]) -> dict[str, JobState]:
+        """The states of the stored jobs among these ids."""
+        rows = self._db.execute(
+            "SELECT num, state FROM jobs WHERE num IN (SELECT value FROM json_each(?))",
+            (_numbers(job_ids),),
+        )
+        return {wire.job_id(num): JobState(state) for num, state in rows}
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (owner, state) (a read of every row: about a second a million)."""

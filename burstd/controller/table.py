@@ -62,6 +62,13 @@ Rules (the promises of the design, section 5):
    starves a large one, and the other workers keep taking small jobs meanwhile (backfill). A
    job no registered worker could ever hold (its request beyond their totals) leaves its queue
    for ``_unfit`` (still queued and counted, ``waiting`` says why) until a worker registers.
+12. A job submitted with dependencies (``Job.after``: job ids known when it was submitted)
+    waits (WAITING: not queued, held by no worker) until each has ended: succeeded, or ended in
+    any way with ``after_any``. Then it is queued (RELEASE, at the back of its owner's queue).
+    One that failed or was cancelled ends it at once (DEPENDENCY_FAILED: failed, reason
+    ``dependency_failed``), and so on down the chain, in one call, however long the chain.
+    The dependents of each job that has not ended are indexed by its id (``_dependents``), so
+    an end costs one dict look-up, and its dependents one step each.
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -96,6 +103,7 @@ from burstd.policies.routers import Router, make_router
 
 
 class JobState(enum.StrEnum):
+    WAITING = "waiting"
     QUEUED = "queued"
     LEASED = "leased"
     RUNNING = "running"
@@ -123,6 +131,10 @@ class Event(enum.Enum):
     FENCE = "fence"  # its worker's process was replaced: it waits out that process's lease TTL
     WITHDRAW = "withdraw"  # its submission could not be stored: it leaves, as never submitted
     FORGET = "forget"  # past its retention (or forgotten by a user): it leaves
+    AWAIT = "await"  # a submitted job with dependencies enters, waiting for them
+    ADMIT_AWAIT = "admit_await"  # as AWAIT, for one the store holds already
+    RELEASE = "release"  # its dependencies ended as it needs: queued
+    DEPENDENCY_FAILED = "dependency_failed"  # one of its dependencies failed or was cancelled
 
     # Members are singletons: identity hashing is C code, where Enum's own hash runs Python on
     # every TRANSITIONS lookup (two per job).
@@ -144,6 +156,10 @@ JOB_EVENTS: dict[Event, tuple[str, str]] = {
     Event.FAIL: ("ended", "failed"),
     Event.CRASH_LIMIT: ("ended", "worker_lost"),
     Event.CANCEL: ("ended", "cancelled"),
+    Event.AWAIT: ("submitted", ""),
+    Event.ADMIT_AWAIT: ("submitted", ""),
+    Event.RELEASE: ("queued", ""),
+    Event.DEPENDENCY_FAILED: ("ended", "dependency_failed"),
 }
 
 
@@ -187,11 +203,11 @@ class Step:
     ends: bool = False  # a terminal state: finished_at, finished_log, finished_seq
 
 
-_Q, _L, _R = JobState.QUEUED, JobState.LEASED, JobState.RUNNING
+_W, _Q, _L, _R = JobState.WAITING, JobState.QUEUED, JobState.LEASED, JobState.RUNNING
 _S, _F, _C = JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED
 _IN_LEASE = (_L, _R)
 # What an owner's place in the rotation depends on: its queued jobs and its jobs on workers.
-_ROTATION_GROUP = {_Q: 0, _L: 1, _R: 1, _S: 2, _F: 2, _C: 2}
+_ROTATION_GROUP = {_W: 2, _Q: 0, _L: 1, _R: 1, _S: 2, _F: 2, _C: 2}
 
 #: Every legal job transition, keyed by (state, event), with what it changes. ENQUEUE and ADMIT
 #: enter from None (no state yet); RESTORE is keyed by the state the job was stored in, which
@@ -200,6 +216,12 @@ TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
     # in: counted from now on
     (None, Event.ENQUEUE): Step(_Q, Place.BACK, Record.NEW),
     (None, Event.ADMIT): Step(_Q, Place.BACK, Record.NOTHING),
+    (None, Event.AWAIT): Step(_W, record=Record.NEW),
+    (None, Event.ADMIT_AWAIT): Step(_W, record=Record.NOTHING),
+    (_W, Event.RESTORE): Step(_W, record=Record.NOTHING),
+    # dependencies settled (a release changes the job's state alone)
+    (_W, Event.RELEASE): Step(_Q, Place.BACK, Record.LEASED),
+    (_W, Event.DEPENDENCY_FAILED): Step(_F, ends=True),
     (_Q, Event.RESTORE): Step(_Q, Place.BACKLOG, Record.NOTHING),
     **{
         (s, Event.RESTORE): Step(s, Place.ORPHAN, Record.NOTHING, undelivered=True)
@@ -218,7 +240,7 @@ TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
     **{(s, Event.SUCCEED): Step(_S, ends=True) for s in _IN_LEASE},
     **{(s, Event.FAIL): Step(_F, ends=True) for s in _IN_LEASE},
     **{(s, Event.CRASH_LIMIT): Step(_F, ends=True) for s in _IN_LEASE},
-    **{(s, Event.CANCEL): Step(_C, ends=True) for s in (_Q, *_IN_LEASE)},
+    **{(s, Event.CANCEL): Step(_C, ends=True) for s in (_W, _Q, *_IN_LEASE)},
     # out: no longer counted
     **{(s, Event.WITHDRAW): Step(None, Place.OUT, Record.DROPPED) for s in JobState},
     **{(s, Event.FORGET): Step(None, Place.OUT, Record.NOTHING) for s in TERMINAL},
@@ -357,6 +379,14 @@ class WorkerReplaced(TableError):
     """A call or registration of a worker process that another of its worker id replaced."""
 
 
+class UnknownDependency(TableError):
+    """A dependency names no job the table or the store knows (``job_id``)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r}")
+        self.job_id = job_id
+
+
 class TransferRefused(TableError):
     """A steal the table will not carry out (thief unknown, gone, or given up on it)."""
 
@@ -407,6 +437,11 @@ class Job:
     # may be lost before it fails (0: the table's crash limit).
     retry_on_exit: str = ""
     crash_limit: int = 0
+    # The ids of the jobs it waits for (rule 12), comma-separated as the store keeps them (most
+    # jobs have none); set at submission, never changed.
+    after: str = ""
+    after_any: bool = False  # waits for their ends whatever they are, not for their success
+    unmet: int = 0  # while WAITING: its dependencies that have not ended
 
 
 @dataclass(slots=True, eq=False)
@@ -458,6 +493,8 @@ class NewJob:
     request: resources.Request | None = None
     retry_on_exit: str = ""  # see Job.retry_on_exit
     crash_limit: int = 0
+    after: str = ""  # see Job.after
+    after_any: bool = False
 
 
 @dataclass(slots=True)
@@ -630,6 +667,13 @@ class JobTable:
         # queued jobs that fit no registered worker, out of their owners' queues.
         self._reserved: dict[str, Job] = {}
         self._unfit: dict[str, Job] = {}
+        # Rule 12: the jobs waiting for each job that has not ended, by its id (a waiting job
+        # cancelled meanwhile stays listed, and is skipped); the ends whose dependents are
+        # being settled, and whether that is under way (a chain is settled in a loop, not in
+        # a recursion as deep as the chain).
+        self._dependents: dict[str, list[Job]] = {}
+        self._ended: list[Job] = []
+        self._settling = False
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -700,6 +744,10 @@ class JobTable:
             job.finished_at = now
             self.finished_log.append(job)
             self.finished_seq += 1
+            if job.job_id in self._dependents:
+                self._ended.append(job)
+                if not self._settling:
+                    self._settle(now)
         elif step.starts:
             job.started_at = now
         else:
@@ -713,6 +761,8 @@ class JobTable:
                 _keep_outputs(job)
             if step.place is Place.FRONT:
                 (owner.backlog or owner.queue).appendleft(job)
+            elif step.place is Place.BACK:
+                owner.queue.append(job)
             elif step.place is Place.ORPHAN:
                 self.orphans[job.job_id] = until
         if self.track_events:
@@ -761,6 +811,78 @@ class JobTable:
             kind, detail = JOB_EVENTS[event]
             self._events.extend((kind, job_id, "", 0, detail) for job_id in ids)
         return ids
+
+    def _enter_waiting(
+        self, jobs: list[Job], event: Event, known: Mapping[str, JobState], now: float
+    ) -> None:
+        """Jobs with dependencies enter the table by AWAIT (submitted) or ADMIT_AWAIT (stored
+        already), each then queued or failed at once if its dependencies say so (rule 12)."""
+        step = _step(None, event, "waiting jobs")
+        for job in jobs:
+            job.state = _W
+            self.jobs[job.job_id] = job
+            if self.track_changes and step.record is Record.NEW:
+                self._new[job.job_id] = job
+            self._count(job, _W, 1)
+        self.moves[None, event] += len(jobs)
+        if self.track_events:
+            kind, detail = JOB_EVENTS[event]
+            self._events.extend((kind, job.job_id, "", 0, detail) for job in jobs)
+        for job in jobs:
+            self._wait_on(job, known, now)
+
+    def _wait_on(self, job: Job, known: Mapping[str, JobState], now: float) -> None:
+        """A WAITING job waits for those of its dependencies that have not ended, or is queued
+        or fails at once. A dependency not in memory is in ``known`` (the store's state of it);
+        one in neither is gone, as a failed one."""
+        unmet = 0
+        failed: tuple[str, str] | None = None
+        for dep_id in job.after.split(",") if job.after else ():
+            dep = self.jobs.get(dep_id)
+            state = dep.state if dep is not None else known.get(dep_id)
+            if state is None or state in TERMINAL:
+                if state is not _S and not job.after_any and failed is None:
+                    failed = (dep_id, state.value if state is not None else "is gone")
+            else:
+                unmet += 1
+                self._dependents.setdefault(dep_id, []).append(job)
+        job.unmet = unmet
+        if failed is not None:
+            self._fail_dependent(job, *failed, now)
+        elif not unmet:
+            self._move(job, Event.RELEASE)
+
+    def _settle(self, now: float) -> None:
+        """The dependents of the jobs that just ended (``_ended``) take their next step, and
+        theirs after them, down every chain (rule 12)."""
+        self._settling = True
+        try:
+            while self._ended:
+                ended = self._ended.pop()
+                for job in self._dependents.pop(ended.job_id, ()):
+                    if job.state is not _W or self.jobs.get(job.job_id) is not job:
+                        continue  # cancelled, failed by another dependency, or withdrawn
+                    if ended.state is _S or job.after_any:
+                        job.unmet -= 1
+                        if not job.unmet:
+                            self._move(job, Event.RELEASE)
+                    else:
+                        self._fail_dependent(job, ended.job_id, ended.state.value, now)
+        finally:
+            self._settling = False
+
+    def _fail_dependent(self, job: Job, dep_id: str, how: str, now: float) -> None:
+        job.reason = StopReason.DEPENDENCY_FAILED.value
+        job.error_message = f"its dependency {dep_id} {how}"
+        self._move(job, Event.DEPENDENCY_FAILED, now)
+
+    def _check_after(self, jobs: Iterable[Job | NewJob], known: Mapping[str, JobState]) -> None:
+        """Raise UnknownDependency for the first dependency neither in memory nor in
+        ``known``."""
+        for job in jobs:
+            for dep_id in job.after.split(",") if job.after else ():
+                if dep_id not in self.jobs and dep_id not in known:
+                    raise UnknownDependency(dep_id)
 
     def _leave(self, job: Job, event: Event) -> None:
         """A job leaves the table by ``event`` (WITHDRAW, FORGET): it is no longer counted.
@@ -867,10 +989,12 @@ class JobTable:
         owner's quota); returns their ids.
 
         With a store, the jobs are accepted once stored (see rule 7 and ``withdraw``).
+        Dependencies must be in memory (UnknownDependency).
         """
+        self._check_after(new_jobs, {})
         with self.room(len(new_jobs), owner, now):
             jobs = self.new_jobs(self.number(len(new_jobs)), new_jobs, now, owner)
-        return self.enqueue(jobs)
+        return self.enqueue(jobs, now=now)
 
     def check_room(self, count: int) -> None:
         """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
@@ -938,22 +1062,45 @@ class JobTable:
                 request=new.request,
                 retry_on_exit=new.retry_on_exit,
                 crash_limit=new.crash_limit,
+                after=new.after,
+                after_any=new.after_any,
             )
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
             )
         ]
 
-    def enqueue(self, jobs: list[Job], *, stored: bool = False) -> list[str]:
+    def enqueue(
+        self,
+        jobs: list[Job],
+        *,
+        stored: bool = False,
+        known: Mapping[str, JobState] = MappingProxyType({}),
+        now: float = 0.0,
+    ) -> list[str]:
         """Queue jobs from ``new_jobs``, every one or none (QueueFull); returns their ids.
         ``stored``: the store holds them already (a staged submission, whose ``room`` was held
         while it was stored), as they are now: they are queued whatever the queue holds now,
         as a refusal would leave them stored, and back after a restart. (Jobs going back to
-        the queue, lost or retried, do not ask for room, so the queue may have filled.)"""
+        the queue, lost or retried, do not ask for room, so the queue may have filled.)
+
+        Jobs with dependencies wait for them (rule 12); ``known`` has the states of those not
+        in memory (finished ones only the store holds). UnknownDependency (nothing changed)
+        names one in neither."""
         if not stored:
             # The owner's quota was checked when its room was (``room``).
             self.check_room(len(jobs))
-        ids = self._enter_queued(jobs, Event.ADMIT if stored else Event.ENQUEUE)
+        waiting = [job for job in jobs if job.after]
+        if not waiting:
+            ids = self._enter_queued(jobs, Event.ADMIT if stored else Event.ENQUEUE)
+        else:
+            self._check_after(waiting, known)
+            ids = [job.job_id for job in jobs]
+            queued = [job for job in jobs if not job.after]
+            if queued:
+                self._enter_queued(queued, Event.ADMIT if stored else Event.ENQUEUE)
+            event = Event.ADMIT_AWAIT if stored else Event.AWAIT
+            self._enter_waiting(waiting, event, known, now)
         self._dispatch()
         return ids
 
@@ -1472,6 +1619,7 @@ class JobTable:
         next_id: int,
         now: float,
         unloaded: int = 0,
+        known: Mapping[str, JobState] = MappingProxyType({}),
     ) -> None:
         """Take back the live jobs of a previous life (in id order) after a restart; the store
         holds ``unloaded`` more, queued or finished, that ``restore_counts`` and
@@ -1480,11 +1628,16 @@ class JobTable:
 
         Queued jobs join the backlog, routed before anything queued since; leased and running
         ones become orphans: their worker may re-register and claim them within the lease
-        TTL, else they go back to the queue.
+        TTL, else they go back to the queue. Waiting ones wait again for their dependencies
+        (``known``: the stored states of those not among ``jobs``).
         """
         self.next_id = max(self.next_id, next_id)
+        jobs = list(jobs)
         for job in jobs:
             self._restore(job, now)
+        for job in jobs:
+            if job.state is _W:
+                self._wait_on(job, known, now)
         self.unloaded = unloaded
         self._dispatch()
 

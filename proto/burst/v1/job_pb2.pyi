@@ -48,7 +48,7 @@ class DockerSpec(_message.Message):
     def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit")
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit", "after", "after_any")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,8 @@ class JobSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     RETRY_ON_EXIT_FIELD_NUMBER: _ClassVar[int]
     CRASH_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ANY_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     process: ProcessSpec
     python: PythonSpec
@@ -92,7 +94,9 @@ class JobSpec(_message.Message):
     resources: _worker_pb2.Resources
     retry_on_exit: _containers.RepeatedScalarFieldContainer[int]
     crash_limit: int
-    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ...) -> None: ...
+    after: _containers.RepeatedScalarFieldContainer[str]
+    after_any: bool
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
