@@ -21,11 +21,17 @@ SCRAPE_INTERVAL seconds meanwhile; ``--metrics both`` runs each point with metri
 alternately (off, on, on, off, ...: a machine whose load drifts favours neither), and prints the
 median of each and their difference beside the target (at most 2% fewer jobs/s with metrics).
 
+With ``--after earlier``, each array's jobs depend on the last job of the array before (the
+first array on a job submitted first): every job waits in the table's WAITING state and is
+queued by the end of an earlier one. Each point then runs twice, independent jobs first, and
+prints the CPU per job of both and their ratio (the target: at most 1.5).
+
 Usage::
 
     python bench/controller_capacity.py [--workers 1,10,100,1000] [--jobs 20000] [--repeat 3]
     python bench/controller_capacity.py --metrics both --workers 100 --repeat 5
     python bench/controller_capacity.py --tls --workers 10,1000
+    python bench/controller_capacity.py --after earlier --workers 10
 """
 
 from __future__ import annotations
@@ -179,14 +185,18 @@ class Run(NamedTuple):
     done_by_then: int  # jobs that had ended by then
 
 
-async def drive(addr: str, jobs: int, array: int) -> Run:
+async def drive(addr: str, jobs: int, array: int, after: str = "none") -> Run:
     from burstd.client import Client, process
 
     spec = process("/bin/true")
     async with Client.connect(addr) as client:
         start = time.perf_counter()
         ids: list[str] = []
+        if after == "earlier":
+            ids.append(await client.submit(spec))
         for first in range(0, jobs, array):
+            if after == "earlier":
+                spec = process("/bin/true", after=[ids[-1]])
             ids += await client.submit_array(spec, range(first, min(jobs, first + array)))
         submitted = time.perf_counter() - start
         done_by_then = -1
@@ -198,7 +208,9 @@ async def drive(addr: str, jobs: int, array: int) -> Run:
         return Run(time.perf_counter() - start, submitted, done_by_then)
 
 
-def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tuple[float, float]:
+def point(
+    workers: int, args: argparse.Namespace, metrics: bool = False, after: str = "none"
+) -> tuple[float, float]:
     """One run of ``workers`` simulated workers: jobs/s and controller CPU us per job;
     ``metrics``: with the controller's metrics served and scraped."""
     with tempfile.TemporaryDirectory(prefix="burst-cap-") as tmp:
@@ -239,7 +251,7 @@ def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tupl
             idle = (cpu_seconds(ctl.pid) - cpu0) / (time.monotonic() - wall0)
             cpu0, loop0 = cpu_seconds(ctl.pid), cpu_seconds(ctl.pid, descendants=False)
             sims0 = sum(cpu_seconds(sim.pid) for sim in sims)
-            run = trio.run(drive, addr, args.jobs, args.array)
+            run = trio.run(drive, addr, args.jobs, args.array, after)
             elapsed = run.elapsed
             cpu = cpu_seconds(ctl.pid) - cpu0
             store_cpu = cpu - (cpu_seconds(ctl.pid, descendants=False) - loop0)
@@ -261,7 +273,8 @@ def point(workers: int, args: argparse.Namespace, metrics: bool = False) -> tupl
         # The simulators share the machine with the controller: when they use most of the
         # other core, jobs/s measures them as much as the controller.
         print(
-            f"  {workers:>5} workers: {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
+            f"  {workers:>5} workers{' (after)' if after != 'none' else ''}:"
+            f" {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
             + (" metrics on," if metrics else "")
             + (" TLS," if args.tls else "")
             + f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core; controller busy"
@@ -311,6 +324,12 @@ def main() -> dict[int, tuple[float, float]]:
         help="the controller's metrics served and scraped (both: off and on, interleaved)",
     )
     parser.add_argument(
+        "--after",
+        default="none",
+        choices=["none", "earlier"],
+        help="earlier: each array's jobs depend on an earlier job; also runs independent ones",
+    )
+    parser.add_argument(
         "--tls",
         action="store_true",
         help="the controller serves TLS (certificates of burstd tls init), the clients use it",
@@ -340,12 +359,22 @@ def main() -> dict[int, tuple[float, float]]:
         return {}
     figures: dict[int, tuple[float, float]] = {}
     for w in map(int, args.workers.split(",")):
-        runs = []
+        runs, dependent = [], []
         for _ in range(args.repeat):
             try:
                 runs.append(point(w, args, metrics=args.metrics == "on"))
+                if args.after != "none":
+                    dependent.append(point(w, args, args.metrics == "on", args.after))
             except Exception as error:  # a point that cannot finish is a figure too
                 print(f"  {w:>5} workers: failed: {error!r}", flush=True)
+        if dependent and runs:
+            alone = statistics.median(cpu for _, cpu in runs)
+            waiting = statistics.median(cpu for _, cpu in dependent)
+            print(
+                f"  {w:>5} workers: controller CPU per job {waiting:.0f} us with dependencies,"
+                f" {alone:.0f} us independent: {waiting / alone:.2f}x (target at most 1.5x)",
+                flush=True,
+            )
         if not runs:
             continue
         # A run of a few seconds swings by 10-20% on a shared VM: the median of several is
