@@ -102,6 +102,8 @@ RULES: Mapping[str, Rule] = {
     _CONTROLLER + "ReadOutput": Rule(_CLIENTS),
     # `burst events`: clients the events of jobs, admins of workers too
     _CONTROLLER + "ListEvents": Rule(_CLIENTS),
+    _CONTROLLER + "GetSubmission": Rule(_CLIENTS),
+    _CONTROLLER + "ResubmitJobs": Rule(_CLIENTS),
     # `burst workers`, and an idle worker's steal client asking where the spare jobs are
     _CONTROLLER + "ListWorkers": Rule(_ANYONE),
     # workers: the leases they hold, as the worker their token is bound to

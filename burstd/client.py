@@ -107,6 +107,14 @@ def docker(
     return spec
 
 
+class Submitted(list[str]):
+    """The job ids of a submission, in order, and the submission's id (``sub-…``)."""
+
+    def __init__(self, job_ids: Iterable[str], submission_id: str) -> None:
+        super().__init__(job_ids)
+        self.submission_id = submission_id
+
+
 class Client:
     """An open connection to a controller, for trio code. Make one with ``Client.connect``."""
 
@@ -166,16 +174,16 @@ class Client:
         )
         return str(response.job_id)
 
-    async def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> list[str]:
+    async def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> Submitted:
         """Queue many different jobs in one call, all or none."""
         response = await self._call(
             "SubmitJobs", job_pb2.SubmitJobsRequest(specs=specs), job_pb2.SubmitJobsResponse
         )
-        return list(response.job_ids)
+        return Submitted(response.job_ids, response.submission_id)
 
     async def submit_array(
         self, template: job_pb2.JobSpec, indices: range | str | Iterable[int]
-    ) -> list[str]:
+    ) -> Submitted:
         """One job per index (BURST_ARRAY_INDEX), copies of ``template``, in order: a range (any
         step), a spec as ``burst submit --array`` takes (``"1-10:3,20,30-32"``, see
         :mod:`burstd.arrays`) or the indices themselves. All or none, at any size.
@@ -210,7 +218,7 @@ class Client:
             for first in range(0, len(listed), ARRAY_CHUNK)
         )
 
-    async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
+    async def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> Submitted:
         """One job per entry (BURST_ENTRY), copies of ``template``. All or none, at any size."""
         entries = list(entries)
         return await self._submit_pieces(
@@ -220,7 +228,7 @@ class Client:
             for start in range(0, len(entries), ARRAY_CHUNK)
         )
 
-    async def _submit_pieces(self, pieces: Iterable[job_pb2.SubmitJobsRequest]) -> list[str]:
+    async def _submit_pieces(self, pieces: Iterable[job_pb2.SubmitJobsRequest]) -> Submitted:
         """One submission in these pieces, accepted whole by the last one or refused whole
         (one piece: one plain call)."""
         ids: list[str] = []
@@ -236,7 +244,25 @@ class Client:
             submission_id = response.submission_id
             ids.extend(response.job_ids)
             request = following
-        return ids
+        return Submitted(ids, submission_id)
+
+    async def submission(self, submission_id: str) -> job_pb2.SubmissionInfo:
+        """A submission's jobs counted per state. Raises NotFound for an unknown one."""
+        info: job_pb2.SubmissionInfo = await self._call(
+            "GetSubmission",
+            job_pb2.GetSubmissionRequest(submission_id=submission_id),
+            job_pb2.SubmissionInfo,
+        )
+        return info
+
+    async def resubmit_failed(self, submission_id: str) -> Submitted:
+        """A new submission of the failed jobs of ``submission_id``, with their specs."""
+        response = await self._call(
+            "ResubmitJobs",
+            job_pb2.ResubmitJobsRequest(submission_id=submission_id, failed=True),
+            job_pb2.SubmitJobsResponse,
+        )
+        return Submitted(response.job_ids, response.submission_id)
 
     async def status(self, job_id: str) -> job_pb2.JobInfo:
         """Everything known about a job; its state is ``unknown`` for an id never submitted."""
@@ -247,10 +273,13 @@ class Client:
         return info
 
     async def wait(
-        self, job_ids: Iterable[str] = (), *, all: bool = False
+        self, job_ids: Iterable[str] = (), *, all: bool = False, submission_id: str = ""
     ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
-        """Progress updates until every job has ended (the last update has ``pending == 0``)."""
-        request = job_pb2.WaitJobsRequest(job_ids=list(job_ids), all=all)
+        """Progress updates until every job (of the caller's with ``all``, of a submission) has
+        ended (the last update has ``pending == 0``)."""
+        request = job_pb2.WaitJobsRequest(
+            job_ids=list(job_ids), all=all, submission_id=submission_id
+        )
         async for update in self._channel.server_stream(
             wire.CONTROLLER_SERVICE, "WaitJobs", request, job_pb2.WaitJobsUpdate
         ):
@@ -286,6 +315,18 @@ class Client:
         )
         return list(response.states)
 
+    async def cancel_matching(
+        self, *, submission_id: str = "", all: bool = False, state: str = ""
+    ) -> int:
+        """Cancel the unfinished jobs of a submission, or every one of the caller's (``all``),
+        or those in ``state`` (each narrows the others); returns how many were."""
+        response = await self._call(
+            "CancelJobs",
+            job_pb2.CancelJobsRequest(submission_id=submission_id, all=all, state=state),
+            job_pb2.CancelJobsResponse,
+        )
+        return int(response.cancelled)
+
     async def forget(self, job_ids: Iterable[str]) -> int:
         """Forget finished jobs by id (jobs not finished are kept); returns how many were."""
         response = await self._call(
@@ -305,28 +346,51 @@ class Client:
         return int(response.forgotten)
 
     async def list_jobs(
-        self, state: str = "", *, page: int = 1000, all_users: bool = False
+        self,
+        state: str = "",
+        *,
+        page: int = 1000,
+        all_users: bool = False,
+        submission_id: str = "",
+        name: str = "",
     ) -> AsyncIterator[job_pb2.JobInfo]:
-        """Every job of the caller (or every job in ``state``) in submission order, fetched a
-        page at a time; ``all_users`` (admins only): every user's."""
+        """Every job of the caller (or every job in ``state``, of a submission, of a name) in
+        submission order, fetched a page at a time; ``all_users`` (admins only): every
+        user's."""
         after = ""
         while True:
-            jobs, after = await self.list_page(state, after, page, all_users=all_users)
+            jobs, after = await self.list_page(
+                state, after, page, all_users=all_users, submission_id=submission_id, name=name
+            )
             for info in jobs:
                 yield info
             if not after:
                 return
 
     async def list_page(
-        self, state: str = "", after: str = "", limit: int = 1000, *, all_users: bool = False
+        self,
+        state: str = "",
+        after: str = "",
+        limit: int = 1000,
+        *,
+        all_users: bool = False,
+        submission_id: str = "",
+        name: str = "",
     ) -> tuple[Sequence[job_pb2.JobInfo], str]:
-        """At most ``limit`` of the caller's jobs (or of its jobs in ``state``; ``all_users``,
-        admins only: of every user's) after the job ``after`` (empty: from the first), in
-        submission order, and what to pass as ``after`` for the next page (empty: there is
-        none)."""
+        """At most ``limit`` of the caller's jobs (or of its jobs in ``state``, of a submission,
+        of a name; ``all_users``, admins only: of every user's) after the job ``after`` (empty:
+        from the first), in submission order, and what to pass as ``after`` for the next page
+        (empty: there is none)."""
         response = await self._call(
             "ListJobs",
-            job_pb2.ListJobsRequest(state=state, after=after, limit=limit, all_users=all_users),
+            job_pb2.ListJobsRequest(
+                state=state,
+                after=after,
+                limit=limit,
+                all_users=all_users,
+                submission_id=submission_id,
+                name=name,
+            ),
             job_pb2.ListJobsResponse,
         )
         self.store_error = response.store_error
@@ -472,20 +536,33 @@ class BlockingClient:
     def submit(self, spec: job_pb2.JobSpec) -> str:
         return self._run(lambda c: c.submit(spec))
 
-    def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> list[str]:
+    def submit_many(self, specs: Iterable[job_pb2.JobSpec]) -> Submitted:
         specs = list(specs)
         return self._run(lambda c: c.submit_many(specs))
 
     def submit_array(
         self, template: job_pb2.JobSpec, indices: range | str | Iterable[int]
-    ) -> list[str]:
+    ) -> Submitted:
         if not isinstance(indices, range | str):
             indices = list(indices)
         return self._run(lambda c: c.submit_array(template, indices))
 
-    def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> list[str]:
+    def submit_entries(self, template: job_pb2.JobSpec, entries: Iterable[str]) -> Submitted:
         entries = list(entries)
         return self._run(lambda c: c.submit_entries(template, entries))
+
+    def submission(self, submission_id: str) -> job_pb2.SubmissionInfo:
+        return self._run(lambda c: c.submission(submission_id))
+
+    def resubmit_failed(self, submission_id: str) -> Submitted:
+        return self._run(lambda c: c.resubmit_failed(submission_id))
+
+    def cancel_matching(
+        self, *, submission_id: str = "", all: bool = False, state: str = ""
+    ) -> int:
+        return self._run(
+            lambda c: c.cancel_matching(submission_id=submission_id, all=all, state=state)
+        )
 
     def status(self, job_id: str) -> job_pb2.JobInfo:
         return self._run(lambda c: c.status(job_id))
@@ -507,14 +584,19 @@ class BlockingClient:
     def drain(self, worker_id: str, *, undrain: bool = False) -> job_pb2.WorkerInfo | None:
         return self._run(lambda c: c.drain(worker_id, undrain=undrain))
 
-    def list_jobs(self, state: str = "", *, all_users: bool = False) -> list[job_pb2.JobInfo]:
+    def list_jobs(
+        self, state: str = "", *, all_users: bool = False, submission_id: str = "", name: str = ""
+    ) -> list[job_pb2.JobInfo]:
         async def collect(client: Client) -> list[job_pb2.JobInfo]:
-            return [info async for info in client.list_jobs(state, all_users=all_users)]
+            listed = client.list_jobs(
+                state, all_users=all_users, submission_id=submission_id, name=name
+            )
+            return [info async for info in listed]
 
         return self._run(collect)
 
     def wait(
-        self, job_ids: Iterable[str] = (), *, all: bool = False
+        self, job_ids: Iterable[str] = (), *, all: bool = False, submission_id: str = ""
     ) -> Iterator[job_pb2.WaitJobsUpdate]:
         """Yields progress updates as they come, until every job has ended."""
         job_ids = list(job_ids)
@@ -522,7 +604,7 @@ class BlockingClient:
 
         async def pump(client: Client) -> None:
             try:
-                async for update in client.wait(job_ids, all=all):
+                async for update in client.wait(job_ids, all=all, submission_id=submission_id):
                     updates.put(update)
             except Exception as error:
                 updates.put(error)

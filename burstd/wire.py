@@ -69,9 +69,33 @@ MAX_JOB_NUMBER: Final = 2**63 - 1
 def job_number(text: str) -> int:
     """The number of a job id; ValueError if ``text`` is not one (also for a number past
     MAX_JOB_NUMBER, which no job has)."""
-    if not JOB_ID.fullmatch(text):
-        raise ValueError(f"not a job id: {text!r}")
-    number = int(text[len(JOB_ID_PREFIX) :])
-    if number > MAX_JOB_NUMBER:
-        raise ValueError(f"not a job id: {text!r}")
+    return _number(text, JOB_ID, len(JOB_ID_PREFIX), "a job id")
+
+
+def _number(text: str, pattern: re.Pattern[str], prefix: int, what: str) -> int:
+    """The number after the ``prefix`` characters of an id that ``pattern`` matches whole, up
+    to MAX_JOB_NUMBER; ValueError naming ``what`` it is not otherwise."""
+    if not pattern.fullmatch(text) or (number := int(text[prefix:])) > MAX_JOB_NUMBER:
+        raise ValueError(f"not {what}: {text!r}")
     return number
+
+
+SUBMISSION_ID_PREFIX: Final = "sub-"
+SUBMISSION_ID: Final = re.compile(rf"{SUBMISSION_ID_PREFIX}[0-9]{{{JOB_ID_DIGITS},}}")
+"""A submission's id: the prefix and the number of its first job, as a job id has it
+(``sub-00000042``, whose first job is ``job-00000042``)."""
+
+
+def submission_id(number: int) -> str:
+    """The id of the submission whose first job is numbered ``number``."""
+    return f"{SUBMISSION_ID_PREFIX}{number:0{JOB_ID_DIGITS}d}"
+
+
+def alone(job_id: str) -> str:
+    """The id of the submission of a job submitted alone (numbered as the job)."""
+    return submission_id(job_number(job_id))
+
+
+def submission_number(text: str) -> int:
+    """The number of a submission id; ValueError if ``text`` is not one."""
+    return _number(text, SUBMISSION_ID, len(SUBMISSION_ID_PREFIX), "a submission id")

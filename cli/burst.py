@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import shlex
 import sys
 import time
 from collections.abc import (
@@ -617,7 +618,25 @@ def _job_json(info: job_pb2.JobInfo) -> str:
     }
     for name in _TIMES:
         data[name] = _iso(getattr(info, name))
+    data["attempts"] = [_attempt_dict(attempt) for attempt in info.attempts]
     return _to_json(data)
+
+
+def _attempt_dict(attempt: job_pb2.AttemptOutput) -> dict[str, Any]:
+    """One attempt as ``_job_json`` has it: every key, null where it does not apply, times in
+    ISO 8601 UTC, the usage's integers as numbers."""
+    given = _as_dict(attempt)
+    data = {
+        field.name: None
+        if field.has_presence and not attempt.HasField(field.name)
+        else given[field.name]
+        for field in attempt.DESCRIPTOR.fields
+    }
+    for name in ("started_at", "finished_at"):
+        data[name] = _iso(getattr(attempt, name))
+    if data["usage"] is not None:
+        data["usage"]["max_rss_kib"] = attempt.usage.max_rss_kib
+    return data
 
 
 def _outcome(info: job_pb2.JobInfo) -> str:
@@ -660,8 +679,9 @@ def submit(
     mem: Annotated[str | None, Parameter(metavar="SIZE")] = None,
     gpus: Annotated[int, Parameter(metavar="N", validator=validators.Number(gte=0))] = 0,
     resource: Annotated[tuple[str, ...], Parameter(metavar="NAME=AMOUNT", negative=())] = (),
+    quiet: Annotated[bool, Parameter(name="--quiet", negative=())] = False,
 ) -> int:
-    """Submit jobs; prints one job id per line.
+    """Submit jobs; prints one job id per line (with --quiet, the submission id alone).
 
     With --wait, then waits for them as `burst wait` does (progress on stderr, each failed or
     cancelled job on stdout, its exit code).
@@ -727,6 +747,9 @@ def submit(
     resource
         NAME=AMOUNT of a named resource the workers offer (--resource licence=1,
         --resource scratch=100G); repeatable.
+    quiet
+        Print the submission's id (`sub-…`, for status, wait, cancel, list --submission and
+        resubmit) instead of the job ids.
     """
     if not tokens:
         raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
@@ -775,8 +798,12 @@ def submit(
         elif entries is not None:
             ids = await client.submit_entries(spec, entries)
         else:
-            ids = [await client.submit(spec)]
-        _write_lines(ids)
+            from burstd import client as client_module
+            from burstd import wire
+
+            job_id = await client.submit(spec)
+            ids = client_module.Submitted([job_id], wire.alone(job_id))
+        _write_lines([ids.submission_id] if quiet else ids)
         return await _follow(client, ids) if then_wait else 0
 
     return _run(session)
@@ -833,19 +860,43 @@ def _known(states: Iterable[str]) -> int:
     return ExitCode.NO_SUCH_JOB if "unknown" in states else ExitCode.OK
 
 
-@app.command(usage="Usage: burst status [--json] JOB...")
+def _is_submission(text: str) -> bool:
+    from burstd import wire
+
+    return text.startswith(wire.SUBMISSION_ID_PREFIX)
+
+
+_SUBMISSION_STATES = ("queued", "leased", "running", "succeeded", "failed", "cancelled")
+
+
+def _submission_line(info: job_pb2.SubmissionInfo) -> str:
+    """``sub-00000001 total 10 queued 2 leased 0 running 1 succeeded 7 failed 0 cancelled 0``."""
+    counts = " ".join(f"{state} {getattr(info, state)}" for state in _SUBMISSION_STATES)
+    return f"{info.submission_id} total {info.total} {counts}"
+
+
+def _submission_json(info: job_pb2.SubmissionInfo) -> str:
+    data = _as_dict(info)
+    data["submitted_at"] = _iso(info.submitted_at)
+    for key in ("total", *_SUBMISSION_STATES):
+        data[key] = int(data[key])
+    return _to_json(data)
+
+
+@app.command(usage="Usage: burst status [--json] (JOB | SUB)...")
 def status(
     *job: str,
     job_id: Annotated[tuple[str, ...], Parameter(name="--job-id", metavar="JOB")] = (),
     json: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
     """Print `<job_id> <state>` per job (unknown for an id never submitted: exit 4), and for a
-    queued job that waits beyond its turn why, in parentheses (no worker has what it asks for).
+    queued job that waits beyond its turn why, in parentheses (no worker has what it asks for);
+    for a submission (`sub-…`) its jobs counted per state.
 
     Parameters
     ----------
     job
-        Job ids.
+        Job ids, or submission ids.
     job_id
         A job id, as the prototype's `status --job-id ID`; repeatable.
     json
@@ -859,6 +910,10 @@ def status(
     async def session(client: Client) -> int:
         states = []
         for one in jobs:
+            if _is_submission(one):
+                counts = await client.submission(one)
+                _write_lines([_submission_json(counts) if as_json else _submission_line(counts)])
+                continue
             info = await client.status(one)
             states.append(info.state or "unknown")
             # A queued job that waits beyond its turn says why (JobInfo.waiting).
@@ -869,22 +924,41 @@ def status(
     return _run(session)
 
 
-@app.command(usage="Usage: burst cancel JOB...")
-def cancel(*job: str) -> int:
+@app.command(usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
+def cancel(
+    *job: str,
+    all_jobs: Annotated[bool, Parameter(name="--all", negative=())] = False,
+    state: Literal["waiting", "queued", "leased", "running"] | None = None,
+) -> int:
     """Cancel jobs that have not ended; prints `<job_id> <state>` (the state afterwards; unknown
-    for an id never submitted: exit 4).
+    for an id never submitted: exit 4), and for a submission, --all or --state how many were
+    cancelled.
 
     Parameters
     ----------
     job
-        Job ids.
+        Job ids, or submission ids (`sub-…`: every unfinished job of it).
+    all_jobs
+        Every unfinished job of yours.
+    state
+        Every job of yours in this state.
     """
-    if not job:
-        raise UsageError("cancel: name at least one job id")
+    submissions = [one for one in job if _is_submission(one)]
+    jobs = [one for one in job if not _is_submission(one)]
+    if not job and not all_jobs and state is None:
+        raise UsageError("cancel: name job or submission ids, or give --all or --state")
 
     async def session(client: Client) -> int:
-        states = await client.cancel(job)
-        _write_lines(f"{job_id} {state}" for job_id, state in zip(job, states, strict=False))
+        states: list[str] = []
+        if jobs:
+            states = await client.cancel(jobs)
+            _write_lines(f"{job_id} {state}" for job_id, state in zip(jobs, states, strict=False))
+        for submission in submissions:
+            count = await client.cancel_matching(submission_id=submission)
+            _write_lines([f"{submission} cancelled {count} job{'' if count == 1 else 's'}"])
+        if all_jobs or state is not None:
+            count = await client.cancel_matching(all=all_jobs, state=state or "")
+            _write_lines([f"cancelled {count} job{'' if count == 1 else 's'}"])
         return _known(states)
 
     return _run(session)
@@ -931,31 +1005,106 @@ LIST_PAGE = 1000
 """Jobs per ListJobs call of ``burst list``."""
 
 
+def _human(seconds: float) -> str:
+    """A time for a table: local, to the second; ``-`` when not reached."""
+    if not seconds:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _last_usage(info: job_pb2.JobInfo) -> job_pb2.Usage | None:
+    """What the job's last attempt used, if its worker measured it."""
+    if info.attempts and info.attempts[-1].HasField("usage"):
+        usage: job_pb2.Usage = info.attempts[-1].usage
+        return usage
+    return None
+
+
+#: The columns ``burst list --format`` knows, each a function of a job.
+COLUMNS: dict[str, Callable[[job_pb2.JobInfo], str]] = {
+    "id": lambda i: i.job_id,
+    "owner": lambda i: i.owner or "-",
+    "state": lambda i: i.state,
+    "worker": lambda i: i.worker_id or "-",
+    "outcome": _outcome,
+    "name": lambda i: i.name or "-",
+    "submission": lambda i: i.submission_id or "-",
+    "attempt": lambda i: str(i.attempt),
+    "exit": lambda i: str(i.exit_code) if i.HasField("exit_code") else "-",
+    "signal": lambda i: str(i.signal) if i.signal else "-",
+    "reason": lambda i: i.reason or "-",
+    "submitted": lambda i: _human(i.submitted_at),
+    "started": lambda i: _human(i.started_at),
+    "finished": lambda i: _human(i.finished_at),
+    "user_cpu": lambda i: f"{u.user_cpu_seconds:.3f}" if (u := _last_usage(i)) else "-",
+    "system_cpu": lambda i: f"{u.system_cpu_seconds:.3f}" if (u := _last_usage(i)) else "-",
+    "max_rss_kib": lambda i: str(u.max_rss_kib) if (u := _last_usage(i)) else "-",
+    "command": lambda i: " ".join(i.command) or "-",
+}
+DEFAULT_COLUMNS = ("id", "state", "worker", "outcome", "name")
+
+
+def _row(info: job_pb2.JobInfo, shown: Sequence[Callable[[job_pb2.JobInfo], str]]) -> str:
+    """A job's line of ``burst list``: its columns, space-separated."""
+    return " ".join(show(info) for show in shown) + "\n"
+
+
+def parse_columns(text: str) -> list[str]:
+    """The comma-separated column names of ``--format``; UsageError naming an unknown one."""
+    names = [name.strip() for name in text.split(",")]
+    for name in names:
+        if name not in COLUMNS:
+            raise UsageError(f"--format: unknown column {name!r} (columns: {', '.join(COLUMNS)})")
+    return names
+
+
 @app.command(
     name="list",
-    usage="Usage: burst list [--state STATE] [--limit N] [--all-users] [--json]",
+    usage="Usage: burst list [--state STATE] [--submission SUB] [--name NAME] [--limit N]"
+    " [--all-users] [--format COLUMNS | --json]",
 )
 def list_jobs(
     *,
     state: State | None = None,
+    submission: Annotated[str, Parameter(metavar="SUB")] = "",
+    name: Annotated[str, Parameter(metavar="NAME")] = "",
     limit: Annotated[int | None, Parameter(metavar="N", validator=validators.Number(gte=1))] = None,
     all_users: Annotated[bool, Parameter(name="--all-users", negative=())] = False,
+    format: Annotated[str | None, Parameter(metavar="COLUMNS")] = None,
     json: Annotated[bool, Parameter(name="--json")] = False,
 ) -> int:
-    """List your jobs in submission order: `<job_id> <state> <worker> <exit/reason>` per line.
+    """List your jobs in submission order: `<job_id> <state> <worker> <exit/reason> <name>` per
+    line.
 
     Parameters
     ----------
     state
         Only jobs in this state.
+    submission
+        Only the jobs of this submission (`sub-…`).
+    name
+        Only the jobs of this name (submit --name).
     limit
         At most this many jobs.
     all_users
         Every user's jobs, with an owner column after the id (admins only).
+    format
+        The columns, comma-separated, from: id, owner, state, worker, outcome, name,
+        submission, attempt, exit, signal, reason, submitted, started, finished (local times),
+        user_cpu, system_cpu (seconds), max_rss_kib (of the last attempt), command. Default:
+        id,state,worker,outcome,name.
     json
-        One JSON object per line with everything known about each job instead.
+        One JSON object per line with everything known about each job instead (times in
+        ISO 8601).
     """
     as_json = json
+    if format is not None:
+        columns = parse_columns(format)
+    else:
+        columns = list(DEFAULT_COLUMNS)
+        if all_users:
+            columns.insert(1, "owner")
+    shown = [COLUMNS[column] for column in columns]
 
     async def session(client: Client) -> int:
         import trio
@@ -969,7 +1118,12 @@ def list_jobs(
                 while left is None or left > 0:
                     page = LIST_PAGE if left is None else min(left, LIST_PAGE)
                     jobs, after = await client.list_page(
-                        state or "", after, page, all_users=all_users
+                        state or "",
+                        after,
+                        page,
+                        all_users=all_users,
+                        submission_id=submission,
+                        name=name,
                     )
                     await send.send(jobs)
                     left = None if left is None else left - len(jobs)
@@ -984,7 +1138,7 @@ def list_jobs(
                     if as_json:
                         out.write("".join([_job_json(info) + "\n" for info in jobs]))
                     else:
-                        out.write("".join([_list_line(info, all_users) for info in jobs]))
+                        out.write("".join([_row(info, shown) for info in jobs]))
                     out.flush()
         if client.store_error:
             _error(
@@ -997,11 +1151,108 @@ def list_jobs(
     return _run(session)
 
 
-def _list_line(info: job_pb2.JobInfo, owner: bool = False) -> str:
-    """``<job_id> <state> <worker> <exit/reason>`` (``burst list``); with ``owner``, the job's
-    owner after its id (``--all-users``)."""
-    shown = f" {info.owner or '-'}" if owner else ""
-    return f"{info.job_id}{shown} {info.state} {info.worker_id or '-'} {_outcome(info)}\n"
+def _attempt_line(attempt: job_pb2.AttemptOutput) -> str:
+    """One attempt for ``burst info``: where and when it ran, how it ended, what it used."""
+    ended = f"exit {attempt.exit_code}" if attempt.HasField("exit_code") else attempt.reason
+    if attempt.signal:
+        ended = f"signal {attempt.signal}"
+    line = (
+        f"  attempt {attempt.attempt} on {attempt.worker_id or '-'}:"
+        f" started {_human(attempt.started_at)}, ended {_human(attempt.finished_at)}"
+        f" ({ended or 'not yet'}"
+        + (f", {attempt.reason}" if attempt.reason not in ("", "exit", "signal") else "")
+        + ")"
+    )
+    if attempt.HasField("usage"):
+        usage = attempt.usage
+        line += (
+            f", cpu {usage.user_cpu_seconds:.3f} s user {usage.system_cpu_seconds:.3f} s"
+            f" system, peak memory {usage.max_rss_kib} KiB"
+        )
+    return line
+
+
+def _info_lines(info: job_pb2.JobInfo) -> list[str]:
+    """``burst info``'s view of a job."""
+    lines = [
+        f"job {info.job_id} ({info.state}{', ' + _outcome(info) if info.reason else ''})",
+        f"  submission {info.submission_id or '-'}, name {info.name or '-'},"
+        f" owner {info.owner or '-'}",
+        f"  {info.kind or 'command'}: {shlex.join(info.command) if info.command else '-'}",
+        f"  working directory: {info.cwd or 'the worker' + chr(39) + 's'}",
+        f"  environment: {', '.join(info.env_names) or '-'}",
+        f"  submitted {_human(info.submitted_at)}, started {_human(info.started_at)},"
+        f" finished {_human(info.finished_at)}",
+    ]
+    if info.error_message:
+        lines.append(f"  error: {info.error_message}")
+    lines.append(f"  attempts: {len(info.attempts) or '-'}")
+    lines += [_attempt_line(attempt) for attempt in info.attempts]
+    return lines
+
+
+@app.command(usage="Usage: burst info [--json] JOB...")
+def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
+    """Show everything known about jobs: command, working directory, the names of the
+    variables the job adds to the environment (never their values), and every attempt (worker,
+    start and end, exit code or signal, CPU time and peak memory). Exit 4 for an unknown id.
+
+    Parameters
+    ----------
+    job
+        Job ids.
+    json
+        One JSON object per job instead (as status --json: times in ISO 8601).
+    """
+    as_json = json
+    if not job:
+        raise UsageError("info: name at least one job id")
+
+    async def session(client: Client) -> int:
+        states = []
+        for one in job:
+            found = await client.status(one)
+            states.append(found.state or "unknown")
+            if as_json:
+                _write_lines([_job_json(found)])
+            elif found.state == "unknown":
+                _write_lines([f"{one} unknown"])
+            else:
+                _write_lines(_info_lines(found))
+        return _known(states)
+
+    return _run(session)
+
+
+@app.command(usage="Usage: burst resubmit SUB --failed [--quiet]")
+def resubmit(
+    submission: str,
+    /,
+    *,
+    failed: Annotated[bool, Parameter(name="--failed", negative=())] = False,
+    quiet: Annotated[bool, Parameter(name="--quiet", negative=())] = False,
+) -> int:
+    """Submit the failed jobs of a submission again, as a new submission with their specs;
+    prints the new job ids, one per line (with --quiet, the new submission's id).
+
+    Parameters
+    ----------
+    submission
+        The submission (`sub-…`).
+    failed
+        Its failed jobs (required: the only choice so far).
+    quiet
+        Print the new submission's id instead of the job ids.
+    """
+    if not failed:
+        raise UsageError("resubmit: say which jobs: --failed")
+
+    async def session(client: Client) -> int:
+        ids = await client.resubmit_failed(submission)
+        _write_lines([ids.submission_id] if quiet else ids)
+        return 0
+
+    return _run(session)
 
 
 @app.command(usage="Usage: burst workers [--json]")
@@ -1254,7 +1505,7 @@ def _failure_line(info: job_pb2.JobInfo) -> str:
     return line if detail in (reason, "-") else f"{line}: {detail}"
 
 
-@app.command(usage="Usage: burst wait (JOB... | --all) [--timeout SECONDS]")
+@app.command(usage="Usage: burst wait (JOB... | SUB | --all) [--timeout SECONDS]")
 def wait(
     *job: str,
     all_jobs: Annotated[bool, Parameter(name="--all")] = False,
@@ -1271,7 +1522,7 @@ def wait(
     Parameters
     ----------
     job
-        Job ids.
+        Job ids, or one submission id (`sub-…`: every job of it).
     all_jobs
         Wait for every job the controller has instead.
     timeout
@@ -1279,11 +1530,26 @@ def wait(
     """
     if bool(job) == all_jobs:
         raise UsageError("wait: name job ids or give --all (not both)")
-    return _run(lambda client: _follow(client, job, all_jobs=all_jobs, timeout=timeout))
+    submission = ""
+    if any(_is_submission(one) for one in job):
+        if len(job) != 1:
+            raise UsageError("wait: a submission id goes alone")
+        (submission,) = job
+        job = ()
+    return _run(
+        lambda client: _follow(
+            client, job, all_jobs=all_jobs, timeout=timeout, submission_id=submission
+        )
+    )
 
 
 async def _follow(
-    client: Client, job_ids: Sequence[str], *, all_jobs: bool = False, timeout: float | None = None
+    client: Client,
+    job_ids: Sequence[str],
+    *,
+    all_jobs: bool = False,
+    timeout: float | None = None,
+    submission_id: str = "",
 ) -> int:
     """Wait for the jobs (``burst wait``, ``burst submit --wait``): progress on stderr, each
     failed or cancelled job on stdout; the exit code of ``burst wait``."""
@@ -1291,7 +1557,7 @@ async def _follow(
 
     progress = Progress(sys.stderr, tty=sys.stderr.isatty())
     with trio.move_on_after(timeout if timeout is not None else float("inf")) as scope:
-        updates = _generator(client.wait(job_ids, all=all_jobs))
+        updates = _generator(client.wait(job_ids, all=all_jobs, submission_id=submission_id))
         async with aclosing(updates):
             async for update in updates:
                 failures = [i for i in update.finished if i.state in ("failed", "cancelled")]

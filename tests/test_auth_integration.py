@@ -78,7 +78,7 @@ async def test_every_method_refuses_no_token_and_a_wrong_role(
         Role.ADMIN: cluster.token("admin"),
     }
     methods = list(SERVICE.methods)
-    assert len(methods) == 23
+    assert len(methods) == 25
     wrong = 0
     for method in methods:
         path = f"/{SERVICE.full_name}/{method.name}"
@@ -93,7 +93,7 @@ async def test_every_method_refuses_no_token_and_a_wrong_role(
             async with channel(cluster, token, multiplex) as ch:
                 with pytest.raises(transport.PermissionDenied, match=method.name):
                     await call(ch, method)
-    assert wrong == 9 * 1 + 8 * 1 + 5 * 2  # client methods, worker methods, admin methods
+    assert wrong == 11 * 1 + 8 * 1 + 5 * 2  # client methods, worker methods, admin methods
 
 
 async def test_the_refusals_say_nothing_of_jobs(cluster: Cluster) -> None:

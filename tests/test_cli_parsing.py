@@ -3,6 +3,7 @@ precedence, exit codes, and the output of each command against a fake client."""
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from burstd import arrays, transport, wire
+from burstd.client import Submitted
 from burstd.config import DEFAULT_ADDR, ConfigError
 from cli import burst, burstd, exitcodes
 from cli.burst import (
@@ -47,8 +49,10 @@ class FakeClient:
         self.next_id = 1
         self.store_error = ""  # as the last listing said
 
-    def _ids(self, n: int) -> list[str]:
-        ids = wire.job_ids(self.next_id, self.next_id + n)
+    def _ids(self, n: int) -> Submitted:
+        ids = Submitted(
+            wire.job_ids(self.next_id, self.next_id + n), wire.alone(wire.job_id(self.next_id))
+        )
         self.next_id += n
         return ids
 
@@ -90,14 +94,21 @@ class FakeClient:
         return 1
 
     async def list_page(
-        self, state: str = "", after: str = "", limit: int = 1000, *, all_users: bool = False
+        self,
+        state: str = "",
+        after: str = "",
+        limit: int = 1000,
+        *,
+        all_users: bool = False,
+        submission_id: str = "",
+        name: str = "",
     ) -> tuple[list[job_pb2.JobInfo], str]:
         self.calls.append(("list_page", (state, after, limit, all_users)))
         ids = list(self.infos)
         matching = [
             info
             for info in list(self.infos.values())[ids.index(after) + 1 if after else 0 :]
-            if not state or info.state == state
+            if (not state or info.state == state) and (not name or info.name == name)
         ]
         page = matching[:limit]
         return page, page[-1].job_id if len(matching) > limit else ""
@@ -117,7 +128,7 @@ class FakeClient:
         ]
 
     async def wait(
-        self, job_ids: Iterable[str] = (), *, all: bool = False
+        self, job_ids: Iterable[str] = (), *, all: bool = False, submission_id: str = ""
     ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
         self.calls.append(("wait", (list(job_ids), all)))
         for update in self.updates:
@@ -679,18 +690,35 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     }
     assert run(["list"]) == 0
     assert capsys.readouterr().out.splitlines() == [
-        "job-1 succeeded w1 exit 0",
-        "job-2 failed w2 signal 9",
-        "job-3 queued - -",
-        "job-4 failed w1 timeout",
+        "job-1 succeeded w1 exit 0 -",
+        "job-2 failed w2 signal 9 -",
+        "job-3 queued - - -",
+        "job-4 failed w1 timeout -",
     ]
     assert run(["list", "--state", "failed", "--limit", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9"]
+    assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9 -"]
     assert fake.calls[-1] == ("list_page", ("failed", "", 1, False))
     fake.infos["job-1"].owner = "alice"
     assert run(["list", "--all-users", "--limit", "1"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["job-1 alice succeeded w1 exit 0"]
+    assert capsys.readouterr().out.splitlines() == ["job-1 alice succeeded w1 exit 0 -"]
     assert fake.calls[-1] == ("list_page", ("", "", 1, True))
+    # the name is a column, and a filter
+    fake.infos["job-4"].name = "render"
+    assert run(["list", "--name", "render"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["job-4 failed w1 timeout render"]
+    # --format: the columns named, in order; an unknown one is refused, named
+    fake.infos["job-2"].submission_id = "sub-00000002"
+    fake.infos["job-2"].submitted_at = 1_800_000_000.0
+    assert run(["list", "--format", "submission,id,exit,signal,started", "--limit", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "- job-1 0 - -",
+        "sub-00000002 job-2 - 9 -",
+    ]
+    assert run(["list", "--format", "submitted", "--state", "failed", "--limit", "1"]) == 0
+    local = datetime.datetime.fromtimestamp(1_800_000_000.0).strftime("%Y-%m-%d %H:%M:%S")
+    assert capsys.readouterr().out.splitlines() == [local]
+    assert run(["list", "--format", "id,colour"]) == 2
+    assert "--format: unknown column 'colour'" in capsys.readouterr().err
     assert run(["list", "--json"]) == 0
     assert [json.loads(line)["job_id"] for line in capsys.readouterr().out.splitlines()] == [
         "job-1", "job-2", "job-3", "job-4",
@@ -746,7 +774,7 @@ def test_wait_reports_failures(fake: FakeClient, capsys: pytest.CaptureFixture[s
 def test_wait_timeout(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     class Forever(FakeClient):
         async def wait(
-            self, job_ids: Iterable[str] = (), *, all: bool = False
+            self, job_ids: Iterable[str] = (), *, all: bool = False, submission_id: str = ""
         ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
             import trio
 

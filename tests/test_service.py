@@ -155,10 +155,12 @@ async def test_a_large_submission_is_built_in_slices_with_other_calls_served_bet
     log: list[str] = []
     new_jobs = table.new_jobs
 
-    def logged(first: int, jobs: Sequence[NewJob], now: float, owner: str) -> list[Job]:
+    def logged(
+        first: int, jobs: Sequence[NewJob], now: float, owner: str, submission: int
+    ) -> list[Job]:
         log.append("slice")
         assert not table.jobs  # nothing is queued until every slice is built
-        return new_jobs(first, jobs, now, owner)
+        return new_jobs(first, jobs, now, owner, submission)
 
     monkeypatch.setattr(table, "new_jobs", logged)
     service = ControllerService(table)

@@ -14,9 +14,9 @@ import sqlite3
 import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -52,6 +52,7 @@ from burstd.controller.table import (
     QueueFull,
     ReportOutcome,
     Result,
+    StoredCount,
 )
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from proto.burst.v1 import job_pb2, worker_pb2
@@ -287,12 +288,14 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     every = [*first, *second, *third, *fourth]
     nums = [table.jobs[job_id].num for job_id in every]
     assert runs == [
-        (nums[1], 5.0, 1, "array", "", "", 0, specs[1:3]),
-        (nums[4], 5.0, 1, "array", "", "", 0, specs[4:]),
-        (nums[6], 6.0, 0, "x", "", "", 0, [SPEC]),
-        (nums[7], 6.0, 0, "y", "", "", 0, [SPEC]),
-        (nums[8], 6.0, 0, "y", "bob", "", 0, [SPEC, SPEC]),  # another owner: another run
-        (nums[10], 6.0, 0, "y", "bob", "3,4", 2, [SPEC]),  # another failure policy: another
+        (nums[1], 5.0, 1, "array", "", "", 0, nums[0], specs[1:3]),
+        (nums[4], 5.0, 1, "array", "", "", 0, nums[0], specs[4:]),
+        (nums[6], 6.0, 0, "x", "", "", 0, nums[6], [SPEC]),
+        (nums[7], 6.0, 0, "y", "", "", 0, nums[6], [SPEC]),
+        # another owner (and submission): another run
+        (nums[8], 6.0, 0, "y", "bob", "", 0, nums[8], [SPEC, SPEC]),
+        # another failure policy (and submission): another run
+        (nums[10], 6.0, 0, "y", "bob", "3,4", 2, nums[10], [SPEC]),
     ]
     persist(store, table, changes)
     try:
@@ -396,11 +399,12 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6, 7, 8])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
     """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events table,
     5 no owners: the jobs of such a store become the owner's the controller names (its admin
-    user); 6 no failure policy (none), 7 no dependencies (none)."""
+    user); 6 no failure policy (none), 7 no dependencies (none); 8 no submissions and resource
+    usage: each job becomes a submission of its own."""
     store = Store(state_dir)
     table = JobTable()
     ids = submit(store, table, 2)
@@ -408,8 +412,11 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     persist(store, table)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        db.execute("ALTER TABLE jobs DROP COLUMN after")
-        db.execute("ALTER TABLE jobs DROP COLUMN after_any")
+        for column in ("submission", "user_cpu", "system_cpu", "max_rss_kib"):
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        if old <= 7:
+            db.execute("ALTER TABLE jobs DROP COLUMN after")
+            db.execute("ALTER TABLE jobs DROP COLUMN after_any")
         if old <= 6:
             db.execute("ALTER TABLE jobs DROP COLUMN retry_on_exit")
             db.execute("ALTER TABLE jobs DROP COLUMN crash_limit")
@@ -429,9 +436,16 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     store = Store(state_dir, first_owner="admin")
     try:
         assert [
-            (job.job_id, job.owner, job.earlier_outputs, job.retry_on_exit, job.after)
+            (
+                job.job_id,
+                job.owner,
+                job.earlier_outputs,
+                job.retry_on_exit,
+                job.after,
+                job.submission,
+            )
             for job in store.live_jobs()
-        ] == [(ids[0], owner, "", "", "")]
+        ] == [(ids[0], owner, "", "", "", wire.job_number(ids[0]))]
         assert store.counts() == {(owner, "queued"): 1, (owner, "cancelled"): 1}
         writes = Writes.open(store.path)
         writes.write([], [], [], 3, begun=[(3, 5)])  # the staged table is there
@@ -446,7 +460,7 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 8
+    assert version == SCHEMA_VERSION == 9
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:
@@ -526,11 +540,12 @@ async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) 
     }  # fmt: skip
 
     # forget_finished: only what ended before the time given
-    assert await store.forget_finished(5.5) == Counter({("", "succeeded"): 1})
+    sub = wire.job_number(ids[0])  # one submission
+    assert await store.forget_finished(5.5) == Counter({("", sub, "succeeded"): 1})
     assert store.get(done) is None
     # forget by id: the live ones named are kept
     forgotten = await store.forget([*ids, "job-99999999"])
-    assert forgotten == Counter({("", "failed"): 1, ("", "cancelled"): 2})
+    assert forgotten == Counter({("", sub, "failed"): 1, ("", sub, "cancelled"): 2})
     assert await store.forget(ids) == Counter()
     left = {job.job_id: job.state.value for job in store.list(None, "", 100)}
     assert left == {
@@ -541,6 +556,37 @@ async def test_forget_never_deletes_live_jobs_and_counts_by_state(store: Store) 
 
 
 NOT_IDS = ["", "job-", "nonsense", "job-99999999999999999999", "job-\u0661", "job--1", "1"]
+
+
+def test_jobs_are_listed_and_counted_by_submission_and_name_with_their_usage(
+    store: Store,
+) -> None:
+    table = JobTable(max_queued=100)
+    first = submit(store, table, 3)
+    second = submit(store, table, 2)
+    one, two = (wire.job_number(ids[0]) for ids in (first, second))
+    table.register("w1", slots=1, capacity=1, now=1.0)
+    table.lease("w1", 1, 1.0)
+    used = Result(first[0], 1, 0, user_cpu=0.5, system_cpu=0.125, max_rss_kib=4096)
+    assert table.report("w1", used, 2.0) is ReportOutcome.ACCEPTED
+    persist(store, table)
+    listed = store.list(None, "", 100, submission=(two, two + 1))
+    assert [job.job_id for job in listed] == second
+    assert [job.job_id for job in store.list(None, "", 100, name="j1")] == [first[1], second[1]]
+    both = store.list(None, "", 100, submission=(one, one + 2), name="j1")
+    assert [job.job_id for job in both] == [first[1]]
+    (done,) = store.list("succeeded", "", 100)
+    assert (done.submission, done.user_cpu, done.system_cpu, done.max_rss_kib) == (
+        one, 0.5, 0.125, 4096,
+    )  # fmt: skip
+    with closing(store.snapshot()) as snapshot:
+        counts = snapshot.counts()
+    assert sorted(counts) == [
+        StoredCount("", one, JobState.LEASED, 1, one + 1, 0.0),
+        StoredCount("", one, JobState.QUEUED, 1, one + 2, 0.0),
+        StoredCount("", one, JobState.SUCCEEDED, 1, one, 0.0),
+        StoredCount("", two, JobState.QUEUED, 2, two + 1, 0.0),
+    ]
 
 
 async def test_strings_that_are_no_job_id_name_no_job(store: Store) -> None:
@@ -556,7 +602,8 @@ async def test_strings_that_are_no_job_id_name_no_job(store: Store) -> None:
         assert store.get(not_id) is None
     assert [job.job_id for job in store.get_many([*NOT_IDS, job_id])] == [job_id]
     assert await store.forget(NOT_IDS) == Counter()
-    assert await store.forget([*NOT_IDS, job_id]) == Counter({("", "cancelled"): 1})
+    sub = wire.job_number(job_id)
+    assert await store.forget([*NOT_IDS, job_id]) == Counter({("", sub, "cancelled"): 1})
 
 
 async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store) -> None:
@@ -575,10 +622,12 @@ async def test_prune_takes_the_jobs_due_also_past_an_older_live_one(store: Store
     table.lease("w2", 3, 7.0)
     assert report(table, newest, now=8.0) is ReportOutcome.ACCEPTED
     persist(store, table)
-    assert await store.forget_finished(7.5) == Counter({("", "succeeded"): 2})
+    sub = wire.job_number(early)
+    assert await store.forget_finished(7.5) == Counter({("", sub, "succeeded"): 2})
     left = {job.job_id for job in store.list(None, "", 100)}
     assert left == {running, leased, newest}
-    assert await store.forget_finished(100.0) == Counter({("", "succeeded"): 1})
+    sub = wire.job_number(newest)
+    assert await store.forget_finished(100.0) == Counter({("", sub, "succeeded"): 1})
 
 
 # -- restart: restore and orphans -------------------------------------------------------------
@@ -1349,8 +1398,10 @@ async def test_a_state_filter_lists_the_jobs_in_that_state_when_the_listing_was_
         reading, leased = threading.Event(), threading.Event()
         read = store.list
 
-        def slow_read(state: str | None, after: str, limit: int, owner: str | None) -> list[Job]:
-            found = read(state, after, limit, owner)
+        def slow_read(
+            state: str | None, after: str, limit: int, owner: str | None, **filters: Any
+        ) -> list[Job]:
+            found = read(state, after, limit, owner, **filters)
             reading.set()
             leased.wait(10)
             return found

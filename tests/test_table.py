@@ -31,13 +31,14 @@ from burstd.controller.table import (
     QueueFull,
     ReportOutcome,
     Result,
+    StoredCount,
     UnknownDependency,
     UnknownWorker,
     Worker,
     WorkerEvent,
     WorkerReplaced,
     WorkerState,
-    earlier_outputs,
+    earlier_attempts,
 )
 from burstd.policies.quotas import Quota, Quotas
 from burstd.policies.routers import Router, make_router
@@ -365,11 +366,94 @@ def test_retries_requeue_twice_then_fail_and_attempt_grows() -> None:
             assert (job.stdout_path, job.stderr_path) == ("", "")
     assert job.state is JobState.FAILED and job.retried == 2 and job.attempt == 3
     assert finished_ids(table) == [job_id]
-    assert earlier_outputs(job) == [
+    assert [a[:4] for a in earlier_attempts(job)] == [
         (1, "w1", "/o/1.out", "/o/1.err"),
         (2, "w1", "/o/2.out", "/o/2.err"),
     ]
+    assert [(a.exit_code, a.reason) for a in earlier_attempts(job)] == [(1, "exit")] * 2
     assert (job.stdout_path, job.stderr_path) == ("/o/3.out", "/o/3.err")
+
+
+def test_a_submission_counts_its_jobs_per_state_and_leaves_with_its_last() -> None:
+    """Rule 13: a submission's counts follow its jobs' transitions, beside the table's."""
+    table = JobTable()
+    first = submit(table, 3)
+    (alone,) = submit(table)
+    number = wire.job_number(first[0])
+    submission = table.submissions[number]
+    assert [table.jobs[job_id].submission for job_id in first] == [number] * 3
+    assert table.jobs[alone].submission == wire.job_number(alone) != number
+    assert (submission.total, submission.pending, submission.counts[Q]) == (3, 3, 3)
+    assert submission.last == wire.job_number(first[-1])
+    register(table, capacity=2)
+    _, batch = deliver(table)
+    assert table.report("w1", exited(batch[0], code=1), 1.0) is ReportOutcome.ACCEPTED
+    table.cancel(first[2], 2.0)
+    counts = {state: n for state, n in submission.counts.items() if n}
+    assert counts == {L: 1, JobState.FAILED: 1, JobState.CANCELLED: 1}
+    assert table.submissions[wire.job_number(alone)].counts[L] == 1
+    assert table.report("w1", exited(batch[1]), 3.0) is ReportOutcome.ACCEPTED
+    assert submission.pending == 0
+    table.take_changes()  # stored: they may leave
+    table.forget(first[:2])
+    assert submission.total == 1
+    table.forget(first[2:])
+    assert number not in table.submissions  # its last job left
+
+
+def test_a_submission_in_pieces_is_one_and_stored_counts_restore_it() -> None:
+    table = JobTable()
+    head = table.new_jobs(table.number(2), [NewJob(b"a"), NewJob(b"b")], 1.0)
+    submit(table)  # another submission, numbered between its pieces
+    tail = table.new_jobs(table.number(1), [NewJob(b"c")], 1.0, submission=head[0].num)
+    table.enqueue([*head, *tail])
+    submission = table.submissions[head[0].num]
+    assert (submission.total, submission.last) == (3, tail[0].num)
+    assert [j.job_id for j in table.submission_jobs(submission)] == [
+        *(j.job_id for j in head),
+        tail[0].job_id,
+    ]
+
+    # after a restart: the store's counts make every submission known, finished ones counted
+    restarted = JobTable()
+    restarted.restore([], 10, 0.0, unloaded=5)
+    restarted.restore_counts(
+        [
+            StoredCount("", 1, JobState.SUCCEEDED, 3, 4, 1.0),
+            StoredCount("", 1, Q, 2, 5, 1.0),
+            StoredCount("bob", 7, JobState.FAILED, 1, 7, 2.0),
+        ]
+    )
+    assert {n: (s.total, s.last, s.owner) for n, s in restarted.submissions.items()} == {
+        1: (3, 5, ""), 7: (1, 7, "bob"),
+    }  # fmt: skip
+    restarted.forgotten({("bob", 7, JobState.FAILED): 1}, [])
+    assert 7 not in restarted.submissions
+
+
+def test_each_attempt_keeps_its_worker_times_exit_and_usage() -> None:
+    table = JobTable(lease_ttl=10.0)
+    [job_id] = submit(table, retries=1)
+    job = table.jobs[job_id]
+    register(table, "w1", now=0.0)
+    deliver(table, "w1")
+    table.started("w1", Held(job_id, 1, True), now=1.0)
+    table.expire(12.0)  # w1 lost while it ran attempt 1
+    register(table, "w2", now=20.0)
+    deliver(table, "w2", now=20.0)
+    used = {"user_cpu": 1.5, "system_cpu": 0.25, "max_rss_kib": 2048}
+    result = exited(job, code=3, started_at=21.0, finished_at=22.0, **used)
+    assert table.report("w2", result, 22.5) is ReportOutcome.ACCEPTED  # retried
+    deliver(table, "w2", now=23.0)
+    assert table.report("w2", exited(job, started_at=24.0, max_rss_kib=10), 25.0)
+    kept = earlier_attempts(job)
+    assert [(a.attempt, a.worker_id, a.started_at, a.exit_code, a.reason) for a in kept] == [
+        (1, "w1", 1.0, None, "worker_lost"),
+        (2, "w2", 21.0, 3, "exit"),
+    ]
+    assert (kept[0].finished_at, kept[1].finished_at) == (12.0, 22.5)
+    assert (kept[1].user_cpu, kept[1].system_cpu, kept[1].max_rss_kib) == (1.5, 0.25, 2048)
+    assert (job.attempt, job.exit_code, job.max_rss_kib, job.user_cpu) == (3, 0, 10, 0.0)
 
 
 def test_a_retried_job_goes_before_younger_queued_jobs() -> None:
@@ -1785,6 +1869,19 @@ class TableMachine(RuleBasedStateMachine):
                 assert owner.active <= quota.max_running
             ready = real[Q] > 0 and quota.may_lease(owner.active)
             assert (name in table._rotation) is ready is owner.ready
+
+    @invariant()
+    def submissions_count_their_jobs(self) -> None:
+        """Rule 13: each submission counts its jobs per state, as they are; every job's
+        submission is known, and no empty one is kept."""
+        table = self.table
+        real: dict[int, dict[JobState, int]] = {}
+        for job in table.jobs.values():
+            real.setdefault(job.submission, dict.fromkeys(JobState, 0))[job.state] += 1
+        assert {n: s.counts for n, s in table.submissions.items()} == real
+        for number, submission in table.submissions.items():
+            nums = [j.num for j in table.jobs.values() if j.submission == number]
+            assert submission.number == min(nums) and submission.last == max(nums)
 
 
 SETTINGS = settings(

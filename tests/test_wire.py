@@ -37,6 +37,14 @@ def test_job_number_refuses_what_is_no_job_id(text: str) -> None:
         wire.job_number(text)
 
 
+def test_a_submission_is_named_after_its_first_job() -> None:
+    assert wire.alone("job-00000042") == wire.submission_id(42) == "sub-00000042"
+    assert wire.submission_number("sub-123456789") == 123456789
+    for text in ("", "sub-1", "job-00000001", "sub-99999999999999999999", "sub-0000000x"):
+        with pytest.raises(ValueError, match="not a submission id"):
+            wire.submission_number(text)
+
+
 def test_service_names_are_the_protos() -> None:
     services = {
         wire.CONTROLLER_SERVICE: control_pb2.DESCRIPTOR.services_by_name["ControllerRpc"],

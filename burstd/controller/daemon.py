@@ -27,7 +27,7 @@ from burstd.controller.metrics import ControllerMetrics
 from burstd.controller.outage import MAX_BACKOFF, Outage
 from burstd.controller.service import ControllerService, ServiceSettings
 from burstd.controller.store import Snapshot, Store, lock_state_dir
-from burstd.controller.table import TERMINAL, JobState, JobTable
+from burstd.controller.table import JobState, JobTable
 from burstd.controller.tokens import Tokens, local_user
 from burstd.controller.writer import StoreUnavailable, StoreWriter
 from burstd.metrics import serve_metrics
@@ -130,13 +130,7 @@ async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
     logger.info("loading the previous life's queue from the store")
     try:
         counts = await trio.to_thread.run_sync(snapshot.counts)
-        table.restore_counts(
-            {
-                (owner, JobState(state)): n
-                for (owner, state), n in counts.items()
-                if JobState(state) in TERMINAL
-            }
-        )
+        table.restore_counts(counts)
         while table.unloaded:
             jobs = await trio.to_thread.run_sync(snapshot.queued, after, LOAD_SLICE)
             if not jobs:
@@ -149,7 +143,7 @@ async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
     freeze_gc()
     logger.info(
         "queue loaded: {} queued jobs in {:.1f} s",
-        sum(n for (_, state), n in counts.items() if state == JobState.QUEUED.value),
+        sum(stored.jobs for stored in counts if stored.state is JobState.QUEUED),
         time.monotonic() - started,
     )
 

@@ -25,7 +25,7 @@ import trio
 
 from burstd import transport
 from burstd.auth import Caller, Role
-from burstd.controller.table import TERMINAL, Job, JobState, earlier_outputs
+from burstd.controller.table import TERMINAL, Job, JobState, earlier_attempts
 from proto.burst.v1 import job_pb2, output_pb2
 
 __all__ = ["OutputRelay", "may_read_output"]
@@ -60,9 +60,9 @@ def _where(job: Job, attempt: int, stderr: bool) -> tuple[str, str]:
     runs). Raises FAILED_PRECONDITION for an earlier attempt that left no files on record."""
     if attempt == job.attempt:
         return job.worker_id, job.stderr_path if stderr else job.stdout_path
-    for number, worker_id, stdout, stderr_path in earlier_outputs(job):
-        if number == attempt:
-            return worker_id, stderr_path if stderr else stdout
+    for kept in earlier_attempts(job):
+        if kept.attempt == attempt and (kept.stdout_path or kept.stderr_path):
+            return kept.worker_id, kept.stderr_path if stderr else kept.stdout_path
     raise transport.FailedPrecondition(
         f"attempt {attempt} of {job.job_id} left no output files on record (it never started,"
         " or its worker was lost before it reported)"

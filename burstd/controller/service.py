@@ -13,10 +13,9 @@ import heapq
 import itertools
 import math
 import operator
-import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar, cast
@@ -40,11 +39,13 @@ from burstd.controller.table import (
     QueueFull,
     ReportOutcome,
     Result,
+    Submission,
     TransferRefused,
     UnknownWorker,
     Worker,
     WorkerReplaced,
-    earlier_outputs,
+    earlier_attempts,
+    last_attempt,
 )
 from burstd.controller.tokens import Token, TokenError, Tokens
 from burstd.controller.writer import STAGE_SLICE, StoreUnavailable, StoreWriter
@@ -74,9 +75,12 @@ SUBMISSION_IDLE = 60.0
 OVERVIEW_FAILURES = 10
 OVERVIEW_SCAN = 10_000
 MAX_EVENTS = 10_000  # events in one ListEvents answer
+# The fields of Result that ReportJobResultRequest has under their names (the rest are in its
+# usage).
+_REPORTED = frozenset(job_pb2.ReportJobResultRequest.DESCRIPTOR.fields_by_name)
 # A result's fields, read in one C call: protobuf's attribute access is most of what reading
 # them one by one costs (docs/benchmarks.md).
-_RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result)))
+_RESULT_FIELDS = operator.attrgetter(*(f.name for f in fields(Result) if f.name in _REPORTED))
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
@@ -114,9 +118,10 @@ class ServiceSettings:
     fixed_cluster: bool = False
 
 
-def job_info(job: Job, waiting: str = "") -> job_pb2.JobInfo:
+def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.JobInfo:
     """What status shows of a job; ``waiting``: why it waits beyond its turn
-    (``JobTable.waiting``)."""
+    (``JobTable.waiting``); ``details``: also what it runs (decoded from its spec, which a
+    waiter's updates need not pay for)."""
     info = job_pb2.JobInfo(
         job_id=job.job_id,
         state=job.state.value,
@@ -136,19 +141,52 @@ def job_info(job: Job, waiting: str = "") -> job_pb2.JobInfo:
         retried=job.retried,
         owner=job.owner,
         waiting=waiting,
+        submission_id=wire.submission_id(job.submission),
     )
     if job.request is not None:
         info.resources.CopyFrom(resources_proto.to_message(job.request))
     if job.exit_code is not None:
         info.exit_code = job.exit_code
-    outputs = earlier_outputs(job) if job.earlier_outputs else []
-    if job.stdout_path or job.stderr_path:
-        outputs.append((job.attempt, job.worker_id, job.stdout_path, job.stderr_path))
-    for attempt, worker_id, stdout_path, stderr_path in outputs:
-        info.attempts.add(
-            attempt=attempt, worker_id=worker_id, stdout_path=stdout_path, stderr_path=stderr_path
+    attempts = earlier_attempts(job) if job.earlier_outputs else []
+    # The current attempt, unless it went to the earlier ones already (retried, lost).
+    kept_already = bool(attempts) and attempts[-1].attempt == job.attempt
+    if job.attempt and not kept_already and job.state is not JobState.QUEUED:
+        attempts.append(last_attempt(job, job.finished_at))
+    for kept in attempts:
+        one = info.attempts.add(
+            attempt=kept.attempt,
+            worker_id=kept.worker_id,
+            stdout_path=kept.stdout_path,
+            stderr_path=kept.stderr_path,
+            started_at=kept.started_at,
+            finished_at=kept.finished_at,
+            signal=kept.signal,
+            reason=kept.reason,
         )
+        if kept.exit_code is not None:
+            one.exit_code = kept.exit_code
+        if kept.user_cpu or kept.system_cpu or kept.max_rss_kib:
+            one.usage.user_cpu_seconds = kept.user_cpu
+            one.usage.system_cpu_seconds = kept.system_cpu
+            one.usage.max_rss_kib = kept.max_rss_kib
+    if details:
+        _describe_spec(info, job.spec)
     return info
+
+
+def _describe_spec(info: job_pb2.JobInfo, spec_bytes: bytes) -> None:
+    """What the job runs, from its spec: kind, command, working directory, variable names."""
+    spec = job_pb2.JobSpec.FromString(spec_bytes)
+    kind = spec.WhichOneof("type") or ""
+    info.kind = kind
+    if kind == "process":
+        info.command.extend([spec.process.command, *spec.process.args])
+    elif kind == "python":
+        info.command.extend([spec.python.entry_point, *spec.python.args])
+    elif kind == "docker":
+        info.command.extend([spec.docker.image, *spec.docker.command, *spec.docker.args])
+    info.cwd = spec.cwd
+    info.env_names.extend(sorted(spec.env))
 
 
 _POLL_JOB_TAG = b"\x0a"  # PollJobResponse.job: field 1, length-delimited
@@ -287,7 +325,7 @@ class ControllerService:
         )
         after = admission.dependencies([request.spec])
         (job_id,) = await self._submit([new], caller, after)
-        return job_pb2.SubmitJobResponse(job_id=job_id)
+        return job_pb2.SubmitJobResponse(job_id=job_id, submission_id=wire.alone(job_id))
 
     async def submit_jobs(
         self, request: job_pb2.SubmitJobsRequest, caller: Caller
@@ -296,7 +334,7 @@ class ControllerService:
             return await self._submit_piece(request, caller)
         new = admission.admit_batch(request, self.settings.limits)
         after = admission.dependencies([*request.specs, request.template])
-        return job_pb2.SubmitJobsResponse(job_ids=await self._submit(new, caller, after))
+        return _submitted(await self._submit(new, caller, after))
 
     def _dependencies(
         self, after: AbstractSet[str], caller: Caller, known: dict[str, JobState] | None = None
@@ -331,16 +369,20 @@ class ControllerService:
         except QueueFull as error:
             raise transport.ResourceExhausted(str(error)) from None
 
-    async def _new_jobs(self, new: Sequence[NewJob], owner: str) -> list[Job]:
+    async def _new_jobs(self, new: Sequence[NewJob], owner: str, submission: int = 0) -> list[Job]:
         """Number and build the jobs, a slice at a time, other calls served in between (built
-        at once, a large array is one long pass that every worker waits behind)."""
+        at once, a large array is one long pass that every worker waits behind), for the
+        submission numbered ``submission`` (0: a new one, numbered as its first job)."""
         table, now = self.table, self.clock()
         first = table.number(len(new))
-        jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now, owner)
+        submission = submission or first
+        jobs = table.new_jobs(first, new[:SUBMIT_SLICE], now, owner, submission)
         for start in range(SUBMIT_SLICE, len(new), SUBMIT_SLICE):
             # Not a cancellation point: a stopping controller answers "stopping".
             await trio.lowlevel.cancel_shielded_checkpoint()
-            jobs += table.new_jobs(first + start, new[start : start + SUBMIT_SLICE], now, owner)
+            jobs += table.new_jobs(
+                first + start, new[start : start + SUBMIT_SLICE], now, owner, submission
+            )
         return jobs
 
     def _check_fits(self, new: Sequence[NewJob]) -> None:
@@ -419,8 +461,8 @@ class ControllerService:
                     " next one once it is answered"
                 )
         else:
-            held = _Pieces(f"sub-{secrets.token_hex(8)}", owner, contextlib.ExitStack())
-            self._pieces[held.submission_id] = held
+            # Its id comes with its first job's number, below.
+            held = _Pieces("", owner, contextlib.ExitStack())
         held.busy = True
         accepted = False
         try:
@@ -435,7 +477,11 @@ class ControllerService:
                     f"specs: {total} jobs, more than the limit of {limit} per submission"
                 )
             held.room.enter_context(self._room(len(new), owner))
-            jobs = await self._new_jobs(new, owner)
+            number = wire.submission_number(held.submission_id) if held.submission_id else 0
+            jobs = await self._new_jobs(new, owner, number)
+            if not held.submission_id:
+                held.submission_id = wire.submission_id(jobs[0].num)
+                self._pieces[held.submission_id] = held
             if self.writer is not None:
                 await self._stage(jobs, keep=True)
                 held.stages.append((jobs[0].num, jobs[-1].num + 1))
@@ -551,7 +597,9 @@ class ControllerService:
                 info=job_pb2.JobInfo(job_id=request.job_id, state="unknown"),
             )
         return job_pb2.GetJobStatusResponse(
-            job_id=job.job_id, state=job.state.value, info=job_info(job, self.table.waiting(job))
+            job_id=job.job_id,
+            state=job.state.value,
+            info=job_info(job, self.table.waiting(job), details=True),
         )
 
     async def cancel_jobs(
@@ -560,6 +608,11 @@ class ControllerService:
         ids = admission.job_ids(request.job_ids)
         await self._load(ids)
         now = self.clock()
+        cancelled = 0
+        if request.submission_id or request.all or request.state:
+            for unfinished in await self._unfinished(request, caller):
+                if self.table.cancel(unfinished.job_id, now) is JobState.CANCELLED:
+                    cancelled += 1
         states = []
         for job_id in ids:
             job = await self.lookup(job_id)
@@ -571,7 +624,67 @@ class ControllerService:
             states.append(state.value)
         self._after_change()
         await self._durable(refuse=transport.ResourceExhausted)
-        return job_pb2.CancelJobsResponse(states=states)
+        return job_pb2.CancelJobsResponse(states=states, cancelled=cancelled)
+
+    async def _unfinished(self, request: job_pb2.CancelJobsRequest, caller: Caller) -> list[Job]:
+        """The caller's unfinished jobs that a cancel's submission_id, all and state name
+        (each narrows the others)."""
+        state = _live_state(request.state) if request.state else None
+        if self.table.unloaded:
+            # Every queued job of the previous life in memory first: they are to cancel too.
+            await self._load_all()
+        if request.submission_id:
+            submission = self._submission(request.submission_id, caller)
+            jobs: Iterable[Job] = self.table.submission_jobs(submission)
+        else:
+            jobs = self.table.jobs.values()
+        # Beyond a submission the caller may see, a client acts on its own jobs only.
+        owner = None if request.submission_id else caller.user
+        return [
+            job
+            for job in jobs
+            if job.state not in TERMINAL
+            and (state is None or job.state is state)
+            and (owner is None or job.owner == owner)
+        ]
+
+    async def _load_all(self) -> None:
+        """Wait until the restart's loader has read every queued job back."""
+        while self.table.unloaded:
+            await trio.sleep(0.05)
+
+    def _submission(self, submission_id: str, caller: Caller) -> Submission:
+        """The submission, if the caller may see it; NOT_FOUND naming it otherwise."""
+        try:
+            number = wire.submission_number(submission_id)
+        except ValueError:
+            raise SpecError(f"submission_id: not a submission id: {submission_id!r}") from None
+        submission = self.table.submissions.get(number)
+        if submission is None or not caller.sees(submission.owner):
+            raise transport.NotFound(f"submission_id: unknown submission {submission_id!r}")
+        return submission
+
+    async def get_submission(
+        self, request: job_pb2.GetSubmissionRequest, caller: Caller
+    ) -> job_pb2.SubmissionInfo:
+        return _submission_info(self._submission(request.submission_id, caller))
+
+    async def resubmit_jobs(
+        self, request: job_pb2.ResubmitJobsRequest, caller: Caller
+    ) -> job_pb2.SubmitJobsResponse:
+        """A new submission of the failed jobs of one, with their specs (the caller's own)."""
+        if not request.failed:
+            raise SpecError("failed: say which jobs to submit again (only failed ones so far)")
+        submission = self._submission(request.submission_id, caller)
+        size = submission.last - submission.number + 1
+        failed, _ = await self._listed(JobState.FAILED, None, size, submission=submission)
+        if not failed:
+            raise transport.FailedPrecondition(
+                f"submission_id: {request.submission_id} has no failed job"
+            )
+        specs = [job_pb2.JobSpec.FromString(job.spec) for job in failed]
+        new = [admission.admit_one(spec, self.settings.limits) for spec in specs]
+        return _submitted(await self._submit(new, caller, admission.dependencies(specs)))
 
     async def list_jobs(
         self, request: job_pb2.ListJobsRequest, caller: Caller
@@ -588,30 +701,66 @@ class ControllerService:
         if request.after and not _is_job_id(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
         owner = _owner_filter(caller, request.all_users)
+        submission = None
+        if request.submission_id:
+            submission = self._submission(request.submission_id, caller)
         limit = min(request.limit or 100, MAX_LIST)
-        jobs = []
-        store_error = ""
-        if self.store is not None:
-            store_error = await self._settled()
-            stored = await trio.to_thread.run_sync(
-                self.store.list, state and state.value, request.after, limit, owner
-            )
-            if state is None:
-                # Live jobs may have moved on since the commit: memory has the newest word.
-                jobs = [job_info(self.table.get(job.job_id) or job) for job in stored]
-            else:
-                # As stored (one read, one moment), not as in memory now: a job queued when the
-                # listing was taken may be leased by now, and listed so it would defy the filter.
-                jobs = [job_info(job) for job in stored]
-        else:
-            for job in self.table.iter_jobs(state, request.after):
-                if owner is not None and job.owner != owner:
-                    continue
-                jobs.append(job_info(job))
-                if len(jobs) == limit:
-                    break
+        listed, store_error = await self._listed(
+            state,
+            owner,
+            limit,
+            after=request.after,
+            submission=submission,
+            name=request.name or None,
+        )
+        jobs = [job_info(job, details=True) for job in listed]
         next_after = jobs[-1].job_id if len(jobs) == limit else ""
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
+
+    async def _listed(
+        self,
+        state: JobState | None,
+        owner: str | None,
+        limit: int,
+        *,
+        after: str = "",
+        submission: Submission | None = None,
+        name: str | None = None,
+    ) -> tuple[list[Job], str]:
+        """Up to ``limit`` jobs after ``after`` in id order, of a state, an owner, a
+        submission and a name (None: any), and why the store is failing ("": it is not)."""
+        if self.store is None:
+            jobs: Iterable[Job] = (
+                self.table.submission_jobs(submission, after)
+                if submission is not None
+                else self.table.iter_jobs(state, after)
+            )
+            matching = (
+                job
+                for job in jobs
+                if (state is None or job.state is state)
+                and (owner is None or job.owner == owner)
+                and (name is None or job.name == name)
+            )
+            return list(itertools.islice(matching, limit)), ""
+        store_error = await self._settled()
+        stored = await trio.to_thread.run_sync(
+            functools.partial(
+                self.store.list,
+                state and state.value,
+                after,
+                limit,
+                owner,
+                submission=None if submission is None else (submission.number, submission.last),
+                name=name,
+            )
+        )
+        if state is None:
+            # Live jobs may have moved on since the commit: memory has the newest word.
+            return [self.table.get(job.job_id) or job for job in stored], store_error
+        # As stored (one read, one moment), not as in memory now: a job queued when the listing
+        # was taken may be leased by now, and listed so it would defy the filter.
+        return stored, store_error
 
     async def drain_worker(
         self, request: job_pb2.DrainWorkerRequest, caller: Caller
@@ -727,8 +876,19 @@ class ControllerService:
         self, request: job_pb2.WaitJobsRequest, caller: Caller
     ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
         """Progress until every waited job has ended; the first update comes at once."""
+        if request.submission_id:
+            submission = self._submission(request.submission_id, caller)
+            async for update in self._wait_counts(lambda: submission.counts, submission):
+                yield update
+            return
         if request.all:
-            async for update in self._wait_all(_owner_filter(caller, request.all_users)):
+            owner = _owner_filter(caller, request.all_users)
+            table = self.table
+
+            def owned() -> Mapping[JobState, int]:
+                return table.counts if owner is None else table.owner_counts(owner)
+
+            async for update in self._wait_counts(owned):
                 yield update
             return
         ids = admission.job_ids(request.job_ids)
@@ -788,24 +948,61 @@ class ControllerService:
             ):
                 await trio.sleep_until(looked + WAIT_UPDATE_INTERVAL)
 
-    async def _wait_all(self, owner: str | None) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
-        """Progress of every job of ``owner`` (None: of everyone) until none is pending."""
+    async def _wait_counts(
+        self, counts_now: Callable[[], Mapping[JobState, int]], submission: Submission | None = None
+    ) -> AsyncIterator[job_pb2.WaitJobsUpdate]:
+        """Progress of the jobs that ``counts_now`` counts (every job, an owner's, a
+        submission's) until none is pending; a submission's updates name its jobs that failed
+        or were cancelled (those before the wait in the first)."""
+        first_submitted_at = submission.submitted_at if submission is not None else 0.0
+        cursor = -1  # the first look reads every failure so far
+        told: set[str] = set()
         while True:
             finished_event = self._finished
-            counts = self.table.counts if owner is None else self.table.owner_counts(owner)
+            seq = self.table.finished_seq
+            failures = await self._failures(submission, cursor, told)
+            cursor = seq
+            counts = counts_now()
             pending = sum(n for state, n in counts.items() if state not in TERMINAL)
             yield job_pb2.WaitJobsUpdate(
+                finished=[job_info(job) for job in failures],
                 total=sum(counts.values()),
                 pending=pending,
                 succeeded=counts[JobState.SUCCEEDED],
                 failed=counts[JobState.FAILED],
                 cancelled=counts[JobState.CANCELLED],
                 sent_at=self.clock(),
+                first_submitted_at=first_submitted_at,
             )
             if not pending:
                 return
             await finished_event.wait()
             await trio.sleep(WAIT_UPDATE_INTERVAL)
+
+    async def _failures(
+        self, submission: Submission | None, cursor: int, told: set[str]
+    ) -> list[Job]:
+        """The submission's jobs that failed or were cancelled since ``finished_seq`` was
+        ``cursor`` and are not in ``told`` (added to it); with ``cursor`` -1, or when the log
+        no longer reaches back that far, every one so far (up to ``MAX_LIST`` of each)."""
+        if submission is None:
+            return []
+        ended: Iterable[Job] | None = None
+        if cursor >= 0:
+            ended = self.table.finished_since(cursor)
+        if ended is None:
+            ended = []
+            for state in (JobState.FAILED, JobState.CANCELLED):
+                ended += (await self._listed(state, None, MAX_LIST, submission=submission))[0]
+        failures = [
+            job
+            for job in ended
+            if job.submission == submission.number
+            and job.state in (JobState.FAILED, JobState.CANCELLED)
+            and job.job_id not in told
+        ]
+        told.update(job.job_id for job in failures)
+        return failures
 
     async def forget_jobs(
         self, request: job_pb2.ForgetJobsRequest, caller: Caller
@@ -845,7 +1042,11 @@ class ControllerService:
         by_state = await self.writer.forget(ids, finished_before=finished_before, owner=owner)
         # Counts cover stored jobs too (for `wait --all`): take the deleted ones off.
         self.table.forgotten(
-            {(user, JobState(state)): n for (user, state), n in by_state.items()}, ids
+            {
+                (user, submission, JobState(state)): n
+                for (user, submission, state), n in by_state.items()
+            },
+            ids,
         )
         return sum(by_state.values())
 
@@ -955,10 +1156,16 @@ class ControllerService:
             reason = "exit"
         else:
             exit_code = None
-        return Result(
+        result = Result(
             job_id, attempt, exit_code, signal, reason, error_message, started_at, finished_at,
             stdout_path, stderr_path,
         )  # fmt: skip
+        if item.HasField("usage"):
+            usage = item.usage
+            result.user_cpu = usage.user_cpu_seconds
+            result.system_cpu = usage.system_cpu_seconds
+            result.max_rss_kib = usage.max_rss_kib
+        return result
 
     async def _settle_unknown(
         self, worker_id: str, item: job_pb2.ReportJobResultRequest, outcome: ReportOutcome
@@ -1227,6 +1434,8 @@ class ControllerService:
             ("ListTokens", token_pb2.ListTokensRequest, self.list_tokens),
             ("RevokeToken", token_pb2.RevokeTokenRequest, self.revoke_token),
             ("DrainWorker", job_pb2.DrainWorkerRequest, self.drain_worker),
+            ("GetSubmission", job_pb2.GetSubmissionRequest, self.get_submission),
+            ("ResubmitJobs", job_pb2.ResubmitJobsRequest, self.resubmit_jobs),
             ("TakeOutputReads", output_pb2.TakeOutputReadsRequest, self.output.take_output_reads),
             ("SendOutput", output_pb2.SendOutputRequest, self.output.send_output),
         ]
@@ -1245,6 +1454,36 @@ class ControllerService:
             _checked_stream(f"/{wire.CONTROLLER_SERVICE}/ReadOutput", self.output.read_output),
         )
         return service
+
+
+def _submitted(job_ids: list[str]) -> job_pb2.SubmitJobsResponse:
+    """The answer to a submission made whole, in one call: its jobs and its id."""
+    return job_pb2.SubmitJobsResponse(job_ids=job_ids, submission_id=wire.alone(job_ids[0]))
+
+
+def _live_state(text: str) -> JobState:
+    """A state a cancel may name (one a job has not ended in); SpecError naming it otherwise."""
+    live = [state for state in JobState if state not in TERMINAL]
+    if text not in live:
+        names = ", ".join(state.value for state in live)
+        raise SpecError(f"state: {text!r} is not a state a job can be cancelled in ({names})")
+    return JobState(text)
+
+
+def _submission_info(submission: Submission) -> job_pb2.SubmissionInfo:
+    counts = submission.counts
+    return job_pb2.SubmissionInfo(
+        submission_id=wire.submission_id(submission.number),
+        owner=submission.owner,
+        submitted_at=submission.submitted_at,
+        total=submission.total,
+        queued=counts[JobState.QUEUED],
+        leased=counts[JobState.LEASED],
+        running=counts[JobState.RUNNING],
+        succeeded=counts[JobState.SUCCEEDED],
+        failed=counts[JobState.FAILED],
+        cancelled=counts[JobState.CANCELLED],
+    )
 
 
 def _is_job_id(text: str) -> bool:

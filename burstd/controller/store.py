@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from burstd import wire
-from burstd.controller.table import Job, JobState
+from burstd.controller.table import Job, JobState, StoredCount
 from burstd.credentials import private_dir, private_file
 from burstd.resources_proto import request_of_spec
 
@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from burstd.controller.store_process import StoreProcess
 
 # 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table; 6: the
-# jobs' owners; 7: their failure policy; 8: their dependencies (older versions are migrated when
-# opened)
-SCHEMA_VERSION = 8
+# jobs' owners; 7: their failure policy; 8: their dependencies; 9: their submissions and
+# resource usage (older versions are migrated when opened)
+SCHEMA_VERSION = 9
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -56,6 +56,7 @@ _COLUMNS = (
     "crash_limit",
     "after",
     "after_any",
+    "submission",
     "state",
     "attempt",
     "worker_id",
@@ -71,6 +72,9 @@ _COLUMNS = (
     "retried",
     "stolen",
     "earlier_outputs",
+    "user_cpu",
+    "system_cpu",
+    "max_rss_kib",
 )
 # Set at submission and never changed: those before it.
 _FIRST_MUTABLE = _COLUMNS.index("state")
@@ -103,6 +107,14 @@ _EVENTS = """CREATE TABLE events (
     detail TEXT NOT NULL
 );"""
 _EVENT_COLUMNS = "seq, time, kind, job_id, worker_id, attempt, detail"
+# What a store made before jobs had submissions gets: each job is a submission of its own.
+_SUBMISSION_COLUMNS = (
+    "ALTER TABLE jobs ADD COLUMN submission INTEGER NOT NULL DEFAULT 0",
+    "UPDATE jobs SET submission = num",
+    "ALTER TABLE jobs ADD COLUMN user_cpu REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN system_cpu REAL NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN max_rss_kib INTEGER NOT NULL DEFAULT 0",
+)
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -118,6 +130,7 @@ CREATE TABLE jobs (
     crash_limit INTEGER NOT NULL,
     after TEXT NOT NULL,
     after_any INTEGER NOT NULL,
+    submission INTEGER NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
@@ -132,7 +145,10 @@ CREATE TABLE jobs (
     lost_count INTEGER NOT NULL,
     retried INTEGER NOT NULL,
     stolen INTEGER NOT NULL,
-    earlier_outputs TEXT NOT NULL DEFAULT ''
+    earlier_outputs TEXT NOT NULL DEFAULT '',
+    user_cpu REAL NOT NULL DEFAULT 0,
+    system_cpu REAL NOT NULL DEFAULT 0,
+    max_rss_kib INTEGER NOT NULL DEFAULT 0
 );
 {_STAGED}
 {_DRAINED}
@@ -173,7 +189,8 @@ _INSERT = (
 # spares the event loop building a tuple a job (``inserts``).
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
-    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, '', 0, "
+    f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, "
+    "'', 0, ?, "
     f"{_literals(_COLUMNS[_FIRST_MUTABLE:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
@@ -185,9 +202,9 @@ _ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)
 _LIVE = ("waiting", "queued", "leased", "running")
 
 
-Run = tuple[int, float, int, str, str, str, int, list[bytes]]
+Run = tuple[int, float, int, str, str, str, int, int, list[bytes]]
 """New jobs as they were submitted, one after the other: (first number, submitted_at, retries,
-name, owner, retry_on_exit, crash_limit, specs); see ``inserts``."""
+name, owner, retry_on_exit, crash_limit, submission, specs); see ``inserts``."""
 
 
 class Commit(NamedTuple):
@@ -265,6 +282,7 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
     runs: list[Run] = []
     specs: list[bytes] = []
     stop, submitted_at, retries, name, owner, on_exit, crashes = -1, 0.0, 0, "", "", "", 0
+    submission = -1
     for job in jobs:
         # A lease is what sets the attempt first, and it never goes back to 0.
         if job.attempt or job.state is not JobState.QUEUED or job.after:
@@ -277,6 +295,7 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             and job.owner == owner
             and job.retry_on_exit == on_exit
             and job.crash_limit == crashes
+            and job.submission == submission
         ):
             specs.append(job.spec)
             stop += 1
@@ -284,16 +303,18 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             specs = [job.spec]
             stop, submitted_at, retries = job.num + 1, job.submitted_at, job.retries
             name, owner = job.name, job.owner
-            on_exit, crashes = job.retry_on_exit, job.crash_limit
-            runs.append((job.num, submitted_at, retries, name, owner, on_exit, crashes, specs))
+            on_exit, crashes, submission = job.retry_on_exit, job.crash_limit, job.submission
+            runs.append(
+                (job.num, submitted_at, retries, name, owner, on_exit, crashes, submission, specs)
+            )
     return rows, runs
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     (num, spec, retries, name, submitted_at, owner, retry_on_exit, crash_limit, after, after_any,
-     state, attempt,
-     worker_id, started_at, finished_at, exit_code, signal, reason, error_message, stdout_path,
-     stderr_path, lost_count, retried, stolen, earlier_outputs) = row  # fmt: skip
+     submission, state, attempt, worker_id, started_at, finished_at, exit_code, signal, reason,
+     error_message, stdout_path, stderr_path, lost_count, retried, stolen, earlier_outputs,
+     user_cpu, system_cpu, max_rss_kib) = row  # fmt: skip
     return Job(
         job_id=wire.job_id(num),
         num=num,
@@ -322,6 +343,10 @@ def _job(row: tuple[Any, ...]) -> Job:
         after=after,
         after_any=bool(after_any),
         request=request_of_spec(spec),
+        submission=submission,
+        user_cpu=user_cpu,
+        system_cpu=system_cpu,
+        max_rss_kib=max_rss_kib,
     )
 
 
@@ -426,7 +451,7 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3, 4, 5, 6, 7):
+        if version in (1, 2, 3, 4, 5, 6, 7, 8):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
@@ -442,7 +467,10 @@ class Store:
                 if version <= 6:
                     for statement in _ADD_POLICY:
                         db.execute(statement)
-                for statement in _ADD_AFTER:
+                if version <= 7:
+                    for statement in _ADD_AFTER:
+                        db.execute(statement)
+                for statement in _SUBMISSION_COLUMNS:
                     db.execute(statement)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
@@ -499,13 +527,29 @@ class Store:
         return [_job(row) for row in rows]
 
     def list(
-        self, state: str | None, after: str, limit: int, owner: str | None = None
+        self,
+        state: str | None,
+        after: str,
+        limit: int,
+        owner: str | None = None,
+        *,
+        submission: tuple[int, int] | None = None,
+        name: str | None = None,
     ) -> list[Job]:
         """Jobs after the one named ``after`` (a job id, or empty: from the first), of one
-        state and of one owner (None: any)."""
+        state, of one owner, of one name (None: any), and of one submission: (its number, its
+        highest job number), the range its jobs are in."""
         where = ["num > ?"]
         params: list[object] = [wire.job_number(after) if after else 0]
-        for column, value in (("state", state), ("owner", owner)):
+        if submission is not None:
+            where.append("num BETWEEN ? AND ?")
+            params += submission
+        for column, value in (
+            ("state", state),
+            ("owner", owner),
+            ("submission", submission and submission[0]),
+            ("name", name),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
@@ -518,7 +562,10 @@ class Store:
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (owner, state)."""
         with closing(self.snapshot()) as snapshot:
-            return snapshot.counts()
+            counts: Counter[tuple[str, str]] = Counter()
+            for stored in snapshot.counts():
+                counts[stored.owner, stored.state.value] += stored.jobs
+            return dict(counts)
 
     def drained(self) -> set[str]:
         """The worker ids an admin drained."""
@@ -558,16 +605,16 @@ class Store:
         """Return once the commit sent last is on disk; raises ``sqlite3.Error`` if it failed."""
         await self._writes.receive()
 
-    async def forget(self, job_ids: Iterable[str]) -> Counter[tuple[str, str]]:
-        """Delete finished jobs by id (live ones never are); returns how many, by owner and
-        state."""
+    async def forget(self, job_ids: Iterable[str]) -> Counter[tuple[str, int, str]]:
+        """Delete finished jobs by id (live ones never are); returns how many, by owner,
+        submission and state."""
         return Counter(await self._writes.call("forget", _numbers(job_ids)))
 
     async def forget_finished(
         self, finished_before: float, owner: str | None = None
-    ) -> Counter[tuple[str, str]]:
+    ) -> Counter[tuple[str, int, str]]:
         """Delete every finished job (of ``owner``; None: of everyone) that ended before the
-        given time; counts by owner and state."""
+        given time; counts by owner, submission and state."""
         return Counter(await self._writes.call("forget_finished", finished_before, owner))
 
 
@@ -596,10 +643,17 @@ class Snapshot:
         )
         return {wire.job_id(num): JobState(state) for num, state in rows}
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """Jobs per (owner, state) (a read of every row: about a second a million)."""
-        query = "SELECT owner, state, count(*) FROM jobs GROUP BY owner, state"
-        return {(owner, state): n for owner, state, n in self._db.execute(query)}
+    def counts(self) -> list[StoredCount]:
+        """Jobs per owner, submission and state (a read of every row: about a second a
+        million)."""
+        query = (
+            "SELECT owner, submission, state, count(*), max(num), min(submitted_at) FROM jobs"
+            " GROUP BY owner, submission, state"
+        )
+        return [
+            StoredCount(owner, submission, JobState(state), n, last, submitted_at)
+            for owner, submission, state, n, last, submitted_at in self._db.execute(query)
+        ]
 
     def queued(self, after: int, limit: int) -> list[Job]:
         """Up to ``limit`` queued jobs numbered above ``after``, in id order."""
@@ -654,11 +708,11 @@ class Writes:
                 _drop_stage(db, first, stop)
             db.executemany("INSERT INTO staged VALUES (?, ?)", begun)
             db.executemany(_INSERT, new_rows)
-            for first, submitted_at, retries, name, owner, *policy, specs in new_runs:
+            for first, submitted_at, retries, name, owner, *fixed, specs in new_runs:
                 db.create_function("run_spec", 1, specs.__getitem__)
                 db.execute(
                     _INSERT_RUN,
-                    (len(specs) - 1, first, retries, name, submitted_at, owner, *policy),
+                    (len(specs) - 1, first, retries, name, submitted_at, owner, *fixed),
                 )
             db.executemany(_UPDATE, changed_rows)
             db.executemany(_UPDATE_LEASED, leased_rows)
@@ -675,16 +729,16 @@ class Writes:
             if events_before:
                 db.execute("DELETE FROM events WHERE seq < ?", (events_before,))
 
-    def forget(self, nums: str) -> dict[tuple[str, str], int]:
+    def forget(self, nums: str) -> dict[tuple[str, int, str], int]:
         """Delete finished jobs by number (``_numbers``: live ones never are); returns how
-        many, by owner and state."""
+        many, by owner, submission and state."""
         return self._delete("num IN (SELECT value FROM json_each(?))", (nums,))
 
     def forget_finished(
         self, finished_before: float, owner: str | None = None
-    ) -> dict[tuple[str, str], int]:
+    ) -> dict[tuple[str, int, str], int]:
         """Delete every finished job (of ``owner``; None: of everyone) that ended before the
-        given time; counts by owner and state.
+        given time; counts by owner, submission and state.
 
         Jobs are numbered in the order they were submitted, and none ends before it was
         submitted: only the numbers below the first one submitted at that time or later can
@@ -699,8 +753,11 @@ class Writes:
             (finished_before, finished_before, *(() if owner is None else (owner,))),
         )
 
-    def _delete(self, where: str, params: tuple[object, ...]) -> dict[tuple[str, str], int]:
-        query = f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where} RETURNING owner, state"
+    def _delete(self, where: str, params: tuple[object, ...]) -> dict[tuple[str, int, str], int]:
+        query = (
+            f"DELETE FROM jobs WHERE state NOT IN {_LIVE} AND {where}"
+            " RETURNING owner, submission, state"
+        )
         with self._transaction() as db:
             return dict(Counter(db.execute(query, params)))
 

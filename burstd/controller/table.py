@@ -69,6 +69,10 @@ Rules (the promises of the design, section 5):
     ``dependency_failed``), and so on down the chain, in one call, however long the chain.
     The dependents of each job that has not ended are indexed by its id (``_dependents``), so
     an end costs one dict look-up, and its dependents one step each.
+13. Every job belongs to one submission (``Job.submission``: the number of its first job),
+    whose jobs are counted per state (``Submission.counts``) beside the table's counts, in the
+    same steps: a submission's status costs nothing per job. A submission leaves when its last
+    job does (forgotten or withdrawn).
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -88,7 +92,9 @@ was last heard from, by when it has stopped their jobs (burstd/leases.py), then 
 from __future__ import annotations
 
 import enum
+import itertools
 import json
+import operator
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -320,21 +326,48 @@ _MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool, bool | None]] =
 }
 
 
-def _keep_outputs(job: Job) -> None:
-    """The files of the attempt just recorded move to ``earlier_outputs``: stdout_path and
-    stderr_path are the next attempt's, once its result names them."""
-    if job.stdout_path or job.stderr_path:
-        kept = earlier_outputs(job)
-        kept.append((job.attempt, job.worker_id, job.stdout_path, job.stderr_path))
-        job.earlier_outputs = json.dumps(kept)
-        job.stdout_path = job.stderr_path = ""
+class Attempt(NamedTuple):
+    """One attempt of a job as it ended: where it ran, how it ended, what it used."""
+
+    attempt: int
+    worker_id: str
+    stdout_path: str = ""
+    stderr_path: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_code: int | None = None
+    signal: int = 0
+    reason: str = ""
+    user_cpu: float = 0.0
+    system_cpu: float = 0.0
+    max_rss_kib: int = 0
 
 
-def earlier_outputs(job: Job) -> list[tuple[int, str, str, str]]:
-    """(attempt, worker_id, stdout_path, stderr_path) of each attempt before the last that
-    reported its output files, in order."""
+def _keep_attempt(job: Job, now: float) -> None:
+    """The attempt just ended (its result recorded, or its worker lost) moves to
+    ``earlier_outputs``: the job's own fields are the next attempt's from now on."""
+    kept = earlier_attempts(job)
+    kept.append(last_attempt(job, now))
+    job.earlier_outputs = json.dumps(kept)
+    job.stdout_path = job.stderr_path = ""
+    job.user_cpu = job.system_cpu = 0.0
+    job.max_rss_kib = 0
+
+
+def last_attempt(job: Job, finished_at: float) -> Attempt:
+    """The job's current (or last) attempt, as its own fields have it."""
+    return Attempt(
+        job.attempt, job.worker_id, job.stdout_path, job.stderr_path, job.started_at,
+        finished_at, job.exit_code, job.signal, job.reason, job.user_cpu, job.system_cpu,
+        job.max_rss_kib,
+    )  # fmt: skip
+
+
+def earlier_attempts(job: Job) -> list[Attempt]:
+    """Each attempt before the current one that ended with a result or a lost worker, in
+    order (stores made before attempts were recorded have those that named output files)."""
     entries = json.loads(job.earlier_outputs or "[]")
-    return [(int(a), str(worker), str(out), str(err)) for a, worker, out, err in entries]
+    return [Attempt(*entry) for entry in entries]
 
 
 def _step(state: JobState | None, event: Event, what: str) -> Step:
@@ -442,6 +475,33 @@ class Job:
     after: str = ""
     after_any: bool = False  # waits for their ends whatever they are, not for their success
     unmet: int = 0  # while WAITING: its dependencies that have not ended
+    # Its submission: the number of the submission's first job (rule 13); never changes.
+    submission: int = 0
+    # What the current (or last) attempt's process used, as its worker reported.
+    user_cpu: float = 0.0
+    system_cpu: float = 0.0
+    max_rss_kib: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Submission:
+    """The jobs submitted together (rule 13): counted per state, those only the store holds
+    included."""
+
+    number: int  # its first job's number: its id (``wire.submission_id``)
+    owner: str
+    submitted_at: float
+    last: int  # its highest job number: its jobs are numbered from ``number`` to it
+    counts: dict[JobState, int] = field(default_factory=lambda: dict.fromkeys(JobState, 0))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def pending(self) -> int:
+        """Its jobs that have not ended."""
+        return sum(n for state, n in self.counts.items() if state not in TERMINAL)
 
 
 @dataclass(slots=True, eq=False)
@@ -471,6 +531,21 @@ class Owner:
 
 # An event of the log (rule 9): kind, job id ("" for a worker's), worker id, attempt, detail.
 EventRecord = tuple[str, str, str, int, str]
+
+
+_SUBMISSION_OF = operator.attrgetter("submission")
+
+
+class StoredCount(NamedTuple):
+    """Jobs of a previous life that only the store holds, of one owner, submission and state
+    (``JobTable.restore_counts``): how many, the highest number, the submission's time."""
+
+    owner: str
+    submission: int
+    state: JobState
+    jobs: int
+    last: int
+    submitted_at: float
 
 
 class Changes(NamedTuple):
@@ -511,6 +586,9 @@ class Result:
     finished_at: float = 0.0
     stdout_path: str = ""
     stderr_path: str = ""
+    user_cpu: float = 0.0
+    system_cpu: float = 0.0
+    max_rss_kib: int = 0
 
     @property
     def succeeded(self) -> bool:
@@ -626,6 +704,8 @@ class JobTable:
         # Every owner seen, and those in the rotation (queued jobs, room to lease), in the
         # order free slots go to them (rule 10).
         self._owners: dict[str, Owner] = {}
+        # Every submission with a job in the table or the store, by number (rule 13).
+        self.submissions: dict[int, Submission] = {}
         self._rotation: dict[str, Owner] = {}
         self._served: Owner | None = None  # the owner that had the last batch
         # Queued jobs of a previous life still only in the store, and the number up to which
@@ -699,11 +779,22 @@ class JobTable:
         return owner
 
     def _count(self, job: Job, state: JobState, by: int) -> Owner:
-        """Count ``by`` more (or fewer) of the job's owner's jobs in ``state``."""
+        """Count ``by`` more (or fewer) of the job's owner's and submission's jobs in
+        ``state``."""
         owner = self._owner(job.owner)
         owner.counts[state] += by
         self._counts[state] += by
+        self._submission(job.submission, job.owner, job.submitted_at, job.num).counts[state] += by
         return owner
+
+    def _submission(self, number: int, owner: str, submitted_at: float, last: int) -> Submission:
+        """The submission ``number``, made if new, its ``last`` job number raised to ``last``."""
+        known = self.submissions.get(number)
+        if known is None:
+            known = self.submissions[number] = Submission(number, owner, submitted_at, last)
+        elif known.last < last:
+            known.last = last
+        return known
 
     def _rotate(self, owner: Owner) -> None:
         """Put the owner in the rotation, or take it out, as its counts now say (rule 10)."""
@@ -734,6 +825,9 @@ class JobTable:
         owner_counts = owner.counts
         owner_counts[job.state] -= 1
         owner_counts[to] += 1
+        submission_counts = self.submissions[job.submission].counts
+        submission_counts[job.state] -= 1
+        submission_counts[to] += 1
         job.state = to
         self.moves[move] += 1
         if rotate_if is owner.ready:
@@ -758,7 +852,7 @@ class JobTable:
                 job.steal_round = 0
             if step.retried:
                 job.retried += 1
-                _keep_outputs(job)
+                _keep_attempt(job, now)
             if step.place is Place.FRONT:
                 (owner.backlog or owner.queue).appendleft(job)
             elif step.place is Place.BACK:
@@ -806,6 +900,12 @@ class JobTable:
             owner.counts[JobState.QUEUED] += len(owned)
             self._counts[JobState.QUEUED] += len(owned)
             self._rotate(owner)
+        # One submission's jobs follow each other: a look-up per submission, not per job.
+        for number, group in itertools.groupby(jobs, _SUBMISSION_OF):
+            run = list(group)
+            first = run[0]
+            submission = self._submission(number, first.owner, first.submitted_at, run[-1].num)
+            submission.counts[JobState.QUEUED] += len(run)
         self.moves[JobState.QUEUED if event is Event.RESTORE else None, event] += len(jobs)
         if self.track_events and event in JOB_EVENTS:
             kind, detail = JOB_EVENTS[event]
@@ -892,10 +992,18 @@ class JobTable:
         self._rotate(self._count(job, job.state, -1))
         self.moves[job.state, event] += 1
         del self.jobs[job.job_id]
+        self._left(job.submission)
         if step.record is Record.DROPPED:
             self._new.pop(job.job_id, None)
             self._dirty.pop(job.job_id, None)
             self._leased.pop(job.job_id, None)
+
+    def _left(self, number: int) -> None:
+        """A job of submission ``number`` left the table: so does the submission, if it was
+        its last."""
+        submission = self.submissions.get(number)
+        if submission is not None and not submission.total:
+            del self.submissions[number]
 
     def _changed(self, job: Job) -> None:
         """A job changed beside its state (a worker confirmed it stopped a cancelled job)."""
@@ -1045,11 +1153,15 @@ class JobTable:
         return first
 
     @staticmethod
-    def new_jobs(first: int, new_jobs: Sequence[NewJob], now: float, owner: str = "") -> list[Job]:
+    def new_jobs(
+        first: int, new_jobs: Sequence[NewJob], now: float, owner: str = "", submission: int = 0
+    ) -> list[Job]:
         """The jobs of ``owner`` numbered from ``first`` (see ``number``) for these
-        submissions. Nothing changes until ``enqueue`` takes them: a large submission may be
-        built in slices."""
+        submissions, of the submission numbered ``submission`` (0: ``first``, a new one).
+        Nothing changes until ``enqueue`` takes them: a large submission may be built in
+        slices."""
         stop = first + len(new_jobs)
+        submission = submission or first
         return [
             Job(
                 job_id,
@@ -1064,6 +1176,7 @@ class JobTable:
                 crash_limit=new.crash_limit,
                 after=new.after,
                 after_any=new.after_any,
+                submission=submission,
             )
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
@@ -1156,6 +1269,14 @@ class JobTable:
         # Its slot may be free for the next queued job, or its owner below max_running again.
         self._dispatch()
         return job.state
+
+    def submission_jobs(self, submission: Submission, after: str = "") -> Iterator[Job]:
+        """The jobs of a submission in memory, in id order, after the given id."""
+        start = max(submission.number, wire.job_number(after) + 1 if after else 0)
+        for number in range(start, submission.last + 1):
+            job = self.jobs.get(wire.job_id(number))
+            if job is not None and job.submission == submission.number:
+                yield job
 
     def iter_jobs(self, state: JobState | None = None, after: str = "") -> Iterator[Job]:
         """Jobs in id (= submission) order, after the given id, optionally of one state."""
@@ -1429,7 +1550,7 @@ class JobTable:
             if result.succeeded:
                 self._move(job, Event.SUCCEED, now)
             elif job.retried < job.retries and self._retryable(job, result):
-                self._move(job, Event.RETRY)
+                self._move(job, Event.RETRY, now)
             else:
                 self._move(job, Event.FAIL, now)
         return ReportOutcome.ACCEPTED
@@ -1462,6 +1583,8 @@ class JobTable:
             return
         job.exit_code = result.exit_code
         job.signal = result.signal
+        job.user_cpu, job.system_cpu = result.user_cpu, result.system_cpu
+        job.max_rss_kib = result.max_rss_kib
         job.stdout_path, job.stderr_path = result.stdout_path, result.stderr_path
         if result.started_at:
             job.started_at = result.started_at
@@ -1641,12 +1764,19 @@ class JobTable:
         self.unloaded = unloaded
         self._dispatch()
 
-    def restore_counts(self, finished: Mapping[tuple[str, JobState], int]) -> None:
-        """Count the finished jobs of the previous life (per owner and state), which stay in
-        the store; ``restore`` counted them as queued ones not read back yet."""
-        for (owner, state), count in finished.items():
+    def restore_counts(self, stored: Iterable[StoredCount]) -> None:
+        """Count the finished jobs of the previous life (per owner, submission and state),
+        which stay in the store; ``restore`` counted them as queued ones not read back yet.
+        Every submission of the store is known from now on (its live jobs count as they
+        enter)."""
+        for owner, number, state, count, last, submitted_at in stored:
+            submission = self._submission(number, owner, submitted_at, last)
+            submission.submitted_at = min(submission.submitted_at, submitted_at)
+            if state not in TERMINAL:
+                continue
             _step(state, Event.RESTORE, f"{count} stored jobs")
             self._owner(owner).counts[state] += count
+            submission.counts[state] += count
             self._counts[state] += count
             self.unloaded -= count
 
@@ -1722,15 +1852,19 @@ class JobTable:
         return removed
 
     def forgotten(
-        self, by_state: Mapping[tuple[str, JobState], int], job_ids: Iterable[str]
+        self, by_state: Mapping[tuple[str, int, JobState], int], job_ids: Iterable[str]
     ) -> None:
-        """The store deleted finished jobs (``by_state`` counts them per owner and state,
-        ``job_ids`` names those that may be in memory): they no longer count, and leave memory
-        as ``evict`` allows."""
-        for (owner, state), count in by_state.items():
+        """The store deleted finished jobs (``by_state`` counts them per owner, submission
+        and state, ``job_ids`` names those that may be in memory): they no longer count, and
+        leave memory as ``evict`` allows."""
+        for (owner, number, state), count in by_state.items():
             _step(state, Event.FORGET, f"{count} stored jobs")
             self._owner(owner).counts[state] -= count
             self._counts[state] -= count
+            submission = self.submissions.get(number)
+            if submission is not None:
+                submission.counts[state] -= count
+                self._left(number)
         self.evict(job for job_id in job_ids if (job := self.jobs.get(job_id)) is not None)
 
     def finished_before(self, when: float, owner: str | None = None) -> list[str]:
@@ -1797,6 +1931,11 @@ class JobTable:
             job.error_message = f"its worker was lost {job.lost_count} times (crash limit {limit})"
             self._move(job, Event.CRASH_LIMIT, now)
         else:
+            kept = earlier_attempts(job)
+            started_at = job.started_at if job.state is JobState.RUNNING else 0.0
+            reason = StopReason.WORKER_LOST.value
+            kept.append(Attempt(job.attempt, job.worker_id, "", "", started_at, now, reason=reason))
+            job.earlier_outputs = json.dumps(kept)
             self._move(job, Event.LOSE)
 
     def _dispatch(self) -> None:

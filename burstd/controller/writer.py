@@ -180,11 +180,11 @@ class StoreWriter:
         *,
         finished_before: float | None = None,
         owner: str | None = None,
-    ) -> collections.Counter[tuple[str, str]]:
+    ) -> collections.Counter[tuple[str, int, str]]:
         """Delete finished jobs from the store, by id or those (of ``owner``; None: of
         everyone) that ended before ``finished_before``, once every change made so far is
-        stored; returns how many, by owner and state. Raises ``StoreUnavailable`` if the store
-        cannot be written."""
+        stored; returns how many, by owner, submission and state. Raises ``StoreUnavailable``
+        if the store cannot be written."""
         await self.durable()
         async with self.lock:
             try:

@@ -63,6 +63,7 @@ GUARD_TOLD_EVERY = 0.25
 
 
 def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultRequest:
+    usage = outcome.usage
     return job_pb2.ReportJobResultRequest(
         job_id=job.job_id,
         attempt=job.attempt,
@@ -74,6 +75,13 @@ def _outcome_result(job: LocalJob, outcome: Outcome) -> job_pb2.ReportJobResultR
         finished_at=outcome.finished_at,
         stdout_path=outcome.stdout_path,
         stderr_path=outcome.stderr_path,
+        usage=None
+        if usage is None
+        else job_pb2.Usage(
+            user_cpu_seconds=usage.user_cpu,
+            system_cpu_seconds=usage.system_cpu,
+            max_rss_kib=usage.max_rss_kib,
+        ),
     )
 
 

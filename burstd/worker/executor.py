@@ -55,6 +55,7 @@ __all__ = [
     "ExecConfig",
     "Outcome",
     "SpecError",
+    "Usage",
     "attempt_path",
     "build_argv",
     "burst_vars",
@@ -96,6 +97,17 @@ class Outcome:
     finished_at: float
     stdout_path: str  # "" when the files were not created
     stderr_path: str
+    # What the reaped process used (None: it never started, or was reaped later).
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A reaped job's resource usage (wait4): its process and the descendants it waited for."""
+
+    user_cpu: float  # seconds
+    system_cpu: float
+    max_rss_kib: int  # Linux counts ru_maxrss in KiB
 
 
 class SpecError(Exception):
@@ -503,14 +515,15 @@ class _Child:
     async def wait_exit(self) -> None:
         await trio.lowlevel.wait_readable(self.pidfd)
 
-    def reap(self) -> int:
-        """Kill what the job left in its group, collect the exit status (the leader has exited)."""
+    def reap(self) -> tuple[int, Usage]:
+        """Kill what the job left in its group, collect the exit status and the resource usage
+        (the leader has exited)."""
         self.signal_group(signal.SIGKILL)
         if self.guard is not None:
             self.guard.untrack(self.pid)  # before the pid (the group id) may be reused
-        _, status = os.waitpid(self.pid, 0)
+        _, status, rusage = os.wait4(self.pid, 0)
         self.close()
-        return status
+        return status, Usage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss)
 
     def close(self) -> None:
         if self.pidfd >= 0:
@@ -761,11 +774,13 @@ async def _run_job(
 
     finished_at = time.time()
     if stopped:
-        exit_code, sig, message = _describe(child.reap())
+        status, usage = child.reap()
+        exit_code, sig, message = _describe(status)
     else:
         log.warning("pid {} still alive after SIGKILL, reaping it later", child.pid)
         trio.lowlevel.spawn_system_task(_reap_later, child)
         exit_code, sig, message = None, signal.SIGKILL, "did not exit after SIGKILL"
+        usage = None
     if timed_out:
         reason, message = "timeout", f"timed out after {round(timeout, 3)} s"
     elif sig:
@@ -774,5 +789,13 @@ async def _run_job(
         reason = "exit"
     log.debug("finished: {} {}", reason, message)
     return Outcome(
-        exit_code, int(sig), reason, message, started_at, finished_at, stdout_path, stderr_path
+        exit_code,
+        int(sig),
+        reason,
+        message,
+        started_at,
+        finished_at,
+        stdout_path,
+        stderr_path,
+        usage,
     )

@@ -105,10 +105,12 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "submission_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    submission_id: str
+    def __init__(self, job_id: _Optional[str] = ..., submission_id: _Optional[str] = ...) -> None: ...
 
 class SubmitJobsRequest(_message.Message):
     __slots__ = ("specs", "template", "array_start", "array_count", "entries", "submission_id", "more", "offset", "array_step", "array_indices")
@@ -149,7 +151,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting", "submission_id", "command", "cwd", "env_names", "kind")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,11 @@ class JobInfo(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    ENV_NAMES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -192,19 +199,46 @@ class JobInfo(_message.Message):
     owner: str
     resources: _worker_pb2.Resources
     waiting: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ...) -> None: ...
+    submission_id: str
+    command: _containers.RepeatedScalarFieldContainer[str]
+    cwd: str
+    env_names: _containers.RepeatedScalarFieldContainer[str]
+    kind: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ..., submission_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., env_names: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
 
 class AttemptOutput(_message.Message):
-    __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path")
+    __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path", "started_at", "finished_at", "exit_code", "signal", "reason", "usage")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     STDOUT_PATH_FIELD_NUMBER: _ClassVar[int]
     STDERR_PATH_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     attempt: int
     worker_id: str
     stdout_path: str
     stderr_path: str
-    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
+    started_at: float
+    finished_at: float
+    exit_code: int
+    signal: int
+    reason: str
+    usage: Usage
+    def __init__(self, attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("user_cpu_seconds", "system_cpu_seconds", "max_rss_kib")
+    USER_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RSS_KIB_FIELD_NUMBER: _ClassVar[int]
+    user_cpu_seconds: float
+    system_cpu_seconds: float
+    max_rss_kib: int
+    def __init__(self, user_cpu_seconds: _Optional[float] = ..., system_cpu_seconds: _Optional[float] = ..., max_rss_kib: _Optional[int] = ...) -> None: ...
 
 class GetJobStatusResponse(_message.Message):
     __slots__ = ("job_id", "state", "info")
@@ -257,7 +291,7 @@ class PollJobResponse(_message.Message):
     def __init__(self, job: _Optional[_Union[AssignedJob, _Mapping]] = ..., empty: _Optional[_Union[_worker_pb2.Empty, _Mapping]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ..., cancel: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ..., drop: _Optional[_Iterable[_Union[_worker_pb2.HeldJob, _Mapping]]] = ...) -> None: ...
 
 class ReportJobResultRequest(_message.Message):
-    __slots__ = ("worker_id", "job_id", "exit_code", "error_message", "attempt", "signal", "reason", "started_at", "finished_at", "stdout_path", "stderr_path")
+    __slots__ = ("worker_id", "job_id", "exit_code", "error_message", "attempt", "signal", "reason", "started_at", "finished_at", "stdout_path", "stderr_path", "usage")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +303,7 @@ class ReportJobResultRequest(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     STDOUT_PATH_FIELD_NUMBER: _ClassVar[int]
     STDERR_PATH_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     job_id: str
     exit_code: int
@@ -280,7 +315,8 @@ class ReportJobResultRequest(_message.Message):
     finished_at: float
     stdout_path: str
     stderr_path: str
-    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., attempt: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ...) -> None: ...
+    usage: Usage
+    def __init__(self, worker_id: _Optional[str] = ..., job_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., error_message: _Optional[str] = ..., attempt: _Optional[int] = ..., signal: _Optional[int] = ..., reason: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class ReportJobResultResponse(_message.Message):
     __slots__ = ("accepted",)
@@ -313,28 +349,40 @@ class ReportJobResultsResponse(_message.Message):
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ReportOutcome, str]]] = ..., jobs: _Optional[_Iterable[_Union[AssignedJob, _Mapping]]] = ..., lease_seq: _Optional[int] = ...) -> None: ...
 
 class CancelJobsRequest(_message.Message):
-    __slots__ = ("job_ids",)
+    __slots__ = ("job_ids", "submission_id", "all", "state")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    submission_id: str
+    all: bool
+    state: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., submission_id: _Optional[str] = ..., all: _Optional[bool] = ..., state: _Optional[str] = ...) -> None: ...
 
 class CancelJobsResponse(_message.Message):
-    __slots__ = ("states",)
+    __slots__ = ("states", "cancelled")
     STATES_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     states: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, states: _Optional[_Iterable[str]] = ...) -> None: ...
+    cancelled: int
+    def __init__(self, states: _Optional[_Iterable[str]] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "after", "limit", "all_users")
+    __slots__ = ("state", "after", "limit", "all_users", "submission_id", "name")
     STATE_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     state: str
     after: str
     limit: int
     all_users: bool
-    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ...) -> None: ...
+    submission_id: str
+    name: str
+    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_after", "store_error")
@@ -347,14 +395,16 @@ class ListJobsResponse(_message.Message):
     def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ..., store_error: _Optional[str] = ...) -> None: ...
 
 class WaitJobsRequest(_message.Message):
-    __slots__ = ("job_ids", "all", "all_users")
+    __slots__ = ("job_ids", "all", "all_users", "submission_id")
     JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     ALL_USERS_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     job_ids: _containers.RepeatedScalarFieldContainer[str]
     all: bool
     all_users: bool
-    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., all_users: _Optional[bool] = ...) -> None: ...
+    submission_id: str
+    def __init__(self, job_ids: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ...) -> None: ...
 
 class WaitJobsUpdate(_message.Message):
     __slots__ = ("total", "pending", "succeeded", "failed", "cancelled", "finished", "sent_at", "first_submitted_at")
@@ -508,3 +558,41 @@ class ForgetJobsResponse(_message.Message):
     FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
     forgotten: int
     def __init__(self, forgotten: _Optional[int] = ...) -> None: ...
+
+class GetSubmissionRequest(_message.Message):
+    __slots__ = ("submission_id",)
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    submission_id: str
+    def __init__(self, submission_id: _Optional[str] = ...) -> None: ...
+
+class SubmissionInfo(_message.Message):
+    __slots__ = ("submission_id", "owner", "submitted_at", "total", "queued", "leased", "running", "succeeded", "failed", "cancelled")
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    submission_id: str
+    owner: str
+    submitted_at: float
+    total: int
+    queued: int
+    leased: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    def __init__(self, submission_id: _Optional[str] = ..., owner: _Optional[str] = ..., submitted_at: _Optional[float] = ..., total: _Optional[int] = ..., queued: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+
+class ResubmitJobsRequest(_message.Message):
+    __slots__ = ("submission_id", "failed")
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    submission_id: str
+    failed: bool
+    def __init__(self, submission_id: _Optional[str] = ..., failed: _Optional[bool] = ...) -> None: ...
