@@ -421,8 +421,11 @@ async def test_wrong_tokens_in_bulk_close_their_connections_and_others_keep_work
     refused, cut_off, connections, unreachable = map(int, out.split())
     assert refused + cut_off + unreachable == 400  # each refused, or cut off with its connection
     assert refused >= transport.MAX_UNAUTHENTICATED
-    # every connection after the first was held before the controller read it
-    assert connections >= 2 and took >= (connections - 1) * server.HOLD * 0.9
+    # the attacker's connections after the first were held before the controller read them
+    # (not each one: a connection opened before the previous one's closing was counted as
+    # guessing is not held; tests/test_transport.py times one hold exactly), so 400 wrong
+    # calls took at least a hold instead of the ~0.2 s of their refusals' delays
+    assert connections >= 2 and took >= server.HOLD * 0.9
     print(
         f"\n400 wrong tokens (100 at a time) in {took:.1f} s: {refused} refused, {cut_off} cut off "
         f"with their connection, {connections} connections; another client's GetJobStatus "
