@@ -1633,7 +1633,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
     tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
     try:
-        result = app.meta(tokens, result_action="return_value")
+        try:
+            result = app.meta(tokens, result_action="return_value")
+        finally:
+            sys.stdout.flush()  # as `burstd`'s main: a reader gone early is caught below
     except (UsageError, ConfigError, cyclopts.CycloptsError) as error:
         _error(" ".join(str(error).split()))
         sys.exit(ExitCode.USAGE)

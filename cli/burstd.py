@@ -641,7 +641,12 @@ def _stop_all(children: list[subprocess.Popen[bytes]], grace: float = 35.0) -> N
 
 def main() -> None:
     try:
-        app()
+        try:
+            app()
+        finally:
+            # Here, not at the interpreter's exit, where a reader gone early is "Exception
+            # ignored ... BrokenPipeError" and exit 120 (a pipe's stdout is block-buffered).
+            sys.stdout.flush()
     except cyclopts.CycloptsError as error:
         _fail(" ".join(str(error).split()))
     except BrokenPipeError:
