@@ -55,7 +55,8 @@ def _value(field: FieldDescriptor, hints: Hints, depth: int) -> st.SearchStrateg
         known = [v.number for v in field.enum_type.values]
         return st.one_of(st.sampled_from(known), _integers(32, True))
     base = _SCALARS[field.type]
-    hint = hints.get(field.name)
+    # "Message.field" first: one name may be a string in one message and a number in another
+    hint = hints.get(f"{field.containing_type.name}.{field.name}", hints.get(field.name))
     return base if hint is None else st.one_of(hint, hint, base)
 
 

@@ -67,6 +67,7 @@ HINTS: Mapping[str, st.SearchStrategy[Any]] = {
     "job_id": _JOB_IDS,
     "job_ids": _JOB_IDS,
     "after": _JOB_IDS,
+    "ListEventsRequest.after": st.integers(0, 3000),  # an event number, not a job id
     "worker_id": _WORKER_IDS,
     "victim_id": _WORKER_IDS,
     "thief_id": _WORKER_IDS,
@@ -228,7 +229,7 @@ def _may_wait(method: Method, data: bytes) -> bool:
     """Whether this request may rightly wait longer than ANSWER_TIMEOUT."""
     if method.streaming:
         return True
-    if method.name not in ("PollJob", "TakeOutputReads"):
+    if method.name not in ("PollJob", "TakeOutputReads", "ListEvents"):
         return False
     try:
         return method.request.FromString(data).wait_ms > 0  # type: ignore[no-any-return]
