@@ -83,6 +83,10 @@ class EventLog:
             )
 
         stored = self.stored
+        if after >= stored:
+            # Caught up: nothing to read, in memory or in the store (whose integers, signed
+            # 64-bit, could not even hold a larger ``after``).
+            return [], after
         recent = self.recent
         if recent and recent[0].seq <= after + 1:
             found = []

@@ -839,8 +839,7 @@ class ControllerService:
                     return found, through
                 after = through
 
-        # SQLite's integers are signed 64-bit: a larger number is past every event anyway
-        found, through = await read(min(request.after, 2**63 - 1))
+        found, through = await read(request.after)
         if not found and request.wait_ms:
             with trio.move_on_after(min(request.wait_ms, MAX_WAIT_MS) / 1000):
                 while not found:
