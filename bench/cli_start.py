@@ -24,16 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, burst_env, machine, median, running_controller
+from bench._common import REPO, cli_env, machine, median, running_controller
 
 TARGETS = {"status": 0.150, "submit": 0.200}
 """Wall time of each command, seconds (issue 24)."""
-
-
-def _env() -> dict[str, str]:
-    env = burst_env()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
 
 
 def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
@@ -82,7 +76,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     print(f"CLI start-up; {machine()}")
-    env = _env()
+    env = cli_env()
     burst = [sys.executable, "-m", "cli.burst"]
     with running_controller("sqlite", 1_000_000, "burst-cli-start-") as (_ctl, port, tmp):
         env["BURST_CONTROLLER"] = f"127.0.0.1:{port}"

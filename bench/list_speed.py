@@ -22,7 +22,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, burst_env, cpu_seconds, machine, running_controller
+from bench._common import REPO, cli_env, cpu_seconds, machine, running_controller
 
 FIRST_LINE_TARGET = 1.0
 """Seconds to the first line (issue 24)."""
@@ -60,8 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     print(f"burst list of {args.jobs:,} jobs; {machine()}")
-    env = burst_env()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env = cli_env()
     capacity = max(2 * args.jobs, 1_000_000)
     with running_controller("sqlite", capacity, "burst-list-") as (ctl, port, tmp):
         addr = f"127.0.0.1:{port}"
