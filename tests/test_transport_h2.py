@@ -420,6 +420,31 @@ async def test_a_refused_calls_stream_falls_back_even_if_its_first_send_fails(
                 assert await raw_call(channel, "Echo") == f"Echo {connections}"
 
 
+async def test_a_calls_stream_carries_its_first_call_with_its_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server holds a Calls stream whose first message has not come as a pending request
+    (for request_timeout_s at most, and max_pending_requests_per_peer per address). The first
+    call leaves with the stream's headers, not at the stream's writer's first turn: on a client
+    whose event loop is busy (hundreds of TLS handshakes) that turn comes late, and 1,000
+    simulated workers behind one address went over the controller's limit."""
+    run = MuxClient.run
+
+    async def late_run(mux: MuxClient) -> None:
+        mux.connection.flush()  # the connection's reader sent the headers meanwhile
+        await trio.sleep(1.0)  # the stream's tasks start late
+        await run(mux)
+
+    monkeypatch.setattr(MuxClient, "run", late_run)
+    limits = ConnectionLimits(request_timeout_s=0.3)
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(transport.serve, limits=limits)
+        port = await nursery.start(serve, HOST, 0, [echo_service(Calls())])
+        async with Channel(HOST, port, multiplex=True) as channel:
+            assert await echo(channel, "first") == "first"
+        nursery.cancel_scope.cancel()
+
+
 # -- stream ids ------------------------------------------------------------------------------------
 
 

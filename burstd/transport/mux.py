@@ -196,6 +196,8 @@ class MuxClient:
         self.pending: dict[int, Pending] = {}
         self.outgoing: collections.deque[bytes] = collections.deque()
         self.writer = Wakeup()
+        # Until the writer's first turn, a call's message goes out with the stream's headers.
+        self.writer_started = False
         self.last_id = 0
         self.failure: RpcError | None = None  # the stream ended: no call may use it any more
 
@@ -234,9 +236,13 @@ class MuxClient:
 
     def send(self, message: mux_pb2.MuxCall) -> None:
         data = message.SerializeToString()
-        if not self.outgoing and self.writer.waiting:
+        if not self.outgoing and (self.writer.waiting or not self.writer_started):
             # The writer is idle: the caller sends it, a pass of the event loop sooner (what
-            # must wait for credit, or fails, is left to the writer).
+            # must wait for credit, or fails, is left to the writer). The stream's first call
+            # leaves in the same write as the stream's headers: a server holds a Calls stream
+            # whose first message has not come as a pending request, and a client whose event
+            # loop is busy (hundreds of TLS handshakes) would otherwise keep it pending until
+            # its writer's turn, over the server's limit of pending requests per address.
             with contextlib.suppress(h2.exceptions.H2Error):
                 if self.stream.send_now(data):
                     return
@@ -269,6 +275,7 @@ class MuxClient:
         then fail the calls still waiting on it (a later call opens a new stream)."""
 
         async def write() -> None:
+            self.writer_started = True
             try:
                 while True:
                     while self.outgoing:
