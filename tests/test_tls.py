@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ssl
 import stat
@@ -90,3 +91,33 @@ def test_a_missing_or_wrong_file_is_named(pki: Path, tmp_path: Path) -> None:
         server_context(tmp_path / "missing.pem", pki / "server-key.pem")
     with pytest.raises(transport.TransportError, match=r"server\.pem"):
         server_context(pki / "server.pem", pki / "client-key.pem")  # not its key
+
+
+def handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> ssl.SSLObject:
+    """The client's end of a TLS connection to ``server`` over memory buffers, handshake done
+    and what the server sent after it (TLS 1.3 session tickets) read."""
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    ends = [
+        client.wrap_bio(client_in, client_out, server_hostname=HOST),
+        server.wrap_bio(server_in, server_out, server_side=True),
+    ]
+    pending = list(ends)
+    while pending:
+        for end in list(pending):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                end.do_handshake()
+                pending.remove(end)
+            server_in.write(client_out.read())
+            client_in.write(server_out.read())
+    with pytest.raises(ssl.SSLWantReadError):
+        ends[0].read(1)
+    return ends[0]
+
+
+def test_servers_issue_no_session_tickets(pki: Path) -> None:
+    """Our clients never resume a session; a TLS 1.3 ticket would cost the server CPU at every
+    handshake for nothing."""
+    server = server_context(pki / "server.pem", pki / "server-key.pem")
+    client = handshake(server, client_context(pki / "ca.pem"))
+    assert client.version() == "TLSv1.3" and client.selected_alpn_protocol() == "h2"
+    assert client.session is not None and not client.session.has_ticket
