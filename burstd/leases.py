@@ -32,8 +32,9 @@ class StopReason(enum.StrEnum):
     """Why a job ended other than by its process ending on its own.
 
     The values are the ``reason`` of a result (beside the executor's ``exit``, ``signal``,
-    ``timeout`` and ``spawn``) and of a job's status, so they are wire values: never change one.
-    Where a plain ``str`` is needed (the store's marshal frames take no subclass), use ``.value``.
+    ``timeout``, ``spawn`` and ``memory``) and of a job's status, so they are wire values: never
+    change one. Where a plain ``str`` is needed (the store's marshal frames take no subclass),
+    use ``.value``.
     """
 
     #: Handed back unstarted, or stopped by a worker that shuts down: the controller queues the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -531,12 +532,28 @@ def test_build_argv_process_and_python(config: ExecConfig) -> None:
 
 def test_a_docker_job_gets_its_cpus_and_gpus_in_its_container(config: ExecConfig) -> None:
     """As a process job does (``resource_vars``), through ``-e``: the container sees only
-    the variables given to it."""
+    the variables given to it. Docker gives it its GPUs (``--gpus``), numbered from 0 inside,
+    so no CUDA_VISIBLE_DEVICES of the host's ids hides them."""
     spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine:3"))
-    grant = Grant(cpus=(2, 3), gpus=("5",))
+    grant = Grant(cpus=(2, 3), gpus=("5", "7"))
     argv = build_argv("job-00000001", 1, spec, config, grant)
     env = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-e"]
-    assert env[-3:] == ["BURST_CPUS=2", "BURST_GPUS=5", "CUDA_VISIBLE_DEVICES=5"]
+    assert env[-2:] == ["BURST_CPUS=2", "BURST_GPUS=5,7"]
+    assert argv[argv.index("--gpus") + 1] == '"device=5,7"'
+    assert "--memory" not in argv and "--cpuset-cpus" not in argv
+
+
+def test_a_docker_job_gets_its_memory_limit_and_bound_cpus(config: ExecConfig) -> None:
+    spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine:3"))
+    bound = dataclasses.replace(config, bind_cpus=True, cpu_ids=(0, 4, 8, 12))
+    grant = Grant(cpus=(1, 2), amounts={"mem": 100 << 20})
+    argv = build_argv("job-00000001", 1, spec, bound, grant)
+    options = argv[: argv.index("alpine:3")]
+    assert options[options.index("--memory") :][:4] == [
+        *("--memory", str(100 << 20), "--memory-swap", str(100 << 20))
+    ]
+    assert options[options.index("--cpuset-cpus") + 1] == "4,8"
+    assert "--gpus" not in argv
 
 
 def test_build_argv_docker(config: ExecConfig) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import math
 import signal
@@ -38,6 +39,7 @@ from burstd.metrics import serve_metrics
 from burstd.worker.detect import cpu_ids, offer_of
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
+from burstd.worker.memlimit import MemLimits
 from burstd.worker.metrics import WorkerMetrics, outcome_of
 from burstd.worker.output import OutputServer
 from burstd.worker.queue import LocalJob, LocalQueue, stopped_result
@@ -149,10 +151,14 @@ class Worker:
         self._guard = JobGuard.start(
             self.exec_config.kill_grace, self.exec_config.docker, on_lost=self.log.warning
         )
+        memory = MemLimits.start(self.log.warning)
+        self.log.info("--mem of jobs enforced by {}", memory.kind)
+        self.exec_config = dataclasses.replace(self.exec_config, memory=memory)
         try:
             await self._run(task_status)
         finally:
             self._guard.close()
+            memory.close()
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         async with trio.open_nursery() as outer:

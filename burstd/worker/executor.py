@@ -46,8 +46,9 @@ import trio
 from loguru import logger
 
 from burstd import outputnames, placeholders, wire
-from burstd.resources import Grant
+from burstd.resources import MEM, Grant, format_size
 from burstd.worker.guard import JobGuard
+from burstd.worker.memlimit import JobCgroup, MemLimits
 from burstd.worker.streamlog import StreamLogs
 from proto.burst.v1 import job_pb2
 
@@ -83,6 +84,8 @@ class ExecConfig:
     cpu_ids: tuple[int, ...] = ()
     # The worker has GPUs: a job that asked for none sees none (CUDA_VISIBLE_DEVICES empty).
     has_gpus: bool = False
+    # How a job's --mem is enforced (``burstd.worker.memlimit``); None: it is not.
+    memory: MemLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ class Outcome:
 
     exit_code: int | None  # None when killed by a signal or never started
     signal: int  # 0 when none
-    reason: str  # exit, signal, timeout, spawn
+    reason: str  # exit, signal, timeout, spawn, memory
     error_message: str  # "" for exit code 0
     started_at: float
     finished_at: float
@@ -185,6 +188,27 @@ def bound_cpus(grant: Grant | None, config: ExecConfig) -> list[int] | None:
         return None
     ids = config.cpu_ids
     return sorted({ids[cpu % len(ids)] for cpu in grant.cpus})
+
+
+def _docker_resources(grant: Grant | None, config: ExecConfig, env: dict[str, str]) -> list[str]:
+    """``docker run`` options that give a container its job's grant: its memory (``--memory``,
+    swap included), its CPUs when bound (``--cpuset-cpus``) and its GPUs (``--gpus``). A
+    container numbers the GPUs it is given from 0, so the host's ids in CUDA_VISIBLE_DEVICES
+    would hide them: it is left out of ``env`` (BURST_GPUS keeps the host's ids)."""
+    if grant is None:
+        return []
+    options = []
+    mem = grant.amounts.get(MEM, 0)
+    if mem:
+        options += ["--memory", str(mem), "--memory-swap", str(mem)]
+    cpus = bound_cpus(grant, config)
+    if cpus:
+        options += ["--cpuset-cpus", ",".join(map(str, cpus))]
+    if grant.gpus:
+        # A list in --gpus is one CSV field: quoted, as `docker run --gpus '"device=0,2"'`.
+        options += ["--gpus", f'"device={",".join(grant.gpus)}"']
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    return options
 
 
 def _spec_env(spec: job_pb2.JobSpec) -> dict[str, str]:
@@ -289,6 +313,7 @@ def build_argv(
             env.pop(key, None)
         env.update(burst_vars(job_id, attempt, spec, config))
         env.update(resource_vars(grant, config))
+        argv += _docker_resources(grant, config, env)
         for key, value in env.items():
             argv += ["-e", f"{key}={value}"]
         argv += [image, *command_args(job_id, spec, [*spec.docker.command, *spec.docker.args])]
@@ -547,9 +572,11 @@ def _spawn(
     err_fd: int,
     cwd: str,
     cpus: list[int] | None = None,
+    cgroup: JobCgroup | None = None,
 ) -> _Child:
     """Start a job's process. ``cpus``: pin it to them; like the working directory, the
-    worker's own thread takes them around the spawn (the child inherits them) and back."""
+    worker's own thread takes them around the spawn (the child inherits them) and back, and
+    it enters the job's ``cgroup`` (``burstd.worker.memlimit``) the same way."""
     actions = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_DUP2, out_fd, 1),
@@ -563,9 +590,16 @@ def _spawn(
         try:
             if cpus:
                 os.sched_setaffinity(0, cpus)
-            pid = os.posix_spawn(
-                path, argv, env, file_actions=actions, setpgroup=0, setsigdef=_SIGDEF, setsigmask=()
-            )
+            with cgroup.entered() if cgroup is not None else contextlib.nullcontext():
+                pid = os.posix_spawn(
+                    path,
+                    argv,
+                    env,
+                    file_actions=actions,
+                    setpgroup=0,
+                    setsigdef=_SIGDEF,
+                    setsigmask=(),
+                )
         finally:
             if cwd:
                 os.fchdir(home)
@@ -625,12 +659,48 @@ async def _stop(child: _Child, docker_name: str | None, config: ExecConfig) -> b
     return child.exited()
 
 
-async def _reap_later(child: _Child) -> None:
+async def _reap_later(child: _Child, cgroup: JobCgroup | None) -> None:
     try:
         await child.wait_exit()
         child.reap()
+        await _remove_cgroup(cgroup)
     except BaseException:  # a system task must not raise; the process is left to init
         child.close()
+
+
+async def _remove_cgroup(cgroup: JobCgroup | None) -> None:
+    """Remove a reaped job's cgroup, shielded (it is the job's clean-up) and bounded."""
+    if cgroup is None:
+        return
+    with trio.CancelScope(shield=True):
+        try:
+            removed = await cgroup.remove()
+        except OSError as error:
+            logger.warning("cannot remove cgroup {}: {}", cgroup.path, error)
+            return
+    if not removed:
+        logger.warning("cgroup {} still busy: the worker removes it when it stops", cgroup.path)
+
+
+def _job_cgroup(
+    job_id: str, attempt: int, kind: str | None, grant: Grant | None, config: ExecConfig
+) -> tuple[JobCgroup | None, int]:
+    """The job's memory cgroup (None: none) and its limit in bytes (0: none); raises SpecError.
+    Docker jobs are limited by docker (``build_argv``)."""
+    limit = grant.amounts.get(MEM, 0) if grant is not None else 0
+    if not limit or config.memory is None or kind == "docker":
+        return None, 0
+    try:
+        return config.memory.job(f"{job_id}-{attempt}", limit), limit
+    except OSError as error:
+        raise SpecError(f"cannot make the job's memory cgroup: {error}") from None
+
+
+def _memory_message(cgroup: JobCgroup, how: str) -> str:
+    """``killed for memory: over its --mem of 100M (peak 100M); killed by signal 9 (SIGKILL)``."""
+    peak = cgroup.peak()
+    used = f" (peak {format_size(peak)})" if peak else ""
+    return f"killed for memory: over its --mem of {format_size(cgroup.limit)}{used}; {how}"
 
 
 async def run_job(
@@ -726,10 +796,13 @@ async def _run_job(
     except SpecError as exc:
         return failed(str(exc))
 
+    cgroup: JobCgroup | None = None
     try:
+        cgroup, limit = _job_cgroup(job_id, attempt, kind, grant, config)
         while True:
             try:
-                child = _spawn(argv, path, env, out_fd, err_fd, cwd, bound_cpus(grant, config))
+                cpus = bound_cpus(grant, config)
+                child = _spawn(argv, path, env, out_fd, err_fd, cwd, cpus, cgroup)
                 break
             except (FileNotFoundError, PermissionError) as exc:
                 if not cached or (cwd and exc.filename == cwd):
@@ -737,14 +810,19 @@ async def _run_job(
                 _forget(path)  # stale cache entry: search PATH again
                 path, cached = _resolve(argv[0], env, cwd)
     except SpecError as exc:
+        await _remove_cgroup(cgroup)
         return failed(str(exc))
     except OSError as exc:
+        await _remove_cgroup(cgroup)
         return failed(_spawn_error(exc, argv[0], cwd, config.worker_id))
     except ValueError as exc:
+        await _remove_cgroup(cgroup)
         return failed(f"cannot start {argv[0]}: {exc}")
     finally:
         os.close(out_fd)
         os.close(err_fd)
+    if limit and cgroup is None and config.memory is not None:
+        config.memory.limit_process(child.pid, limit)
     log.debug("started pid {}: {}", child.pid, argv)
 
     docker_name = container_name(job_id, attempt) if kind == "docker" else None
@@ -767,22 +845,30 @@ async def _run_job(
             log.debug("cancelled, stopping")
             if await _stop(child, docker_name, config):
                 child.reap()
+                await _remove_cgroup(cgroup)
             else:
                 log.warning("pid {} still alive after SIGKILL, reaping it later", child.pid)
-                trio.lowlevel.spawn_system_task(_reap_later, child)
+                trio.lowlevel.spawn_system_task(_reap_later, child, cgroup)
         raise
 
     finished_at = time.time()
+    out_of_memory = False
     if stopped:
         status, usage = child.reap()
         exit_code, sig, message = _describe(status)
+        out_of_memory = exit_code != 0 and cgroup is not None and cgroup.oom_killed()
+        if out_of_memory and cgroup is not None:
+            message = _memory_message(cgroup, message)
+        await _remove_cgroup(cgroup)
     else:
         log.warning("pid {} still alive after SIGKILL, reaping it later", child.pid)
-        trio.lowlevel.spawn_system_task(_reap_later, child)
+        trio.lowlevel.spawn_system_task(_reap_later, child, cgroup)
         exit_code, sig, message = None, signal.SIGKILL, "did not exit after SIGKILL"
         usage = None
     if timed_out:
         reason, message = "timeout", f"timed out after {round(timeout, 3)} s"
+    elif out_of_memory:
+        reason = "memory"
     elif sig:
         reason = "signal"
     else:

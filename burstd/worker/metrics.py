@@ -18,7 +18,7 @@ __all__ = ["WorkerMetrics", "outcome_of"]
 
 def outcome_of(reason: str, exit_code: int) -> str:
     """The ``outcome`` label of a job's result: succeeded, failed (exited non-zero), or the
-    reason it ended otherwise (signal, timeout, spawn, returned, cancelled)."""
+    reason it ended otherwise (signal, timeout, spawn, memory, returned, cancelled)."""
     if reason == "exit":
         return "succeeded" if exit_code == 0 else "failed"
     return reason
