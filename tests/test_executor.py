@@ -27,6 +27,7 @@ from burstd.worker.executor import (
     output_paths,
     run_job,
 )
+from burstd.worker.memlimit import MemLimits
 from proto.burst.v1 import job_pb2
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -192,6 +193,20 @@ async def test_python_job(config: ExecConfig) -> None:
     out = await run_job("j", 1, spec, cfg)
     assert out.exit_code == 0, out
     assert read(out.stdout_path) == "['x']\n"
+
+
+async def test_without_cgroups_a_jobs_mem_is_its_address_space_limit(
+    config: ExecConfig,
+) -> None:
+    """RLIMIT_AS (``memlimit`` rule 5): the allocation fails inside the job, which ends with its
+    own exit status; the same job without a memory claim runs to its end."""
+    limited = dataclasses.replace(config, memory=MemLimits("rlimit"))
+    greedy = proc(sys.executable, "-c", "bytearray(400 * 2**20)")
+    out = await run_job("j", 1, greedy, limited, grant=Grant(cpus=(0,), amounts={"mem": 100 << 20}))
+    assert (out.reason, out.exit_code) == ("exit", 1), out
+    assert "MemoryError" in read(out.stderr_path)
+    out = await run_job("k", 1, greedy, limited, grant=Grant(cpus=(0,)))
+    assert (out.reason, out.exit_code) == ("exit", 0), out
 
 
 async def test_no_zombie_after_exit(config: ExecConfig) -> None:

@@ -210,15 +210,18 @@ class MemLimits:
         cgroup way up are told to ``warn`` (the worker's log)."""
         mounts, own = _mounts(), _own_cgroups()
         if "cgroup2" in mounts and "" in own:
-            with contextlib.suppress(OSError):
+            try:
                 made = cls._start_v2(mounts["cgroup2"] / own[""])
+            except OSError as error:
+                warn(f"memory limits: cannot make cgroup v2 cgroups here ({error})")
+            else:
                 if made is not None:
                     return made
         if "memory" in mounts and "memory" in own:
             try:
                 return cls._start_v1(mounts["memory"] / own["memory"])
             except OSError as error:
-                warn(f"memory limits: cannot make cgroups ({error}); using RLIMIT_AS")
+                warn(f"memory limits: cannot make cgroup v1 cgroups here ({error})")
         return cls("rlimit")
 
     @classmethod
@@ -275,9 +278,12 @@ class MemLimits:
 
     @staticmethod
     def limit_process(pid: int, limit: int) -> None:
-        """RLIMIT_AS of a just spawned process (rule 5); a process gone already is left be."""
+        """RLIMIT_AS of a just spawned process (rule 5), within its hard limit (which only a
+        privileged worker could raise); a process gone already is left be."""
         with contextlib.suppress(ProcessLookupError):
-            resource.prlimit(pid, resource.RLIMIT_AS, (limit, limit))
+            _, hard = resource.prlimit(pid, resource.RLIMIT_AS)
+            soft = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+            resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
 
     def close(self) -> None:
         """Remove the worker's folder and any job cgroup left in it (rule 4); v2 keeps the
