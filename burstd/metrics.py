@@ -1,31 +1,39 @@
-"""Prometheus metrics shared by both daemons: the HTTP endpoint, RPC timing, event-loop lag.
+"""Prometheus metrics shared by both daemons: the HTTP endpoint, histograms, RPC timing,
+event-loop lag.
 
-Each daemon builds its own ``CollectorRegistry`` (its collectors read the daemon's state at
-scrape time: nothing is updated per job on the hot path) and serves it with :func:`serve_metrics`
-on ``--metrics-listen``. The endpoint is a small trio HTTP/1.1 handler, not prometheus_client's
-threaded server: a scrape then reads the job table between two of the event loop's steps, never
-while a step changes it.
+Each daemon builds its own ``CollectorRegistry`` and serves it with :func:`serve_metrics` on
+``--metrics-listen``. Every figure is kept in plain numbers, updated without a lock (a daemon
+is one trio thread), and published by a collector at scrape time: a hot path pays an integer
+increment, or a bisect for a histogram (:class:`Histogram`), never prometheus_client's locked
+metric objects; prometheus_client still writes the exposition. The endpoint is a small trio
+HTTP/1.1 handler, not prometheus_client's threaded server: a scrape then reads the daemon's
+state between two of the event loop's steps, never while a step changes it.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import functools
+import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import trio
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from burstd import transport
 from burstd.config import format_hostport
 from burstd.transport.errors import sole_rpc_error
 from burstd.transport.methods import Method
 
-__all__ = ["LoopLag", "RpcMetrics", "serve_metrics"]
+__all__ = ["Buckets", "Histogram", "LoopLag", "RpcMetrics", "serve_metrics"]
 
 # A scrape request is a few hundred bytes; anything longer, or slower, is not Prometheus.
 _MAX_REQUEST = 16 * 1024
@@ -34,6 +42,7 @@ _REQUEST_TIMEOUT = 10.0
 LAG_INTERVAL = 0.5
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # RPC latencies: a poll may long-poll for seconds, a report takes a commit (milliseconds).
+_go_float: Callable[[float], str] = floatToGoString  # typed here: untyped in prometheus_client
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -77,6 +86,77 @@ async def _answer(stream: trio.SocketStream, *, registry: CollectorRegistry) -> 
             await stream.send_all(head.encode() + (b"" if method == b"HEAD" else body))
 
 
+class Buckets:
+    """One histogram's figures (of one set of label values): how many observations fell at or
+    below each bound (not cumulated), beyond the last bound, and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one observation (Prometheus's ``le``: a value equal to a bound is in its
+        bucket)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def observe_all(self, values: list[float]) -> None:
+        """Count every one of ``values`` (sorted here, in place), a negative one as 0: a batch
+        costs a sort and a bisect a bound, not a Python step a value."""
+        values.sort()
+        below = 0
+        for i, bound in enumerate(self.bounds):
+            upto = bisect.bisect_right(values, bound)
+            self.counts[i] += upto - below
+            below = upto
+        self.counts[-1] += len(values) - below
+        self.sum += sum(values[bisect.bisect_left(values, 0.0) :])
+
+
+class Histogram(Collector):
+    """A histogram metric, published at scrape time: :meth:`labels` hands out the
+    :class:`Buckets` of a set of label values (once; a hot path keeps it). Without labels there
+    is one, always published; with labels, only those observed at least once are."""
+
+    def __init__(
+        self,
+        name: str,
+        doc: str,
+        bounds: Sequence[float],
+        registry: CollectorRegistry,
+        labelnames: Sequence[str] = (),
+    ) -> None:
+        self.name = name
+        self.doc = doc
+        self.bounds = tuple(bounds)
+        self.labelnames = tuple(labelnames)
+        # The ``le`` label of each bucket, as prometheus_client writes it ("1.0", "+Inf").
+        self.les = [_go_float(bound) for bound in (*self.bounds, float("inf"))]
+        self.children: dict[tuple[str, ...], Buckets] = {}
+        if not self.labelnames:
+            self.children[()] = Buckets(self.bounds)
+        registry.register(self)
+
+    def labels(self, *values: str) -> Buckets:
+        if len(values) != len(self.labelnames):
+            raise ValueError(f"{self.name}: labels {self.labelnames}, given {values}")
+        buckets = self.children.get(values)
+        if buckets is None:
+            buckets = self.children[values] = Buckets(self.bounds)
+        return buckets
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, buckets in self.children.items():
+            if values == () or any(buckets.counts):
+                cumulated = zip(self.les, itertools.accumulate(buckets.counts), strict=True)
+                family.add_metric(list(values), list(cumulated), buckets.sum)
+        yield family
+
+
 class LoopLag:
     """Event-loop lag: how late a sleep of LAG_INTERVAL wakes up (a busy loop answers late)."""
 
@@ -84,9 +164,9 @@ class LoopLag:
         self.histogram = Histogram(
             "burst_event_loop_lag_seconds",
             f"How late the event loop ran a task due to run (sampled every {LAG_INTERVAL} s).",
-            buckets=_LAG_BUCKETS,
-            registry=registry,
-        )
+            _LAG_BUCKETS,
+            registry,
+        ).labels()
 
     async def run(self) -> None:
         while True:
@@ -95,23 +175,29 @@ class LoopLag:
             self.histogram.observe(max(0.0, time.perf_counter() - start - LAG_INTERVAL))
 
 
-class RpcMetrics:
+class RpcMetrics(Collector):
     """RPCs served, by method, with their latency; failures by method and status code."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.latency = Histogram(
             "burst_rpc_duration_seconds",
             "RPCs served, by method, and how long each took (long-polls included).",
+            _RPC_BUCKETS,
+            registry,
             ["method"],
-            buckets=_RPC_BUCKETS,
-            registry=registry,
         )
-        self.errors = Counter(
+        self.errors: dict[tuple[str, str], int] = {}
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        errors = CounterMetricFamily(
             "burst_rpc_errors",
             "RPCs answered with an error, by method and gRPC status code.",
-            ["method", "code"],
-            registry=registry,
+            labels=["method", "code"],
         )
+        for labels, count in self.errors.items():
+            errors.add_metric(list(labels), count)
+        yield errors
 
     def instrument(self, service: transport.Service) -> transport.Service:
         """``service`` with every unary method timed (streaming ones are counted as errors
@@ -133,7 +219,8 @@ class RpcMetrics:
     def _timed(
         self, name: str, handler: Callable[[Any, Any], Awaitable[Any]]
     ) -> Callable[[Any, Any], Awaitable[Any]]:
-        observe = self.latency.labels(name).observe  # the child looked up once, not per call
+        observe = self.latency.labels(name).observe  # looked up once, not per call
+        errors = self.errors
 
         async def timed(request: Any, caller: Any) -> Any:
             start = time.perf_counter()
@@ -142,16 +229,9 @@ class RpcMetrics:
             except Exception as error:
                 status = sole_rpc_error(error)
                 code = status.code.name if status is not None else "INTERNAL"
-                self.errors.labels(name, code).inc()
+                errors[name, code] = errors.get((name, code), 0) + 1
                 raise
             finally:
                 observe(time.perf_counter() - start)
 
         return timed
-
-
-def gauge_of(registry: CollectorRegistry, name: str, doc: str, read: Callable[[], float]) -> Gauge:
-    """A gauge whose value is read at scrape time."""
-    gauge = Gauge(name, doc, registry=registry)
-    gauge.set_function(read)
-    return gauge

@@ -265,10 +265,14 @@ def scrape(addr: str) -> dict[str, float]:
     """The samples of a metrics endpoint, keyed ``name{label="value",...}`` (labels sorted)."""
     with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    samples: dict[str, float] = {}
+        return parse_samples(response.read().decode())
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """The samples of Prometheus's text format, keyed as :func:`scrape` keys them."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    samples: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import random
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -301,6 +302,22 @@ def test_submit_lease_start_report_success() -> None:
     assert table.workers["w1"].leases == {}
     assert finished_ids(table) == [job_id]
     assert table.counts[JobState.SUCCEEDED] == 1 and table.counts[R] == 0
+
+
+def test_finished_since_answers_the_jobs_ended_after_a_count_oldest_first() -> None:
+    table = JobTable()
+    table.finished_log = deque(maxlen=3)  # FINISHED_LOG_SIZE, made small
+    ids = submit(table, 5)
+    seq = table.finished_seq
+    assert table.finished_since(seq) == []
+    for n, job_id in enumerate(ids[:2], 1):
+        table.cancel(job_id, 1.0)
+        assert [job.job_id for job in table.finished_since(seq) or []] == ids[:n]
+    for job_id in ids[2:]:
+        table.cancel(job_id, 1.0)
+    assert [job.job_id for job in table.finished_since(seq + 2) or []] == ids[2:]
+    assert [job.job_id for job in table.finished_since(seq + 4) or []] == ids[4:]
+    assert table.finished_since(seq + 1) is None  # one of the four slid out of the log
 
 
 def test_a_batch_of_results_is_each_result_in_turn_then_one_routing() -> None:

@@ -2,9 +2,10 @@
 
 Counts are read from the job table when Prometheus scrapes (``TableCollector``): the table
 counts its transitions by event in a dict, which is all a job's hot path pays. Queue wait and
-run time are observed once a second for the jobs that ended meanwhile (the table's
-``finished_log``), store commits as each is written (one per batch of changes), RPCs as each
-is answered.
+run time are observed once a second, as one batch, for the jobs that ended meanwhile (the
+table's ``finished_log``), store commits as each is written (one per batch of changes), RPCs as
+each is answered; each into plain numbers (``burstd.metrics.Histogram``) published at scrape
+time.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from burstd.controller.table import Event, JobState, JobTable, WorkerEvent
-from burstd.metrics import LoopLag, RpcMetrics
+from burstd.metrics import Histogram, LoopLag, RpcMetrics
 
 __all__ = ["ControllerMetrics"]
 
@@ -124,27 +125,27 @@ class ControllerMetrics:
         self.queue_wait = Histogram(
             "burst_job_queue_wait_seconds",
             "From submission to the start of the job's last attempt, for jobs that ended.",
-            buckets=_DURATION_BUCKETS,
-            registry=self.registry,
-        )
+            _DURATION_BUCKETS,
+            self.registry,
+        ).labels()
         self.run_time = Histogram(
             "burst_job_run_seconds",
             "From the start of the job's last attempt to its end, for jobs that ended.",
-            buckets=_DURATION_BUCKETS,
-            registry=self.registry,
-        )
+            _DURATION_BUCKETS,
+            self.registry,
+        ).labels()
         self.commit_latency = Histogram(
             "burst_store_commit_seconds",
             "Store commits, from sent to written (on disk).",
-            buckets=_COMMIT_BUCKETS,
-            registry=self.registry,
-        )
+            _COMMIT_BUCKETS,
+            self.registry,
+        ).labels()
         self.commit_rows = Histogram(
             "burst_store_commit_rows",
             "Rows inserted or updated per store commit.",
-            buckets=_ROW_BUCKETS,
-            registry=self.registry,
-        )
+            _ROW_BUCKETS,
+            self.registry,
+        ).labels()
         self._seen = table.finished_seq
 
     def committed(self, seconds: float, rows: int) -> None:
@@ -154,13 +155,11 @@ class ControllerMetrics:
 
     def observe_ended(self) -> None:
         """Observe the jobs that ended since the last call (those that slid out of the
-        table's finished log meanwhile are skipped)."""
+        table's finished log meanwhile are skipped), those that never started left out."""
         ended = self.table.finished_since(self._seen) or []
         self._seen = self.table.finished_seq
-        for job in ended:
-            if job.started_at:
-                self.queue_wait.observe(max(0.0, job.started_at - job.submitted_at))
-                self.run_time.observe(max(0.0, job.finished_at - job.started_at))
+        self.queue_wait.observe_all([j.started_at - j.submitted_at for j in ended if j.started_at])
+        self.run_time.observe_all([j.finished_at - j.started_at for j in ended if j.started_at])
 
     async def run(self) -> None:
         """Sample the event loop's lag and observe ended jobs, until cancelled."""

@@ -1051,7 +1051,11 @@ class JobTable:
         missed = self.finished_seq - seq
         if missed > len(self.finished_log):
             return None
-        return list(self.finished_log)[len(self.finished_log) - missed :] if missed else []
+        # From the newest end: a deque walks from the end it is asked for, so this reads only
+        # the jobs missed, not the whole log.
+        ended = list(itertools.islice(reversed(self.finished_log), missed))
+        ended.reverse()
+        return ended
 
     def take_changes(self) -> Changes:
         """What changed since the last call, for the store to persist, with each job's state as

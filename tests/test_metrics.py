@@ -1,0 +1,175 @@
+"""The metrics kept in plain numbers publish what prometheus_client's own metrics would.
+
+Each histogram is checked against a ``prometheus_client.Histogram`` fed the same values: every
+bucket, the count and the sum must be equal, so a collector that publishes a wrong number fails
+here (the integration tests in test_ops_integration.py read the metrics of a real cluster).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import prometheus_client
+import pytest
+import trio
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from burstd import transport
+from burstd.controller.metrics import _DURATION_BUCKETS, ControllerMetrics
+from burstd.controller.table import Held, JobState, JobTable, NewJob, Result
+from burstd.metrics import Histogram, RpcMetrics
+from burstd.transport.errors import NotFound
+from tests.cluster import parse_samples
+
+BOUNDS = (0.01, 0.5, 1, 5, 3600)
+
+
+def samples(registry: CollectorRegistry, prefix: str) -> dict[str, float]:
+    """The registry's samples whose name starts with ``prefix``, as scraped (``_created``
+    ones left out: only prometheus_client's own metrics have them)."""
+    scraped = parse_samples(generate_latest(registry).decode())
+    return {
+        key: value
+        for key, value in scraped.items()
+        if key.startswith(prefix) and not key.split("{")[0].endswith("_created")
+    }
+
+
+def reference(name: str, bounds: tuple[float, ...], values: list[float]) -> dict[str, float]:
+    """What a prometheus_client Histogram fed ``values`` publishes."""
+    registry = CollectorRegistry()
+    histogram = prometheus_client.Histogram(name, "doc", buckets=bounds, registry=registry)
+    for value in values:
+        histogram.observe(value)
+    return samples(registry, name)
+
+
+# Values on the bounds (a bucket holds the values equal to its bound), between them, below the
+# first and above the last; binary fractions, so that every sum is exact in any order.
+VALUES = [0.0, 0.0078125, 0.5, 0.5, 0.75, 1.0, 4.0, 5.0, 3600.0, 7200.0, 0.25]
+
+
+def test_observe_one_at_a_time_publishes_what_prometheus_client_does() -> None:
+    registry = CollectorRegistry()
+    buckets = Histogram("h_seconds", "doc", BOUNDS, registry).labels()
+    for value in VALUES:
+        buckets.observe(value)
+    published = samples(registry, "h_seconds")
+    assert published == reference("h_seconds", BOUNDS, VALUES)
+    assert published['h_seconds_bucket{le="0.5"}'] == 5  # 0.5 twice: on the bound, inside
+    assert published["h_seconds_count"] == len(VALUES)
+
+
+def test_observe_all_publishes_the_same_as_one_at_a_time_negatives_as_zero() -> None:
+    registry = CollectorRegistry()
+    buckets = Histogram("h_seconds", "doc", BOUNDS, registry).labels()
+    # In two batches, unsorted, with negative values (clocks of two machines): each one
+    # counts as 0 (the first bucket, nothing added to the sum).
+    buckets.observe_all([7200.0, 0.5, -2.0, 1.0, 0.0078125])
+    buckets.observe_all([3600.0, 0.5, 4.0, -0.25, 5.0, 0.75, 0.25])
+    expected = [max(0.0, v) for v in [7200.0, 0.5, -2.0, 1.0, 0.0078125]]
+    expected += [max(0.0, v) for v in [3600.0, 0.5, 4.0, -0.25, 5.0, 0.75, 0.25]]
+    assert samples(registry, "h_seconds") == reference("h_seconds", BOUNDS, expected)
+    buckets.observe_all([])
+    assert samples(registry, "h_seconds") == reference("h_seconds", BOUNDS, expected)
+
+
+def test_a_histogram_without_labels_is_published_before_its_first_observation() -> None:
+    registry = CollectorRegistry()
+    Histogram("h_seconds", "doc", BOUNDS, registry)
+    assert samples(registry, "h_seconds") == reference("h_seconds", BOUNDS, [])
+
+
+def test_rpcs_are_counted_by_method_and_errors_by_method_and_code() -> None:
+    registry = CollectorRegistry()
+    rpc = RpcMetrics(registry)
+    service = transport.Service("test.v1.Test")
+
+    async def ok(request: Any, caller: Any) -> Any:
+        await trio.sleep(0)
+        return request
+
+    async def missing(request: Any, caller: Any) -> Any:
+        raise NotFound("no such thing")
+
+    async def broken(request: Any, caller: Any) -> Any:
+        raise ValueError("a bug")
+
+    for name, handler in (("Ok", ok), ("Missing", missing), ("Broken", broken), ("Idle", ok)):
+        service.unary(name, object, handler)
+    timed = rpc.instrument(service)
+    assert timed.name == service.name and timed.methods.keys() == service.methods.keys()
+
+    async def calls() -> None:
+        for _ in range(3):
+            assert await timed.methods["Ok"].handler("request", None) == "request"
+        for name, error in (("Missing", NotFound), ("Missing", NotFound), ("Broken", ValueError)):
+            with pytest.raises(error):
+                await timed.methods[name].handler("request", None)
+
+    trio.run(calls)
+    published = samples(registry, "burst_rpc_")
+    counts = {
+        key: value for key, value in published.items() if key.startswith("burst_rpc_duration")
+    }
+    assert {key: value for key, value in counts.items() if "_count" in key} == {
+        'burst_rpc_duration_seconds_count{method="Ok"}': 3,
+        'burst_rpc_duration_seconds_count{method="Missing"}': 2,
+        'burst_rpc_duration_seconds_count{method="Broken"}': 1,
+    }  # a method never called is not published
+    assert published['burst_rpc_duration_seconds_bucket{le="+Inf",method="Ok"}'] == 3
+    assert 0 < published['burst_rpc_duration_seconds_sum{method="Ok"}'] < 10
+    assert {key: value for key, value in published.items() if "errors" in key} == {
+        'burst_rpc_errors_total{code="NOT_FOUND",method="Missing"}': 2,
+        'burst_rpc_errors_total{code="INTERNAL",method="Broken"}': 1,
+    }
+
+
+def test_queue_wait_and_run_time_of_a_known_workload_are_exact() -> None:
+    """Jobs with known submission, start and end times, observed in two rounds: the queue wait
+    and run time histograms are those of the jobs that started, to the bucket and the sum."""
+    table = JobTable()
+    metrics = ControllerMetrics(table)
+    # (queue wait, run time) of each job, submitted at 64.0 (exact binary sums).
+    timings = [(0.0078125, 0.5), (0.5, 1.0), (1.0, 0.25), (3.0, 7200.0), (-0.5, 40.0)]
+    waits: list[float] = []
+    runs: list[float] = []
+    table.register("w1", slots=10, capacity=10, now=0.0, held=[])
+    for round_jobs in (timings[:2], timings[2:]):
+        ids = table.submit([NewJob(b"spec", 0, "j") for _ in round_jobs], 64.0, "")
+        # One more job of the round never starts (cancelled while queued): not observed.
+        [never] = table.submit([NewJob(b"spec", 0, "never")], 64.0, "")
+        table.cancel(never, 64.0)
+        _, leased = table.lease("w1", 10, 64.0)
+        assert [job.job_id for job in leased] == ids
+        for job_id, (wait, run) in zip(ids, round_jobs, strict=True):
+            job = table.jobs[job_id]
+            table.started("w1", Held(job_id, job.attempt), now=64.0 + wait)
+            table.report("w1", Result(job_id, job.attempt, 0), now=64.0 + wait + run)
+            waits.append(max(0.0, wait))
+            runs.append(run)
+        metrics.observe_ended()
+    assert table.counts[JobState.SUCCEEDED] == 5 and table.counts[JobState.CANCELLED] == 2
+    wait_name, run_name = "burst_job_queue_wait_seconds", "burst_job_run_seconds"
+    published = samples(metrics.registry, wait_name) | samples(metrics.registry, run_name)
+    assert published == reference(wait_name, _DURATION_BUCKETS, waits) | reference(
+        run_name, _DURATION_BUCKETS, runs
+    )
+    assert published[f"{wait_name}_count"] == published[f"{run_name}_count"] == 5
+    assert published[f"{wait_name}_sum"] == 0.0078125 + 0.5 + 1.0 + 3.0
+    assert published[f'{run_name}_bucket{{le="1.0"}}'] == 3
+
+
+def test_commits_are_observed_by_latency_and_rows() -> None:
+    metrics = ControllerMetrics(JobTable())
+    commits = [(0.001, 1), (0.25, 5000), (3.0, 100)]
+    for seconds, rows in commits:
+        metrics.committed(seconds, rows)
+    published = samples(metrics.registry, "burst_store_commit_")
+    assert published["burst_store_commit_rows_count"] == 3
+    assert published["burst_store_commit_rows_sum"] == 5101
+    assert published['burst_store_commit_rows_bucket{le="100.0"}'] == 2
+    assert published['burst_store_commit_seconds_bucket{le="0.001"}'] == 1
+    assert published['burst_store_commit_seconds_bucket{le="2.5"}'] == 2
+    assert published["burst_store_commit_seconds_count"] == 3
