@@ -274,10 +274,10 @@ def point(
         # other core, jobs/s measures them as much as the controller.
         print(
             f"  {workers:>5} workers{' (after)' if after != 'none' else ''}:"
-            f" {rate:8.0f} jobs/s, controller CPU {per_job_us:6.0f} us/job,"
+            f" {rate:8.0f} jobs/s, controller CPU {per_job_us:6.1f} us/job,"
             + (" metrics on," if metrics else "")
             + (" TLS," if args.tls else "")
-            + f" {net_us:6.0f} net of idle {idle * 100:4.1f}% of a core; controller busy"
+            + f" {net_us:6.1f} net of idle {idle * 100:4.1f}% of a core; controller busy"
             f" {cpu / elapsed * 100:3.0f}% (store process {store_cpu / elapsed * 100:.0f}%),"
             f" simulators {sims_cpu / elapsed * 100:3.0f}% of a core"
             f" ({load()})",
@@ -409,8 +409,8 @@ def metrics_cost(workers: int, args: argparse.Namespace) -> None:
         for m in (False, True)
     )
     print(
-        f"  {workers:>5} workers: metrics off {off_rate:.0f} jobs/s ({off_cpu:.0f} us CPU/job),"
-        f" on {on_rate:.0f} jobs/s ({on_cpu:.0f} us CPU/job), medians of {len(runs[False])}"
+        f"  {workers:>5} workers: metrics off {off_rate:.0f} jobs/s ({off_cpu:.1f} us CPU/job),"
+        f" on {on_rate:.0f} jobs/s ({on_cpu:.1f} us CPU/job), medians of {len(runs[False])}"
         f" and {len(runs[True])} runs: metrics cost {(1 - on_rate / off_rate) * 100:+.1f}% jobs/s,"
         f" {(on_cpu / off_cpu - 1) * 100:+.1f}% CPU/job (target: at most"
         f" {METRICS_TARGET * 100:.0f}% jobs/s)",
