@@ -60,6 +60,8 @@ class SpecOptions(TypedDict, total=False):
     crash_limit: int  # its workers may be lost this many times (0: the controller's limit)
     after: Iterable[str]  # job ids: it starts once every one succeeded, fails if one did not
     after_any: bool  # with after: it starts once they ended, however they did
+    priority: int  # -1000 to 1000: higher ones start first (default 0)
+    retry_delay: float  # seconds before the first retry, doubled at each (0: at once)
 
 
 def _spec(options: SpecOptions) -> job_pb2.JobSpec:
@@ -73,6 +75,8 @@ def _spec(options: SpecOptions) -> job_pb2.JobSpec:
         crash_limit=options.get("crash_limit", 0),
         after=list(options.get("after", ())),
         after_any=options.get("after_any", False),
+        priority=options.get("priority", 0),
+        retry_delay_seconds=options.get("retry_delay", 0.0),
     )
     output_dir = options.get("output_dir")
     if output_dir is not None:

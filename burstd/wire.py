@@ -23,6 +23,9 @@ MUX_SERVICE: Final = "burst.v1.Mux"
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 """The standard health service (``Check`` only)."""
 
+MAX_PRIORITY: Final = 1000
+"""A job's priority (``JobSpec.priority``) is between minus this and this."""
+
 MAX_CRASH_LIMIT: Final = 100
 """The highest crash limit a job may ask for (``JobSpec.crash_limit``)."""
 

@@ -37,7 +37,7 @@ import cyclopts
 from cyclopts import Parameter, validators
 
 from burstd import __version__, arrays
-from burstd.wire import MAX_CRASH_LIMIT
+from burstd.wire import MAX_CRASH_LIMIT, MAX_PRIORITY
 from cli.exitcodes import ExitCode, for_status, reader_gone
 
 if TYPE_CHECKING:
@@ -290,6 +290,8 @@ def build_spec(
     crash_limit: int = 0,
     after: Iterable[str] = (),
     after_any: bool = False,
+    priority: int = 0,
+    retry_delay: float = 0.0,
 ) -> job_pb2.JobSpec:
     """The JobSpec for ``job`` and the options of ``burst submit`` (``env`` as ``K=V`` strings)."""
     from burstd import client
@@ -308,6 +310,8 @@ def build_spec(
         crash_limit=crash_limit,
         after=after,
         after_any=after_any,
+        priority=priority,
+        retry_delay=retry_delay,
     )
 
 
@@ -669,6 +673,17 @@ def submit(
     ] = 0,
     after: Annotated[tuple[str, ...], Parameter(metavar="ID[,ID...]", negative=())] = (),
     after_any: Annotated[tuple[str, ...], Parameter(metavar="ID[,ID...]", negative=())] = (),
+    priority: Annotated[
+        int,
+        Parameter(
+            metavar="N",
+            validator=validators.Number(gte=-MAX_PRIORITY, lte=MAX_PRIORITY),
+            allow_leading_hyphen=True,
+        ),
+    ] = 0,
+    retry_delay: Annotated[
+        float, Parameter(metavar="SECONDS", validator=validators.Number(gte=0))
+    ] = 0.0,
     array: Annotated[str | None, Parameter(metavar="SPEC")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
@@ -719,6 +734,13 @@ def submit(
         dependency_failed) as soon as one fails or is cancelled; repeatable.
     after_any
         Job ids: the jobs wait until every one ended, whatever the outcome; repeatable.
+    priority
+        -1000 to 1000 (default 0): jobs of a higher priority start first, in the order they
+        were submitted within one; within one priority, free slots go round the users.
+    retry_delay
+        Seconds a failed job waits (state waiting) before its first retry (--retries),
+        doubled at each retry after it and stretched by up to half at random; default 0:
+        retried at once.
     array
         One job per index, each with BURST_ARRAY_INDEX: comma-separated N, START-END
         (inclusive) or START-END:STEP items, e.g. 0-999, 1-100:2, 1,3,7-9.
@@ -780,6 +802,8 @@ def submit(
         crash_limit=crash_limit,
         after=_job_ids(after_any or after),
         after_any=bool(after_any),
+        priority=priority,
+        retry_delay=retry_delay,
     )
     asked = parse_request(cpus, mem, gpus, resource)
     if asked is not None:
@@ -1029,6 +1053,7 @@ COLUMNS: dict[str, Callable[[job_pb2.JobInfo], str]] = {
     "outcome": _outcome,
     "name": lambda i: i.name or "-",
     "submission": lambda i: i.submission_id or "-",
+    "priority": lambda i: str(i.priority),
     "attempt": lambda i: str(i.attempt),
     "exit": lambda i: str(i.exit_code) if i.HasField("exit_code") else "-",
     "signal": lambda i: str(i.signal) if i.signal else "-",

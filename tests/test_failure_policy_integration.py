@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 from tests.cluster import Cluster, eventually
 from tests.test_controller_integration import start_controller
 
@@ -46,3 +48,31 @@ def test_a_submissions_crash_limit_overrides_the_controllers(cluster: Cluster) -
     assert info["reason"] == "worker_lost" and "crash limit 1" in info["error_message"]
     other = cluster.status(default)
     assert other["state"] == "queued" and other["lost_count"] == 1
+
+
+def test_a_retry_waits_out_its_delay(cluster: Cluster) -> None:
+    cluster.controller()
+    cluster.worker("w1")
+    flaky = cluster.tmp / "flaky"
+    job_id = submit(
+        cluster,
+        "--retries",
+        "1",
+        "--retry-delay",
+        "2",
+        "process",
+        "sh",
+        "-c",
+        f"if [ -e {flaky} ]; then exit 0; fi; touch {flaky}; exit 1",
+    )
+    eventually(lambda: cluster.status(job_id)["state"] == "waiting" or None, "a waiting retry")
+    cluster.burst("wait", "--timeout", "30", job_id)
+    info = cluster.status(job_id)
+    first_end = info["attempts"][0]["finished_at"]
+    started = info["attempts"][1]["started_at"]
+    delay = datetime.datetime.fromisoformat(started) - datetime.datetime.fromisoformat(first_end)
+    print(f"retried {delay.total_seconds():.2f} s after the first attempt ended (delay 2 s)")
+    assert info["retried"] == 1 and info["attempt"] == 2 and info["state"] == "succeeded"
+    assert delay.total_seconds() >= 2.0  # never before the delay
+    refused = cluster.burst("submit", "--retry-delay", "-1", "process", "true", check=False)
+    assert refused.returncode == 2 and "--retry-delay" in refused.stderr

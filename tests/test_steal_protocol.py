@@ -935,7 +935,12 @@ class StealMachine(RuleBasedStateMachine):
                 assert holders == [job.worker_id], (job, holders)
             else:  # queued, ended, or an orphan lease (its worker process was replaced)
                 assert holders == [], (job, holders)
-        queue = {id(q) for owner in table._owners.values() for q in owner.queue}
+        queue = {
+            id(q)
+            for owner in table._owners.values()
+            for lane in owner.lanes.values()
+            for q in lane.queue
+        }
         assert all(id(j) in queue for j in table.jobs.values() if j.state is Q)
         counts = {s: sum(j.state is s for j in table.jobs.values()) for s in JobState}
         assert all(table.counts[s] == counts[s] for s in JobState)

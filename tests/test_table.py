@@ -3,6 +3,7 @@ random operation sequences (hypothesis) against a faithfully simulated fleet of 
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import random
 from collections import deque
@@ -29,6 +30,7 @@ from burstd.controller.table import (
     JobTable,
     NewJob,
     OverQuota,
+    Owner,
     QueueFull,
     ReportOutcome,
     Result,
@@ -120,9 +122,18 @@ def fingerprint(table: JobTable) -> tuple[Any, ...]:
 
 
 def queued_in_order(table: JobTable) -> list[str]:
-    """The queued jobs' ids, each owner's queue in turn (entries that left QUEUED skipped)."""
-    in_queues = [j.job_id for o in table._owners.values() for j in o.queue if j.state is Q]
+    """The queued jobs' ids, each owner's lanes in turn (entries that left QUEUED skipped)."""
+    in_queues = [j.job_id for o in table._owners.values() for j in lane_jobs(o) if j.state is Q]
     return in_queues + [j.job_id for j in table._unfit.values() if j.state is Q]
+
+
+def lane_jobs(owner: Owner) -> list[Job]:
+    """The entries of an owner's lanes, backlog then queue, highest priority first."""
+    return [
+        job
+        for _, lane in sorted(owner.lanes.items(), reverse=True)
+        for job in (*lane.backlog, *lane.queue)
+    ]
 
 
 def finished_ids(table: JobTable) -> list[str]:
@@ -246,6 +257,46 @@ def test_free_slots_go_round_the_owners_with_queued_jobs() -> None:
         (job,) = table.workers["w1"].leases.values()
         started.append(job.job_id)
     assert started == [alice[0], bob, alice[1], alice[2]]
+
+
+def test_higher_priorities_start_first_and_share_their_turns_between_owners() -> None:
+    """Rule 10: the highest priority with queued jobs goes first, FIFO within one owner, round
+    the owners within one priority; a lower one waits, whoever's it is."""
+    table = JobTable()
+    table.register("w1", slots=1, capacity=1, now=0.0)
+    first = submit(table, 1, owner="alice")
+    low = table.submit([NewJob(b"low", priority=-3)], 0.0, "bob")
+    plain = submit(table, 2, owner="alice")
+    urgent = table.submit([NewJob(b"u", priority=5)] * 2, 0.0, "alice")
+    bobs = table.submit([NewJob(b"b", priority=5)], 0.0, "bob")
+    started = [*first]
+    for now in range(1, 7):
+        deliver(table)
+        table.report("w1", exited(started[-1], table), float(now))
+        (job,) = table.workers["w1"].leases.values()
+        started.append(job.job_id)
+    assert started == [*first, urgent[0], *bobs, urgent[1], *plain, *low]
+
+
+def test_a_lower_priority_backfills_while_a_higher_ones_job_waits_for_resources() -> None:
+    """Rule 11 across priorities: a high-priority job that fits no worker now holds a worker
+    reserved, and lower priorities take the other free slots meanwhile."""
+    table = JobTable()
+    table.register("w1", slots=2, capacity=2, now=0.0)
+    table.register("w2", slots=2, capacity=2, now=0.0)
+    busy = [*submit(table), *submit(table)]
+    assert {table.jobs[j].worker_id for j in busy} == {"w1", "w2"}
+    big = resources.make_request(cpus=2)
+    (large,) = table.submit([NewJob(b"big", request=big, priority=9)], 0.0)
+    assert table.jobs[large].state is Q and "reserved" in table.waiting(table.jobs[large])
+    (reserved,) = table._reserved
+    small = table.submit([NewJob(b"s")] * 2, 0.0)
+    assert [table.jobs[j].state for j in small] == [L, Q]
+    assert table.jobs[small[0]].worker_id != reserved
+    (held,) = (j for j in busy if table.jobs[j].worker_id == reserved)
+    deliver(table, reserved)
+    table.report(reserved, exited(held, table), 1.0)
+    assert table.jobs[large].state is L and table.jobs[large].worker_id == reserved
 
 
 def test_max_queued_of_an_owner_refuses_its_submission_whole_and_no_one_elses() -> None:
@@ -743,6 +794,46 @@ def test_retry_on_exit_retries_only_the_codes_it_names() -> None:
     assert states == [(L, 1), (JobState.FAILED, 0), (JobState.FAILED, 0)]
 
 
+def test_a_retry_delay_waits_doubling_with_jitter_then_queues() -> None:
+    table = JobTable(lease_ttl=100.0)
+    (job_id,) = table.submit([NewJob(b"x", retries=2, retry_delay=10.0)], 0.0)
+    job = table.jobs[job_id]
+    register(table, capacity=1)
+    deliver(table)
+    table.report("w1", exited(job, code=1), 1.0)
+    assert job.state is JobState.WAITING and job.retried == 1
+    assert 11.0 <= job.retry_at <= 16.0  # 10 s, stretched by up to half
+    table.expire(job.retry_at - 0.01)
+    assert job.state is JobState.WAITING
+    table.expire(job.retry_at)
+    assert job.state is L and job.attempt == 2
+    deliver(table, now=job.retry_at)
+    table.report("w1", exited(job, code=1), 20.0)
+    assert 40.0 <= job.retry_at <= 50.0  # doubled
+    assert table.cancel(job_id, 21.0) is JobState.CANCELLED
+    table.expire(60.0)
+    assert job.state is JobState.CANCELLED
+
+
+def test_a_restart_keeps_a_retrys_due_time() -> None:
+    """A retry waiting out its delay is restored waiting until the same time (rule 4)."""
+    table = JobTable(lease_ttl=100.0)
+    (job_id,) = table.submit([NewJob(b"x", retries=1, retry_delay=30.0)], 0.0)
+    register(table, capacity=1)
+    deliver(table)
+    table.report("w1", exited(job_id, table, code=1), 1.0)
+    stored = table.jobs[job_id]
+    due = stored.retry_at
+    again = JobTable(lease_ttl=100.0)
+    again.restore([dataclasses.replace(stored)], table.next_id, 2.0)
+    job = again.jobs[job_id]
+    register(again, capacity=1, now=2.0)
+    again.expire(due - 0.01)
+    assert job.state is JobState.WAITING
+    again.expire(due)
+    assert job.state is L
+
+
 def test_late_report_from_a_lost_worker_is_refused_then_stale() -> None:
     table = JobTable(lease_ttl=10.0)
     [job_id] = submit(table)
@@ -1226,6 +1317,7 @@ class SimWorker:
 
 
 WORKER_IDS = ("w1", "w2", "w3")
+PRIORITIES = (-5, 0, 0, 7)
 # "" has no quota; alice may run 2 at once, bob queue 4, carol submit 2 jobs a second.
 OWNERS = ("", "alice", "bob", "carol")
 QUOTAS = Quotas(
@@ -1260,6 +1352,7 @@ class TableMachine(RuleBasedStateMachine):
         self.submitted: list[str] = []
         self.final: dict[str, tuple[Any, ...]] = {}
         self.attempts: dict[str, int] = {}
+        self.routed: dict[str, int] = {}  # the attempt each job was last routed under
         self.load: dict[str, int] = {}
         # The store's copy of each job's columns, as the recorded changes keep it.
         self.stored: dict[str, tuple[Any, ...]] = {}
@@ -1328,8 +1421,14 @@ class TableMachine(RuleBasedStateMachine):
         retries = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
         requests = data.draw(st.lists(REQUESTS, min_size=n, max_size=n))
         before, first = fingerprint(self.table), self.table.next_id
-        # retry_on_exit, crash_limit
-        policy = data.draw(st.sampled_from([("", 0), ("", 0), ("1", 0), ("", 1), ("2,3", 2)]))
+        # retry_on_exit, crash_limit, retry_delay
+        policy = data.draw(
+            st.sampled_from(
+                [("", 0, 0.0), ("", 0, 0.0), ("1", 0, 1.0), ("", 1, 0.0), ("2,3", 2, 4.0)]
+            )
+        )
+        on_exit, crash_limit, delay = policy
+        priority = data.draw(st.sampled_from(PRIORITIES))
         deps: list[str] = []
         live = [j for j in self.submitted if self.table.jobs[j].state not in TERMINAL]
         if self.submitted and data.draw(st.booleans()):
@@ -1338,7 +1437,7 @@ class TableMachine(RuleBasedStateMachine):
             deps = data.draw(st.lists(st.sampled_from(among), max_size=3, unique=True))
         after, after_any = ",".join(deps), data.draw(st.booleans())
         new = [
-            NewJob(b"s", r, "", q, *policy, after, after_any)
+            NewJob(b"s", r, "", q, on_exit, crash_limit, after, after_any, priority, delay)
             for r, q in zip(retries, requests, strict=True)
         ]
         if data.draw(st.integers(0, 9)) == 0:  # now and then one that names no job
@@ -1597,7 +1696,8 @@ class TableMachine(RuleBasedStateMachine):
             elif kind == "returned":
                 assert job.state in (Q, L) and job.retried == retried
             elif kind != "cancelled" and retried < job.retries and self.retried_for(job, code):
-                assert job.state in (Q, L) and job.retried == retried + 1
+                assert job.retried == retried + 1
+                assert job.state in ((JobState.WAITING,) if job.retry_delay else (Q, L))
             else:
                 assert job.state is JobState.FAILED
         del sim.holds[job_id]
@@ -1734,7 +1834,14 @@ class TableMachine(RuleBasedStateMachine):
         those that ended failed it); a job past waiting had every dependency end as it needs,
         or ended failed for one; the index lists only jobs that have not ended."""
         jobs = self.table.jobs
+        deferred = {job.job_id: due for due, _, job in self.table._deferred}
         for job in jobs.values():
+            if job.state is JobState.WAITING and job.retry_at:
+                # A retry waiting out its delay (rule 4), queued once due (time passes only
+                # with ``expire``)
+                assert job.retried and not job.unmet and deferred[job.job_id] == job.retry_at
+                assert job.retry_at > self.now
+                continue
             if not job.after:
                 continue
             deps = [jobs[d] for d in job.after.split(",")]
@@ -1751,6 +1858,25 @@ class TableMachine(RuleBasedStateMachine):
             elif job.state is not JobState.CANCELLED:
                 assert live == 0 and (job.after_any or not bad), job
         assert all(jobs[d].state not in TERMINAL for d in self.table._dependents)
+
+    @invariant()
+    def higher_priorities_lease_first(self) -> None:
+        """Rule 10: a job routed from the queue (a new attempt, not a steal) that asks for no
+        resources leaves no lane of a higher priority in the rotation whose head asks for none
+        either (one that asks for some may wait for them while lower ones backfill: rule 11)."""
+        table = self.table
+        plain_heads = [
+            lane.priority
+            for level in table._rotation.values()
+            for lane in level.values()
+            if (head := next((j for j in (*lane.backlog, *lane.queue) if j.state is Q), None))
+            and head.request is None
+        ]
+        for job_id, job in table.jobs.items():
+            if job.attempt != self.routed.get(job_id, 0):
+                self.routed[job_id] = job.attempt
+                if job.state in (L, R) and not job.steal_round and job.request is None:
+                    assert all(p <= job.priority for p in plain_heads), job
 
     @invariant()
     def terminal_is_final_and_attempts_only_grow(self) -> None:
@@ -1825,9 +1951,9 @@ class TableMachine(RuleBasedStateMachine):
         registered = {k for k, w in table.workers.items() if w.state is WorkerState.REGISTERED}
         assert set(self.router.seen) == registered - set(table._reserved)
         self.load = {k: w.load for k, w in table.workers.items()}
-        for name in table._rotation:
-            owner = table._owners[name]
-            head = next((j for j in (*owner.backlog, *owner.queue) if j.state is Q), None)
+        for lane in (lane for level in table._rotation.values() for lane in level.values()):
+            name = lane.owner
+            head = next((j for j in (*lane.backlog, *lane.queue) if j.state is Q), None)
             if head is None:
                 assert all(j.owner != name for j in table._unfit.values() if j.state is not Q)
                 continue
@@ -1867,8 +1993,9 @@ class TableMachine(RuleBasedStateMachine):
 
     @invariant()
     def owners_count_their_jobs_and_take_turns_within_their_quotas(self) -> None:
-        """Rule 9: each owner's queue holds its queued jobs; the rotation holds exactly the
-        owners with queued jobs below max_running, so one at its limit holds no one back."""
+        """Rule 10: each owner's lanes hold its queued jobs, one lane a priority; the rotation
+        holds exactly the lanes with queued jobs of owners below max_running, so one at its
+        limit holds no one back."""
         table = self.table
         for name, owner in table._owners.items():
             mine = [j for j in table.jobs.values() if j.owner == name]
@@ -1877,15 +2004,20 @@ class TableMachine(RuleBasedStateMachine):
                 real[job.state] += 1
             assert owner.counts == real
             unfit = [j for j in table._unfit.values() if j.owner == name]
-            assert {j.job_id for j in [*owner.queue, *unfit] if j.state is Q} == {
+            assert {j.job_id for j in [*lane_jobs(owner), *unfit] if j.state is Q} == {
                 j.job_id for j in mine if j.state is Q
             }
-            assert all(j.owner == name for j in owner.queue)
             quota = QUOTAS.of(name)
             if quota.max_running:
                 assert owner.active <= quota.max_running
-            ready = real[Q] > 0 and quota.may_lease(owner.active)
-            assert (name in table._rotation) is ready is owner.ready
+            for priority, lane in owner.lanes.items():
+                entries = (*lane.backlog, *lane.queue)
+                assert all(j.owner == name and j.priority == priority for j in entries)
+                queued = sum(j.state is Q and j.priority == priority for j in mine)
+                assert lane.queued == queued
+                ready = queued > 0 and quota.may_lease(owner.active)
+                in_rotation = table._rotation.get(priority, {}).get(name) is lane
+                assert in_rotation is ready is lane.ready
 
     @invariant()
     def submissions_count_their_jobs(self) -> None:

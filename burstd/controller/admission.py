@@ -86,6 +86,13 @@ def validate_spec(
             raise SpecError(f"{path}.retry_on_exit[{i}]: {code} is not an exit code (0-255)")
     if spec.crash_limit > wire.MAX_CRASH_LIMIT:
         raise SpecError(f"{path}.crash_limit: at most {wire.MAX_CRASH_LIMIT}")
+    if abs(spec.priority) > wire.MAX_PRIORITY:
+        raise SpecError(
+            f"{path}.priority: {spec.priority} is not between"
+            f" {-wire.MAX_PRIORITY} and {wire.MAX_PRIORITY}"
+        )
+    if not math.isfinite(spec.retry_delay_seconds) or spec.retry_delay_seconds < 0:
+        raise SpecError(f"{path}.retry_delay_seconds: must be a finite number >= 0")
     _check_outputs(spec, path)
 
 
@@ -198,14 +205,21 @@ def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     )
 
 
-_Policy = tuple[str, int, str, bool]
+_Policy = tuple[str, int, str, bool, int, float]
 
 
 def _policy(spec: job_pb2.JobSpec) -> _Policy:
-    """A spec's failure policy and dependencies as the table keeps them (``NewJob``'s fields
-    after ``request``)."""
+    """A spec's failure policy, dependencies and priority as the table keeps them
+    (``NewJob``'s fields after ``request``)."""
     on_exit = ",".join(map(str, spec.retry_on_exit))
-    return on_exit, spec.crash_limit, ",".join(spec.after), spec.after_any
+    return (
+        on_exit,
+        spec.crash_limit,
+        ",".join(spec.after),
+        spec.after_any,
+        spec.priority,
+        spec.retry_delay_seconds,
+    )
 
 
 def dependencies(specs: Iterable[job_pb2.JobSpec]) -> set[str]:
@@ -226,7 +240,7 @@ class ArrayJobs(Sequence[NewJob]):
         name: str,
         step: int = 1,
         request: resources.Request | None = None,
-        policy: _Policy = ("", 0, "", False),
+        policy: _Policy = ("", 0, "", False, 0, 0.0),
     ) -> None:
         self._prefix, self._start, self._count, self._step = prefix, start, count, step
         self._retries, self._name, self._request = retries, name, request

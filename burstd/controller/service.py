@@ -142,6 +142,7 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
         owner=job.owner,
         waiting=waiting,
         submission_id=wire.submission_id(job.submission),
+        priority=job.priority,
     )
     if job.request is not None:
         info.resources.CopyFrom(resources_proto.to_message(job.request))

@@ -21,7 +21,10 @@ Rules (the promises of the design, section 5):
    told us it no longer has it) or when it failed and asked for retries. A job whose workers were
    lost ``crash_limit`` times (its own ``Job.crash_limit``, else the table's) fails with reason
    ``worker_lost``. A failed job is retried only for the exit codes of its ``retry_on_exit``
-   (when it names any).
+   (when it names any); with a ``retry_delay`` it waits (WAITING, DEFER) no less than that
+   delay times 2 to the power of its retries so far, times 1 to 1.5 at random (jitter, so
+   that a batch failed at once does not come back at once), until ``Job.retry_at``, and is
+   queued (RELEASE) by ``expire`` once due; a restart keeps that time.
 5. Capacity cannot drift: a worker's load is counted in CPUs, one per lease it holds plus what
    the leases of jobs asking for more (``Job.request``, burstd/resources.py) add in
    ``Worker.extra``, which changes only beside its lease set (``_hold``, ``_release``). A job is
@@ -49,22 +52,25 @@ Rules (the promises of the design, section 5):
    retried, lost, fenced, ended) and every worker transition is recorded as an event
    (``take_events``: kind, job, worker, attempt, detail), in the order taken, for the stored
    event log; each names the worker as it is after the transition (the thief of a steal).
-10. Every job has an owner (the user that submitted it), and the queue is one FIFO per owner.
-    Submissions past the owner's quota (``burstd.policies.quotas``: ``max_queued``,
-    ``submit_rate``) are refused whole, as a full queue is. An owner with ``max_running`` jobs
-    leased or running is out of the rotation of owners that free slots go to until one of them
-    ends, so it holds no other owner's jobs back, at no cost per queued job. Free slots go round
-    the owners with queued jobs, one worker's batch at a time (with one owner: plain FIFO).
-11. Resources (rule 5) keep each owner's queue FIFO: a job that fits no worker now stays at the
-   head of its owner's queue, and that owner waits while the others are served. The worker
+10. Every job has an owner (the user that submitted it) and a priority (-1000 to 1000), and
+    the queue is one FIFO per owner and priority (a ``Lane``). Submissions past the owner's
+    quota (``burstd.policies.quotas``: ``max_queued``, ``submit_rate``) are refused whole, as a
+    full queue is. An owner with ``max_running`` jobs leased or running is out of the rotation
+    of owners that free slots go to until one of them ends, so it holds no other owner's jobs
+    back, at no cost per queued job. Free slots go to the highest priority with queued jobs,
+    and within it round the owners that have some, one worker's batch at a time (with one
+    owner and one priority: plain FIFO).
+11. Resources (rule 5) keep each lane FIFO: a job that fits no worker now stays at the
+   head of its lane, and that lane waits while the others are served (lower priorities
+   too: backfill). The worker
    that could hold it with the least load is then reserved for it (``_reserved``): it leaves
    the router and takes no other job until that one fits it, so a stream of small jobs never
    starves a large one, and the other workers keep taking small jobs meanwhile (backfill). A
-   job no registered worker could ever hold (its request beyond their totals) leaves its queue
+   job no registered worker could ever hold (its request beyond their totals) leaves its lane
    for ``_unfit`` (still queued and counted, ``waiting`` says why) until a worker registers.
 12. A job submitted with dependencies (``Job.after``: job ids known when it was submitted)
     waits (WAITING: not queued, held by no worker) until each has ended: succeeded, or ended in
-    any way with ``after_any``. Then it is queued (RELEASE, at the back of its owner's queue).
+    any way with ``after_any``. Then it is queued (RELEASE, at the back of its lane).
     One that failed or was cancelled ends it at once (DEPENDENCY_FAILED: failed, reason
     ``dependency_failed``), and so on down the chain, in one call, however long the chain.
     The dependents of each job that has not ended are indexed by its id (``_dependents``), so
@@ -92,9 +98,11 @@ was last heard from, by when it has stopped their jobs (burstd/leases.py), then 
 from __future__ import annotations
 
 import enum
+import heapq
 import itertools
 import json
 import operator
+import random
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -141,6 +149,7 @@ class Event(enum.Enum):
     ADMIT_AWAIT = "admit_await"  # as AWAIT, for one the store holds already
     RELEASE = "release"  # its dependencies ended as it needs: queued
     DEPENDENCY_FAILED = "dependency_failed"  # one of its dependencies failed or was cancelled
+    DEFER = "defer"  # failed, a retry left, to be queued after its retry delay (RELEASE)
 
     # Members are singletons: identity hashing is C code, where Enum's own hash runs Python on
     # every TRANSITIONS lookup (two per job).
@@ -164,8 +173,9 @@ JOB_EVENTS: dict[Event, tuple[str, str]] = {
     Event.CANCEL: ("ended", "cancelled"),
     Event.AWAIT: ("submitted", ""),
     Event.ADMIT_AWAIT: ("submitted", ""),
-    Event.RELEASE: ("queued", ""),
+    Event.RELEASE: ("queued", ""),  # its dependencies ended, or its retry delay
     Event.DEPENDENCY_FAILED: ("ended", "dependency_failed"),
+    Event.DEFER: ("retried", ""),
 }
 
 
@@ -240,6 +250,7 @@ TRANSITIONS: dict[tuple[JobState | None, Event], Step] = {
     (_L, Event.START): Step(_R, starts=True),
     # back to the queue
     **{(s, Event.RETRY): Step(_Q, Place.FRONT, retried=True, undelivered=True) for s in _IN_LEASE},
+    **{(s, Event.DEFER): Step(_W, retried=True, undelivered=True) for s in _IN_LEASE},
     **{(s, Event.LOSE): Step(_Q, Place.FRONT, undelivered=True) for s in _IN_LEASE},
     **{(s, Event.FENCE): Step(s, Place.ORPHAN) for s in _IN_LEASE},
     # ended
@@ -310,10 +321,9 @@ WORKER_TRANSITIONS: dict[tuple[WorkerState | None, WorkerEvent], WorkerStep] = {
 
 # The transitions of jobs in the table (neither in nor out) for ``JobTable._move``: the new
 # state (typed), the step, whether it records a lease only, and when it may change the owner's
-# place in the rotation (rule 10): a job leaving the queue may take an owner in the rotation out
-# (True: look if it is in), one leaving a worker may bring one back (False), others neither
-# (None). A step that ends a job or starts it changes nothing else in the job, so that the hot
-# path tests little.
+# lanes' places in the rotation (rule 10): a job leaving the queue (True) or leaving a worker
+# or WAITING (False, perhaps into the queue) may, others never (None). A step that ends a job
+# or starts it changes nothing else in the job, so that the hot path tests little.
 _MOVES: dict[tuple[JobState, Event], tuple[JobState, Step, bool, bool | None]] = {
     (state, event): (
         step.to,
@@ -477,6 +487,13 @@ class Job:
     unmet: int = 0  # while WAITING: its dependencies that have not ended
     # Its submission: the number of the submission's first job (rule 13); never changes.
     submission: int = 0
+    # Higher leases first (rule 10); set at submission, never changed.
+    priority: int = 0
+    # Seconds before its first retry (rule 4; 0: none), set at submission; and when its last
+    # retry with a delay was due (0: none yet). A job WAITING with one waits out that delay:
+    # dependencies are waited for only before the first attempt.
+    retry_delay: float = 0.0
+    retry_at: float = 0.0
     # What the current (or last) attempt's process used, as its worker reported.
     user_cpu: float = 0.0
     system_cpu: float = 0.0
@@ -505,23 +522,41 @@ class Submission:
 
 
 @dataclass(slots=True, eq=False)
+class Lane:
+    """One owner's queued jobs of one priority (rule 10), in the order they lease: those of a
+    previous life (``JobTable.restore``) first, as they were submitted before any since.
+    Entries that left QUEUED stay until popped, and are skipped then."""
+
+    owner: str
+    priority: int
+    backlog: deque[Job] = field(default_factory=deque)
+    queue: deque[Job] = field(default_factory=deque)
+    queued: int = 0  # its jobs in QUEUED (those in ``JobTable._unfit`` too)
+    # In the rotation of its priority: it has queued jobs and its owner may be leased one more.
+    ready: bool = False
+
+
+@dataclass(slots=True, eq=False)
 class Owner:
-    """One user's jobs in the table (rule 10): its queue, its counts per state (those only the
+    """One user's jobs in the table (rule 10): its lanes, its counts per state (those only the
     store holds included) and the state of its quota."""
 
     name: str
     quota: Quota
-    # Its queued jobs in the order they lease: those of a previous life (``JobTable.restore``)
-    # first, as they were submitted before any since. Entries that left QUEUED are skipped when
-    # popped.
-    backlog: deque[Job] = field(default_factory=deque)
-    queue: deque[Job] = field(default_factory=deque)
+    # Its queued jobs, by priority.
+    lanes: dict[int, Lane] = field(default_factory=dict)
     counts: dict[JobState, int] = field(default_factory=lambda: dict.fromkeys(JobState, 0))
     # Room held for its submissions not queued yet (``JobTable.room``).
     held_room: int = 0
     bucket: TokenBucket | None = None
-    # In the rotation: it has queued jobs and may be leased one more.
-    ready: bool = False
+    # Below its max_running when its lanes were last put in the rotation or out (``_rotate``).
+    may_lease: bool = True
+
+    def lane(self, priority: int) -> Lane:
+        lane = self.lanes.get(priority)
+        if lane is None:
+            lane = self.lanes[priority] = Lane(self.name, priority)
+        return lane
 
     @property
     def active(self) -> int:
@@ -534,6 +569,7 @@ EventRecord = tuple[str, str, str, int, str]
 
 
 _SUBMISSION_OF = operator.attrgetter("submission")
+_PRIORITY_OF = operator.attrgetter("priority")
 
 
 class StoredCount(NamedTuple):
@@ -570,6 +606,8 @@ class NewJob:
     crash_limit: int = 0
     after: str = ""  # see Job.after
     after_any: bool = False
+    priority: int = 0
+    retry_delay: float = 0.0
 
 
 @dataclass(slots=True)
@@ -701,13 +739,13 @@ class JobTable:
         # metrics (read at scrape time: a dict increment is all a transition pays).
         self.moves: dict[tuple[JobState | None, Event], int] = dict.fromkeys(TRANSITIONS, 0)
         self.worker_events: dict[WorkerEvent, int] = dict.fromkeys(WorkerEvent, 0)
-        # Every owner seen, and those in the rotation (queued jobs, room to lease), in the
-        # order free slots go to them (rule 10).
+        # Every owner seen, and by priority the lanes in the rotation (queued jobs, their
+        # owner below max_running), by owner in the order free slots go to them (rule 10).
         self._owners: dict[str, Owner] = {}
         # Every submission with a job in the table or the store, by number (rule 13).
         self.submissions: dict[int, Submission] = {}
-        self._rotation: dict[str, Owner] = {}
-        self._served: Owner | None = None  # the owner that had the last batch
+        self._rotation: dict[int, dict[str, Lane]] = {}
+        self._served: Lane | None = None  # the lane that had the last batch
         # Queued jobs of a previous life still only in the store, and the number up to which
         # every one of them is in memory: a restart serves before its whole queue is read back
         # (``restore_queued``).
@@ -754,6 +792,9 @@ class JobTable:
         self._dependents: dict[str, list[Job]] = {}
         self._ended: list[Job] = []
         self._settling = False
+        # Retries waiting out their delay (rule 4): (due, job number, job), soonest first.
+        self._deferred: list[tuple[float, int, Job]] = []
+        self.rng = random.Random()
 
     # -- transitions -------------------------------------------------------------------------
 
@@ -796,17 +837,28 @@ class JobTable:
             known.last = last
         return known
 
-    def _rotate(self, owner: Owner) -> None:
-        """Put the owner in the rotation, or take it out, as its counts now say (rule 10)."""
+    def _rotate(self, owner: Owner, lane: Lane | None = None) -> None:
+        """Put the owner's lanes in the rotation, or take them out, as its counts now say
+        (rule 10); ``lane``: the only one whose queued jobs may have changed."""
         counts, limit = owner.counts, owner.quota.max_running
         # Owner.active and Quota.may_lease, inline: this runs at every lease and end.
-        ready = counts[_Q] > 0 and (not limit or counts[_L] + counts[_R] < limit)
-        if ready is not owner.ready:
-            owner.ready = ready
-            if ready:
-                self._rotation[owner.name] = owner
-            else:
-                del self._rotation[owner.name]
+        may = not limit or counts[_L] + counts[_R] < limit
+        if may is owner.may_lease and lane is not None:
+            lanes: Iterable[Lane] = (lane,)
+        else:
+            owner.may_lease = may
+            lanes = owner.lanes.values()
+        for lane in lanes:
+            ready = may and lane.queued > 0
+            if ready is not lane.ready:
+                lane.ready = ready
+                if ready:
+                    self._rotation.setdefault(lane.priority, {})[owner.name] = lane
+                else:
+                    level = self._rotation[lane.priority]
+                    del level[owner.name]
+                    if not level:
+                        del self._rotation[lane.priority]
 
     def _move(self, job: Job, event: Event, now: float = 0.0, until: float = 0.0) -> None:
         """Take the transition of ``event`` for a job in the table (not one in or out);
@@ -830,8 +882,19 @@ class JobTable:
         submission_counts[to] += 1
         job.state = to
         self.moves[move] += 1
-        if rotate_if is owner.ready:
-            self._rotate(owner)
+        if rotate_if is not None:
+            # Into or out of the queue: its lane counts it. A job ending leaves every lane as
+            # it was while its owner may lease already.
+            if rotate_if:
+                lane = owner.lanes[job.priority]
+                lane.queued -= 1
+                self._rotate(owner, lane)
+            elif to is _Q:
+                lane = owner.lane(job.priority)
+                lane.queued += 1
+                self._rotate(owner, lane)
+            elif not owner.may_lease:
+                self._rotate(owner)
         # The hot path (a lease, a start, an end, once a job each) tests only what its step
         # may change: see _MOVES.
         if step.ends:
@@ -854,9 +917,10 @@ class JobTable:
                 job.retried += 1
                 _keep_attempt(job, now)
             if step.place is Place.FRONT:
-                (owner.backlog or owner.queue).appendleft(job)
+                lane = owner.lanes[job.priority]
+                (lane.backlog or lane.queue).appendleft(job)
             elif step.place is Place.BACK:
-                owner.queue.append(job)
+                owner.lanes[job.priority].queue.append(job)
             elif step.place is Place.ORPHAN:
                 self.orphans[job.job_id] = until
         if self.track_events:
@@ -877,8 +941,10 @@ class JobTable:
             job.lease_seq = 0
             job.steal_round = 0
         if step.place is Place.BACKLOG:
-            owner.backlog.append(job)
-            self._rotate(owner)
+            lane = owner.lane(job.priority)
+            lane.backlog.append(job)
+            lane.queued += 1
+            self._rotate(owner, lane)
         elif step.place is Place.ORPHAN:
             self.orphans[job.job_id] = now + self.lease_ttl
 
@@ -891,15 +957,22 @@ class JobTable:
         self.jobs.update(zip(ids, jobs, strict=True))
         if self.track_changes and step.record is Record.NEW:
             self._new.update(zip(ids, jobs, strict=True))
-        owners = {job.owner for job in jobs}
-        for name in owners:
-            # One submission's jobs have one owner: its queue takes them in one C call.
-            owned = jobs if len(owners) == 1 else [job for job in jobs if job.owner == name]
+        lanes = {(job.owner, job.priority) for job in jobs}
+        for name, priority in lanes:
+            # One submission's jobs have one owner, and mostly one priority: its lane takes
+            # them in one C call.
+            owned = (
+                jobs
+                if len(lanes) == 1
+                else [job for job in jobs if job.owner == name and job.priority == priority]
+            )
             owner = self._owner(name)
-            (owner.backlog if step.place is Place.BACKLOG else owner.queue).extend(owned)
+            lane = owner.lane(priority)
+            (lane.backlog if step.place is Place.BACKLOG else lane.queue).extend(owned)
+            lane.queued += len(owned)
             owner.counts[JobState.QUEUED] += len(owned)
             self._counts[JobState.QUEUED] += len(owned)
-            self._rotate(owner)
+            self._rotate(owner, lane)
         # One submission's jobs follow each other: a look-up per submission, not per job.
         for number, group in itertools.groupby(jobs, _SUBMISSION_OF):
             run = list(group)
@@ -989,7 +1062,10 @@ class JobTable:
         A queued one stays in the queue's deque until the caller rebuilds it."""
         step = _step(job.state, event, job.job_id)
         assert step.place is Place.OUT
-        self._rotate(self._count(job, job.state, -1))
+        owner = self._count(job, job.state, -1)
+        if job.state is _Q:
+            owner.lanes[job.priority].queued -= 1
+        self._rotate(owner)
         self.moves[job.state, event] += 1
         del self.jobs[job.job_id]
         self._left(job.submission)
@@ -1181,6 +1257,8 @@ class JobTable:
                 after=new.after,
                 after_any=new.after_any,
                 submission=submission,
+                priority=new.priority,
+                retry_delay=new.retry_delay,
             )
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
@@ -1240,8 +1318,8 @@ class JobTable:
             owners.add(job.owner)
             self._unfit.pop(job.job_id, None)
         for name in owners:
-            owner = self._owners[name]
-            owner.queue = deque(job for job in owner.queue if job.job_id not in gone)
+            for lane in self._owners[name].lanes.values():
+                lane.queue = deque(job for job in lane.queue if job.job_id not in gone)
         if gone:
             self._dispatch()
 
@@ -1554,7 +1632,13 @@ class JobTable:
             if result.succeeded:
                 self._move(job, Event.SUCCEED, now)
             elif job.retried < job.retries and self._retryable(job, result):
-                self._move(job, Event.RETRY, now)
+                if job.retry_delay:
+                    jitter = 1 + self.rng.random() / 2
+                    job.retry_at = now + job.retry_delay * 2**job.retried * jitter
+                    self._move(job, Event.DEFER, now)
+                    self._defer(job)
+                else:
+                    self._move(job, Event.RETRY, now)
             else:
                 self._move(job, Event.FAIL, now)
         return ReportOutcome.ACCEPTED
@@ -1734,9 +1818,19 @@ class JobTable:
             job = self.jobs.get(job_id)  # a cancelled one may have left already
             if job is not None and job.state not in TERMINAL:
                 self._lose_unleased(job, now)
-        if lost or unclaimed:
+        deferred, due = self._deferred, False
+        while deferred and deferred[0][0] <= now:
+            when, _, job = heapq.heappop(deferred)
+            if job.state is _W and job.retry_at == when and self.jobs.get(job.job_id) is job:
+                self._move(job, Event.RELEASE)
+                due = True
+        if lost or unclaimed or due:
             self._dispatch()
         return [w.worker_id for w in lost]
+
+    def _defer(self, job: Job) -> None:
+        """A retry waits out its delay, until ``retry_at`` (rule 4)."""
+        heapq.heappush(self._deferred, (job.retry_at, job.num, job))
 
     # -- restart, retention ------------------------------------------------------------------
 
@@ -1764,7 +1858,10 @@ class JobTable:
             self._restore(job, now)
         for job in jobs:
             if job.state is _W:
-                self._wait_on(job, known, now)
+                if job.retry_at:
+                    self._defer(job)
+                else:
+                    self._wait_on(job, known, now)
         self.unloaded = unloaded
         self._dispatch()
 
@@ -1953,7 +2050,7 @@ class JobTable:
         rotation = self._rotation
         if self._reserved:
             self._serve_reservations()
-        stuck: set[str] = set()  # owners whose next job fits no worker now
+        stuck: set[Lane] = set()  # lanes whose next job fits no worker now
         while rotation:
             worker_id = self.router.pick()
             if worker_id is None:
@@ -1963,23 +2060,13 @@ class JobTable:
             worker = self.workers[worker_id]
             take = max(1, min(worker.slots, worker.capacity) - worker.load)
             while take > 0 and rotation:
-                # The first owner in the rotation fills the batch, as far as it may; the one
-                # that had the last batch waits for the others' turns first.
-                owner = next(iter(rotation.values()))
-                if owner is self._served and len(rotation) > 1:
-                    del rotation[owner.name]
-                    rotation[owner.name] = owner
-                    owner = next(iter(rotation.values()))
-                if stuck and owner.name in stuck:
-                    ready = (o for o in rotation.values() if o.name not in stuck)
-                    if (free_owner := next(ready, None)) is None:
-                        break
-                    owner = free_owner
-                self._served = owner
-                while take > 0 and owner.ready:
-                    queue = owner.backlog or owner.queue
+                lane = self._next_lane(stuck)
+                if lane is None:
+                    break
+                while take > 0 and lane.ready:
+                    queue = lane.backlog or lane.queue
                     if not queue:  # its queued jobs fit no worker (``_unfit``)
-                        stuck.add(owner.name)
+                        stuck.add(lane)
                         break
                     job = queue.popleft()
                     if job.state is not JobState.QUEUED:
@@ -1989,7 +2076,7 @@ class JobTable:
                         if placed is None and job.job_id in self._unfit:
                             continue
                         if placed is None:
-                            stuck.add(owner.name)
+                            stuck.add(lane)
                             break
                         if placed is worker:
                             take -= job.request.get(resources.CPUS, 1)
@@ -2001,21 +2088,47 @@ class JobTable:
                     self._move(job, Event.LEASE)
                     worker.leases[job.job_id] = job
                     worker.outbox.append(job)
-                if stuck and len(stuck) == len(rotation):
-                    break
             self._route(worker)
             self._wakeups.add(worker_id)
-            if stuck and all(name in stuck for name in rotation):
+            if stuck and self._next_lane(stuck, serve=False) is None:
                 return
 
-    def _place_heads(self, stuck: set[str]) -> bool:
+    def _next_lane(self, stuck: set[Lane], *, serve: bool = True) -> Lane | None:
+        """The lane that fills the next batch (rule 10): of the highest priority in the
+        rotation with a lane not ``stuck`` (lower ones backfill behind a stuck one: rule 11),
+        the first lane, unless it had the last batch (it then waits for the others' turns
+        first). None: every lane is stuck. ``serve``: it takes the batch."""
+        rotation = self._rotation
+        if not stuck:
+            level = rotation[max(rotation)] if len(rotation) > 1 else next(iter(rotation.values()))
+        else:
+            for priority in sorted(rotation, reverse=True):
+                level = rotation[priority]
+                if any(lane not in stuck for lane in level.values()):
+                    break
+            else:
+                return None
+        lane = next(iter(level.values()))
+        if not serve:
+            return lane
+        if lane is self._served and len(level) > 1:
+            del level[lane.owner]
+            level[lane.owner] = lane
+            lane = next(iter(level.values()))
+        if stuck and lane in stuck:
+            lane = next(free for free in level.values() if free not in stuck)
+        self._served = lane
+        return lane
+
+    def _place_heads(self, stuck: set[Lane]) -> bool:
         """No worker the router would pick has room: the jobs asking for resources at the head
-        of their owners' queues may still fit another (the router counts CPUs only). Returns
-        whether one was leased or a worker reserved: what the router may pick changed."""
+        of their lanes may still fit another (the router counts CPUs only). Returns whether
+        one was leased or a worker reserved: what the router may pick changed."""
         changed = False
-        for owner in list(self._rotation.values()):
-            while owner.ready and owner.name not in stuck:
-                queue = owner.backlog or owner.queue
+        lanes = [lane for level in self._rotation.values() for lane in level.values()]
+        for lane in sorted(lanes, key=_PRIORITY_OF, reverse=True):
+            while lane.ready and lane not in stuck:
+                queue = lane.backlog or lane.queue
                 if not queue:
                     break
                 job = queue[0]
@@ -2104,15 +2217,15 @@ class JobTable:
             ):
                 self._unreserve(worker_id)
             elif self._fits(worker, request):
-                owner = self._owners[job.owner]
-                # It waits at the head of its queue (rule 11), unless a job lost or retried
+                lane = self._owners[job.owner].lanes[job.priority]
+                # It waits at the head of its lane (rule 11), unless a job lost or retried
                 # went back in front of it meanwhile.
-                for queue in (owner.backlog, owner.queue):
+                for queue in (lane.backlog, lane.queue):
                     if queue and queue[0] is job:
                         queue.popleft()
                         break
                 else:
-                    (owner.backlog if job in owner.backlog else owner.queue).remove(job)
+                    (lane.backlog if job in lane.backlog else lane.queue).remove(job)
                 self._lease(job, worker)
                 self._unreserve(worker_id)
 
@@ -2125,8 +2238,8 @@ class JobTable:
         """Jobs that fit no worker go back to the head of their queues, to be tried again."""
         for job in reversed(list(self._unfit.values())):
             if job.state is JobState.QUEUED and self.jobs.get(job.job_id) is job:
-                owner = self._owners[job.owner]
-                (owner.backlog or owner.queue).appendleft(job)
+                lane = self._owners[job.owner].lanes[job.priority]
+                (lane.backlog or lane.queue).appendleft(job)
         self._unfit.clear()
 
     def waiting(self, job: Job) -> str:

@@ -48,7 +48,7 @@ class DockerSpec(_message.Message):
     def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit", "after", "after_any")
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit", "after", "after_any", "priority", "retry_delay_seconds")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,8 @@ class JobSpec(_message.Message):
     CRASH_LIMIT_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     AFTER_ANY_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     process: ProcessSpec
     python: PythonSpec
@@ -96,7 +98,9 @@ class JobSpec(_message.Message):
     crash_limit: int
     after: _containers.RepeatedScalarFieldContainer[str]
     after_any: bool
-    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ...) -> None: ...
+    priority: int
+    retry_delay_seconds: float
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ..., priority: _Optional[int] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
@@ -151,7 +155,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting", "submission_id", "command", "cwd", "env_names", "kind")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting", "submission_id", "command", "cwd", "env_names", "kind", "priority")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +182,7 @@ class JobInfo(_message.Message):
     CWD_FIELD_NUMBER: _ClassVar[int]
     ENV_NAMES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -204,7 +209,8 @@ class JobInfo(_message.Message):
     cwd: str
     env_names: _containers.RepeatedScalarFieldContainer[str]
     kind: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ..., submission_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., env_names: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ..., submission_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., env_names: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class AttemptOutput(_message.Message):
     __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path", "started_at", "finished_at", "exit_code", "signal", "reason", "usage")
