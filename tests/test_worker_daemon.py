@@ -7,6 +7,7 @@ over loopback against a stand-in controller service, to see how its calls travel
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -463,3 +464,37 @@ async def test_a_refused_registration_ends_the_session_for_good() -> None:
             await ControllerLink(state).run()
         nursery.cancel_scope.cancel()
     assert tries == [state.instance]
+
+
+async def test_workers_that_lost_the_controller_together_come_back_spread_out() -> None:
+    """Ten workers whose controller answers UNAVAILABLE retry their registration with pauses
+    that grow (never past the heartbeat interval) and are jittered: after a few retries their
+    attempts are spread over time, not ten at once each time (real transport on loopback)."""
+    tries: dict[str, list[float]] = {}
+
+    async def register(request: Any, metadata: Any) -> worker_pb2.RegisterWorkerResponse:
+        tries.setdefault(request.worker_id, []).append(trio.current_time())
+        raise transport.Unavailable("the controller is starting")
+
+    service = transport.Service(wire.CONTROLLER_SERVICE)
+    service.unary("RegisterWorker", worker_pb2.RegisterWorkerRequest, register)
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(transport.serve, "127.0.0.1", 0, [service])
+        for i in range(10):
+            config = WorkerConfig(
+                worker_id=f"w{i}", controller_addr=f"127.0.0.1:{port}", retry_interval_ms=100
+            )
+            nursery.start_soon(ControllerLink(WorkerState(config, LocalQueue(4))).run)
+        with trio.fail_after(20):
+            while len(tries) < 10 or min(len(times) for times in tries.values()) < 6:
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    for times in tries.values():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert max(gaps) < 1.0 + 0.5  # the heartbeat interval, and room for a loaded machine
+    # From its first attempt to its sixth, a worker sleeps 0.1 + 0.2 + 0.4 + 0.8 + 1.0 s
+    # without jitter, whoever it is (and the calls take some more); with it, anything from
+    # half that to all of it, each worker its own.
+    waits = [times[5] - times[0] for times in tries.values()]
+    print(f"first to sixth attempt: {min(waits):.3f} to {max(waits):.3f} s")
+    assert min(waits) < 2.2

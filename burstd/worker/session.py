@@ -11,7 +11,8 @@ Promises:
    dropped (stopped and forgotten, never reported).
 3. While the controller is away, registration is retried with a growing pause, never longer
    than the heartbeat interval: after a controller restart the held jobs stay this worker's
-   only if it registers within one lease TTL.
+   only if it registers within one lease TTL. The pauses are jittered (burstd/backoff.py): the
+   workers of a restarted controller come back spread out, not all in the same instant.
 4. Every answered call renews the worker's leases from the time it was sent, and a
    registration confirms what the worker holds (``WorkerState.lease``, burstd/leases.py).
 5. A worker id is held by one process at a time: once another process of this worker id has
@@ -34,6 +35,7 @@ import trio
 from loguru import logger
 
 from burstd import auth, transport, wire
+from burstd.backoff import Backoff
 from burstd.config import parse_hostport
 from burstd.resources_proto import to_message
 from burstd.worker.state import WorkerState
@@ -85,8 +87,7 @@ class ControllerLink:
             self._broken.set()
 
     async def run(self) -> None:
-        backoff = max(self.state.config.retry_interval_ms / 1000, 0.05)
-        delay = backoff
+        backoff = Backoff(max(self.state.config.retry_interval_ms / 1000, 0.05))
         warned = False
         while True:
             try:
@@ -115,7 +116,8 @@ class ControllerLink:
                         ) from None
                     if warned:
                         self.log.info("controller at {}:{} is back", self.host, self.port)
-                    warned, delay = False, backoff
+                    warned = False
+                    backoff.reset()
                     self._channel = channel
                     self._connected.set()
                     await self._broken.wait()
@@ -130,9 +132,8 @@ class ControllerLink:
                 if self._connected.is_set():
                     self._connected = trio.Event()
                 self._broken = trio.Event()
-            await trio.sleep(delay)
             # Never slower than the heartbeats (promise 3).
-            delay = min(delay * 2, MAX_BACKOFF, self.heartbeat_interval)
+            await trio.sleep(backoff.pause(min(MAX_BACKOFF, self.heartbeat_interval)))
 
     async def _register(self, channel: transport.Channel) -> None:
         config, local = self.state.config, self.state.local
