@@ -62,6 +62,7 @@ class SpecOptions(TypedDict, total=False):
     after_any: bool  # with after: it starts once they ended, however they did
     priority: int  # -1000 to 1000: higher ones start first (default 0)
     retry_delay: float  # seconds before the first retry, doubled at each (0: at once)
+    max_fails: int  # its submission's unfinished jobs are cancelled at this many failed (0: never)
 
 
 def _spec(options: SpecOptions) -> job_pb2.JobSpec:
@@ -77,6 +78,7 @@ def _spec(options: SpecOptions) -> job_pb2.JobSpec:
         after_any=options.get("after_any", False),
         priority=options.get("priority", 0),
         retry_delay_seconds=options.get("retry_delay", 0.0),
+        max_fails=options.get("max_fails", 0),
     )
     output_dir = options.get("output_dir")
     if output_dir is not None:

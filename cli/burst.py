@@ -292,6 +292,7 @@ def build_spec(
     after_any: bool = False,
     priority: int = 0,
     retry_delay: float = 0.0,
+    max_fails: int = 0,
 ) -> job_pb2.JobSpec:
     """The JobSpec for ``job`` and the options of ``burst submit`` (``env`` as ``K=V`` strings)."""
     from burstd import client
@@ -312,6 +313,7 @@ def build_spec(
         after_any=after_any,
         priority=priority,
         retry_delay=retry_delay,
+        max_fails=max_fails,
     )
 
 
@@ -684,6 +686,9 @@ def submit(
     retry_delay: Annotated[
         float, Parameter(metavar="SECONDS", validator=validators.Number(gte=0))
     ] = 0.0,
+    max_fails: Annotated[
+        int, Parameter(metavar="N", validator=validators.Number(gte=0, lte=2**32 - 1))
+    ] = 0,
     array: Annotated[str | None, Parameter(metavar="SPEC")] = None,
     each_line: Annotated[str | None, Parameter(metavar="FILE", allow_leading_hyphen=True)] = None,
     then_wait: Annotated[bool, Parameter(name="--wait")] = False,
@@ -741,6 +746,9 @@ def submit(
         Seconds a failed job waits (state waiting) before its first retry (--retries),
         doubled at each retry after it and stretched by up to half at random; default 0:
         retried at once.
+    max_fails
+        Once N jobs of this submission failed (after their retries), cancel the rest of it
+        (waiting, queued and running jobs); default 0: never.
     array
         One job per index, each with BURST_ARRAY_INDEX: comma-separated N, START-END
         (inclusive) or START-END:STEP items, e.g. 0-999, 1-100:2, 1,3,7-9.
@@ -804,6 +812,7 @@ def submit(
         after_any=bool(after_any),
         priority=priority,
         retry_delay=retry_delay,
+        max_fails=max_fails,
     )
     asked = parse_request(cpus, mem, gpus, resource)
     if asked is not None:
@@ -890,11 +899,13 @@ def _is_submission(text: str) -> bool:
     return text.startswith(wire.SUBMISSION_ID_PREFIX)
 
 
-_SUBMISSION_STATES = ("queued", "leased", "running", "succeeded", "failed", "cancelled")
+# (waiting last: it came last, and lines read by position keep their meaning)
+_SUBMISSION_STATES = ("queued", "leased", "running", "succeeded", "failed", "cancelled", "waiting")
 
 
 def _submission_line(info: job_pb2.SubmissionInfo) -> str:
-    """``sub-00000001 total 10 queued 2 leased 0 running 1 succeeded 7 failed 0 cancelled 0``."""
+    """``sub-00000001 total 10 queued 2 leased 0 running 1 succeeded 7 failed 0 cancelled 0
+    waiting 0``."""
     counts = " ".join(f"{state} {getattr(info, state)}" for state in _SUBMISSION_STATES)
     return f"{info.submission_id} total {info.total} {counts}"
 

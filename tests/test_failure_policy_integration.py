@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 from tests.cluster import Cluster, eventually
 from tests.test_controller_integration import start_controller
@@ -76,3 +77,25 @@ def test_a_retry_waits_out_its_delay(cluster: Cluster) -> None:
     assert delay.total_seconds() >= 2.0  # never before the delay
     refused = cluster.burst("submit", "--retry-delay", "-1", "process", "true", check=False)
     assert refused.returncode == 2 and "--retry-delay" in refused.stderr
+
+
+def test_max_fails_cancels_the_rest_of_the_submission(cluster: Cluster) -> None:
+    """The third failure of the submission cancels the rest of it, the job still running
+    included; the limit survives a controller restart (stored with the jobs)."""
+    controller = cluster.controller()  # no worker before the restart: all of it is queued
+    (submission,) = cluster.burst(
+        "submit", "--quiet", "--max-fails", "3", "--array", "1-20",
+        "process", "sh", "-c", "sleep 0.3; exit 1",
+    ).stdout.split()  # fmt: skip
+    controller.stop()
+    cluster.controller()
+    cluster.worker("w1", slots=2)
+    waited = cluster.burst("wait", "--timeout", "60", submission, check=False)
+    assert waited.returncode != 0
+    counts = json.loads(cluster.burst("status", "--json", submission).stdout)
+    assert (counts["total"], counts["failed"], counts["cancelled"]) == (20, 3, 17)
+    assert counts["max_fails"] == 3
+    jobs = cluster.burst("list", "--submission", submission, "--state", "cancelled").stdout
+    first_cancelled = jobs.split()[0]
+    info = cluster.status(first_cancelled)
+    assert info["error_message"] == "cancelled: 3 jobs of its submission failed (max_fails 3)"

@@ -283,7 +283,7 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     fourth = table.submit([NewJob(SPEC, 0, "y", retry_on_exit="3,4", crash_limit=2)], 6.0, "bob")
     table.cancel(first[3], 6.0)
     table.register("w1", slots=1, capacity=1, now=6.0)  # leases the first job
-    urgent = [NewJob(SPEC, 0, "y", priority=5, retry_delay=2.5)] * 2
+    urgent = [NewJob(SPEC, 0, "y", priority=5, retry_delay=2.5, max_fails=3)] * 2
     fifth = table.submit(urgent, 6.0, "bob")  # queued: the worker is full
     changes = table.take_changes()
     rows, runs = inserts(changes.new)
@@ -291,16 +291,16 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
     every = [*first, *second, *third, *fourth, *fifth]
     nums = [table.jobs[job_id].num for job_id in every]
     assert runs == [
-        (nums[1], 5.0, 1, "array", "", "", 0, nums[0], 0, 0.0, specs[1:3]),
-        (nums[4], 5.0, 1, "array", "", "", 0, nums[0], 0, 0.0, specs[4:]),
-        (nums[6], 6.0, 0, "x", "", "", 0, nums[6], 0, 0.0, [SPEC]),
-        (nums[7], 6.0, 0, "y", "", "", 0, nums[6], 0, 0.0, [SPEC]),
+        (nums[1], 5.0, 1, "array", "", "", 0, nums[0], 0, 0.0, 0, specs[1:3]),
+        (nums[4], 5.0, 1, "array", "", "", 0, nums[0], 0, 0.0, 0, specs[4:]),
+        (nums[6], 6.0, 0, "x", "", "", 0, nums[6], 0, 0.0, 0, [SPEC]),
+        (nums[7], 6.0, 0, "y", "", "", 0, nums[6], 0, 0.0, 0, [SPEC]),
         # another owner (and submission): another run
-        (nums[8], 6.0, 0, "y", "bob", "", 0, nums[8], 0, 0.0, [SPEC, SPEC]),
+        (nums[8], 6.0, 0, "y", "bob", "", 0, nums[8], 0, 0.0, 0, [SPEC, SPEC]),
         # another failure policy (and submission): another run
-        (nums[10], 6.0, 0, "y", "bob", "3,4", 2, nums[10], 0, 0.0, [SPEC]),
+        (nums[10], 6.0, 0, "y", "bob", "3,4", 2, nums[10], 0, 0.0, 0, [SPEC]),
         # another priority and retry delay (and submission): another run
-        (nums[11], 6.0, 0, "y", "bob", "", 0, nums[11], 5, 2.5, [SPEC, SPEC]),
+        (nums[11], 6.0, 0, "y", "bob", "", 0, nums[11], 5, 2.5, 3, [SPEC, SPEC]),
     ]
     persist(store, table, changes)
     try:
@@ -309,7 +309,7 @@ def test_new_jobs_as_submitted_are_inserted_in_runs_of_their_submission(state_di
         assert [columns(job) for job in stored] == [columns(table.jobs[job_id]) for job_id in every]
         assert [job.owner for job in stored[-6:-3]] == ["", "bob", "bob"]
         assert (stored[-3].retry_on_exit, stored[-3].crash_limit) == ("3,4", 2)
-        assert (stored[-1].priority, stored[-1].retry_delay) == (5, 2.5)
+        assert (stored[-1].priority, stored[-1].retry_delay, stored[-1].max_fails) == (5, 2.5, 3)
         assert [job.spec for job in stored[:6]] == specs
     finally:
         store.close()
@@ -405,12 +405,13 @@ def test_other_schema_version_is_refused(state_dir: Path) -> None:
         Store(state_dir)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6, 7, 8, 9])
+@pytest.mark.parametrize("old", [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
 def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> None:
     """1 had no staged table, 2 no jobs.earlier_outputs, 3 no drained table, 4 no events table,
     5 no owners: the jobs of such a store become the owner's the controller names (its admin
     user); 6 no failure policy (none), 7 no dependencies (none); 8 no submissions and resource
-    usage: each job becomes a submission of its own; 9 no priorities and retry delays (0)."""
+    usage: each job becomes a submission of its own; 9 no priorities and retry delays (0); 10
+    no max_fails (0)."""
     store = Store(state_dir)
     table = JobTable()
     ids = submit(store, table, 2)
@@ -418,8 +419,10 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     persist(store, table)
     store.close()
     with sqlite3.connect(state_dir / DB_NAME) as db:
-        for column in ("priority", "retry_delay", "retry_at"):
-            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        db.execute("ALTER TABLE jobs DROP COLUMN max_fails")
+        if old <= 9:
+            for column in ("priority", "retry_delay", "retry_at"):
+                db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
         if old <= 8:
             for column in ("submission", "user_cpu", "system_cpu", "max_rss_kib"):
                 db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
@@ -454,9 +457,10 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
                 job.submission,
                 job.priority,
                 job.retry_delay,
+                job.max_fails,
             )
             for job in store.live_jobs()
-        ] == [(ids[0], owner, "", "", "", wire.job_number(ids[0]), 0, 0.0)]
+        ] == [(ids[0], owner, "", "", "", wire.job_number(ids[0]), 0, 0.0, 0)]
         assert store.counts() == {(owner, "queued"): 1, (owner, "cancelled"): 1}
         writes = Writes.open(store.path)
         writes.write([], [], [], 3, begun=[(3, 5)])  # the staged table is there
@@ -471,7 +475,7 @@ def test_a_store_of_an_older_schema_is_taken_on(state_dir: Path, old: int) -> No
     with sqlite3.connect(state_dir / DB_NAME) as db:
         (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     db.close()
-    assert version == SCHEMA_VERSION == 10
+    assert version == SCHEMA_VERSION == 11
 
 
 def test_a_staged_submission_is_kept_only_once_its_last_rows_are_stored(state_dir: Path) -> None:

@@ -815,6 +815,32 @@ def test_a_retry_delay_waits_doubling_with_jitter_then_queues() -> None:
     assert job.state is JobState.CANCELLED
 
 
+def test_max_fails_cancels_the_rest_of_the_submission_at_its_nth_failure() -> None:
+    """Rule 13: the second failure of a submission with max_fails 2 cancels its jobs that have
+    not ended, waiting, queued and on a worker (a cancel notice for a delivered one); another
+    submission goes on."""
+    table = JobTable()
+    register(table, capacity=3)
+    jobs = table.submit([NewJob(b"x", max_fails=2)] * 5, 0.0)
+    (other,) = submit(table)
+    (waiting,) = table.submit([NewJob(b"w", after=jobs[2])], 0.0)
+    deliver(table)
+    table.report("w1", exited(jobs[0], table, code=1), 1.0)
+    assert [table.jobs[j].state for j in jobs] == [F, L, L, L, Q]  # jobs[3]: not delivered
+    table.report("w1", exited(jobs[1], table, code=1), 2.0)
+    states = [table.jobs[j].state for j in jobs]
+    assert states == [F, F, JobState.CANCELLED, JobState.CANCELLED, JobState.CANCELLED]
+    assert jobs[3] not in table.workers["w1"].leases
+    assert (
+        table.jobs[jobs[2]].error_message
+        == "cancelled: 2 jobs of its submission failed (max_fails 2)"
+    )
+    assert table.workers["w1"].cancel_notices == {jobs[2]: 1}
+    assert table.jobs[waiting].reason == "dependency_failed"  # another submission: its own rules
+    assert table.jobs[other].state is L  # the freed slots went to another submission
+    assert table.submissions[table.jobs[jobs[0]].submission].max_fails == 2
+
+
 def test_a_restart_keeps_a_retrys_due_time() -> None:
     """A retry waiting out its delay is restored waiting until the same time (rule 4)."""
     table = JobTable(lease_ttl=100.0)
@@ -1429,6 +1455,7 @@ class TableMachine(RuleBasedStateMachine):
         )
         on_exit, crash_limit, delay = policy
         priority = data.draw(st.sampled_from(PRIORITIES))
+        max_fails = data.draw(st.sampled_from([0, 0, 1, 2]))
         deps: list[str] = []
         live = [j for j in self.submitted if self.table.jobs[j].state not in TERMINAL]
         if self.submitted and data.draw(st.booleans()):
@@ -1437,7 +1464,9 @@ class TableMachine(RuleBasedStateMachine):
             deps = data.draw(st.lists(st.sampled_from(among), max_size=3, unique=True))
         after, after_any = ",".join(deps), data.draw(st.booleans())
         new = [
-            NewJob(b"s", r, "", q, on_exit, crash_limit, after, after_any, priority, delay)
+            NewJob(
+                b"s", r, "", q, on_exit, crash_limit, after, after_any, priority, delay, max_fails
+            )
             for r, q in zip(retries, requests, strict=True)
         ]
         if data.draw(st.integers(0, 9)) == 0:  # now and then one that names no job
@@ -2028,6 +2057,10 @@ class TableMachine(RuleBasedStateMachine):
         for job in table.jobs.values():
             real.setdefault(job.submission, dict.fromkeys(JobState, 0))[job.state] += 1
         assert {n: s.counts for n, s in table.submissions.items()} == real
+        for submission in table.submissions.values():
+            if submission.max_fails and submission.counts[JobState.FAILED] >= submission.max_fails:
+                # halted: nothing of it left to run
+                assert not submission.pending, submission
         for number, submission in table.submissions.items():
             nums = [j.num for j in table.jobs.values() if j.submission == number]
             assert submission.number == min(nums) and submission.last == max(nums)

@@ -205,7 +205,7 @@ def admit_one(spec: job_pb2.JobSpec | None, limits: Limits) -> NewJob:
     )
 
 
-_Policy = tuple[str, int, str, bool, int, float]
+_Policy = tuple[str, int, str, bool, int, float, int]
 
 
 def _policy(spec: job_pb2.JobSpec) -> _Policy:
@@ -219,6 +219,7 @@ def _policy(spec: job_pb2.JobSpec) -> _Policy:
         spec.after_any,
         spec.priority,
         spec.retry_delay_seconds,
+        spec.max_fails,
     )
 
 
@@ -240,7 +241,7 @@ class ArrayJobs(Sequence[NewJob]):
         name: str,
         step: int = 1,
         request: resources.Request | None = None,
-        policy: _Policy = ("", 0, "", False, 0, 0.0),
+        policy: _Policy = ("", 0, "", False, 0, 0.0, 0),
     ) -> None:
         self._prefix, self._start, self._count, self._step = prefix, start, count, step
         self._retries, self._name, self._request = retries, name, request

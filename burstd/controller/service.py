@@ -1484,6 +1484,8 @@ def _submission_info(submission: Submission) -> job_pb2.SubmissionInfo:
         succeeded=counts[JobState.SUCCEEDED],
         failed=counts[JobState.FAILED],
         cancelled=counts[JobState.CANCELLED],
+        waiting=counts[JobState.WAITING],
+        max_fails=submission.max_fails,
     )
 
 

@@ -37,9 +37,9 @@ if TYPE_CHECKING:
 
 # 2: the staged table; 3: jobs.earlier_outputs; 4: the drained table; 5: the events table; 6: the
 # jobs' owners; 7: their failure policy; 8: their dependencies; 9: their submissions and
-# resource usage; 10: their priorities and retry delays (older versions are migrated when
-# opened)
-SCHEMA_VERSION = 10
+# resource usage; 10: their priorities and retry delays; 11: their submissions' max_fails
+# (older versions are migrated when opened)
+SCHEMA_VERSION = 11
 APPLICATION_ID = 0x42555253  # "BURS": marks the file as ours (PRAGMA application_id)
 DB_NAME = "burst.db"
 LOCK_NAME = "burst.lock"
@@ -60,6 +60,7 @@ _COLUMNS = (
     "submission",
     "priority",
     "retry_delay",
+    "max_fails",
     "state",
     "attempt",
     "worker_id",
@@ -124,6 +125,7 @@ _ADD_PRIORITY = (
     "ALTER TABLE jobs ADD COLUMN retry_delay REAL NOT NULL DEFAULT 0",
     "ALTER TABLE jobs ADD COLUMN retry_at REAL NOT NULL DEFAULT 0",
 )
+_ADD_MAX_FAILS = "ALTER TABLE jobs ADD COLUMN max_fails INTEGER NOT NULL DEFAULT 0"
 # One transaction: a crash while the first start creates it leaves an empty database (which the
 # next start fills), never half a schema (which it would refuse as a foreign file).
 _SCHEMA = f"""
@@ -142,6 +144,7 @@ CREATE TABLE jobs (
     submission INTEGER NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
     retry_delay REAL NOT NULL DEFAULT 0,
+    max_fails INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     worker_id TEXT NOT NULL,
@@ -202,7 +205,7 @@ _INSERT = (
 _INSERT_RUN = (
     "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
     f"INSERT INTO jobs ({', '.join(_COLUMNS)}) SELECT ? + i, run_spec(i), ?, ?, ?, ?, ?, ?, "
-    "'', 0, ?, ?, ?, "
+    "'', 0, ?, ?, ?, ?, "
     f"{_literals(_COLUMNS[_FIRST_MUTABLE:])} FROM n"
 )
 _UPDATE = f"UPDATE jobs SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE num = ?"
@@ -214,10 +217,10 @@ _ACCEPTED = "NOT EXISTS (SELECT 1 FROM staged WHERE num >= first AND num < stop)
 _LIVE = ("waiting", "queued", "leased", "running")
 
 
-Run = tuple[int, float, int, str, str, str, int, int, int, float, list[bytes]]
+Run = tuple[int, float, int, str, str, str, int, int, int, float, int, list[bytes]]
 """New jobs as they were submitted, one after the other: (first number, submitted_at, retries,
-name, owner, retry_on_exit, crash_limit, submission, priority, retry_delay, specs); see
-``inserts``."""
+name, owner, retry_on_exit, crash_limit, submission, priority, retry_delay, max_fails, specs);
+see ``inserts``."""
 
 
 class Commit(NamedTuple):
@@ -295,7 +298,7 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
     runs: list[Run] = []
     specs: list[bytes] = []
     stop, submitted_at, retries, name, owner, on_exit, crashes = -1, 0.0, 0, "", "", "", 0
-    submission, priority, delay = -1, 0, 0.0
+    submission, priority, delay, max_fails = -1, 0, 0.0, 0
     for job in jobs:
         # A lease is what sets the attempt first, and it never goes back to 0.
         if job.attempt or job.state is not JobState.QUEUED or job.after:
@@ -311,6 +314,7 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             and job.submission == submission
             and job.priority == priority
             and job.retry_delay == delay
+            and job.max_fails == max_fails
         ):
             specs.append(job.spec)
             stop += 1
@@ -319,19 +323,20 @@ def inserts(jobs: Iterable[Job]) -> tuple[list[tuple[object, ...]], list[Run]]:
             stop, submitted_at, retries = job.num + 1, job.submitted_at, job.retries
             name, owner = job.name, job.owner
             on_exit, crashes, submission = job.retry_on_exit, job.crash_limit, job.submission
-            priority, delay = job.priority, job.retry_delay
+            priority, delay, max_fails = job.priority, job.retry_delay, job.max_fails
             runs.append(
                 (job.num, submitted_at, retries, name, owner, on_exit, crashes, submission,
-                 priority, delay, specs)
+                 priority, delay, max_fails, specs)
             )  # fmt: skip
     return rows, runs
 
 
 def _job(row: tuple[Any, ...]) -> Job:
     (num, spec, retries, name, submitted_at, owner, retry_on_exit, crash_limit, after, after_any,
-     submission, priority, retry_delay, state, attempt, worker_id, started_at, finished_at,
-     exit_code, signal, reason, error_message, stdout_path, stderr_path, lost_count, retried,
-     stolen, earlier_outputs, user_cpu, system_cpu, max_rss_kib, retry_at) = row  # fmt: skip
+     submission, priority, retry_delay, max_fails, state, attempt, worker_id, started_at,
+     finished_at, exit_code, signal, reason, error_message, stdout_path, stderr_path, lost_count,
+     retried, stolen, earlier_outputs, user_cpu, system_cpu, max_rss_kib,
+     retry_at) = row  # fmt: skip
     return Job(
         job_id=wire.job_id(num),
         num=num,
@@ -367,6 +372,7 @@ def _job(row: tuple[Any, ...]) -> Job:
         priority=priority,
         retry_delay=retry_delay,
         retry_at=retry_at,
+        max_fails=max_fails,
     )
 
 
@@ -471,7 +477,7 @@ class Store:
         if result != "ok":
             raise StoreError(f"{self.path}: damaged database ({result})")
         version = self._meta(db, "schema_version")
-        if version in (1, 2, 3, 4, 5, 6, 7, 8, 9):
+        if version in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10):
             with _transaction(db):
                 if version == 1:
                     db.execute(_STAGED)
@@ -493,8 +499,10 @@ class Store:
                 if version <= 8:
                     for statement in _SUBMISSION_COLUMNS:
                         db.execute(statement)
-                for statement in _ADD_PRIORITY:
-                    db.execute(statement)
+                if version <= 9:
+                    for statement in _ADD_PRIORITY:
+                        db.execute(statement)
+                db.execute(_ADD_MAX_FAILS)
                 db.execute(
                     "UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,)
                 )

@@ -78,7 +78,10 @@ Rules (the promises of the design, section 5):
 13. Every job belongs to one submission (``Job.submission``: the number of its first job),
     whose jobs are counted per state (``Submission.counts``) beside the table's counts, in the
     same steps: a submission's status costs nothing per job. A submission leaves when its last
-    job does (forgotten or withdrawn).
+    job does (forgotten or withdrawn). A submission with a ``max_fails`` (``Job.max_fails``,
+    the same in all its jobs) is halted by the failure that makes that many of its jobs
+    failed: each of its jobs in memory that has not ended is cancelled in the same call (as a
+    user's cancel, ``error_message`` naming the limit).
 Steals (``transfer``) move a lease from one worker to another without losing it, and without two
 workers holding it under one attempt: the victim asks the table before it hands jobs over; each
 moved lease gets a new attempt (fencing the victim's copy) and remembers the thief's steal round.
@@ -494,6 +497,8 @@ class Job:
     # dependencies are waited for only before the first attempt.
     retry_delay: float = 0.0
     retry_at: float = 0.0
+    # Its submission is halted at this many failed jobs (rule 13; 0: never); never changes.
+    max_fails: int = 0
     # What the current (or last) attempt's process used, as its worker reported.
     user_cpu: float = 0.0
     system_cpu: float = 0.0
@@ -510,6 +515,7 @@ class Submission:
     submitted_at: float
     last: int  # its highest job number: its jobs are numbered from ``number`` to it
     counts: dict[JobState, int] = field(default_factory=lambda: dict.fromkeys(JobState, 0))
+    max_fails: int = 0  # its jobs' ``Job.max_fails``, as known from those in memory
 
     @property
     def total(self) -> int:
@@ -608,6 +614,7 @@ class NewJob:
     after_any: bool = False
     priority: int = 0
     retry_delay: float = 0.0
+    max_fails: int = 0
 
 
 @dataclass(slots=True)
@@ -825,16 +832,24 @@ class JobTable:
         owner = self._owner(job.owner)
         owner.counts[state] += by
         self._counts[state] += by
-        self._submission(job.submission, job.owner, job.submitted_at, job.num).counts[state] += by
+        submission = self._submission(
+            job.submission, job.owner, job.submitted_at, job.num, job.max_fails
+        )
+        submission.counts[state] += by
         return owner
 
-    def _submission(self, number: int, owner: str, submitted_at: float, last: int) -> Submission:
-        """The submission ``number``, made if new, its ``last`` job number raised to ``last``."""
+    def _submission(
+        self, number: int, owner: str, submitted_at: float, last: int, max_fails: int = 0
+    ) -> Submission:
+        """The submission ``number``, made if new, its ``last`` job number raised to ``last``
+        (and its ``max_fails`` set, when given)."""
         known = self.submissions.get(number)
         if known is None:
             known = self.submissions[number] = Submission(number, owner, submitted_at, last)
         elif known.last < last:
             known.last = last
+        if max_fails:
+            known.max_fails = max_fails
         return known
 
     def _rotate(self, owner: Owner, lane: Lane | None = None) -> None:
@@ -877,9 +892,11 @@ class JobTable:
         owner_counts = owner.counts
         owner_counts[job.state] -= 1
         owner_counts[to] += 1
-        submission_counts = self.submissions[job.submission].counts
+        submission = self.submissions[job.submission]
+        submission_counts = submission.counts
         submission_counts[job.state] -= 1
         submission_counts[to] += 1
+        halts = False
         job.state = to
         self.moves[move] += 1
         if rotate_if is not None:
@@ -905,6 +922,8 @@ class JobTable:
                 self._ended.append(job)
                 if not self._settling:
                     self._settle(now)
+            # The failure that makes max_fails of its submission's jobs failed (rule 13).
+            halts = to is _F and submission_counts[_F] == submission.max_fails
         elif step.starts:
             job.started_at = now
         else:
@@ -931,6 +950,18 @@ class JobTable:
                 self._leased[job.job_id] = job
             else:
                 self._dirty[job.job_id] = job
+        if halts:
+            self._halt(submission, now)
+
+    def _halt(self, submission: Submission, now: float) -> None:
+        """Cancel every job of the submission in memory that has not ended (rule 13)."""
+        message = (
+            f"cancelled: {submission.max_fails} jobs of its submission failed"
+            f" (max_fails {submission.max_fails})"
+        )
+        for job in list(self.submission_jobs(submission)):
+            if job.state not in TERMINAL:
+                self._cancel(job, now, message)
 
     def _restore(self, job: Job, now: float) -> None:
         """A job of a previous life enters the table again, in the state the store holds."""
@@ -977,7 +1008,9 @@ class JobTable:
         for number, group in itertools.groupby(jobs, _SUBMISSION_OF):
             run = list(group)
             first = run[0]
-            submission = self._submission(number, first.owner, first.submitted_at, run[-1].num)
+            submission = self._submission(
+                number, first.owner, first.submitted_at, run[-1].num, first.max_fails
+            )
             submission.counts[JobState.QUEUED] += len(run)
         self.moves[JobState.QUEUED if event is Event.RESTORE else None, event] += len(jobs)
         if self.track_events and event in JOB_EVENTS:
@@ -1002,7 +1035,8 @@ class JobTable:
             kind, detail = JOB_EVENTS[event]
             self._events.extend((kind, job.job_id, "", 0, detail) for job in jobs)
         for job in jobs:
-            self._wait_on(job, known, now)
+            if job.state is _W:  # not cancelled meanwhile (its submission halted: rule 13)
+                self._wait_on(job, known, now)
 
     def _wait_on(self, job: Job, known: Mapping[str, JobState], now: float) -> None:
         """A WAITING job waits for those of its dependencies that have not ended, or is queued
@@ -1259,6 +1293,7 @@ class JobTable:
                 submission=submission,
                 priority=new.priority,
                 retry_delay=new.retry_delay,
+                max_fails=new.max_fails,
             )
             for job_id, num, new in zip(
                 wire.job_ids(first, stop), range(first, stop), new_jobs, strict=True
@@ -1335,22 +1370,28 @@ class JobTable:
         job = self.jobs.get(job_id)
         if job is None or job.state in TERMINAL:
             return None if job is None else job.state
-        leased_to = self.workers.get(job.worker_id) if job.state is not JobState.QUEUED else None
+        self._cancel(job, now, "cancelled by user")
+        # Its slot may be free for the next queued job, or its owner below max_running again.
+        self._dispatch()
+        return job.state
+
+    def _cancel(self, job: Job, now: float, message: str) -> None:
+        """Cancel a job that has not ended (see ``cancel``), without routing the room it
+        frees."""
+        job_id = job.job_id
+        leased_to = self.workers.get(job.worker_id) if job.state in _IN_LEASE else None
         if leased_to is not None and leased_to.leases.get(job_id) is not job:
             leased_to = None  # an orphan lease: no worker holds it
+        job.reason = StopReason.CANCELLED.value
+        job.error_message = message
         self._move(job, Event.CANCEL, now)
         self._unfit.pop(job_id, None)
-        job.reason = StopReason.CANCELLED.value
-        job.error_message = "cancelled by user"
         if leased_to is not None:
             if job.lease_seq == 0:
                 self._release(leased_to, job)  # never handed over: nothing to stop
             else:
                 leased_to.cancel_notices[job_id] = job.attempt
                 self._wakeups.add(leased_to.worker_id)
-        # Its slot may be free for the next queued job, or its owner below max_running again.
-        self._dispatch()
-        return job.state
 
     def submission_jobs(self, submission: Submission, after: str = "") -> Iterator[Job]:
         """The jobs of a submission in memory, in id order, after the given id."""

@@ -48,7 +48,7 @@ class DockerSpec(_message.Message):
     def __init__(self, image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit", "after", "after_any", "priority", "retry_delay_seconds")
+    __slots__ = ("output_dir", "process", "python", "docker", "env", "cwd", "timeout_seconds", "retries", "array_index", "entry", "name", "stdout_pattern", "stderr_pattern", "submission", "output_mode", "resources", "retry_on_exit", "crash_limit", "after", "after_any", "priority", "retry_delay_seconds", "max_fails")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +78,7 @@ class JobSpec(_message.Message):
     AFTER_ANY_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RETRY_DELAY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILS_FIELD_NUMBER: _ClassVar[int]
     output_dir: str
     process: ProcessSpec
     python: PythonSpec
@@ -100,7 +101,8 @@ class JobSpec(_message.Message):
     after_any: bool
     priority: int
     retry_delay_seconds: float
-    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ..., priority: _Optional[int] = ..., retry_delay_seconds: _Optional[float] = ...) -> None: ...
+    max_fails: int
+    def __init__(self, output_dir: _Optional[str] = ..., process: _Optional[_Union[ProcessSpec, _Mapping]] = ..., python: _Optional[_Union[PythonSpec, _Mapping]] = ..., docker: _Optional[_Union[DockerSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., timeout_seconds: _Optional[float] = ..., retries: _Optional[int] = ..., array_index: _Optional[int] = ..., entry: _Optional[str] = ..., name: _Optional[str] = ..., stdout_pattern: _Optional[str] = ..., stderr_pattern: _Optional[str] = ..., submission: _Optional[str] = ..., output_mode: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., retry_on_exit: _Optional[_Iterable[int]] = ..., crash_limit: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ..., priority: _Optional[int] = ..., retry_delay_seconds: _Optional[float] = ..., max_fails: _Optional[int] = ...) -> None: ...
 
 class SubmitJobRequest(_message.Message):
     __slots__ = ("spec",)
@@ -572,7 +574,7 @@ class GetSubmissionRequest(_message.Message):
     def __init__(self, submission_id: _Optional[str] = ...) -> None: ...
 
 class SubmissionInfo(_message.Message):
-    __slots__ = ("submission_id", "owner", "submitted_at", "total", "queued", "leased", "running", "succeeded", "failed", "cancelled")
+    __slots__ = ("submission_id", "owner", "submitted_at", "total", "queued", "leased", "running", "succeeded", "failed", "cancelled", "waiting", "max_fails")
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -583,6 +585,8 @@ class SubmissionInfo(_message.Message):
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    MAX_FAILS_FIELD_NUMBER: _ClassVar[int]
     submission_id: str
     owner: str
     submitted_at: float
@@ -593,7 +597,9 @@ class SubmissionInfo(_message.Message):
     succeeded: int
     failed: int
     cancelled: int
-    def __init__(self, submission_id: _Optional[str] = ..., owner: _Optional[str] = ..., submitted_at: _Optional[float] = ..., total: _Optional[int] = ..., queued: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ...) -> None: ...
+    waiting: int
+    max_fails: int
+    def __init__(self, submission_id: _Optional[str] = ..., owner: _Optional[str] = ..., submitted_at: _Optional[float] = ..., total: _Optional[int] = ..., queued: _Optional[int] = ..., leased: _Optional[int] = ..., running: _Optional[int] = ..., succeeded: _Optional[int] = ..., failed: _Optional[int] = ..., cancelled: _Optional[int] = ..., waiting: _Optional[int] = ..., max_fails: _Optional[int] = ...) -> None: ...
 
 class ResubmitJobsRequest(_message.Message):
     __slots__ = ("submission_id", "failed")
