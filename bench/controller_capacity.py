@@ -394,14 +394,20 @@ def main() -> dict[int, tuple[float, float]]:
 
 
 def metrics_cost(workers: int, args: argparse.Namespace) -> None:
-    """Runs with metrics off and on, interleaved; prints the median of each and the cost."""
+    """Runs with metrics off and on, interleaved; prints the median of each and the cost, and
+    the median of each pair's difference (a load that drifts over the runs moves both runs of
+    a pair, less so their difference)."""
     runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    pairs: list[dict[bool, tuple[float, float]]] = []
     for i in range(args.repeat):
+        pair: dict[bool, tuple[float, float]] = {}
         for metrics in (False, True) if i % 2 == 0 else (True, False):
             try:
-                runs[metrics].append(point(workers, args, metrics=metrics))
+                runs[metrics].append(pair.setdefault(metrics, point(workers, args, metrics)))
             except Exception as error:  # a point that cannot finish is a figure too
                 print(f"  {workers:>5} workers: failed: {error!r}", flush=True)
+        if len(pair) == 2:
+            pairs.append(pair)
     if not runs[False] or not runs[True]:
         return
     (off_rate, off_cpu), (on_rate, on_cpu) = (
@@ -416,6 +422,17 @@ def metrics_cost(workers: int, args: argparse.Namespace) -> None:
         f" {METRICS_TARGET * 100:.0f}% jobs/s)",
         flush=True,
     )
+    if pairs:
+        rates = [(1 - pair[True][0] / pair[False][0]) * 100 for pair in pairs]
+        cpus = [(pair[True][1] / pair[False][1] - 1) * 100 for pair in pairs]
+        print(
+            f"  {workers:>5} workers: each pair's cost, jobs/s"
+            f" {', '.join(f'{rate:+.1f}%' for rate in rates)} (median"
+            f" {statistics.median(rates):+.1f}%); CPU/job"
+            f" {', '.join(f'{cpu:+.1f}%' for cpu in cpus)}"
+            f" (median {statistics.median(cpus):+.1f}%)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
