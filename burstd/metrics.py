@@ -35,6 +35,8 @@ from burstd.transport.methods import Method
 
 __all__ = ["Buckets", "Histogram", "LoopLag", "RpcMetrics", "serve_metrics"]
 
+_go_float: Callable[[float], str] = floatToGoString  # typed here: untyped in prometheus_client
+
 # A scrape request is a few hundred bytes; anything longer, or slower, is not Prometheus.
 _MAX_REQUEST = 16 * 1024
 _REQUEST_TIMEOUT = 10.0
@@ -42,7 +44,6 @@ _REQUEST_TIMEOUT = 10.0
 LAG_INTERVAL = 0.5
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # RPC latencies: a poll may long-poll for seconds, a report takes a commit (milliseconds).
-_go_float: Callable[[float], str] = floatToGoString  # typed here: untyped in prometheus_client
 _RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
