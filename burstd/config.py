@@ -490,7 +490,8 @@ class ControllerConfig:
     )
     submission_buffer_capacity: int = key(
         integer(1),
-        "Max jobs accepted but not yet leased; beyond it SubmitJobs fails with RESOURCE_EXHAUSTED.",
+        "Max jobs accepted but not yet leased (queued or waiting); beyond it SubmitJobs fails"
+        " with RESOURCE_EXHAUSTED.",
         default=1_000_000,
     )
     state_dir: Path = key(
@@ -805,8 +806,9 @@ class QuotasConfig:
 
     max_queued: int = key(
         integer(0),
-        "Max queued jobs of one user (0: no limit); a submission past it fails with "
-        "RESOURCE_EXHAUSTED naming max_queued.",
+        "Max queued jobs of one user, those waiting (for dependencies or a retry delay) "
+        "included (0: no limit); a submission past it fails with RESOURCE_EXHAUSTED naming "
+        "max_queued.",
         default=0,
     )
     max_running: int = key(

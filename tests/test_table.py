@@ -678,6 +678,19 @@ def test_queue_limit_counts_queued_jobs_only() -> None:
     assert submit(table, 2) == ["job-00000003", "job-00000004"]
 
 
+def test_queue_limits_count_waiting_jobs_as_queued() -> None:
+    """Rule 10: a job waiting for its dependencies is accepted and has not run, as a queued
+    one: it counts for the owner's max_queued and the controller's queue limit."""
+    table = JobTable(max_queued=4, quotas=Quotas(users={"bob": {"max_queued": 2}}))
+    (first,) = submit(table, owner="bob")
+    table.submit([NewJob(b"w", after=first)], 0.0, "bob")
+    with pytest.raises(OverQuota, match="2 queued or waiting"):
+        table.submit([NewJob(b"w", after=first)], 0.0, "bob")
+    table.submit([NewJob(b"w", after=first)] * 2, 0.0, "alice")
+    with pytest.raises(QueueFull, match="4 queued or waiting"):
+        table.submit([NewJob(b"w", after=first)], 0.0, "alice")
+
+
 def test_job_ids_are_sequential_and_never_repeat() -> None:
     table = JobTable()
     ids = submit(table, 3) + submit(table, 2)
@@ -1479,14 +1492,15 @@ class TableMachine(RuleBasedStateMachine):
         except OverQuota as refused:
             quota = QUOTAS.of(owner)
             if refused.limit == "max_queued":
-                assert self.table.owner_counts(owner)[Q] + n > quota.max_queued
+                counts = self.table.owner_counts(owner)
+                assert counts[Q] + counts[W] + n > quota.max_queued
             else:
                 assert refused.limit == "submit_rate" and quota.submit_rate
                 assert refused.retry_after is not None and refused.retry_after > 0
             assert fingerprint(self.table) == before
             return
         except QueueFull:
-            assert self.table.counts[Q] + n > self.table.max_queued
+            assert self.table.counts[Q] + self.table.counts[W] + n > self.table.max_queued
             assert fingerprint(self.table) == before
             return
         assert ids == [wire.job_id(k) for k in range(first, first + n)]
@@ -2131,7 +2145,7 @@ def test_a_stored_submission_is_queued_even_if_returning_jobs_filled_the_queue()
 def test_room_held_for_a_submission_being_stored_counts_until_released() -> None:
     table = JobTable(max_queued=5)
     with table.room(4):
-        with pytest.raises(QueueFull, match="0 queued and 4 being submitted, 2 more"):
+        with pytest.raises(QueueFull, match="0 queued or waiting and 4 being submitted, 2 more"):
             table.submit([NewJob(b"a"), NewJob(b"b")], 0.0)
         table.submit([NewJob(b"c")], 0.0)
     assert table.held_room == 0

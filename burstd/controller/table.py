@@ -55,9 +55,11 @@ Rules (the promises of the design, section 5):
 10. Every job has an owner (the user that submitted it) and a priority (-1000 to 1000), and
     the queue is one FIFO per owner and priority (a ``Lane``). Submissions past the owner's
     quota (``burstd.policies.quotas``: ``max_queued``, ``submit_rate``) are refused whole, as a
-    full queue is. An owner with ``max_running`` jobs leased or running is out of the rotation
-    of owners that free slots go to until one of them ends, so it holds no other owner's jobs
-    back, at no cost per queued job. Free slots go to the highest priority with queued jobs,
+    full queue is; both count WAITING jobs as queued ones (``_pending_start``): they are
+    accepted jobs that have not run, and will be queued without asking for room. An owner
+    with ``max_running`` jobs leased or running is out of the rotation of owners that free
+    slots go to until one of them ends, so it holds no other owner's jobs back, at no cost per
+    queued job. Free slots go to the highest priority with queued jobs,
     and within it round the owners that have some, one worker's batch at a time (with one
     owner and one priority: plain FIFO).
 11. Resources (rule 5) keep each lane FIFO: a job that fits no worker now stays at the
@@ -575,6 +577,13 @@ EventRecord = tuple[str, str, str, int, str]
 
 
 _SUBMISSION_OF = operator.attrgetter("submission")
+
+
+def _pending_start(counts: Mapping[JobState, int]) -> int:
+    """The jobs that queue limits count (rule 10): queued, and waiting to be queued."""
+    return counts[JobState.QUEUED] + counts[JobState.WAITING]
+
+
 _PRIORITY_OF = operator.attrgetter("priority")
 
 
@@ -1219,12 +1228,13 @@ class JobTable:
         return self.enqueue(jobs, now=now)
 
     def check_room(self, count: int) -> None:
-        """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held)."""
-        queued = self._counts[JobState.QUEUED] + self.unloaded
+        """Raise QueueFull unless ``count`` more jobs fit in the queue (beside the room held;
+        WAITING jobs count as queued: rule 10)."""
+        queued = _pending_start(self._counts) + self.unloaded
         if queued + self.held_room + count > self.max_queued:
             being = f" and {self.held_room} being submitted" if self.held_room else ""
             raise QueueFull(
-                f"queue is full: {queued} queued{being}, "
+                f"queue is full: {queued} queued or waiting{being}, "
                 f"{count} more would exceed the limit of {self.max_queued}"
             )
 
@@ -1245,7 +1255,7 @@ class JobTable:
                 owner,
                 user.quota,
                 count,
-                user.counts[JobState.QUEUED] + user.held_room,
+                _pending_start(user.counts) + user.held_room,
                 user.bucket,
                 now,
             )

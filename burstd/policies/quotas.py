@@ -149,8 +149,8 @@ def check_submission(
         raise QuotaExceeded(
             user,
             "max_queued",
-            f"quota max_queued of user {user!r} exceeded: {queued} queued, {count} more would "
-            f"exceed the limit of {quota.max_queued}",
+            f"quota max_queued of user {user!r} exceeded: {queued} queued or waiting, "
+            f"{count} more would exceed the limit of {quota.max_queued}",
         )
     if bucket is None or not quota.submit_rate:
         return
