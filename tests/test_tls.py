@@ -121,3 +121,13 @@ def test_servers_issue_no_session_tickets(pki: Path) -> None:
     client = handshake(server, client_context(pki / "ca.pem"))
     assert client.version() == "TLSv1.3" and client.selected_alpn_protocol() == "h2"
     assert client.session is not None and not client.session.has_ticket
+
+
+def test_a_client_given_a_ca_trusts_it_alone(pki: Path) -> None:
+    """Not the system's CAs besides: any public CA's certificate for a cluster's host name
+    would pass (and loading them all costs every CLI call 30 ms)."""
+    context = client_context(pki / "ca.pem")
+    assert [ca["subject"] for ca in context.get_ca_certs()] == [
+        ((("organizationName", "burst"),), (("commonName", "burst cluster CA"),))
+    ]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
