@@ -1,8 +1,10 @@
 """Controller capacity: simulated workers that finish jobs instantly, over real RPCs.
 
 For each worker count, a fresh ``burstd controller`` (durable store in a temporary state dir
-unless ``--store memory``) is started; ``--procs`` processes run the simulated workers (each with
-its own connection and a real worker's timing: RegisterWorker, a long poll for up to its
+unless ``--store memory``) is started; ``--procs`` processes run the simulated workers, which
+start at random times over workers / CONNECT_RATE seconds, as a cluster's do (each with its own
+connection, a real worker's back-off and registration again after a failed call, and a real
+worker's timing: RegisterWorker, a long poll for up to its
 capacity, then one ReportJobResults for the whole batch that asks for as many jobs again, over
 and over (a long poll again when a report brings none), beside a notice poll and heartbeats at
 the interval the controller asks for), while this process submits the jobs in
@@ -37,6 +39,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import random
+import ssl
 import statistics
 import subprocess
 import sys
@@ -46,7 +50,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import trio
 
@@ -64,11 +68,18 @@ from bench._common import (
     start_controller,
 )
 
+if TYPE_CHECKING:
+    from burstd.backoff import Backoff
+
 T = TypeVar("T")
 
 # Seconds between scrapes of the metrics (``--metrics on``): Prometheus's default is 60 s and
 # the example config's 15 s; every second is a harsher test of what a scrape costs.
 SCRAPE_INTERVAL = 1.0
+# Simulated workers start at random times over workers / CONNECT_RATE seconds (1,000 over 5 s),
+# as a cluster's workers do, not all in the same millisecond; the start-up may take ten times
+# that (and a minute) before the point is given up.
+CONNECT_RATE = 200.0
 # The most the metrics may cost (issue 23): a share of the capacity figure.
 METRICS_TARGET = 0.02
 
@@ -80,22 +91,47 @@ def scrape_until(addr: str, stop: threading.Event) -> None:
             response.read()
 
 
-async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
-    """One simulated worker with a real worker's timing: reports that ask for the room they
-    free, long polls of LONG_POLL_MS for work when they bring none, one of NOTICE_POLL_MS for
-    notices, heartbeats at the interval the controller asks for."""
-    from burstd import auth, credentials, tlsconfig, transport, wire
+class Sim(NamedTuple):
+    """What the simulated workers of one process share, as a worker process has one of each."""
+
+    addr: str
+    capacity: int
+    token: dict[str, str]  # the call metadata with the controller's admin token
+    tls: ssl.SSLContext | None
+
+
+async def sim_worker(sim: Sim, worker_id: str, start: float) -> None:
+    """One simulated worker, started ``start`` seconds from now, that a failed call sends
+    back to registering after a pause, as a real worker's session (burstd/worker/session.py,
+    with its back-off)."""
+    from burstd import transport
+    from burstd.backoff import Backoff
+    from burstd.worker.session import MAX_BACKOFF
+
+    await trio.sleep(start)
+    backoff = Backoff(0.5)
+    while True:
+        try:
+            await sim_session(sim, worker_id, backoff)
+        except transport.RpcError as error:
+            print(f"{worker_id}: {error}; registering again", file=sys.stderr, flush=True)
+        await trio.sleep(backoff.pause(MAX_BACKOFF))
+
+
+async def sim_session(sim: Sim, worker_id: str, backoff: Backoff) -> None:
+    """A simulated worker's session, with a real worker's timing: reports that ask for the
+    room they free, long polls of LONG_POLL_MS for work when they bring none, one of
+    NOTICE_POLL_MS for notices, heartbeats at the interval the controller asks for."""
+    from burstd import transport, wire
     from burstd.config import parse_hostport
     from burstd.worker.daemon import LONG_POLL_MS, NOTICE_POLL_MS
     from proto.burst.v1 import job_pb2, worker_pb2
 
     service = wire.CONTROLLER_SERVICE
-    host, port = parse_hostport(addr)
-    # The controller's admin token (see start_controller), allowed every worker call.
-    token = auth.bearer(credentials.local_token())
-    tls = tlsconfig.environment_client_context()  # BURST_TLS_CA, from start_controller
+    host, port = parse_hostport(sim.addr)
+    capacity = sim.capacity
     async with transport.Channel(
-        host, port, connect_timeout=10.0, multiplex=True, metadata=token, tls=tls
+        host, port, connect_timeout=10.0, multiplex=True, metadata=sim.token, tls=sim.tls
     ) as channel:
 
         async def call(method: str, request: Any, reply: type[T]) -> T:
@@ -108,6 +144,7 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
             ),
             worker_pb2.RegisterWorkerResponse,
         )
+        backoff.reset()
         interval = (registered.paced_heartbeat_ms or registered.heartbeat_interval_ms) / 1000
         lease_seq = 0
 
@@ -164,10 +201,18 @@ async def sim_worker(addr: str, worker_id: str, capacity: int) -> None:
                 jobs = reported.jobs
 
 
-async def sim_main(addr: str, prefix: str, count: int, capacity: int) -> None:
+async def sim_main(addr: str, prefix: str, count: int, capacity: int, ramp: float) -> None:
+    """``count`` simulated workers, each started at a random time within ``ramp`` seconds."""
+    from burstd import auth, credentials, tlsconfig
+
+    # The controller's admin token (see start_controller), allowed every worker call, and
+    # BURST_TLS_CA, from start_controller.
+    token = auth.bearer(credentials.local_token())
+    sim = Sim(addr, capacity, token, tlsconfig.environment_client_context())
+    rng = random.Random(prefix)
     async with trio.open_nursery() as nursery:
         for i in range(count):
-            nursery.start_soon(sim_worker, addr, f"{prefix}-{i}", capacity)
+            nursery.start_soon(sim_worker, sim, f"{prefix}-{i}", rng.uniform(0, ramp))
 
 
 async def wait_registered(addr: str, workers: int, timeout: float) -> None:
@@ -239,12 +284,13 @@ def point(
                             f"sim{p}",
                             str(share),
                             str(args.capacity),
+                            str(workers / CONNECT_RATE),
                         ],
                         cwd=REPO,
                         env=burst_env(),
                     )
                 )
-            trio.run(wait_registered, addr, workers, 120.0)
+            trio.run(wait_registered, addr, workers, 60 + workers / CONNECT_RATE * 10)
             # The background cost of idle workers (heartbeats, long polls), measured apart.
             cpu0, wall0 = cpu_seconds(ctl.pid), time.monotonic()
             time.sleep(args.idle)
@@ -340,12 +386,12 @@ def main() -> dict[int, tuple[float, float]]:
         default=None,
         help="the controller's events_max (0: no event log; default: the controller's)",
     )
-    parser.add_argument("--sim", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--sim", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.sim:
-        addr, prefix, count, capacity = args.sim
+        addr, prefix, count, capacity, ramp = args.sim
         with contextlib.suppress(KeyboardInterrupt):
-            trio.run(sim_main, addr, prefix, int(count), int(capacity))
+            trio.run(sim_main, addr, prefix, int(count), int(capacity), float(ramp))
         return {}
     print(
         f"controller capacity: {args.jobs} jobs per point, store {args.store}, capacity "
