@@ -180,6 +180,10 @@ class Pool:
         for name, amount in grant.amounts.items():
             self._free[name] += amount
 
+    def free(self) -> dict[str, int]:
+        """What is free now: how many CPUs and GPUs, and the other amounts."""
+        return {**self._free, CPUS: len(self._cpus), GPUS: len(self._gpus)}
+
     def fits(self, request: Request | None) -> bool:
         """Whether ``grant`` would succeed now."""
         request = request or PLAIN

@@ -126,3 +126,35 @@ def test_a_victim_killed_before_its_jobs_are_stolen_loses_none(cluster: Cluster)
     # The lease TTL, a second of sleep, start-up: not the dead peer's connect timeouts.
     print(f"all done {elapsed:.1f} s after worker-1 was killed")
     assert elapsed < 30
+
+
+def test_a_thief_steals_only_jobs_it_can_run(cluster: Cluster) -> None:
+    """A 1-CPU thief takes the 1-CPU jobs queued at a victim and never a 2-CPU one, even where
+    those are the last in the victim's queue (the ones a steal takes first); a 4-CPU thief
+    takes 2-CPU jobs."""
+    cluster.controller()
+    peer = ("--peer-listen", "127.0.0.1:0")
+    cluster.worker("victim", *peer, "--queue-capacity", "16", slots=2)
+    with BlockingClient(cluster.addr, token=cluster.token()) as client:
+        poll(lambda: client.workers(), 30, "the victim to register")
+        wide = process("sleep", "2")
+        wide.resources.cpus = 2
+        ids = client.submit_many([process("sleep", "5")] * 4 + [wide] * 4)
+        poll(lambda: leased(client, "victim") == 8, 30, "the victim to hold all eight jobs")
+    narrow_ids, wide_ids = list(ids[:4]), list(ids[4:])
+    cluster.worker("small", *peer, slots=1)
+
+    def on(worker_id: str, job_ids: list[str]) -> list[str]:
+        return [i["job_id"] for i in statuses(cluster, job_ids) if i["worker_id"] == worker_id]
+
+    poll(lambda: on("small", narrow_ids), 30, "the 1-CPU thief to steal a 1-CPU job")
+    cluster.worker("big", *peer, slots=4)
+    result = cluster.burst("wait", *ids, "--timeout", "60", check=False, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    infos = {info["job_id"]: info for info in statuses(cluster, list(ids))}
+    placed = {job_id: info["worker_id"] for job_id, info in infos.items()}
+    print(f"jobs ran on: {placed}")
+    assert not on("small", wide_ids), placed
+    stolen_wide = [j for j in wide_ids if placed[j] == "big"]
+    assert stolen_wide, placed
+    assert all(infos[j]["stolen"] for j in stolen_wide + on("small", narrow_ids))

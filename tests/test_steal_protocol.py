@@ -346,6 +346,37 @@ def test_offer_skips_cancelled_and_dropped_jobs_and_a_drop_wins_over_a_put_back(
     assert queue.offer(0) == []
 
 
+def sized_queue(cpus: list[int]) -> LocalQueue:
+    """A victim's queue of jobs ``j0``, ``j1``... asking for these CPUs, in this order."""
+    queue = LocalQueue(capacity=10)
+    jobs = [
+        job_pb2.AssignedJob(
+            job_id=f"j{i}",
+            attempt=1,
+            spec=job_pb2.JobSpec(
+                process=job_pb2.ProcessSpec(command="true"),
+                resources=worker_pb2.Resources(cpus=n),
+            ),
+        )
+        for i, n in enumerate(cpus)
+    ]
+    queue.add(jobs, 1)
+    return queue
+
+
+def test_a_victim_offers_only_what_the_thief_can_run() -> None:
+    """Policy rule 5: jobs asking for more CPUs than the thief has in all are passed over, and
+    those that fit are taken from the tail until the thief's free amounts are spent."""
+    asks = [1, 1, 2, 1, 2]
+    one_cpu = {"cpus": 4}
+    offered = sized_queue(asks).offer(5, lambda j: steal.thief_takes(j.request, one_cpu, 1))
+    assert [j.job_id for j in offered] == ["j0", "j1", "j3"]  # no 2-CPU job to a 1-CPU thief
+    four_cpus = {"cpus": 3}
+    offered = sized_queue(asks).offer(5, lambda j: steal.thief_takes(j.request, four_cpus, 4))
+    assert [j.job_id for j in offered] == ["j3", "j4"]  # 3 CPUs of room: j4 and j3, not j2
+    assert four_cpus == {"cpus": 0}
+
+
 # -- the worker's peer addresses ---------------------------------------------------------------
 
 

@@ -119,6 +119,7 @@ from burstd import resources, wire
 from burstd.leases import StopReason
 from burstd.policies.quotas import Quota, QuotaExceeded, Quotas, TokenBucket, check_submission
 from burstd.policies.routers import Router, make_router
+from burstd.policies.steal import thief_takes
 
 
 class JobState(enum.StrEnum):
@@ -1811,14 +1812,8 @@ class JobTable:
                 and job.attempt == h.attempt
                 and job.state is JobState.LEASED
                 and job.lease_seq != 0
+                and thief_takes(job.request, free, thief.slots)
             ):
-                request = job.request or resources.PLAIN
-                if request.get(resources.CPUS, 1) > thief.slots or not resources.fits(
-                    request, free
-                ):
-                    continue
-                for name, amount in request.items():
-                    free[name] -= amount
                 moved[job.job_id] = job
         if not moved:
             return []

@@ -20,6 +20,10 @@ Rules:
 4. The victim has the last word (`victim_offer`): it gives at most the fair share of its own,
    current spare jobs and never what its free slots will start next, so concurrent thieves
    working from stale loads cannot empty it.
+5. A thief takes only what it can run (`thief_takes`): a job asking for more CPUs than the thief
+   has in all, or for more of anything than it has free beside the jobs taken before it in the
+   same steal, is left to the victim. The victim offers only such jobs (the thief says what it
+   has free), and the controller checks the same rule when it moves the leases.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import random
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+
+from burstd import resources
 
 __all__ = [
     "MAX_STEAL",
@@ -36,6 +42,7 @@ __all__ = [
     "should_steal",
     "spare",
     "steal_amount",
+    "thief_takes",
     "victim_offer",
 ]
 
@@ -127,3 +134,14 @@ def victim_offer(*, queued: int, free_slots: int, requested: int) -> int:
     """Jobs a victim hands over when asked for ``requested``: at most the fair share of its own
     spare jobs (so what its free slots start next stays), never more than asked or MAX_STEAL."""
     return max(0, min(requested, fair_share(spare(queued, free_slots)), MAX_STEAL))
+
+
+def thief_takes(request: resources.Request | None, free: dict[str, int], cpus: int) -> bool:
+    """Whether a thief with ``cpus`` CPUs in all and ``free`` left can take a job asking for
+    ``request`` (None: the plain one CPU); if so, the job's amounts are taken from ``free``."""
+    request = request or resources.PLAIN
+    if request.get(resources.CPUS, 1) > cpus or not resources.fits(request, free):
+        return False
+    for name, amount in request.items():
+        free[name] -= amount
+    return True

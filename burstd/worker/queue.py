@@ -154,16 +154,17 @@ class LocalQueue:
             and not job.leaving
         )
 
-    def offer(self, count: int) -> list[LocalJob]:
+    def offer(self, count: int, takes: Callable[[LocalJob], bool] | None = None) -> list[LocalJob]:
         """Up to ``count`` jobs from the tail of the queue (the last a slot would start), now
-        leaving: held but not startable until ``handed_over``. Oldest first."""
+        leaving: held but not startable until ``handed_over``. Oldest first. ``takes``: only
+        jobs it accepts, asked from the tail on (it may count what it accepted)."""
         if count <= 0:
             return []
         offered: list[LocalJob] = []
         for job in reversed(self._queued):
             if len(offered) == count:
                 break
-            if self._stealable(job):
+            if self._stealable(job) and (takes is None or takes(job)):
                 offered.append(job)
         if offered:
             leaving = {id(job) for job in offered}

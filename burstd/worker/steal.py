@@ -40,9 +40,12 @@ from burstd.policies.steal import (
     choose_victim,
     should_steal,
     steal_amount,
+    thief_takes,
     victim_offer,
 )
-from burstd.worker.queue import LocalState
+from burstd.resources import CPUS, Pool
+from burstd.resources_proto import offer_of, to_message
+from burstd.worker.queue import LocalJob, LocalState
 from proto.burst.v1 import job_pb2, peer_pb2, worker_pb2
 
 CONNECT_TIMEOUT = 1.0
@@ -75,6 +78,9 @@ class _State(Protocol):
 
     @property
     def local(self) -> Any: ...
+
+    @property
+    def pool(self) -> Pool: ...
 
     @property
     def running(self) -> Mapping[Any, object]: ...
@@ -168,7 +174,7 @@ class PeerServer:
             free_slots=state.config.slots - len(state.running),
             requested=min(request.max_jobs, MAX_STEAL),
         )
-        offered = local.offer(count)
+        offered = local.offer(count, _thief_takes(request))
         if not offered:
             return peer_pb2.StealJobsResponse(victim=_load(state))
         moved: dict[str, int] = {}
@@ -209,6 +215,22 @@ class PeerServer:
             ],
             victim=_load(state),
         )
+
+
+def _thief_takes(request: peer_pb2.StealJobsRequest) -> Callable[[LocalJob], bool] | None:
+    """Which jobs the thief can run (policy rule 5), None: a thief that does not say."""
+    if not request.HasField("thief_free"):
+        return None
+    free, cpus = offer_of(request.thief_free), request.thief_cpus
+    return lambda job: thief_takes(job.request, free, cpus)
+
+
+def _budget(state: _State) -> tuple[worker_pb2.Resources, int]:
+    """What this worker, as a thief, can take (``StealJobsRequest.thief_free``): what its pool
+    has free, and for CPUs the room of its local queue, as the controller counts its capacity;
+    and its CPUs in all."""
+    free = {**state.pool.free(), CPUS: state.local.room()}
+    return to_message(free), state.config.slots
 
 
 class _Peer:
@@ -403,11 +425,14 @@ class StealClient:
             self._failed(victim_id, peer, error)
             return False
         self.round += 1
+        free, cpus = _budget(self.state)
         request = peer_pb2.StealJobsRequest(
             thief_worker_id=self.state.config.worker_id,
             max_jobs=amount,
             thief_instance=self.state.instance,
             steal_round=self.round,
+            thief_free=free,
+            thief_cpus=cpus,
         )
         try:
             reply = await channel.unary(

@@ -26,21 +26,21 @@ from proto.burst.v1 import job_pb2 as proto_dot_burst_dot_v1_dot_job__pb2
 from proto.burst.v1 import worker_pb2 as proto_dot_burst_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/burst/v1/peer.proto\x12\x08\x62urst.v1\x1a\x18proto/burst/v1/job.proto\x1a\x1bproto/burst/v1/worker.proto\"j\n\x10StealJobsRequest\x12\x17\n\x0fthief_worker_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\r\x12\x16\n\x0ethief_instance\x18\x03 \x01(\x04\x12\x13\n\x0bsteal_round\x18\x04 \x01(\x04\"\\\n\x11StealJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.burst.v1.AssignedJob\x12\"\n\x06victim\x18\x02 \x01(\x0b\x32\x12.burst.v1.PeerInfo\"\xa1\x01\n\x13TransferJobsRequest\x12\x11\n\tvictim_id\x18\x01 \x01(\t\x12\x10\n\x08thief_id\x18\x02 \x01(\t\x12\x1f\n\x04jobs\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x16\n\x0ethief_instance\x18\x04 \x01(\x04\x12\x13\n\x0bsteal_round\x18\x05 \x01(\x04\x12\x17\n\x0fvictim_instance\x18\x06 \x01(\x04\"I\n\x14TransferJobsResponse\x12 \n\x05moved\x18\x01 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x0f\n\x07refused\x18\x02 \x01(\t2U\n\rWorkerPeerRpc\x12\x44\n\tStealJobs\x12\x1a.burst.v1.StealJobsRequest\x1a\x1b.burst.v1.StealJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19proto/burst/v1/peer.proto\x12\x08\x62urst.v1\x1a\x18proto/burst/v1/job.proto\x1a\x1bproto/burst/v1/worker.proto\"\xa7\x01\n\x10StealJobsRequest\x12\x17\n\x0fthief_worker_id\x18\x01 \x01(\t\x12\x10\n\x08max_jobs\x18\x02 \x01(\r\x12\x16\n\x0ethief_instance\x18\x03 \x01(\x04\x12\x13\n\x0bsteal_round\x18\x04 \x01(\x04\x12\'\n\nthief_free\x18( \x01(\x0b\x32\x13.burst.v1.Resources\x12\x12\n\nthief_cpus\x18) \x01(\r\"\\\n\x11StealJobsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.burst.v1.AssignedJob\x12\"\n\x06victim\x18\x02 \x01(\x0b\x32\x12.burst.v1.PeerInfo\"\xa1\x01\n\x13TransferJobsRequest\x12\x11\n\tvictim_id\x18\x01 \x01(\t\x12\x10\n\x08thief_id\x18\x02 \x01(\t\x12\x1f\n\x04jobs\x18\x03 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x16\n\x0ethief_instance\x18\x04 \x01(\x04\x12\x13\n\x0bsteal_round\x18\x05 \x01(\x04\x12\x17\n\x0fvictim_instance\x18\x06 \x01(\x04\"I\n\x14TransferJobsResponse\x12 \n\x05moved\x18\x01 \x03(\x0b\x32\x11.burst.v1.HeldJob\x12\x0f\n\x07refused\x18\x02 \x01(\t2U\n\rWorkerPeerRpc\x12\x44\n\tStealJobs\x12\x1a.burst.v1.StealJobsRequest\x1a\x1b.burst.v1.StealJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.burst.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STEALJOBSREQUEST']._serialized_start=94
-  _globals['_STEALJOBSREQUEST']._serialized_end=200
-  _globals['_STEALJOBSRESPONSE']._serialized_start=202
-  _globals['_STEALJOBSRESPONSE']._serialized_end=294
-  _globals['_TRANSFERJOBSREQUEST']._serialized_start=297
-  _globals['_TRANSFERJOBSREQUEST']._serialized_end=458
-  _globals['_TRANSFERJOBSRESPONSE']._serialized_start=460
-  _globals['_TRANSFERJOBSRESPONSE']._serialized_end=533
-  _globals['_WORKERPEERRPC']._serialized_start=535
-  _globals['_WORKERPEERRPC']._serialized_end=620
+  _globals['_STEALJOBSREQUEST']._serialized_start=95
+  _globals['_STEALJOBSREQUEST']._serialized_end=262
+  _globals['_STEALJOBSRESPONSE']._serialized_start=264
+  _globals['_STEALJOBSRESPONSE']._serialized_end=356
+  _globals['_TRANSFERJOBSREQUEST']._serialized_start=359
+  _globals['_TRANSFERJOBSREQUEST']._serialized_end=520
+  _globals['_TRANSFERJOBSRESPONSE']._serialized_start=522
+  _globals['_TRANSFERJOBSRESPONSE']._serialized_end=595
+  _globals['_WORKERPEERRPC']._serialized_start=597
+  _globals['_WORKERPEERRPC']._serialized_end=682
 # @@protoc_insertion_point(module_scope)

@@ -9,16 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class StealJobsRequest(_message.Message):
-    __slots__ = ("thief_worker_id", "max_jobs", "thief_instance", "steal_round")
+    __slots__ = ("thief_worker_id", "max_jobs", "thief_instance", "steal_round", "thief_free", "thief_cpus")
     THIEF_WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_JOBS_FIELD_NUMBER: _ClassVar[int]
     THIEF_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     STEAL_ROUND_FIELD_NUMBER: _ClassVar[int]
+    THIEF_FREE_FIELD_NUMBER: _ClassVar[int]
+    THIEF_CPUS_FIELD_NUMBER: _ClassVar[int]
     thief_worker_id: str
     max_jobs: int
     thief_instance: int
     steal_round: int
-    def __init__(self, thief_worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., thief_instance: _Optional[int] = ..., steal_round: _Optional[int] = ...) -> None: ...
+    thief_free: _worker_pb2.Resources
+    thief_cpus: int
+    def __init__(self, thief_worker_id: _Optional[str] = ..., max_jobs: _Optional[int] = ..., thief_instance: _Optional[int] = ..., steal_round: _Optional[int] = ..., thief_free: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., thief_cpus: _Optional[int] = ...) -> None: ...
 
 class StealJobsResponse(_message.Message):
     __slots__ = ("jobs", "victim")
