@@ -7,6 +7,7 @@ saying so, only where neither is.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from burstd.worker.memlimit import MemLimits
-from tests.cluster import Cluster
+from tests.cluster import Cluster, Daemon
 from tests.test_worker_integration import (
     SHORT_TTL,
     poll,
@@ -46,6 +47,16 @@ def worker_folder(cgroups: Path, pid: int) -> Path:
     return cgroups / f"burst-worker-{pid}"
 
 
+@contextlib.contextmanager
+def showing_log(daemon: Daemon) -> Iterator[None]:
+    """Print the daemon's log if the test fails (pytest shows what a failed test printed)."""
+    try:
+        yield
+    except BaseException:
+        print(daemon.log())
+        raise
+
+
 def job_cgroups(folder: Path) -> list[str]:
     """The jobs' cgroups in a worker's folder (v2's ``worker`` leaf is the worker's own)."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name != "worker")
@@ -54,6 +65,11 @@ def job_cgroups(folder: Path) -> list[str]:
 def test_a_job_past_its_mem_ends_with_reason_memory(cluster: Cluster, cgroups: Path) -> None:
     cluster.controller()
     worker = cluster.worker("w1")
+    with showing_log(worker):
+        mem_job_runs(cluster, worker, cgroups)
+
+
+def mem_job_runs(cluster: Cluster, worker: Daemon, cgroups: Path) -> None:
     wait_workers(cluster, "w1")
     folder = worker_folder(cgroups, worker.pid)
     assert folder.is_dir()
@@ -72,8 +88,8 @@ def test_a_job_past_its_mem_ends_with_reason_memory(cluster: Cluster, cgroups: P
     assert f"job {greedy} (failed, memory)" in shown
     assert job_cgroups(folder) == []
     assert "enforced by cgroup" in worker.log()
-    assert worker.stop() == 0, worker.log()
-    assert not folder.exists(), worker.log()
+    assert worker.stop() == 0
+    assert not folder.exists()
 
 
 def test_a_job_stopped_when_its_lease_lapses_leaves_no_cgroup(
@@ -81,16 +97,23 @@ def test_a_job_stopped_when_its_lease_lapses_leaves_no_cgroup(
 ) -> None:
     controller = cluster.controller("--config", write_config(cluster, "c.toml", SHORT_TTL))
     worker = cluster.worker("w1")
+    with showing_log(worker):
+        lapse_kills(cluster, controller, worker, cgroups)
+
+
+def lapse_kills(cluster: Cluster, controller: Daemon, worker: Daemon, cgroups: Path) -> None:
     wait_workers(cluster, "w1")
     folder = worker_folder(cgroups, worker.pid)
-    assert folder.is_dir(), worker.log()
+    assert folder.is_dir()
     submit(cluster, "--mem", "100M", "process", "sleep", "60")
     poll(lambda: job_cgroups(folder), 30, "the job's cgroup")
     controller.signal(signal.SIGSTOP)
     try:
-        poll(lambda: "stopping 1 running jobs" in worker.log(), 30, "the lease to lapse")
+        # The worker stops the job when its lease lapses (or its job guard does, should the
+        # worker be late on a loaded machine); either way the worker reaps it.
         poll(lambda: not job_cgroups(folder), 30, "the job's cgroup to go")
+        assert "job guard" in worker.log() or "stopping 1 running jobs" in worker.log()
     finally:
         controller.signal(signal.SIGCONT)
-    assert worker.stop() == 0, worker.log()
-    assert not folder.exists(), worker.log()
+    assert worker.stop() == 0
+    assert not folder.exists()
