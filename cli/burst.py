@@ -1220,6 +1220,9 @@ def _info_lines(info: job_pb2.JobInfo) -> list[str]:
         f"  submitted {_human(info.submitted_at)}, started {_human(info.started_at)},"
         f" finished {_human(info.finished_at)}",
     ]
+    if info.after:
+        kind = "after-any" if info.after_any else "after"
+        lines.append(f"  dependencies ({kind}): {', '.join(info.after)}")
     if info.error_message:
         lines.append(f"  error: {info.error_message}")
     lines.append(f"  attempts: {len(info.attempts) or '-'}")
@@ -1230,8 +1233,9 @@ def _info_lines(info: job_pb2.JobInfo) -> list[str]:
 @app.command(usage="Usage: burst info [--json] JOB...")
 def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Show everything known about jobs: command, working directory, the names of the
-    variables the job adds to the environment (never their values), and every attempt (worker,
-    start and end, exit code or signal, CPU time and peak memory). Exit 4 for an unknown id.
+    variables the job adds to the environment (never their values), its dependencies (--after
+    or --after-any), and every attempt (worker, start and end, exit code
+    or signal, CPU time and peak memory). Exit 4 for an unknown id.
 
     Parameters
     ----------

@@ -4,6 +4,7 @@ README's map-then-reduce pipeline through the Python client."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -30,6 +31,19 @@ def test_a_job_waits_for_its_dependencies_and_fails_down_a_chain(cluster: Cluste
     anyway = submit(cluster, "--after-any", bad, "process", "true")
     assert cluster.status(ok)["state"] == "waiting"
     assert cluster.burst("status", ok).stdout.split() == [ok, "waiting"]
+    # what each waits for: burst info, status --json, list --json
+    assert f"  dependencies (after): {first}, {bad}\n" in cluster.burst("info", chain[0]).stdout
+    assert f"  dependencies (after-any): {bad}\n" in cluster.burst("info", anyway).stdout
+    assert "dependencies" not in cluster.burst("info", first).stdout
+    assert (cluster.status(chain[0])["after"], cluster.status(chain[0])["after_any"]) == (
+        [first, bad],
+        False,
+    )
+    listed = [json.loads(line) for line in cluster.burst("list", "--json").stdout.splitlines()]
+    assert {job["job_id"]: (job["after"], job["after_any"]) for job in listed}[anyway] == (
+        [bad],
+        True,
+    )
     cluster.worker("w1", slots=2)
     # bad fails: the chain fails at once, down its length, while first still runs
     cluster.burst("wait", "--timeout", "30", anyway, *chain, check=False)

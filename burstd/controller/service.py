@@ -172,6 +172,9 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
             one.usage.max_rss_kib = kept.max_rss_kib
     if details:
         _describe_spec(info, job.spec)
+        if job.after:
+            info.after.extend(job.after.split(","))
+            info.after_any = job.after_any
     return info
 
 

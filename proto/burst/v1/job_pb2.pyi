@@ -157,7 +157,7 @@ class GetJobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobInfo(_message.Message):
-    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting", "submission_id", "command", "cwd", "env_names", "kind", "priority")
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "error_message", "stdout_path", "stderr_path", "reason", "stolen", "name", "lost_count", "retried", "attempts", "owner", "resources", "waiting", "submission_id", "command", "cwd", "env_names", "kind", "priority", "after", "after_any")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +185,8 @@ class JobInfo(_message.Message):
     ENV_NAMES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    AFTER_ANY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     exit_code: int
@@ -212,7 +214,9 @@ class JobInfo(_message.Message):
     env_names: _containers.RepeatedScalarFieldContainer[str]
     kind: str
     priority: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ..., submission_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., env_names: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+    after: _containers.RepeatedScalarFieldContainer[str]
+    after_any: bool
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., attempt: _Optional[int] = ..., worker_id: _Optional[str] = ..., submitted_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error_message: _Optional[str] = ..., stdout_path: _Optional[str] = ..., stderr_path: _Optional[str] = ..., reason: _Optional[str] = ..., stolen: _Optional[bool] = ..., name: _Optional[str] = ..., lost_count: _Optional[int] = ..., retried: _Optional[int] = ..., attempts: _Optional[_Iterable[_Union[AttemptOutput, _Mapping]]] = ..., owner: _Optional[str] = ..., resources: _Optional[_Union[_worker_pb2.Resources, _Mapping]] = ..., waiting: _Optional[str] = ..., submission_id: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., cwd: _Optional[str] = ..., env_names: _Optional[_Iterable[str]] = ..., kind: _Optional[str] = ..., priority: _Optional[int] = ..., after: _Optional[_Iterable[str]] = ..., after_any: _Optional[bool] = ...) -> None: ...
 
 class AttemptOutput(_message.Message):
     __slots__ = ("attempt", "worker_id", "stdout_path", "stderr_path", "started_at", "finished_at", "exit_code", "signal", "reason", "usage")
