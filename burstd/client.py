@@ -11,6 +11,9 @@
 
 Both keep one connection open for all calls. Errors from the controller raise
 ``burstd.transport.RpcError`` with the gRPC status code and the controller's message.
+
+``Client`` also runs on ``burstd.transport.oneshot``'s blocking channel (unary calls only, no
+trio): importing this module imports no trio, ``Client.connect`` and ``BlockingClient`` do.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-import trio
-
 from burstd import arrays, auth, credentials, tlsconfig, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2
 
 if TYPE_CHECKING:  # imported by the methods that use them: each costs a command's start-up
+    import trio
+
     from proto.burst.v1 import token_pb2
 
 T = TypeVar("T")
@@ -504,6 +507,8 @@ class BlockingClient:
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
+        import trio
+
         self._ready: queue.Queue[BaseException | None] = queue.Queue()
         self._token: trio.lowlevel.TrioToken | None = None
         self._client: Client | None = None
@@ -519,6 +524,8 @@ class BlockingClient:
             raise error
 
     async def _main(self, connect: Callable[[], AbstractAsyncContextManager[Client]]) -> None:
+        import trio
+
         try:
             async with connect() as client:
                 self._client, self._token, self._stop = (
@@ -535,6 +542,8 @@ class BlockingClient:
             raise
 
     def _run(self, fn: Callable[[Client], Awaitable[T]]) -> T:
+        import trio
+
         assert self._client is not None and self._token is not None
         client = self._client
         return trio.from_thread.run(lambda: fn(client), trio_token=self._token)
@@ -605,6 +614,8 @@ class BlockingClient:
         self, job_ids: Iterable[str] = (), *, all: bool = False, submission_id: str = ""
     ) -> Iterator[job_pb2.WaitJobsUpdate]:
         """Yields progress updates as they come, until every job has ended."""
+        import trio
+
         job_ids = list(job_ids)
         updates: queue.Queue[job_pb2.WaitJobsUpdate | BaseException | None] = queue.Queue()
 
@@ -629,6 +640,8 @@ class BlockingClient:
             yield item
 
     def close(self) -> None:
+        import trio
+
         if self._stop is not None and self._thread.is_alive():
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()

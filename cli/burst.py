@@ -23,13 +23,13 @@ import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Mapping,
     Sequence,
 )
-from contextlib import aclosing, asynccontextmanager
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TextIO, TypeVar, cast
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     import ssl
 
     from burstd.client import Client
+    from burstd.transport import Channel
     from proto.burst.v1 import job_pb2, worker_pb2
 
 __all__ = [
@@ -501,14 +502,6 @@ def client_tls(
         raise UsageError(str(error)) from None
 
 
-@asynccontextmanager
-async def _open_client(addr: str, token: str, tls: ssl.SSLContext | None) -> AsyncIterator[Client]:
-    from burstd.client import Client
-
-    async with Client.connect(addr, token=token, tls=tls) as client:
-        yield client
-
-
 def _leaf(error: BaseException, types: tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``types`` in ``error`` or, for a group, in its members."""
     if isinstance(error, types):
@@ -526,29 +519,29 @@ def _code_name(code: object) -> str:
     return name if isinstance(name, str) else str(code)
 
 
-def _run(session: Callable[[Client], Awaitable[int]]) -> int:
-    """Connect to the controller, run ``session`` in trio; an RPC failure becomes its exit code
-    (:func:`cli.exitcodes.for_status`), a controller out of reach ``UNREACHABLE``."""
+def _run(session: Callable[[Client], Coroutine[Any, Any, int]], *, calls_only: bool = False) -> int:
+    """Connect to the controller, run ``session``; an RPC failure becomes its exit code
+    (:func:`cli.exitcodes.for_status`), a controller out of reach ``UNREACHABLE``.
+
+    ``calls_only``: the session makes unary calls and nothing else (no stream, no trio of its
+    own), so it runs on a blocking connection (``burstd.transport.oneshot``) without trio or
+    purerpc, which a command would otherwise spend most of its start-up importing; else in
+    trio."""
     addr = controller_addr(_globals.controller, _globals.config)
     token = client_token(_globals.token_file, _globals.state_dir, _globals.config)
     tls = client_tls(_globals.tls_ca, _globals.tls_cert, _globals.tls_key, _globals.config)
-    import trio
-
-    from burstd import logs, transport
+    from burstd import logs
+    from burstd.transport import RpcError
 
     try:
         logs.setup_logging("WARNING", component="cli", defer=True)
     except ValueError as error:  # a bad BURST_LOG
         raise UsageError(str(error)) from None
 
-    async def connected() -> int:
-        async with _open_client(addr, token, tls) as client:
-            return await session(client)
-
     try:
-        return trio.run(connected)
+        return (_run_oneshot if calls_only else _run_trio)(session, addr, token, tls)
     except BaseException as error:
-        found = _leaf(error, (transport.RpcError, OSError, Failure))
+        found = _leaf(error, (RpcError, OSError, Failure))
         if found is None:
             raise
         if isinstance(found, BrokenPipeError):  # our stdout, closed by the reader
@@ -560,13 +553,48 @@ def _run(session: Callable[[Client], Awaitable[int]]) -> int:
                 ExitCode.UNREACHABLE,
                 f"cannot reach controller at {addr}: {found.strerror or found}",
             ) from None
-        assert isinstance(found, transport.RpcError)
+        assert isinstance(found, RpcError)
         code, message = _code_name(found.code), found.message
         if code == "UNAVAILABLE" and "cannot reach controller" not in message:
             message = f"cannot reach controller at {addr}: {message}"
         if code == "UNAVAILABLE" and tls is None and "closed by peer" in message:
             message += " (a controller that serves TLS closes clear-text connections: --tls-ca)"
         raise Failure(for_status(code), f"{code}: {message}") from None
+
+
+def _run_trio(
+    session: Callable[[Client], Coroutine[Any, Any, int]],
+    addr: str,
+    token: str,
+    tls: ssl.SSLContext | None,
+) -> int:
+    import trio
+
+    from burstd.client import Client
+
+    async def connected() -> int:
+        async with Client.connect(addr, token=token, tls=tls) as client:
+            return await session(client)
+
+    return trio.run(connected)
+
+
+def _run_oneshot(
+    session: Callable[[Client], Coroutine[Any, Any, int]],
+    addr: str,
+    token: str,
+    tls: ssl.SSLContext | None,
+) -> int:
+    from burstd import auth
+    from burstd.client import Client
+    from burstd.config import parse_hostport
+    from burstd.transport import oneshot
+
+    host, port = parse_hostport(addr)
+    with oneshot.Channel(host, port, metadata=auth.bearer(token), tls=tls) as channel:
+        # Its unary calls are those of the trio channel; the session makes no other.
+        client = Client(cast("Channel", channel))
+        return oneshot.run(session(client))
 
 
 def _generator(iterator: AsyncIterator[T]) -> AsyncGenerator[T, None]:
@@ -839,7 +867,8 @@ def submit(
         _write_lines([ids.submission_id] if quiet else ids)
         return await _follow(client, ids) if then_wait else 0
 
-    return _run(session)
+    # (--wait follows the jobs over a stream: trio)
+    return _run(session, calls_only=not then_wait)
 
 
 @submit_app.command(usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
@@ -956,7 +985,7 @@ def status(
             _write_lines([_job_json(info) if as_json else text])
         return _known(states)
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 @app.command(usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
@@ -996,7 +1025,7 @@ def cancel(
             _write_lines([f"cancelled {count} job{'' if count == 1 else 's'}"])
         return _known(states)
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 @app.command(usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
@@ -1033,7 +1062,7 @@ def forget(
         _write_lines([f"forgot {count} job{'' if count == 1 else 's'}"])
         return 0
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 LIST_PAGE = 1000
@@ -1261,7 +1290,7 @@ def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> 
                 _write_lines(_info_lines(found))
         return _known(states)
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 @app.command(usage="Usage: burst resubmit SUB --failed [--quiet]")
@@ -1292,7 +1321,7 @@ def resubmit(
         _write_lines([ids.submission_id] if quiet else ids)
         return 0
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 @app.command(usage="Usage: burst workers [--json]")
@@ -1331,7 +1360,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
         )
         return 0
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 @app.command(usage="Usage: burst drain WORKER")
@@ -1354,7 +1383,7 @@ def drain(worker: str, /) -> int:
         print(f"{info.worker_id}: draining, {info.leased} jobs held ({info.running} running)")
         return 0
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 # A follower's long poll for new events, in ms.
@@ -1437,7 +1466,7 @@ def undrain(worker: str, /) -> int:
         print(f"{worker}: {'taking work' if info is not None else 'undrained (not registered)'}")
         return 0
 
-    return _run(session)
+    return _run(session, calls_only=True)
 
 
 # --------------------------------------------------------------------------------------------------

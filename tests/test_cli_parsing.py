@@ -10,15 +10,16 @@ import re
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from burstd import arrays, transport, wire
 from burstd.client import Submitted
 from burstd.config import DEFAULT_ADDR, ConfigError
+from burstd.transport import oneshot
 from cli import burst, burstd, exitcodes
 from cli.burst import (
     JobCommand,
@@ -154,14 +155,21 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeClient]:
     client.tokens = []  # type: ignore[attr-defined]
     client.tls = []  # type: ignore[attr-defined]
 
-    @asynccontextmanager
-    async def open_client(addr: str, token: str, tls: object) -> AsyncIterator[FakeClient]:
+    def connected(addr: str, token: str, tls: object) -> Any:
         client.addrs.append(addr)  # type: ignore[attr-defined]
         client.tokens.append(token)  # type: ignore[attr-defined]
         client.tls.append(tls)  # type: ignore[attr-defined]
-        yield client
+        return client
 
-    monkeypatch.setattr(burst, "_open_client", open_client)
+    def in_trio(session: Any, addr: str, token: str, tls: object) -> int:
+        return int(trio.run(session, connected(addr, token, tls)))
+
+    def oneshot_run(session: Any, addr: str, token: str, tls: object) -> int:
+        # As on the one-shot channel: the session must end without waiting for anything.
+        return int(oneshot.run(session(connected(addr, token, tls))))
+
+    monkeypatch.setattr(burst, "_run_trio", in_trio)
+    monkeypatch.setattr(burst, "_run_oneshot", oneshot_run)
     yield client
 
 

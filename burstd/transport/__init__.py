@@ -21,7 +21,14 @@ Other code imports only from ``burstd.transport``. Its modules, one job each:
 * ``methods``: services as registered, and how a unary handler runs; ``server``: the listener,
   connections and calls; ``health``: the standard health service;
 * ``channel``: the client;
-* ``mux``: unary calls multiplexed over one standing stream, both ends.
+* ``mux``: unary calls multiplexed over one standing stream, both ends;
+* ``oneshot``: unary calls on a blocking socket, without trio or purerpc, for a short-lived
+  program (the ``burst`` CLI's commands that make only unary calls);
+* ``headers`` (a client's metadata and deadline headers) and ``sockets`` (addresses and socket
+  errors in messages): shared by both clients, standard library only.
+
+The package imports the errors at once and the rest at first use, so that ``oneshot`` and
+whoever only names the errors do not import trio, anyio and purerpc.
 
 purerpc 0.8 is used only for its HTTP/2 + gRPC framing (``GRPCConnection``, over h2). Its
 socket and stream classes are replaced by lighter ones here (one writer task per connection that
@@ -45,14 +52,16 @@ section 4):
    enforced on both sides); a lost connection fails the calls on it with UNAVAILABLE; a cancelled
    call resets its HTTP/2 stream so the server stops working on it.
 6. purerpc logs normal cancellations as warnings through the standard ``logging`` module; none
-   of that code runs here, and :func:`quiet_purerpc_logging` (called at import) raises its
+   of that code runs here, and :func:`quiet_purerpc_logging` (called when ``connection`` is
+   imported) raises its
    logger to ERROR anyway.
 """
 
 from __future__ import annotations
 
-from burstd.transport.channel import Channel, open_channel
-from burstd.transport.connection import MAX_UNAUTHENTICATED, quiet_purerpc_logging
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from burstd.transport.errors import (
     Aborted,
     AlreadyExists,
@@ -71,11 +80,39 @@ from burstd.transport.errors import (
     Unimplemented,
     rpc_error,
 )
-from burstd.transport.health import health_service
-from burstd.transport.messages import Metadata
-from burstd.transport.methods import Authorize, Service
-from burstd.transport.server import serve
 from burstd.wire import HEALTH_SERVICE, MUX_SERVICE
+
+if TYPE_CHECKING:
+    from burstd.transport.channel import Channel, open_channel
+    from burstd.transport.connection import MAX_UNAUTHENTICATED, quiet_purerpc_logging
+    from burstd.transport.health import health_service
+    from burstd.transport.messages import Metadata
+    from burstd.transport.methods import Authorize, Service
+    from burstd.transport.server import serve
+
+# What needs trio, anyio or purerpc is imported at its first use: a program that only names the
+# errors (the `burst` CLI on its one-shot path, see ``oneshot``) does not pay for them.
+_LAZY = {
+    "Channel": "channel",
+    "open_channel": "channel",
+    "MAX_UNAUTHENTICATED": "connection",
+    "quiet_purerpc_logging": "connection",
+    "health_service": "health",
+    "Metadata": "messages",
+    "Authorize": "methods",
+    "Service": "methods",
+    "serve": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "HEALTH_SERVICE",

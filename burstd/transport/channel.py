@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 import ssl
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack
-from datetime import timedelta
 from typing import Any, Self, cast
 
 import anyio
@@ -16,7 +14,6 @@ import anyio.abc
 import h2.exceptions  # type: ignore[import-untyped]
 import trio
 from anyio.streams.tls import TLSStream
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from burstd.config import parse_hostport
 from burstd.logs import logger
@@ -24,43 +21,19 @@ from burstd.transport.connection import (
     Connection,
     ConnectionLost,
     Stream,
-    StreamRefused,
     end_quietly,
-    format_addr,
-    reason,
 )
-from burstd.transport.errors import DeadlineExceeded, Internal, Unavailable
-from burstd.transport.messages import Message, ResponseT, decode, type_name
+from burstd.transport.errors import DeadlineExceeded, Internal, StreamRefused, Unavailable
+from burstd.transport.headers import check_metadata, grpc_timeout
+from burstd.transport.messages import Message, ResponseT, decode_reply
 from burstd.transport.mux import MAX_REQUEST, MUX_METHOD, MuxClient
+from burstd.transport.sockets import format_addr, reason
 from burstd.wire import MUX_SERVICE
 
 # 8 opaque bytes carried by our liveness PINGs.
 _PING_PAYLOAD = b"burst-pg"
 # Seconds between two attempts of a call the server refused again (see Channel._call).
 _REFUSED_PAUSE = 0.05
-_METADATA_KEY = re.compile(r"[0-9a-z_.\-]+")
-_RESERVED_KEYS = frozenset({"content-type", "te", "user-agent", "host", "connection"})
-
-
-def _check_metadata(metadata: Mapping[str, str]) -> None:
-    for key, value in metadata.items():
-        if (
-            not _METADATA_KEY.fullmatch(key)
-            or key.startswith("grpc-")
-            or key.endswith("-bin")
-            or key in _RESERVED_KEYS
-        ):
-            raise ValueError(f"metadata key {key!r} is not allowed (lowercase token, not grpc-*)")
-        if not isinstance(value, str) or not value.isprintable() or not value.isascii():
-            raise ValueError(f"metadata value for {key!r} must be printable ASCII text")
-
-
-def _grpc_timeout(seconds: float) -> timedelta:
-    # grpc-timeout allows at most 8 digits: below 10 s send microseconds, above whole seconds.
-    # Rounding up keeps the server's deadline at or after the client's.
-    if seconds < 10:
-        return timedelta(microseconds=math.ceil(seconds * 1_000_000))
-    return timedelta(seconds=math.ceil(seconds))
 
 
 class Channel:
@@ -120,7 +93,7 @@ class Channel:
         self._connect_timeout = connect_timeout
         self._ping_timeout = ping_timeout
         self._metadata = dict(metadata or {})
-        _check_metadata(self._metadata)
+        check_metadata(self._metadata)
         self._connection: Connection | None = None  # the one new calls use
         self._live: set[Connection] = set()  # open connections (old ones finish their calls)
         self._connect_lock = trio.Lock()
@@ -269,7 +242,7 @@ class Channel:
     ) -> tuple[Connection, Stream]:
         headers = self._metadata
         if metadata:
-            _check_metadata(metadata)
+            check_metadata(metadata)
             headers = {**self._metadata, **metadata}
         fresh = False
         while True:
@@ -279,7 +252,7 @@ class Channel:
                     service,
                     method,
                     self.address,
-                    None if timeout is None else _grpc_timeout(timeout),
+                    None if timeout is None else grpc_timeout(timeout),
                     tuple(headers.items()),
                 )
             except h2.exceptions.TooManyStreamsError:
@@ -422,12 +395,7 @@ class Channel:
         reply = await self.unary_raw(
             service, method, request.SerializeToString(), timeout=timeout, metadata=metadata
         )
-        try:
-            return decode(response_type, reply)
-        except DecodeError:
-            raise Internal(
-                f"/{service}/{method}: malformed {type_name(response_type)} in the reply"
-            ) from None
+        return decode_reply(f"/{service}/{method}", response_type, reply)
 
     async def server_stream(
         self,
@@ -469,13 +437,7 @@ class Channel:
             while True:
                 if data is None:
                     return
-                try:
-                    reply = decode(response_type, data)
-                except DecodeError:
-                    raise Internal(
-                        f"{path}: malformed {type_name(response_type)} in the reply"
-                    ) from None
-                yield reply
+                yield decode_reply(path, response_type, data)
                 with trio.move_on_at(deadline) as scope:
                     data = await stream.next_reply(path, self._where)
                 if scope.cancelled_caught:

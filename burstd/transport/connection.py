@@ -20,7 +20,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 import socket
 import ssl
 import struct
@@ -49,23 +48,23 @@ from purerpc.grpclib.status import Status
 
 from burstd.limits import ConnectionLimits
 from burstd.logs import logger
-from burstd.transport.errors import ResourceExhausted, StatusCode, Unavailable, rpc_error
+from burstd.transport.errors import (
+    H2_REFUSED_STREAM,
+    ResourceExhausted,
+    StatusCode,
+    Unavailable,
+    reset_error,
+    rpc_error,
+)
 from burstd.transport.wakeup import Wakeup
 
-# HTTP/2 error codes sent with RST_STREAM: our side abandons a call; a call is refused before
-# it started (a client may retry it).
+# HTTP/2 error code sent with RST_STREAM: our side abandons a call.
 _H2_CANCEL = 0x8
-_H2_REFUSED_STREAM = 0x7
 # HTTP/2 error code of the GOAWAY that disconnects a peer over its limits, or for its refused
 # calls.
 _H2_ENHANCE_YOUR_CALM = 0xB
 MAX_UNAUTHENTICATED = 8
 """Calls refused UNAUTHENTICATED on one connection after which the server closes it."""
-RESET_CODES = {  # RST_STREAM error code -> status, as gRPC maps them (REFUSED_STREAM: below)
-    0x8: StatusCode.CANCELLED,
-    0xB: StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
-    0xC: StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
-}
 
 
 def quiet_purerpc_logging() -> None:
@@ -155,11 +154,6 @@ class Framer(GRPCConnection):  # type: ignore[misc]
         except (ProtocolError, KeyError, ValueError) as error:
             return [StreamFailed(event.stream_id, StatusCode.INTERNAL, f"bad reply: {error}")]
         return events
-
-
-class StreamRefused(Unavailable):
-    """The server refused the call before starting it (RST_STREAM REFUSED_STREAM): a client may
-    make it again at once, as gRPC clients do."""
 
 
 class ConnectionLost(Exception):
@@ -309,11 +303,7 @@ class Stream:
                     return None
                 raise rpc_error(StatusCode.of(event.status.int_value), event.status.status_message)
             if isinstance(event, StreamReset):
-                message = f"{path}: the server reset the call (HTTP/2 code {event.error_code})"
-                if event.error_code == _H2_REFUSED_STREAM:
-                    raise StreamRefused(message)
-                code = RESET_CODES.get(event.error_code, StatusCode.INTERNAL)
-                raise rpc_error(code, message)
+                raise reset_error(path, event.error_code)
             if isinstance(event, StreamFailed):
                 raise rpc_error(event.code, f"{path}: {event.message}")
             # ResponseReceived (the reply's headers): nothing to do
@@ -622,7 +612,7 @@ class Connection:
                 return False
             self.grpc.message_read_buffers.pop(stream_id, None)
             with contextlib.suppress(h2.exceptions.H2Error):
-                self.grpc.reset_stream(stream_id, _H2_REFUSED_STREAM)
+                self.grpc.reset_stream(stream_id, H2_REFUSED_STREAM)
             return True
         stream = self._streams[stream_id] = Stream(self, stream_id)
         stream.request = request
@@ -815,25 +805,3 @@ def end_quietly(error: BaseException, what: str) -> None:
         raise error
     if others is not None:
         raise others
-
-
-def format_addr(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def reason(error: BaseException) -> str:
-    """A short reason for a socket error: "Connection refused", "Name or service not known"."""
-    cause: BaseException | None = error
-    while cause is not None:  # anyio wraps the attempts' errors: use the first one
-        if isinstance(cause, BaseExceptionGroup):
-            cause = cause.exceptions[0]
-            continue
-        if isinstance(cause, socket.gaierror) and cause.strerror:
-            return cause.strerror
-        if isinstance(cause, OSError) and cause.errno:
-            return os.strerror(cause.errno)
-        if cause.__cause__ is None:
-            break
-        cause = cause.__cause__
-    return str(error) or type(error).__name__

@@ -153,6 +153,29 @@ def rpc_error(code: StatusCode, message: str = "") -> RpcError:
     return cls(message) if cls is not None else RpcError(code, message)
 
 
+class StreamRefused(Unavailable):
+    """The server refused the call before starting it (RST_STREAM REFUSED_STREAM): a client may
+    make it again at once, as gRPC clients do."""
+
+
+# RST_STREAM error codes: a call refused before it started (a client may make it again), and the
+# statuses of the others, as gRPC maps them.
+H2_REFUSED_STREAM = 0x7
+RESET_CODES = {
+    0x8: StatusCode.CANCELLED,
+    0xB: StatusCode.RESOURCE_EXHAUSTED,  # ENHANCE_YOUR_CALM
+    0xC: StatusCode.PERMISSION_DENIED,  # INADEQUATE_SECURITY
+}
+
+
+def reset_error(path: str, error_code: int) -> RpcError:
+    """What a call to ``path`` that the server reset (RST_STREAM ``error_code``) raises."""
+    message = f"{path}: the server reset the call (HTTP/2 code {error_code})"
+    if error_code == H2_REFUSED_STREAM:
+        return StreamRefused(message)
+    return rpc_error(RESET_CODES.get(error_code, StatusCode.INTERNAL), message)
+
+
 class TransportError(OSError):
     """The server could not start listening (address in use, bad host, no permission).
 

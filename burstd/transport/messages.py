@@ -13,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from burstd.transport.errors import InvalidArgument
+from burstd.transport.errors import Internal, InvalidArgument
 
 Metadata = Mapping[str, str]
 """A call's custom metadata (HTTP/2 headers other than gRPC's own); binary ``-bin`` keys are
@@ -51,3 +51,11 @@ def decode_request(request_type: type[ResponseT], data: bytes) -> ResponseT:
         return decode(request_type, data)
     except DecodeError:
         raise InvalidArgument(f"malformed {type_name(request_type)}") from None
+
+
+def decode_reply(path: str, response_type: type[ResponseT], data: bytes) -> ResponseT:
+    """Parse a reply of the call to ``path``; a malformed one is INTERNAL naming the type."""
+    try:
+        return decode(response_type, data)
+    except DecodeError:
+        raise Internal(f"{path}: malformed {type_name(response_type)} in the reply") from None

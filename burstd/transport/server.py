@@ -32,13 +32,12 @@ from burstd.transport.connection import (
     Stream,
     StreamFailed,
     end_quietly,
-    format_addr,
-    reason,
 )
 from burstd.transport.errors import InvalidArgument, StatusCode, TransportError, rpc_error
 from burstd.transport.messages import Message, decode_request
 from burstd.transport.methods import Method, Service, authorized, run_unary, status_of
 from burstd.transport.mux import MUX_METHOD, serve_mux
+from burstd.transport.sockets import format_addr, reason
 from burstd.wire import MUX_SERVICE
 from proto.burst.v1 import mux_pb2
 
