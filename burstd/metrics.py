@@ -7,7 +7,9 @@ is one trio thread), and published by a collector at scrape time: a hot path pay
 increment, or a bisect for a histogram (:class:`Histogram`), never prometheus_client's locked
 metric objects; prometheus_client still writes the exposition. The endpoint is a small trio
 HTTP/1.1 handler, not prometheus_client's threaded server: a scrape then reads the daemon's
-state between two of the event loop's steps, never while a step changes it.
+state between two of the event loop's steps, never while a step changes it. A daemon that
+serves TLS (``tls_cert``, ``tls_key``) serves its metrics over HTTPS with the same certificate
+(and, with ``tls_client_ca``, to scrapers that show a certificate that CA signed).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import bisect
 import contextlib
 import functools
 import itertools
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -51,30 +54,50 @@ async def serve_metrics(
     listen: str,
     registry: CollectorRegistry,
     *,
+    tls: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``registry`` in Prometheus's text format on ``listen`` (HOST:PORT, port 0: any free
-    port) until cancelled; ``task_status.started`` gets the bound port. Every path answers the
-    metrics (``/metrics`` is the usual one); only GET and HEAD are accepted."""
+    port) until cancelled, over HTTPS with ``tls`` (``burstd.transport.tls.server_context`` with
+    ALPN ``http/1.1``); ``task_status.started`` gets the bound port. Every path answers the
+    metrics (``/metrics`` is the usual one); only GET and HEAD are accepted. A scraper that does
+    not finish its handshake and request within 10 s, or whose handshake fails, is closed."""
     from burstd.config import parse_hostport
 
     host, port = parse_hostport(listen)
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound = int(listeners[0].socket.getsockname()[1])
-    logger.info("metrics on http://{}/metrics", format_hostport(host or "*", bound))
+    scheme = "http" if tls is None else "https"
+    logger.info("metrics on {}://{}/metrics", scheme, format_hostport(host or "*", bound))
     task_status.started(bound)
-    await trio.serve_listeners(functools.partial(_answer, registry=registry), listeners)
+    await trio.serve_listeners(functools.partial(_answer, registry=registry, tls=tls), listeners)
 
 
-async def _answer(stream: trio.SocketStream, *, registry: CollectorRegistry) -> None:
-    async with stream:
+async def _answer(
+    sock: trio.SocketStream, *, registry: CollectorRegistry, tls: ssl.SSLContext | None
+) -> None:
+    async with sock:
+        stream: trio.abc.Stream = sock
+        handshaken = tls is None
         request = b""
         with trio.move_on_after(_REQUEST_TIMEOUT):
-            while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    break
-                request += chunk
+            try:
+                if tls is not None:
+                    stream = secure = trio.SSLStream(
+                        sock, tls, server_side=True, https_compatible=True
+                    )
+                    await secure.do_handshake()
+                    handshaken = True
+                while b"\r\n\r\n" not in request and len(request) < _MAX_REQUEST:
+                    chunk = await stream.receive_some(4096)
+                    if not chunk:
+                        break
+                    request += chunk
+            except trio.BrokenResourceError as error:  # a failed handshake, or a reset
+                logger.debug("metrics scraper dropped: {}", error.__cause__ or error)
+                return
+        if not handshaken:
+            return  # not within the time
         method = request.split(b" ", 1)[0]
         if method in (b"GET", b"HEAD"):
             body = generate_latest(registry)
@@ -83,8 +106,10 @@ async def _answer(stream: trio.SocketStream, *, registry: CollectorRegistry) -> 
             body = b"only GET and HEAD\n"
             head = "HTTP/1.1 405 Method Not Allowed\r\nContent-Type: text/plain\r\n"
         head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        with contextlib.suppress(trio.BrokenResourceError):  # the scraper went away
+        with contextlib.suppress(trio.BrokenResourceError), trio.move_on_after(_REQUEST_TIMEOUT):
+            # (BrokenResourceError: the scraper went away.) Over TLS, aclose sends close_notify.
             await stream.send_all(head.encode() + (b"" if method == b"HEAD" else body))
+            await stream.aclose()
 
 
 class Buckets:

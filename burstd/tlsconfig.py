@@ -14,6 +14,10 @@ Rules:
    client certificate without ``tls_ca`` is an error: it would never be sent.
 4. A worker with ``tls_ca`` dials its peers over TLS, so its own peer port must serve TLS: with a
    ``peer_listen_addr`` it needs ``tls_cert``.
+5. A daemon whose section sets ``tls_cert`` and ``tls_key`` serves its metrics
+   (``metrics_listen_addr``) over HTTPS with them, and with ``tls_client_ca`` to scrapers with a
+   certificate it signed; without them, over plain HTTP wherever it listens (the metrics are
+   counts and timings, never a job's command, output, owner or a token: docs/security.md).
 
 Every error names the key (``controller.tls_cert``) and, for a file that cannot be loaded, the
 file.
@@ -43,6 +47,7 @@ __all__ = [
     "client_context",
     "environment_client_context",
     "loopback",
+    "metrics_context",
     "server_context",
     "worker_client",
 ]
@@ -120,6 +125,19 @@ def server_context(
     cert, key = pair
     return _loaded(
         f"{section}.tls_cert", lambda: tls.server_context(cert, key, config.tls_client_ca)
+    )
+
+
+def metrics_context(config: ControllerConfig | WorkerConfig, section: str) -> ssl.SSLContext | None:
+    """The context of the daemon's metrics endpoint (HTTP/1.1), or None for plain HTTP (rule 5).
+    Raises :class:`TlsSetupError`."""
+    pair = _pair(config.tls_cert, config.tls_key, section)
+    if pair is None:
+        return None
+    cert, key = pair
+    return _loaded(
+        f"{section}.tls_cert",
+        lambda: tls.server_context(cert, key, config.tls_client_ca, alpn=tls.HTTP1),
     )
 
 

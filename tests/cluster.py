@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -261,9 +262,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def scrape(addr: str) -> dict[str, float]:
-    """The samples of a metrics endpoint, keyed ``name{label="value",...}`` (labels sorted)."""
-    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as response:
+def scrape(addr: str, tls: ssl.SSLContext | None = None) -> dict[str, float]:
+    """The samples of a metrics endpoint, keyed ``name{label="value",...}`` (labels sorted);
+    over HTTPS with ``tls``."""
+    url = f"{'http' if tls is None else 'https'}://{addr}/metrics"
+    with urllib.request.urlopen(url, timeout=10, context=tls) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         return parse_samples(response.read().decode())
 

@@ -7,6 +7,10 @@ here (the integration tests in test_ops_integration.py read the metrics of a rea
 
 from __future__ import annotations
 
+import functools
+import http.client
+import ssl
+from pathlib import Path
 from typing import Any
 
 import prometheus_client
@@ -15,12 +19,13 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from burstd import transport
+from burstd import certs, transport
 from burstd.controller.metrics import _DURATION_BUCKETS, ControllerMetrics
 from burstd.controller.table import Held, JobState, JobTable, NewJob, Result
-from burstd.metrics import Histogram, RpcMetrics
+from burstd.metrics import Histogram, RpcMetrics, serve_metrics
+from burstd.transport import tls
 from burstd.transport.errors import NotFound
-from tests.cluster import parse_samples
+from tests.cluster import parse_samples, scrape
 
 BOUNDS = (0.01, 0.5, 1, 5, 3600)
 
@@ -173,3 +178,29 @@ def test_commits_are_observed_by_latency_and_rows() -> None:
     assert published['burst_store_commit_seconds_bucket{le="0.001"}'] == 1
     assert published['burst_store_commit_seconds_bucket{le="2.5"}'] == 2
     assert published["burst_store_commit_seconds_count"] == 3
+
+
+async def test_metrics_over_mutual_tls_answer_scrapers_with_a_certificate_only(
+    tmp_path: Path,
+) -> None:
+    """A daemon with ``tls_client_ca`` asks its scrapers for a certificate too; a scraper
+    without one, or speaking plain HTTP, is dropped and the endpoint keeps serving."""
+    pki = tmp_path / "pki"
+    certs.init(pki, ["127.0.0.1"])
+    server = tls.server_context(
+        pki / "server.pem", pki / "server-key.pem", pki / "ca.pem", alpn=tls.HTTP1
+    )
+    without = ssl.create_default_context(cafile=pki / "ca.pem")
+    with_cert = ssl.create_default_context(cafile=pki / "ca.pem")
+    with_cert.load_cert_chain(pki / "client.pem", pki / "client-key.pem")
+    registry = CollectorRegistry()
+    RpcMetrics(registry)
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(serve_metrics, tls=server)
+        port = await nursery.start(serve, "127.0.0.1:0", registry)
+        addr = f"127.0.0.1:{port}"
+        for refused in (without, None):
+            with pytest.raises((OSError, http.client.HTTPException)):
+                await trio.to_thread.run_sync(scrape, addr, refused)
+        assert await trio.to_thread.run_sync(scrape, addr, with_cert) == {}
+        nursery.cancel_scope.cancel()

@@ -5,8 +5,10 @@ loopback in clear text unless --insecure."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import ssl
 import stat
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from cryptography import x509
 
 from burstd import certs, tlsconfig, transport
 from burstd.client import BlockingClient
-from tests.cluster import Cluster, Daemon, environment, eventually, free_port, program
+from tests.cluster import Cluster, Daemon, environment, eventually, free_port, program, scrape
 from tests.test_wire_compat import seed_stubs  # noqa: F401 (a fixture)
 
 
@@ -95,6 +97,31 @@ def test_a_cluster_over_tls_runs_jobs_and_workers_steal_over_it(
     assert stolen and all(info["stolen"] for info in stolen), infos
     logs = cluster.daemons[1].log() + cluster.daemons[2].log()
     assert "over TLS" in cluster.daemons[0].log() and "over TLS" in logs
+
+
+def test_daemons_with_a_certificate_serve_their_metrics_over_https(
+    cluster: Cluster, pki: Path
+) -> None:
+    """Prometheus scrapes them with the cluster's CA (``scheme: https``, ``tls_config.ca_file``);
+    a plain HTTP scrape gets no metrics."""
+    ctl_metrics, worker_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    cluster.controller(*server_flags(pki), "--metrics-listen", ctl_metrics)
+    cluster.worker("w1", *worker_flags(pki), "--metrics-listen", worker_metrics)
+    ca = ssl.create_default_context(cafile=pki / "ca.pem")
+
+    def scraped(addr: str) -> dict[str, float] | None:
+        try:
+            return scrape(addr, ca)
+        except OSError:  # not listening yet
+            return None
+
+    for addr in (ctl_metrics, worker_metrics):
+        samples = eventually(lambda addr=addr: scraped(addr), f"the metrics of {addr}")
+        assert any(name.startswith("burst_event_loop_lag_seconds") for name in samples)
+    for addr in (ctl_metrics, worker_metrics):
+        with pytest.raises((OSError, http.client.HTTPException)):
+            scrape(addr)
+    assert f"metrics on https://{ctl_metrics}/metrics" in cluster.daemons[0].log()
 
 
 def test_a_client_without_the_ca_or_with_another_is_refused(

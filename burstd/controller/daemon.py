@@ -172,6 +172,7 @@ async def run_controller(
     ``TransportError`` (address in use) before serving.
     """
     tls = tlsconfig.server_context(config, config.bind_addr, "controller", logger.warning)
+    metrics_tls = tlsconfig.metrics_context(config, "controller")
     with ExitStack() as stack:
         store = snapshot = None
         if config.store == "sqlite":
@@ -210,7 +211,11 @@ async def run_controller(
                 if service.writer is not None:
                     service.writer.on_commit = metrics.committed
                 nursery.start_soon(metrics.run)
-                await nursery.start(serve_metrics, config.metrics_listen_addr, metrics.registry)
+                await nursery.start(
+                    partial(serve_metrics, tls=metrics_tls),
+                    config.metrics_listen_addr,
+                    metrics.registry,
+                )
             if service.writer is not None:
                 nursery.start_soon(service.writer.run)
             bound = await nursery.start(

@@ -17,6 +17,8 @@ from typing import TypeVar
 from burstd.transport.errors import TransportError
 
 ALPN = "h2"
+# What a metrics endpoint speaks (Prometheus scrapes HTTP/1.1).
+HTTP1 = "http/1.1"
 
 T = TypeVar("T")
 

@@ -112,6 +112,7 @@ class Worker:
             if config.peer_listen_addr
             else None
         )
+        self.metrics_tls = tlsconfig.metrics_context(config, "worker")
         capacity = max(config.local_queue_capacity, config.slots)
         offer, gpus = offer_of(config)
         self.state = WorkerState(
@@ -166,7 +167,9 @@ class Worker:
                 metrics = WorkerMetrics(self.state, self.ended)
                 outer.start_soon(metrics.loop_lag.run)
                 await outer.start(
-                    serve_metrics, self.state.config.metrics_listen_addr, metrics.registry
+                    functools.partial(serve_metrics, tls=self.metrics_tls),
+                    self.state.config.metrics_listen_addr,
+                    metrics.registry,
                 )
             if self.state.config.peer_listen_addr:
                 await self._serve_peers(outer)
