@@ -57,6 +57,26 @@ async def test_calls_over_tls(pki: Path, multiplex: bool) -> None:
                 await echo(channel, "plain", timeout=2)
 
 
+async def test_stalled_handshakes_hold_up_no_other_client(pki: Path) -> None:
+    """Connections that never finish their handshake (silent, or stopped midway through their
+    ClientHello) hold a socket and a sleeping task until the request timeout, no turn that
+    others wait for: an established client's calls and a new client's handshake go through
+    meanwhile (a regression guard: a limit of handshakes in progress would fail it)."""
+    async with tls_server(server_context(pki / "server.pem", pki / "server-key.pem")) as port:
+        context = client_context(pki / "ca.pem")
+        async with Channel(HOST, port, tls=context, multiplex=True) as established:
+            assert await echo(established, "before") == "before"
+            stalled = [await trio.open_tcp_stream(HOST, port) for _ in range(100)]
+            for sock in stalled[::2]:
+                await sock.send_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            with trio.fail_after(10):
+                assert await echo(established, "during") == "during"
+                async with Channel(HOST, port, tls=context) as fresh:
+                    assert await echo(fresh, "new") == "new"
+            for sock in stalled:
+                await sock.aclose()
+
+
 async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Path) -> None:
     context = server_context(pki / "server.pem", pki / "server-key.pem", pki / "ca.pem")
     async with tls_server(context) as port:
