@@ -385,11 +385,13 @@ class Client:
         all_users: bool = False,
         submission_id: str = "",
         name: str = "",
+        brief: bool = False,
     ) -> tuple[Sequence[job_pb2.JobInfo], str]:
         """At most ``limit`` of the caller's jobs (or of its jobs in ``state``, of a submission,
         of a name; ``all_users``, admins only: of every user's) after the job ``after`` (empty:
         from the first), in submission order, and what to pass as ``after`` for the next page
-        (empty: there is none)."""
+        (empty: there is none). ``brief``: without what they run and wait for (kind,
+        command, cwd, env_names, after, after_any), which the controller then need not decode."""
         response = await self._call(
             "ListJobs",
             job_pb2.ListJobsRequest(
@@ -399,6 +401,7 @@ class Client:
                 all_users=all_users,
                 submission_id=submission_id,
                 name=name,
+                brief=brief,
             ),
             job_pb2.ListJobsResponse,
         )

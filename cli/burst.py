@@ -1170,6 +1170,8 @@ def list_jobs(
         if all_users:
             columns.insert(1, "owner")
     shown = [COLUMNS[column] for column in columns]
+    # What a job runs is decoded from its spec by the controller: only for what shows it.
+    brief = not as_json and "command" not in columns
 
     async def session(client: Client) -> int:
         import trio
@@ -1189,6 +1191,7 @@ def list_jobs(
                         all_users=all_users,
                         submission_id=submission,
                         name=name,
+                        brief=brief,
                     )
                     await send.send(jobs)
                     left = None if left is None else left - len(jobs)

@@ -44,6 +44,7 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.briefs: list[bool] = []  # list_page's brief, per call
         self.infos: dict[str, job_pb2.JobInfo] = {}
         self.updates: list[job_pb2.WaitJobsUpdate] = []
         self.error: Exception | None = None
@@ -103,8 +104,10 @@ class FakeClient:
         all_users: bool = False,
         submission_id: str = "",
         name: str = "",
+        brief: bool = False,
     ) -> tuple[list[job_pb2.JobInfo], str]:
         self.calls.append(("list_page", (state, after, limit, all_users)))
+        self.briefs.append(brief)
         ids = list(self.infos)
         matching = [
             info
@@ -687,6 +690,25 @@ def test_forget(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     ):
         assert run(argv) == 2, argv
     assert len(fake.calls) == 3  # nothing sent for a bad command line
+
+
+@pytest.mark.parametrize(
+    ("argv", "brief"),
+    [
+        (["list"], True),
+        (["list", "--format", "id,state,exit,submitted"], True),
+        (["list", "--format", "id,command"], False),
+        (["list", "--json"], False),
+    ],
+)
+def test_list_asks_for_brief_jobs_unless_what_they_run_is_shown(
+    fake: FakeClient, argv: list[str], brief: bool
+) -> None:
+    """The controller decodes each job's spec for its kind, command, cwd and variable names:
+    `burst list` asks for them only for the command column and --json."""
+    fake.infos = {"job-1": _info("job-1", "queued")}
+    assert run(argv) == 0
+    assert fake.briefs == [brief]
 
 
 def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:

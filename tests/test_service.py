@@ -254,3 +254,21 @@ async def test_every_call_of_a_replaced_worker_process_is_refused_naming_the_id(
     )
     assert len(reply.jobs) == 1
     await service.heartbeat(worker_pb2.HeartbeatRequest(worker_id="w1"), ADMIN)
+
+
+async def test_a_brief_listing_leaves_out_what_the_jobs_run() -> None:
+    service, ids = await _service_with_jobs()
+    full = await service.list_jobs(job_pb2.ListJobsRequest(), ADMIN)
+    brief = await service.list_jobs(job_pb2.ListJobsRequest(brief=True), ADMIN)
+    assert [info.job_id for info in brief.jobs] == [info.job_id for info in full.jobs] == ids
+    assert [(info.kind, list(info.command)) for info in full.jobs] == [
+        ("process", [spec.process.command, "a"]) for spec in SPECS
+    ]
+    assert list(full.jobs[2].env_names) == ["BIG"]
+    for info in brief.jobs:
+        assert (info.kind, list(info.command), info.cwd, list(info.env_names)) == ("", [], "", [])
+    # everything else as in the full listing
+    for info in full.jobs:
+        for field in ("kind", "command", "env_names", "after", "after_any"):
+            info.ClearField(field)
+    assert list(brief.jobs) == list(full.jobs)

@@ -717,7 +717,8 @@ class ControllerService:
             submission=submission,
             name=request.name or None,
         )
-        jobs = [job_info(job, details=True) for job in listed]
+        details = not request.brief
+        jobs = [job_info(job, details=details) for job in listed]
         next_after = jobs[-1].job_id if len(jobs) == limit else ""
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
 

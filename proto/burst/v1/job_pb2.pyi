@@ -381,20 +381,22 @@ class CancelJobsResponse(_message.Message):
     def __init__(self, states: _Optional[_Iterable[str]] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "after", "limit", "all_users", "submission_id", "name")
+    __slots__ = ("state", "after", "limit", "all_users", "submission_id", "name", "brief")
     STATE_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     ALL_USERS_FIELD_NUMBER: _ClassVar[int]
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    BRIEF_FIELD_NUMBER: _ClassVar[int]
     state: str
     after: str
     limit: int
     all_users: bool
     submission_id: str
     name: str
-    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    brief: bool
+    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ..., name: _Optional[str] = ..., brief: _Optional[bool] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
     __slots__ = ("jobs", "next_after", "store_error")
