@@ -48,7 +48,8 @@ _TWO_DIGITS: Final = [f"{i:02d}" for i in range(100)]
 
 def job_id(number: int) -> str:
     """The id of job ``number`` (``job-00000042``)."""
-    return f"{JOB_ID_PREFIX}{number:0{JOB_ID_DIGITS}d}"
+    # (zfill: far cheaper than a nested format spec, and a listing formats one id per job)
+    return JOB_ID_PREFIX + str(number).zfill(JOB_ID_DIGITS)
 
 
 def job_ids(first: int, stop: int) -> list[str]:
@@ -91,7 +92,7 @@ SUBMISSION_ID: Final = re.compile(rf"{SUBMISSION_ID_PREFIX}[0-9]{{{JOB_ID_DIGITS
 
 def submission_id(number: int) -> str:
     """The id of the submission whose first job is numbered ``number``."""
-    return f"{SUBMISSION_ID_PREFIX}{number:0{JOB_ID_DIGITS}d}"
+    return SUBMISSION_ID_PREFIX + str(number).zfill(JOB_ID_DIGITS)
 
 
 def alone(job_id: str) -> str:

@@ -1111,7 +1111,7 @@ DEFAULT_COLUMNS = ("id", "state", "worker", "outcome", "name")
 
 def _row(info: job_pb2.JobInfo, shown: Sequence[Callable[[job_pb2.JobInfo], str]]) -> str:
     """A job's line of ``burst list``: its columns, space-separated."""
-    return " ".join(show(info) for show in shown) + "\n"
+    return " ".join([show(info) for show in shown]) + "\n"
 
 
 def parse_columns(text: str) -> list[str]:

@@ -1776,3 +1776,17 @@ def test_a_write_that_fails_at_commit_reports_its_own_error(store: Store) -> Non
     writes.write([row(job) for job in jobs], [], [], table.next_id)  # usable again
     writes.close()
     assert store.get(jobs[0].job_id) is not None
+
+
+def test_a_listing_takes_the_callers_newer_copy_of_a_job_over_its_row(store: Store) -> None:
+    table = JobTable(max_queued=100)
+    ids = submit(store, table, 3)
+    persist(store, table)
+    table.register("w1", slots=1, capacity=1, now=1.0)
+    table.lease("w1", 1, 1.0)  # not stored yet: the table's copy is newer
+    held = {ids[0]: table.jobs[ids[0]], ids[2]: table.jobs[ids[2]]}
+    listed = store.list(None, "", 10, newer=held.get)
+    assert [job.job_id for job in listed] == ids
+    assert listed[0] is held[ids[0]] and listed[0].state is JobState.LEASED
+    assert listed[2] is held[ids[2]]
+    assert listed[1] is not table.jobs[ids[1]] and listed[1].state is JobState.QUEUED

@@ -124,7 +124,7 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
     waiter's updates need not pay for)."""
     info = job_pb2.JobInfo(
         job_id=job.job_id,
-        state=job.state.value,
+        state=job.state,  # a JobState is a str: no enum lookup per listed job
         signal=job.signal,
         attempt=job.attempt,
         worker_id=job.worker_id,
@@ -758,13 +758,13 @@ class ControllerService:
                 owner,
                 submission=None if submission is None else (submission.number, submission.last),
                 name=name,
+                # Live jobs may have moved on since the commit: memory has the newest word. With
+                # a state, as stored (one read, one moment), not as in memory now: a job queued
+                # when the listing was taken may be leased by now, and listed so it would defy
+                # the filter.
+                newer=self.table.get if state is None else None,
             )
         )
-        if state is None:
-            # Live jobs may have moved on since the commit: memory has the newest word.
-            return [self.table.get(job.job_id) or job for job in stored], store_error
-        # As stored (one read, one moment), not as in memory now: a job queued when the listing
-        # was taken may be leased by now, and listed so it would defy the filter.
         return stored, store_error
 
     async def drain_worker(
