@@ -763,10 +763,12 @@ def submit(
         How many times the jobs' workers may be lost before they fail (reason worker_lost);
         default (0): the controller's crash limit.
     after
-        Job ids: the jobs wait (state waiting) until every one succeeded, and fail (reason
-        dependency_failed) as soon as one fails or is cancelled; repeatable.
+        Job or submission ids (a submission stands for every job of it): the jobs wait (state
+        waiting) until every one succeeded, and fail (reason dependency_failed) as soon as one
+        fails or is cancelled; repeatable.
     after_any
-        Job ids: the jobs wait until every one ended, whatever the outcome; repeatable.
+        Job or submission ids: the jobs wait until every one ended, whatever the outcome;
+        repeatable.
     priority
         -1000 to 1000 (default 0): jobs of a higher priority start first, in the order they
         were submitted within one; within one priority, free slots go round the users.

@@ -120,3 +120,38 @@ def test_the_readme_map_then_reduce_pipeline_runs(cluster: Cluster) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "reduce succeeded\n"
     assert eventually(lambda: (work / "total").read_text(), "total") == "90\n"
+
+
+def test_a_job_after_a_submission_waits_for_all_of_it_across_a_restart(
+    cluster: Cluster,
+) -> None:
+    """`--after sub-…` waits for every job of the submission (as many --after ids would);
+    an unknown submission is refused naming it; the dependency survives a restart."""
+    controller = cluster.controller()
+    (mapped,) = cluster.burst(
+        "submit", "--quiet", "--array", "1-4", "process", "sh", "-c", "exit 0"
+    ).stdout.split()
+    reduce = submit(cluster, "--after", mapped, "process", "true")
+    (failing,) = cluster.burst(
+        "submit", "--quiet", "--array", "0-2", "process", "sh", "-c", 'exit "$BURST_ARRAY_INDEX"'
+    ).stdout.split()
+    doomed = submit(cluster, "--after", failing, "process", "true")
+    cleanup = submit(cluster, "--after-any", failing, "process", "true")
+    refused = cluster.burst("submit", "--after", "sub-09999999", "process", "true", check=False)
+    assert refused.returncode == 4 and "sub-09999999" in refused.stderr, refused
+    assert f"  dependencies (after): {mapped}\n" in cluster.burst("info", reduce).stdout
+    controller.stop()
+    cluster.controller()
+    assert cluster.status(reduce)["state"] == "waiting"
+    cluster.worker("w1", slots=2)
+    cluster.burst("wait", "--timeout", "30", reduce, doomed, cleanup, check=False)
+    assert cluster.status(reduce)["state"] == "succeeded"
+    last_mapped = max(
+        cluster.status(job_id)["finished_at"]
+        for job_id in cluster.burst("list", "--submission", mapped, "--format", "id").stdout.split()
+    )
+    assert cluster.status(reduce)["started_at"] >= last_mapped
+    info = cluster.status(doomed)
+    assert (info["state"], info["reason"]) == ("failed", "dependency_failed")
+    assert failing in info["error_message"]
+    assert cluster.status(cleanup)["state"] == "succeeded"

@@ -221,6 +221,52 @@ def test_a_dependency_only_the_store_holds_is_known_or_refused() -> None:
     assert jobs[0].state is F and jobs[0].reason == "dependency_failed"
 
 
+def test_a_job_after_a_submission_waits_for_every_job_of_it() -> None:
+    """Rule 12: a submission id stands for every job of it: released once all succeeded;
+    with after_any, once all ended; failed at once by the first that failed."""
+    table = JobTable()
+    array = table.submit([NewJob(b"a")] * 3, 0.0)
+    sub = wire.submission_id(table.jobs[array[0]].submission)
+    (after,) = table.submit([NewJob(b"r", after=sub)], 0.0)
+    (anyway,) = table.submit([NewJob(b"c", after=sub, after_any=True)], 0.0)
+    register(table, capacity=3)
+    deliver(table)
+    table.report("w1", exited(array[0], table), 1.0)
+    table.report("w1", exited(array[1], table), 1.0)
+    assert (table.jobs[after].state, table.jobs[after].unmet) == (W, 1)
+    table.report("w1", exited(array[2], table), 1.0)
+    assert table.jobs[after].state is L and table.jobs[anyway].state is L
+
+    more = table.submit([NewJob(b"a")] * 2, 2.0)
+    sub = wire.submission_id(table.jobs[more[0]].submission)
+    (after,) = table.submit([NewJob(b"r", after=sub)], 2.0)
+    (anyway,) = table.submit([NewJob(b"c", after=sub, after_any=True)], 2.0)
+    table.cancel(more[0], 3.0)
+    info = table.jobs[after]
+    assert (info.state, info.reason) == (F, "dependency_failed")
+    assert info.error_message == f"its dependency {sub} has a job that cancelled ({more[0]})"
+    assert table.jobs[anyway].state is W  # until the other one ended
+    table.cancel(more[1], 3.0)
+    assert table.jobs[anyway].state is not W
+    with pytest.raises(UnknownDependency, match="sub-00000099"):
+        table.submit([NewJob(b"x", after="sub-00000099")], 3.0)
+
+
+def test_a_submission_waited_for_across_a_restart_is_counted_whole_first() -> None:
+    """Rule 12: after a restart, a submission whose jobs only the store holds yet is waited
+    for until ``restored``: counted whole, it then releases (or fails) its dependents."""
+    table = JobTable()
+    array = table.submit([NewJob(b"a")] * 2, 0.0)
+    number = table.jobs[array[0]].submission
+    (after,) = table.submit([NewJob(b"r", after=wire.submission_id(number))], 0.0)
+    again = JobTable()
+    again.restore([dataclasses.replace(table.jobs[after])], table.next_id, 5.0, unloaded=2)
+    assert again.jobs[after].state is W
+    again.restore_counts([StoredCount("", number, S, 2, number + 1, 0.0)])
+    again.restored(6.0)
+    assert again.jobs[after].state is Q
+
+
 # -- owners and quotas (rule 10) ---------------------------------------------------------------
 
 
@@ -1474,6 +1520,8 @@ class TableMachine(RuleBasedStateMachine):
         if self.submitted and data.draw(st.booleans()):
             # Mostly jobs that have not ended, whose ends the new ones then wait for.
             among = live if live and data.draw(st.integers(0, 3)) else self.submitted
+            # now and then a whole submission (rule 12)
+            among = [*among, *(wire.submission_id(n) for n in self.table.submissions)]
             deps = data.draw(st.lists(st.sampled_from(among), max_size=3, unique=True))
         after, after_any = ",".join(deps), data.draw(st.booleans())
         new = [
@@ -1887,20 +1935,30 @@ class TableMachine(RuleBasedStateMachine):
                 continue
             if not job.after:
                 continue
-            deps = [jobs[d] for d in job.after.split(",")]
-            live = sum(d.state not in TERMINAL for d in deps)
-            bad = [d for d in deps if d.state in TERMINAL and d.state is not JobState.SUCCEEDED]
+            # each dependency as its jobs: a submission stands for every job of it
+            deps = {
+                d: [j for j in jobs.values() if j.submission == wire.submission_number(d)]
+                if d.startswith(wire.SUBMISSION_ID_PREFIX)
+                else [jobs[d]]
+                for d in job.after.split(",")
+            }
+            unended = [d for d, of in deps.items() if any(j.state not in TERMINAL for j in of)]
+            bad = [j for of in deps.values() for j in of if j.state in (F, JobState.CANCELLED)]
             if job.reason == "dependency_failed":
                 assert job.state is JobState.FAILED and bad and not job.after_any
             elif job.state is JobState.WAITING:
-                assert job.unmet == live > 0
+                assert job.unmet == len(unended) > 0
                 assert job.after_any or not bad
-                for d in deps:
-                    if d.state not in TERMINAL:
-                        assert job in self.table._dependents[d.job_id]
+                for d in unended:
+                    key = deps[d][0].submission if d.startswith("sub-") else d
+                    assert job in self.table._dependents[key]
             elif job.state is not JobState.CANCELLED:
-                assert live == 0 and (job.after_any or not bad), job
-        assert all(jobs[d].state not in TERMINAL for d in self.table._dependents)
+                assert not unended and (job.after_any or not bad), job
+        for key in self.table._dependents:
+            if isinstance(key, str):
+                assert jobs[key].state not in TERMINAL
+            else:
+                assert self.table.submissions[key].pending
 
     @invariant()
     def higher_priorities_lease_first(self) -> None:

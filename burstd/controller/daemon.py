@@ -137,7 +137,7 @@ async def load_restored(service: ControllerService, snapshot: Snapshot) -> None:
                 break
             after = jobs[-1].num
             service.restore_queued(jobs, through=after)
-        table.restored()
+        table.restored(time.time())
     finally:
         snapshot.close()
     freeze_gc()

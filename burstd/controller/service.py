@@ -345,12 +345,16 @@ class ControllerService:
     ) -> dict[str, JobState]:
         """The states of the jobs in ``after`` that only the store holds (finished ones, or
         queued ones of a previous life not read back yet), added to ``known``; NotFound names
-        one that is no job the caller sees. Reads the store in the event loop, and only for
+        one that is no job the caller sees, or a submission id that names none it sees (the
+        table knows every submission). Reads the store in the event loop, and only for
         ids not in memory (a few, once): its answer and the table's agree when the jobs are
         queued right after, with no checkpoint between."""
         known = {} if known is None else known
         missing = []
         for job_id in sorted(after):
+            if job_id.startswith(wire.SUBMISSION_ID_PREFIX):
+                self._submission(job_id, caller, "after")
+                continue
             job = self.table.jobs.get(job_id)
             if job is None:
                 if job_id not in known:
@@ -657,15 +661,18 @@ class ControllerService:
         while self.table.unloaded:
             await trio.sleep(0.05)
 
-    def _submission(self, submission_id: str, caller: Caller) -> Submission:
-        """The submission, if the caller may see it; NOT_FOUND naming it otherwise."""
+    def _submission(
+        self, submission_id: str, caller: Caller, field: str = "submission_id"
+    ) -> Submission:
+        """The submission, if the caller may see it; NOT_FOUND naming it (and the request's
+        ``field``) otherwise."""
         try:
             number = wire.submission_number(submission_id)
         except ValueError:
-            raise SpecError(f"submission_id: not a submission id: {submission_id!r}") from None
+            raise SpecError(f"{field}: not a submission id: {submission_id!r}") from None
         submission = self.table.submissions.get(number)
         if submission is None or not caller.sees(submission.owner):
-            raise transport.NotFound(f"submission_id: unknown submission {submission_id!r}")
+            raise transport.NotFound(f"{field}: unknown submission {submission_id!r}")
         return submission
 
     async def get_submission(

@@ -70,13 +70,16 @@ Rules (the promises of the design, section 5):
    starves a large one, and the other workers keep taking small jobs meanwhile (backfill). A
    job no registered worker could ever hold (its request beyond their totals) leaves its lane
    for ``_unfit`` (still queued and counted, ``waiting`` says why) until a worker registers.
-12. A job submitted with dependencies (``Job.after``: job ids known when it was submitted)
-    waits (WAITING: not queued, held by no worker) until each has ended: succeeded, or ended in
-    any way with ``after_any``. Then it is queued (RELEASE, at the back of its lane).
-    One that failed or was cancelled ends it at once (DEPENDENCY_FAILED: failed, reason
-    ``dependency_failed``), and so on down the chain, in one call, however long the chain.
-    The dependents of each job that has not ended are indexed by its id (``_dependents``), so
-    an end costs one dict look-up, and its dependents one step each.
+12. A job submitted with dependencies (``Job.after``: ids of jobs or submissions known when
+    it was submitted; a submission stands for every job of it) waits (WAITING: not queued,
+    held by no worker) until each has ended: succeeded, or ended in any way with
+    ``after_any``. Then it is queued (RELEASE, at the back of its lane). One that failed or
+    was cancelled ends it at once (DEPENDENCY_FAILED: failed, reason ``dependency_failed``),
+    and so on down the chain, in one call, however long the chain. The dependents of each job
+    that has not ended are indexed by its id, and those of each submission by its number
+    (``_dependents``), so an end costs two dict look-ups, and its dependents one step each. A
+    submission has ended once its counts say so, with every job of a previous life counted
+    (``unloaded``: ``restored`` settles what waited meanwhile).
 13. Every job belongs to one submission (``Job.submission``: the number of its first job),
     whose jobs are counted per state (``Submission.counts``) beside the table's counts, in the
     same steps: a submission's status costs nothing per job. A submission leaves when its last
@@ -806,8 +809,8 @@ class JobTable:
         # cancelled meanwhile stays listed, and is skipped); the ends whose dependents are
         # being settled, and whether that is under way (a chain is settled in a loop, not in
         # a recursion as deep as the chain).
-        self._dependents: dict[str, list[Job]] = {}
-        self._ended: list[Job] = []
+        self._dependents: dict[str | int, list[Job]] = {}
+        self._ended: list[tuple[str | int, Job | None]] = []
         self._settling = False
         # Retries waiting out their delay (rule 4): (due, job number, job), soonest first.
         self._deferred: list[tuple[float, int, Job]] = []
@@ -928,9 +931,14 @@ class JobTable:
             job.finished_at = now
             self.finished_log.append(job)
             self.finished_seq += 1
-            if job.job_id in self._dependents:
-                self._ended.append(job)
-                if not self._settling:
+            dependents = self._dependents
+            if dependents:
+                if job.job_id in dependents:
+                    self._ended.append((job.job_id, job))
+                # A submission waited for: its end, or a failure (rule 12).
+                if job.submission in dependents and (to is not _S or not submission.pending):
+                    self._ended.append((job.submission, job))
+                if self._ended and not self._settling:
                     self._settle(now)
             # The failure that makes max_fails of its submission's jobs failed (rule 13).
             halts = to is _F and submission_counts[_F] == submission.max_fails
@@ -1055,36 +1063,78 @@ class JobTable:
         unmet = 0
         failed: tuple[str, str] | None = None
         for dep_id in job.after.split(",") if job.after else ():
-            dep = self.jobs.get(dep_id)
-            state = dep.state if dep is not None else known.get(dep_id)
+            key: str | int = dep_id
+            if dep_id.startswith(wire.SUBMISSION_ID_PREFIX):
+                key = wire.submission_number(dep_id)
+                state, how = self._submission_state(key, job.after_any)
+            else:
+                dep = self.jobs.get(dep_id)
+                state = dep.state if dep is not None else known.get(dep_id)
+                how = state.value if state is not None else "is gone"
             if state is None or state in TERMINAL:
                 if state is not _S and not job.after_any and failed is None:
-                    failed = (dep_id, state.value if state is not None else "is gone")
+                    failed = (dep_id, how)
             else:
                 unmet += 1
-                self._dependents.setdefault(dep_id, []).append(job)
+                self._dependents.setdefault(key, []).append(job)
         job.unmet = unmet
         if failed is not None:
             self._fail_dependent(job, *failed, now)
         elif not unmet:
             self._move(job, Event.RELEASE)
 
+    def _submission_state(self, number: int, after_any: bool) -> tuple[JobState | None, str]:
+        """A submission as a dependency (rule 12): failed (as soon as one of its jobs failed or
+        was cancelled, unless ``after_any``), QUEUED while it has not ended (its jobs of a
+        previous life not all counted yet included), SUCCEEDED once every job did, None if it is
+        gone; and how it ended."""
+        submission = self.submissions.get(number)
+        if submission is None:
+            return (_Q, "") if self.unloaded else (None, "is gone")
+        counts = submission.counts
+        bad = counts[_F] + counts[_C]
+        if bad and (not after_any or not (submission.pending or self.unloaded)):
+            return _F, f"has {bad} failed or cancelled jobs"
+        if submission.pending or self.unloaded:
+            return _Q, ""
+        return _S, ""
+
     def _settle(self, now: float) -> None:
-        """The dependents of the jobs that just ended (``_ended``) take their next step, and
-        theirs after them, down every chain (rule 12)."""
+        """The dependents of the jobs and submissions that just ended (``_ended``) take their
+        next step, and theirs after them, down every chain (rule 12)."""
         self._settling = True
         try:
             while self._ended:
-                ended = self._ended.pop()
-                for job in self._dependents.pop(ended.job_id, ()):
+                key, ended = self._ended.pop()
+                state: JobState | None
+                if isinstance(key, str):
+                    assert ended is not None
+                    dep_id, state, how = key, ended.state, ended.state.value
+                    fails = state is not _S
+                else:
+                    # A submission fails those that need its success as soon as one of its
+                    # jobs failed, and the others once it has ended.
+                    dep_id = wire.submission_id(key)
+                    state, how = self._submission_state(key, after_any=True)
+                    failing, how_failing = self._submission_state(key, after_any=False)
+                    fails = failing is not _Q and failing is not _S
+                    if ended is not None and ended.state is not _S:
+                        how = f"has a job that {ended.state.value} ({ended.job_id})"
+                    elif fails and state is _Q:
+                        how = how_failing
+                final = state is not _Q
+                dependents = (
+                    self._dependents.pop(key, ()) if final else self._dependents.get(key, ())
+                )
+                for job in dependents:
                     if job.state is not _W or self.jobs.get(job.job_id) is not job:
                         continue  # cancelled, failed by another dependency, or withdrawn
-                    if ended.state is _S or job.after_any:
+                    if final and (state is _S or job.after_any):
                         job.unmet -= 1
                         if not job.unmet:
                             self._move(job, Event.RELEASE)
-                    else:
-                        self._fail_dependent(job, ended.job_id, ended.state.value, now)
+                    elif fails and not job.after_any:
+                        self._fail_dependent(job, dep_id, how, now)
         finally:
             self._settling = False
 
@@ -1095,10 +1145,17 @@ class JobTable:
 
     def _check_after(self, jobs: Iterable[Job | NewJob], known: Mapping[str, JobState]) -> None:
         """Raise UnknownDependency for the first dependency neither in memory nor in
-        ``known``."""
+        ``known``, or naming no known submission."""
         for job in jobs:
             for dep_id in job.after.split(",") if job.after else ():
-                if dep_id not in self.jobs and dep_id not in known:
+                if dep_id.startswith(wire.SUBMISSION_ID_PREFIX):
+                    try:
+                        known_submission = wire.submission_number(dep_id) in self.submissions
+                    except ValueError:
+                        known_submission = False
+                    if not known_submission:
+                        raise UnknownDependency(dep_id)
+                elif dep_id not in self.jobs and dep_id not in known:
                     raise UnknownDependency(dep_id)
 
     def _leave(self, job: Job, event: Event) -> None:
@@ -1902,13 +1959,14 @@ class JobTable:
         jobs = list(jobs)
         for job in jobs:
             self._restore(job, now)
+        # Before the waiting ones look at their submissions (rule 12).
+        self.unloaded = unloaded
         for job in jobs:
             if job.state is _W:
                 if job.retry_at:
                     self._defer(job)
                 else:
                     self._wait_on(job, known, now)
-        self.unloaded = unloaded
         self._dispatch()
 
     def restore_counts(self, stored: Iterable[StoredCount]) -> None:
@@ -1941,10 +1999,17 @@ class JobTable:
             self.loaded_through = through
         self._dispatch()
 
-    def restored(self) -> None:
-        """Every queued job of a previous life is back (the store holds no more of them)."""
+    def restored(self, now: float = 0.0) -> None:
+        """Every queued job of a previous life is back (the store holds no more of them): the
+        submissions waited for meanwhile are counted whole, and their dependents take their
+        next step (rule 12)."""
         self.unloaded = 0
         self._early.clear()
+        waited = [key for key in self._dependents if isinstance(key, int)]
+        if waited:
+            self._ended.extend((key, None) for key in waited)
+            self._settle(now)
+            self._dispatch()
 
     def loaded(self, job_id: str) -> bool:
         """Whether the job is in memory if it is live: not a queued job of a previous life that
