@@ -1790,3 +1790,18 @@ def test_a_listing_takes_the_callers_newer_copy_of_a_job_over_its_row(store: Sto
     assert listed[0] is held[ids[0]] and listed[0].state is JobState.LEASED
     assert listed[2] is held[ids[2]]
     assert listed[1] is not table.jobs[ids[1]] and listed[1].state is JobState.QUEUED
+
+
+def test_a_listing_with_the_callers_copies_reads_the_rows_of_the_others_alone(
+    store: Store,
+) -> None:
+    """Filters and order hold when the rows come in a second read: a page of a state-less
+    listing whose jobs the table holds only in part, with an owner filter and a limit."""
+    table = JobTable(max_queued=100)
+    ids = submit(store, table, 6)
+    persist(store, table)
+    held = {job_id: table.jobs[job_id] for job_id in ids[1::2]}
+    listed = store.list(None, ids[0], 4, "", newer=held.get)
+    assert [job.job_id for job in listed] == ids[1:5]
+    assert [job is held.get(job.job_id) for job in listed] == [True, False, True, False]
+    assert store.list(None, "", 10, "someone-else", newer=held.get) == []

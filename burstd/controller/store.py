@@ -553,9 +553,13 @@ class Store:
 
     def get_many(self, job_ids: Iterable[str]) -> list[Job]:
         """The stored jobs among these ids (unknown ones are left out), in one query."""
+        return self._numbered(_numbers(job_ids))
+
+    def _numbered(self, numbers: str) -> list[Job]:
+        """The stored jobs of these numbers (a JSON array), in one query."""
         rows = self._read.execute(
             f"{_SELECT} WHERE num IN (SELECT value FROM json_each(?)) AND {_ACCEPTED}",
-            (_numbers(job_ids),),
+            (numbers,),
         )
         return [_job(row) for row in rows]
 
@@ -576,7 +580,10 @@ class Store:
 
         ``newer``: the caller's own copy of a job by id, if it holds one (its job table's
         lookup, a dict read: safe from this reading thread), taken instead of the stored row,
-        which is then not made into a Job at all (a listing of queued jobs holds them all)."""
+        which is then not read at all: the numbers are read first, then the rows of the jobs
+        the caller does not hold (a listing of queued jobs holds them all, and reading whole
+        rows costs ten times reading numbers). A job forgotten between the two reads is left
+        out."""
         where = ["num > ?"]
         params: list[object] = [wire.job_number(after) if after else 0]
         if submission is not None:
@@ -591,13 +598,15 @@ class Store:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        rows = self._read.execute(
-            f"{_SELECT} WHERE {' AND '.join(where)} AND {_ACCEPTED} ORDER BY num LIMIT ?",
-            (*params, limit),
-        )
+        matching = f"WHERE {' AND '.join(where)} AND {_ACCEPTED} ORDER BY num LIMIT ?"
         if newer is None:
+            rows = self._read.execute(f"{_SELECT} {matching}", (*params, limit))
             return [_job(row) for row in rows]
-        return [newer(wire.job_id(row[0])) or _job(row) for row in rows]
+        numbers = self._read.execute(f"SELECT num FROM jobs {matching}", (*params, limit))
+        held = [(num, newer(wire.job_id(num))) for (num,) in numbers]
+        missing = [num for num, job in held if job is None]
+        stored = {job.num: job for job in self._numbered(json.dumps(missing))} if missing else {}
+        return [job for num, held_job in held if (job := held_job or stored.get(num)) is not None]
 
     def counts(self) -> dict[tuple[str, str], int]:
         """Jobs per (owner, state)."""
