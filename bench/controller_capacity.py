@@ -25,8 +25,10 @@ median of each and their difference beside the target (at most 2% fewer jobs/s w
 
 With ``--after earlier``, each array's jobs depend on the last job of the array before (the
 first array on a job submitted first): every job waits in the table's WAITING state and is
-queued by the end of an earlier one. Each point then runs twice, independent jobs first, and
-prints the CPU per job of both and their ratio (the target: at most 1.5).
+queued by the end of an earlier one. With ``--after submission``, on the whole array before
+(its ``sub-…`` id): queued once every job of it ended. Each point then runs twice,
+independent jobs first, and prints the CPU per job of both and their ratio (the target: at most
+1.5).
 
 Usage::
 
@@ -237,12 +239,16 @@ async def drive(addr: str, jobs: int, array: int, after: str = "none") -> Run:
     async with Client.connect(addr) as client:
         start = time.perf_counter()
         ids: list[str] = []
-        if after == "earlier":
-            ids.append(await client.submit(spec))
+        previous = ""  # what the next array waits for
+        if after != "none":
+            previous = await client.submit(spec)
+            ids.append(previous)
         for first in range(0, jobs, array):
-            if after == "earlier":
-                spec = process("/bin/true", after=[ids[-1]])
-            ids += await client.submit_array(spec, range(first, min(jobs, first + array)))
+            if after != "none":
+                spec = process("/bin/true", after=[previous])
+            submitted = await client.submit_array(spec, range(first, min(jobs, first + array)))
+            ids += submitted
+            previous = submitted.submission_id if after == "submission" else ids[-1]
         submitted = time.perf_counter() - start
         done_by_then = -1
         async for update in client.wait(all=True):
@@ -372,8 +378,9 @@ def main() -> dict[int, tuple[float, float]]:
     parser.add_argument(
         "--after",
         default="none",
-        choices=["none", "earlier"],
-        help="earlier: each array's jobs depend on an earlier job; also runs independent ones",
+        choices=["none", "earlier", "submission"],
+        help="earlier: each array's jobs depend on an earlier job; submission: on the array"
+        " before (sub-…); also runs independent ones",
     )
     parser.add_argument(
         "--tls",
