@@ -53,6 +53,8 @@ def test_cgroup_v2_moves_the_worker_into_a_leaf_and_limits_jobs_with_memory_max(
     assert (own / "cgroup.subtree_control").read_text() == "+memory"
     assert (folder / "cgroup.subtree_control").read_text() == "+memory"
 
+    (folder / "job-1-1").mkdir()  # as the kernel makes a cgroup: with its files
+    (folder / "job-1-1" / "memory.swap.max").write_text("max\n")
     job = limits.job("job-1-1", 100 << 20)
     assert job is not None
     assert (folder / "job-1-1" / "memory.max").read_text() == str(100 << 20)
@@ -96,7 +98,8 @@ def test_a_v2_cgroup_that_cannot_be_split_sends_the_worker_back_and_v1_is_tried(
     assert job is not None
     folder = v1_own / f"burst-worker-{os.getpid()}"
     assert (folder / "job-1-1" / "memory.limit_in_bytes").read_text() == str(100 << 20)
-    assert (folder / "job-1-1" / "memory.memsw.limit_in_bytes").read_text() == str(100 << 20)
+    # No swap accounting here: a cgroup file system would refuse to create the file (EACCES).
+    assert not (folder / "job-1-1" / "memory.memsw.limit_in_bytes").exists()
     with job.entered():  # the spawning thread alone: a v1 cgroup holds threads
         assert (folder / "job-1-1" / "tasks").read_text() == str(threading.get_native_id())
     assert (v1_own / "tasks").read_text() == str(threading.get_native_id())

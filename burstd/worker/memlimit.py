@@ -98,6 +98,13 @@ def _write(path: Path, value: str) -> None:
     path.write_text(value)
 
 
+def _write_if_there(path: Path, value: str) -> None:
+    """Write a cgroup file the kernel may not have (swap accounting is a boot option): a cgroup
+    file system refuses to create one (EACCES), so look first."""
+    if path.exists():
+        _write(path, value)
+
+
 def _read_fields(path: Path) -> dict[str, int]:
     """``name value`` lines (``memory.events``, ``memory.oom_control``); {} if unreadable."""
     return {
@@ -264,12 +271,10 @@ class MemLimits:
         try:
             if self.kind == "cgroup2":
                 _write(path / "memory.max", str(limit))
-                with contextlib.suppress(FileNotFoundError):  # no swap accounting
-                    _write(path / "memory.swap.max", "0")
+                _write_if_there(path / "memory.swap.max", "0")
                 return JobCgroup(path, 2, self._home, limit)
             _write(path / "memory.limit_in_bytes", str(limit))
-            with contextlib.suppress(FileNotFoundError):  # no swap accounting
-                _write(path / "memory.memsw.limit_in_bytes", str(limit))
+            _write_if_there(path / "memory.memsw.limit_in_bytes", str(limit))
             return JobCgroup(path, 1, self._home, limit)
         except OSError:
             with contextlib.suppress(OSError):
