@@ -1805,3 +1805,24 @@ def test_a_listing_with_the_callers_copies_reads_the_rows_of_the_others_alone(
     assert [job.job_id for job in listed] == ids[1:5]
     assert [job is held.get(job.job_id) for job in listed] == [True, False, True, False]
     assert store.list(None, "", 10, "someone-else", newer=held.get) == []
+
+
+async def test_a_listing_without_a_state_waits_for_no_commit(store: Store) -> None:
+    """It takes the table's copy of every job the table holds, and a job leaves the table only
+    once stored: nothing the store lacks is owed to it (after a large submission the writer's
+    next commit stores an event a job, which a first page waited for)."""
+    table = JobTable(track_changes=True)
+    async with running_writer(store, table) as (writer, _):
+        service = ControllerService(table, writer=writer)
+        submitted = await service.submit_jobs(
+            job_pb2.SubmitJobsRequest(specs=[job_pb2.JobSpec(process=job_pb2.ProcessSpec(
+                command="true"))] * 3), ADMIN
+        )  # fmt: skip
+        table.register("w1", slots=1, capacity=1, now=1.0)
+        async with writer.lock:  # no commit can be written meanwhile
+            table.lease("w1", 1, 1.0)
+            with trio.fail_after(5):
+                listed = await service.list_jobs(job_pb2.ListJobsRequest(brief=True), ADMIN)
+        assert [(info.job_id, info.state) for info in listed.jobs] == list(
+            zip(submitted.job_ids, ["leased", "queued", "queued"], strict=True)
+        )

@@ -560,16 +560,18 @@ class ControllerService:
             except StoreUnavailable as error:
                 raise refuse(str(error)) from None
 
+    def _store_error(self) -> str:
+        """Why the store cannot be written ("": it can)."""
+        return self.writer.failing if self.writer is not None else ""
+
     async def _settled(self) -> str:
         """Before a read of the store: wait until what the table holds now is stored, so that
         the store's answer has it. On a failing store (``StoreWriter.failing``, returned) the
         read goes ahead at once: the store holds the table as of its last commit."""
-        if self.writer is None:
-            return ""
-        if not self.writer.failing:
+        if self.writer is not None and not self.writer.failing:
             with contextlib.suppress(StoreUnavailable):
                 await self.writer.durable()
-        return self.writer.failing
+        return self._store_error()
 
     async def lookup(self, job_id: str) -> Job | None:
         """A job from memory, or from the store once it has finished and left memory."""
@@ -755,7 +757,11 @@ class ControllerService:
                 and (name is None or job.name == name)
             )
             return list(itertools.islice(matching, limit)), ""
-        store_error = await self._settled()
+        # Without a state, the table's copy of each job it holds is taken, and a job leaves the
+        # table only once stored: the store lacks nothing such a listing owes (the jobs of a
+        # submission not answered yet need not show), so it waits for no commit (after a large
+        # submission, the next one stores an event a job).
+        store_error = await self._settled() if state is not None else self._store_error()
         stored = await trio.to_thread.run_sync(
             functools.partial(
                 self.store.list,
