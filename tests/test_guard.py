@@ -118,6 +118,14 @@ def test_a_clean_close_with_no_job_listed_ends_the_guard_at_once() -> None:
     assert time.monotonic() - started < 1.0
 
 
+def _ignored_signals(pid: int) -> int:
+    """The mask of signals a process ignores, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigIgn line for pid {pid}")
+
+
 def test_the_guard_outlives_signals_meant_for_the_worker(
     groups: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -127,7 +135,11 @@ def test_the_guard_outlives_signals_meant_for_the_worker(
     job = start_group(groups, "sleep 100")
     guard.track(job.pid)
     assert os.getpgid(guard.pid) == guard.pid != os.getpgid(0)
-    time.sleep(0.3)  # its signal handlers are set
+    ignored = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    deadline = time.monotonic() + 10  # a fixed sleep was too short on a loaded machine
+    while _ignored_signals(guard.pid) & ignored != ignored:
+        assert time.monotonic() < deadline, "the guard never ignored SIGINT and SIGTERM"
+        time.sleep(0.01)
     guard._process.send_signal(signal.SIGTERM)
     guard._process.send_signal(signal.SIGINT)
     time.sleep(0.2)
