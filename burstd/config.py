@@ -52,10 +52,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from burstd import resources
+from burstd.host import default_cpus
 from burstd.limits import ConnectionLimits
 from burstd.policies.quotas import Quota, Quotas
 from burstd.policies.routers import ROUTERS as ROUTER_REGISTRY
-from burstd.worker.detect import gpu_list
 
 __all__ = [
     "BOOL",
@@ -231,12 +231,6 @@ def _home(env: Mapping[str, str]) -> Path:
     return Path(home) if home else Path.home()
 
 
-def _cpu_count() -> int:
-    from burstd.worker.detect import default_cpus
-
-    return default_cpus()
-
-
 # --------------------------------------------------------------------------------------------------
 # kinds of value: how a key's value is checked
 
@@ -382,7 +376,7 @@ def _check_gpus(value: object, ctx: _Ctx) -> object:
     if value == "":
         return value
     try:
-        gpu_list(value if isinstance(value, str) else str(value))
+        resources.gpu_list(value if isinstance(value, str) else str(value))
     except ValueError as error:
         raise _Bad(str(error)) from None
     return str(value)
@@ -662,7 +656,7 @@ class WorkerConfig:
         integer(1),
         "CPUs jobs run on (--cpus, or --slots): a job takes one unless it asks for more. "
         "Default: the CPUs of the worker's affinity mask, within its cgroup's CPU quota.",
-        factory=_cpu_count,
+        factory=default_cpus,
         env="BURST_SLOTS",
         example=4,
     )

@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "fits",
     "format_size",
+    "gpu_list",
     "make_request",
     "missing",
     "parse_amount",
@@ -100,6 +101,20 @@ def parse_named(items: Iterable[str]) -> dict[str, int]:
             raise ValueError(f"resource {name!r} given twice")
         named[name] = parse_amount(name, text)
     return named
+
+
+def gpu_list(text: str) -> list[str]:
+    """GPUs as a worker's ``--gpus`` gives them: a number is a count (ids 0 to N-1), a list
+    (with a comma, ``0,2`` or ``3,``) names them. Raises ValueError naming the text."""
+    text = text.strip()
+    if "," not in text:
+        if not text.isdigit():
+            raise ValueError(f"gpus: expected a count or a list of ids such as 0,2, got {text!r}")
+        return [str(i) for i in range(int(text))]
+    ids = [item.strip() for item in text.split(",") if item.strip()]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"gpus: {text!r} names a GPU twice")
+    return ids
 
 
 def make_request(

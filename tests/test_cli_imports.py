@@ -11,14 +11,16 @@ from tests.cluster import REPO, Cluster, environment
 
 # Modules `burst status` and a one-job `burst submit` must not import: trio and the trio
 # transport's libraries (they make one unary call, on the blocking one-shot channel), loguru (their
-# calls log nothing), the protobuf modules of other commands, and the heavy libraries of the
-# daemons.
+# calls log nothing), the protobuf modules of other commands, the worker's detection (it imports
+# subprocess to ask nvidia-smi for GPUs; the configuration's default slots reads burstd.host), and
+# the heavy libraries of the daemons.
 UNUSED = (
     "trio",
     "anyio",
     "purerpc",
     "burstd.transport.channel",
     "loguru",
+    "burstd.worker.detect",
     "proto.burst.v1.output_pb2",
     "proto.burst.v1.token_pb2",
     "rich",

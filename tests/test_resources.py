@@ -11,7 +11,7 @@ from burstd.config import WorkerConfig
 from burstd.controller.table import Held, JobState, JobTable, NewJob, Result
 from burstd.resources import CPUS, GPUS, MEM, make_request
 from burstd.resources_proto import request_of_spec, to_message
-from burstd.worker.detect import default_gpus, gpu_list
+from burstd.worker.detect import default_gpus
 from burstd.worker.queue import LocalQueue
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2
@@ -73,11 +73,11 @@ def test_the_plain_request_is_none_and_a_spec_without_resources_is_not_decoded()
 
 
 def test_gpus_are_a_count_or_a_list_and_detected_from_cuda_visible_devices() -> None:
-    assert gpu_list("2") == ["0", "1"]
-    assert gpu_list("3,") == ["3"]
-    assert gpu_list("0, 2") == ["0", "2"]
+    assert resources.gpu_list("2") == ["0", "1"]
+    assert resources.gpu_list("3,") == ["3"]
+    assert resources.gpu_list("0, 2") == ["0", "2"]
     with pytest.raises(ValueError, match="twice"):
-        gpu_list("1,1")
+        resources.gpu_list("1,1")
     assert default_gpus({"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
     assert default_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
     assert default_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []

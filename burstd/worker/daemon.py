@@ -34,9 +34,10 @@ from loguru import logger
 
 from burstd import tlsconfig, transport
 from burstd.config import WorkerConfig, format_hostport, parse_hostport
+from burstd.host import cpu_ids
 from burstd.leases import StopReason
 from burstd.metrics import serve_metrics
-from burstd.worker.detect import cpu_ids, offer_of
+from burstd.worker.detect import offer_of
 from burstd.worker.executor import ExecConfig, Outcome, run_job
 from burstd.worker.guard import JobGuard
 from burstd.worker.memlimit import MemLimits
