@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 KINDS = ("process", "python", "docker")
 """The job kinds of ``burst submit``, each a subcommand."""
@@ -112,6 +113,22 @@ def _quiet(*apps: cyclopts.App) -> None:
     """Errors are ours to print (main), as one line: never cyclopts's boxed panels."""
     for one in apps:
         one.exit_on_error = one.print_error = False
+
+
+def _command(parent: cyclopts.App, **options: Any) -> Callable[[F], F]:
+    """Register the decorated function as a command of ``parent`` by its import path, as
+    ``@parent.command(**options)`` would: cyclopts builds a command's App and reads its signature
+    only when that command runs, not for every command at every start (main resolves them all
+    for help).
+
+    The path names this module as it is loaded (``__main__`` under ``python -m cli.burst``), so that
+    resolving it finds these functions and does not load the file a second time."""
+
+    def register(function: F) -> F:
+        parent.command(f"{__name__}:{function.__name__}", **options)
+        return function
+
+    return register
 
 
 app = cyclopts.App(
@@ -873,7 +890,7 @@ def submit(
     return _run(session, calls_only=not then_wait)
 
 
-@submit_app.command(usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
+@_command(submit_app, usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
 def process(cmd: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run CMD with ARGS as its argv (CMD is looked up in the worker's PATH).
 
@@ -887,7 +904,7 @@ def process(cmd: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCom
     return JobCommand("process", cmd, args)
 
 
-@submit_app.command(usage=_SUBMIT_USAGE.format("python ENTRY [ARGS...]"))
+@_command(submit_app, usage=_SUBMIT_USAGE.format("python ENTRY [ARGS...]"))
 def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run the worker's Python interpreter with ENTRY and ARGS (e.g. script.py, -m pkg, -c CODE).
 
@@ -901,7 +918,7 @@ def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCo
     return JobCommand("python", entry, args)
 
 
-@submit_app.command(usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
+@_command(submit_app, usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
 def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run `docker run --rm IMAGE [ARGS...]` on the worker.
 
@@ -949,7 +966,7 @@ def _submission_json(info: job_pb2.SubmissionInfo) -> str:
     return _to_json(data)
 
 
-@app.command(usage="Usage: burst status [--json] (JOB | SUB)...")
+@_command(app, usage="Usage: burst status [--json] (JOB | SUB)...")
 def status(
     *job: str,
     job_id: Annotated[tuple[str, ...], Parameter(name="--job-id", metavar="JOB")] = (),
@@ -990,7 +1007,7 @@ def status(
     return _run(session, calls_only=True)
 
 
-@app.command(usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
+@_command(app, usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
 def cancel(
     *job: str,
     all_jobs: Annotated[bool, Parameter(name="--all", negative=())] = False,
@@ -1030,7 +1047,7 @@ def cancel(
     return _run(session, calls_only=True)
 
 
-@app.command(usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
+@_command(app, usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
 def forget(
     *job: str,
     finished: Annotated[bool, Parameter(name="--finished")] = False,
@@ -1125,7 +1142,8 @@ def parse_columns(text: str) -> list[str]:
     return names
 
 
-@app.command(
+@_command(
+    app,
     name="list",
     usage="Usage: burst list [--state STATE] [--submission SUB] [--name NAME] [--limit N]"
     " [--all-users] [--format COLUMNS | --json]",
@@ -1264,7 +1282,7 @@ def _info_lines(info: job_pb2.JobInfo) -> list[str]:
     return lines
 
 
-@app.command(usage="Usage: burst info [--json] JOB...")
+@_command(app, usage="Usage: burst info [--json] JOB...")
 def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Show everything known about jobs: command, working directory, the names of the
     variables the job adds to the environment (never their values), its dependencies (--after
@@ -1298,7 +1316,7 @@ def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> 
     return _run(session, calls_only=True)
 
 
-@app.command(usage="Usage: burst resubmit SUB --failed [--quiet]")
+@_command(app, usage="Usage: burst resubmit SUB --failed [--quiet]")
 def resubmit(
     submission: str,
     /,
@@ -1329,7 +1347,7 @@ def resubmit(
     return _run(session, calls_only=True)
 
 
-@app.command(usage="Usage: burst workers [--json]")
+@_command(app, usage="Usage: burst workers [--json]")
 def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Show the workers: id, host, slots, leased and running jobs, last seen.
 
@@ -1368,7 +1386,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     return _run(session, calls_only=True)
 
 
-@app.command(usage="Usage: burst drain WORKER")
+@_command(app, usage="Usage: burst drain WORKER")
 def drain(worker: str, /) -> int:
     """Give a worker no new work (admin): the jobs it holds run to their end there.
 
@@ -1395,7 +1413,7 @@ def drain(worker: str, /) -> int:
 EVENTS_WAIT_MS = 30_000
 
 
-@app.command(usage="Usage: burst events [--follow] [--job ID] [--worker ID] [--json]")
+@_command(app, usage="Usage: burst events [--follow] [--job ID] [--worker ID] [--json]")
 def events(
     *,
     follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
@@ -1443,7 +1461,7 @@ def events(
     return _run(session)
 
 
-@app.command(usage="Usage: burst top")
+@_command(app, usage="Usage: burst top")
 def top() -> int:
     """A live view of the cluster (admin), refreshed every second: the workers (running jobs,
     slots, jobs/s, last heartbeat), the jobs by state, the throughput, the latest failures.
@@ -1456,7 +1474,7 @@ def top() -> int:
     return _run(lambda client: run_top(client, addr))
 
 
-@app.command(usage="Usage: burst undrain WORKER")
+@_command(app, usage="Usage: burst undrain WORKER")
 def undrain(worker: str, /) -> int:
     """End a worker's drain (admin): it gets work again.
 
@@ -1579,7 +1597,7 @@ def _failure_line(info: job_pb2.JobInfo) -> str:
     return line if detail in (reason, "-") else f"{line}: {detail}"
 
 
-@app.command(usage="Usage: burst wait (JOB... | SUB | --all) [--timeout SECONDS]")
+@_command(app, usage="Usage: burst wait (JOB... | SUB | --all) [--timeout SECONDS]")
 def wait(
     *job: str,
     all_jobs: Annotated[bool, Parameter(name="--all")] = False,
@@ -1651,7 +1669,7 @@ async def _follow(
     return ExitCode.OK if last.failed == 0 and last.cancelled == 0 else ExitCode.FAILED
 
 
-@app.command(usage="Usage: burst logs JOB [--stderr] [--attempt N] [--tail N] [--follow]")
+@_command(app, usage="Usage: burst logs JOB [--stderr] [--attempt N] [--tail N] [--follow]")
 def logs(
     job: str,
     /,
@@ -1706,6 +1724,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from burstd.config import ConfigError
 
     tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
+    if not set(app.help_flags).isdisjoint(tokens):
+        # Help lists each command with its docstring's first line, which cyclopts reads only
+        # from a command already resolved (see _command).
+        for parent in (app, submit_app):
+            parent.resolved_commands()
     try:
         try:
             result = app.meta(tokens, result_action="return_value")

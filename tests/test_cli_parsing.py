@@ -8,6 +8,7 @@ import io
 import json
 import re
 import socket
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from cli.burst import (
 )
 from cli.exitcodes import ExitCode
 from proto.burst.v1 import job_pb2
+from tests.cluster import REPO, environment
 
 
 class FakeClient:
@@ -509,6 +511,49 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--array" in out and "--each-line" in out and "process" in out
     assert run(["submit", "process", "--help"]) == 0
     assert "CMD" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "commands"),
+    [
+        (
+            [],
+            [
+                burst.status,
+                burst.cancel,
+                burst.forget,
+                burst.list_jobs,
+                burst.info,
+                burst.wait,
+                burst.logs,
+                burst.workers,
+                burst.drain,
+                burst.undrain,
+                burst.events,
+                burst.top,
+                burst.resubmit,
+            ],
+        ),
+        (["submit"], [burst.process, burst.python, burst.docker]),
+    ],
+)
+def test_help_describes_every_command(argv: list[str], commands: list[Any]) -> None:
+    """Commands are registered by import path (cyclopts builds one only when it runs), yet help
+    lists each with its docstring's first words. A fresh process: here, earlier tests have built
+    some of them."""
+    run = subprocess.run(
+        [sys.executable, "-m", "cli.burst", *argv, "--help"],
+        cwd=REPO,
+        env={**environment(), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    for function in commands:
+        name = "list" if function is burst.list_jobs else function.__name__
+        words = " ".join(function.__doc__.split()[:3]).replace("`", "")
+        assert re.search(rf"^\W+{name} +{re.escape(words)}", run.stdout, re.MULTILINE), name
 
 
 # --------------------------------------------------------------------------------------------------
