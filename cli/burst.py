@@ -405,13 +405,19 @@ def _arities(command: cyclopts.App) -> dict[str, int]:
 
 
 def _scan_options(
-    tokens: Sequence[str], at: int, arities: Mapping[str, int]
+    tokens: Sequence[str], at: int, command: cyclopts.App
 ) -> tuple[int, list[int]] | None:
-    """The options of one command from ``tokens[at]`` on: where they end (the first token that is
+    """The options of ``command`` from ``tokens[at]`` on: where they end (the first token that is
     neither an option nor an option's value) and where each ``--env`` is. None for a line this
-    scan does not follow (an unknown option, ``--``, a missing value): cyclopts judges it."""
+    scan does not follow (an unknown option, ``--``, a missing value): cyclopts judges it.
+
+    The arities cost cyclopts an assembly of the command's parameters: they are read only when an
+    option is there (``burst submit process CMD`` has none)."""
     envs: list[int] = []
+    arities: dict[str, int] | None = None
     while at < len(tokens) and tokens[at].startswith("-"):
+        if arities is None:
+            arities = _arities(command)
         name, equals, _ = tokens[at].partition("=")
         arity = arities.get(name)
         if arity is None or name == "--" or at + (0 if equals else arity) >= len(tokens):
@@ -433,12 +439,12 @@ def prepare_argv(tokens: Sequence[str]) -> list[str]:
     each option it binds. A line the scan does not follow is returned as it is.
     """
     tokens = list(tokens)
-    if "submit" not in tokens:  # (the only line changed; the arities cost a parse of the app)
+    if "submit" not in tokens:  # (the only line changed)
         return tokens
-    found = _scan_options(tokens, 0, _arities(app.meta))
+    found = _scan_options(tokens, 0, app.meta)
     if found is None or found[0] >= len(tokens) or tokens[found[0]] != "submit":
         return tokens
-    found = _scan_options(tokens, found[0] + 1, _arities(submit_app.meta))
+    found = _scan_options(tokens, found[0] + 1, submit_app.meta)
     if found is None or found[0] >= len(tokens) or tokens[found[0]] not in KINDS:
         return tokens
     kind_at, envs = found
