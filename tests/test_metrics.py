@@ -166,6 +166,32 @@ def test_queue_wait_and_run_time_of_a_known_workload_are_exact() -> None:
     assert published[f'{run_name}_bucket{{le="1.0"}}'] == 3
 
 
+def test_waiting_jobs_delayed_retries_and_dependency_failures_are_counted() -> None:
+    """A job submitted with dependencies is submitted, a retry after a delay is a retry of an
+    attempt that started, and a dependency's failure ends its dependent (outcome
+    dependency_failed)."""
+    table = JobTable()
+    metrics = ControllerMetrics(table)
+    table.register("w1", slots=2, capacity=2, now=0.0, held=[])
+    [delayed] = table.submit([NewJob(b"d", retries=1, retry_delay=5.0)], 0.0)
+    [failing] = table.submit([NewJob(b"f")], 0.0)
+    [dependent] = table.submit([NewJob(b"w", after=failing)], 0.0)
+    table.lease("w1", 10, 0.0)
+    for job_id in (delayed, failing):
+        table.report("w1", Result(job_id, table.jobs[job_id].attempt, 1), now=1.0)
+    assert table.jobs[delayed].state is JobState.WAITING
+    assert table.jobs[dependent].reason == "dependency_failed"
+    expected = {
+        "burst_jobs_submitted_total": 3,
+        "burst_jobs_started_total": 2,
+        "burst_job_retries_total": 1,
+        'burst_jobs_ended_total{outcome="failed"}': 1,
+        'burst_jobs_ended_total{outcome="dependency_failed"}': 1,
+    }
+    published = samples(metrics.registry, "burst_job")
+    assert {name: published[name] for name in expected} == expected
+
+
 def test_commits_are_observed_by_latency_and_rows() -> None:
     metrics = ControllerMetrics(JobTable())
     commits = [(0.001, 1), (0.25, 5000), (3.0, 100)]

@@ -34,10 +34,13 @@ _ENDS = {
     "failed": Event.FAIL,
     "worker_lost": Event.CRASH_LIMIT,
     "cancelled": Event.CANCEL,
+    "dependency_failed": Event.DEPENDENCY_FAILED,
 }
 # A job ended or retried straight from LEASED was started all the same: a worker announces the
 # start of a job only when it is still running at its next report (short jobs report the end).
-_STARTED_UNANNOUNCED = (Event.SUCCEED, Event.FAIL, Event.RETRY)
+_STARTED_UNANNOUNCED = (Event.SUCCEED, Event.FAIL, Event.RETRY, Event.DEFER)
+# Jobs entering as submitted: queued, or waiting for their dependencies (stored already or not).
+_SUBMITTED = (Event.ENQUEUE, Event.ADMIT, Event.AWAIT, Event.ADMIT_AWAIT)
 
 
 class TableCollector(Collector):
@@ -75,7 +78,7 @@ class TableCollector(Collector):
         yield GaugeMetricFamily(
             "burst_worker_capacity", "Jobs the registered workers hold at most, summed.", capacity
         )
-        submitted = events[Event.ENQUEUE] + events[Event.ADMIT] - events[Event.WITHDRAW]
+        submitted = sum(events[event] for event in _SUBMITTED) - events[Event.WITHDRAW]
         yield _counter("burst_jobs_submitted", "Jobs submitted (and stored).", submitted)
         yield _counter("burst_jobs_started", "Job attempts started by a worker.", started)
         ended = CounterMetricFamily(
@@ -85,7 +88,9 @@ class TableCollector(Collector):
             ended.add_metric([outcome], events[ending])
         yield ended
         yield _counter(
-            "burst_job_retries", "Failed attempts queued again (retries).", events[Event.RETRY]
+            "burst_job_retries",
+            "Failed attempts queued again (retries), at once or after their delay.",
+            events[Event.RETRY] + events[Event.DEFER],
         )
         yield _counter(
             "burst_lease_expiries",
