@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import math
-import socket
 import ssl
 import types
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -167,7 +166,6 @@ async def _accept_loop(
     clients: _Clients,
     nursery: trio.Nursery,
 ) -> None:
-    queue = listener.extra(anyio.abc.SocketAttribute.raw_socket)
     while True:
         try:
             sock = await listener.accept()
@@ -177,49 +175,19 @@ async def _accept_loop(
             logger.warning("accept failed ({}); retrying in 0.1 s", reason(error))
             await trio.sleep(0.1)
             continue
-        await _take(sock, methods, clients, nursery)
-        # The connections queued meanwhile are taken in the same pass of the event loop: one
-        # a pass is some 60 a second on a busy controller, and the TLS handshakes of a
-        # thousand workers starting together waited in the kernel's queue past their connect
-        # timeout (docs/benchmarks.md).
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                raw, _ = queue.accept()
-            except OSError:  # none queued (BlockingIOError), or the next accept() says why
-                break
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as listener.accept()
-            try:
-                sock = await anyio.abc.SocketStream.from_socket(raw)
-            except (OSError, ValueError):  # the peer is gone already
-                raw.close()
-                continue
-            await _take(sock, methods, clients, nursery)
+        try:
+            remote = sock.extra(anyio.abc.SocketAttribute.remote_address)
+        except OSError:  # the peer is gone already
+            await anyio.aclose_forcefully(sock)
+            continue
+        host, port = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else (remote, 0)
+        peer = clients.admit(host)
+        if peer is None:
+            await anyio.aclose_forcefully(sock)
+            continue
+        nursery.start_soon(_serve_connection, sock, methods, clients, host, port, peer)
 
 
-async def _take(
-    sock: anyio.abc.SocketStream,
-    methods: Mapping[tuple[str, str], Method],
-    clients: _Clients,
-    nursery: trio.Nursery,
-) -> None:
-    """Serve an accepted connection in a task of its own, unless its address is over its
-    limits (then it is closed at once)."""
-    try:
-        remote = sock.extra(anyio.abc.SocketAttribute.remote_address)
-    except OSError:  # the peer is gone already
-        await anyio.aclose_forcefully(sock)
-        return
-    host, port = (str(remote[0]), int(remote[1])) if isinstance(remote, tuple) else (remote, 0)
-    peer = clients.admit(host)
-    if peer is None:
-        await anyio.aclose_forcefully(sock)
-        return
-    nursery.start_soon(_serve_connection, sock, methods, clients, host, port, peer)
-
-
-# Connections taken from the kernel's queue at most per pass of the event loop, besides the
-# one the accept waited for.
-_ACCEPT_BATCH = 64
 # Seconds during which a peer whose connection went over its limits has new ones closed.
 _PENALTY = 1.0
 HOLD = 1.0
