@@ -27,6 +27,10 @@ What it promises:
   never the guard before it. A clean worker leaves an empty list: the guard then just exits.
 - The worker's writes never block: if the guard is gone, ``JobGuard`` says so once
   (``on_lost``) and the jobs run unguarded.
+- The guard reads the pipe at most every ``GATHER`` seconds (sooner when a lease deadline falls
+  due): what it does on the worker's death or a lapse is at most that late, and a worker running
+  many short jobs wakes it once per ``GATHER``, not twice per job. The records wait in the pipe
+  meanwhile, and on the worker's death the guard reads every one before it acts.
 
 ``python -m burstd.worker.guard KILL_GRACE DOCKER`` is the guard's program; it imports nothing
 of burst but this module, so it starts in a few tens of milliseconds.
@@ -49,6 +53,8 @@ import burstd
 
 # How long ``close`` waits for the guard to exit (immediate when no job is listed).
 CLOSE_WAIT = 1.0
+# The guard's pause after each read, so that the records of many jobs come in one read.
+GATHER = 0.02
 _DOCKER_KILL_TIMEOUT = 10.0
 
 
@@ -211,6 +217,11 @@ def main() -> None:
             if not data:
                 break
             listing.feed(data)
+            pause = GATHER
+            if listing.jobs and listing.stop_at < math.inf:
+                pause = min(pause, listing.stop_at - time.monotonic())
+            if pause > 0:
+                time.sleep(pause)
         elif listing.jobs:  # nothing more from the worker (it reads no word either): lapsed
             print(
                 f"burst job guard: the worker (pid {worker}) let its leases lapse with"
