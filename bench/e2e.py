@@ -35,6 +35,7 @@ from bench._common import (
     PEERS,
     REPO,
     burst_env,
+    cpu_seconds,
     free_port,
     load,
     machine,
@@ -45,22 +46,19 @@ from bench._common import (
 )
 
 
-def daemon_cpu() -> dict[int, float]:
-    """CPU seconds of the daemons of the ``burstd up`` this client runs under (its siblings)."""
+def daemon_cpu() -> dict[int, tuple[float, float]]:
+    """CPU seconds of the daemons of the ``burstd up`` this client runs under (its siblings):
+    each one's own, and with its descendants (the controller's store process, a worker's job
+    guard; a job running at that instant adds its few hundred microseconds)."""
     import os
 
     up = os.getppid()
     children = Path(f"/proc/{up}/task/{up}/children").read_text().split()
-    cpu = {}
-    for pid in map(int, children):
-        if pid == os.getpid():
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return cpu
+    return {
+        pid: (cpu_seconds(pid, descendants=False), cpu_seconds(pid))
+        for pid in map(int, children)
+        if pid != os.getpid()
+    }
 
 
 async def _submit_and_wait(addr: str, jobs: int) -> tuple[float, int]:
@@ -85,12 +83,19 @@ def client_main(jobs: int) -> None:
 
     import trio
 
-    cpu0 = daemon_cpu()
+    cpu0, client0 = daemon_cpu(), time.process_time()
     elapsed, failed = trio.run(_submit_and_wait, os.environ["BURST_CONTROLLER"], jobs)
-    cpu1 = daemon_cpu()
+    cpu1, client = daemon_cpu(), (time.process_time() - client0) / jobs * 1e6
     # The first child of `burstd up` is the controller, the others are workers.
-    per_job = [(cpu1[pid] - cpu0.get(pid, 0.0)) / jobs * 1e6 for pid in sorted(cpu1)]
-    cpu = f"controller {per_job[0]:.0f}, workers {sum(per_job[1:]):.0f}" if per_job else "n/a"
+    pids = sorted(pid for pid in cpu1 if pid in cpu0)
+    own = [(cpu1[pid][0] - cpu0[pid][0]) / jobs * 1e6 for pid in pids]
+    kids = [(cpu1[pid][1] - cpu0[pid][1]) / jobs * 1e6 - own[i] for i, pid in enumerate(pids)]
+    cpu = (
+        f"controller {own[0]:.0f} + store {kids[0]:.0f},"
+        f" workers {sum(own[1:]):.0f} + guards {sum(kids[1:]):.0f}, client {client:.0f}"
+        if own
+        else "n/a"
+    )
     print(
         f"burst {jobs} jobs {elapsed:.2f} s {jobs / elapsed:.0f} jobs/s failed={failed}"
         f" (daemon CPU us/job: {cpu})"
