@@ -26,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+# Set for a peer's run: the folder its files stay in, which the caller deletes (``e2e.py``).
+KEEP = "BURST_BENCH_KEEP"
 CACHE = Path(os.environ.get("BURST_BENCH_CACHE", Path.home() / ".cache" / "burst-bench"))
 
 

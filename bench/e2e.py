@@ -16,12 +16,14 @@ Usage::
 ``--tls``: burst's controller and peer ports serve TLS (``burstd up --tls-cert ...``), its
 workers and the client use it.
 
-Prints each run and the median jobs/s per system.
+Prints each run and the median jobs/s per system. The runs' files are deleted once all have run
+(a deletion of many files slows the file creations of the runs after it on this machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
     BENCH,
+    KEEP,
     PEERS,
     REPO,
     burst_env,
@@ -102,28 +105,29 @@ def client_main(jobs: int) -> None:
     )
 
 
-def run_burst(jobs: int, slots: int | None, tls: bool) -> float | None:
-    with tempfile.TemporaryDirectory(prefix="burst-e2e-") as tmp:
-        cmd = [sys.executable, "-m", "cli.burstd", "up", "--workers", "2"]
-        cmd += ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", f"{tmp}/state"]
-        cmd += ["--output-dir", f"{tmp}/out"]
-        if tls:
-            pki = make_pki(tmp)
-            cmd += ["--tls-ca", f"{pki}/ca.pem", "--tls-cert", f"{pki}/server.pem"]
-            cmd += ["--tls-key", f"{pki}/server-key.pem"]
-        if slots:
-            cmd += ["--slots", str(slots)]
-        cmd += ["--", sys.executable, str(Path(__file__).resolve()), "--client", str(jobs)]
-        proc = subprocess.run(
-            cmd, cwd=REPO, env=burst_env(), capture_output=True, text=True, timeout=1800
-        )
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("burst ")), "")
-        if not line:
-            print(f"  burst: failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-            return None
-        outputs = sum(1 for _ in Path(tmp, "out").rglob("*.stdout"))
-        print(f"  {line} outputs={outputs}")
-        return rate_of(line)
+def run_burst(jobs: int, slots: int | None, tls: bool, keep: str) -> float | None:
+    """One burst run; its state and output files stay in ``keep`` (see ``main``)."""
+    tmp = tempfile.mkdtemp(prefix="burst-e2e-", dir=keep)
+    cmd = [sys.executable, "-m", "cli.burstd", "up", "--workers", "2"]
+    cmd += ["--listen", f"127.0.0.1:{free_port()}", "--state-dir", f"{tmp}/state"]
+    cmd += ["--output-dir", f"{tmp}/out"]
+    if tls:
+        pki = make_pki(tmp)
+        cmd += ["--tls-ca", f"{pki}/ca.pem", "--tls-cert", f"{pki}/server.pem"]
+        cmd += ["--tls-key", f"{pki}/server-key.pem"]
+    if slots:
+        cmd += ["--slots", str(slots)]
+    cmd += ["--", sys.executable, str(Path(__file__).resolve()), "--client", str(jobs)]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=burst_env(), capture_output=True, text=True, timeout=1800
+    )
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("burst ")), "")
+    if not line:
+        print(f"  burst: failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        return None
+    outputs = sum(1 for _ in Path(tmp, "out").rglob("*.stdout"))
+    print(f"  {line} outputs={outputs}")
+    return rate_of(line)
 
 
 def run_xargs(jobs: int) -> float:
@@ -135,7 +139,7 @@ def run_xargs(jobs: int) -> float:
     return jobs / elapsed
 
 
-def run_peer(name: str, jobs: int) -> float | None:
+def run_peer(name: str, jobs: int, keep: str) -> float | None:
     python, why = peer_python(name)
     if python is None:
         print(f"  {name}: skipped: {why}")
@@ -143,6 +147,7 @@ def run_peer(name: str, jobs: int) -> float | None:
     peer = PEERS[name]
     proc = subprocess.run(
         [python, str(BENCH / peer.throughput), str(jobs), *peer.args],
+        env={**os.environ, KEEP: keep},
         capture_output=True,
         text=True,
         timeout=1800,
@@ -177,17 +182,22 @@ def main() -> dict[str, float]:
     tls = ", burst over TLS" if args.tls else ""
     print(f"end to end: {args.jobs} /bin/true jobs, {args.rounds} rounds{tls}; {machine()}")
     rates: dict[str, list[float]] = {}
-    for round_no in range(1, args.rounds + 1):
-        print(f"round {round_no} ({load()})")
-        for name in ["burst", "xargs -P 2", *peers]:
-            if name == "burst":
-                rate = run_burst(args.jobs, args.slots, args.tls)
-            elif name == "xargs -P 2":
-                rate = run_xargs(args.jobs)
-            else:
-                rate = run_peer(name, args.jobs)
-            if rate is not None:
-                rates.setdefault(name, []).append(rate)
+    # Every run's files are deleted only once all have run: ext4 without a journal (this
+    # machine's) skips inodes freed in the last minutes when it allocates one, so the tens of
+    # thousands of output files one run deleted made each file the next run created cost the
+    # worker several times more (docs/benchmarks.md).
+    with tempfile.TemporaryDirectory(prefix="burst-e2e-") as keep:
+        for round_no in range(1, args.rounds + 1):
+            print(f"round {round_no} ({load()})")
+            for name in ["burst", "xargs -P 2", *peers]:
+                if name == "burst":
+                    rate = run_burst(args.jobs, args.slots, args.tls, keep)
+                elif name == "xargs -P 2":
+                    rate = run_xargs(args.jobs)
+                else:
+                    rate = run_peer(name, args.jobs, keep)
+                if rate is not None:
+                    rates.setdefault(name, []).append(rate)
     summary = {name: median(values) for name, values in rates.items()}
     print("median jobs/s: " + ", ".join(f"{k} {v:.0f}" for k, v in summary.items()))
     best_peer = max((v for k, v in summary.items() if k not in ("burst", "xargs -P 2")), default=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import tempfile
 import time
@@ -25,8 +26,13 @@ from hyperqueue.cluster import WorkerConfig
 def local_cluster(cores: int) -> Iterator[Client]:
     """A HyperQueue server and one worker of ``cores`` cores, in a temporary working folder that
     also takes the tasks' output files; their messages are kept off stdout. Yields a client."""
+    # Under e2e.py the folder stays in the caller's (BURST_BENCH_KEEP, ``_common.KEEP``), which
+    # deletes it once every run is over.
+    keep = os.environ.get("BURST_BENCH_KEEP")
     with (
-        tempfile.TemporaryDirectory(prefix="burst-bench-hq-") as tmp,
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="burst-bench-hq-", dir=keep))
+        if keep
+        else tempfile.TemporaryDirectory(prefix="burst-bench-hq-") as tmp,
         contextlib.chdir(tmp),
         contextlib.redirect_stdout(io.StringIO()),
         contextlib.redirect_stderr(io.StringIO()),
