@@ -5,6 +5,8 @@ sequences; these tests show each rule on its own."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from burstd import resources
 from burstd.config import WorkerConfig
@@ -12,7 +14,7 @@ from burstd.controller.table import Held, JobState, JobTable, NewJob, Result
 from burstd.resources import CPUS, GPUS, MEM, make_request
 from burstd.resources_proto import request_of_spec, to_message
 from burstd.worker.detect import default_gpus
-from burstd.worker.queue import LocalQueue
+from burstd.worker.queue import MAX_PASSED, LocalJob, LocalQueue
 from burstd.worker.state import WorkerState
 from proto.burst.v1 import job_pb2
 
@@ -221,21 +223,20 @@ def test_a_stream_of_small_jobs_does_not_starve_a_large_one() -> None:
 # -- the worker ----------------------------------------------------------------------------------
 
 
+def sized(job_id: str, cpus: int) -> job_pb2.AssignedJob:
+    spec = job_pb2.JobSpec(resources=to_message(make_request(cpus)))
+    return job_pb2.AssignedJob(job_id=job_id, attempt=1, spec=spec)
+
+
 def test_the_worker_starts_its_oldest_job_once_what_it_asks_for_is_free() -> None:
-    """FIFO on the worker too: a 2-CPU job waits for two free CPUs, and the jobs behind it
-    wait with it; each running job holds CPUs of its own."""
+    """A 2-CPU job at the head of the worker's queue waits for two free CPUs, and the smaller
+    jobs behind it wait with it (rule 7: a large job is never passed by smaller ones); each
+    running job holds CPUs of its own."""
     state = WorkerState(WorkerConfig(worker_id="w", slots=2), LocalQueue(8))
-    two = job_pb2.JobSpec(resources=to_message(make_request(2)))
-    state.local.add(
-        [
-            job_pb2.AssignedJob(job_id="a", attempt=1, spec=job_pb2.JobSpec()),
-            job_pb2.AssignedJob(job_id="b", attempt=1, spec=two),
-            job_pb2.AssignedJob(job_id="c", attempt=1, spec=job_pb2.JobSpec()),
-        ],
-        1,
-    )
+    state.local.add([sized("a", 1)], 1)
     a = state.local.next_queued()
     assert a is not None and a.job_id == "a"
+    state.local.add([sized("b", 2), sized("c", 1)], 2)
     with state.run(a):
         assert a.grant is not None and a.grant.cpus == (0,)
         assert not state.local.can_start() and state.local.next_queued() is None
@@ -247,3 +248,59 @@ def test_the_worker_starts_its_oldest_job_once_what_it_asks_for_is_free() -> Non
         assert state.local.next_queued() is None
     c = state.local.next_queued()
     assert c is not None and c.job_id == "c"
+
+
+def test_a_larger_job_that_fits_starts_before_the_oldest_a_bounded_number_of_times() -> None:
+    """Rule 7 of the worker's queue (best fit): while the oldest job fits, a later one asking
+    for more CPUs that fits too starts first, so the CPUs a 4-CPU job frees go to the next
+    4-CPU job; the oldest is passed over so at most MAX_PASSED times, then starts."""
+    state = WorkerState(WorkerConfig(worker_id="w", slots=4), LocalQueue(16))
+    big = [sized(f"big{i}", 4) for i in range(MAX_PASSED + 1)]
+    state.local.add([sized("small", 1), sized("two", 2), *big], 1)
+    for i in range(MAX_PASSED):
+        job = state.local.next_queued()
+        assert job is not None and job.job_id == f"big{i}"
+        with state.run(job):
+            assert state.local.next_queued() is None  # all four CPUs are taken
+    small = state.local.next_queued()  # passed over enough: it starts, a 4-CPU job fits too
+    assert small is not None and small.job_id == "small" and small.passed == MAX_PASSED
+    with state.run(small):
+        two = state.local.next_queued()  # then the oldest again: two CPUs of the three free
+        assert two is not None and two.job_id == "two"
+        with state.run(two):
+            assert state.local.next_queued() is None  # the last 4-CPU job waits for all four
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cpus=st.lists(st.sampled_from((1, 1, 2, 4)), min_size=1, max_size=30),
+    ends=st.lists(st.integers(0, 3), max_size=60),
+)
+def test_the_worker_never_overcommits_passes_a_job_by_a_smaller_one_or_starves_one(
+    cpus: list[int], ends: list[int]
+) -> None:
+    """Rule 7 for any jobs and any order of ends: a job starts only with its CPUs free; one that
+    does not start while it is the oldest and fits is passed by a larger one that fits, at most
+    MAX_PASSED times; every job runs in the end."""
+    state = WorkerState(WorkerConfig(worker_id="w", slots=4), LocalQueue(64))
+    state.local.add([sized(str(i), n) for i, n in enumerate(cpus)], 1)
+    waiting = [str(i) for i in range(len(cpus))]
+    running: list[LocalJob] = []
+    draws = iter(ends)
+    while waiting or running:
+        while (job := state.local.next_queued()) is not None:
+            head = state.local.jobs[waiting[0]]
+            if job is not head:
+                assert job.cpus > head.cpus and state.pool.fits(head.request)
+                assert head.passed <= MAX_PASSED
+            grant = state.pool.grant(job.request)
+            assert grant is not None and len(grant.cpus) == job.cpus
+            job.grant = grant
+            waiting.remove(job.job_id)
+            running.append(job)
+        assert running, "nothing runs while jobs wait"
+        done = running.pop(next(draws, 0) % len(running))
+        assert done.grant is not None
+        state.pool.release(done.grant)
+        state.local.finish(done, job_pb2.ReportJobResultRequest(job_id=done.job_id, attempt=1))
+        state.local.acknowledged([done])

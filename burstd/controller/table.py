@@ -70,6 +70,10 @@ Rules (the promises of the design, section 5):
    starves a large one, and the other workers keep taking small jobs meanwhile (backfill). A
    job no registered worker could ever hold (its request beyond their totals) leaves its lane
    for ``_unfit`` (still queued and counted, ``waiting`` says why) until a worker registers.
+   On the worker, the oldest job waiting for CPUs keeps them draining for it too (no smaller
+   job passes it), and while it fits, a larger one behind it that fits starts first, at most
+   ``MAX_PASSED`` times (best fit, burstd/worker/queue.py, rule 7): the CPUs a large job frees
+   go to the next large one, where the CPUs drained for large jobs were most of the idle time.
 12. A job submitted with dependencies (``Job.after``: ids of jobs or submissions known when
     it was submitted; a submission stands for every job of it) waits (WAITING: not queued,
     held by no worker) until each has ended: succeeded, or ended in any way with

@@ -15,6 +15,14 @@ Rules:
 6. Every change is announced: each method that changes what is held, what waits for a slot or
    what is to report calls ``on_change`` once it is done, so the worker's tasks waiting on the
    queue wake without anyone telling them.
+7. The oldest waiting job (the head) starts once what it asks for is free (``fits``), and
+   nothing starts while it does not fit: a large job is never passed by smaller ones, the CPUs
+   drain for it. When the head fits, a later job asking for more CPUs that fits too starts
+   first (the first of the largest: best fit), so that the CPUs a large job frees go to the
+   next large job at once, instead of being split among small ones and drained again for it.
+   A head is passed over so at most ``MAX_PASSED`` times, then starts: no job waits behind more
+   than that many larger ones (the table's rule 11 and docs/architecture.md, "Large requests are
+   not starved").
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ from burstd import resources
 from burstd.leases import StopReason
 from burstd.resources_proto import request_of
 from proto.burst.v1 import job_pb2, worker_pb2
+
+# How many later, larger jobs may start before the oldest waiting one while it fits (rule 7).
+MAX_PASSED = 2
 
 
 class LocalState(enum.Enum):
@@ -50,6 +61,12 @@ class LocalJob:
     # What it asks for (None: one CPU), and what it holds of the worker while it runs.
     request: resources.Request | None = None
     grant: resources.Grant | None = None
+    # Times a larger job started before it while it was the oldest waiting one (rule 7).
+    passed: int = 0
+
+    @property
+    def cpus(self) -> int:
+        return 1 if self.request is None else self.request.get(resources.CPUS, 1)
 
 
 def stopped_result(
@@ -94,10 +111,14 @@ class LocalQueue:
         self.capacity = capacity
         self.on_change = on_change
         # Whether the worker has what a job asks for free now: the oldest job waits for it,
-        # and the others behind it (FIFO, so a large job is never passed over).
+        # and the others behind it (rule 7: a large job is never passed by smaller ones).
         self.fits = fits
         self.jobs: dict[str, LocalJob] = {}
         self._queued: deque[LocalJob] = deque()
+        # Whether a waiting job may ask for resources (set when one arrives, cleared when a look
+        # finds none): only then is a larger job looked for behind the head (rule 7), so plain
+        # jobs start without a walk of the queue.
+        self._sized = False
         self._started: list[LocalJob] = []
         # Finished jobs whose result is not acknowledged yet, in the order they ended.
         self._done: dict[str, LocalJob] = {}
@@ -124,6 +145,7 @@ class LocalQueue:
             job = LocalJob(assigned.job_id, assigned.attempt, assigned.spec)
             if assigned.spec.HasField("resources"):
                 job.request = request_of(assigned.spec.resources)
+                self._sized = self._sized or job.request is not None
             if current is not None:
                 self._done.pop(job.job_id, None)  # a newer attempt replaces the old one
             self.jobs[job.job_id] = job
@@ -192,6 +214,7 @@ class LocalQueue:
                 gone.append(job)
             elif held and job.state is LocalState.QUEUED:
                 back.append(job)
+                self._sized = self._sized or job.request is not None
         self._queued.extend(back)
         self.on_change()
         return gone
@@ -204,9 +227,10 @@ class LocalQueue:
         )
 
     def next_queued(self, busy: Container[str] = ()) -> LocalJob | None:
-        """The oldest job waiting for a slot, now RUNNING; None when there is none, or when its
-        id is ``busy`` (another attempt of it still runs here: it waits until that one ended,
-        so that two attempts of a job never run at once, also in one worker)."""
+        """The oldest job waiting for a slot (or a larger one behind it: rule 7), now RUNNING;
+        None when there is none, when the oldest does not fit, or when its id is ``busy``
+        (another attempt of it still runs here: it waits until that one ended, so that two
+        attempts of a job never run at once, also in one worker)."""
         job = self._next_queued(busy)
         if job is not None:
             self.on_change()
@@ -224,12 +248,40 @@ class LocalQueue:
         self._skip_gone()
         if not self._queued or self._queued[0].job_id in busy:
             return None
-        if fitting and not self.fits(self._queued[0]):
+        head = self._queued[0]
+        if fitting and not self.fits(head):
             return None
-        job = self._queued.popleft()
+        larger = self._larger(head, busy) if fitting and self._sized else None
+        if larger is None:
+            job = self._queued.popleft()
+        else:
+            job = larger
+            self._queued.remove(job)
+            head.passed += 1
         job.state = LocalState.RUNNING
         self._started.append(job)
         return job
+
+    def _larger(self, head: LocalJob, busy: Container[str]) -> LocalJob | None:
+        """The first of the waiting jobs asking for the most CPUs, more than the head, that
+        fit now; None when there is none, or the head was passed over often enough (rule 7)."""
+        if head.passed >= MAX_PASSED:
+            return None
+        best, most, sized = None, head.cpus, False
+        for job in self._queued:
+            if job.request is None:
+                continue
+            sized = True
+            if (
+                job.cpus > most
+                and self.jobs.get(job.job_id) is job
+                and job.state is LocalState.QUEUED
+                and job.job_id not in busy
+                and self.fits(job)
+            ):
+                best, most = job, job.cpus
+        self._sized = sized
+        return best
 
     def finish(self, job: LocalJob, result: job_pb2.ReportJobResultRequest) -> None:
         """Record how a job ended; ignored if the job was dropped meanwhile."""
