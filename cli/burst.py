@@ -698,11 +698,18 @@ def _attempt_dict(attempt: job_pb2.AttemptOutput) -> dict[str, Any]:
 
 def _outcome(info: job_pb2.JobInfo) -> str:
     """How a job ended, in one word or two: ``exit 3``, ``signal 9``, ``timeout``... ``-``."""
-    if info.reason == "exit" or (info.state == "succeeded" and info.HasField("exit_code")):
-        return f"exit {info.exit_code}"
-    if info.reason == "signal":
-        return f"signal {info.signal}"
-    return info.reason or "-"
+    return _outcome_of(
+        info.reason, info.state, info.HasField("exit_code"), info.exit_code, info.signal
+    )
+
+
+def _outcome_of(reason: str, state: str, has_exit_code: bool, exit_code: int, signal: int) -> str:
+    """``_outcome`` of a job given as these fields of its JobInfo."""
+    if reason == "exit" or (state == "succeeded" and has_exit_code):
+        return f"exit {exit_code}"
+    if reason == "signal":
+        return f"signal {signal}"
+    return reason or "-"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1101,42 +1108,66 @@ def _human(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _last_usage(info: job_pb2.JobInfo) -> job_pb2.Usage | None:
-    """What the job's last attempt used, if its worker measured it."""
-    if info.attempts and info.attempts[-1].HasField("usage"):
-        usage: job_pb2.Usage = info.attempts[-1].usage
-        return usage
-    return None
+def _dashed(values: Iterable[str]) -> list[str]:
+    """Each value, ``-`` for an empty one."""
+    return [value or "-" for value in values]
 
 
-#: The columns ``burst list --format`` knows, each a function of a job.
-COLUMNS: dict[str, Callable[[job_pb2.JobInfo], str]] = {
-    "id": lambda i: i.job_id,
-    "owner": lambda i: i.owner or "-",
-    "state": lambda i: i.state,
-    "worker": lambda i: i.worker_id or "-",
-    "outcome": _outcome,
-    "name": lambda i: i.name or "-",
-    "submission": lambda i: i.submission_id or "-",
-    "priority": lambda i: str(i.priority),
-    "attempt": lambda i: str(i.attempt),
-    "exit": lambda i: str(i.exit_code) if i.HasField("exit_code") else "-",
-    "signal": lambda i: str(i.signal) if i.signal else "-",
-    "reason": lambda i: i.reason or "-",
-    "submitted": lambda i: _human(i.submitted_at),
-    "started": lambda i: _human(i.started_at),
-    "finished": lambda i: _human(i.finished_at),
-    "user_cpu": lambda i: f"{u.user_cpu_seconds:.3f}" if (u := _last_usage(i)) else "-",
-    "system_cpu": lambda i: f"{u.system_cpu_seconds:.3f}" if (u := _last_usage(i)) else "-",
-    "max_rss_kib": lambda i: str(u.max_rss_kib) if (u := _last_usage(i)) else "-",
-    "command": lambda i: " ".join(i.command) or "-",
+def _used(columns: job_pb2.JobColumns, show: Callable[[job_pb2.Usage], str]) -> list[str]:
+    """What each job's last attempt used, as ``show`` writes it; ``-`` if not measured."""
+    return [
+        show(usage) if measured else "-"
+        for usage, measured in zip(columns.usage, columns.has_usage, strict=True)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column of ``burst list``: the JobColumns fields it needs, and its text for each job of
+    a page (one value a job, in order)."""
+
+    fields: tuple[str, ...]
+    show: Callable[[job_pb2.JobColumns], Iterable[str]]
+
+
+_OUTCOME = ("reason", "state", "has_exit_code", "exit_code", "signal")
+_USAGE = ("usage", "has_usage")
+
+#: The columns ``burst list --format`` knows.
+COLUMNS: dict[str, Column] = {
+    "id": Column(("job_id",), lambda c: c.job_id),
+    "owner": Column(("owner",), lambda c: _dashed(c.owner)),
+    "state": Column(("state",), lambda c: c.state),
+    "worker": Column(("worker_id",), lambda c: _dashed(c.worker_id)),
+    "outcome": Column(_OUTCOME, lambda c: map(_outcome_of, *(getattr(c, f) for f in _OUTCOME))),
+    "name": Column(("name",), lambda c: _dashed(c.name)),
+    "submission": Column(("submission_id",), lambda c: _dashed(c.submission_id)),
+    "priority": Column(("priority",), lambda c: map(str, c.priority)),
+    "attempt": Column(("attempt",), lambda c: map(str, c.attempt)),
+    "exit": Column(
+        ("has_exit_code", "exit_code"),
+        lambda c: [
+            str(code) if has else "-"
+            for has, code in zip(c.has_exit_code, c.exit_code, strict=True)
+        ],
+    ),
+    "signal": Column(("signal",), lambda c: [str(s) if s else "-" for s in c.signal]),
+    "reason": Column(("reason",), lambda c: _dashed(c.reason)),
+    "submitted": Column(("submitted_at",), lambda c: map(_human, c.submitted_at)),
+    "started": Column(("started_at",), lambda c: map(_human, c.started_at)),
+    "finished": Column(("finished_at",), lambda c: map(_human, c.finished_at)),
+    "user_cpu": Column(_USAGE, lambda c: _used(c, lambda u: f"{u.user_cpu_seconds:.3f}")),
+    "system_cpu": Column(_USAGE, lambda c: _used(c, lambda u: f"{u.system_cpu_seconds:.3f}")),
+    "max_rss_kib": Column(_USAGE, lambda c: _used(c, lambda u: str(u.max_rss_kib))),
+    "command": Column(("command",), lambda c: [" ".join(argv.args) or "-" for argv in c.command]),
 }
 DEFAULT_COLUMNS = ("id", "state", "worker", "outcome", "name")
 
 
-def _row(info: job_pb2.JobInfo, shown: Sequence[Callable[[job_pb2.JobInfo], str]]) -> str:
-    """A job's line of ``burst list``: its columns, space-separated."""
-    return " ".join([show(info) for show in shown]) + "\n"
+def _table(columns: job_pb2.JobColumns, shown: Sequence[Column]) -> str:
+    """The lines of ``burst list`` for a page of jobs: the shown columns, space-separated."""
+    texts = [column.show(columns) for column in shown]
+    return "".join([" ".join(row) + "\n" for row in zip(*texts, strict=True)])
 
 
 def parse_columns(text: str) -> list[str]:
@@ -1196,31 +1227,33 @@ def list_jobs(
         if all_users:
             columns.insert(1, "owner")
     shown = [COLUMNS[column] for column in columns]
-    # What a job runs is decoded from its spec by the controller: only for what shows it.
-    brief = not as_json and "command" not in columns
+    # Only the fields the columns show travel (a command is decoded from each job's spec).
+    fields = list(dict.fromkeys(field for column in shown for field in column.fields))
+    filters: dict[str, Any] = {"all_users": all_users, "submission_id": submission, "name": name}
 
     async def session(client: Client) -> int:
         import trio
 
+        async def lines(after: str, size: int) -> tuple[str, int, str]:
+            """A page's lines, how many jobs it held, and the ``after`` of the next one."""
+            if as_json:
+                jobs, after = await client.list_page(state or "", after, size, **filters)
+                return "".join([_job_json(info) + "\n" for info in jobs]), len(jobs), after
+            page, after = await client.list_columns(fields, state or "", after, size, **filters)
+            return _table(page, shown), len(getattr(page, fields[0])), after
+
         # The next page is asked for while this one is written (a channel of one page).
-        send, receive = trio.open_memory_channel[Sequence["job_pb2.JobInfo"]](1)
+        send, receive = trio.open_memory_channel[str](1)
 
         async def fetch() -> None:
             after, left = "", limit
             async with send:
                 while left is None or left > 0:
-                    page = LIST_PAGE if left is None else min(left, LIST_PAGE)
-                    jobs, after = await client.list_page(
-                        state or "",
-                        after,
-                        page,
-                        all_users=all_users,
-                        submission_id=submission,
-                        name=name,
-                        brief=brief,
+                    text, count, after = await lines(
+                        after, LIST_PAGE if left is None else min(left, LIST_PAGE)
                     )
-                    await send.send(jobs)
-                    left = None if left is None else left - len(jobs)
+                    await send.send(text)
+                    left = None if left is None else left - count
                     if not after:
                         return
 
@@ -1228,11 +1261,8 @@ def list_jobs(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(fetch)
             async with receive:
-                async for jobs in receive:
-                    if as_json:
-                        out.write("".join([_job_json(info) + "\n" for info in jobs]))
-                    else:
-                        out.write("".join([_row(info, shown) for info in jobs]))
+                async for text in receive:
+                    out.write(text)
                     out.flush()
         if client.store_error:
             _error(

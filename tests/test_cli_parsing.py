@@ -10,7 +10,7 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from cli.burst import (
 from cli.exitcodes import ExitCode
 from proto.burst.v1 import job_pb2
 from tests.cluster import REPO, environment
+from tests.test_service import columns_of
 
 
 class FakeClient:
@@ -46,7 +47,7 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.briefs: list[bool] = []  # list_page's brief, per call
+        self.columns: list[list[str]] = []  # list_columns's fields, per call
         self.infos: dict[str, job_pb2.JobInfo] = {}
         self.updates: list[job_pb2.WaitJobsUpdate] = []
         self.error: Exception | None = None
@@ -109,7 +110,27 @@ class FakeClient:
         brief: bool = False,
     ) -> tuple[list[job_pb2.JobInfo], str]:
         self.calls.append(("list_page", (state, after, limit, all_users)))
-        self.briefs.append(brief)
+        return self._page(state, after, limit, name)
+
+    async def list_columns(
+        self,
+        columns: Sequence[str],
+        state: str = "",
+        after: str = "",
+        limit: int = 1000,
+        *,
+        all_users: bool = False,
+        submission_id: str = "",
+        name: str = "",
+    ) -> tuple[job_pb2.JobColumns, str]:
+        self.calls.append(("list_columns", (state, after, limit, all_users)))
+        self.columns.append(list(columns))
+        page, after = self._page(state, after, limit, name)
+        return columns_of(page, columns), after
+
+    def _page(
+        self, state: str, after: str, limit: int, name: str
+    ) -> tuple[list[job_pb2.JobInfo], str]:
         ids = list(self.infos)
         matching = [
             info
@@ -738,22 +759,32 @@ def test_forget(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "brief"),
+    ("argv", "fields"),
     [
-        (["list"], True),
-        (["list", "--format", "id,state,exit,submitted"], True),
-        (["list", "--format", "id,command"], False),
-        (["list", "--json"], False),
+        (
+            ["list"],
+            ["job_id", "state", "worker_id", "reason", "has_exit_code", "exit_code", "signal",
+             "name"],
+        ),
+        (
+            ["list", "--format", "id,state,exit,submitted"],
+            ["job_id", "state", "has_exit_code", "exit_code", "submitted_at"],
+        ),
+        (["list", "--format", "id,command"], ["job_id", "command"]),
+        (["list", "--format", "user_cpu,max_rss_kib"], ["usage", "has_usage"]),
     ],
-)
-def test_list_asks_for_brief_jobs_unless_what_they_run_is_shown(
-    fake: FakeClient, argv: list[str], brief: bool
+)  # fmt: skip
+def test_a_table_asks_only_for_the_fields_it_shows(
+    fake: FakeClient, argv: list[str], fields: list[str]
 ) -> None:
-    """The controller decodes each job's spec for its kind, command, cwd and variable names:
-    `burst list` asks for them only for the command column and --json."""
+    """A table is listed as columns, each field once, only those its columns show: the
+    controller decodes each job's spec only for the command column."""
     fake.infos = {"job-1": _info("job-1", "queued")}
     assert run(argv) == 0
-    assert fake.briefs == [brief]
+    assert fake.columns == [fields]
+    assert run(["list", "--json"]) == 0
+    assert fake.calls[-1][0] == "list_page"  # everything known, a JobInfo a job
+    assert len(fake.columns) == 1
 
 
 def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
@@ -772,11 +803,11 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert run(["list", "--state", "failed", "--limit", "1"]) == 0
     assert capsys.readouterr().out.splitlines() == ["job-2 failed w2 signal 9 -"]
-    assert fake.calls[-1] == ("list_page", ("failed", "", 1, False))
+    assert fake.calls[-1] == ("list_columns", ("failed", "", 1, False))
     fake.infos["job-1"].owner = "alice"
     assert run(["list", "--all-users", "--limit", "1"]) == 0
     assert capsys.readouterr().out.splitlines() == ["job-1 alice succeeded w1 exit 0 -"]
-    assert fake.calls[-1] == ("list_page", ("", "", 1, True))
+    assert fake.calls[-1] == ("list_columns", ("", "", 1, True))
     # the name is a column, and a filter
     fake.infos["job-4"].name = "render"
     assert run(["list", "--name", "render"]) == 0
@@ -792,6 +823,20 @@ def test_list(fake: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["list", "--format", "submitted", "--state", "failed", "--limit", "1"]) == 0
     local = datetime.datetime.fromtimestamp(1_800_000_000.0).strftime("%Y-%m-%d %H:%M:%S")
     assert capsys.readouterr().out.splitlines() == [local]
+    # every other column
+    fake.infos["job-1"].attempts.add(
+        attempt=1,
+        usage=job_pb2.Usage(user_cpu_seconds=0.5, system_cpu_seconds=0.25, max_rss_kib=2048),
+    )
+    fake.infos["job-1"].command.extend(["echo", "hi"])
+    fake.infos["job-1"].priority = -3
+    fake.infos["job-1"].attempt = 1
+    everything = "owner,priority,attempt,reason,user_cpu,system_cpu,max_rss_kib,command,finished"
+    assert run(["list", "--format", everything, "--limit", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "alice -3 1 exit 0.500 0.250 2048 echo hi -",
+        "- 0 0 signal - - - - -",
+    ]
     assert run(["list", "--format", "id,colour"]) == 2
     assert "--format: unknown column 'colour'" in capsys.readouterr().err
     assert run(["list", "--json"]) == 0

@@ -272,3 +272,58 @@ async def test_a_brief_listing_leaves_out_what_the_jobs_run() -> None:
         for field in ("kind", "command", "env_names", "after", "after_any"):
             info.ClearField(field)
     assert list(brief.jobs) == list(full.jobs)
+
+
+def columns_of(infos: Sequence[job_pb2.JobInfo], names: Sequence[str]) -> job_pb2.JobColumns:
+    """What JobColumns holds of these jobs, by its definition against JobInfo."""
+    columns = job_pb2.JobColumns()
+    for info in infos:
+        last = info.attempts[-1] if info.attempts else job_pb2.AttemptOutput()
+        derived = {
+            "has_exit_code": info.HasField("exit_code"),
+            "usage": last.usage,
+            "has_usage": last.HasField("usage"),
+            "command": job_pb2.Argv(args=info.command),
+        }
+        for name in names:
+            value = derived[name] if name in derived else getattr(info, name)
+            getattr(columns, name).append(value)
+    return columns
+
+
+async def test_a_listing_in_columns_holds_what_jobinfos_hold() -> None:
+    """Every JobColumns field, for jobs leased, ended with an exit code (measured) or a signal,
+    and retried: the values the full listing's JobInfos have."""
+    service, ids = await _service_with_jobs()
+    retried = job_pb2.JobSpec(
+        process=job_pb2.ProcessSpec(command="x"), retries=1, name="n", priority=4
+    )
+    more = await service.submit_jobs(job_pb2.SubmitJobsRequest(specs=[retried]), ADMIN)
+    ids.append(more.job_ids[0])
+    await service.poll_job(job_pb2.PollJobRequest(worker_id="w1", max_jobs=4, batch=True), ADMIN)
+    usage = job_pb2.Usage(user_cpu_seconds=0.5, system_cpu_seconds=0.25, max_rss_kib=2048)
+    reports = [
+        job_pb2.ReportJobResultRequest(worker_id="w1", job_id=ids[0], reason="exit", usage=usage),
+        job_pb2.ReportJobResultRequest(worker_id="w1", job_id=ids[1], signal=9, reason="signal"),
+        job_pb2.ReportJobResultRequest(worker_id="w1", job_id=ids[3], exit_code=3, reason="exit"),
+    ]
+    for report in reports:
+        await service.report_job_result(report, ADMIN)
+    names = list(job_pb2.JobColumns.DESCRIPTOR.fields_by_name)
+    full = await service.list_jobs(job_pb2.ListJobsRequest(), ADMIN)
+    states = [info.state for info in full.jobs]
+    # the last one retried, and leased again at once
+    assert states == ["succeeded", "failed", "leased", "leased"], states
+    assert [info.attempt for info in full.jobs] == [1, 300, 1, 2]
+    listed = await service.list_jobs(job_pb2.ListJobsRequest(columns=names), ADMIN)
+    assert list(listed.jobs) == []
+    assert listed.columns == columns_of(full.jobs, names)
+    assert list(listed.columns.has_usage) == [True, False, False, False]
+    # only the fields asked for, a page at a time
+    page = await service.list_jobs(
+        job_pb2.ListJobsRequest(columns=["state"], limit=2, after=ids[0]), ADMIN
+    )
+    assert page.columns == job_pb2.JobColumns(state=["failed", "leased"])
+    assert page.next_after == ids[2]
+    with pytest.raises(SpecError, match="columns: no job column 'colour'"):
+        await service.list_jobs(job_pb2.ListJobsRequest(columns=["job_id", "colour"]), ADMIN)

@@ -31,6 +31,7 @@ from burstd.controller.output import OutputRelay
 from burstd.controller.store import StoredEvent
 from burstd.controller.table import (
     TERMINAL,
+    Attempt,
     Held,
     Job,
     JobState,
@@ -148,12 +149,7 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
         info.resources.CopyFrom(resources_proto.to_message(job.request))
     if job.exit_code is not None:
         info.exit_code = job.exit_code
-    attempts = earlier_attempts(job) if job.earlier_outputs else []
-    # The current attempt, unless it went to the earlier ones already (retried, lost).
-    kept_already = bool(attempts) and attempts[-1].attempt == job.attempt
-    if job.attempt and not kept_already and job.state is not JobState.QUEUED:
-        attempts.append(last_attempt(job, job.finished_at))
-    for kept in attempts:
+    for kept in _attempts(job):
         one = info.attempts.add(
             attempt=kept.attempt,
             worker_id=kept.worker_id,
@@ -166,7 +162,7 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
         )
         if kept.exit_code is not None:
             one.exit_code = kept.exit_code
-        if kept.user_cpu or kept.system_cpu or kept.max_rss_kib:
+        if _measured(kept):
             one.usage.user_cpu_seconds = kept.user_cpu
             one.usage.system_cpu_seconds = kept.system_cpu
             one.usage.max_rss_kib = kept.max_rss_kib
@@ -178,19 +174,97 @@ def job_info(job: Job, waiting: str = "", *, details: bool = False) -> job_pb2.J
     return info
 
 
+def _attempts(job: Job) -> list[Attempt]:
+    """The job's attempts that started, in order: the earlier ones kept, then the current one
+    unless it went to those already (retried, lost)."""
+    attempts = earlier_attempts(job) if job.earlier_outputs else []
+    kept_already = bool(attempts) and attempts[-1].attempt == job.attempt
+    if job.attempt and not kept_already and job.state is not JobState.QUEUED:
+        attempts.append(last_attempt(job, job.finished_at))
+    return attempts
+
+
+def _measured(attempt: Attempt) -> bool:
+    """Whether the attempt's worker measured what it used (JobInfo: its usage is set)."""
+    return bool(attempt.user_cpu or attempt.system_cpu or attempt.max_rss_kib)
+
+
+def _last_usage(job: Job) -> Attempt | None:
+    """The job's last attempt, if its worker measured what it used."""
+    attempts = _attempts(job)
+    return attempts[-1] if attempts and _measured(attempts[-1]) else None
+
+
+def _usage(job: Job) -> job_pb2.Usage:
+    last = _last_usage(job)
+    if last is None:
+        return job_pb2.Usage()
+    return job_pb2.Usage(
+        user_cpu_seconds=last.user_cpu,
+        system_cpu_seconds=last.system_cpu,
+        max_rss_kib=last.max_rss_kib,
+    )
+
+
+def _command(spec: job_pb2.JobSpec) -> list[str]:
+    """What a job runs: the program and its arguments (a python job's entry point, a docker
+    job's image first)."""
+    kind = spec.WhichOneof("type")
+    if kind == "process":
+        return [spec.process.command, *spec.process.args]
+    if kind == "python":
+        return [spec.python.entry_point, *spec.python.args]
+    if kind == "docker":
+        return [spec.docker.image, *spec.docker.command, *spec.docker.args]
+    return []
+
+
 def _describe_spec(info: job_pb2.JobInfo, spec_bytes: bytes) -> None:
     """What the job runs, from its spec: kind, command, working directory, variable names."""
     spec = job_pb2.JobSpec.FromString(spec_bytes)
-    kind = spec.WhichOneof("type") or ""
-    info.kind = kind
-    if kind == "process":
-        info.command.extend([spec.process.command, *spec.process.args])
-    elif kind == "python":
-        info.command.extend([spec.python.entry_point, *spec.python.args])
-    elif kind == "docker":
-        info.command.extend([spec.docker.image, *spec.docker.command, *spec.docker.args])
+    info.kind = spec.WhichOneof("type") or ""
+    info.command.extend(_command(spec))
     info.cwd = spec.cwd
     info.env_names.extend(sorted(spec.env))
+
+
+# A JobColumns field's value for one job, for every field (``job_columns``).
+_COLUMN_VALUES: dict[str, Callable[[Job], object]] = {
+    "job_id": operator.attrgetter("job_id"),
+    "state": operator.attrgetter("state"),
+    "exit_code": lambda job: job.exit_code or 0,
+    "signal": operator.attrgetter("signal"),
+    "attempt": operator.attrgetter("attempt"),
+    "worker_id": operator.attrgetter("worker_id"),
+    "submitted_at": operator.attrgetter("submitted_at"),
+    "started_at": operator.attrgetter("started_at"),
+    "finished_at": operator.attrgetter("finished_at"),
+    "reason": operator.attrgetter("reason"),
+    "name": operator.attrgetter("name"),
+    "owner": operator.attrgetter("owner"),
+    "submission_id": lambda job: wire.submission_id(job.submission),
+    "command": lambda job: job_pb2.Argv(args=_command(job_pb2.JobSpec.FromString(job.spec))),
+    "priority": operator.attrgetter("priority"),
+    "has_exit_code": lambda job: job.exit_code is not None,
+    "usage": _usage,
+    "has_usage": lambda job: _last_usage(job) is not None,
+}
+
+
+def check_columns(names: Iterable[str]) -> None:
+    """SpecError naming the first of ``names`` that is no JobColumns field."""
+    for name in names:
+        if name not in _COLUMN_VALUES:
+            valid = ", ".join(_COLUMN_VALUES)
+            raise SpecError(f"columns: no job column {name!r} (columns: {valid})")
+
+
+def job_columns(jobs: Sequence[Job], names: Iterable[str]) -> job_pb2.JobColumns:
+    """The jobs as JobColumns with the fields ``names`` filled (each a JobColumns field)."""
+    columns = job_pb2.JobColumns()
+    for name in names:
+        getattr(columns, name).extend(map(_COLUMN_VALUES[name], jobs))
+    return columns
 
 
 _POLL_JOB_TAG = b"\x0a"  # PollJobResponse.job: field 1, length-delimited
@@ -713,6 +787,7 @@ class ControllerService:
                 ) from None
         if request.after and not _is_job_id(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
+        check_columns(request.columns)
         owner = _owner_filter(caller, request.all_users)
         submission = None
         if request.submission_id:
@@ -726,9 +801,15 @@ class ControllerService:
             submission=submission,
             name=request.name or None,
         )
+        next_after = listed[-1].job_id if len(listed) == limit else ""
+        if request.columns:
+            return job_pb2.ListJobsResponse(
+                columns=job_columns(listed, request.columns),
+                next_after=next_after,
+                store_error=store_error,
+            )
         details = not request.brief
         jobs = [job_info(job, details=details) for job in listed]
-        next_after = jobs[-1].job_id if len(jobs) == limit else ""
         return job_pb2.ListJobsResponse(jobs=jobs, next_after=next_after, store_error=store_error)
 
     async def _listed(

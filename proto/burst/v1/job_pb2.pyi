@@ -381,7 +381,7 @@ class CancelJobsResponse(_message.Message):
     def __init__(self, states: _Optional[_Iterable[str]] = ..., cancelled: _Optional[int] = ...) -> None: ...
 
 class ListJobsRequest(_message.Message):
-    __slots__ = ("state", "after", "limit", "all_users", "submission_id", "name", "brief")
+    __slots__ = ("state", "after", "limit", "all_users", "submission_id", "name", "brief", "columns")
     STATE_FIELD_NUMBER: _ClassVar[int]
     AFTER_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +389,7 @@ class ListJobsRequest(_message.Message):
     SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     BRIEF_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     state: str
     after: str
     limit: int
@@ -396,17 +397,66 @@ class ListJobsRequest(_message.Message):
     submission_id: str
     name: str
     brief: bool
-    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ..., name: _Optional[str] = ..., brief: _Optional[bool] = ...) -> None: ...
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, state: _Optional[str] = ..., after: _Optional[str] = ..., limit: _Optional[int] = ..., all_users: _Optional[bool] = ..., submission_id: _Optional[str] = ..., name: _Optional[str] = ..., brief: _Optional[bool] = ..., columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListJobsResponse(_message.Message):
-    __slots__ = ("jobs", "next_after", "store_error")
+    __slots__ = ("jobs", "next_after", "store_error", "columns")
     JOBS_FIELD_NUMBER: _ClassVar[int]
     NEXT_AFTER_FIELD_NUMBER: _ClassVar[int]
     STORE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[JobInfo]
     next_after: str
     store_error: str
-    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ..., store_error: _Optional[str] = ...) -> None: ...
+    columns: JobColumns
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobInfo, _Mapping]]] = ..., next_after: _Optional[str] = ..., store_error: _Optional[str] = ..., columns: _Optional[_Union[JobColumns, _Mapping]] = ...) -> None: ...
+
+class JobColumns(_message.Message):
+    __slots__ = ("job_id", "state", "exit_code", "signal", "attempt", "worker_id", "submitted_at", "started_at", "finished_at", "reason", "name", "owner", "submission_id", "command", "priority", "has_exit_code", "usage", "has_usage")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    SUBMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    HAS_USAGE_FIELD_NUMBER: _ClassVar[int]
+    job_id: _containers.RepeatedScalarFieldContainer[str]
+    state: _containers.RepeatedScalarFieldContainer[str]
+    exit_code: _containers.RepeatedScalarFieldContainer[int]
+    signal: _containers.RepeatedScalarFieldContainer[int]
+    attempt: _containers.RepeatedScalarFieldContainer[int]
+    worker_id: _containers.RepeatedScalarFieldContainer[str]
+    submitted_at: _containers.RepeatedScalarFieldContainer[float]
+    started_at: _containers.RepeatedScalarFieldContainer[float]
+    finished_at: _containers.RepeatedScalarFieldContainer[float]
+    reason: _containers.RepeatedScalarFieldContainer[str]
+    name: _containers.RepeatedScalarFieldContainer[str]
+    owner: _containers.RepeatedScalarFieldContainer[str]
+    submission_id: _containers.RepeatedScalarFieldContainer[str]
+    command: _containers.RepeatedCompositeFieldContainer[Argv]
+    priority: _containers.RepeatedScalarFieldContainer[int]
+    has_exit_code: _containers.RepeatedScalarFieldContainer[bool]
+    usage: _containers.RepeatedCompositeFieldContainer[Usage]
+    has_usage: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, job_id: _Optional[_Iterable[str]] = ..., state: _Optional[_Iterable[str]] = ..., exit_code: _Optional[_Iterable[int]] = ..., signal: _Optional[_Iterable[int]] = ..., attempt: _Optional[_Iterable[int]] = ..., worker_id: _Optional[_Iterable[str]] = ..., submitted_at: _Optional[_Iterable[float]] = ..., started_at: _Optional[_Iterable[float]] = ..., finished_at: _Optional[_Iterable[float]] = ..., reason: _Optional[_Iterable[str]] = ..., name: _Optional[_Iterable[str]] = ..., owner: _Optional[_Iterable[str]] = ..., submission_id: _Optional[_Iterable[str]] = ..., command: _Optional[_Iterable[_Union[Argv, _Mapping]]] = ..., priority: _Optional[_Iterable[int]] = ..., has_exit_code: _Optional[_Iterable[bool]] = ..., usage: _Optional[_Iterable[_Union[Usage, _Mapping]]] = ..., has_usage: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class Argv(_message.Message):
+    __slots__ = ("args",)
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class WaitJobsRequest(_message.Message):
     __slots__ = ("job_ids", "all", "all_users", "submission_id")
