@@ -16,7 +16,7 @@ import trio
 from loguru import logger
 
 from burstd.resources import Grant
-from burstd.worker import executor
+from burstd.worker import container, executor
 from burstd.worker.executor import (
     ExecConfig,
     Outcome,
@@ -559,11 +559,14 @@ def test_a_docker_job_gets_its_cpus_and_gpus_in_its_container(config: ExecConfig
 
 
 def test_a_docker_job_gets_its_memory_limit_and_bound_cpus(config: ExecConfig) -> None:
+    """Without ``--rm``: the engine keeps the container, to be asked whether it was OOM-killed
+    (``burstd.worker.container``)."""
     spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine:3"))
     bound = dataclasses.replace(config, bind_cpus=True, cpu_ids=(0, 4, 8, 12))
     grant = Grant(cpus=(1, 2), amounts={"mem": 100 << 20})
     argv = build_argv("job-00000001", 1, spec, bound, grant)
     options = argv[: argv.index("alpine:3")]
+    assert options[:5] == ["docker", "run", "--init", "--name", container_name("job-00000001", 1)]
     assert options[options.index("--memory") :][:4] == [
         *("--memory", str(100 << 20), "--memory-swap", str(100 << 20))
     ]
@@ -622,14 +625,23 @@ def test_build_argv_docker_minimal_and_invalid(config: ExecConfig) -> None:
         build_argv("../x", 1, spec, cfg)
 
 
-@pytest.fixture
-def fake_docker(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A stand-in docker CLI: logs its arguments; `run` waits like an attached client."""
+def write_fake_docker(tmp_path: Path, run: str, inspect: str = "") -> tuple[Path, Path]:
+    """A stand-in docker CLI that logs its arguments: `run` runs the shell code ``run`` (as an
+    attached client waits for its container), `inspect` prints ``inspect``."""
     log = tmp_path / "docker.log"
     script = tmp_path / "fake-docker"
-    script.write_text(f'#!/bin/sh\necho "$@" >> {log}\nif [ "$1" = run ]; then sleep 100; fi\n')
+    script.write_text(
+        f'#!/bin/sh\necho "$@" >> {log}\n'
+        f'case "$1" in run) {run};; inspect) echo "{inspect}";; esac\n'
+    )
     script.chmod(0o755)
-    yield script, log
+    return script, log
+
+
+@pytest.fixture
+def fake_docker(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A fake docker CLI whose `run` waits."""
+    yield write_fake_docker(tmp_path, "sleep 100")
 
 
 async def test_docker_timeout_kills_the_container(
@@ -644,7 +656,7 @@ async def test_docker_timeout_kills_the_container(
     assert out.reason == "timeout"
     lines = log.read_text().splitlines()
     assert lines[0].startswith(f"run --rm --init --name {container_name('j', 1)} ")
-    assert lines[1] == f"kill {container_name('j', 1)}"
+    assert lines[1:] == [f"rm --force {container_name('j', 1)}"]
 
 
 async def test_docker_cancel_kills_the_container(
@@ -665,7 +677,56 @@ async def test_docker_cancel_kills_the_container(
             nursery.start_soon(cancel_when_running)
             await run_job("j", 1, spec, cfg)
     assert scope.cancelled_caught
-    assert log.read_text().splitlines()[1] == f"kill {container_name('j', 1)}"
+    assert log.read_text().splitlines()[1:] == [f"rm --force {container_name('j', 1)}"]
+
+
+MEM_100M = Grant(cpus=(0,), amounts={"mem": 100 << 20})
+
+
+@pytest.mark.parametrize(
+    ("run", "inspect", "grant", "reason", "asked"),
+    [
+        ("exit 137", "true", MEM_100M, "memory", ["inspect", "rm"]),
+        ("exit 137", "false", MEM_100M, "exit", ["inspect", "rm"]),
+        ("exit 0", "true", MEM_100M, "exit", ["rm"]),  # exit 0 asks nothing
+        ("exit 137", "true", None, "exit", []),  # no --mem: --rm, nothing to ask
+        ("kill -9 $$", "true", MEM_100M, "memory", ["inspect", "rm"]),
+    ],
+)
+async def test_a_docker_job_killed_for_memory_ends_with_reason_memory(
+    tmp_path: Path, run: str, inspect: str, grant: Grant | None, reason: str, asked: list[str]
+) -> None:
+    """As a process job whose cgroup recorded an OOM kill: the engine is asked once the client
+    has exited, and the container removed after, or left to ``--rm``."""
+    script, log = write_fake_docker(tmp_path, run, inspect)
+    cfg = ExecConfig(worker_id="w1", output_dir=tmp_path / "out", docker=str(script))
+    spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine"))
+    out = await run_job("j", 1, spec, cfg, grant=grant)
+    print(out.error_message)
+    assert out.reason == reason
+    if reason == "memory":
+        assert out.error_message.startswith("killed for memory: over its --mem of 100M; ")
+    name = container_name("j", 1)
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("run --init" if grant else "run --rm --init")
+    expected = {"inspect": f"inspect --type container --format {{{{.State.OOMKilled}}}} {name}"}
+    expected["rm"] = f"rm --force {name}"
+    assert calls[1:] == [expected[call] for call in asked]
+
+
+async def test_a_docker_job_whose_engine_does_not_answer_ends_by_its_exit_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's commands are bounded (``container.TIMEOUT``)."""
+    script, log = write_fake_docker(tmp_path, "exit 137")
+    script.write_text(script.read_text().replace("case", '[ "$1" = run ] || exec sleep 100\ncase'))
+    monkeypatch.setattr(container, "TIMEOUT", 0.2)
+    cfg = ExecConfig(worker_id="w1", output_dir=tmp_path / "out", docker=str(script))
+    spec = job_pb2.JobSpec(docker=job_pb2.DockerSpec(image="alpine"))
+    with trio.fail_after(10):
+        out = await run_job("j", 1, spec, cfg, grant=MEM_100M)
+    assert (out.reason, out.exit_code) == ("exit", 137)
+    assert [line.split()[0] for line in log.read_text().splitlines()] == ["run", "inspect", "rm"]
 
 
 # -- logging --------------------------------------------------------------------------------------

@@ -148,9 +148,11 @@ def test_the_guard_outlives_signals_meant_for_the_worker(
     assert job.wait(10) == -signal.SIGTERM
 
 
-def test_a_containers_job_also_gets_docker_kill(
+def test_a_containers_job_also_gets_its_container_removed(
     tmp_path: Path, groups: list[subprocess.Popen[bytes]]
 ) -> None:
+    """Also a container whose job's group is reaped but which the worker had not removed yet;
+    not one it said it removed."""
     calls = tmp_path / "calls"
     docker = tmp_path / "docker"
     docker.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
@@ -158,10 +160,25 @@ def test_a_containers_job_also_gets_docker_kill(
     guard = JobGuard.start(0.5, str(docker), print)
     job = start_group(groups, "sleep 100")
     guard.track(job.pid, "burst-job-00000007-2")
+    guard.track(123456, "burst-job-00000008-1")
+    guard.untrack(123456)
+    guard.track(123457, "burst-job-00000009-1")
+    guard.untrack(123457)
+    guard.removed("burst-job-00000009-1")
     die(guard)
     assert job.wait(10) == -signal.SIGTERM
     guard._process.wait(10)
-    assert calls.read_text() == "kill burst-job-00000007-2\n"
+    assert calls.read_text().splitlines() == [
+        "rm --force burst-job-00000007-2",
+        "rm --force burst-job-00000008-1",
+    ]
+
+
+def test_containers_stay_listed_until_removed() -> None:
+    listing = Listing()
+    listing.feed(b"+10 burst-a-1\n+11 \n+12 burst-b-1\n-10\n-12\nxburst-b-1\n")
+    assert listing.jobs == {11: ""}
+    assert listing.containers == {"burst-a-1"}
 
 
 def test_a_guard_that_is_gone_is_reported_once_and_never_blocks_the_worker() -> None:

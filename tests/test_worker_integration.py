@@ -423,6 +423,66 @@ def test_docker_jobs_run_and_cancel_in_real_containers(cluster: Cluster, docker_
                 subprocess.run([docker_cli, "rm", "-f", container], capture_output=True, timeout=60)
 
 
+def containers_of(cli: str, *job_ids: str) -> list[str]:
+    """The containers the engine holds of the jobs' first attempts, running or not."""
+    found = []
+    for job_id in job_ids:
+        done = subprocess.run(
+            [cli, "ps", "-a", "--format", "{{.Names}}", "--filter", f"name=^burst-{job_id}-1-"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        found += done.stdout.split()
+    return found
+
+
+def test_a_docker_job_past_its_mem_ends_with_reason_memory(
+    cluster: Cluster, docker_cli: str
+) -> None:
+    """The container's OOM kill, asked of the engine; no container is left, also of a job
+    cancelled or of one whose worker is killed."""
+    config = write_config(cluster, "docker.toml", f'[worker]\ndocker = "{docker_cli}"\n')
+    cluster.controller()
+    worker = cluster.worker("w1", "--config", config)
+    wait_workers(cluster, "w1")
+    ids: list[str] = []
+    try:
+        # dd reads each block into a buffer of the block's size: 256 MiB against 64 MiB.
+        dd = ("dd", "if=/dev/zero", "of=/dev/null", "count=2")
+        greedy, modest = (
+            submit(cluster, "--mem", "64M", "docker", IMAGE, *dd, f"bs={size}")[0]
+            for size in ("256M", "8M")
+        )
+        ids += [greedy, modest]
+        assert wait_jobs(cluster, [greedy, modest], timeout=120) != 0
+        failed, succeeded = statuses(cluster, greedy, modest)
+        print(failed["error_message"])
+        assert (failed["state"], failed["reason"]) == ("failed", "memory"), failed
+        assert failed["error_message"].startswith("killed for memory: over its --mem of 64M")
+        assert succeeded["state"] == "succeeded", succeeded
+        assert containers_of(docker_cli, greedy, modest) == []
+
+        (sleeper,) = submit(cluster, "--mem", "64M", "docker", IMAGE, "sleep", "300")
+        ids.append(sleeper)
+        name = f"burst-{sleeper}-1"
+        poll(lambda: name in docker_names(docker_cli), 120, f"container {name} to run")
+        cluster.burst("cancel", sleeper)
+        poll(lambda: not containers_of(docker_cli, sleeper), 60, "the container to go")
+
+        (orphan,) = submit(cluster, "--mem", "64M", "docker", IMAGE, "sleep", "300")
+        ids.append(orphan)
+        name = f"burst-{orphan}-1"
+        poll(lambda: name in docker_names(docker_cli), 120, f"container {name} to run")
+        worker.signal(signal.SIGKILL)  # its job guard removes the container
+        poll(lambda: not containers_of(docker_cli, orphan), 60, "the guard to remove it")
+        assert_clean_log(worker)
+    finally:
+        for leftover in containers_of(docker_cli, *ids):
+            subprocess.run([docker_cli, "rm", "-f", leftover], capture_output=True, timeout=60)
+
+
 # -- 7. drain on SIGTERM ------------------------------------------------------------------------
 
 

@@ -9,10 +9,10 @@ timeout) is always an ``Outcome``, never an exception.
 Cancellation: the worker daemon runs each job inside its own trio cancel scope. When that scope
 is cancelled (user cancel, lease dropped, shutdown), ``run_job`` sends SIGTERM to the job's whole
 process group, waits ``kill_grace`` seconds, sends SIGKILL (for docker jobs it also runs
-``docker kill <container>``), reaps the process and re-raises ``Cancelled``: it never returns an
-Outcome for a cancelled scope. That clean-up runs shielded and is bounded: ``kill_grace``, plus
+``docker rm --force <container>``), reaps the process and re-raises ``Cancelled``: it never returns
+an Outcome for a cancelled scope. That clean-up runs shielded and is bounded: ``kill_grace``, plus
 at most 5 s for SIGKILL to take effect (a process still alive then is reaped later by a system
-task), plus at most 10 s for ``docker kill``. The daemon knows why it cancelled the scope, so it
+task), plus at most 10 s for ``docker rm``. The daemon knows why it cancelled the scope, so it
 builds the "cancelled" (or "returned") report itself; ``output_paths()`` gives it the file paths.
 
 When the job's main process ends, whatever it left running in its process group is killed
@@ -21,6 +21,8 @@ that dies (SIGKILL, a crash) cannot stop its jobs: with a ``guard`` (``burstd.wo
 each job's group is listed while it runs, and the guard stops those still listed.
 
 Linux only (pidfd, process groups).
+
+A docker job's container is asked how it ended and removed as ``burstd.worker.container`` says.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from loguru import logger
 
 from burstd import outputnames, placeholders, wire
 from burstd.resources import MEM, Grant, format_size
+from burstd.worker import container
 from burstd.worker.guard import JobGuard
 from burstd.worker.memlimit import JobCgroup, MemLimits
 from burstd.worker.streamlog import StreamLogs
@@ -124,7 +127,6 @@ _OUT_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_N
 # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: give the job defaults.
 _SIGDEF: Final = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 _KILL_WAIT: Final = 5.0  # how long to wait for the process to die after SIGKILL
-_DOCKER_KILL_TIMEOUT: Final = 10.0
 
 
 # -- pure parts: validation, argv, environment, paths -------------------------------------------
@@ -190,6 +192,11 @@ def bound_cpus(grant: Grant | None, config: ExecConfig) -> list[int] | None:
     return sorted({ids[cpu % len(ids)] for cpu in grant.cpus})
 
 
+def memory_limit(grant: Grant | None) -> int:
+    """The bytes of memory a job may use (its ``--mem``), 0: no limit."""
+    return grant.amounts.get(MEM, 0) if grant is not None else 0
+
+
 def _docker_resources(grant: Grant | None, config: ExecConfig, env: dict[str, str]) -> list[str]:
     """``docker run`` options that give a container its job's grant: its memory (``--memory``,
     swap included), its CPUs when bound (``--cpuset-cpus``) and its GPUs (``--gpus``). A
@@ -198,7 +205,7 @@ def _docker_resources(grant: Grant | None, config: ExecConfig, env: dict[str, st
     if grant is None:
         return []
     options = []
-    mem = grant.amounts.get(MEM, 0)
+    mem = memory_limit(grant)
     if mem:
         options += ["--memory", str(mem), "--memory-swap", str(mem)]
     cpus = bound_cpus(grant, config)
@@ -209,6 +216,11 @@ def _docker_resources(grant: Grant | None, config: ExecConfig, env: dict[str, st
         options += ["--gpus", f'"device={",".join(grant.gpus)}"']
         env.pop("CUDA_VISIBLE_DEVICES", None)
     return options
+
+
+def _auto_remove(grant: Grant | None) -> list[str]:
+    """``--rm`` unless the engine is to be asked how the container ended (``container`` rule 1)."""
+    return [] if memory_limit(grant) else ["--rm"]
 
 
 def _spec_env(spec: job_pb2.JobSpec) -> dict[str, str]:
@@ -284,9 +296,10 @@ def build_argv(
 
     process: ``[command, *args]``; python: ``[config.python, entry_point, *args]``;
     docker: ``[config.docker, "run", "--rm", "--init", "--name", <container>, [--workdir cwd],
-    -e K=V (spec.env then BURST_*), image, *command, *args]``. For docker, ``spec.cwd`` is the
-    working directory inside the container and the container sees only ``spec.env`` and the
-    BURST_* variables (the docker client itself runs with the worker's environment).
+    -e K=V (spec.env then BURST_*), image, *command, *args]``, without ``--rm`` for a job with a
+    memory limit (``burstd.worker.container`` rule 1). For docker, ``spec.cwd`` is the working
+    directory inside the container and the container sees only ``spec.env`` and the BURST_*
+    variables (the docker client itself runs with the worker's environment).
     """
     kind = spec.WhichOneof("type")
     argv: list[str]
@@ -305,7 +318,8 @@ def build_argv(
             raise SpecError("docker.image is empty")
         if image.startswith("-"):
             raise SpecError(f"docker.image is invalid: {image!r}")
-        argv = [config.docker, "run", "--rm", "--init", "--name", container_name(job_id, attempt)]
+        argv = [config.docker, "run", *_auto_remove(grant), "--init"]
+        argv += ["--name", container_name(job_id, attempt)]
         if spec.cwd:
             argv += ["--workdir", spec.cwd]
         env = _spec_env(spec)
@@ -634,25 +648,41 @@ def _describe(status: int) -> tuple[int | None, int, str]:
     return code, 0, f"exited with code {code}" if code else ""
 
 
-async def _docker_kill(docker: str, name: str) -> None:
-    with trio.move_on_after(_DOCKER_KILL_TIMEOUT):
-        with contextlib.suppress(OSError):
-            await trio.run_process(
-                [docker, "kill", name],
+async def _docker(argv: list[str]) -> bytes | None:
+    """Run a docker command of ``burstd.worker.container``, shielded (it is the job's clean-up)
+    and bounded (``container`` rule 4): its output, None if it failed or did not answer in time."""
+    with trio.CancelScope(shield=True), trio.move_on_after(container.TIMEOUT):
+        try:
+            done = await trio.run_process(
+                argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
+                capture_stdout=True,
                 stderr=subprocess.DEVNULL,
                 check=False,
             )
+        except OSError:
+            return None
+        return done.stdout if done.returncode == 0 else None
+    return None
+
+
+async def _remove_container(name: str, config: ExecConfig, guard: JobGuard | None) -> None:
+    """``docker rm --force`` the job's container (``container`` rule 3), then unlist it with the
+    guard."""
+    if await _docker(container.remove(config.docker, name)) is None:
+        logger.bind(worker_id=config.worker_id).warning("cannot remove container {}", name)
+    if guard is not None:
+        guard.removed(name)
 
 
 async def _stop(child: _Child, docker_name: str | None, config: ExecConfig) -> bool:
-    """SIGTERM the group, wait the grace, SIGKILL. True when the leader has exited."""
+    """SIGTERM the group, wait the grace, remove the container (which kills it), SIGKILL. True
+    when the leader has exited."""
     child.signal_group(signal.SIGTERM)
     with trio.move_on_after(config.kill_grace):
         await child.wait_exit()
-    if docker_name is not None:
-        await _docker_kill(config.docker, docker_name)  # the container is not in our group
+    if docker_name is not None:  # the container is not in our group
+        await _remove_container(docker_name, config, child.guard)
     child.signal_group(signal.SIGKILL)
     with trio.move_on_after(_KILL_WAIT):
         await child.wait_exit()
@@ -682,12 +712,23 @@ async def _remove_cgroup(cgroup: JobCgroup | None) -> None:
         logger.warning("cgroup {} still busy: the worker removes it when it stops", cgroup.path)
 
 
+async def _end_container(
+    name: str, grant: Grant | None, config: ExecConfig, guard: JobGuard | None
+) -> None:
+    """The job's client has exited: remove its container, unless the engine does (``--rm``)."""
+    if _auto_remove(grant):
+        if guard is not None:
+            guard.removed(name)
+    else:
+        await _remove_container(name, config, guard)
+
+
 def _job_cgroup(
     job_id: str, attempt: int, kind: str | None, grant: Grant | None, config: ExecConfig
 ) -> tuple[JobCgroup | None, int]:
     """The job's memory cgroup (None: none) and its limit in bytes (0: none); raises SpecError.
     Docker jobs are limited by docker (``build_argv``)."""
-    limit = grant.amounts.get(MEM, 0) if grant is not None else 0
+    limit = memory_limit(grant)
     if not limit or config.memory is None or kind == "docker":
         return None, 0
     try:
@@ -696,11 +737,24 @@ def _job_cgroup(
         raise SpecError(f"cannot make the job's memory cgroup: {error}") from None
 
 
-def _memory_message(cgroup: JobCgroup, how: str) -> str:
+async def _memory_kill(
+    cgroup: JobCgroup | None, docker_name: str | None, limit: int, config: ExecConfig
+) -> tuple[int, int | None] | None:
+    """The limit and the peak use (None: unknown) of a job that did not exit 0, if the kernel
+    killed it for its ``--mem`` (``memlimit`` rule 3, ``container`` rule 2); None if not."""
+    if cgroup is not None:
+        return (cgroup.limit, cgroup.peak()) if cgroup.oom_killed() else None
+    if docker_name is not None and limit:
+        said = await _docker(container.inspect(config.docker, docker_name))
+        if said is not None and container.oom_killed(said):
+            return limit, None
+    return None
+
+
+def _memory_message(limit: int, peak: int | None, how: str) -> str:
     """``killed for memory: over its --mem of 100M (peak 100M); killed by signal 9 (SIGKILL)``."""
-    peak = cgroup.peak()
     used = f" (peak {format_size(peak)})" if peak else ""
-    return f"killed for memory: over its --mem of {format_size(cgroup.limit)}{used}; {how}"
+    return f"killed for memory: over its --mem of {format_size(limit)}{used}; {how}"
 
 
 async def run_job(
@@ -852,22 +906,25 @@ async def _run_job(
         raise
 
     finished_at = time.time()
-    out_of_memory = False
+    killed_for_memory = None
     if stopped:
         status, usage = child.reap()
         exit_code, sig, message = _describe(status)
-        out_of_memory = exit_code != 0 and cgroup is not None and cgroup.oom_killed()
-        if out_of_memory and cgroup is not None:
-            message = _memory_message(cgroup, message)
+        if exit_code != 0 and not timed_out:
+            killed_for_memory = await _memory_kill(cgroup, docker_name, memory_limit(grant), config)
+        if killed_for_memory is not None:
+            message = _memory_message(*killed_for_memory, message)
         await _remove_cgroup(cgroup)
     else:
         log.warning("pid {} still alive after SIGKILL, reaping it later", child.pid)
         trio.lowlevel.spawn_system_task(_reap_later, child, cgroup)
         exit_code, sig, message = None, signal.SIGKILL, "did not exit after SIGKILL"
         usage = None
+    if docker_name is not None and not timed_out:  # a timed-out job's is removed already
+        await _end_container(docker_name, grant, config, guard)
     if timed_out:
         reason, message = "timeout", f"timed out after {round(timeout, 3)} s"
-    elif out_of_memory:
+    elif killed_for_memory is not None:
         reason = "memory"
     elif sig:
         reason = "signal"

@@ -8,7 +8,8 @@ the worker (``PR_SET_PDEATHSIG`` needs code between fork and exec, which ``posix
 so the worker starts this guard first and tells it, over a pipe, each job's process group as the
 job starts and as it is reaped. The guard's end of the pipe reads end of file once no worker holds
 the other end: whatever killed the worker, the guard then stops the groups still listed as the
-worker would (SIGTERM, ``docker kill`` of the job's container, the kill grace, SIGKILL) and leaves.
+worker would (SIGTERM, ``docker rm --force`` of the job's container, the kill grace, SIGKILL) and
+leaves.
 
 The worker also tells it when its leases lapse (``lease_deadline``, see burstd/leases.py): the
 worker stops its jobs itself then, but a frozen worker (SIGSTOP, a debugger) cannot, and the
@@ -22,6 +23,9 @@ What it promises:
   before its leader is reaped, so a group id the guard kills is never one the system has reused
   (a leader's pid stays taken until it is reaped); once the worker is dead the leader may be
   reaped by another process before the guard's SIGTERM, which leaves a window of milliseconds.
+- A docker job's container stays listed after its group is unlisted, until the worker says it
+  has removed it (``burstd.worker.container`` rule 3): a worker that dies between the two leaves
+  no container behind either.
 - The guard ignores SIGINT and SIGTERM and runs in a process group of its own: a Ctrl-C, a
   ``systemctl stop`` or a signal to the worker's group stops the worker (which stops its jobs),
   never the guard before it. A clean worker leaves an empty list: the guard then just exits.
@@ -33,7 +37,8 @@ What it promises:
   meanwhile, and on the worker's death the guard reads every one before it acts.
 
 ``python -m burstd.worker.guard KILL_GRACE DOCKER`` is the guard's program; it imports nothing
-of burst but this module, so it starts in a few tens of milliseconds.
+of burst but this module and ``burstd.worker.container``, so it starts in a few tens of
+milliseconds.
 """
 
 from __future__ import annotations
@@ -50,12 +55,12 @@ from collections.abc import Callable
 from typing import IO
 
 import burstd
+from burstd.worker import container
 
 # How long ``close`` waits for the guard to exit (immediate when no job is listed).
 CLOSE_WAIT = 1.0
 # The guard's pause after each read, so that the records of many jobs come in one read.
 GATHER = 0.02
-_DOCKER_KILL_TIMEOUT = 10.0
 
 
 class JobGuard:
@@ -96,8 +101,13 @@ class JobGuard:
         self._write(f"+{pgid} {container or ''}\n".encode())
 
     def untrack(self, pgid: int) -> None:
-        """The job's group is killed and its leader about to be reaped: unlist it."""
+        """The job's group is killed and its leader about to be reaped: unlist it (not its
+        container)."""
         self._write(f"-{pgid}\n".encode())
+
+    def removed(self, name: str) -> None:
+        """The job's container is removed (or removes itself): unlist it."""
+        self._write(f"x{name}\n".encode())
 
     def lease_deadline(self, stop_at: float, kill_at: float) -> None:
         """Unless told a later time before, stop the listed jobs at ``stop_at`` (SIGTERM) and
@@ -141,11 +151,12 @@ class JobGuard:
 
 
 class Listing:
-    """What the worker has said: its jobs' groups (with containers, "" for none) and the times
-    its leases lapse."""
+    """What the worker has said: its jobs' groups (with containers, "" for none), the containers
+    not removed yet, and the times its leases lapse."""
 
     def __init__(self) -> None:
         self.jobs: dict[int, str] = {}
+        self.containers: set[str] = set()
         self.stop_at = self.kill_at = math.inf
         self._rest = b""
 
@@ -154,10 +165,14 @@ class Listing:
         *lines, self._rest = (self._rest + data).split(b"\n")
         for line in lines:
             if line.startswith(b"+"):
-                pgid, _, container = line[1:].strip().partition(b" ")
-                self.jobs[int(pgid)] = container.decode()
+                pgid, _, name = line[1:].strip().partition(b" ")
+                self.jobs[int(pgid)] = name.decode()
+                if name:
+                    self.containers.add(name.decode())
             elif line.startswith(b"-"):
                 self.jobs.pop(int(line[1:]), None)
+            elif line.startswith(b"x"):
+                self.containers.discard(line[1:].decode())
             elif line.startswith(b"@"):
                 stop_at, kill_at = line[1:].split()
                 self.stop_at, self.kill_at = float(stop_at), float(kill_at)
@@ -181,17 +196,18 @@ def _signal_groups(pgids: list[int], sig: int) -> list[int]:
     return alive
 
 
-def stop_jobs(jobs: dict[int, str], kill_grace: float, docker: str) -> None:
-    """What ``executor`` does to a job it stops, for every listed one at once."""
+def stop_jobs(jobs: dict[int, str], containers: set[str], kill_grace: float, docker: str) -> None:
+    """What ``executor`` does to a job it stops, for every listed one at once; ``containers``
+    (a container is not in its job's group) are removed."""
     pgids = _signal_groups(list(jobs), signal.SIGTERM)
-    for container in filter(None, jobs.values()):  # a container is not in the job's group
+    for name in sorted(containers):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             subprocess.run(
-                [docker, "kill", container],
+                container.remove(docker, name),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                timeout=_DOCKER_KILL_TIMEOUT,
+                timeout=container.TIMEOUT,
                 check=False,
             )
     deadline = time.monotonic() + kill_grace
@@ -229,17 +245,20 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-            stop_jobs(listing.jobs, max(0.0, listing.kill_at - time.monotonic()), docker)
+            running = {name for name in listing.jobs.values() if name}
+            kill_in = max(0.0, listing.kill_at - time.monotonic())
+            stop_jobs(listing.jobs, running, kill_in, docker)
             listing.jobs.clear()
+            listing.containers -= running
             listing.stop_at = listing.kill_at = math.inf
-    if listing.jobs:
+    if listing.jobs or listing.containers:
         print(
             f"burst job guard: the worker (pid {worker}) is gone with {len(listing.jobs)} jobs"
-            " running: stopping them",
+            f" running and {len(listing.containers)} containers: stopping them",
             file=sys.stderr,
             flush=True,
         )
-        stop_jobs(listing.jobs, grace, docker)
+        stop_jobs(listing.jobs, listing.containers, grace, docker)
 
 
 if __name__ == "__main__":
