@@ -8,14 +8,17 @@ Everything after the CMD/ENTRY/IMAGE of ``burst submit <kind>`` is the job's arg
 verbatim (hyphens, ``--`` and ``--help`` included): :func:`main` marks where it starts with ``--``
 before cyclopts parses the line (see :func:`prepare_argv`).
 
-Importing this module is cheap: trio, the client and the protobuf modules are imported when a
-command runs, not at import (``burst --help`` does not pay for them).
+Importing this module is cheap: cyclopts, trio, the client and the protobuf modules are imported
+when a command needs them, not at import (``burst --help`` does not pay for the client, and
+``burst status ID`` and ``burst submit KIND TARGET...`` do not import cyclopts: see
+:func:`_direct`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import shlex
 import sys
@@ -33,9 +36,6 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TextIO, TypeVar, cast
 
-import cyclopts
-from cyclopts import Parameter, validators
-
 from burstd import __version__, arrays
 from burstd.wire import MAX_CRASH_LIMIT, MAX_PRIORITY
 from cli.exitcodes import ExitCode, for_status, reader_gone
@@ -43,15 +43,21 @@ from cli.exitcodes import ExitCode, for_status, reader_gone
 if TYPE_CHECKING:
     import ssl
 
+    import cyclopts
+    from cyclopts import Parameter, validators
+
     from burstd.client import Client
     from burstd.transport import Channel
     from proto.burst.v1 import job_pb2, worker_pb2
+
+    # The commands' annotations name them; _apps sets them with cyclopts, which reads them.
+    _RAW: Parameter
+    _TOKENS: Parameter
 
 __all__ = [
     "KINDS",
     "JobCommand",
     "UsageError",
-    "app",
     "build_spec",
     "client_tls",
     "client_token",
@@ -68,13 +74,7 @@ __all__ = [
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 
-KINDS = ("process", "python", "docker")
-"""The job kinds of ``burst submit``, each a subcommand."""
-
 State = Literal["waiting", "queued", "leased", "running", "succeeded", "failed", "cancelled"]
-
-_RAW = Parameter(allow_leading_hyphen=True)
-_TOKENS = Parameter(allow_leading_hyphen=True, show=False)
 
 
 class UsageError(Exception):
@@ -109,63 +109,79 @@ _globals = _Globals()
 # the application
 
 
-def _quiet(*apps: cyclopts.App) -> None:
-    """Errors are ours to print (main), as one line: never cyclopts's boxed panels."""
-    for one in apps:
-        one.exit_on_error = one.print_error = False
+_COMMANDS: list[tuple[str, Callable[..., Any], dict[str, Any]]] = []
+"""Each command: its parent (``burst`` or ``submit``), its function and its cyclopts options."""
 
 
-def _command(parent: cyclopts.App, **options: Any) -> Callable[[F], F]:
-    """Register the decorated function as a command of ``parent`` by its import path, as
-    ``@parent.command(**options)`` would: cyclopts builds a command's App and reads its signature
-    only when that command runs, not for every command at every start (main resolves them all
-    for help).
+def _command(parent: Literal["burst", "submit"], **options: Any) -> Callable[[F], F]:
+    """Make the decorated function a command of ``parent``, as ``@app.command(**options)`` would,
+    once cyclopts is built (:func:`_apps`). It is registered by its import path: cyclopts builds
+    a command's App and reads its signature only when that command runs, not for every command
+    at every start (main resolves them all for help).
 
     The path names this module as it is loaded (``__main__`` under ``python -m cli.burst``), so that
     resolving it finds these functions and does not load the file a second time."""
 
     def register(function: F) -> F:
-        parent.command(f"{__name__}:{function.__name__}", **options)
+        _COMMANDS.append((parent, function, options))
         return function
 
     return register
 
 
-app = cyclopts.App(
-    name="burst",
-    help=(
-        "Submit jobs to a burst controller and follow them.\n\n"
-        "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of the "
-        "configuration file, else 127.0.0.1:50051. The token sent is --token-file, else "
-        "BURST_TOKEN, else cli.token_file, else the state directory's admin.token. TLS is on "
-        "with --tls-ca, else BURST_TLS_CA, else cli.tls_ca.\n\n"
-        "Exit codes:\n\n" + "\n".join(f"- {code.value}: {code.meaning}" for code in ExitCode)
-    ),
-    usage=(
-        "Usage: burst [--controller HOST:PORT] [--config FILE] [--token-file FILE] "
-        "[--state-dir DIR] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] COMMAND [ARGS...]"
-    ),
-    version=f"burst {__version__}",
-    version_flags=[],
-    default_parameter=Parameter(negative=(), show_default=False),
-)
-app.meta.version_flags = ["--version"]
-
 _SUBMIT_USAGE = "Usage: burst submit [OPTIONS] {}"
-submit_app = cyclopts.App(
-    name="submit",
-    usage=_SUBMIT_USAGE.format(
-        "process CMD [ARGS...] | python ENTRY [ARGS...] | docker IMAGE [ARGS...]"
-    ),
-    version_flags=[],
-)
-submit_app.meta.version_flags = []
-submit_app.meta.usage = submit_app.usage
-app.command(submit_app.meta, name="submit")
-_quiet(app, app.meta, submit_app, submit_app.meta)
 
 
-@app.meta.default
+@functools.cache
+def _apps() -> tuple[cyclopts.App, cyclopts.App]:
+    """The cyclopts apps of ``burst`` and of ``burst submit``, built at their first use: a line
+    that :func:`_direct` runs never imports cyclopts."""
+    global Parameter, validators, _RAW, _TOKENS  # (the names the commands' annotations use)
+    import cyclopts
+    from cyclopts import Parameter, validators
+
+    _RAW = Parameter(allow_leading_hyphen=True)
+    _TOKENS = Parameter(allow_leading_hyphen=True, show=False)
+    app = cyclopts.App(
+        name="burst",
+        help=(
+            "Submit jobs to a burst controller and follow them.\n\n"
+            "The controller is --controller, else BURST_CONTROLLER, else cli.controller_addr of "
+            "the configuration file, else 127.0.0.1:50051. The token sent is --token-file, else "
+            "BURST_TOKEN, else cli.token_file, else the state directory's admin.token. TLS is on "
+            "with --tls-ca, else BURST_TLS_CA, else cli.tls_ca.\n\n"
+            "Exit codes:\n\n" + "\n".join(f"- {code.value}: {code.meaning}" for code in ExitCode)
+        ),
+        usage=(
+            "Usage: burst [--controller HOST:PORT] [--config FILE] [--token-file FILE] "
+            "[--state-dir DIR] [--tls-ca FILE [--tls-cert FILE --tls-key FILE]] COMMAND [ARGS...]"
+        ),
+        version=f"burst {__version__}",
+        version_flags=[],
+        default_parameter=Parameter(negative=(), show_default=False),
+    )
+    app.meta.version_flags = ["--version"]
+    submit_app = cyclopts.App(
+        name="submit",
+        usage=_SUBMIT_USAGE.format(
+            "process CMD [ARGS...] | python ENTRY [ARGS...] | docker IMAGE [ARGS...]"
+        ),
+        version_flags=[],
+    )
+    submit_app.meta.version_flags = []
+    submit_app.meta.usage = submit_app.usage
+    app.command(submit_app.meta, name="submit")
+    app.meta.default(_launcher)
+    submit_app.meta.default(submit)
+    parents = {"burst": app, "submit": submit_app}
+    for parent, function, options in _COMMANDS:
+        parents[parent].command(f"{__name__}:{function.__name__}", **options)
+    # Errors are ours to print (main), as one line: never cyclopts's boxed panels.
+    for one in (app, app.meta, submit_app, submit_app.meta):
+        one.exit_on_error = one.print_error = False
+    return app, submit_app
+
+
 def _launcher(
     *tokens: Annotated[str, _TOKENS],
     controller: Annotated[str | None, Parameter(metavar="HOST:PORT")] = None,
@@ -205,7 +221,7 @@ def _launcher(
     _globals.token_file = token_file
     _globals.state_dir = state_dir
     _globals.tls_ca, _globals.tls_cert, _globals.tls_key = tls_ca, tls_cert, tls_key
-    return app(tokens)
+    return _apps()[0](tokens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,8 +411,10 @@ def name_outputs(
 _ENV_JOIN = "\0"
 
 
-def _arities(command: cyclopts.App) -> dict[str, int]:
-    """Each option of ``command`` -> how many tokens follow it (0 for a flag)."""
+def _arities(parent: Literal["burst", "submit"]) -> dict[str, int]:
+    """Each option of ``parent``'s meta app -> how many tokens follow it (0 for a flag)."""
+    app, submit_app = _apps()
+    command = (app if parent == "burst" else submit_app).meta
     arities = dict.fromkeys((*command.help_flags, *command.version_flags), 0)
     for argument in command.assemble_argument_collection(parse_docstring=False):
         count = argument.token_count()[0]
@@ -405,11 +423,12 @@ def _arities(command: cyclopts.App) -> dict[str, int]:
 
 
 def _scan_options(
-    tokens: Sequence[str], at: int, command: cyclopts.App
+    tokens: Sequence[str], at: int, parent: Literal["burst", "submit"]
 ) -> tuple[int, list[int]] | None:
-    """The options of ``command`` from ``tokens[at]`` on: where they end (the first token that is
-    neither an option nor an option's value) and where each ``--env`` is. None for a line this
-    scan does not follow (an unknown option, ``--``, a missing value): cyclopts judges it.
+    """The options of ``parent`` (those before its command) from ``tokens[at]`` on: where they
+    end (the first token that is neither an option nor an option's value) and where each
+    ``--env`` is. None for a line this scan does not follow (an unknown option, ``--``, a missing
+    value): cyclopts judges it.
 
     The arities cost cyclopts an assembly of the command's parameters: they are read only when an
     option is there (``burst submit process CMD`` has none)."""
@@ -417,7 +436,7 @@ def _scan_options(
     arities: dict[str, int] | None = None
     while at < len(tokens) and tokens[at].startswith("-"):
         if arities is None:
-            arities = _arities(command)
+            arities = _arities(parent)
         name, equals, _ = tokens[at].partition("=")
         arity = arities.get(name)
         if arity is None or name == "--" or at + (0 if equals else arity) >= len(tokens):
@@ -441,10 +460,10 @@ def prepare_argv(tokens: Sequence[str]) -> list[str]:
     tokens = list(tokens)
     if "submit" not in tokens:  # (the only line changed)
         return tokens
-    found = _scan_options(tokens, 0, app.meta)
+    found = _scan_options(tokens, 0, "burst")
     if found is None or found[0] >= len(tokens) or tokens[found[0]] != "submit":
         return tokens
-    found = _scan_options(tokens, found[0] + 1, submit_app.meta)
+    found = _scan_options(tokens, found[0] + 1, "submit")
     if found is None or found[0] >= len(tokens) or tokens[found[0]] not in KINDS:
         return tokens
     kind_at, envs = found
@@ -716,7 +735,6 @@ def _outcome_of(reason: str, state: str, has_exit_code: bool, exit_code: int, si
 # submit
 
 
-@submit_app.meta.default
 def submit(
     *tokens: Annotated[str, _TOKENS],
     output_dir: Annotated[str | None, Parameter(metavar="DIR")] = None,
@@ -843,10 +861,10 @@ def submit(
     """
     if not tokens:
         raise UsageError("submit: name the job: process CMD, python ENTRY or docker IMAGE")
-    if tokens[0].startswith("-") and tokens[0] not in ("--", *submit_app.help_flags):
+    if tokens[0].startswith("-") and tokens[0] not in ("--", *_apps()[1].help_flags):
         # (cyclopts would call it an unknown command: the kind's place is where it stands)
         raise UsageError(f"submit: unknown option {tokens[0]}")
-    job = submit_app(tokens)
+    job = _job_command(tokens)
     if not isinstance(job, JobCommand):  # help was printed
         return ExitCode.OK
     if array is not None and each_line is not None:
@@ -903,7 +921,7 @@ def submit(
     return _run(session, calls_only=not then_wait)
 
 
-@_command(submit_app, usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
+@_command("submit", usage=_SUBMIT_USAGE.format("process CMD [ARGS...]"))
 def process(cmd: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run CMD with ARGS as its argv (CMD is looked up in the worker's PATH).
 
@@ -917,7 +935,7 @@ def process(cmd: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCom
     return JobCommand("process", cmd, args)
 
 
-@_command(submit_app, usage=_SUBMIT_USAGE.format("python ENTRY [ARGS...]"))
+@_command("submit", usage=_SUBMIT_USAGE.format("python ENTRY [ARGS...]"))
 def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run the worker's Python interpreter with ENTRY and ARGS (e.g. script.py, -m pkg, -c CODE).
 
@@ -931,7 +949,7 @@ def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCo
     return JobCommand("python", entry, args)
 
 
-@_command(submit_app, usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
+@_command("submit", usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
 def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
     """Run `docker run --rm IMAGE [ARGS...]` on the worker.
 
@@ -943,6 +961,21 @@ def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCo
         The container's command and arguments, verbatim.
     """
     return JobCommand("docker", image, args)
+
+
+_KIND_COMMANDS = {command.__name__: command for command in (process, python, docker)}
+KINDS = tuple(_KIND_COMMANDS)
+"""The job kinds of ``burst submit``, each a subcommand."""
+
+
+def _job_command(tokens: Sequence[str]) -> object:
+    """What the words after ``burst submit``'s options name: a :class:`JobCommand`, or what the
+    kind's help returned. A line that :func:`prepare_argv` marked (``KIND -- TARGET ARGS...``)
+    calls the kind's command with its words, as cyclopts binds them (the first word is TARGET,
+    every other one an argument, verbatim), without building cyclopts; any other goes to it."""
+    if len(tokens) > 2 and tokens[0] in KINDS and tokens[1] == "--":
+        return _KIND_COMMANDS[tokens[0]](tokens[2], *tokens[3:])
+    return _apps()[1](tokens)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -979,7 +1012,7 @@ def _submission_json(info: job_pb2.SubmissionInfo) -> str:
     return _to_json(data)
 
 
-@_command(app, usage="Usage: burst status [--json] (JOB | SUB)...")
+@_command("burst", usage="Usage: burst status [--json] (JOB | SUB)...")
 def status(
     *job: str,
     job_id: Annotated[tuple[str, ...], Parameter(name="--job-id", metavar="JOB")] = (),
@@ -1020,7 +1053,7 @@ def status(
     return _run(session, calls_only=True)
 
 
-@_command(app, usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
+@_command("burst", usage="Usage: burst cancel (JOB... | SUB... | --all | --state STATE)")
 def cancel(
     *job: str,
     all_jobs: Annotated[bool, Parameter(name="--all", negative=())] = False,
@@ -1060,7 +1093,7 @@ def cancel(
     return _run(session, calls_only=True)
 
 
-@_command(app, usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
+@_command("burst", usage="Usage: burst forget (JOB... | --finished [--older-than SECONDS])")
 def forget(
     *job: str,
     finished: Annotated[bool, Parameter(name="--finished")] = False,
@@ -1180,7 +1213,7 @@ def parse_columns(text: str) -> list[str]:
 
 
 @_command(
-    app,
+    "burst",
     name="list",
     usage="Usage: burst list [--state STATE] [--submission SUB] [--name NAME] [--limit N]"
     " [--all-users] [--format COLUMNS | --json]",
@@ -1318,7 +1351,7 @@ def _info_lines(info: job_pb2.JobInfo) -> list[str]:
     return lines
 
 
-@_command(app, usage="Usage: burst info [--json] JOB...")
+@_command("burst", usage="Usage: burst info [--json] JOB...")
 def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Show everything known about jobs: command, working directory, the names of the
     variables the job adds to the environment (never their values), its dependencies (--after
@@ -1352,7 +1385,7 @@ def info(*job: str, json: Annotated[bool, Parameter(name="--json")] = False) -> 
     return _run(session, calls_only=True)
 
 
-@_command(app, usage="Usage: burst resubmit SUB --failed [--quiet]")
+@_command("burst", usage="Usage: burst resubmit SUB --failed [--quiet]")
 def resubmit(
     submission: str,
     /,
@@ -1383,7 +1416,7 @@ def resubmit(
     return _run(session, calls_only=True)
 
 
-@_command(app, usage="Usage: burst workers [--json]")
+@_command("burst", usage="Usage: burst workers [--json]")
 def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     """Show the workers: id, host, slots, leased and running jobs, last seen.
 
@@ -1422,7 +1455,7 @@ def workers(*, json: Annotated[bool, Parameter(name="--json")] = False) -> int:
     return _run(session, calls_only=True)
 
 
-@_command(app, usage="Usage: burst drain WORKER")
+@_command("burst", usage="Usage: burst drain WORKER")
 def drain(worker: str, /) -> int:
     """Give a worker no new work (admin): the jobs it holds run to their end there.
 
@@ -1449,7 +1482,7 @@ def drain(worker: str, /) -> int:
 EVENTS_WAIT_MS = 30_000
 
 
-@_command(app, usage="Usage: burst events [--follow] [--job ID] [--worker ID] [--json]")
+@_command("burst", usage="Usage: burst events [--follow] [--job ID] [--worker ID] [--json]")
 def events(
     *,
     follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
@@ -1497,7 +1530,7 @@ def events(
     return _run(session)
 
 
-@_command(app, usage="Usage: burst top")
+@_command("burst", usage="Usage: burst top")
 def top() -> int:
     """A live view of the cluster (admin), refreshed every second: the workers (running jobs,
     slots, jobs/s, last heartbeat), the jobs by state, the throughput, the latest failures.
@@ -1510,7 +1543,7 @@ def top() -> int:
     return _run(lambda client: run_top(client, addr))
 
 
-@_command(app, usage="Usage: burst undrain WORKER")
+@_command("burst", usage="Usage: burst undrain WORKER")
 def undrain(worker: str, /) -> int:
     """End a worker's drain (admin): it gets work again.
 
@@ -1633,7 +1666,7 @@ def _failure_line(info: job_pb2.JobInfo) -> str:
     return line if detail in (reason, "-") else f"{line}: {detail}"
 
 
-@_command(app, usage="Usage: burst wait (JOB... | SUB | --all) [--timeout SECONDS]")
+@_command("burst", usage="Usage: burst wait (JOB... | SUB | --all) [--timeout SECONDS]")
 def wait(
     *job: str,
     all_jobs: Annotated[bool, Parameter(name="--all")] = False,
@@ -1705,7 +1738,7 @@ async def _follow(
     return ExitCode.OK if last.failed == 0 and last.cancelled == 0 else ExitCode.FAILED
 
 
-@_command(app, usage="Usage: burst logs JOB [--stderr] [--attempt N] [--tail N] [--follow]")
+@_command("burst", usage="Usage: burst logs JOB [--stderr] [--attempt N] [--tail N] [--follow]")
 def logs(
     job: str,
     /,
@@ -1755,22 +1788,53 @@ def logs(
 # entry point
 
 
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Run ``burst`` with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
-    from burstd.config import ConfigError
+def _direct(tokens: Sequence[str]) -> Callable[[], object] | None:
+    """The command of a line that gives no option, for the two commands users run most:
+    ``burst status ID...`` (no word starting with ``-``) and ``burst submit KIND -- TARGET
+    ARGS...`` as :func:`prepare_argv` marks it; None for any other line, which cyclopts parses.
 
-    tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
+    Such a line binds no option and every word where cyclopts would (the ids to ``status``'s
+    ``job``, the rest to ``submit``'s ``tokens``), the options keep their defaults, the global
+    ones included: the function is called with the words, and cyclopts, whose import and
+    argument assembly were most of these commands' start-up (docs/benchmarks.md), is not built.
+    tests/test_cli_parsing.py runs such lines both ways and compares what they did."""
+    if tokens[:1] == ["status"] and not any(token.startswith("-") for token in tokens):
+        return functools.partial(status, *tokens[1:])
+    if len(tokens) > 3 and tokens[0] == "submit" and tokens[1] in KINDS and tokens[2] == "--":
+        return functools.partial(submit, *tokens[1:])
+    return None
+
+
+def _parsed(tokens: Sequence[str]) -> object:
+    """Run the line with cyclopts; its errors are UsageErrors."""
+    import cyclopts
+
+    app, submit_app = _apps()
     if not set(app.help_flags).isdisjoint(tokens):
         # Help lists each command with its docstring's first line, which cyclopts reads only
         # from a command already resolved (see _command).
         for parent in (app, submit_app):
             parent.resolved_commands()
     try:
+        return app.meta(tokens, result_action="return_value")
+    except cyclopts.CycloptsError as error:
+        raise UsageError(str(error)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run ``burst`` with ``argv`` (default: ``sys.argv[1:]``) and exit with its status."""
+    from burstd.config import ConfigError
+
+    global _globals  # (the meta app sets them from a line's global options; a direct one has none)
+    _globals = _Globals()
+    tokens = prepare_argv(sys.argv[1:] if argv is None else argv)
+    direct = _direct(tokens)
+    try:
         try:
-            result = app.meta(tokens, result_action="return_value")
+            result = direct() if direct is not None else _parsed(tokens)
         finally:
             sys.stdout.flush()  # as `burstd`'s main: a reader gone early is caught below
-    except (UsageError, ConfigError, cyclopts.CycloptsError) as error:
+    except (UsageError, ConfigError) as error:
         _error(" ".join(str(error).split()))
         sys.exit(ExitCode.USAGE)
     except Failure as failure:

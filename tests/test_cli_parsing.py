@@ -577,6 +577,40 @@ def test_help_describes_every_command(argv: list[str], commands: list[Any]) -> N
         assert re.search(rf"^\W+{name} +{re.escape(words)}", run.stdout, re.MULTILINE), name
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "job-1"],
+        ["status", "job-1", "nope", "job-2"],
+        ["status"],
+        ["submit", "process", "true"],
+        ["submit", "python", "-c", "print(1)"],
+        ["submit", "process", "echo", "--", "--help", "-x", "--env", "A=1"],
+        ["submit", "process", "--", "--", "x"],
+        ["submit", "docker", "alpine:3", "--rm"],
+    ],
+)
+def test_a_line_without_options_runs_as_cyclopts_would(
+    fake: FakeClient,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    """`burst status ID...` and `burst submit KIND TARGET...` with no option skip cyclopts
+    (`_direct`): through cyclopts, the same line makes the same calls, prints the same and exits
+    the same."""
+    fake.infos["job-1"] = _info("job-1", "running")
+    taken: list[object] = []
+    direct = burst._direct
+    monkeypatch.setattr(burst, "_direct", lambda tokens: taken.append(direct(tokens)) or taken[0])
+    first = (run(argv), capsys.readouterr(), list(fake.calls))
+    assert taken[0] is not None
+    fake.calls.clear()
+    fake.next_id = 1
+    monkeypatch.setattr(burst, "_direct", lambda tokens: None)
+    assert (run(argv), capsys.readouterr(), fake.calls) == first
+
+
 # --------------------------------------------------------------------------------------------------
 # the controller address
 
