@@ -1130,7 +1130,7 @@ def forget(
     return _run(session, calls_only=True)
 
 
-LIST_PAGE = 1000
+LIST_PAGE = 5000
 """Jobs per ListJobs call of ``burst list``."""
 
 
@@ -1154,6 +1154,20 @@ def _used(columns: job_pb2.JobColumns, show: Callable[[job_pb2.Usage], str]) -> 
     ]
 
 
+# The fields an outcome is made of (``_outcome_of``).
+_OUTCOME = ("reason", "state", "has_exit_code", "exit_code", "signal")
+# The reasons ``_outcome`` spells out with a number.
+_SPELLED_OUT = frozenset(("exit", "signal"))
+
+
+def _outcomes(columns: job_pb2.JobColumns) -> Iterable[str]:
+    """Each job's ``_outcome``."""
+    reasons = list(columns.reason)
+    if not _SPELLED_OUT.isdisjoint(reasons) or any(columns.has_exit_code):
+        return map(_outcome_of, *(getattr(columns, field) for field in _OUTCOME))
+    return _dashed(reasons)  # (most pages: nothing ended with an exit code or a signal)
+
+
 @dataclasses.dataclass(frozen=True)
 class Column:
     """A column of ``burst list``: the JobColumns fields it needs, and its text for each job of
@@ -1163,7 +1177,6 @@ class Column:
     show: Callable[[job_pb2.JobColumns], Iterable[str]]
 
 
-_OUTCOME = ("reason", "state", "has_exit_code", "exit_code", "signal")
 _USAGE = ("usage", "has_usage")
 
 #: The columns ``burst list --format`` knows.
@@ -1172,7 +1185,7 @@ COLUMNS: dict[str, Column] = {
     "owner": Column(("owner",), lambda c: _dashed(c.owner)),
     "state": Column(("state",), lambda c: c.state),
     "worker": Column(("worker_id",), lambda c: _dashed(c.worker_id)),
-    "outcome": Column(_OUTCOME, lambda c: map(_outcome_of, *(getattr(c, f) for f in _OUTCOME))),
+    "outcome": Column(_OUTCOME, lambda c: _outcomes(c)),
     "name": Column(("name",), lambda c: _dashed(c.name)),
     "submission": Column(("submission_id",), lambda c: _dashed(c.submission_id)),
     "priority": Column(("priority",), lambda c: map(str, c.priority)),
