@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from burstd import transport, wire
+from burstd.credentials import METADATA_KEY, SCHEME, bearer
 
 __all__ = [
     "RULES",
@@ -38,8 +39,6 @@ __all__ = [
     "new_secret",
 ]
 
-METADATA_KEY = "authorization"
-_SCHEME = "Bearer "
 # 32 random bytes (256 bits) as URL-safe text, after a prefix that says what it is.
 _PREFIX = "burst_"
 _SECRET_BYTES = 32
@@ -141,11 +140,6 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def bearer(secret: str) -> dict[str, str]:
-    """The metadata that carries a token."""
-    return {METADATA_KEY: _SCHEME + secret}
-
-
 @dataclass(slots=True)
 class Grant:
     """A token as a guard knows it: its digest, its caller, its end (0: none), revocation."""
@@ -198,11 +192,11 @@ class Guard:
     def _lookup(self, header: str) -> Grant:
         if not header:
             raise transport.Unauthenticated(
-                f"no token: send metadata '{METADATA_KEY}: {_SCHEME}<token>'"
+                f"no token: send metadata '{METADATA_KEY}: {SCHEME}<token>'"
             )
         scheme, _, secret = header.partition(" ")
-        if scheme.lower() != _SCHEME.strip().lower() or not secret:
-            raise transport.Unauthenticated(f"{METADATA_KEY} metadata: expected '{_SCHEME}<token>'")
+        if scheme.lower() != SCHEME.strip().lower() or not secret:
+            raise transport.Unauthenticated(f"{METADATA_KEY} metadata: expected '{SCHEME}<token>'")
         wanted = digest(secret.strip())
         grant = self.source.find(wanted)
         # The lookup was by digest; the comparison that decides is constant-time all the same.

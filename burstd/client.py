@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import queue
-import ssl
 import threading
 from collections.abc import (
     AsyncIterator,
@@ -34,11 +33,13 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
-from burstd import arrays, auth, credentials, tlsconfig, transport, wire
+from burstd import arrays, credentials, tlsconfig, transport, wire
 from burstd.config import DEFAULT_ADDR, parse_hostport
 from proto.burst.v1 import job_pb2
 
 if TYPE_CHECKING:  # imported by the methods that use them: each costs a command's start-up
+    import ssl
+
     import trio
 
     from proto.burst.v1 import token_pb2
@@ -161,7 +162,7 @@ class Client:
             port,
             connect_timeout=connect_timeout,
             multiplex=True,
-            metadata=auth.bearer(token),
+            metadata=credentials.bearer(token),
             tls=tls,
         )
         async with channel:

@@ -37,15 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import ipaddress
 import json
 import math
 import os
 import re
 import socket
-import textwrap
-import tomllib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,6 +146,9 @@ class ConfigError(Exception):
             where += f": {self.key}"
         return f"{where}: {self.message}"
 
+
+# Modules that only an unusual case needs (a TOML file, an unknown key, the example file) are
+# imported there: every `burst` command loads this module.
 
 # --------------------------------------------------------------------------------------------------
 # addresses
@@ -971,6 +971,8 @@ def _read(path: Path, shown: str) -> dict[str, Any]:
         if not isinstance(doc, dict):
             raise ConfigError(shown, None, f"expected a JSON object at the top, got {_show(doc)}")
         return doc
+    import tomllib
+
     try:
         return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -991,6 +993,8 @@ def _read(path: Path, shown: str) -> dict[str, Any]:
 def _unknown(shown: str, name: str, valid: Collection[str]) -> ConfigError:
     if name in RENAMED:
         return ConfigError(shown, name, f"unknown key (renamed to {RENAMED[name]})")
+    import difflib
+
     last = name.rpartition(".")[2].partition("[")[0]
     close = difflib.get_close_matches(last, list(valid), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -1250,6 +1254,8 @@ def _toml(value: object) -> str:
 
 
 def _comment(text: str) -> list[str]:
+    import textwrap
+
     return [
         line
         for paragraph in text.split("\n")

@@ -1,4 +1,4 @@
-"""Token files, private files, and where a program finds the token it sends.
+"""Token files, private files, where a program finds the token it sends, and how it sends it.
 
 A controller's first start writes ``admin.token`` and ``worker.token`` into its state directory
 (see ``burstd.controller.tokens``); on the same machine the programs find them there, so a local
@@ -14,7 +14,11 @@ cluster needs no set-up. The order, first found wins (:func:`find_token`):
 
 State directories are made 0700 and the files in them 0600 (:func:`private_dir`,
 :func:`private_file`): on a shared machine only the user running the controller reads them; any
-other user needs a token of their own (``burstd token create``). Standard library only.
+other user needs a token of their own (``burstd token create``).
+
+A call carries its token as gRPC metadata ``authorization: Bearer <token>`` (:func:`bearer`),
+which ``burstd.auth`` checks on the server. Standard library only: a client imports this module
+and not the server's rules.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from pathlib import Path
 __all__ = [
     "ADMIN_TOKEN",
     "ENV_TOKEN",
+    "METADATA_KEY",
+    "SCHEME",
     "WORKER_TOKEN",
     "TokenNotFound",
+    "bearer",
     "find_token",
     "found_token",
     "local_token",
@@ -41,6 +48,13 @@ __all__ = [
 ADMIN_TOKEN = "admin.token"
 WORKER_TOKEN = "worker.token"
 ENV_TOKEN = "BURST_TOKEN"
+METADATA_KEY = "authorization"
+SCHEME = "Bearer "
+
+
+def bearer(secret: str) -> dict[str, str]:
+    """The metadata that carries a token."""
+    return {METADATA_KEY: SCHEME + secret}
 
 
 class TokenNotFound(Exception):

@@ -28,9 +28,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from burstd.config import (
     CliConfig,
@@ -40,7 +41,10 @@ from burstd.config import (
     variables,
     with_overrides,
 )
-from burstd.transport import TransportError, tls
+from burstd.transport import TransportError
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = [
     "TlsSetupError",
@@ -87,9 +91,14 @@ def _pair(cert: Path | None, key: Path | None, section: str) -> tuple[Path, Path
     return cert, key
 
 
-def _loaded(key: str, make: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+def _loaded(key: str, make: Callable[[ModuleType], ssl.SSLContext]) -> ssl.SSLContext:
+    """The context ``make`` builds with :mod:`burstd.transport.tls`, imported here: a program
+    without TLS (most ``burst`` commands) does not import :mod:`ssl`, a fifth of the start-up of
+    a ``burst status`` (docs/benchmarks.md)."""
+    from burstd.transport import tls
+
     try:
-        return make()
+        return make(tls)
     except TransportError as error:
         raise TlsSetupError(key, str(error)) from None
 
@@ -124,7 +133,7 @@ def server_context(
         return None
     cert, key = pair
     return _loaded(
-        f"{section}.tls_cert", lambda: tls.server_context(cert, key, config.tls_client_ca)
+        f"{section}.tls_cert", lambda tls: tls.server_context(cert, key, config.tls_client_ca)
     )
 
 
@@ -137,7 +146,7 @@ def metrics_context(config: ControllerConfig | WorkerConfig, section: str) -> ss
     cert, key = pair
     return _loaded(
         f"{section}.tls_cert",
-        lambda: tls.server_context(cert, key, config.tls_client_ca, alpn=tls.HTTP1),
+        lambda tls: tls.server_context(cert, key, config.tls_client_ca, alpn=tls.HTTP1),
     )
 
 
@@ -155,7 +164,7 @@ def client_context(config: CliConfig | WorkerConfig, section: str) -> ssl.SSLCon
             )
         return None
     cert, key = pair or (None, None)
-    return _loaded(f"{section}.tls_ca", lambda: tls.client_context(ca, cert, key))
+    return _loaded(f"{section}.tls_ca", lambda tls: tls.client_context(ca, cert, key))
 
 
 def worker_client(config: WorkerConfig) -> ssl.SSLContext | None:

@@ -627,13 +627,13 @@ def _run_oneshot(
     token: str,
     tls: ssl.SSLContext | None,
 ) -> int:
-    from burstd import auth
+    from burstd import credentials
     from burstd.client import Client
     from burstd.config import parse_hostport
     from burstd.transport import oneshot
 
     host, port = parse_hostport(addr)
-    with oneshot.Channel(host, port, metadata=auth.bearer(token), tls=tls) as channel:
+    with oneshot.Channel(host, port, metadata=credentials.bearer(token), tls=tls) as channel:
         # Its unary calls are those of the trio channel; the session makes no other.
         client = Client(cast("Channel", channel))
         return oneshot.run(session(client))

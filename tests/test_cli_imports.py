@@ -11,13 +11,18 @@ from tests.cluster import REPO, Cluster, environment, program
 
 # Modules `burst status` and a one-job `burst submit` must not import: cyclopts and attrs (a line
 # without options runs its command directly), trio and the trio transport's libraries (they make
-# one unary call, on the blocking one-shot channel), loguru (their calls log nothing), the protobuf
-# modules of other commands, the worker's detection (it imports subprocess to ask nvidia-smi for
-# GPUs; the configuration's default slots reads burstd.host), and the heavy libraries of the
-# daemons.
+# one unary call, on the blocking one-shot channel), ssl (no TLS is configured), the server's
+# token rules (burstd.auth: a client only sends its token), loguru (their calls log nothing), the
+# protobuf modules of other commands, the worker's detection (it imports subprocess to ask
+# nvidia-smi for GPUs; the configuration's default slots reads burstd.host), what only a
+# configuration file or its errors need, and the heavy libraries of the daemons.
 UNUSED = (
     "cyclopts",
     "attr",
+    "ssl",
+    "burstd.auth",
+    "tomllib",
+    "difflib",
     "trio",
     "anyio",
     "purerpc",

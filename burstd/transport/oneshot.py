@@ -26,12 +26,11 @@ nothing from it); ``metadata`` is sent with every call.
 from __future__ import annotations
 
 import socket
-import ssl
 import struct
 import time
 import urllib.parse
 from collections.abc import Coroutine, Mapping
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import h2.config  # type: ignore[import-untyped]
 import h2.connection  # type: ignore[import-untyped]
@@ -50,6 +49,9 @@ from burstd.transport.errors import (
 from burstd.transport.headers import check_metadata, timeout_header
 from burstd.transport.messages import Message, ResponseT, decode_reply
 from burstd.transport.sockets import format_addr, reason
+
+if TYPE_CHECKING:
+    import ssl
 
 T = TypeVar("T")
 
@@ -134,10 +136,7 @@ class Channel:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._tls is not None:
-                sock = self._tls.wrap_socket(sock, server_hostname=self._server_hostname)
-        except ssl.SSLError as error:
-            sock.close()
-            raise Unavailable(f"cannot reach {self._where}: TLS: {error.reason or error}") from None
+                sock = self._handshake(sock, self._tls)
         except TimeoutError:
             sock.close()
             raise Unavailable(
@@ -149,6 +148,17 @@ class Channel:
         self._sock = sock
         self._h2.initiate_connection()
         return self
+
+    def _handshake(self, sock: socket.socket, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """``sock`` over TLS; :mod:`ssl` is imported here, as its context was (a program
+        without TLS does not import it)."""
+        import ssl
+
+        try:
+            return context.wrap_socket(sock, server_hostname=self._server_hostname)
+        except ssl.SSLError as error:
+            sock.close()
+            raise Unavailable(f"cannot reach {self._where}: TLS: {error.reason or error}") from None
 
     def __exit__(self, *exc_info: object) -> None:
         sock, self._sock = self._sock, None
