@@ -689,6 +689,18 @@ async def _stop(child: _Child, docker_name: str | None, config: ExecConfig) -> b
     return child.exited()
 
 
+async def _exits_within(child: _Child, timeout: float) -> bool:
+    """Wait until the job's leader exits, at most ``timeout`` seconds; whether it did. A job
+    without a timeout gets no cancel scope of its own: entering and leaving one cost about what
+    the wait itself does (docs/benchmarks.md)."""
+    if timeout == math.inf:
+        await child.wait_exit()
+        return True
+    with trio.move_on_after(timeout) as deadline:
+        await child.wait_exit()
+    return not deadline.cancelled_caught or child.exited()
+
+
 async def _reap_later(child: _Child, cgroup: JobCgroup | None) -> None:
     try:
         await child.wait_exit()
@@ -885,9 +897,7 @@ async def _run_job(
         child.guard = guard
     timed_out = False
     try:
-        with trio.move_on_after(timeout) as deadline:
-            await child.wait_exit()
-        if deadline.cancelled_caught and not child.exited():
+        if not await _exits_within(child, timeout):
             timed_out = True
             log.debug("timed out after {} s, stopping", timeout)
             stopped = await _stop(child, docker_name, config)
