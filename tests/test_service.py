@@ -319,9 +319,9 @@ async def test_a_listing_in_columns_holds_what_jobinfos_hold() -> None:
     assert list(listed.jobs) == []
     assert listed.columns == columns_of(full.jobs, names)
     assert list(listed.columns.has_usage) == [True, False, False, False]
-    # only the fields asked for, a page at a time
+    # only the fields asked for, each once, a page at a time
     page = await service.list_jobs(
-        job_pb2.ListJobsRequest(columns=["state"], limit=2, after=ids[0]), ADMIN
+        job_pb2.ListJobsRequest(columns=["state", "state"], limit=2, after=ids[0]), ADMIN
     )
     assert page.columns == job_pb2.JobColumns(state=["failed", "leased"])
     assert page.next_after == ids[2]

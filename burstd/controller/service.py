@@ -251,7 +251,7 @@ _COLUMN_VALUES: dict[str, Callable[[Job], object]] = {
 }
 
 
-def check_columns(names: Iterable[str]) -> None:
+def _check_columns(names: Iterable[str]) -> None:
     """SpecError naming the first of ``names`` that is no JobColumns field."""
     for name in names:
         if name not in _COLUMN_VALUES:
@@ -260,9 +260,10 @@ def check_columns(names: Iterable[str]) -> None:
 
 
 def job_columns(jobs: Sequence[Job], names: Iterable[str]) -> job_pb2.JobColumns:
-    """The jobs as JobColumns with the fields ``names`` filled (each a JobColumns field)."""
+    """The jobs as JobColumns with the fields ``names`` filled (each a JobColumns field; one
+    named twice is filled once)."""
     columns = job_pb2.JobColumns()
-    for name in names:
+    for name in dict.fromkeys(names):
         getattr(columns, name).extend(map(_COLUMN_VALUES[name], jobs))
     return columns
 
@@ -787,7 +788,7 @@ class ControllerService:
                 ) from None
         if request.after and not _is_job_id(request.after):
             raise SpecError(f"after: not a job id: {request.after!r}")
-        check_columns(request.columns)
+        _check_columns(request.columns)
         owner = _owner_filter(caller, request.all_users)
         submission = None
         if request.submission_id:
