@@ -109,7 +109,8 @@ def python(entry_point: str, *args: str, **options: Unpack[SpecOptions]) -> job_
 def docker(
     image: str, *args: str, command: Iterable[str] = (), **options: Unpack[SpecOptions]
 ) -> job_pb2.JobSpec:
-    """A job running ``docker run --rm image [command...] [args...]`` on the worker."""
+    """A job running ``docker run image [command...] [args...]`` on the worker, its container
+    removed when it ends."""
     spec = _spec(options)
     spec.docker.image = image
     spec.docker.command.extend(command)

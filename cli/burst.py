@@ -951,7 +951,7 @@ def python(entry: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCo
 
 @_command("submit", usage=_SUBMIT_USAGE.format("docker IMAGE [ARGS...]"))
 def docker(image: Annotated[str, _RAW], /, *args: Annotated[str, _RAW]) -> JobCommand:
-    """Run `docker run --rm IMAGE [ARGS...]` on the worker.
+    """Run `docker run IMAGE [ARGS...]` on the worker (its container removed when it ends).
 
     Parameters
     ----------
